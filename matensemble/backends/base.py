@@ -1,0 +1,109 @@
+"""The backend protocol: the only thing the engine knows about where tasks run.
+
+A backend is driven from the event loop thread, in this order:
+
+1. ``await backend.open(sink, task_group)`` returns the inventory (nodes with core and GPU ids),
+   read once. ``sink`` is a plain callable the backend calls, on the event loop thread, with one
+   ``Outcome`` per launch. ``task_group`` belongs to the engine: a backend that needs a coroutine
+   per task (subprocess waits) starts it there, so cancelling the engine cancels it too.
+2. ``backend.launch(launch)`` starts one attempt of one task on the exact placement the engine
+   allocated. It must not block; it must not raise for a per-task problem (a missing executable
+   is a ``failed`` ``Outcome``, reported through ``sink``).
+3. ``backend.cancel(key)`` asks for one launch to be stopped; its ``Outcome`` follows.
+4. ``await backend.close()`` stops everything still running and returns when each launch has
+   reported its ``Outcome`` (``cancelled``). It is called exactly once, also after errors.
+
+Every launch gets exactly one ``Outcome``, whatever happens.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import msgspec
+from anyio.abc import TaskGroup
+
+from matensemble.model import Placement, Task, TaskState
+from matensemble.resources import NodeSpec
+
+__all__ = ["Backend", "Launch", "LaunchKey", "Outcome", "Sink"]
+
+LaunchKey = tuple[str, int]
+"""(task id, attempt number): names one launch."""
+
+
+class Launch(msgspec.Struct, frozen=True, kw_only=True):
+    """One attempt of one task, placed on exact resources by the engine."""
+
+    task: Task
+    attempt: int
+    placement: Placement
+    task_dir: Path
+    run_id: str
+
+    @property
+    def key(self) -> LaunchKey:
+        return (self.task.id, self.attempt)
+
+    @property
+    def stdout(self) -> Path:
+        return self.task_dir / "stdout"
+
+    @property
+    def stderr(self) -> Path:
+        return self.task_dir / "stderr"
+
+
+class Outcome(msgspec.Struct, frozen=True, kw_only=True):
+    """What happened to one launch. ``state`` is one of the four states a launch can end in.
+
+    ``placement`` is what actually ran (a backend such as Flux may report a different node
+    than the engine accounted, or more detail); empty means "as launched".
+    """
+
+    key: LaunchKey
+    state: TaskState  # SUCCEEDED, FAILED, TIMED_OUT or CANCELLED
+    returncode: int | None = None
+    signal: int | None = None
+    reason: str | None = None
+    start_time: float | None = None
+    end_time: float | None = None
+    placement: Placement = ()
+
+
+Sink = Callable[[Outcome], None]
+
+
+class Backend(abc.ABC):
+    """Runs launches on some resources and reports one ``Outcome`` per launch."""
+
+    name: str = "backend"
+
+    def now(self) -> float:
+        """Seconds since the epoch on this backend's clock (virtual for simulation)."""
+        return time.time()
+
+    @abc.abstractmethod
+    async def open(self, sink: Sink, task_group: TaskGroup) -> Sequence[NodeSpec]:
+        """Connect, read the inventory once, and remember where to report outcomes."""
+
+    @abc.abstractmethod
+    def launch(self, launch: Launch) -> None:
+        """Start one launch; never blocks, never raises for a per-task problem."""
+
+    @abc.abstractmethod
+    def cancel(self, key: LaunchKey) -> None:
+        """Ask for one running launch to stop; a no-op if it already ended."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Cancel everything still running and wait for each launch's outcome."""
+
+    def idle(self) -> None:  # noqa: B027 - optional hook, deliberately empty by default
+        """Hook: the engine has nothing more to start until some launch ends.
+
+        Real backends ignore it; the simulated backend advances its virtual clock here.
+        """

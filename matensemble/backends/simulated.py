@@ -1,0 +1,155 @@
+"""A virtual cluster on a virtual clock: the real engine and strategies, at any scale, instantly.
+
+Tasks do not run; each launch ends after a duration the user chooses (by default the task's
+``estimate``, else zero), with an exit code the user chooses (default 0). Time advances only
+when the engine reports that it has nothing more to start (``idle``), and then jumps to the next
+completion, so a day on a whole Frontier takes as long as the engine's own bookkeeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+from collections.abc import Callable, Sequence
+
+from anyio.abc import TaskGroup
+
+from matensemble.backends.base import Backend, Launch, LaunchKey, Outcome, Sink
+from matensemble.model import Task, TaskState
+from matensemble.resources import NodeSpec
+
+__all__ = ["SimulatedBackend"]
+
+DurationFn = Callable[[Task, int], float]
+ReturncodeFn = Callable[[Task, int], int]
+
+
+def _estimate(task: Task, attempt: int) -> float:
+    return task.estimate or 0.0
+
+
+class SimulatedBackend(Backend):
+    """A synthetic cluster of identical nodes (e.g. 9,408 x 56 cores x 8 GPUs for Frontier).
+
+    Args:
+        nodes, cores_per_node, gpus_per_node: the machine.
+        duration: seconds a launch runs, from ``(task, attempt)``.
+        returncode: exit code of a launch, from ``(task, attempt)``; non-zero fails it.
+        start: the virtual clock's initial reading.
+    """
+
+    name = "simulated"
+
+    def __init__(
+        self,
+        nodes: int = 1,
+        cores_per_node: int = 8,
+        gpus_per_node: int = 0,
+        *,
+        duration: DurationFn = _estimate,
+        returncode: ReturncodeFn | None = None,
+        start: float = 0.0,
+    ) -> None:
+        if nodes < 1 or cores_per_node < 1 or gpus_per_node < 0:
+            raise ValueError("a simulated machine needs nodes >= 1, cores >= 1 and gpus >= 0")
+        self._shape = (nodes, cores_per_node, gpus_per_node)
+        self._duration = duration
+        self._returncode = returncode
+        self._now = start
+        self._sink: Sink | None = None
+        self._heap: list[tuple[float, int, LaunchKey]] = []
+        self._live: dict[LaunchKey, tuple[float, Outcome]] = {}
+        self._seq = itertools.count()
+        self._advance_scheduled = False
+        self.launched = 0
+
+    def now(self) -> float:
+        return self._now
+
+    async def open(self, sink: Sink, task_group: TaskGroup) -> Sequence[NodeSpec]:
+        self._sink = sink
+        nodes, cores, gpus = self._shape
+        width = len(str(nodes - 1))
+        return [
+            NodeSpec(
+                f"sim{i:0{width}d}", tuple(range(cores)), tuple(str(g) for g in range(gpus))
+            )
+            for i in range(nodes)
+        ]
+
+    def launch(self, launch: Launch) -> None:
+        task, attempt = launch.task, launch.attempt
+        self.launched += 1
+        start = self._now
+        try:
+            runtime = float(self._duration(task, attempt))
+            code = self._returncode(task, attempt) if self._returncode else 0
+        except Exception as exc:  # a user's model failing is one task failing
+            self._deliver(
+                Outcome(key=launch.key, state=TaskState.FAILED, reason=f"simulation: {exc!r}")
+            )
+            return
+        if task.timeout is not None and runtime > task.timeout:
+            end = start + task.timeout
+            outcome = Outcome(
+                key=launch.key,
+                state=TaskState.TIMED_OUT,
+                reason=f"timed out after {task.timeout:g}s",
+                start_time=start,
+                end_time=end,
+            )
+        else:
+            end = start + max(0.0, runtime)
+            outcome = Outcome(
+                key=launch.key,
+                state=TaskState.SUCCEEDED if code == 0 else TaskState.FAILED,
+                returncode=code,
+                reason=None if code == 0 else f"exit code {code}",
+                start_time=start,
+                end_time=end,
+            )
+        self._live[launch.key] = (end, outcome)
+        heapq.heappush(self._heap, (end, next(self._seq), launch.key))
+
+    def cancel(self, key: LaunchKey) -> None:
+        item = self._live.pop(key, None)
+        if item is not None:
+            self._deliver(
+                Outcome(
+                    key=key,
+                    state=TaskState.CANCELLED,
+                    reason="cancelled",
+                    start_time=item[1].start_time,
+                    end_time=self._now,
+                )
+            )
+
+    def idle(self) -> None:
+        if not self._advance_scheduled and self._live:
+            self._advance_scheduled = True
+            asyncio.get_running_loop().call_soon(self._advance)
+
+    def _advance(self) -> None:
+        """Jump to the next completion time and report every launch that ends then."""
+        self._advance_scheduled = False
+        heap, live = self._heap, self._live
+        while heap and heap[0][2] not in live:
+            heapq.heappop(heap)  # cancelled
+        if not heap:
+            return
+        self._now = max(self._now, heap[0][0])
+        while heap and heap[0][0] <= self._now:
+            _, _, key = heapq.heappop(heap)
+            item = live.pop(key, None)
+            if item is not None:
+                self._deliver(item[1])
+
+    def _deliver(self, outcome: Outcome) -> None:
+        assert self._sink is not None, "launch() before open()"
+        self._sink(outcome)
+
+    async def close(self) -> None:
+        for key in list(self._live):
+            self.cancel(key)
+        self._heap.clear()

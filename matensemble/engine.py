@@ -1,0 +1,658 @@
+"""The engine: ``Ensemble``, its producer and consumer coroutines, and the public API.
+
+One event loop thread owns all run state. The *producer* starts ready tasks, best-ranked first,
+while they fit the free resources, then waits on an event; it never sleeps or polls. Backends
+report outcomes through a callback into a queue; the *consumer* drains that queue in batches,
+releases resources, updates dependency edges and wakes the producer. Both run in an anyio task
+group owned by the ensemble, so leaving the ``async with`` block (or cancelling ``run()``)
+stops them, cancels running tasks in the backend and records them as cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import math
+import secrets
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Iterable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import anyio
+import msgspec
+from anyio.abc import TaskGroup
+
+from matensemble.backends.base import Backend, Launch, Outcome
+from matensemble.errors import MatEnsembleError, TaskRejected
+from matensemble.graph import DependencyGraph
+from matensemble.journal import Journal
+from matensemble.logging import EnsembleLogger, make_logger
+from matensemble.model import (
+    Event,
+    Placement,
+    Resources,
+    RunFinished,
+    RunStarted,
+    Task,
+    TaskAdded,
+    TaskFinished,
+    TaskResult,
+    TaskStarted,
+    TaskState,
+)
+from matensemble.observer import Observer
+from matensemble.resources import ResourcePool
+from matensemble.status import StatusFile
+from matensemble.strategies import FIFO, Adaptive, CompletionPolicy, RetryPolicy, SubmissionOrder
+from matensemble.strategies.backfill import Reservation
+from matensemble.summary import RunSummary
+
+__all__ = ["Ensemble"]
+
+_BACKFILL_WINDOW = 256  # how many queued tasks one pass looks past a blocked head
+
+
+class _Record:
+    """Mutable run state of one task (owned by the engine, never shown to users)."""
+
+    __slots__ = (
+        "attempts",
+        "cancel_requested",
+        "entry",
+        "placement",
+        "result",
+        "start",
+        "state",
+        "task",
+    )
+
+    def __init__(self, task: Task) -> None:
+        self.task = task
+        self.state = TaskState.PENDING
+        self.attempts = 0
+        self.placement: Placement = ()
+        self.result: TaskResult | None = None
+        self.entry: int = -1  # sequence number of its live entry in the ready heap
+        self.start = 0.0
+        self.cancel_requested = False
+
+
+class Ensemble:
+    """Runs tasks on a backend, respecting dependencies, resources and a strategy.
+
+    Use ``await Ensemble(tasks).run()`` for a batch, or ``async with Ensemble(...) as ens:``
+    with ``ens.submit(...)`` and ``async for result in ens.completed()`` to steer.
+
+    Args:
+        tasks: tasks to run (more may be submitted later).
+        backend: where tasks run; default ``LocalBackend()`` (this machine).
+        strategy: submission order; default ``FIFO()`` with backfill.
+        completion: completion policy; default ``Adaptive()`` (refill at once).
+        retry: backoff between attempts of a task with ``retries``.
+        run_dir: directory for the journal, status, logs and task outputs; default
+            ``runs/<run-id>``.
+        observers: extra observers of the event stream (e.g. a progress display).
+        console_log: also print warnings to stderr.
+    """
+
+    def __init__(
+        self,
+        tasks: Iterable[Task] = (),
+        *,
+        backend: Backend | None = None,
+        strategy: SubmissionOrder | None = None,
+        completion: CompletionPolicy | None = None,
+        retry: RetryPolicy | None = None,
+        run_dir: str | Path | None = None,
+        run_id: str | None = None,
+        observers: Sequence[Observer] = (),
+        console_log: bool = False,
+    ) -> None:
+        if backend is None:
+            from matensemble.backends.local import LocalBackend
+
+            backend = LocalBackend()
+        self.backend = backend
+        self.strategy = strategy or FIFO()
+        self.completion = completion or Adaptive()
+        self.retry = retry or RetryPolicy()
+        self.run_id = run_id or time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+        self.run_dir = Path(run_dir) if run_dir is not None else Path("runs") / self.run_id
+        self._extra_observers = list(observers)
+        self._console_log = console_log
+        self._initial: list[Task] = list(tasks)
+
+        self._records: dict[str, _Record] = {}
+        self._graph = DependencyGraph()
+        self._pool: ResourcePool | None = None
+        self._never_fits: dict[Resources, str | None] = {}
+        self._ready: list[tuple[Any, ...]] = []  # heap of (key..., seq, record)
+        self._seq = itertools.count()
+        self._running: dict[str, _Record] = {}
+        self._counts = dict.fromkeys(TaskState, 0)
+        self._open = 0  # tasks not yet terminal
+        self._finished: list[str] = []  # ids in the order they reached a terminal state
+        self._outcomes: deque[Outcome] = deque()
+        self._observers: list[Observer] = []
+        self._logger: EnsembleLogger | None = None
+        self._tg: TaskGroup | None = None
+        self._wake_producer = asyncio.Event()
+        self._wake_consumer = asyncio.Event()
+        self._progress = asyncio.Event()  # set whenever a task reaches a terminal state
+        self._error: BaseException | None = None
+        self._started = False
+        self._stopping = False
+        self._stop_reason: str | None = None
+        self._t0 = 0.0
+        self._t_end: float | None = None
+        self._core_seconds = 0.0
+        self._gpu_seconds = 0.0
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def run(self) -> RunSummary:
+        """Run every task to a terminal state; return the summary (also when tasks failed)."""
+        async with self:
+            await self.wait()
+        return self.summary()
+
+    async def __aenter__(self) -> Ensemble:
+        if self._started:
+            raise RuntimeError("an Ensemble can be started only once")
+        self._started = True
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._logger = make_logger(self.run_dir, self.run_id, console=self._console_log)
+        self._observers = [
+            Journal(self.run_dir),
+            StatusFile(self.run_dir, lambda: self.counts, lambda: self.resources),
+            *self._extra_observers,
+        ]
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        try:
+            inventory = await self.backend.open(self._on_outcome, self._tg)
+            self._pool = ResourcePool(inventory)
+            self._t0 = self.backend.now()
+            pool = self._pool
+            self._emit(
+                RunStarted(
+                    self._t0,
+                    self.run_id,
+                    self.backend.name,
+                    pool.total_cores,
+                    pool.total_gpus,
+                    len(pool.nodes),
+                )
+            )
+            self.log.info(
+                "run_started",
+                backend=self.backend.name,
+                run_dir=str(self.run_dir),
+                cores=pool.total_cores,
+                gpus=pool.total_gpus,
+                nodes=len(pool.nodes),
+                strategy=repr(self.strategy),
+                completion=repr(self.completion),
+            )
+            initial, self._initial = self._initial, []
+            self.submit(initial)
+            self._flush()
+        except BaseException as exc:
+            await self._teardown(exc)
+            self._tg.cancel_scope.cancel()
+            await self._tg.__aexit__(None, None, None)
+            raise
+        self._tg.start_soon(self._producer, name="matensemble-producer")
+        self._tg.start_soon(self._consumer, name="matensemble-consumer")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        assert self._tg is not None
+        error = exc
+        if error is None:
+            try:
+                await self.wait()  # leaving the block normally waits for every task
+            except BaseException as inner:
+                error = inner
+        await self._teardown(error)
+        self._tg.cancel_scope.cancel()
+        await self._tg.__aexit__(None, None, None)
+        if exc is None and error is not None:
+            raise error
+
+    async def _teardown(self, exc: BaseException | None) -> None:
+        """Stop starting, cancel what runs, record every open task, write the final files."""
+        with anyio.CancelScope(shield=True):
+            self._stopping = True
+            reason = "ensemble stopped" if exc is None else f"ensemble stopped: {_why(exc)}"
+            self._stop_reason = reason
+            try:
+                await self.backend.close()
+            finally:
+                self._drain_outcomes()
+                for rec in list(self._running.values()):
+                    self._finish(rec, TaskState.CANCELLED, reason=reason)
+                for rec in list(self._records.values()):
+                    if not rec.state.terminal:
+                        self._finish(rec, TaskState.CANCELLED, reason=reason)
+                self._t_end = self.backend.now() if self._pool is not None else None
+                outcome = "completed"
+                if exc is not None:
+                    outcome = "error" if isinstance(exc, Exception) else "cancelled"
+                counts = self.counts
+                self._emit(RunFinished(self._t_end or time.time(), counts, outcome))
+                self.log.info("run_finished", outcome=outcome, **counts)
+                for obs in self._observers:
+                    obs.close()
+                if self._logger is not None:
+                    self._logger.close()
+
+    # -- public API -----------------------------------------------------------------------------
+
+    @property
+    def log(self) -> Any:
+        """This ensemble's structlog logger (bound to its run id)."""
+        assert self._logger is not None, "the ensemble has not started"
+        return self._logger.log
+
+    def submit(self, tasks: Task | Iterable[Task]) -> None:
+        """Add tasks; they start when their prerequisites succeeded and they fit.
+
+        The batch is checked as a whole before anything is recorded: a bad id, a duplicate id,
+        an unknown prerequisite, a cycle, or a task larger than the machine raises
+        ``TaskRejected`` (or its subclass ``DependencyError``) and adds nothing.
+        """
+        batch = [tasks] if isinstance(tasks, Task) else list(tasks)
+        if not self._started:
+            self._initial.extend(batch)
+            return
+        if self._stopping:
+            raise MatEnsembleError("the ensemble is stopping; no more tasks can be submitted")
+        assert self._pool is not None
+        seen: set[str] = set()
+        for task in batch:
+            if not isinstance(task, Task):
+                raise TypeError(f"submit() takes Task objects, got {type(task).__name__}")
+            if task.id in self._records or task.id in seen:
+                raise TaskRejected(task.id, "a task with this id was already submitted")
+            seen.add(task.id)
+            res = task.resources
+            if res not in self._never_fits:
+                self._never_fits[res] = self._pool.why_never_fits(res)
+            why = self._never_fits[res]
+            if why is not None:
+                raise TaskRejected(task.id, f"it can never fit: {why}")
+        ready, skipped = self._graph.add(batch)
+
+        now = self.backend.now()
+        records = self._records
+        for task in batch:
+            records[task.id] = _Record(task)
+            self._emit(TaskAdded(now, task))
+        self._counts[TaskState.PENDING] += len(batch)
+        self._open += len(batch)
+        for task_id in ready:
+            self._make_ready(records[task_id])
+        for task_id, upstream in skipped:
+            self._skip(records[task_id], upstream)
+
+    def cancel(self, *task_ids: str) -> None:
+        """Cancel tasks by id (all open tasks when none is given); dependents are skipped."""
+        ids = task_ids or [r.task.id for r in self._records.values() if not r.state.terminal]
+        for task_id in ids:
+            rec = self._records.get(task_id)
+            if rec is None:
+                raise KeyError(f"no task with id {task_id!r}")
+            if rec.state is TaskState.RUNNING:
+                rec.cancel_requested = True  # never retry a cancelled task
+                self.backend.cancel((task_id, rec.attempts))
+            elif not rec.state.terminal:
+                self._finish(rec, TaskState.CANCELLED, reason="cancelled")
+        self._flush()
+
+    def reprioritise(self, task_id: str, priority: int) -> None:
+        """Change the priority of a task that has not started yet."""
+        rec = self._records[task_id]
+        if rec.state.terminal or rec.state is TaskState.RUNNING:
+            return
+        rec.task = msgspec.structs.replace(rec.task, priority=priority)
+        if rec.state is TaskState.READY:
+            self._push(rec)  # the old heap entry is now stale and will be skipped
+            self._wake_producer.set()
+
+    async def wait(self) -> None:
+        """Return when no task is open (all reached a terminal state)."""
+        while self._open and self._error is None:
+            self._progress.clear()
+            await self._progress.wait()
+        if self._error is not None:
+            raise self._error
+
+    async def completed(self) -> AsyncIterator[TaskResult]:
+        """Yield each task's final result as it arrives; stop when no task is open.
+
+        Tasks submitted while iterating are waited for too, which makes this the heart of a
+        steering loop. Every iterator sees every result, from the start of the run.
+        """
+        position = 0
+        while True:
+            while position < len(self._finished):
+                rec = self._records[self._finished[position]]
+                position += 1
+                assert rec.result is not None
+                yield rec.result
+            if self._error is not None:
+                raise self._error
+            if not self._open:
+                return
+            self._progress.clear()
+            await self._progress.wait()
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Number of tasks in each state."""
+        return {state.value: n for state, n in self._counts.items()}
+
+    @property
+    def resources(self) -> tuple[int, int, int, int]:
+        """``(free_cores, total_cores, free_gpus, total_gpus)``."""
+        pool = self._pool
+        if pool is None:
+            return (0, 0, 0, 0)
+        return (pool.free_cores, pool.total_cores, pool.free_gpus, pool.total_gpus)
+
+    def result(self, task_id: str) -> TaskResult | None:
+        """The final result of a task, or ``None`` while it is open."""
+        return self._records[task_id].result
+
+    def state(self, task_id: str) -> TaskState:
+        """The current state of a task."""
+        return self._records[task_id].state
+
+    def summary(self) -> RunSummary:
+        """Counts, makespan, utilisation and every result so far."""
+        pool = self._pool
+        end = self._t_end if self._t_end is not None else self.backend.now()
+        makespan = max(0.0, end - self._t0) if pool is not None else 0.0
+        return RunSummary(
+            run_id=self.run_id,
+            run_dir=str(self.run_dir),
+            backend=self.backend.name,
+            counts=self.counts,
+            makespan=makespan,
+            core_utilisation=_ratio(self._core_seconds, (pool.total_cores if pool else 0) * makespan),
+            gpu_utilisation=_ratio(self._gpu_seconds, (pool.total_gpus if pool else 0) * makespan),
+            results={
+                task_id: rec.result for task_id, rec in self._records.items() if rec.result
+            },
+        )
+
+    # -- producer ---------------------------------------------------------------------------------
+
+    async def _producer(self) -> None:
+        try:
+            while True:
+                self._wake_producer.clear()
+                self._fill()
+                self._flush()
+                if not self._outcomes and self._running:
+                    self.backend.idle()
+                await self._wake_producer.wait()
+        except Exception as exc:  # a bug or a strategy error: stop the run, report it
+            self._fail(exc)
+
+    def _fill(self) -> None:
+        """Start ready tasks in strategy order while they fit (with backfill if enabled)."""
+        pool = self._pool
+        assert pool is not None
+        heap = self._ready
+        put_back: list[tuple[Any, ...]] = []
+        reservation: Reservation | None = None
+        head: _Record | None = None
+        now = self.backend.now()
+        while heap and not self._stopping:
+            if not self.completion.may_start(len(self._running)):
+                break
+            entry = heapq.heappop(heap)
+            rec: _Record = entry[-1]
+            if rec.entry != entry[-2] or rec.state is not TaskState.READY:
+                continue  # stale: reprioritised or cancelled since it was queued
+            placement = pool.allocate(rec.task.resources)
+            if placement is None:
+                put_back.append(entry)
+                if head is None:
+                    head = rec
+                    if not self.strategy.backfill:
+                        break
+                if len(put_back) > _BACKFILL_WINDOW or pool.free_cores == 0:
+                    break
+                continue
+            if head is not None:
+                if reservation is None:
+                    # Plan the head's start on the pool as it was before this candidate.
+                    pool.release(placement)
+                    reservation = Reservation(head.task.resources, pool, self._expected_ends())
+                    placement = pool.allocate(rec.task.resources)
+                    assert placement is not None
+                if not reservation.admits(rec.task, now):
+                    pool.release(placement)
+                    put_back.append(entry)
+                    if len(put_back) > _BACKFILL_WINDOW:
+                        break
+                    continue
+            self._start(rec, placement, now)
+        else:
+            if not self._stopping:
+                self.completion.blocked()
+        if put_back:
+            self.completion.blocked()
+            for entry in put_back:
+                heapq.heappush(heap, entry)
+
+    def _expected_ends(self) -> list[tuple[float, Placement]]:
+        ends = []
+        for rec in self._running.values():
+            limit = rec.task.estimate if rec.task.estimate is not None else rec.task.timeout
+            ends.append((rec.start + limit if limit is not None else math.inf, rec.placement))
+        return ends
+
+    def _start(self, rec: _Record, placement: Placement, now: float) -> None:
+        task = rec.task
+        rec.state = TaskState.RUNNING
+        rec.attempts += 1
+        rec.placement = placement
+        rec.start = now
+        counts = self._counts
+        counts[TaskState.READY] -= 1
+        counts[TaskState.RUNNING] += 1
+        self._running[task.id] = rec
+        self._emit(TaskStarted(now, task.id, rec.attempts, placement))
+        self.backend.launch(
+            Launch(
+                task=task,
+                attempt=rec.attempts,
+                placement=placement,
+                task_dir=self.run_dir / "tasks" / task.id,
+                run_id=self.run_id,
+            )
+        )
+
+    # -- consumer ---------------------------------------------------------------------------------
+
+    def _on_outcome(self, outcome: Outcome) -> None:
+        """The backends' sink: queue the outcome and wake the consumer (event loop thread)."""
+        self._outcomes.append(outcome)
+        self._wake_consumer.set()
+
+    async def _consumer(self) -> None:
+        try:
+            while True:
+                await self._wake_consumer.wait()
+                self._wake_consumer.clear()
+                self._drain_outcomes()
+                self._flush()
+                self._wake_producer.set()
+        except Exception as exc:
+            self._fail(exc)
+
+    def _drain_outcomes(self) -> None:
+        outcomes = self._outcomes
+        while outcomes:
+            self._handle(outcomes.popleft())
+
+    def _handle(self, outcome: Outcome) -> None:
+        task_id, attempt = outcome.key
+        rec = self._records.get(task_id)
+        if rec is None or rec.state is not TaskState.RUNNING or rec.attempts != attempt:
+            self.log.warning("stale_outcome", task_id=task_id, attempt=attempt)
+            return
+        assert self._pool is not None
+        self._pool.release(rec.placement)
+        del self._running[task_id]
+        self._counts[TaskState.RUNNING] -= 1
+        self._counts[TaskState.PENDING] += 1
+        rec.state = TaskState.PENDING
+        if outcome.start_time is not None and outcome.end_time is not None:
+            used = outcome.end_time - outcome.start_time
+            self._core_seconds += used * sum(len(s.cores) for s in rec.placement)
+            self._gpu_seconds += used * sum(len(s.gpus) for s in rec.placement)
+        result = TaskResult(
+            id=task_id,
+            state=outcome.state,
+            attempts=attempt,
+            returncode=outcome.returncode,
+            signal=outcome.signal,
+            reason=self._stop_reason
+            if outcome.state is TaskState.CANCELLED and self._stop_reason
+            else outcome.reason,
+            start_time=outcome.start_time,
+            end_time=outcome.end_time,
+            placement=outcome.placement or rec.placement,
+            tags=rec.task.tags,
+        )
+        if (
+            outcome.state in self.retry.on
+            and attempt <= rec.task.retries
+            and not rec.cancel_requested
+            and not self._stopping
+        ):
+            delay = self.retry.wait_before(attempt)
+            self._emit(TaskFinished(self.backend.now(), result, retry_in=delay))
+            self.log.info("task_retry", task_id=task_id, attempt=attempt, state=outcome.state.value,
+                          reason=outcome.reason, retry_in=delay)
+            if delay > 0:
+                asyncio.get_running_loop().call_later(delay, self._retry_due, rec)
+            else:
+                self._make_ready(rec)
+            return
+        self._complete(rec, result)
+
+    def _retry_due(self, rec: _Record) -> None:
+        if rec.state is TaskState.PENDING and not self._stopping:
+            self._make_ready(rec)
+            self._wake_producer.set()
+
+    # -- state transitions (the only places that change a record's state) ------------------------
+
+    def _make_ready(self, rec: _Record) -> None:
+        self._counts[rec.state] -= 1
+        self._counts[TaskState.READY] += 1
+        rec.state = TaskState.READY
+        self._push(rec)
+        self._wake_producer.set()
+
+    def _push(self, rec: _Record) -> None:
+        seq = next(self._seq)
+        rec.entry = seq
+        heapq.heappush(self._ready, (*self.strategy.key(rec.task), seq, rec))
+
+    def _complete(self, rec: _Record, result: TaskResult) -> None:
+        """Record a terminal result, then let the graph and the completion policy react."""
+        self._set_terminal(rec, result)
+        if result.state is TaskState.SUCCEEDED:
+            for task_id in self._graph.succeeded(rec.task.id):
+                self._make_ready(self._records[task_id])
+        else:
+            self.log.warning("task_" + result.state.value, task_id=rec.task.id,
+                             attempts=result.attempts, returncode=result.returncode,
+                             signal=result.signal, reason=result.reason)
+            for task_id, upstream in self._graph.did_not_succeed(rec.task.id):
+                self._skip(self._records[task_id], upstream)
+        self._tell_policy(result)
+
+    def _skip(self, rec: _Record, upstream: str) -> None:
+        """Skip a task the graph already took out (so no second cascade)."""
+        up = self._records[upstream]
+        reason = f"prerequisite {upstream!r} {up.state.value}"
+        self._finish(rec, TaskState.SKIPPED, reason=reason, cascade=False)
+
+    def _finish(
+        self, rec: _Record, state: TaskState, *, reason: str, cascade: bool = True
+    ) -> None:
+        """End a task that did not run to an outcome (cancelled, skipped)."""
+        if rec.state is TaskState.RUNNING:
+            assert self._pool is not None
+            self._pool.release(rec.placement)
+            del self._running[rec.task.id]
+        result = TaskResult(
+            id=rec.task.id, state=state, attempts=rec.attempts, reason=reason, tags=rec.task.tags
+        )
+        if cascade:
+            self._complete(rec, result)
+        else:
+            self._set_terminal(rec, result)
+            self._tell_policy(result)
+
+    def _tell_policy(self, result: TaskResult) -> None:
+        """Run the completion policy's hook; an error in it stops the run (and is raised)."""
+        if self._stopping or self._error is not None:
+            return
+        try:
+            self.completion.on_result(result, self)
+        except Exception as exc:
+            self._fail(exc)
+
+    def _set_terminal(self, rec: _Record, result: TaskResult) -> None:
+        self._counts[rec.state] -= 1
+        self._counts[result.state] += 1
+        rec.state = result.state
+        rec.result = result
+        self._open -= 1
+        self._finished.append(rec.task.id)
+        self._emit(TaskFinished(result.end_time or self.backend.now(), result))
+        self._progress.set()
+
+    # -- plumbing ---------------------------------------------------------------------------------
+
+    def _emit(self, event: Event) -> None:
+        for obs in self._observers:
+            obs.on_event(event)
+
+    def _flush(self) -> None:
+        for obs in self._observers:
+            obs.flush()
+
+    def _fail(self, exc: BaseException) -> None:
+        self._error = exc
+        if self._logger is not None:
+            self.log.error("engine_error", error=repr(exc))
+        self._progress.set()
+
+
+def _ratio(used: float, available: float) -> float:
+    return used / available if available > 0 else 0.0
+
+
+def _why(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+

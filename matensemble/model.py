@@ -1,0 +1,301 @@
+"""The data model: tasks, their resources and results, and the events a run emits.
+
+Everything here is a frozen ``msgspec.Struct``: cheap to build, validated the same way whether it
+comes from Python or from a file, and encodable to JSON lines for the journal.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import re
+from typing import Literal
+
+import msgspec
+
+from matensemble.errors import SpecError
+
+__all__ = [
+    "TERMINAL_STATES",
+    "Placement",
+    "Resources",
+    "Slot",
+    "Task",
+    "TaskResult",
+    "TaskState",
+    "validate_task_id",
+]
+
+MAX_ID_LENGTH = 200
+_ID_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+=,@%:~-]*")
+
+
+def validate_task_id(task_id: object) -> str:
+    """Return ``task_id`` if it is safe as a directory name, else raise ``SpecError``.
+
+    Ids become ``<run-dir>/tasks/<id>/``, so they must not contain path separators, must not be
+    ``.``/``..``, must be printable ASCII without spaces, and at most 200 characters long.
+    """
+    if not isinstance(task_id, str):
+        raise SpecError(f"task id must be a string, got {type(task_id).__name__}")
+    if not task_id:
+        raise SpecError("task id must not be empty")
+    if len(task_id) > MAX_ID_LENGTH:
+        raise SpecError(
+            f"task id {task_id[:40]!r}... is {len(task_id)} characters long (at most "
+            f"{MAX_ID_LENGTH})"
+        )
+    if ".." in task_id:
+        raise SpecError(f"task id {task_id!r} must not contain '..'")
+    if not _ID_RE.fullmatch(task_id):
+        bad = next(
+            (c for i, c in enumerate(task_id) if not _ID_RE.fullmatch(task_id[: i + 1])), ""
+        )
+        raise SpecError(
+            f"task id {task_id!r} has a character not allowed in ids: {bad!r} (use letters, "
+            "digits and ._+=,@%:~- ; the first character must be a letter, digit or _)"
+        )
+    return task_id
+
+
+class TaskState(str, enum.Enum):
+    """Where a task is in its life. The last five are terminal."""
+
+    PENDING = "pending"  # waiting for prerequisites (or for a retry's backoff)
+    READY = "ready"  # prerequisites met, waiting for resources
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"
+    SKIPPED = "skipped"  # a prerequisite did not succeed
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATES
+
+
+TERMINAL_STATES = frozenset(
+    {
+        TaskState.SUCCEEDED,
+        TaskState.FAILED,
+        TaskState.TIMED_OUT,
+        TaskState.CANCELLED,
+        TaskState.SKIPPED,
+    }
+)
+
+
+class Resources(
+    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True
+):
+    """What one task needs: ``ranks`` processes, each with its cores and GPUs.
+
+    Args:
+        ranks: number of processes (MPI ranks, or plain copies when ``mpi`` is false).
+        cores_per_rank: CPU cores pinned to each rank.
+        gpus_per_rank: GPUs given to each rank.
+        nodes: spread the ranks evenly over exactly this many nodes (``None``: wherever they fit).
+        exclusive: take whole nodes, whatever the counts above leave free.
+        mpi: launch through MPI (``mpiexec`` locally, PMI under Flux).
+    """
+
+    ranks: int = 1
+    cores_per_rank: int = 1
+    gpus_per_rank: int = 0
+    nodes: int | None = None
+    exclusive: bool = False
+    mpi: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("ranks", "cores_per_rank"):
+            value = getattr(self, name)
+            if type(value) is not int or value < 1:
+                raise SpecError(f"resources.{name} must be an integer >= 1, got {value!r}")
+        if type(self.gpus_per_rank) is not int or self.gpus_per_rank < 0:
+            raise SpecError(
+                f"resources.gpus_per_rank must be an integer >= 0, got {self.gpus_per_rank!r}"
+            )
+        if self.nodes is not None:
+            if type(self.nodes) is not int or self.nodes < 1:
+                raise SpecError(f"resources.nodes must be an integer >= 1, got {self.nodes!r}")
+            if self.ranks % self.nodes:
+                raise SpecError(
+                    f"resources.ranks ({self.ranks}) must be a multiple of resources.nodes "
+                    f"({self.nodes}) so that every node gets the same number of ranks"
+                )
+
+    @property
+    def cores(self) -> int:
+        """Cores over all ranks."""
+        return self.ranks * self.cores_per_rank
+
+    @property
+    def gpus(self) -> int:
+        """GPUs over all ranks."""
+        return self.ranks * self.gpus_per_rank
+
+
+def _check_positive(name: str, value: float | None, *, allow_zero: bool = False) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise SpecError(f"{name} must be a finite number, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise SpecError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+
+
+class Task(
+    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True
+):
+    """One unit of work: an argv command and what it needs.
+
+    The command is executed directly (never through a shell unless ``command`` itself names
+    one, e.g. ``["sh", "-c", "..."]``).
+
+    Args:
+        id: unique within the ensemble; becomes the task's directory name.
+        command: argv list; ``command[0]`` is looked up on ``PATH``.
+        resources: ranks, cores, GPUs, nodes (see ``Resources``).
+        env: variables added to the task's environment.
+        inherit_env: start from the driver's environment (``True``) or from an empty one.
+        cwd: working directory; default is the task's own directory in the run directory.
+        timeout: seconds before the task is killed and recorded as ``timed_out``.
+        retries: how many more attempts after a failure or timeout.
+        after: ids of prerequisites; the task starts when all of them succeeded.
+        priority: larger runs earlier under the ``Priority`` order.
+        estimate: expected runtime in seconds (``LongestFirst``, backfill, walltime checks).
+        tags: free-form labels, kept in results and the journal.
+    """
+
+    id: str
+    command: tuple[str, ...]
+    resources: Resources = Resources()
+    env: dict[str, str] = {}
+    inherit_env: bool = True
+    cwd: str | None = None
+    timeout: float | None = None
+    retries: int = 0
+    after: tuple[str, ...] = ()
+    priority: int = 0
+    estimate: float | None = None
+    tags: dict[str, str] = {}
+
+    def __post_init__(self) -> None:
+        validate_task_id(self.id)
+        # Accept any sequence from Python callers; store tuples so tasks stay immutable.
+        if not isinstance(self.command, tuple):
+            msgspec.structs.force_setattr(self, "command", tuple(self.command))
+        if not isinstance(self.after, tuple):
+            msgspec.structs.force_setattr(self, "after", tuple(self.after))
+        if not self.command:
+            raise SpecError(f"task {self.id!r}: command must not be empty")
+        for i, arg in enumerate(self.command):
+            if not isinstance(arg, str):
+                raise SpecError(
+                    f"task {self.id!r}: command[{i}] must be a string, got {type(arg).__name__}"
+                )
+        if not isinstance(self.resources, Resources):
+            raise SpecError(f"task {self.id!r}: resources must be a Resources")
+        for key, value in self.env.items():
+            if not isinstance(key, str) or not isinstance(value, str):
+                raise SpecError(
+                    f"task {self.id!r}: env[{key!r}] must map a string to a string, got "
+                    f"{type(value).__name__}"
+                )
+            if not key or "=" in key or "\0" in key or "\0" in value:
+                raise SpecError(f"task {self.id!r}: env name {key!r} is not a valid variable")
+        _check_positive(f"task {self.id!r}: timeout", self.timeout)
+        _check_positive(f"task {self.id!r}: estimate", self.estimate, allow_zero=True)
+        if type(self.retries) is not int or self.retries < 0:
+            raise SpecError(f"task {self.id!r}: retries must be an integer >= 0")
+        if type(self.priority) is not int:
+            raise SpecError(f"task {self.id!r}: priority must be an integer")
+        for dep in self.after:
+            if not isinstance(dep, str):
+                raise SpecError(f"task {self.id!r}: after lists a non-string {dep!r}")
+            if dep == self.id:
+                raise SpecError(f"task {self.id!r} lists itself as a prerequisite")
+
+
+class Slot(msgspec.Struct, frozen=True, array_like=True):
+    """The exact resources granted on one node: core ids and GPU ids."""
+
+    node: str
+    cores: tuple[int, ...]
+    gpus: tuple[str, ...] = ()
+
+
+Placement = tuple[Slot, ...]
+
+
+class TaskResult(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """The outcome of a task (its last attempt, for a task that was retried).
+
+    ``returncode`` is the exit status; ``signal`` the signal that killed it, if one did.
+    ``reason`` explains every state other than ``succeeded``. Times are seconds since the epoch
+    on the backend's clock (virtual for the simulated backend).
+    """
+
+    id: str
+    state: TaskState
+    attempts: int = 0
+    returncode: int | None = None
+    signal: int | None = None
+    reason: str | None = None
+    start_time: float | None = None
+    end_time: float | None = None
+    placement: Placement = ()
+    tags: dict[str, str] = {}
+
+    @property
+    def ok(self) -> bool:
+        return self.state is TaskState.SUCCEEDED
+
+    @property
+    def runtime(self) -> float | None:
+        if self.start_time is None or self.end_time is None:
+            return None
+        return self.end_time - self.start_time
+
+
+# Events: what the engine emits; the journal writes them as JSON lines, observers display them.
+
+
+class RunStarted(msgspec.Struct, frozen=True, tag="run_started"):
+    t: float
+    run_id: str
+    backend: str
+    cores: int
+    gpus: int
+    nodes: int
+    version: int = 1
+
+
+class TaskAdded(msgspec.Struct, frozen=True, tag="task_added"):
+    t: float
+    task: Task
+
+
+class TaskStarted(msgspec.Struct, frozen=True, tag="task_started"):
+    t: float
+    id: str
+    attempt: int
+    placement: Placement
+
+
+class TaskFinished(msgspec.Struct, frozen=True, tag="task_finished"):
+    """A terminal result, or an attempt that failed and will be retried (``retry_in`` set)."""
+
+    t: float
+    result: TaskResult
+    retry_in: float | None = None
+
+
+class RunFinished(msgspec.Struct, frozen=True, tag="run_finished"):
+    t: float
+    counts: dict[str, int]
+    reason: Literal["completed", "cancelled", "error"] = "completed"
+
+
+Event = RunStarted | TaskAdded | TaskStarted | TaskFinished | RunFinished

@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from matensemble.model import Event, RunStarted, TaskFinished, TaskStarted, TaskState
+from matensemble.observer import Observer
+
+
+class InvariantChecker(Observer):
+    """Follows the event stream and fails the test the moment an invariant breaks.
+
+    Checks: no core or GPU id is granted twice at once, nothing exceeds the node sizes
+    (invariant 1); a task starts only after every prerequisite succeeded (invariant 3); every
+    task ends exactly once, with a reason unless it succeeded (invariant 2).
+    """
+
+    def __init__(self, cores_per_node: int, gpus_per_node: int) -> None:
+        self.cores_per_node = cores_per_node
+        self.gpus_per_node = gpus_per_node
+        self.after: dict[str, tuple[str, ...]] = {}
+        self.in_use: dict[tuple[str, str, object], str] = {}
+        self.placements: dict[str, tuple] = {}
+        self.final: dict[str, TaskState] = {}
+        self.started: list[str] = []
+        self.run_started = False
+
+    def on_event(self, event: Event) -> None:
+        if isinstance(event, RunStarted):
+            self.run_started = True
+        elif type(event).__name__ == "TaskAdded":
+            self.after[event.task.id] = event.task.after  # type: ignore[union-attr]
+        elif isinstance(event, TaskStarted):
+            for dep in self.after[event.id]:
+                assert self.final.get(dep) is TaskState.SUCCEEDED, (event.id, dep)
+            assert event.id not in self.final
+            for slot in event.placement:
+                for core in slot.cores:
+                    assert 0 <= core < self.cores_per_node
+                    key = (slot.node, "core", core)
+                    assert key not in self.in_use, f"core {key} given twice"
+                    self.in_use[key] = event.id
+                for gpu in slot.gpus:
+                    key = (slot.node, "gpu", gpu)
+                    assert key not in self.in_use, f"gpu {key} given twice"
+                    self.in_use[key] = event.id
+            self.placements[event.id] = event.placement
+            self.started.append(event.id)
+        elif isinstance(event, TaskFinished):
+            result = event.result
+            for slot in self.placements.pop(result.id, ()):
+                for core in slot.cores:
+                    assert self.in_use.pop((slot.node, "core", core)) == result.id
+                for gpu in slot.gpus:
+                    assert self.in_use.pop((slot.node, "gpu", gpu)) == result.id
+            if event.retry_in is None:
+                assert result.id not in self.final, f"{result.id} ended twice"
+                assert result.state.terminal
+                if result.state is not TaskState.SUCCEEDED:
+                    assert result.reason, f"{result.id} {result.state} without a reason"
+                self.final[result.id] = result.state
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Path:
+    return tmp_path / "run"
