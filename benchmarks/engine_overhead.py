@@ -28,7 +28,9 @@ def dag(n: int) -> list[Task]:
     tasks = []
     for i in range(n):
         layer, pos = divmod(i, width)
-        after = () if layer == 0 else (f"d{i - width}", f"d{(layer - 1) * width + (pos + 1) % width}")
+        after = (
+            () if layer == 0 else (f"d{i - width}", f"d{(layer - 1) * width + (pos + 1) % width}")
+        )
         tasks.append(Task(id=f"d{i}", command=("true",), after=after))
     return tasks
 
@@ -58,7 +60,8 @@ def main() -> None:
             prof.disable()
             pstats.Stats(prof).sort_stats("tottime").print_stats(15)
         assert counts["succeeded"] == args.tasks, counts
-        print(f"{name:12s} {args.tasks:>8d} tasks  {elapsed:7.2f} s  {args.tasks / elapsed:9.0f} tasks/s")
+        rate = args.tasks / elapsed
+        print(f"{name:12s} {args.tasks:>8d} tasks  {elapsed:7.2f} s  {rate:9.0f} tasks/s")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import msgspec
@@ -245,7 +245,7 @@ class Ensemble:
                     if not rec.state.terminal:
                         self._finish(rec, TaskState.CANCELLED, reason=reason)
                 self._t_end = self.backend.now() if self._pool is not None else None
-                outcome = "completed"
+                outcome: Literal["completed", "cancelled", "error"] = "completed"
                 if exc is not None:
                     outcome = "error" if isinstance(exc, Exception) else "cancelled"
                 counts = self.counts
@@ -389,11 +389,11 @@ class Ensemble:
             backend=self.backend.name,
             counts=self.counts,
             makespan=makespan,
-            core_utilisation=_ratio(self._core_seconds, (pool.total_cores if pool else 0) * makespan),
+            core_utilisation=_ratio(
+                self._core_seconds, (pool.total_cores if pool else 0) * makespan
+            ),
             gpu_utilisation=_ratio(self._gpu_seconds, (pool.total_gpus if pool else 0) * makespan),
-            results={
-                task_id: rec.result for task_id, rec in self._records.items() if rec.result
-            },
+            results={task_id: rec.result for task_id, rec in self._records.items() if rec.result},
         )
 
     # -- producer ---------------------------------------------------------------------------------
@@ -547,8 +547,14 @@ class Ensemble:
         ):
             delay = self.retry.wait_before(attempt)
             self._emit(TaskFinished(self.backend.now(), result, retry_in=delay))
-            self.log.info("task_retry", task_id=task_id, attempt=attempt, state=outcome.state.value,
-                          reason=outcome.reason, retry_in=delay)
+            self.log.info(
+                "task_retry",
+                task_id=task_id,
+                attempt=attempt,
+                state=outcome.state.value,
+                reason=outcome.reason,
+                retry_in=delay,
+            )
             if delay > 0:
                 asyncio.get_running_loop().call_later(delay, self._retry_due, rec)
             else:
@@ -582,9 +588,14 @@ class Ensemble:
             for task_id in self._graph.succeeded(rec.task.id):
                 self._make_ready(self._records[task_id])
         else:
-            self.log.warning("task_" + result.state.value, task_id=rec.task.id,
-                             attempts=result.attempts, returncode=result.returncode,
-                             signal=result.signal, reason=result.reason)
+            self.log.warning(
+                "task_" + result.state.value,
+                task_id=rec.task.id,
+                attempts=result.attempts,
+                returncode=result.returncode,
+                signal=result.signal,
+                reason=result.reason,
+            )
             for task_id, upstream in self._graph.did_not_succeed(rec.task.id):
                 self._skip(self._records[task_id], upstream)
         self._tell_policy(result)
@@ -595,9 +606,7 @@ class Ensemble:
         reason = f"prerequisite {upstream!r} {up.state.value}"
         self._finish(rec, TaskState.SKIPPED, reason=reason, cascade=False)
 
-    def _finish(
-        self, rec: _Record, state: TaskState, *, reason: str, cascade: bool = True
-    ) -> None:
+    def _finish(self, rec: _Record, state: TaskState, *, reason: str, cascade: bool = True) -> None:
         """End a task that did not run to an outcome (cancelled, skipped)."""
         if rec.state is TaskState.RUNNING:
             assert self._pool is not None
@@ -655,4 +664,3 @@ def _ratio(used: float, available: float) -> float:
 def _why(exc: BaseException) -> str:
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-

@@ -184,10 +184,10 @@ class Task(
     def __post_init__(self) -> None:
         validate_task_id(self.id)
         # Accept any sequence from Python callers; store tuples so tasks stay immutable.
-        if not isinstance(self.command, tuple):
-            msgspec.structs.force_setattr(self, "command", tuple(self.command))
-        if not isinstance(self.after, tuple):
-            msgspec.structs.force_setattr(self, "after", tuple(self.after))
+        for name in ("command", "after"):
+            value = getattr(self, name)
+            if not isinstance(value, tuple):
+                msgspec.structs.force_setattr(self, name, tuple(value))
         if not self.command:
             raise SpecError(f"task {self.id!r}: command must not be empty")
         for i, arg in enumerate(self.command):

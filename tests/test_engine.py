@@ -7,7 +7,6 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from conftest import InvariantChecker
 from matensemble import (
     DependencyError,
     Ensemble,
@@ -29,6 +28,8 @@ from matensemble.strategies import (
     RetryPolicy,
     Waves,
 )
+
+from conftest import InvariantChecker
 
 
 def t(task_id: str, est: float = 1.0, **kw: object) -> Task:
@@ -89,7 +90,9 @@ async def test_a_cycle_is_rejected_at_submission_and_nothing_runs(run_dir: Path)
 
 async def test_an_unknown_prerequisite_is_rejected_with_a_suggestion(run_dir: Path) -> None:
     with pytest.raises(DependencyError, match="unknown prerequisite 'prepar'; did you mean"):
-        await Ensemble([t("prepare"), t("b", after=("prepar",))], backend=sim(), run_dir=run_dir).run()
+        await Ensemble(
+            [t("prepare"), t("b", after=("prepar",))], backend=sim(), run_dir=run_dir
+        ).run()
 
 
 async def test_task_that_needs_more_gpus_than_exist_is_rejected(run_dir: Path) -> None:
@@ -123,7 +126,8 @@ async def test_failed_task_is_retried_with_backoff_then_succeeds(run_dir: Path) 
     result = summary.results["flaky"]
     assert result.state is TaskState.SUCCEEDED and result.attempts == 3
     retries = [
-        e for e in read_journal(run_dir / "journal.jsonl")
+        e
+        for e in read_journal(run_dir / "journal.jsonl")
         if isinstance(e, TaskFinished) and e.retry_in is not None
     ]
     assert [e.retry_in for e in retries] == [0.01, 0.02]
@@ -137,7 +141,9 @@ async def test_retries_are_bounded(run_dir: Path) -> None:
 
 
 async def test_timeout_in_simulation_is_recorded_as_timed_out(run_dir: Path) -> None:
-    summary = await Ensemble([t("slow", est=10.0, timeout=2.0)], backend=sim(), run_dir=run_dir).run()
+    summary = await Ensemble(
+        [t("slow", est=10.0, timeout=2.0)], backend=sim(), run_dir=run_dir
+    ).run()
     assert summary.results["slow"].state is TaskState.TIMED_OUT
     assert summary.makespan == pytest.approx(2.0)
 
@@ -303,7 +309,7 @@ async def test_run_directory_holds_journal_status_and_log(run_dir: Path) -> None
     status = read_status(run_dir)
     assert status.phase == "finished" and status.counts["succeeded"] == 2
     log_lines = (run_dir / "ensemble.log").read_text().splitlines()
-    assert [msgspec.json.decode(line)["event"] for line in log_lines][0] == "run_started"
+    assert msgspec.json.decode(log_lines[0])["event"] == "run_started"
 
 
 async def test_two_ensembles_in_one_process_keep_their_logs_apart(tmp_path: Path) -> None:
