@@ -1,7 +1,8 @@
 """A virtual cluster on a virtual clock: the real engine and strategies, at any scale, instantly.
 
 Tasks do not run; each launch ends after a duration the user chooses (by default the task's
-``estimate``, else zero), with an exit code the user chooses (default 0). Time advances only
+``sim_duration`` tag or its ``estimate``), with an exit code the user chooses (default the
+``sim_exit`` tag, else 0). Time advances only
 when the engine reports that it has nothing more to start (``idle``), and then jumps to the next
 completion, so a day on a whole Frontier takes as long as the engine's own bookkeeping.
 """
@@ -25,8 +26,15 @@ DurationFn = Callable[[Task, int], float]
 ReturncodeFn = Callable[[Task, int], int]
 
 
-def _estimate(task: Task, attempt: int) -> float:
-    return task.estimate or 0.0
+def _from_tags(task: Task, attempt: int) -> float:
+    """``tags["sim_duration"]`` if given, else the task's estimate, else zero."""
+    given = task.tags.get("sim_duration")
+    return float(given) if given is not None else task.estimate or 0.0
+
+
+def _exit_from_tags(task: Task, attempt: int) -> int:
+    """``tags["sim_exit"]`` if given, else 0."""
+    return int(task.tags.get("sim_exit", 0))
 
 
 class SimulatedBackend(Backend):
@@ -34,8 +42,10 @@ class SimulatedBackend(Backend):
 
     Args:
         nodes, cores_per_node, gpus_per_node: the machine.
-        duration: seconds a launch runs, from ``(task, attempt)``.
-        returncode: exit code of a launch, from ``(task, attempt)``; non-zero fails it.
+        duration: seconds a launch runs, from ``(task, attempt)``; by default the task's
+            ``sim_duration`` tag, else its ``estimate``, else zero.
+        returncode: exit code of a launch, from ``(task, attempt)``; non-zero fails it. By
+            default the task's ``sim_exit`` tag, else 0.
         start: the virtual clock's initial reading.
     """
 
@@ -47,8 +57,8 @@ class SimulatedBackend(Backend):
         cores_per_node: int = 8,
         gpus_per_node: int = 0,
         *,
-        duration: DurationFn = _estimate,
-        returncode: ReturncodeFn | None = None,
+        duration: DurationFn = _from_tags,
+        returncode: ReturncodeFn = _exit_from_tags,
         start: float = 0.0,
     ) -> None:
         if nodes < 1 or cores_per_node < 1 or gpus_per_node < 0:
@@ -72,9 +82,7 @@ class SimulatedBackend(Backend):
         nodes, cores, gpus = self._shape
         width = len(str(nodes - 1))
         return [
-            NodeSpec(
-                f"sim{i:0{width}d}", tuple(range(cores)), tuple(str(g) for g in range(gpus))
-            )
+            NodeSpec(f"sim{i:0{width}d}", tuple(range(cores)), tuple(str(g) for g in range(gpus)))
             for i in range(nodes)
         ]
 
@@ -84,7 +92,7 @@ class SimulatedBackend(Backend):
         start = self._now
         try:
             runtime = float(self._duration(task, attempt))
-            code = self._returncode(task, attempt) if self._returncode else 0
+            code = self._returncode(task, attempt)
         except Exception as exc:  # a user's model failing is one task failing
             self._deliver(
                 Outcome(key=launch.key, state=TaskState.FAILED, reason=f"simulation: {exc!r}")
