@@ -1,0 +1,462 @@
+"""Ensemble files: TOML or JSON decoded and validated with msgspec, sweeps expanded into tasks.
+
+A file has an optional ``[ensemble]`` table (run settings), an optional ``[defaults]`` table (any
+task field but ``id``/``command``/``after``; ``resources``, ``env`` and ``tags`` are merged key by
+key), plain ``[[task]]`` entries and ``[[sweep]]`` entries whose ``parameters`` (lists, single
+values, ``{start, stop, step}`` ranges or ``{linspace = [lo, hi, n]}``) are expanded with
+``mode = "product"`` or ``"zip"`` into one task per point, tagged with its parameter values. A
+sweep's id, argv elements, ``after``, ``cwd`` and ``env``/``tags`` values are ``str.format``
+templates over its parameters, ``{index}`` (the point's number) and ``{spec_dir}`` (the file's
+absolute directory; the only name plain tasks may use). Literal braces are written ``{{``/``}}``.
+
+A ``command`` given as one string is split with ``shlex.split``; it is *not* run through a shell.
+Commands run in the task's ``cwd``: by default the task's own directory in the run directory, so
+relative paths in commands are not relative to the file; use ``{spec_dir}`` or a ``cwd`` (relative
+``cwd`` values are resolved against the file's directory). ``after`` entries name a task id, a
+sweep's ``name`` (all its tasks), or a glob pattern over the file's ids (never the task itself).
+
+Validation is complete before anything is returned: an invalid file raises ``SpecError`` whose
+message starts with the file's path and names the field path or task id. This module never runs
+anything.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import itertools
+import os
+import re
+import shlex
+import string
+from collections.abc import Iterable
+from typing import Annotated, Any, Literal, NoReturn, get_args
+
+import msgspec
+from msgspec import UNSET, Meta, Struct, UnsetType
+
+from matensemble.errors import SpecError
+from matensemble.model import Resources, Task
+
+__all__ = ["EnsembleSpec", "load_ensemble", "parse_ensemble"]
+
+Strategy = Literal["fifo", "priority", "longest-first", "gpu-first"]
+Completion = Literal["adaptive", "waves"]
+
+
+class EnsembleSpec(Struct, frozen=True, kw_only=True):
+    """An ensemble file, expanded: its tasks in file order and the run settings it asks for.
+
+    Settings the file leaves out are ``None``; command-line options override the others.
+    ``run_dir``, when given, is absolute (a relative one is resolved against the file's directory).
+    """
+
+    name: str
+    tasks: tuple[Task, ...]
+    source: str = ""
+    strategy: Strategy | None = None
+    backfill: bool | None = None
+    completion: Completion | None = None
+    run_dir: str | None = None
+    cores: int | None = None
+    gpus: int | None = None
+
+
+# --- What the file may contain. UNSET marks "not given", so defaults can be merged. ---
+
+_Scalar = str | int | float | bool
+_Text = str | int | float  # env and tags values; numbers become strings
+_Argv = str | Annotated[list[str], Meta(min_length=1)]
+_Mode = Literal["product", "zip"]
+
+
+class _Settings(Struct, kw_only=True, forbid_unknown_fields=True):
+    name: str | None = None
+    strategy: Strategy | None = None
+    backfill: bool | None = None
+    completion: Completion | None = None
+    run_dir: str | None = None
+    cores: Annotated[int, Meta(ge=1)] | None = None
+    gpus: Annotated[int, Meta(ge=0)] | None = None
+
+
+class _ResourcesFields(Struct, kw_only=True, forbid_unknown_fields=True):
+    ranks: Annotated[int, Meta(ge=1)] | UnsetType = UNSET
+    cores_per_rank: Annotated[int, Meta(ge=1)] | UnsetType = UNSET
+    gpus_per_rank: Annotated[int, Meta(ge=0)] | UnsetType = UNSET
+    nodes: Annotated[int, Meta(ge=1)] | UnsetType | None = UNSET
+    exclusive: bool | UnsetType = UNSET
+    mpi: bool | UnsetType = UNSET
+
+
+class _TaskFields(Struct, kw_only=True, forbid_unknown_fields=True):
+    resources: _ResourcesFields | UnsetType = UNSET
+    env: dict[str, _Text] | UnsetType = UNSET
+    inherit_env: bool | UnsetType = UNSET
+    cwd: str | UnsetType = UNSET
+    timeout: Annotated[float, Meta(gt=0)] | UnsetType | None = UNSET
+    retries: Annotated[int, Meta(ge=0)] | UnsetType = UNSET
+    priority: int | UnsetType = UNSET
+    estimate: Annotated[float, Meta(ge=0)] | UnsetType | None = UNSET
+    tags: dict[str, _Text] | UnsetType = UNSET
+
+
+class _TaskEntry(_TaskFields, kw_only=True, forbid_unknown_fields=True):
+    id: str
+    command: _Argv
+    after: str | list[str] = []
+
+
+class _Range(Struct, kw_only=True, forbid_unknown_fields=True):
+    start: int | None = None
+    stop: int | None = None
+    step: int | None = None
+    linspace: tuple[float, float, Annotated[int, Meta(ge=1)]] | None = None
+
+
+_Param = list[_Scalar] | _Range | _Scalar
+
+
+class _SweepEntry(_TaskEntry, kw_only=True, forbid_unknown_fields=True):
+    parameters: dict[str, _Param]
+    name: str | None = None
+    mode: _Mode = "product"
+
+
+class _File(Struct, kw_only=True, forbid_unknown_fields=True):
+    ensemble: _Settings = msgspec.field(default_factory=_Settings)
+    defaults: _TaskFields = msgspec.field(default_factory=_TaskFields)
+    task: list[_TaskEntry] = []
+    sweep: list[_SweepEntry] = []
+
+
+# For "did you mean": the struct at an error path's last key, the choices of a Literal field.
+_STRUCT_AT: dict[str, type[Struct]] = {
+    **{"$": _File, "ensemble": _Settings, "defaults": _TaskFields, "task": _TaskEntry},
+    **{"sweep": _SweepEntry, "resources": _ResourcesFields, "parameters": _Range},
+}
+_CHOICES = {"strategy": Strategy, "completion": Completion, "mode": _Mode}
+_RESERVED = frozenset({"index", "spec_dir"})
+_HEADER = re.compile(rb"^[ \t]*\[\[[ \t]*(task|sweep)[ \t]*\]\]", re.MULTILINE)
+_FORMATTER = string.Formatter()
+
+
+def load_ensemble(path: str | os.PathLike[str]) -> EnsembleSpec:
+    """Read, validate and expand the ensemble file at ``path`` (``.toml`` or ``.json``).
+
+    Raises:
+        SpecError: the file cannot be read, has another suffix, or is invalid.
+    """
+    source = os.fspath(path)
+    suffix = os.path.splitext(source)[1].lower()
+    if suffix not in (".toml", ".json"):
+        raise SpecError(f"{source}: unknown ensemble file type {suffix!r}; use .toml or .json")
+    try:
+        with open(source, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise SpecError(f"{source}: cannot read ensemble file: {e.strerror or e}") from None
+    return parse_ensemble(data, source=source, format="toml" if suffix == ".toml" else "json")
+
+
+def parse_ensemble(data: bytes, *, source: str, format: Literal["toml", "json"]) -> EnsembleSpec:
+    """Validate and expand an ensemble document; ``source`` is its path, used in messages and
+    as the base of ``{spec_dir}`` and relative ``cwd``/``run_dir`` values.
+
+    Raises:
+        SpecError: the document is invalid; the message starts with ``source``.
+    """
+    decode = msgspec.toml.decode if format == "toml" else msgspec.json.decode
+    try:
+        doc = decode(data, type=_File)
+    except msgspec.ValidationError as e:
+        raise SpecError(f"{source}: {_explain(str(e), data, decode)}") from None
+    except msgspec.DecodeError as e:
+        raise SpecError(f"{source}: invalid {format.upper()}: {_with_line(str(e), data)}") from None
+    spec_dir = os.path.dirname(os.path.abspath(source))
+    tasks = _Expander(source, spec_dir, doc.defaults).expand(doc, _entry_order(data, doc, format))
+    settings = msgspec.structs.asdict(doc.ensemble)
+    settings["name"] = settings["name"] or os.path.splitext(os.path.basename(source))[0]
+    if settings["run_dir"] is not None:
+        settings["run_dir"] = os.path.normpath(os.path.join(spec_dir, settings["run_dir"]))
+    return EnsembleSpec(tasks=tasks, source=source, **settings)
+
+
+def _explain(message: str, data: bytes, decode: Any) -> str:
+    """Add the entry's id, the parameter's name and a did-you-mean to a msgspec message."""
+    found = re.search(r"at `(\$[^`]*)`", message)
+    path = found[1] if found else "$"
+    key = re.sub(r"\[[^\]]*\]", "", path).rsplit(".", 1)[-1]
+    notes = []
+    entry = re.match(r"\$\.(task|sweep)\[(\d+)\]", path)
+    if entry:
+        try:
+            raw = decode(data)[entry[1]][int(entry[2])]
+            notes.append(f"{entry[1]} {raw.get('name') or raw['id']!r}")
+            if ".parameters[...]" in path:
+                bad = [k for k, v in raw["parameters"].items() if not _converts(v, _Param)]
+                notes += [f"parameter {k!r}" for k in bad[:1]]
+        except (LookupError, TypeError, AttributeError, msgspec.MsgspecError):
+            pass
+    unknown = re.search(r"unknown field `([^`]*)`", message)
+    if unknown and key == "defaults" and unknown[1] in ("id", "command", "after"):
+        notes.append(f"[defaults] cannot set {unknown[1]!r}; set it in each [[task]] or [[sweep]]")
+    elif unknown and key in _STRUCT_AT:
+        close = difflib.get_close_matches(unknown[1], _STRUCT_AT[key].__struct_fields__, n=1)
+        notes += [f"did you mean {c!r}?" for c in close]
+    if message.startswith("Invalid enum value") and key in _CHOICES:
+        notes.append(f"choose one of: {', '.join(get_args(_CHOICES[key]))}")
+    return f"{message} ({'; '.join(notes)})" if notes else message
+
+
+def _converts(value: object, type_: Any) -> bool:
+    try:
+        msgspec.convert(value, type_)
+    except msgspec.ValidationError:
+        return False
+    return True
+
+
+def _with_line(message: str, data: bytes) -> str:
+    byte = re.search(r"\(byte (\d+)\)", message)
+    if byte:
+        offset = int(byte[1])
+        line = data.count(b"\n", 0, offset) + 1
+        column = offset - data.rfind(b"\n", 0, offset)
+        message += f" (at line {line}, column {column})"
+    return message
+
+
+def _entry_order(data: bytes, doc: _File, format: str) -> list[tuple[str, int]]:
+    """The order of ``[[task]]``/``[[sweep]]`` entries in the file.
+
+    TOML collects each array of tables into one list, so the interleaving is read back from the
+    headers; in JSON (and TOML with inline arrays) the ``task`` and ``sweep`` keys keep their order.
+    """
+    kinds = [m[1].decode() for m in _HEADER.finditer(data)] if format == "toml" else []
+    if kinds.count("task") != len(doc.task) or kinds.count("sweep") != len(doc.sweep):
+        top = (
+            msgspec.json.decode(data, type=dict[str, msgspec.Raw])
+            if format == "json"
+            else msgspec.toml.decode(data)
+        )
+        kinds = [
+            k for key in top if key in ("task", "sweep") for k in [key] * len(getattr(doc, key))
+        ]
+    counters = {"task": itertools.count(), "sweep": itertools.count()}
+    return [(kind, next(counters[kind])) for kind in kinds]
+
+
+class _Expander:
+    """Turns decoded entries into tasks: merge defaults, expand sweeps, resolve ``after``."""
+
+    def __init__(self, source: str, spec_dir: str, defaults: _TaskFields) -> None:
+        self.source = source
+        self.spec_dir = spec_dir
+        self.defaults = defaults
+        self.drafts: list[tuple[str, str, list[str], dict[str, Any]]] = []  # id, where, after, kw
+        self.where: dict[str, str] = {}  # id -> where it is defined
+        self.sweeps: dict[str, list[str]] = {}  # sweep name -> its ids
+
+    def fail(self, where: str, message: str) -> NoReturn:
+        raise SpecError(f"{self.source}: {where}{': ' if where else ''}{message}") from None
+
+    def expand(self, doc: _File, order: list[tuple[str, int]]) -> tuple[Task, ...]:
+        for kind, k in order:
+            self.add(k, doc.task[k] if kind == "task" else doc.sweep[k])
+        if not self.drafts:
+            self.fail("", "the file defines no tasks (add a [[task]] or a [[sweep]])")
+        return self.resolve()
+
+    def add(self, k: int, entry: _TaskEntry) -> None:
+        """Add a plain task, or every point of a sweep (a plain task is a sweep of one point)."""
+        sweep = entry if isinstance(entry, _SweepEntry) else None
+        names: list[str] = []
+        columns: list[list[Any]] = []
+        allowed, hint = {"spec_dir"}, "only {spec_dir} is defined outside a [[sweep]]"
+        where = f"$.task[{k}] (task {entry.id!r})"
+        if sweep is not None:
+            where = f"$.sweep[{k}] (sweep {sweep.name or sweep.id!r})"
+            names, columns = self.columns(where, sweep)
+            allowed, hint = (
+                {*names, *_RESERVED},
+                f"parameters: {', '.join(names)}; also index, spec_dir",
+            )
+        fields = self.merge(where, entry)
+        command = self.argv(where, entry.command)
+        after = [entry.after] if isinstance(entry.after, str) else entry.after
+        env, tags, cwd = fields["env"], fields["tags"], fields.get("cwd")
+        self.check(
+            where, [entry.id, *command, *after, *env.values(), *tags.values(), cwd], allowed, hint
+        )
+        group = None
+        if sweep is not None and sweep.name is not None:
+            if sweep.name in self.sweeps:
+                self.fail(where, f"another sweep is already named {sweep.name!r}")
+            group = self.sweeps[sweep.name] = []
+        points: Iterable[tuple[Any, ...]] = (
+            zip(*columns, strict=True)
+            if sweep is not None and sweep.mode == "zip"
+            else itertools.product(*columns)
+        )
+        # All of a task's templates are filled in by one format_map call, split at NULs (which
+        # no argv element, variable or path may contain): this keeps 100,000 points fast.
+        tag_keys = [*names, *tags]
+        templates = [entry.id, *command, *after, *env.values(), *[f"{{{n}}}" for n in names]]
+        templates += [*tags.values(), cwd or ""]
+        joined = "\0".join(templates)
+        ends = list(itertools.accumulate([1, len(command), len(after), len(env), len(tag_keys)]))
+        ctx: dict[str, Any] = {"spec_dir": self.spec_dir}
+        for index, point in enumerate(points):
+            ctx.update(zip(names, point, strict=True))
+            ctx["index"] = index
+            try:
+                parts = joined.format_map(ctx).split("\0")
+            except (ValueError, LookupError, AttributeError, TypeError) as e:
+                self.fail(f"{where} point {index}", f"cannot fill in a template: {e}")
+            if len(parts) != len(templates):
+                self.fail(f"{where} point {index}", "a value contains a NUL character")
+            kw = dict(fields, command=tuple(parts[ends[0] : ends[1]]))
+            kw["env"] = dict(zip(env, parts[ends[2] : ends[3]], strict=True))
+            kw["tags"] = dict(zip(tag_keys, parts[ends[3] : ends[4]], strict=True))
+            if cwd is not None:
+                kw["cwd"] = os.path.normpath(os.path.join(self.spec_dir, parts[-1]))
+            task_id, deps = parts[0], parts[ends[1] : ends[2]]
+            self.add_draft(
+                task_id, f"$.sweep[{k}] point {index}" if sweep else f"$.task[{k}]", deps, kw
+            )
+            if group is not None:
+                group.append(task_id)
+
+    def columns(self, where: str, sweep: _SweepEntry) -> tuple[list[str], list[list[Any]]]:
+        """The parameter names and, for each, its list of values."""
+        if not sweep.parameters:
+            self.fail(where, "parameters is empty; a sweep needs at least one parameter")
+        names = list(sweep.parameters)
+        for name in names:
+            if not name.isidentifier() or name in _RESERVED:
+                self.fail(where, f"parameter name {name!r} is not an identifier or is reserved")
+        columns = [self.values(where, n, v) for n, v in sweep.parameters.items()]
+        if sweep.mode == "zip" and len({len(c) for c in columns}) > 1:
+            lengths = ", ".join(f"{n}: {len(c)}" for n, c in zip(names, columns, strict=True))
+            self.fail(where, f"mode 'zip' needs equally long parameter lists ({lengths})")
+        for name, column in zip(names, columns, strict=True):
+            if not column:
+                self.fail(where, f"the sweep has no points: parameter {name!r} is empty")
+        return names, columns
+
+    def values(self, where: str, name: str, spec: Any) -> list[Any]:
+        if isinstance(spec, list):
+            return spec
+        if not isinstance(spec, _Range):
+            return [spec]
+        if spec.linspace is not None:
+            if (spec.start, spec.stop, spec.step) != (None, None, None):
+                self.fail(where, f"parameter {name!r}: give either linspace or start/stop/step")
+            lo, hi, n = spec.linspace
+            # Round to 12 significant digits so ids read 0.3, not 0.30000000000000004.
+            return [float(f"{lo + (hi - lo) * i / max(n - 1, 1):.12g}") for i in range(n)]
+        if spec.stop is None or spec.step == 0:
+            self.fail(where, f"parameter {name!r}: a range needs a 'stop' and a step other than 0")
+        return list(range(spec.start or 0, spec.stop, spec.step or 1))
+
+    def merge(self, where: str, entry: _TaskFields) -> dict[str, Any]:
+        """The entry's fields over ``[defaults]``; resources, env and tags merge key by key."""
+        fields: dict[str, Any] = {"resources": {}, "env": {}, "tags": {}}
+        for part in (self.defaults, entry):
+            for name in _TaskFields.__struct_fields__:
+                value = getattr(part, name)
+                if value is UNSET:
+                    continue
+                if name == "resources":
+                    given = msgspec.structs.asdict(value).items()
+                    fields[name].update((k, v) for k, v in given if v is not UNSET)
+                elif name in ("env", "tags"):
+                    fields[name].update((k, str(v)) for k, v in value.items())
+                else:
+                    fields[name] = value
+        try:
+            fields["resources"] = Resources(**fields["resources"])
+        except SpecError as e:
+            self.fail(where, str(e))
+        return fields
+
+    def argv(self, where: str, command: str | list[str]) -> list[str]:
+        if isinstance(command, list):
+            return command
+        try:
+            argv = shlex.split(command)
+        except ValueError as e:
+            self.fail(where, f"command {command!r} cannot be split: {e}")
+        return argv or self.fail(where, "command must not be empty")
+
+    def check(self, where: str, templates: list[str | None], allowed: set[str], hint: str) -> None:
+        """Reject unknown template names once per entry, not once per sweep point."""
+        for template in filter(None, templates):
+            try:
+                fields = [f for _, f, _, _ in _FORMATTER.parse(template) if f is not None]
+            except ValueError as e:
+                self.fail(
+                    where, f"bad template {template!r}: {e} (literal braces are {{{{ and }}}})"
+                )
+            for field in fields:
+                name = re.split(r"[.\[!:]", field, maxsplit=1)[0]
+                if name not in allowed:
+                    close = difflib.get_close_matches(name, sorted(allowed), n=1)
+                    maybe = f"; did you mean {close[0]!r}?" if close else ""
+                    self.fail(
+                        where,
+                        f"{template!r} uses {{{name}}}, which is not defined ({hint}; literal "
+                        f"braces are {{{{ and }}}}){maybe}",
+                    )
+
+    def add_draft(self, task_id: str, where: str, after: list[str], kw: dict[str, Any]) -> None:
+        first = self.where.get(task_id)
+        if first is not None:
+            same = first.split(" ")[0] == where.split(" ")[0]
+            hint = " (the id template must use every parameter that varies, or {index})"
+            self.fail(
+                "",
+                f"duplicate task id {task_id!r} at {where}; first defined at {first}"
+                f"{hint if same else ''}",
+            )
+        self.where[task_id] = where
+        self.drafts.append((task_id, where, after, kw))
+
+    def resolve(self) -> tuple[Task, ...]:
+        for name in self.sweeps:
+            if name in self.where:
+                self.fail("", f"sweep name {name!r} is also a task id ({self.where[name]})")
+        cache: dict[str, list[str]] = {}
+        tasks = []
+        for task_id, where, refs, kw in self.drafts:
+            deps: dict[str, None] = {}
+            for ref in refs:
+                matched = cache.get(ref)
+                if matched is None:
+                    matched = cache[ref] = self.lookup(ref)
+                if (
+                    ref not in self.where and ref not in self.sweeps
+                ):  # a glob: never the task itself
+                    matched = [m for m in matched if m != task_id]
+                if not matched:
+                    self.fail(f"{where} (task {task_id!r})", self.unknown(ref))
+                deps.update(dict.fromkeys(matched))
+            try:
+                tasks.append(Task(id=task_id, after=tuple(deps), **kw))
+            except SpecError as e:
+                self.fail(f"{where} (task {task_id!r})", str(e))
+        return tuple(tasks)
+
+    def lookup(self, ref: str) -> list[str]:
+        if ref in self.where:
+            return [ref]
+        if ref in self.sweeps:
+            return self.sweeps[ref]
+        return fnmatch.filter(self.where, ref) if any(c in ref for c in "*?[") else []
+
+    def unknown(self, ref: str) -> str:
+        candidates = list(itertools.islice(itertools.chain(self.sweeps, self.where), 20_000))
+        close = difflib.get_close_matches(ref, candidates, n=1)
+        maybe = f"; did you mean {close[0]!r}?" if close else ""
+        return f"after names {ref!r}, which is no task id, sweep name or glob match here{maybe}"
