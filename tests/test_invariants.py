@@ -139,7 +139,7 @@ def test_invariants_hold_on_random_ensembles(
         else:
             assert result.state is TaskState.SKIPPED
         if int(task_id[1:]) in failing and by_id[task_id].retries == 0:
-            assert result.state in (TaskState.FAILED, TaskState.SKIPPED)
+            assert result.state is not TaskState.SUCCEEDED
 
 
 def _node(name: str, cores: int, gpus: int):  # type: ignore[no-untyped-def]

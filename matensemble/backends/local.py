@@ -1,0 +1,537 @@
+"""The local backend: every launch is a group of real processes on this machine.
+
+Launching is synchronous on the event loop thread and costs one ``vfork``/``exec`` (what
+CPython's ``Popen`` uses when there is no ``preexec_fn``). Pinning needs no ``preexec_fn``
+either: on Linux ``sched_setaffinity(0, ...)`` sets the *calling thread's* mask and a child
+inherits it, so the loop thread narrows its own mask to the task's cores around ``Popen`` and
+restores it at once; nothing else runs on the loop thread in between.
+
+Waiting needs no thread, no coroutine and no polling: a ``pidfd`` turns readable when its
+process exits, and ``loop.add_reader`` calls back exactly then. Timeouts and the TERM-then-KILL
+escalation are ``loop.call_later`` handles. So the engine's task group is not needed here.
+
+Each process runs in its own session, so ``killpg`` reaches its whole tree, and Ctrl-C at the
+terminal reaches only the driver, which cancels tasks itself. When a leader exits, whatever it
+left running in its group is killed before the leader is reaped (a group id cannot be reused
+while its leader is an unreaped zombie). A child that starts its own session (a daemon) escapes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import anyio
+from anyio.abc import TaskGroup
+
+from matensemble.backends.base import Backend, Launch, LaunchKey, Outcome, Sink
+from matensemble.errors import BackendError, BackendUnavailable
+from matensemble.model import TaskState
+from matensemble.resources import NodeSpec
+
+__all__ = ["LocalBackend"]
+
+_GPU_VARIABLES = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES")
+_CAN_PIN = hasattr(os, "sched_setaffinity")
+
+_Exit = tuple[int | None, int | None, str]  # returncode, signal, reason
+_Process = tuple[list[str], str | None, dict[str, str], list[int]]  # argv, exe, env, cores
+
+
+class _LaunchError(Exception):
+    """A per-task problem found before any process started; the message is the reason."""
+
+
+class _Run:
+    """One launch in flight: its unreaped processes, its timers, and how it is ending."""
+
+    def __init__(self, launch: Launch, copies: int) -> None:
+        self.launch = launch
+        self.copies = copies
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}  # pid -> unreaped process
+        self.start_time: float | None = None
+        self.timer: asyncio.TimerHandle | None = None  # the timeout
+        self.kill_timer: asyncio.TimerHandle | None = None  # set once termination has begun
+        self.verdict: tuple[TaskState, str] | None = None  # TIMED_OUT or CANCELLED, and why
+        self.failure: _Exit | None = None  # the first copy that failed, or could not start
+
+
+class LocalBackend(Backend):
+    """Run tasks as subprocesses on this machine, pinned to the cores and GPUs they were given.
+
+    Args:
+        cores: ``None`` for every core this process may run on (``os.sched_getaffinity``), an
+            int N for the first N of those, or the exact core ids to use.
+        gpus: ``None`` to detect (``CUDA_VISIBLE_DEVICES``, then ``ROCR_VISIBLE_DEVICES`` and
+            ``HIP_VISIBLE_DEVICES``, then ``nvidia-smi -L``), an int N for ids ``"0"``..N-1, or
+            the exact ids.
+        gpu_variable: the variable that carries a task's GPU ids; default: the one the ids were
+            detected from, else ``CUDA_VISIBLE_DEVICES``. When the node has GPUs, a task given
+            none sees it set to the empty string, so it cannot take someone else's.
+        mpiexec: the launcher for ``mpi`` tasks; default: ``mpiexec`` on ``PATH``, else next to
+            the running Python (where the ``mpich`` wheel installs it).
+        kill_grace: seconds from SIGTERM to SIGKILL when a launch is stopped.
+        node_name: the node's name in the inventory; default: the host name.
+
+    Raises:
+        ValueError: ``cores`` names more or other cores than this process may use, or
+            ``gpus`` repeats an id.
+
+    Outcomes: a process killed by a signal has ``returncode=None`` and ``signal`` set; a
+    non-MPI task with ``ranks > 1`` runs one copy per rank and fails as soon as one copy fails
+    (the others are stopped). A launch that was timed out or cancelled keeps that state even
+    if its processes then exit 0.
+    """
+
+    name = "local"
+
+    def __init__(
+        self,
+        cores: int | Sequence[int] | None = None,
+        gpus: int | Sequence[str] | None = None,
+        *,
+        gpu_variable: str | None = None,
+        mpiexec: str | None = None,
+        kill_grace: float = 5.0,
+        node_name: str | None = None,
+    ) -> None:
+        if kill_grace < 0:
+            raise ValueError(f"kill_grace must be >= 0, got {kill_grace!r}")
+        self._cores = _select_cores(cores)
+        self._gpus_given = _select_gpus(gpus)
+        self._gpu_variable_given = gpu_variable
+        self._mpiexec_given = mpiexec
+        self._kill_grace = kill_grace
+        self._node_name = node_name
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sink: Sink = _unopened_sink
+        self._runs: dict[LaunchKey, _Run] = {}
+        self._unreported = 0  # launch failures scheduled with call_soon, not yet reported
+        self._closing = False
+        self._drained = asyncio.Event()
+        self._gpus: tuple[str, ...] = ()
+        self._gpu_variable = "CUDA_VISIBLE_DEVICES"
+        self._mpiexec: str | None = None
+        self._base_env: dict[str, str] = {}
+        self._driver_path = os.defpath
+        self._thread_mask: set[int] = set()
+        self._devnull = -1
+
+    async def open(self, sink: Sink, task_group: TaskGroup) -> Sequence[NodeSpec]:
+        """Read the inventory and take the environment tasks inherit (``os.environ`` now)."""
+        if self._loop is not None:
+            raise BackendError("LocalBackend.open() was called twice")
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise BackendUnavailable("LocalBackend needs anyio's asyncio backend") from None
+        try:
+            os.close(os.pidfd_open(os.getpid()))
+        except (AttributeError, OSError) as exc:
+            raise BackendUnavailable(
+                f"LocalBackend needs os.pidfd_open (Linux >= 5.3): {exc}"
+            ) from None
+        if _CAN_PIN:
+            self._thread_mask = os.sched_getaffinity(0)
+            outside = sorted(set(self._cores) - self._thread_mask)
+            if outside:
+                raise BackendError(f"the event loop thread may not run on cores {outside}")
+        self._gpus, found_in = await _detect_gpus(self._gpus_given)
+        self._gpu_variable = self._gpu_variable_given or found_in or "CUDA_VISIBLE_DEVICES"
+        if self._mpiexec_given is not None:
+            self._mpiexec = shutil.which(self._mpiexec_given) or self._mpiexec_given
+        else:
+            beside_python = str(Path(sys.executable).parent)
+            self._mpiexec = shutil.which("mpiexec") or shutil.which("mpiexec", path=beside_python)
+        self._base_env = dict(os.environ)
+        self._driver_path = os.environ.get("PATH", os.defpath)
+        self._devnull = os.open(os.devnull, os.O_RDONLY)
+        self._sink, self._loop = sink, loop
+        return [NodeSpec(self._node_name or socket.gethostname(), tuple(self._cores), self._gpus)]
+
+    # -- starting -----------------------------------------------------------------------------
+
+    def launch(self, launch: Launch) -> None:
+        """Start the launch's process(es); a per-task problem becomes a ``failed`` outcome.
+
+        Raises:
+            BackendError: the backend was not opened.
+            ValueError: a launch with the same key is still running (an engine bug).
+        """
+        loop = self._loop
+        if loop is None:
+            raise BackendError("LocalBackend.launch() before open()")
+        key = launch.key
+        if key in self._runs:
+            raise ValueError(f"launch {key} is already running")
+        if self._closing:
+            self._report_soon(Outcome(key=key, state=TaskState.CANCELLED, reason="backend closed"))
+            return
+        try:
+            plan = self._plan(launch)
+            out, err = _open_outputs(launch)
+        except _LaunchError as exc:
+            self._report_soon(Outcome(key=key, state=TaskState.FAILED, reason=str(exc)))
+            return
+        run = _Run(launch, len(plan))
+        cwd = launch.task.cwd or str(launch.task_dir)
+        try:
+            for rank, process in enumerate(plan):
+                try:
+                    proc = self._spawn(process, cwd, out, err)
+                except (OSError, ValueError, subprocess.SubprocessError) as exc:
+                    run.failure = (None, None, _describe_spawn_error(exc, process, cwd))
+                    break
+                run.start_time = run.start_time or time.time()
+                self._watch(run, proc, rank)
+        finally:
+            os.close(out)
+            os.close(err)
+        if not run.procs:
+            assert run.failure is not None
+            self._report_soon(Outcome(key=key, state=TaskState.FAILED, reason=run.failure[2]))
+            return
+        self._runs[key] = run
+        if run.failure is not None:  # a later copy could not start: stop the earlier ones
+            self._signal(run, signal.SIGKILL)
+        elif launch.task.timeout is not None:
+            timeout = launch.task.timeout
+            why = f"timed out after {timeout:g}s"
+            run.timer = loop.call_later(timeout, self._stop, run, TaskState.TIMED_OUT, why)
+
+    def _plan(self, launch: Launch) -> list[_Process]:
+        """argv, executable, environment and cores of each process to start.
+
+        Without ``PATH`` in the task's environment (``inherit_env=False``), ``command[0]`` is
+        looked up on the driver's ``PATH`` as it was at ``open()``, so ``["env"]`` still runs.
+        """
+        task, res = launch.task, launch.task.resources
+        cores = [c for slot in launch.placement for c in slot.cores]
+        gpus = [g for slot in launch.placement for g in slot.gpus]
+        copies = 1 if res.mpi else res.ranks
+        argv, executable = list(task.command), None
+        if "PATH" not in task.env and not (task.inherit_env and "PATH" in self._base_env):
+            executable = self._resolve(argv[0])
+        if res.mpi:
+            if self._mpiexec is None:
+                raise _LaunchError(
+                    f"mpi task, but no mpiexec was found on PATH or next to {sys.executable}; "
+                    "install an MPI (e.g. the mpich wheel) or pass LocalBackend(mpiexec=...)"
+                )
+            argv = [self._mpiexec, "-n", str(res.ranks), executable or argv[0], *argv[1:]]
+            executable = None
+        common = dict(self._base_env) if task.inherit_env else {}
+        common.update(task.env)
+        common["MATENSEMBLE_TASK_ID"] = task.id
+        common["MATENSEMBLE_ATTEMPT"] = str(launch.attempt)
+        common["MATENSEMBLE_RUN_ID"] = launch.run_id
+        common["MATENSEMBLE_TASK_DIR"] = os.path.abspath(launch.task_dir)
+        if "OMP_NUM_THREADS" not in task.env:
+            common["OMP_NUM_THREADS"] = str(res.cores_per_rank)
+        if copies == 1:
+            if self._gpus or gpus:
+                common[self._gpu_variable] = ",".join(gpus)
+            if not res.mpi:
+                common.update(MATENSEMBLE_RANK="0", MATENSEMBLE_NRANKS="1")
+            return [(argv, executable, common, cores)]
+        plan: list[_Process] = []
+        nc, ng = len(cores) // copies, len(gpus) // copies
+        for rank in range(copies):
+            env = common.copy()
+            env.update(MATENSEMBLE_RANK=str(rank), MATENSEMBLE_NRANKS=str(copies))
+            if self._gpus or gpus:
+                env[self._gpu_variable] = ",".join(gpus[rank * ng : (rank + 1) * ng])
+            plan.append((argv, executable, env, cores[rank * nc : (rank + 1) * nc]))
+        return plan
+
+    def _resolve(self, program: str) -> str:
+        if os.sep in program:
+            return program
+        found = shutil.which(program, path=self._driver_path)
+        if found is None:
+            raise _LaunchError(f"executable not found: {program!r}")
+        return found
+
+    def _spawn(self, process: _Process, cwd: str, out: int, err: int) -> subprocess.Popen[bytes]:
+        argv, executable, env, cores = process
+        pin = _CAN_PIN and bool(cores)
+        if pin:
+            os.sched_setaffinity(0, cores)  # this thread only; the child inherits it
+        try:
+            return subprocess.Popen(
+                argv,
+                executable=executable,
+                stdin=self._devnull,
+                stdout=out,
+                stderr=err,
+                close_fds=True,
+                cwd=cwd,
+                env=env,
+                start_new_session=True,
+            )
+        finally:
+            if pin:
+                os.sched_setaffinity(0, self._thread_mask)
+
+    def _watch(self, run: _Run, proc: subprocess.Popen[bytes], rank: int) -> None:
+        assert self._loop is not None
+        try:
+            pidfd = os.pidfd_open(proc.pid)
+        except OSError as exc:  # out of file descriptors: leave no process unwatched
+            _killpg(proc.pid, signal.SIGKILL)
+            _reap(proc)
+            run.failure = run.failure or (None, None, f"cannot watch the process: {exc}")
+            return
+        run.procs[proc.pid] = proc
+        self._loop.add_reader(pidfd, self._exited, run, proc, rank, pidfd)
+
+    # -- ending -------------------------------------------------------------------------------
+
+    def _exited(self, run: _Run, proc: subprocess.Popen[bytes], rank: int, pidfd: int) -> None:
+        """``proc`` is a zombie: kill what it left in its group, reap it, account for it."""
+        assert self._loop is not None
+        self._loop.remove_reader(pidfd)
+        os.close(pidfd)
+        _killpg(proc.pid, signal.SIGKILL)
+        code = _reap(proc)
+        del run.procs[proc.pid]
+        if code != 0 and run.failure is None:
+            run.failure = _describe_exit(code, f"rank {rank} " if run.copies > 1 else "")
+            if run.procs:  # the launch has failed: the other copies' work is wasted
+                self._terminate(run)
+        if not run.procs:
+            self._finish(run)
+
+    def _finish(self, run: _Run) -> None:
+        for timer in (run.timer, run.kill_timer):
+            if timer is not None:
+                timer.cancel()
+        key = run.launch.key
+        del self._runs[key]
+        returncode, signum, reason = run.failure or (0, None, None)
+        state = TaskState.FAILED if run.failure else TaskState.SUCCEEDED
+        if run.verdict is not None:
+            state, reason = run.verdict
+        outcome = Outcome(
+            key=key,
+            state=state,
+            returncode=returncode,
+            signal=signum,
+            reason=reason,
+            start_time=run.start_time,
+            end_time=time.time(),
+        )
+        try:
+            self._sink(outcome)
+        finally:
+            self._check_drained()
+
+    def _report_soon(self, outcome: Outcome) -> None:
+        """Report from a fresh callback, so the engine is never re-entered from its own call."""
+        assert self._loop is not None
+        self._unreported += 1
+        self._loop.call_soon(self._report, outcome)
+
+    def _report(self, outcome: Outcome) -> None:
+        self._unreported -= 1
+        try:
+            self._sink(outcome)
+        finally:
+            self._check_drained()
+
+    def _check_drained(self) -> None:
+        if self._closing and not self._runs and not self._unreported:
+            self._drained.set()
+
+    # -- stopping -----------------------------------------------------------------------------
+
+    def cancel(self, key: LaunchKey) -> None:
+        """Stop one launch: SIGTERM to its process group(s), SIGKILL after ``kill_grace``."""
+        run = self._runs.get(key)
+        if run is not None:
+            self._stop(run, TaskState.CANCELLED, "cancelled")
+
+    def _stop(self, run: _Run, state: TaskState, reason: str) -> None:
+        if run.verdict is None and run.failure is None:  # the first verdict stands
+            run.verdict = (state, reason)
+        self._terminate(run)
+
+    def _terminate(self, run: _Run) -> None:
+        if run.kill_timer is not None or self._loop is None:
+            return
+        if run.timer is not None:
+            run.timer.cancel()
+        self._signal(run, signal.SIGTERM)
+        self._signal(run, signal.SIGCONT)  # a stopped process cannot act on SIGTERM
+        run.kill_timer = self._loop.call_later(self._kill_grace, self._signal, run, signal.SIGKILL)
+
+    @staticmethod
+    def _signal(run: _Run, signum: int) -> None:
+        for pid in run.procs:  # unreaped leaders only, so each group id is still theirs
+            _killpg(pid, signum)
+
+    async def close(self) -> None:
+        """Cancel every running launch and return once each has reported its outcome.
+
+        If this wait is itself cancelled, every process group is killed at once; the outcomes
+        follow as the processes are reaped, for as long as the event loop runs (calling
+        ``close()`` again waits for them).
+        """
+        if not self._closing:
+            self._closing = True
+            for run in list(self._runs.values()):
+                self._stop(run, TaskState.CANCELLED, "cancelled")
+            self._check_drained()
+        try:
+            await self._drained.wait()
+        except BaseException:
+            for run in list(self._runs.values()):
+                self._signal(run, signal.SIGKILL)
+            raise
+        finally:
+            if self._devnull >= 0:
+                os.close(self._devnull)
+                self._devnull = -1
+
+
+def _unopened_sink(outcome: Outcome) -> None:
+    raise BackendError("LocalBackend reported an outcome before open()")
+
+
+def _select_cores(cores: int | Sequence[int] | None) -> list[int]:
+    available = sorted(os.sched_getaffinity(0)) if _CAN_PIN else list(range(os.cpu_count() or 1))
+    if cores is None:
+        return available
+    if isinstance(cores, bool):
+        raise TypeError("cores must be a count or a sequence of core ids, not a bool")
+    if isinstance(cores, int):
+        if not 1 <= cores <= len(available):
+            raise ValueError(f"cores={cores}, but this process may use cores {available}")
+        return available[:cores]
+    chosen = list(cores)
+    if not chosen or len(set(chosen)) != len(chosen):
+        raise ValueError(f"cores must be distinct core ids, got {chosen}")
+    outside = sorted(set(chosen) - set(available))
+    if outside:
+        raise ValueError(
+            f"cores {outside} are not among the cores this process may use: {available}"
+        )
+    return chosen
+
+
+def _select_gpus(gpus: int | Sequence[str] | None) -> tuple[str, ...] | None:
+    if gpus is None:
+        return None
+    if isinstance(gpus, bool | str):
+        raise TypeError(f"gpus must be a count or a sequence of id strings, got {gpus!r}")
+    if isinstance(gpus, int):
+        if gpus < 0:
+            raise ValueError(f"gpus must be >= 0, got {gpus}")
+        return tuple(str(i) for i in range(gpus))
+    chosen = tuple(gpus)
+    if len(set(chosen)) != len(chosen) or any(not g or "," in g for g in chosen):
+        raise ValueError(f"gpus must be distinct non-empty ids without commas, got {chosen}")
+    return chosen
+
+
+async def _detect_gpus(given: tuple[str, ...] | None) -> tuple[tuple[str, ...], str | None]:
+    """The GPU ids to hand out, and the variable they were found in (if one)."""
+    if given is not None:
+        return given, None
+    for variable in _GPU_VARIABLES:
+        value = os.environ.get(variable)
+        if value is not None:
+            return tuple(g.strip() for g in value.split(",") if g.strip()), variable
+    nvidia_smi = shutil.which("nvidia-smi")
+    if nvidia_smi is None:
+        return (), None
+    with anyio.move_on_after(30):  # a wedged driver must not hang the start of a run
+        try:
+            result = await anyio.run_process([nvidia_smi, "-L"], check=False)
+        except OSError:
+            return (), None
+        count = sum(1 for line in result.stdout.splitlines() if line.startswith(b"GPU "))
+        return tuple(str(i) for i in range(count)), None
+    return (), None
+
+
+def _open_outputs(launch: Launch) -> tuple[int, int]:
+    """Open stdout and stderr for appending, creating the task directory if it is missing."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+    try:
+        try:
+            out = os.open(launch.stdout, flags, 0o644)
+        except FileNotFoundError:
+            launch.task_dir.mkdir(parents=True, exist_ok=True)
+            out = os.open(launch.stdout, flags, 0o644)
+    except OSError as exc:
+        raise _LaunchError(f"cannot open {str(launch.stdout)!r}: {exc.strerror}") from None
+    try:
+        return out, os.open(launch.stderr, flags, 0o644)
+    except OSError as exc:
+        os.close(out)
+        raise _LaunchError(f"cannot open {str(launch.stderr)!r}: {exc.strerror}") from None
+
+
+def _describe_spawn_error(exc: Exception, process: _Process, cwd: str) -> str:
+    argv, executable, env, _ = process
+    program = argv[0]
+    if not isinstance(exc, OSError):
+        return f"cannot start {program!r}: {exc}"
+    if exc.filename == cwd and program != cwd:  # Popen names cwd when chdir failed
+        if isinstance(exc, FileNotFoundError):
+            return f"working directory not found: {cwd!r}"
+        if isinstance(exc, NotADirectoryError):
+            return f"working directory is not a directory: {cwd!r}"
+        return f"cannot enter working directory {cwd!r}: {exc.strerror}"
+    if isinstance(exc, FileNotFoundError):
+        target = executable or program
+        if os.sep not in target:
+            target = shutil.which(target, path=env.get("PATH", os.defpath)) or ""
+        if target and os.path.isfile(os.path.join(cwd, target)):
+            return f"the interpreter in the #! line of {program!r} was not found"
+        return f"executable not found: {program!r}"
+    if isinstance(exc, PermissionError):
+        return f"permission denied: cannot execute {program!r}"
+    return f"cannot start {program!r}: {exc.strerror or exc}"
+
+
+def _describe_exit(code: int | None, prefix: str) -> _Exit:
+    if code is None:
+        return None, None, f"{prefix}exit status lost: the process was reaped elsewhere"
+    if code >= 0:
+        return code, None, f"{prefix}exited with code {code}"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = "unknown"
+    return None, -code, f"{prefix}killed by signal {-code} ({name})"
+
+
+def _killpg(pgid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signum)
+
+
+def _reap(proc: subprocess.Popen[bytes]) -> int | None:
+    """Reap an exited ``proc``: its exit code (negative: a signal), or ``None`` if lost.
+
+    ``os.waitpid`` rather than ``Popen.wait``, which reports 0 when someone else reaped the
+    child and would turn a lost status into a success.
+    """
+    try:
+        _, status = os.waitpid(proc.pid, 0)
+    except ChildProcessError:
+        proc.returncode = -1  # keeps Popen.__del__ from tracking it as still running
+        return None
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode
