@@ -1,0 +1,190 @@
+"""The engine end to end on the local backend: real processes, real files."""
+
+from __future__ import annotations
+
+import os
+import select
+import sys
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+
+from matensemble import Ensemble, LocalBackend, Resources, Task, TaskState
+from matensemble.journal import read_journal
+from matensemble.model import RunFinished, TaskFinished
+from matensemble.status import read_status
+
+PY = sys.executable
+
+
+def sh(task_id: str, script: str, **kw: object) -> Task:
+    return Task(id=task_id, command=("sh", "-c", script), **kw)  # type: ignore[arg-type]
+
+
+def alive(pid: int, grace: float = 5.0) -> bool:
+    """Is ``pid`` still alive after at most ``grace`` seconds? (SIGKILL takes a moment.)
+
+    Waits on a pidfd (readable once the process has exited), so this is no polling loop; a
+    zombie that nobody reaps counts as dead.
+    """
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return False
+    try:
+        readable, _, _ = select.select([fd], [], [], grace)
+    finally:
+        os.close(fd)
+    return not readable
+
+
+async def test_success_failure_and_missing_executable_each_get_their_state(run_dir: Path) -> None:
+    tasks = [
+        sh("ok", "echo hello"),
+        sh("bad", "echo oops >&2; exit 7"),
+        Task(id="missing", command=("no-such-program-xyz",)),
+    ]
+    summary = await Ensemble(tasks, backend=LocalBackend(), run_dir=run_dir).run()
+    r = summary.results
+    assert r["ok"].state is TaskState.SUCCEEDED
+    assert (run_dir / "tasks" / "ok" / "stdout").read_text() == "hello\n"
+    assert r["bad"].state is TaskState.FAILED
+    assert r["bad"].returncode == 7
+    assert (run_dir / "tasks" / "bad" / "stderr").read_text() == "oops\n"
+    assert r["missing"].state is TaskState.FAILED
+    assert "no-such-program-xyz" in (r["missing"].reason or "")
+
+
+async def test_dependents_are_skipped_after_a_real_failure(run_dir: Path) -> None:
+    tasks = [sh("a", "exit 1"), sh("b", "touch should-not-exist", after=("a",))]
+    summary = await Ensemble(tasks, backend=LocalBackend(), run_dir=run_dir).run()
+    assert summary.results["b"].state is TaskState.SKIPPED
+    assert not (run_dir / "tasks" / "b").exists()
+
+
+async def test_timeout_kills_the_process_tree_and_records_timed_out(run_dir: Path) -> None:
+    script = "sleep 60 & echo $! > pids; sleep 60 & echo $! >> pids; wait"
+    summary = await Ensemble(
+        [sh("slow", script, timeout=0.5)], backend=LocalBackend(kill_grace=0.5), run_dir=run_dir
+    ).run()
+    assert summary.results["slow"].state is TaskState.TIMED_OUT
+    pids = [int(p) for p in (run_dir / "tasks" / "slow" / "pids").read_text().split()]
+    assert len(pids) == 2
+    assert not any(alive(p) for p in pids)
+
+
+async def test_five_hundred_short_tasks_all_succeed(run_dir: Path) -> None:
+    tasks = [Task(id=f"t{i}", command=("true",)) for i in range(500)]
+    summary = await Ensemble(tasks, backend=LocalBackend(), run_dir=run_dir).run()
+    assert summary.counts["succeeded"] == 500
+    assert len(list((run_dir / "tasks").iterdir())) == 500
+
+
+async def test_tasks_are_pinned_to_distinct_cores_seen_from_inside(run_dir: Path) -> None:
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        pytest.skip("needs two cores")
+    script = "grep Cpus_allowed_list /proc/self/status; sleep 0.3"
+    tasks = [sh(f"p{i}", script) for i in range(2)]
+    summary = await Ensemble(tasks, backend=LocalBackend(cores=2), run_dir=run_dir).run()
+    seen = []
+    for i in range(2):
+        text = (run_dir / "tasks" / f"p{i}" / "stdout").read_text()
+        allowed = text.split(":")[1].strip()
+        (slot,) = summary.results[f"p{i}"].placement
+        assert allowed == str(slot.cores[0])
+        seen.append(allowed)
+    assert len(set(seen)) == 2  # they ran at the same time, so on different cores
+
+
+async def test_gpu_ids_from_a_configured_list_reach_each_task(run_dir: Path) -> None:
+    tasks = [
+        sh(f"g{i}", "echo $CUDA_VISIBLE_DEVICES; sleep 0.2", resources=Resources(gpus_per_rank=1))
+        for i in range(2)
+    ] + [sh("cpu", 'echo "[$CUDA_VISIBLE_DEVICES]"')]
+    summary = await Ensemble(
+        tasks, backend=LocalBackend(cores=2, gpus=["4", "6"]), run_dir=run_dir
+    ).run()
+    got = {(run_dir / "tasks" / f"g{i}" / "stdout").read_text().strip() for i in range(2)}
+    assert got == {"4", "6"}
+    assert (run_dir / "tasks" / "cpu" / "stdout").read_text().strip() == "[]"
+    for i in range(2):
+        (slot,) = summary.results[f"g{i}"].placement
+        assert slot.gpus in (("4",), ("6",))
+
+
+async def test_cancelling_a_running_task_through_the_engine_kills_it(run_dir: Path) -> None:
+    async with Ensemble(
+        [sh("long", "echo $$ > pid; exec sleep 60")], backend=LocalBackend(), run_dir=run_dir
+    ) as ens:
+        pid_file = run_dir / "tasks" / "long" / "pid"
+        while not (pid_file.exists() and pid_file.read_text().strip()):
+            await anyio.sleep(0.01)  # test-side wait for the child to write its pid
+        ens.cancel("long")
+    assert ens.summary().results["long"].state is TaskState.CANCELLED
+    assert not alive(int(pid_file.read_text()))
+
+
+async def test_cancelling_run_kills_running_tasks_and_records_them(run_dir: Path) -> None:
+    tasks = [sh(f"s{i}", "echo $$ > pid; exec sleep 60") for i in range(2)]
+    ensemble = Ensemble(tasks, backend=LocalBackend(kill_grace=0.5), run_dir=run_dir)
+    with anyio.move_on_after(0.7):
+        await ensemble.run()
+    events = list(read_journal(run_dir / "journal.jsonl"))
+    finals = {e.result.id: e.result.state for e in events if isinstance(e, TaskFinished)}
+    assert finals == {"s0": TaskState.CANCELLED, "s1": TaskState.CANCELLED}
+    assert isinstance(events[-1], RunFinished)
+    assert events[-1].reason == "cancelled"
+    for i in range(2):
+        assert not alive(int((run_dir / "tasks" / f"s{i}" / "pid").read_text()))
+    assert read_status(run_dir).phase == "cancelled"
+
+
+async def test_an_idle_engine_uses_no_cpu(run_dir: Path) -> None:
+    """Invariant 4: while the only task sleeps, the driver burns (almost) no CPU time."""
+    async with Ensemble(
+        [Task(id="nap", command=("sleep", "1.5"))], backend=LocalBackend(), run_dir=run_dir
+    ) as ens:
+        await anyio.sleep(0.2)
+        cpu0, wall0 = time.process_time(), time.monotonic()
+        await ens.wait()
+        cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
+    assert wall > 1.0
+    assert cpu < 0.05 * wall  # a busy or polling loop would use a large share of the wall time
+
+
+async def test_steering_loop_bisects_with_real_processes(run_dir: Path) -> None:
+    """Find the smallest n with n*n > 2000 by bisection, one real process per probe."""
+    lo, hi = 0, 100
+
+    def probe(n: int) -> Task:
+        return Task(id=f"probe-{n}", command=(PY, "-c", f"import sys; sys.exit({n}*{n} <= 2000)"))
+
+    async with Ensemble(backend=LocalBackend(cores=1), run_dir=run_dir) as ens:
+        ens.submit(probe((lo + hi) // 2))
+        async for result in ens.completed():
+            n = int(result.id.split("-")[1])
+            if result.ok:
+                hi = n
+            else:
+                lo = n
+            if hi - lo > 1:
+                ens.submit(probe((lo + hi) // 2))
+    assert hi == 45
+    assert ens.summary().counts["succeeded"] + ens.summary().counts["failed"] >= 6
+
+
+async def test_python_tasks_with_environment_and_cwd(run_dir: Path, tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    task = Task(
+        id="env",
+        command=(PY, "-c", "import os; open('out.txt','w').write(os.environ['GREETING'])"),
+        env={"GREETING": "bonjour"},
+        cwd=str(work),
+    )
+    summary = await Ensemble([task], backend=LocalBackend(), run_dir=run_dir).run()
+    assert summary.ok
+    assert (work / "out.txt").read_text() == "bonjour"
