@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import math
 import re
+from collections.abc import Sequence
 from typing import Literal
 
 import msgspec
@@ -48,9 +49,7 @@ def validate_task_id(task_id: object) -> str:
     if ".." in task_id:
         raise SpecError(f"task id {task_id!r} must not contain '..'")
     if not _ID_RE.fullmatch(task_id):
-        bad = next(
-            (c for i, c in enumerate(task_id) if not _ID_RE.fullmatch(task_id[: i + 1])), ""
-        )
+        bad = next((c for i, c in enumerate(task_id) if not _ID_RE.fullmatch(task_id[: i + 1])), "")
         raise SpecError(
             f"task id {task_id!r} has a character not allowed in ids: {bad!r} (use letters, "
             "digits and ._+=,@%:~- ; the first character must be a letter, digit or _)"
@@ -169,14 +168,14 @@ class Task(
     """
 
     id: str
-    command: tuple[str, ...]
+    command: Sequence[str]
     resources: Resources = Resources()
     env: dict[str, str] = {}
     inherit_env: bool = True
     cwd: str | None = None
     timeout: float | None = None
     retries: int = 0
-    after: tuple[str, ...] = ()
+    after: Sequence[str] = ()
     priority: int = 0
     estimate: float | None = None
     tags: dict[str, str] = {}

@@ -76,7 +76,9 @@ class ResourcePool:
         if res.exclusive:
             # Whole nodes, as few as hold the ranks.
             if sum(per_node) < res.ranks:
-                return f"needs {res.ranks} rank(s) on whole nodes; the machine holds {sum(per_node)}"
+                return (
+                    f"needs {res.ranks} rank(s) on whole nodes; the machine holds {sum(per_node)}"
+                )
             return None
         if sum(per_node) < res.ranks:
             return (

@@ -134,7 +134,8 @@ def test_status_works_from_another_shell_while_the_run_is_going(tmp_path: Path) 
     spec = write(
         tmp_path / "e.toml",
         '[[task]]\nid = "first"\ncommand = ["true"]\n'
-        '[[task]]\nid = "wait"\ncommand = ["sh", "-c", "until [ -e ../../../go ]; do sleep 0.05; done"]\n'
+        '[[task]]\nid = "wait"\n'
+        'command = ["sh", "-c", "until [ -e ../../../go ]; do sleep 0.05; done"]\n'
         'after = ["first"]\n',
     )
     run = subprocess.Popen(

@@ -120,8 +120,8 @@ async def test_cancelling_a_running_task_through_the_engine_kills_it(run_dir: Pa
         [sh("long", "echo $$ > pid; exec sleep 60")], backend=LocalBackend(), run_dir=run_dir
     ) as ens:
         pid_file = run_dir / "tasks" / "long" / "pid"
-        while not (pid_file.exists() and pid_file.read_text().strip()):
-            await anyio.sleep(0.01)  # test-side wait for the child to write its pid
+        while not (pid_file.exists() and pid_file.read_text().strip()):  # noqa: ASYNC110
+            await anyio.sleep(0.01)  # test side: the child writes its pid (no event to wait on)
         ens.cancel("long")
     assert ens.summary().results["long"].state is TaskState.CANCELLED
     assert not alive(int(pid_file.read_text()))
