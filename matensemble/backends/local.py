@@ -30,18 +30,16 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import anyio
 from anyio.abc import TaskGroup
 
 from matensemble.backends.base import Backend, Launch, LaunchKey, Outcome, Sink
+from matensemble.backends.local_inventory import CAN_PIN, detect_gpus, select_cores, select_gpus
 from matensemble.errors import BackendError, BackendUnavailable
 from matensemble.model import TaskState
 from matensemble.resources import NodeSpec
 
 __all__ = ["LocalBackend"]
 
-_GPU_VARIABLES = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES")
-_CAN_PIN = hasattr(os, "sched_setaffinity")
 
 _Exit = tuple[int | None, int | None, str]  # returncode, signal, reason
 _Process = tuple[list[str], str | None, dict[str, str], list[int]]  # argv, exe, env, cores
@@ -106,8 +104,8 @@ class LocalBackend(Backend):
     ) -> None:
         if kill_grace < 0:
             raise ValueError(f"kill_grace must be >= 0, got {kill_grace!r}")
-        self._cores = _select_cores(cores)
-        self._gpus_given = _select_gpus(gpus)
+        self._cores = select_cores(cores)
+        self._gpus_given = select_gpus(gpus)
         self._gpu_variable_given = gpu_variable
         self._mpiexec_given = mpiexec
         self._kill_grace = kill_grace
@@ -140,12 +138,12 @@ class LocalBackend(Backend):
             raise BackendUnavailable(
                 f"LocalBackend needs os.pidfd_open (Linux >= 5.3): {exc}"
             ) from None
-        if _CAN_PIN:
+        if CAN_PIN:
             self._thread_mask = os.sched_getaffinity(0)
             outside = sorted(set(self._cores) - self._thread_mask)
             if outside:
                 raise BackendError(f"the event loop thread may not run on cores {outside}")
-        self._gpus, found_in = await _detect_gpus(self._gpus_given)
+        self._gpus, found_in = await detect_gpus(self._gpus_given)
         self._gpu_variable = self._gpu_variable_given or found_in or "CUDA_VISIBLE_DEVICES"
         if self._mpiexec_given is not None:
             self._mpiexec = shutil.which(self._mpiexec_given) or self._mpiexec_given
@@ -263,7 +261,7 @@ class LocalBackend(Backend):
 
     def _spawn(self, process: _Process, cwd: str, out: int, err: int) -> subprocess.Popen[bytes]:
         argv, executable, env, cores = process
-        pin = _CAN_PIN and bool(cores)
+        pin = CAN_PIN and bool(cores)
         if pin:
             os.sched_setaffinity(0, cores)  # this thread only; the child inherits it
         try:
@@ -405,63 +403,6 @@ class LocalBackend(Backend):
 
 def _unopened_sink(outcome: Outcome) -> None:
     raise BackendError("LocalBackend reported an outcome before open()")
-
-
-def _select_cores(cores: int | Sequence[int] | None) -> list[int]:
-    available = sorted(os.sched_getaffinity(0)) if _CAN_PIN else list(range(os.cpu_count() or 1))
-    if cores is None:
-        return available
-    if isinstance(cores, bool):
-        raise TypeError("cores must be a count or a sequence of core ids, not a bool")
-    if isinstance(cores, int):
-        if not 1 <= cores <= len(available):
-            raise ValueError(f"cores={cores}, but this process may use cores {available}")
-        return available[:cores]
-    chosen = list(cores)
-    if not chosen or len(set(chosen)) != len(chosen):
-        raise ValueError(f"cores must be distinct core ids, got {chosen}")
-    outside = sorted(set(chosen) - set(available))
-    if outside:
-        raise ValueError(
-            f"cores {outside} are not among the cores this process may use: {available}"
-        )
-    return chosen
-
-
-def _select_gpus(gpus: int | Sequence[str] | None) -> tuple[str, ...] | None:
-    if gpus is None:
-        return None
-    if isinstance(gpus, bool | str):
-        raise TypeError(f"gpus must be a count or a sequence of id strings, got {gpus!r}")
-    if isinstance(gpus, int):
-        if gpus < 0:
-            raise ValueError(f"gpus must be >= 0, got {gpus}")
-        return tuple(str(i) for i in range(gpus))
-    chosen = tuple(gpus)
-    if len(set(chosen)) != len(chosen) or any(not g or "," in g for g in chosen):
-        raise ValueError(f"gpus must be distinct non-empty ids without commas, got {chosen}")
-    return chosen
-
-
-async def _detect_gpus(given: tuple[str, ...] | None) -> tuple[tuple[str, ...], str | None]:
-    """The GPU ids to hand out, and the variable they were found in (if one)."""
-    if given is not None:
-        return given, None
-    for variable in _GPU_VARIABLES:
-        value = os.environ.get(variable)
-        if value is not None:
-            return tuple(g.strip() for g in value.split(",") if g.strip()), variable
-    nvidia_smi = shutil.which("nvidia-smi")
-    if nvidia_smi is None:
-        return (), None
-    with anyio.move_on_after(30):  # a wedged driver must not hang the start of a run
-        try:
-            result = await anyio.run_process([nvidia_smi, "-L"], check=False)
-        except OSError:
-            return (), None
-        count = sum(1 for line in result.stdout.splitlines() if line.startswith(b"GPU "))
-        return tuple(str(i) for i in range(count)), None
-    return (), None
 
 
 def _open_outputs(launch: Launch) -> tuple[int, int]:

@@ -1,0 +1,73 @@
+"""What the local backend may hand out: this process's cores and the visible GPUs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Sequence
+
+import anyio
+
+__all__ = ["CAN_PIN", "detect_gpus", "select_cores", "select_gpus"]
+
+GPU_VARIABLES = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES")
+CAN_PIN = hasattr(os, "sched_setaffinity")
+
+
+def select_cores(cores: int | Sequence[int] | None) -> list[int]:
+    """Core ids from ``LocalBackend(cores=...)``, checked against the affinity mask."""
+    available = sorted(os.sched_getaffinity(0)) if CAN_PIN else list(range(os.cpu_count() or 1))
+    if cores is None:
+        return available
+    if isinstance(cores, bool):
+        raise TypeError("cores must be a count or a sequence of core ids, not a bool")
+    if isinstance(cores, int):
+        if not 1 <= cores <= len(available):
+            raise ValueError(f"cores={cores}, but this process may use cores {available}")
+        return available[:cores]
+    chosen = list(cores)
+    if not chosen or len(set(chosen)) != len(chosen):
+        raise ValueError(f"cores must be distinct core ids, got {chosen}")
+    outside = sorted(set(chosen) - set(available))
+    if outside:
+        raise ValueError(
+            f"cores {outside} are not among the cores this process may use: {available}"
+        )
+    return chosen
+
+
+def select_gpus(gpus: int | Sequence[str] | None) -> tuple[str, ...] | None:
+    """GPU ids from ``LocalBackend(gpus=...)``; ``None`` means detect them."""
+    if gpus is None:
+        return None
+    if isinstance(gpus, bool | str):
+        raise TypeError(f"gpus must be a count or a sequence of id strings, got {gpus!r}")
+    if isinstance(gpus, int):
+        if gpus < 0:
+            raise ValueError(f"gpus must be >= 0, got {gpus}")
+        return tuple(str(i) for i in range(gpus))
+    chosen = tuple(gpus)
+    if len(set(chosen)) != len(chosen) or any(not g or "," in g for g in chosen):
+        raise ValueError(f"gpus must be distinct non-empty ids without commas, got {chosen}")
+    return chosen
+
+
+async def detect_gpus(given: tuple[str, ...] | None) -> tuple[tuple[str, ...], str | None]:
+    """The GPU ids to hand out, and the variable they were found in (if one)."""
+    if given is not None:
+        return given, None
+    for variable in GPU_VARIABLES:
+        value = os.environ.get(variable)
+        if value is not None:
+            return tuple(g.strip() for g in value.split(",") if g.strip()), variable
+    nvidia_smi = shutil.which("nvidia-smi")
+    if nvidia_smi is None:
+        return (), None
+    with anyio.move_on_after(30):  # a wedged driver must not hang the start of a run
+        try:
+            result = await anyio.run_process([nvidia_smi, "-L"], check=False)
+        except OSError:
+            return (), None
+        count = sum(1 for line in result.stdout.splitlines() if line.startswith(b"GPU "))
+        return tuple(str(i) for i in range(count)), None
+    return (), None
