@@ -1,19 +1,23 @@
-"""``matensemble run | status``: run ensemble files and look at runs from the shell.
+"""``matensemble run | resume | status``: run ensemble files and look at runs from the shell.
 
-Exit codes: 0 every task succeeded; 1 some task did not; 2 bad input (file, options);
-130 interrupted.
+Exit codes: 0 every task succeeded; 1 some task did not; 2 bad input (file, options, journal);
+3 stopped before the end (walltime); 128+N stopped by signal N (130 for SIGINT, 143 for
+SIGTERM). A stopped run continues with ``matensemble resume RUN_DIR``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from matensemble.backends.base import Backend
@@ -29,7 +33,7 @@ from matensemble.summary import RunSummary
 
 __all__ = ["main"]
 
-EXIT_OK, EXIT_TASKS_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_TASKS_FAILED, EXIT_BAD_INPUT, EXIT_STOPPED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -40,7 +44,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
     except MatEnsembleError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        # Escaped: messages quote the file's own brackets ([defaults], [[task]], $.task[0]).
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+        return EXIT_BAD_INPUT
+    except OSError as exc:  # e.g. a --run-dir that is a file or cannot be created
+        where = f"{exc.filename}: " if exc.filename is not None else ""
+        err.print(
+            f"[bold red]error:[/] {escape(where + (exc.strerror or str(exc)))}", highlight=False
+        )
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]")
@@ -54,26 +65,49 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run an ensemble file (TOML or JSON)")
-    run.add_argument("file", type=Path, help="ensemble file (.toml or .json)")
-    run.add_argument("--run-dir", type=Path, help="where the run's files go (default runs/<id>)")
-    run.add_argument("--backend", choices=["local", "simulated"], default="local")
-    run.add_argument("--cores", type=int, help="use at most this many cores (local backend)")
-    run.add_argument(
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--backend", choices=["local", "simulated"], default="local")
+    common.add_argument("--cores", type=int, help="use at most this many cores (local backend)")
+    common.add_argument(
         "--gpus",
         help="GPUs to use: a count, or a comma-separated list of ids (local backend)",
     )
-    run.add_argument(
+    common.add_argument(
         "--strategy",
         choices=["fifo", "priority", "longest-first", "gpu-first"],
         help="submission order (default: the file's, else fifo)",
     )
-    run.add_argument(
+    common.add_argument(
         "--no-backfill", action="store_true", help="strict order: a task that does not fit blocks"
     )
-    run.add_argument("--completion", choices=["adaptive", "waves"], help="completion handling")
-    run.add_argument("--no-progress", action="store_true", help="no live progress display")
+    common.add_argument("--completion", choices=["adaptive", "waves"], help="completion handling")
+    common.add_argument(
+        "--walltime",
+        type=_walltime,
+        help="stop by then, [[HH:]MM:]SS from the start: tasks whose estimate would end later "
+        "are not started, running ones are cancelled at the end; resume continues",
+    )
+    common.add_argument("--no-progress", action="store_true", help="no live progress display")
+
+    run = sub.add_parser("run", parents=[common], help="run an ensemble file (TOML or JSON)")
+    run.add_argument("file", type=Path, help="ensemble file (.toml or .json)")
+    run.add_argument("--run-dir", type=Path, help="where the run's files go (default runs/<id>)")
     run.set_defaults(func=_cmd_run)
+
+    resume = sub.add_parser(
+        "resume",
+        parents=[common],
+        help="continue a run that was stopped or crashed (succeeded tasks are not run again)",
+    )
+    resume.add_argument("run_dir", type=Path, help="the run directory to continue")
+    resume.add_argument(
+        "--file",
+        type=Path,
+        help="the ensemble file; its tasks must match the journal's (checked), new ones need "
+        "--add-new",
+    )
+    resume.add_argument("--add-new", action="store_true", help="add the file's new tasks")
+    resume.set_defaults(func=_cmd_resume)
 
     status = sub.add_parser("status", help="show the state of a run (also while it runs)")
     status.add_argument("run_dir", type=Path)
@@ -87,12 +121,32 @@ def _parser() -> argparse.ArgumentParser:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     spec = load_ensemble(args.file)
+    run_dir = args.run_dir or (Path(spec.run_dir) if spec.run_dir else None)
+    run_id = time.strftime(f"{spec.name}-%Y%m%d-%H%M%S")
+    return _execute(args, spec, run_dir=run_dir or Path("runs") / run_id, run_id=run_id)
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    if args.file is not None:
+        spec = load_ensemble(args.file)
+    else:
+        spec = EnsembleSpec(name=args.run_dir.name, tasks=(), source=str(args.run_dir))
+    return _execute(args, spec, resume=args.run_dir)
+
+
+def _execute(
+    args: argparse.Namespace,
+    spec: EnsembleSpec,
+    *,
+    run_dir: Path | None = None,
+    run_id: str | None = None,
+    resume: Path | None = None,
+) -> int:
+    """Build the ensemble the options ask for, run it with signal handling, print a summary."""
     backend = _backend(args, spec)
     strategy_name = args.strategy or spec.strategy or "fifo"
     backfill = False if args.no_backfill else spec.backfill is not False
     completion = completion_by_name(args.completion or spec.completion or "adaptive")
-    run_dir = args.run_dir or (Path(spec.run_dir) if spec.run_dir else None)
-    run_id = time.strftime(f"{spec.name}-%Y%m%d-%H%M%S")
     console = Console(stderr=True)
     observers: list[Observer] = []
     if not args.no_progress:
@@ -102,32 +156,115 @@ def _cmd_run(args: argparse.Namespace) -> int:
         backend=backend,
         strategy=order_by_name(strategy_name, backfill=backfill),
         completion=completion,
-        run_dir=run_dir or Path("runs") / run_id,
+        run_dir=run_dir,
         run_id=run_id,
         observers=observers,
+        resume=resume,
+        add_new=getattr(args, "add_new", False),
+        walltime=args.walltime,
     )
+    what = "resuming" if resume else f"{len(spec.tasks)} tasks from {args.file}"
     console.print(
-        f"[bold]{spec.name}[/]: {len(spec.tasks)} tasks from {args.file} on {backend.name}, "
-        f"run directory [cyan]{ensemble.run_dir}[/]",
+        f"[bold]{escape(spec.name)}[/]: {escape(what)} on {backend.name}, "
+        f"run directory [cyan]{escape(str(ensemble.run_dir))}[/]",
         highlight=False,
     )
-    summary = asyncio.run(ensemble.run())
+    summary, signals = asyncio.run(_run_with_signals(ensemble, console))
     _print_summary(Console(), summary)
+    if summary.stopped is not None:
+        console.print(
+            f"[yellow]{escape(summary.stopped)}[/]; continue with: "
+            f"matensemble resume {escape(str(ensemble.run_dir))}",
+            highlight=False,
+        )
+        return 128 + signals[0] if signals else EXIT_STOPPED
     return EXIT_OK if summary.ok else EXIT_TASKS_FAILED
 
 
+async def _run_with_signals(ensemble: Ensemble, console: Console) -> tuple[RunSummary, list[int]]:
+    """Run; the first SIGINT/SIGTERM stops gracefully, a second one forces an exit now."""
+    loop = asyncio.get_running_loop()
+    seen: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        seen.append(signum)
+        name = signal.Signals(signum).name
+        if len(seen) == 1:
+            console.print(
+                f"[yellow]{name}: stopping (running tasks are cancelled; again to force)[/]"
+            )
+            ensemble.stop(name)
+            return
+        console.print(f"[red]{name}: forced exit; the journal is kept for resume[/]")
+        ensemble.abort()
+        os._exit(128 + signum)
+
+    handled = (signal.SIGINT, signal.SIGTERM)
+    for signum in handled:
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        return await ensemble.run(), seen
+    finally:
+        for signum in handled:
+            loop.remove_signal_handler(signum)
+
+
+def _walltime(text: str) -> float:
+    """Seconds from ``SS``, ``MM:SS`` or ``HH:MM:SS`` (fractions allowed in the seconds)."""
+    try:
+        parts = [float(p) for p in text.split(":")]
+    except ValueError:
+        parts = []
+    if not 1 <= len(parts) <= 3 or any(p < 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a walltime like 3600, 59:30 or 11:50:00")
+    seconds = 0.0
+    for part in parts:
+        seconds = seconds * 60 + part
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError("the walltime must be more than zero")
+    return seconds
+
+
 def _backend(args: argparse.Namespace, spec: EnsembleSpec) -> Backend:
-    cores = args.cores or spec.cores
+    """The backend the options ask for (else the file's ``[ensemble]`` settings).
+
+    Raises ``MatEnsembleError`` naming the option, or the file's field, for a count below one,
+    more cores than this process may use, or a malformed GPU list such as ``a,,b`` or ``-1``.
+    """
+    cores: int | None = args.cores
+    cores_from = "--cores"
+    if cores is None:
+        cores, cores_from = spec.cores, f"{spec.source}: $.ensemble.cores"
+    if cores is not None and cores < 1:
+        raise MatEnsembleError(f"{cores_from} must be at least 1, got {cores}")
     gpus: int | list[str] | None = spec.gpus
+    gpus_from = f"{spec.source}: $.ensemble.gpus"
     if args.gpus is not None:
-        gpus = int(args.gpus) if args.gpus.isdigit() else [g for g in args.gpus.split(",") if g]
+        text, gpus_from = args.gpus.strip(), "--gpus"
+        hint = "give a count (e.g. 2) or distinct ids separated by commas (e.g. 0,1)"
+        if text.isascii() and text.isdigit():
+            gpus = int(text)
+        else:
+            ids = [g.strip() for g in text.split(",")]
+            if not all(ids):
+                raise MatEnsembleError(f"--gpus {args.gpus!r} has an empty id; {hint}")
+            if any(g.startswith("-") for g in ids):
+                raise MatEnsembleError(f"--gpus {args.gpus!r}: a count cannot be negative; {hint}")
+            if len(set(ids)) != len(ids):
+                raise MatEnsembleError(f"--gpus {args.gpus!r} repeats an id; {hint}")
+            gpus = ids
     if args.backend == "simulated":
         from matensemble.backends.simulated import SimulatedBackend
 
         return SimulatedBackend(1, cores or 8, gpus if isinstance(gpus, int) else len(gpus or []))
     from matensemble.backends.local import LocalBackend
 
-    return LocalBackend(cores=cores, gpus=gpus)
+    try:
+        return LocalBackend(cores=cores, gpus=gpus)
+    except (ValueError, TypeError) as exc:
+        raise MatEnsembleError(
+            f"{gpus_from if 'gpus' in str(exc) else cores_from}: {exc}"
+        ) from None
 
 
 def _print_summary(console: Console, summary: RunSummary) -> None:

@@ -17,7 +17,7 @@ import math
 import secrets
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Container, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
@@ -29,7 +29,7 @@ from anyio.abc import TaskGroup
 from matensemble.backends.base import Backend, Launch, Outcome
 from matensemble.errors import MatEnsembleError, TaskRejected
 from matensemble.graph import DependencyGraph
-from matensemble.journal import Journal
+from matensemble.journal import Journal, Replay, replay
 from matensemble.logging import EnsembleLogger, make_logger
 from matensemble.model import (
     Event,
@@ -46,6 +46,7 @@ from matensemble.model import (
 )
 from matensemble.observer import Observer
 from matensemble.resources import ResourcePool
+from matensemble.resume import new_tasks_for_resume
 from matensemble.status import StatusFile
 from matensemble.strategies import FIFO, Adaptive, CompletionPolicy, RetryPolicy, SubmissionOrder
 from matensemble.strategies.backfill import Reservation
@@ -63,6 +64,7 @@ class _Record:
         "attempts",
         "cancel_requested",
         "entry",
+        "failures",
         "placement",
         "result",
         "start",
@@ -79,6 +81,7 @@ class _Record:
         self.entry: int = -1  # sequence number of its live entry in the ready heap
         self.start = 0.0
         self.cancel_requested = False
+        self.failures = 0  # failed or timed-out attempts, across sessions of the run
 
 
 class Ensemble:
@@ -97,6 +100,17 @@ class Ensemble:
             ``runs/<run-id>``.
         observers: extra observers of the event stream (e.g. a progress display).
         console_log: also print warnings to stderr.
+        resume: continue the run recorded in this run directory: succeeded tasks keep their
+            results and are not run again; tasks that were running, queued, or stopped with
+            the run are run again. ``tasks`` may repeat the journal's tasks (they must be
+            unchanged); tasks the journal does not know need ``add_new=True``.
+        add_new: with ``resume``, add tasks that are not in the journal yet.
+        walltime: seconds from the start: tasks whose ``estimate`` would end later are not
+            started, and at that time the run stops (running tasks are cancelled and recorded
+            as interrupted, so a resume runs them again). The backend may know a deadline of
+            its own (the allocation's end under Flux); the earlier one counts.
+        durable: sync the journal to disk at each commit (``fdatasync``, one per batch); by
+            default on, except for backends with a virtual clock (simulation).
     """
 
     def __init__(
@@ -111,7 +125,13 @@ class Ensemble:
         run_id: str | None = None,
         observers: Sequence[Observer] = (),
         console_log: bool = False,
+        resume: str | Path | None = None,
+        add_new: bool = False,
+        walltime: float | None = None,
+        durable: bool | None = None,
     ) -> None:
+        if walltime is not None and not walltime > 0:
+            raise ValueError(f"walltime must be > 0 seconds, got {walltime!r}")
         if backend is None:
             from matensemble.backends.local import LocalBackend
 
@@ -120,6 +140,14 @@ class Ensemble:
         self.strategy = strategy or FIFO()
         self.completion = completion or Adaptive()
         self.retry = retry or RetryPolicy()
+        if resume is not None:
+            if run_dir is not None and Path(run_dir) != Path(resume):
+                raise ValueError("give either run_dir or resume (the run directory to resume)")
+            run_dir = resume
+        self._resume = resume is not None
+        self._add_new = add_new
+        self._walltime = walltime
+        self._durable = durable
         self.run_id = run_id or time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
         self.run_dir = Path(run_dir) if run_dir is not None else Path("runs") / self.run_id
         self._extra_observers = list(observers)
@@ -139,14 +167,19 @@ class Ensemble:
         self._outcomes: deque[Outcome] = deque()
         self._observers: list[Observer] = []
         self._logger: EnsembleLogger | None = None
+        self._journal: Journal | None = None
         self._tg: TaskGroup | None = None
         self._wake_producer = asyncio.Event()
         self._wake_consumer = asyncio.Event()
         self._progress = asyncio.Event()  # set whenever a task reaches a terminal state
         self._error: BaseException | None = None
         self._started = False
-        self._stopping = False
-        self._stop_reason: str | None = None
+        self._stopping = False  # start nothing more (stop() was called, or teardown began)
+        self._stop_reason: str | None = None  # why, when the run is stopped before its end
+        self._interrupted = False  # stop() was called: tasks cancelled now are run on resume
+        self._notify: list[TaskResult] = []  # terminal results not yet committed and told
+        self._deadline: float | None = None
+        self._deadline_timer: asyncio.TimerHandle | None = None
         self._t0 = 0.0
         self._t_end: float | None = None
         self._core_seconds = 0.0
@@ -164,43 +197,39 @@ class Ensemble:
         if self._started:
             raise RuntimeError("an Ensemble can be started only once")
         self._started = True
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._logger = make_logger(self.run_dir, self.run_id, console=self._console_log)
-        self._observers = [
-            Journal(self.run_dir),
-            StatusFile(self.run_dir, lambda: self.counts, lambda: self.resources),
-            *self._extra_observers,
-        ]
+        initial, self._initial = self._initial, []
+        past: Replay | None = None
+        if self._resume:
+            past = replay(self.run_dir)  # refuses a missing, corrupt or foreign journal
+            self.run_id = past.run_id
+            initial = new_tasks_for_resume(
+                past.tasks, initial, add_new=self._add_new, where=str(self.run_dir)
+            )
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         try:
             inventory = await self.backend.open(self._on_outcome, self._tg)
             self._pool = ResourcePool(inventory)
+            # Check everything before the first byte is written, so that bad input leaves
+            # no trace and a resume refused here leaves the journal as it was.
+            if past is not None:
+                reopened = [t for i, t in past.tasks.items() if i not in past.finished]
+                self._check_batch(reopened, known=())
+                for task_id, result in past.finished.items():
+                    self._graph.restore(task_id, result.ok)
+                self._graph.check(reopened + initial)
+            self._check_batch(initial, known=past.tasks.keys() if past else ())
+            self._graph.check(initial)
+            self._open_run_files()
             self._t0 = self.backend.now()
-            pool = self._pool
-            self._emit(
-                RunStarted(
-                    self._t0,
-                    self.run_id,
-                    self.backend.name,
-                    pool.total_cores,
-                    pool.total_gpus,
-                    len(pool.nodes),
+            self._start_run(past)
+            if past is not None:
+                self._restore(past)
+                await self.backend.recover(
+                    self.run_id, [(i, past.attempts[i]) for i in past.was_running]
                 )
-            )
-            self.log.info(
-                "run_started",
-                backend=self.backend.name,
-                run_dir=str(self.run_dir),
-                cores=pool.total_cores,
-                gpus=pool.total_gpus,
-                nodes=len(pool.nodes),
-                strategy=repr(self.strategy),
-                completion=repr(self.completion),
-            )
-            initial, self._initial = self._initial, []
             self.submit(initial)
-            self._flush()
+            await self._commit()
         except BaseException as exc:
             await self._teardown(exc)
             self._tg.cancel_scope.cancel()
@@ -209,6 +238,86 @@ class Ensemble:
         self._tg.start_soon(self._producer, name="matensemble-producer")
         self._tg.start_soon(self._consumer, name="matensemble-consumer")
         return self
+
+    def _open_run_files(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._logger = make_logger(self.run_dir, self.run_id, console=self._console_log)
+        self._journal = Journal(
+            self.run_dir,
+            durable=not self.backend.virtual_clock if self._durable is None else self._durable,
+        )
+        self._observers = [
+            self._journal,
+            StatusFile(self.run_dir, lambda: self.counts, lambda: self.resources),
+            *self._extra_observers,
+        ]
+
+    def _start_run(self, past: Replay | None) -> None:
+        pool = self._pool
+        assert pool is not None
+        self._emit(
+            RunStarted(
+                self._t0,
+                self.run_id,
+                self.backend.name,
+                pool.total_cores,
+                pool.total_gpus,
+                len(pool.nodes),
+            )
+        )
+        self.log.info(
+            "run_resumed" if past else "run_started",
+            backend=self.backend.name,
+            run_dir=str(self.run_dir),
+            cores=pool.total_cores,
+            gpus=pool.total_gpus,
+            nodes=len(pool.nodes),
+            strategy=repr(self.strategy),
+            completion=repr(self.completion),
+        )
+        if past is not None and past.torn_line is not None:
+            self.log.warning("journal_torn_line_skipped", line=past.torn_line)
+        deadlines = [d for d in (self.backend.deadline(),) if d is not None]
+        if self._walltime is not None:
+            deadlines.append(self._t0 + self._walltime)
+        if deadlines:
+            self._deadline = min(deadlines)
+            self.log.info("deadline", at=self._deadline, in_seconds=self._deadline - self._t0)
+            if not self.backend.virtual_clock:
+                self._deadline_timer = asyncio.get_running_loop().call_later(
+                    max(0.0, self._deadline - self._t0), self.stop, "walltime reached"
+                )
+
+    def _restore(self, past: Replay) -> None:
+        """Rebuild run state from the journal: finished tasks keep their results."""
+        records = self._records
+        reopened = []
+        for task_id, task in past.tasks.items():
+            rec = records[task_id] = _Record(task)
+            rec.attempts = past.attempts.get(task_id, 0)
+            rec.failures = past.failures.get(task_id, 0)
+            result = past.finished.get(task_id)
+            if result is None:
+                reopened.append(task)
+                continue
+            rec.state, rec.result = result.state, result
+            self._counts[result.state] += 1
+            self._finished.append(task_id)
+        self._counts[TaskState.PENDING] += len(reopened)
+        self._open += len(reopened)
+        ready, skipped = self._graph.add(reopened)
+        for task_id in ready:
+            self._make_ready(records[task_id])
+        for task_id, upstream in skipped:
+            self._skip(records[task_id], upstream)
+        self.log.info(
+            "journal_replayed",
+            sessions=past.sessions,
+            tasks=len(past.tasks),
+            finished=len(past.finished),
+            reopened=len(reopened),
+            were_running=len(past.was_running),
+        )
 
     async def __aexit__(
         self,
@@ -232,9 +341,12 @@ class Ensemble:
     async def _teardown(self, exc: BaseException | None) -> None:
         """Stop starting, cancel what runs, record every open task, write the final files."""
         with anyio.CancelScope(shield=True):
+            if self._deadline_timer is not None:
+                self._deadline_timer.cancel()
             self._stopping = True
-            reason = "ensemble stopped" if exc is None else f"ensemble stopped: {_why(exc)}"
-            self._stop_reason = reason
+            if exc is not None and not self._interrupted:
+                self._stop_reason = f"ensemble stopped: {_why(exc)}"
+            reason = self._stop_reason or "ensemble stopped"
             try:
                 await self.backend.close()
             finally:
@@ -244,17 +356,19 @@ class Ensemble:
                 for rec in list(self._records.values()):
                     if not rec.state.terminal:
                         self._finish(rec, TaskState.CANCELLED, reason=reason)
-                self._t_end = self.backend.now() if self._pool is not None else None
-                outcome: Literal["completed", "cancelled", "error"] = "completed"
-                if exc is not None:
-                    outcome = "error" if isinstance(exc, Exception) else "cancelled"
-                counts = self.counts
-                self._emit(RunFinished(self._t_end or time.time(), counts, outcome))
-                self.log.info("run_finished", outcome=outcome, **counts)
-                for obs in self._observers:
-                    obs.close()
-                if self._logger is not None:
+                if self._logger is not None:  # the run files exist
+                    self._t_end = self.backend.now()
+                    outcome: Literal["completed", "interrupted", "cancelled", "error"]
+                    outcome = "interrupted" if self._interrupted else "completed"
+                    if exc is not None:
+                        outcome = "error" if isinstance(exc, Exception) else "cancelled"
+                    counts = self.counts
+                    self._emit(RunFinished(self._t_end, counts, outcome))
+                    self.log.info("run_finished", outcome=outcome, reason=reason, **counts)
+                    for obs in self._observers:
+                        obs.close()
                     self._logger.close()
+                self._progress.set()
 
     # -- public API -----------------------------------------------------------------------------
 
@@ -277,20 +391,7 @@ class Ensemble:
             return
         if self._stopping:
             raise MatEnsembleError("the ensemble is stopping; no more tasks can be submitted")
-        assert self._pool is not None
-        seen: set[str] = set()
-        for task in batch:
-            if not isinstance(task, Task):
-                raise TypeError(f"submit() takes Task objects, got {type(task).__name__}")
-            if task.id in self._records or task.id in seen:
-                raise TaskRejected(task.id, "a task with this id was already submitted")
-            seen.add(task.id)
-            res = task.resources
-            if res not in self._never_fits:
-                self._never_fits[res] = self._pool.why_never_fits(res)
-            why = self._never_fits[res]
-            if why is not None:
-                raise TaskRejected(task.id, f"it can never fit: {why}")
+        self._check_batch(batch, known=self._records.keys())
         ready, skipped = self._graph.add(batch)
 
         now = self.backend.now()
@@ -304,6 +405,52 @@ class Ensemble:
             self._make_ready(records[task_id])
         for task_id, upstream in skipped:
             self._skip(records[task_id], upstream)
+        self._wake_producer.set()  # it commits the new events and tells about any skips
+
+    def _check_batch(self, batch: Sequence[Task], known: Container[str]) -> None:
+        """Raise ``TaskRejected`` for a non-task, a duplicate id, or a task that cannot fit."""
+        pool = self._pool
+        assert pool is not None
+        seen: set[str] = set()
+        for task in batch:
+            if not isinstance(task, Task):
+                raise TypeError(f"submit() takes Task objects, got {type(task).__name__}")
+            if task.id in known or task.id in seen:
+                raise TaskRejected(task.id, "a task with this id was already submitted")
+            seen.add(task.id)
+            res = task.resources
+            if res not in self._never_fits:
+                self._never_fits[res] = pool.why_never_fits(res)
+            why = self._never_fits[res]
+            if why is not None:
+                raise TaskRejected(task.id, f"it can never fit: {why}")
+
+    def stop(self, reason: str = "stopped") -> None:
+        """Stop the run gracefully: start nothing more and cancel the running tasks.
+
+        ``wait()`` and ``run()`` return, and ``completed()`` ends; leaving the ``async with``
+        block then kills the running process trees (TERM, then KILL after the backend's grace)
+        and records every open task as ``cancelled`` *and interrupted*, so that ``resume``
+        runs them again. Signals, the walltime and the CLI use this.
+        """
+        if self._stopping:
+            return
+        self._stopping = True
+        self._interrupted = True
+        self._stop_reason = f"interrupted: {reason}"
+        if self._logger is not None:
+            self.log.warning("run_stopping", reason=reason)
+        self._progress.set()
+
+    def abort(self) -> None:
+        """Kill every running task at once and hand the journal to the OS; nothing waits.
+
+        For a driver that must exit now (a second Ctrl-C): the journal stays replayable and
+        ``resume`` runs again whatever was running.
+        """
+        self._stopping = True
+        self.backend.kill()
+        self._write()
 
     def cancel(self, *task_ids: str) -> None:
         """Cancel tasks by id (all open tasks when none is given); dependents are skipped."""
@@ -317,7 +464,7 @@ class Ensemble:
                 self.backend.cancel((task_id, rec.attempts))
             elif not rec.state.terminal:
                 self._finish(rec, TaskState.CANCELLED, reason="cancelled")
-        self._flush()
+        self._wake_producer.set()  # it commits the cancellations and tells the waiters
 
     def reprioritise(self, task_id: str, priority: int) -> None:
         """Change the priority of a task that has not started yet."""
@@ -331,7 +478,7 @@ class Ensemble:
 
     async def wait(self) -> None:
         """Return when no task is open (all reached a terminal state)."""
-        while self._open and self._error is None:
+        while self._open and self._error is None and not self._interrupted:
             self._progress.clear()
             await self._progress.wait()
         if self._error is not None:
@@ -352,7 +499,7 @@ class Ensemble:
                 yield rec.result
             if self._error is not None:
                 raise self._error
-            if not self._open:
+            if not self._open or self._interrupted:
                 return
             self._progress.clear()
             await self._progress.wait()
@@ -394,6 +541,7 @@ class Ensemble:
             ),
             gpu_utilisation=_ratio(self._gpu_seconds, (pool.total_gpus if pool else 0) * makespan),
             results={task_id: rec.result for task_id, rec in self._records.items() if rec.result},
+            stopped=self._stop_reason if self._interrupted else None,
         )
 
     # -- producer ---------------------------------------------------------------------------------
@@ -402,23 +550,36 @@ class Ensemble:
         try:
             while True:
                 self._wake_producer.clear()
-                self._fill()
-                self._flush()
-                if not self._outcomes and self._running:
+                starts, held = self._fill()
+                self._write()  # the starts are on record (in the OS) before anything runs
+                for launch in starts:
+                    self._launch(launch)
+                if held and not starts and not self._running and self._deadline is not None:
+                    self.stop("walltime: no queued task can finish before the deadline")
+                if self._notify:
+                    self._wake_consumer.set()  # results to commit and tell (skips, cancels)
+                elif not self._outcomes and self._running:
                     self.backend.idle()
                 await self._wake_producer.wait()
         except Exception as exc:  # a bug or a strategy error: stop the run, report it
             self._fail(exc)
 
-    def _fill(self) -> None:
-        """Start ready tasks in strategy order while they fit (with backfill if enabled)."""
+    def _fill(self) -> tuple[list[Launch], bool]:
+        """Pick ready tasks in strategy order while they fit (with backfill if enabled).
+
+        Returns the launches to make once their start is committed to the journal (a task
+        never runs without a record that it started), and whether the deadline held any back.
+        """
         pool = self._pool
         assert pool is not None
         heap = self._ready
         put_back: list[tuple[Any, ...]] = []
+        starts: list[Launch] = []
         reservation: Reservation | None = None
         head: _Record | None = None
         now = self.backend.now()
+        latest_end = math.inf if self._deadline is None else self._deadline - now
+        held = False
         while heap and not self._stopping:
             if not self.completion.may_start(len(self._running)):
                 break
@@ -426,6 +587,10 @@ class Ensemble:
             rec: _Record = entry[-1]
             if rec.entry != entry[-2] or rec.state is not TaskState.READY:
                 continue  # stale: reprioritised or cancelled since it was queued
+            if (rec.task.estimate or 0.0) > latest_end:
+                put_back.append(entry)  # cannot finish before the deadline: hold it
+                held = True
+                continue
             placement = pool.allocate(rec.task.resources)
             if placement is None:
                 put_back.append(entry)
@@ -449,7 +614,7 @@ class Ensemble:
                     if len(put_back) > _BACKFILL_WINDOW:
                         break
                     continue
-            self._start(rec, placement, now)
+            starts.append(self._start(rec, placement, now))
         else:
             if not self._stopping:
                 self.completion.blocked()
@@ -457,6 +622,7 @@ class Ensemble:
             self.completion.blocked()
             for entry in put_back:
                 heapq.heappush(heap, entry)
+        return starts, held
 
     def _expected_ends(self) -> list[tuple[float, Placement]]:
         ends = []
@@ -465,7 +631,7 @@ class Ensemble:
             ends.append((rec.start + limit if limit is not None else math.inf, rec.placement))
         return ends
 
-    def _start(self, rec: _Record, placement: Placement, now: float) -> None:
+    def _start(self, rec: _Record, placement: Placement, now: float) -> Launch:
         task = rec.task
         rec.state = TaskState.RUNNING
         rec.attempts += 1
@@ -476,15 +642,31 @@ class Ensemble:
         counts[TaskState.RUNNING] += 1
         self._running[task.id] = rec
         self._emit(TaskStarted(now, task.id, rec.attempts, placement))
-        self.backend.launch(
-            Launch(
-                task=task,
-                attempt=rec.attempts,
-                placement=placement,
-                task_dir=self.run_dir / "tasks" / task.id,
-                run_id=self.run_id,
-            )
+        return Launch(
+            task=task,
+            attempt=rec.attempts,
+            placement=placement,
+            task_dir=self.run_dir / "tasks" / task.id,
+            run_id=self.run_id,
         )
+
+    def _launch(self, launch: Launch) -> None:
+        """Hand one launch to the backend; a backend that raises fails that task only."""
+        rec = self._records[launch.task.id]
+        if self._stopping or rec.cancel_requested:  # stopped while its start was committed
+            self._on_outcome(Outcome(key=launch.key, state=TaskState.CANCELLED, reason="cancelled"))
+            return
+        try:
+            self.backend.launch(launch)
+        except Exception as exc:
+            self.log.error("launch_error", task_id=launch.task.id, error=repr(exc))
+            self._on_outcome(
+                Outcome(
+                    key=launch.key,
+                    state=TaskState.FAILED,
+                    reason=f"the {self.backend.name} backend could not launch it: {_why(exc)}",
+                )
+            )
 
     # -- consumer ---------------------------------------------------------------------------------
 
@@ -499,8 +681,11 @@ class Ensemble:
                 await self._wake_consumer.wait()
                 self._wake_consumer.clear()
                 self._drain_outcomes()
-                self._flush()
-                self._wake_producer.set()
+                self._write()
+                self._wake_producer.set()  # refill freed slots while the journal syncs
+                await self._commit()
+                if self._deadline is not None and self.backend.now() >= self._deadline:
+                    self.stop("walltime reached")
         except Exception as exc:
             self._fail(exc)
 
@@ -539,13 +724,15 @@ class Ensemble:
             placement=outcome.placement or rec.placement,
             tags=rec.task.tags,
         )
+        if outcome.state in (TaskState.FAILED, TaskState.TIMED_OUT):
+            rec.failures += 1
         if (
             outcome.state in self.retry.on
-            and attempt <= rec.task.retries
+            and rec.failures <= rec.task.retries
             and not rec.cancel_requested
             and not self._stopping
         ):
-            delay = self.retry.wait_before(attempt)
+            delay = self.retry.wait_before(rec.failures)
             self._emit(TaskFinished(self.backend.now(), result, retry_in=delay))
             self.log.info(
                 "task_retry",
@@ -598,7 +785,6 @@ class Ensemble:
             )
             for task_id, upstream in self._graph.did_not_succeed(rec.task.id):
                 self._skip(self._records[task_id], upstream)
-        self._tell_policy(result)
 
     def _skip(self, rec: _Record, upstream: str) -> None:
         """Skip a task the graph already took out (so no second cascade)."""
@@ -619,7 +805,6 @@ class Ensemble:
             self._complete(rec, result)
         else:
             self._set_terminal(rec, result)
-            self._tell_policy(result)
 
     def _tell_policy(self, result: TaskResult) -> None:
         """Run the completion policy's hook; an error in it stops the run (and is raised)."""
@@ -637,8 +822,13 @@ class Ensemble:
         rec.result = result
         self._open -= 1
         self._finished.append(rec.task.id)
-        self._emit(TaskFinished(result.end_time or self.backend.now(), result))
-        self._progress.set()
+        interrupted = (
+            self._interrupted and result.state is TaskState.CANCELLED and not rec.cancel_requested
+        )
+        self._emit(
+            TaskFinished(result.end_time or self.backend.now(), result, interrupted=interrupted)
+        )
+        self._notify.append(result)
 
     # -- plumbing ---------------------------------------------------------------------------------
 
@@ -646,9 +836,28 @@ class Ensemble:
         for obs in self._observers:
             obs.on_event(event)
 
-    def _flush(self) -> None:
+    def _write(self) -> None:
+        """Hand the events so far to the OS: from here they survive a crash of the driver."""
         for obs in self._observers:
             obs.flush()
+
+    async def _commit(self) -> None:
+        """Make the events durable, then tell the policy and the waiters about new results.
+
+        Launches need only ``_write`` (a start lost with the node is simply run again), but
+        the user never hears of a result before it is on stable storage. Policy hooks may
+        submit or cancel (new events, new results), hence the loop.
+        """
+        while True:
+            self._write()
+            if self._journal is not None:
+                await self._journal.sync()
+            if not self._notify:
+                return
+            told, self._notify = self._notify, []
+            for result in told:
+                self._tell_policy(result)
+            self._progress.set()
 
     def _fail(self, exc: BaseException) -> None:
         self._error = exc

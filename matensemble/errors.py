@@ -9,7 +9,9 @@ __all__ = [
     "BackendError",
     "BackendUnavailable",
     "DependencyError",
+    "JournalError",
     "MatEnsembleError",
+    "ResumeMismatch",
     "SpecError",
     "TaskRejected",
 ]
@@ -23,7 +25,13 @@ class SpecError(MatEnsembleError, ValueError):
     """An ensemble file (or a task built from Python) is malformed.
 
     The message names the file and the field path, e.g. ``ensemble.toml: $.task[3].timeout``.
+    ``field`` is the offending field of a ``Task`` or ``Resources`` built from Python (e.g.
+    ``"timeout"``, ``"resources.ranks"``), so that a file loader can extend its path with it.
     """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class TaskRejected(MatEnsembleError):
@@ -37,6 +45,14 @@ class TaskRejected(MatEnsembleError):
 
 class DependencyError(TaskRejected):
     """A prerequisite is unknown, or the prerequisites form a cycle."""
+
+
+class JournalError(MatEnsembleError):
+    """A run's journal cannot be used to resume it (missing, corrupt, another version/run)."""
+
+
+class ResumeMismatch(MatEnsembleError):
+    """The ensemble given for a resume differs from the one in the journal; says what changed."""
 
 
 class BackendError(MatEnsembleError):

@@ -7,7 +7,7 @@ recurses, so chains of any depth are fine.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 from matensemble.errors import DependencyError
 from matensemble.model import Task
@@ -36,16 +36,7 @@ class DependencyGraph:
         The whole batch is checked before anything changes: an unknown prerequisite or a
         cycle raises ``DependencyError`` and leaves the graph as it was.
         """
-        batch = {t.id: t for t in tasks}
-        for task in tasks:
-            for dep in task.after:
-                if dep not in batch and dep not in self:
-                    known = [*batch, *self._waiting, *self._outcome]
-                    close = difflib.get_close_matches(dep, known, n=1)
-                    hint = f"; did you mean {close[0]!r}?" if close else ""
-                    raise DependencyError(task.id, f"unknown prerequisite {dep!r}{hint}")
-        _check_acyclic(tasks, batch)
-
+        self.check(tasks)
         ready: list[str] = []
         doomed: list[tuple[str, str]] = []
         for task in tasks:
@@ -69,6 +60,22 @@ class DependencyGraph:
                 skipped.append((task_id, failed))
                 skipped.extend(self.did_not_succeed(task_id))
         return ready, skipped
+
+    def check(self, tasks: Sequence[Task]) -> None:
+        """Raise ``DependencyError`` if ``add(tasks)`` would meet an unknown id or a cycle."""
+        batch = {t.id: t for t in tasks}
+        for task in tasks:
+            for dep in task.after:
+                if dep not in batch and dep not in self:
+                    known = [*batch, *self._waiting, *self._outcome]
+                    close = difflib.get_close_matches(dep, known, n=1)
+                    hint = f"; did you mean {close[0]!r}?" if close else ""
+                    raise DependencyError(task.id, f"unknown prerequisite {dep!r}{hint}")
+        _check_acyclic(tasks, batch)
+
+    def restore(self, task_id: str, ok: bool) -> None:
+        """Record the outcome of a task that ended in an earlier session (``resume``)."""
+        self._outcome[task_id] = ok
 
     def succeeded(self, task_id: str) -> list[str]:
         """Record a success; return the dependents that now have every prerequisite met."""
@@ -100,11 +107,6 @@ class DependencyGraph:
                     skipped.append((dep, upstream))
                     stack.append(dep)
         return skipped
-
-    def forget_waiting(self, task_ids: Iterable[str]) -> None:
-        """Drop open tasks without an outcome edge walk (used when a run is torn down)."""
-        for task_id in task_ids:
-            self._waiting.pop(task_id, None)
 
     def _close(self, task_id: str, ok: bool) -> None:
         self._waiting.pop(task_id, None)

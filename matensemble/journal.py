@@ -1,60 +1,225 @@
-"""The append-only event journal: one JSON object per line, in the order events happened."""
+"""The append-only event journal (``journal.jsonl``) and its replay for ``resume``.
+
+One JSON object per line, in the order events happened. The engine appends the events of a
+batch, then commits them (``write`` + ``fdatasync``) *before* it launches a task or tells the
+user about a result, so whatever the user saw is on disk; syncs are shared by every batch
+that arrives while one is running (group commit). A crash mid-write leaves at most a torn last
+line, which replay skips and reports, and which is cut off before the journal is appended to.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+import anyio.to_thread
 import msgspec
 
-from matensemble.model import Event
+from matensemble.errors import JournalError
+from matensemble.model import (
+    Event,
+    RunStarted,
+    Task,
+    TaskAdded,
+    TaskFinished,
+    TaskResult,
+    TaskStarted,
+    TaskState,
+)
 from matensemble.observer import Observer
 
-__all__ = ["Journal", "read_journal"]
+__all__ = ["JOURNAL_NAME", "JOURNAL_VERSION", "Journal", "Replay", "read_journal", "replay"]
 
 JOURNAL_NAME = "journal.jsonl"
+JOURNAL_VERSION = 1
+# Outcomes a resume keeps. A skip is decided again: its prerequisite may be run again.
+_STANDS = frozenset(
+    {TaskState.SUCCEEDED, TaskState.FAILED, TaskState.TIMED_OUT, TaskState.CANCELLED}
+)
 
 
 class Journal(Observer):
-    """Writes every event to ``<run-dir>/journal.jsonl``.
+    """Appends every event to ``<run-dir>/journal.jsonl``, with group commit.
 
-    Lines are buffered and handed to the OS after each batch of events (``flush``), so a
-    crash of the driver loses at most the events of the batch being processed.
+    ``flush`` hands the buffered lines to the OS in one write: from then on they survive a
+    crash of the driver. ``sync`` makes them durable against a crash of the node too: one
+    ``fdatasync`` in a worker thread covers everything written before it started, and callers
+    that arrive while a sync runs share the next one, so the number of syncs adapts to the
+    disk's speed instead of the event rate.
+
+    Args:
+        durable: ``sync`` really syncs; without it ``sync`` returns at once.
     """
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, *, durable: bool = True) -> None:
         self.path = run_dir / JOURNAL_NAME
+        self.durable = durable
+        _cut_torn_tail(self.path)
         self._file: IO[bytes] | None = self.path.open("ab")
         self._encoder = msgspec.json.Encoder()
         self._buffer = bytearray()
+        self._written = 0  # flushes so far
+        self._synced = 0  # flushes known to be on stable storage
+        self._syncing: asyncio.Future[None] | None = None
+        self.syncs = 0
 
     def on_event(self, event: Event) -> None:
         self._encoder.encode_into(event, self._buffer, -1)
         self._buffer += b"\n"
 
     def flush(self) -> None:
-        if self._file is not None and self._buffer:
-            self._file.write(self._buffer)
-            self._file.flush()
-            self._buffer.clear()
+        """Hand the buffered events to the OS in one write."""
+        if self._file is None or not self._buffer:
+            return
+        self._file.write(self._buffer)
+        self._file.flush()
+        self._buffer.clear()
+        self._written += 1
+
+    async def sync(self) -> None:
+        """Return once everything flushed so far is on stable storage."""
+        target = self._written
+        while self.durable and self._synced < target and self._file is not None:
+            if self._syncing is None:
+                self._syncing = asyncio.ensure_future(self._sync_once())
+            await asyncio.shield(self._syncing)
+
+    async def _sync_once(self) -> None:
+        assert self._file is not None
+        upto = self._written
+        try:
+            await anyio.to_thread.run_sync(os.fdatasync, self._file.fileno())
+        finally:
+            self._syncing = None
+        self._synced = max(self._synced, upto)
+        self.syncs += 1
 
     def close(self) -> None:
         self.flush()
         if self._file is not None:
+            if self.durable and self._synced < self._written:
+                os.fdatasync(self._file.fileno())
             self._file.close()
             self._file = None
 
 
+def _cut_torn_tail(path: Path) -> None:
+    """Drop a torn last line (a crash mid-write) so that new lines start on a line of their own."""
+    if not path.exists():
+        return
+    with path.open("rb+") as f:
+        data = f.read()
+        if data and not data.endswith(b"\n"):
+            f.truncate(data.rfind(b"\n") + 1)
+
+
 def read_journal(path: Path) -> Iterator[Event]:
-    """Decode a journal line by line; a torn last line (a crash mid-write) is skipped."""
+    """Decode a journal line by line; a torn last line (a crash mid-write) is skipped.
+
+    Raises:
+        JournalError: a line other than the last is not a valid event (the file is corrupt).
+    """
     decoder = msgspec.json.Decoder(Event)
     with path.open("rb") as f:
         lines = f.readlines()
     for number, line in enumerate(lines, 1):
         try:
             yield decoder.decode(line)
-        except msgspec.DecodeError:
+        except msgspec.DecodeError as exc:
             if number == len(lines) and not line.endswith(b"\n"):
                 return
-            raise
+            raise JournalError(f"{path}:{number}: not a journal event ({exc})") from None
+
+
+class Replay(msgspec.Struct, kw_only=True):
+    """What a journal says about a run, as ``resume`` needs it.
+
+    ``finished`` holds the tasks whose outcome stands (succeeded, failed or timed out after
+    their retries, or cancelled by the user); every other task is open again, including those
+    that were running, were cancelled because the run was stopped, or were skipped (the skip
+    is decided again from the prerequisites' outcomes). ``attempts`` and
+    ``failures`` count per task across every session of the run.
+    """
+
+    run_id: str
+    tasks: dict[str, Task]
+    finished: dict[str, TaskResult]
+    attempts: dict[str, int]
+    failures: dict[str, int]
+    was_running: list[str]
+    torn_line: int | None = None
+    sessions: int = 0
+
+
+def replay(run_dir: Path) -> Replay:
+    """Read ``<run-dir>/journal.jsonl`` into a ``Replay``.
+
+    Raises:
+        JournalError: no journal, an unknown version, or a corrupt line (naming file and line).
+    """
+    path = run_dir / JOURNAL_NAME
+    if not path.is_file():
+        raise JournalError(f"{run_dir}: no {JOURNAL_NAME} here; is this a run directory?")
+    torn = _torn_last_line(path)
+    run_id: str | None = None
+    sessions = 0
+    tasks: dict[str, Task] = {}
+    finished: dict[str, TaskResult] = {}
+    attempts: dict[str, int] = {}
+    failures: dict[str, int] = {}
+    running: dict[str, None] = {}
+    for event in read_journal(path):
+        if isinstance(event, TaskAdded):
+            tasks[event.task.id] = event.task
+        elif isinstance(event, TaskStarted):
+            attempts[event.id] = max(attempts.get(event.id, 0), event.attempt)
+            running[event.id] = None
+        elif isinstance(event, TaskFinished):
+            result = event.result
+            running.pop(result.id, None)
+            if result.state in (TaskState.FAILED, TaskState.TIMED_OUT):
+                failures[result.id] = failures.get(result.id, 0) + 1
+            if event.retry_in is None and not event.interrupted and result.state in _STANDS:
+                finished[result.id] = result
+            else:
+                finished.pop(result.id, None)
+        elif isinstance(event, RunStarted):
+            if event.version != JOURNAL_VERSION:
+                raise JournalError(
+                    f"{path}: journal version {event.version}, but this MatEnsemble reads "
+                    f"version {JOURNAL_VERSION}"
+                )
+            if run_id is not None and event.run_id != run_id:
+                raise JournalError(
+                    f"{path}: mixes runs {run_id!r} and {event.run_id!r}; a run directory "
+                    "holds one run"
+                )
+            run_id = event.run_id
+            sessions += 1
+    if run_id is None:
+        raise JournalError(f"{path}: no run_started event; this is not a MatEnsemble journal")
+    unknown = [task_id for task_id in (*finished, *attempts) if task_id not in tasks]
+    if unknown:
+        raise JournalError(f"{path}: events for task {unknown[0]!r}, which was never added")
+    return Replay(
+        run_id=run_id,
+        tasks=tasks,
+        finished=finished,
+        attempts=attempts,
+        failures=failures,
+        was_running=list(running),
+        torn_line=torn,
+        sessions=sessions,
+    )
+
+
+def _torn_last_line(path: Path) -> int | None:
+    """The number of the last line if a crash cut it short (no newline at the end)."""
+    with path.open("rb") as f:
+        data = f.read()
+    if not data or data.endswith(b"\n"):
+        return None
+    return data.count(b"\n") + 1

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import enum
 import math
+import os
 import re
-from collections.abc import Sequence
+import shlex
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal
 
 import msgspec
@@ -38,21 +40,23 @@ def validate_task_id(task_id: object) -> str:
     ``.``/``..``, must be printable ASCII without spaces, and at most 200 characters long.
     """
     if not isinstance(task_id, str):
-        raise SpecError(f"task id must be a string, got {type(task_id).__name__}")
+        raise SpecError(f"task id must be a string, got {type(task_id).__name__}", field="id")
     if not task_id:
-        raise SpecError("task id must not be empty")
+        raise SpecError("task id must not be empty", field="id")
     if len(task_id) > MAX_ID_LENGTH:
         raise SpecError(
             f"task id {task_id[:40]!r}... is {len(task_id)} characters long (at most "
-            f"{MAX_ID_LENGTH})"
+            f"{MAX_ID_LENGTH})",
+            field="id",
         )
     if ".." in task_id:
-        raise SpecError(f"task id {task_id!r} must not contain '..'")
+        raise SpecError(f"task id {task_id!r} must not contain '..'", field="id")
     if not _ID_RE.fullmatch(task_id):
         bad = next((c for i, c in enumerate(task_id) if not _ID_RE.fullmatch(task_id[: i + 1])), "")
         raise SpecError(
             f"task id {task_id!r} has a character not allowed in ids: {bad!r} (use letters, "
-            "digits and ._+=,@%:~- ; the first character must be a letter, digit or _)"
+            "digits and ._+=,@%:~- ; the first character must be a letter, digit or _)",
+            field="id",
         )
     return task_id
 
@@ -110,18 +114,33 @@ class Resources(
         for name in ("ranks", "cores_per_rank"):
             value = getattr(self, name)
             if type(value) is not int or value < 1:
-                raise SpecError(f"resources.{name} must be an integer >= 1, got {value!r}")
+                raise SpecError(
+                    f"resources.{name} must be an integer >= 1, got {value!r}",
+                    field=f"resources.{name}",
+                )
         if type(self.gpus_per_rank) is not int or self.gpus_per_rank < 0:
             raise SpecError(
-                f"resources.gpus_per_rank must be an integer >= 0, got {self.gpus_per_rank!r}"
+                f"resources.gpus_per_rank must be an integer >= 0, got {self.gpus_per_rank!r}",
+                field="resources.gpus_per_rank",
             )
+        for name in ("exclusive", "mpi"):
+            value = getattr(self, name)
+            if type(value) is not bool:
+                raise SpecError(
+                    f"resources.{name} must be true or false, got {value!r}",
+                    field=f"resources.{name}",
+                )
         if self.nodes is not None:
             if type(self.nodes) is not int or self.nodes < 1:
-                raise SpecError(f"resources.nodes must be an integer >= 1, got {self.nodes!r}")
+                raise SpecError(
+                    f"resources.nodes must be an integer >= 1, got {self.nodes!r}",
+                    field="resources.nodes",
+                )
             if self.ranks % self.nodes:
                 raise SpecError(
                     f"resources.ranks ({self.ranks}) must be a multiple of resources.nodes "
-                    f"({self.nodes}) so that every node gets the same number of ranks"
+                    f"({self.nodes}) so that every node gets the same number of ranks",
+                    field="resources.ranks",
                 )
 
     @property
@@ -135,13 +154,84 @@ class Resources(
         return self.ranks * self.gpus_per_rank
 
 
-def _check_positive(name: str, value: float | None, *, allow_zero: bool = False) -> None:
+def _check_positive(
+    task_id: str, name: str, value: float | None, *, allow_zero: bool = False
+) -> None:
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise SpecError(f"{name} must be a finite number, got {value!r}")
+        raise SpecError(
+            f"task {task_id!r}: {name} must be a finite number of seconds, got {value!r}",
+            field=name,
+        )
     if value < 0 or (value == 0 and not allow_zero):
-        raise SpecError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+        raise SpecError(
+            f"task {task_id!r}: {name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}",
+            field=name,
+        )
+
+
+def _as_tuple(task_id: str, name: str, value: object, what: str) -> tuple[str, ...]:
+    """A Python caller's sequence of strings as a tuple; a lone string is refused, not split."""
+    if isinstance(value, tuple):
+        items: tuple[object, ...] = value
+    elif isinstance(value, str):
+        hint = shlex.split(value) if name == "command" and _splits(value) else [value]
+        raise SpecError(
+            f"task {task_id!r}: {name} must be a list of {what}, not a string (did you mean "
+            f"{name}={hint!r}?)",
+            field=name,
+        )
+    elif isinstance(value, Iterable) and not isinstance(value, bytes | bytearray | Mapping):
+        items = tuple(value)
+    else:
+        raise SpecError(
+            f"task {task_id!r}: {name} must be a list of {what}, got {type(value).__name__}",
+            field=name,
+        )
+    for i, item in enumerate(items):
+        if not isinstance(item, str):
+            raise SpecError(
+                f"task {task_id!r}: {name}[{i}] must be a string, got {type(item).__name__}",
+                field=f"{name}[{i}]",
+            )
+    return items  # type: ignore[return-value]  # every item was checked to be a str
+
+
+def _splits(text: str) -> bool:
+    try:
+        shlex.split(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_strings(task_id: str, name: str, value: object) -> None:
+    """``env`` and ``tags``: a dict of strings to strings, without NULs."""
+    if not isinstance(value, dict):
+        raise SpecError(
+            f"task {task_id!r}: {name} must be a dict of strings to strings, got "
+            f"{type(value).__name__}",
+            field=name,
+        )
+    for key, item in value.items():
+        if not isinstance(key, str):
+            raise SpecError(
+                f"task {task_id!r}: {name} keys must be strings, got {type(key).__name__} {key!r}",
+                field=name,
+            )
+        if not isinstance(item, str):
+            hint = " (convert numbers with str())" if isinstance(item, int | float) else ""
+            raise SpecError(
+                f"task {task_id!r}: {name}[{key!r}] must be a string, got "
+                f"{type(item).__name__}{hint}",
+                field=f"{name}[{key!r}]",
+            )
+        if "\0" in item:
+            raise SpecError(
+                f"task {task_id!r}: {name}[{key!r}] contains a NUL character",
+                field=f"{name}[{key!r}]",
+            )
 
 
 class Task(
@@ -181,40 +271,64 @@ class Task(
     tags: dict[str, str] = {}
 
     def __post_init__(self) -> None:
-        validate_task_id(self.id)
+        task_id = validate_task_id(self.id)
         # Accept any sequence from Python callers; store tuples so tasks stay immutable.
-        for name in ("command", "after"):
-            value = getattr(self, name)
-            if not isinstance(value, tuple):
-                msgspec.structs.force_setattr(self, name, tuple(value))
-        if not self.command:
-            raise SpecError(f"task {self.id!r}: command must not be empty")
-        for i, arg in enumerate(self.command):
-            if not isinstance(arg, str):
-                raise SpecError(
-                    f"task {self.id!r}: command[{i}] must be a string, got {type(arg).__name__}"
-                )
+        command = _as_tuple(task_id, "command", self.command, "argv strings")
+        if command is not self.command:
+            msgspec.structs.force_setattr(self, "command", command)
+        after = _as_tuple(task_id, "after", self.after, "task ids")
+        if after is not self.after:
+            msgspec.structs.force_setattr(self, "after", after)
+        if not command:
+            raise SpecError(f"task {task_id!r}: command must not be empty", field="command")
+        if not command[0]:
+            raise SpecError(
+                f"task {task_id!r}: command[0] (the program) must not be empty", field="command[0]"
+            )
         if not isinstance(self.resources, Resources):
-            raise SpecError(f"task {self.id!r}: resources must be a Resources")
-        for key, value in self.env.items():
-            if not isinstance(key, str) or not isinstance(value, str):
+            raise SpecError(
+                f"task {task_id!r}: resources must be a Resources(...), got "
+                f"{type(self.resources).__name__}",
+                field="resources",
+            )
+        _check_strings(task_id, "env", self.env)
+        for key in self.env:
+            if not key or "=" in key or "\0" in key:
                 raise SpecError(
-                    f"task {self.id!r}: env[{key!r}] must map a string to a string, got "
-                    f"{type(value).__name__}"
+                    f"task {task_id!r}: env name {key!r} is not a valid variable name (it must "
+                    "be non-empty, without '=' or NUL)",
+                    field=f"env[{key!r}]",
                 )
-            if not key or "=" in key or "\0" in key or "\0" in value:
-                raise SpecError(f"task {self.id!r}: env name {key!r} is not a valid variable")
-        _check_positive(f"task {self.id!r}: timeout", self.timeout)
-        _check_positive(f"task {self.id!r}: estimate", self.estimate, allow_zero=True)
+        _check_strings(task_id, "tags", self.tags)
+        if type(self.inherit_env) is not bool:
+            raise SpecError(
+                f"task {task_id!r}: inherit_env must be true or false, got {self.inherit_env!r}",
+                field="inherit_env",
+            )
+        if self.cwd is not None:
+            cwd = self.cwd
+            if isinstance(cwd, os.PathLike):
+                cwd = os.fspath(cwd)
+                msgspec.structs.force_setattr(self, "cwd", cwd)
+            if not isinstance(cwd, str) or not cwd or "\0" in cwd:
+                raise SpecError(
+                    f"task {task_id!r}: cwd must be a non-empty path without NUL, got {cwd!r}",
+                    field="cwd",
+                )
+        _check_positive(task_id, "timeout", self.timeout)
+        _check_positive(task_id, "estimate", self.estimate, allow_zero=True)
         if type(self.retries) is not int or self.retries < 0:
-            raise SpecError(f"task {self.id!r}: retries must be an integer >= 0")
+            raise SpecError(
+                f"task {task_id!r}: retries must be an integer >= 0, got {self.retries!r}",
+                field="retries",
+            )
         if type(self.priority) is not int:
-            raise SpecError(f"task {self.id!r}: priority must be an integer")
-        for dep in self.after:
-            if not isinstance(dep, str):
-                raise SpecError(f"task {self.id!r}: after lists a non-string {dep!r}")
-            if dep == self.id:
-                raise SpecError(f"task {self.id!r} lists itself as a prerequisite")
+            raise SpecError(
+                f"task {task_id!r}: priority must be an integer, got {self.priority!r}",
+                field="priority",
+            )
+        if task_id in after:
+            raise SpecError(f"task {task_id!r} lists itself as a prerequisite", field="after")
 
 
 class Slot(msgspec.Struct, frozen=True, array_like=True):
@@ -283,18 +397,23 @@ class TaskStarted(msgspec.Struct, frozen=True, tag="task_started"):
     placement: Placement
 
 
-class TaskFinished(msgspec.Struct, frozen=True, tag="task_finished"):
-    """A terminal result, or an attempt that failed and will be retried (``retry_in`` set)."""
+class TaskFinished(msgspec.Struct, frozen=True, tag="task_finished", omit_defaults=True):
+    """A terminal result, or an attempt that failed and will be retried (``retry_in`` set).
+
+    ``interrupted`` marks a task cancelled because the run was stopped (signal, walltime,
+    error), not by the user: ``resume`` runs it again.
+    """
 
     t: float
     result: TaskResult
     retry_in: float | None = None
+    interrupted: bool = False
 
 
 class RunFinished(msgspec.Struct, frozen=True, tag="run_finished"):
     t: float
     counts: dict[str, int]
-    reason: Literal["completed", "cancelled", "error"] = "completed"
+    reason: Literal["completed", "interrupted", "cancelled", "error"] = "completed"
 
 
 Event = RunStarted | TaskAdded | TaskStarted | TaskFinished | RunFinished

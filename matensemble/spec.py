@@ -25,6 +25,8 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import itertools
+import json
+import math
 import os
 import re
 import shlex
@@ -41,6 +43,7 @@ from matensemble.model import Resources, Task
 __all__ = ["EnsembleSpec", "load_ensemble", "parse_ensemble"]
 
 Strategy = Literal["fifo", "priority", "longest-first", "gpu-first"]
+MAX_POINTS = 10_000_000  # per sweep: far beyond any allocation, short of exhausting memory
 Completion = Literal["adaptive", "waves"]
 
 
@@ -71,11 +74,12 @@ _Mode = Literal["product", "zip"]
 
 
 class _Settings(Struct, kw_only=True, forbid_unknown_fields=True):
-    name: str | None = None
+    # The name starts the run id, a directory name and a strftime pattern: no '/', no '%'.
+    name: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_][A-Za-z0-9._+=,@:~-]{0,99}$")] | None = None
     strategy: Strategy | None = None
     backfill: bool | None = None
     completion: Completion | None = None
-    run_dir: str | None = None
+    run_dir: Annotated[str, Meta(min_length=1)] | None = None
     cores: Annotated[int, Meta(ge=1)] | None = None
     gpus: Annotated[int, Meta(ge=0)] | None = None
 
@@ -111,7 +115,7 @@ class _Range(Struct, kw_only=True, forbid_unknown_fields=True):
     start: int | None = None
     stop: int | None = None
     step: int | None = None
-    linspace: tuple[float, float, Annotated[int, Meta(ge=1)]] | None = None
+    linspace: tuple[float, float, Annotated[int, Meta(ge=1, le=MAX_POINTS)]] | None = None
 
 
 _Param = list[_Scalar] | _Range | _Scalar
@@ -137,6 +141,18 @@ _STRUCT_AT: dict[str, type[Struct]] = {
 }
 _CHOICES = {"strategy": Strategy, "completion": Completion, "mode": _Mode}
 _RESERVED = frozenset({"index", "spec_dir"})
+# Names people reach for from other tools, and the field each one means here.
+_ALIASES = {
+    **{"ntasks": "ranks", "np": "ranks", "tasks": "ranks", "procs": "ranks"},
+    **{"cores": "cores_per_rank", "cpus": "cores_per_rank", "cpus_per_rank": "cores_per_rank"},
+    **{"cores_per_task": "cores_per_rank", "gpus": "gpus_per_rank"},
+    **{"gpus_per_task": "gpus_per_rank", "walltime": "timeout", "time_limit": "timeout"},
+    **{"retry": "retries", "max_retries": "retries"},
+    **{"depends": "after", "depends_on": "after", "deps": "after", "requires": "after"},
+    **{"needs": "after", "environment": "env", "workdir": "cwd", "working_dir": "cwd"},
+    **{"dir": "cwd", "directory": "cwd", "cmd": "command", "argv": "command", "args": "command"},
+    **{"params": "parameters", "labels": "tags", "runtime": "estimate"},
+}
 _HEADER = re.compile(rb"^[ \t]*\[\[[ \t]*(task|sweep)[ \t]*\]\]", re.MULTILINE)
 _FORMATTER = string.Formatter()
 
@@ -166,6 +182,11 @@ def parse_ensemble(data: bytes, *, source: str, format: Literal["toml", "json"])
     Raises:
         SpecError: the document is invalid; the message starts with ``source``.
     """
+    data = data.removeprefix(b"\xef\xbb\xbf")  # the byte-order mark some editors write
+    if not data.strip():
+        raise SpecError(
+            f"{source}: the file is empty: it defines no tasks (add a [[task]] or a [[sweep]])"
+        )
     decode = msgspec.toml.decode if format == "toml" else msgspec.json.decode
     try:
         doc = decode(data, type=_File)
@@ -173,10 +194,17 @@ def parse_ensemble(data: bytes, *, source: str, format: Literal["toml", "json"])
         raise SpecError(f"{source}: {_explain(str(e), data, decode)}") from None
     except msgspec.DecodeError as e:
         raise SpecError(f"{source}: invalid {format.upper()}: {_with_line(str(e), data)}") from None
+    except UnicodeDecodeError:
+        raise SpecError(f"{source}: {_not_utf8(data)}") from None
+    if format == "json":
+        _refuse_duplicate_keys(data, source)
     spec_dir = os.path.dirname(os.path.abspath(source))
     tasks = _Expander(source, spec_dir, doc.defaults).expand(doc, _entry_order(data, doc, format))
     settings = msgspec.structs.asdict(doc.ensemble)
-    settings["name"] = settings["name"] or os.path.splitext(os.path.basename(source))[0]
+    if settings["name"] is None:  # the file's stem, made safe for a run id and a directory
+        stem = os.path.splitext(os.path.basename(source))[0]
+        settings["name"] = re.sub(r"[^A-Za-z0-9._+=,@:~-]", "_", stem).lstrip(".-")[:100]
+        settings["name"] = settings["name"] or "ensemble"
     if settings["run_dir"] is not None:
         settings["run_dir"] = os.path.normpath(os.path.join(spec_dir, settings["run_dir"]))
     return EnsembleSpec(tasks=tasks, source=source, **settings)
@@ -188,25 +216,51 @@ def _explain(message: str, data: bytes, decode: Any) -> str:
     path = found[1] if found else "$"
     key = re.sub(r"\[[^\]]*\]", "", path).rsplit(".", 1)[-1]
     notes = []
-    entry = re.match(r"\$\.(task|sweep)\[(\d+)\]", path)
+    entry = re.match(r"\$\.(task|sweep)\[(\d+)\]|\$\.(defaults)", path)
     if entry:
         try:
-            raw = decode(data)[entry[1]][int(entry[2])]
-            notes.append(f"{entry[1]} {raw.get('name') or raw['id']!r}")
+            doc = decode(data)
+            raw = doc["defaults"] if entry[3] else doc[entry[1]][int(entry[2])]
+            if not entry[3]:
+                notes.append(f"{entry[1]} {_short(raw.get('name') or raw['id'])}")
             if ".parameters[...]" in path:
                 bad = [k for k, v in raw["parameters"].items() if not _converts(v, _Param)]
                 notes += [f"parameter {k!r}" for k in bad[:1]]
+            for table in ("env", "tags"):
+                if f".{table}[...]" in path:
+                    bad = [k for k, v in raw[table].items() if not _converts(v, _Text)]
+                    notes += [f"{table}[{k!r}] must be a string or a number" for k in bad[:1]]
         except (LookupError, TypeError, AttributeError, msgspec.MsgspecError):
             pass
     unknown = re.search(r"unknown field `([^`]*)`", message)
     if unknown and key == "defaults" and unknown[1] in ("id", "command", "after"):
         notes.append(f"[defaults] cannot set {unknown[1]!r}; set it in each [[task]] or [[sweep]]")
     elif unknown and key in _STRUCT_AT:
-        close = difflib.get_close_matches(unknown[1], _STRUCT_AT[key].__struct_fields__, n=1)
-        notes += [f"did you mean {c!r}?" for c in close]
+        notes += [f"did you mean {c!r}?" for c in _suggest(unknown[1], _STRUCT_AT[key])]
+    if path == "$.ensemble.name" and "regex" in message:
+        notes.append(
+            "the name starts run ids and directory names: use letters, digits and ._+=,@:~- "
+            "(at most 100, the first a letter, digit or _)"
+        )
     if message.startswith("Invalid enum value") and key in _CHOICES:
         notes.append(f"choose one of: {', '.join(get_args(_CHOICES[key]))}")
     return f"{message} ({'; '.join(notes)})" if notes else message
+
+
+def _short(value: object) -> str:
+    """``repr`` of a name for a message, cut short: an id may be 1,000 characters of junk."""
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:50]}... ({len(str(value))} characters)"
+
+
+def _suggest(name: str, struct: type[Struct]) -> list[str]:
+    """The field an unknown key probably meant: a known alias, a near spelling, or a prefix."""
+    fields = struct.__struct_fields__
+    alias = _ALIASES.get(name.lower())
+    if alias in fields:
+        return [alias]
+    close = difflib.get_close_matches(name.lower(), fields, n=1)
+    return close or [f for f in fields if f.startswith(name.lower())][:1]
 
 
 def _converts(value: object, type_: Any) -> bool:
@@ -224,7 +278,60 @@ def _with_line(message: str, data: bytes) -> str:
         line = data.count(b"\n", 0, offset) + 1
         column = offset - data.rfind(b"\n", 0, offset)
         message += f" (at line {line}, column {column})"
+    elif "truncated" in message:
+        lines = data.count(b"\n") + (not data.endswith(b"\n"))
+        message += f" (the document is unfinished at the end of the file, line {lines})"
     return message
+
+
+def _not_utf8(data: bytes) -> str:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return _with_line(
+            f"the file is not UTF-8 text: byte {data[e.start]:#04x} (byte {e.start})", data
+        )
+    return "the file is not UTF-8 text"
+
+
+def _refuse_duplicate_keys(data: bytes, source: str) -> None:
+    """JSON allows a key twice in one object and keeps the last: refuse that, naming the path.
+
+    (TOML forbids it in its grammar.) Only objects that repeat a key are remembered, so this
+    costs one plain ``json.loads``.
+    """
+    repeated: dict[int, str] = {}  # id(object) -> the first key it repeats
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        obj = dict(items)
+        if len(obj) != len(items):
+            seen: set[str] = set()
+            for key, _ in items:
+                if key in seen:
+                    repeated[id(obj)] = key
+                    break
+                seen.add(key)
+        return obj
+
+    try:
+        root = json.loads(data, object_pairs_hook=pairs)
+    except (ValueError, RecursionError):  # msgspec read it; nothing more to learn here
+        return
+    if not repeated:
+        return
+    stack: list[tuple[str, Any]] = [("$", root)]
+    while stack:
+        path, node = stack.pop()
+        if isinstance(node, dict):
+            if id(node) in repeated:
+                key = repeated[id(node)]
+                raise SpecError(
+                    f"{source}: key {key!r} is given twice in the object at `{path}` (JSON "
+                    "would silently keep only the last one)"
+                )
+            stack.extend((f"{path}.{k}", v) for k, v in node.items())
+        elif isinstance(node, list):
+            stack.extend((f"{path}[{i}]", v) for i, v in enumerate(node))
 
 
 def _entry_order(data: bytes, doc: _File, format: str) -> list[tuple[str, int]]:
@@ -261,6 +368,16 @@ class _Expander:
     def fail(self, where: str, message: str) -> NoReturn:
         raise SpecError(f"{self.source}: {where}{': ' if where else ''}{message}") from None
 
+    def invalid(self, where: str, task_id: str | None, error: SpecError) -> NoReturn:
+        """Re-raise a ``Task`` or ``Resources`` error at its place (``$.task[2].timeout``)."""
+        message = str(error)
+        if task_id is not None:
+            message = message.removeprefix(f"task {task_id!r}: ")
+        if error.field and " point " not in where:  # a sweep point has no path of its own
+            head, _, rest = where.partition(" ")
+            where = f"{head}.{error.field}{' ' if rest else ''}{rest}"
+        self.fail(where, message)
+
     def expand(self, doc: _File, order: list[tuple[str, int]]) -> tuple[Task, ...]:
         for kind, k in order:
             self.add(k, doc.task[k] if kind == "task" else doc.sweep[k])
@@ -274,9 +391,9 @@ class _Expander:
         names: list[str] = []
         columns: list[list[Any]] = []
         allowed, hint = {"spec_dir"}, "only {spec_dir} is defined outside a [[sweep]]"
-        where = f"$.task[{k}] (task {entry.id!r})"
+        where = f"$.task[{k}] (task {_short(entry.id)})"
         if sweep is not None:
-            where = f"$.sweep[{k}] (sweep {sweep.name or sweep.id!r})"
+            where = f"$.sweep[{k}] (sweep {_short(sweep.name or sweep.id)})"
             names, columns = self.columns(where, sweep)
             allowed, hint = (
                 {*names, *_RESERVED},
@@ -286,6 +403,15 @@ class _Expander:
         command = self.argv(where, entry.command)
         after = [entry.after] if isinstance(entry.after, str) else entry.after
         env, tags, cwd = fields["env"], fields["tags"], fields.get("cwd")
+        texts = [("id", entry.id), *(("cwd", c) for c in [cwd] if c is not None)]
+        texts += [(f"command[{i}]", a) for i, a in enumerate(command)]
+        texts += [(f"after[{i}]", a) for i, a in enumerate(after)]
+        texts += [
+            (f"{n}[{k!r}]", v) for n, d in (("env", env), ("tags", tags)) for k, v in d.items()
+        ]
+        for name, text in texts:
+            if "\0" in text:  # NULs would split the joined template below
+                self.fail(where.replace(" ", f".{name} ", 1), "contains a NUL character")
         self.check(
             where, [entry.id, *command, *after, *env.values(), *tags.values(), cwd], allowed, hint
         )
@@ -313,9 +439,11 @@ class _Expander:
             try:
                 parts = joined.format_map(ctx).split("\0")
             except (ValueError, LookupError, AttributeError, TypeError) as e:
-                self.fail(f"{where} point {index}", f"cannot fill in a template: {e}")
+                at = f"{where} point {index}" if sweep else where
+                self.fail(at, f"cannot fill in a template: {e}")
             if len(parts) != len(templates):
-                self.fail(f"{where} point {index}", "a value contains a NUL character")
+                at = f"{where} point {index}" if sweep else where
+                self.fail(at, "a filled-in template contains a NUL character")
             kw = dict(fields, command=tuple(parts[ends[0] : ends[1]]))
             kw["env"] = dict(zip(env, parts[ends[2] : ends[3]], strict=True))
             kw["tags"] = dict(zip(tag_keys, parts[ends[3] : ends[4]], strict=True))
@@ -343,6 +471,12 @@ class _Expander:
         for name, column in zip(names, columns, strict=True):
             if not column:
                 self.fail(where, f"the sweep has no points: parameter {name!r} is empty")
+            bad = next((v for v in column if isinstance(v, str) and "\0" in v), None)
+            if bad is not None:
+                self.fail(where, f"parameter {name!r}: value {bad!r} contains a NUL character")
+        points = len(columns[0]) if sweep.mode == "zip" else math.prod(map(len, columns))
+        if points > MAX_POINTS:
+            self.fail(where, f"the sweep has {points:,} points (at most {MAX_POINTS:,})")
         return names, columns
 
     def values(self, where: str, name: str, spec: Any) -> list[Any]:
@@ -358,7 +492,14 @@ class _Expander:
             return [float(f"{lo + (hi - lo) * i / max(n - 1, 1):.12g}") for i in range(n)]
         if spec.stop is None or spec.step == 0:
             self.fail(where, f"parameter {name!r}: a range needs a 'stop' and a step other than 0")
-        return list(range(spec.start or 0, spec.stop, spec.step or 1))
+        values = range(spec.start or 0, spec.stop, spec.step or 1)
+        if len(values) > MAX_POINTS:
+            self.fail(
+                where,
+                f"parameter {name!r}: the range has {len(values):,} values (at most "
+                f"{MAX_POINTS:,})",
+            )
+        return list(values)
 
     def merge(self, where: str, entry: _TaskFields) -> dict[str, Any]:
         """The entry's fields over ``[defaults]``; resources, env and tags merge key by key."""
@@ -378,17 +519,18 @@ class _Expander:
         try:
             fields["resources"] = Resources(**fields["resources"])
         except SpecError as e:
-            self.fail(where, str(e))
+            self.invalid(where, None, e)
         return fields
 
     def argv(self, where: str, command: str | list[str]) -> list[str]:
         if isinstance(command, list):
             return command
+        at = where.replace(" ", ".command ", 1)
         try:
             argv = shlex.split(command)
         except ValueError as e:
-            self.fail(where, f"command {command!r} cannot be split: {e}")
-        return argv or self.fail(where, "command must not be empty")
+            self.fail(at, f"command {command!r} cannot be split: {e}")
+        return argv or self.fail(at, "command must not be empty")
 
     def check(self, where: str, templates: list[str | None], allowed: set[str], hint: str) -> None:
         """Reject unknown template names once per entry, not once per sweep point."""
@@ -440,13 +582,47 @@ class _Expander:
                 ):  # a glob: never the task itself
                     matched = [m for m in matched if m != task_id]
                 if not matched:
-                    self.fail(f"{where} (task {task_id!r})", self.unknown(ref))
+                    self.fail(f"{where} (task {_short(task_id)})", self.unknown(ref))
                 deps.update(dict.fromkeys(matched))
             try:
                 tasks.append(Task(id=task_id, after=tuple(deps), **kw))
             except SpecError as e:
-                self.fail(f"{where} (task {task_id!r})", str(e))
+                self.invalid(f"{where} (task {_short(task_id)})", task_id, e)
+        self.check_acyclic(tasks)
         return tuple(tasks)
+
+    def check_acyclic(self, tasks: list[Task]) -> None:
+        """Refuse a cycle of prerequisites here, naming its places, before any run starts."""
+        index = {t.id: i for i, t in enumerate(tasks)}
+        waiting = [len(t.after) for t in tasks]  # ``after`` has no repeats by now
+        dependents: list[list[int]] = [[] for _ in tasks]
+        for i, task in enumerate(tasks):
+            for dep in task.after:
+                dependents[index[dep]].append(i)
+        queue = [i for i, n in enumerate(waiting) if n == 0]
+        while queue:
+            for j in dependents[queue.pop()]:
+                waiting[j] -= 1
+                if waiting[j] == 0:
+                    queue.append(j)
+        stuck = {i for i, n in enumerate(waiting) if n > 0}
+        if not stuck:
+            return
+        # Every stuck task waits on a stuck task: walk back until one repeats.
+        node = min(stuck)
+        seen: dict[int, int] = {}
+        path: list[int] = []
+        while node not in seen:
+            seen[node] = len(path)
+            path.append(node)
+            node = next(index[d] for d in tasks[node].after if index[d] in stuck)
+        cycle = [*path[seen[node] :], node]
+        steps = " -> ".join(f"{tasks[i].id!r} ({self.where[tasks[i].id]})" for i in cycle[:-1])
+        self.fail(
+            "",
+            f"prerequisites form a cycle: {steps} -> {tasks[cycle[-1]].id!r}; no task of it could "
+            "ever start (remove one of these 'after' entries)",
+        )
 
     def lookup(self, ref: str) -> list[str]:
         if ref in self.where:

@@ -13,6 +13,7 @@ class RunSummary(msgspec.Struct, frozen=True, kw_only=True):
     """The outcome of a run.
 
     ``core_utilisation`` is busy core-seconds over (total cores x makespan); the same for GPUs.
+    ``stopped`` says why a run was stopped before every task ended; ``resume`` continues it.
     """
 
     run_id: str
@@ -23,6 +24,7 @@ class RunSummary(msgspec.Struct, frozen=True, kw_only=True):
     core_utilisation: float
     gpu_utilisation: float
     results: dict[str, TaskResult]
+    stopped: str | None = None  # why the run was stopped before its end (signal, walltime)
 
     @property
     def ok(self) -> bool:

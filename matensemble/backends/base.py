@@ -11,9 +11,14 @@ A backend is driven from the event loop thread, in this order:
    is a ``failed`` ``Outcome``, reported through ``sink``).
 3. ``backend.cancel(key)`` asks for one launch to be stopped; its ``Outcome`` follows.
 4. ``await backend.close()`` stops everything still running and returns when each launch has
-   reported its ``Outcome`` (``cancelled``). It is called exactly once, also after errors.
+   reported its ``Outcome`` (``cancelled``). The engine calls it once, shielded from
+   cancellation, also after errors.
 
-Every launch gets exactly one ``Outcome``, whatever happens.
+Every launch gets exactly one ``Outcome``, whatever happens. Conventions every backend keeps:
+a process killed by a signal has ``returncode=None`` and ``signal`` set; only exit code 0 is
+success; ``sink`` may call ``launch()`` again before it returns (the engine does not, but a
+backend must not break if it does). If ``launch()`` raises anyway, the engine fails that one
+task with the exception as the reason and goes on.
 """
 
 from __future__ import annotations
@@ -101,6 +106,24 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Cancel everything still running and wait for each launch's outcome."""
+
+    virtual_clock: bool = False
+    """True when ``now()`` is not wall-clock time (the engine then sets no real timers)."""
+
+    async def recover(self, run_id: str, keys: Sequence[LaunchKey]) -> None:  # noqa: B027
+        """Hook for ``resume``: launches of an earlier session of ``run_id`` that may still run.
+
+        Called once, after ``open()``, with the launches whose end the journal does not know.
+        A backend should make sure none of them still holds resources (the engine runs them
+        again). The default does nothing.
+        """
+
+    def kill(self) -> None:  # noqa: B027 - optional hook, deliberately empty by default
+        """Kill everything still running at once, without waiting (the driver exits next)."""
+
+    def deadline(self) -> float | None:
+        """When the allocation ends (seconds since the epoch), if the backend knows it."""
+        return None
 
     def idle(self) -> None:  # noqa: B027 - optional hook, deliberately empty by default
         """Hook: the engine has nothing more to start until some launch ends.

@@ -30,10 +30,17 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import anyio
 from anyio.abc import TaskGroup
 
 from matensemble.backends.base import Backend, Launch, LaunchKey, Outcome, Sink
-from matensemble.backends.local_inventory import CAN_PIN, detect_gpus, select_cores, select_gpus
+from matensemble.backends.local_inventory import (
+    CAN_PIN,
+    detect_gpus,
+    find_run_processes,
+    select_cores,
+    select_gpus,
+)
 from matensemble.errors import BackendError, BackendUnavailable
 from matensemble.model import TaskState
 from matensemble.resources import NodeSpec
@@ -399,6 +406,52 @@ class LocalBackend(Backend):
             if self._devnull >= 0:
                 os.close(self._devnull)
                 self._devnull = -1
+
+    def kill(self) -> None:
+        """SIGKILL every running launch's process groups now (a forced exit of the driver)."""
+        for run in list(self._runs.values()):
+            self._signal(run, signal.SIGKILL)
+
+    async def recover(self, run_id: str, keys: Sequence[LaunchKey]) -> None:
+        """Kill what an earlier, crashed driver of ``run_id`` left running, and wait for it.
+
+        Task processes carry ``MATENSEMBLE_RUN_ID`` in their environment; a driver that was
+        killed outright could not stop them, and they would otherwise hold cores the engine
+        hands out again. Their process groups get SIGKILL, then this waits (on pidfds, for at
+        most ``kill_grace`` + 5 s) until they are gone.
+        """
+        if not keys:
+            return
+        leftovers = find_run_processes(run_id)
+        if not leftovers:
+            return
+        for pid in leftovers:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(os.getpgid(pid), signal.SIGKILL)
+        with anyio.move_on_after(self._kill_grace + 5.0):
+            await _wait_gone(leftovers)
+
+
+async def _wait_gone(pids: Sequence[int]) -> None:
+    """Wait until each process has exited (pidfd readable), without polling."""
+    loop = asyncio.get_running_loop()
+    for pid in pids:
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:
+            continue  # already gone
+        gone: asyncio.Future[None] = loop.create_future()
+        loop.add_reader(fd, _settle, gone)
+        try:
+            await gone
+        finally:
+            loop.remove_reader(fd)
+            os.close(fd)
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _unopened_sink(outcome: Outcome) -> None:

@@ -1,4 +1,4 @@
-"""What the local backend may hand out: this process's cores and the visible GPUs."""
+"""What the local backend may hand out (cores, GPUs), and what an earlier driver left running."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import anyio
 
-__all__ = ["CAN_PIN", "detect_gpus", "select_cores", "select_gpus"]
+__all__ = ["CAN_PIN", "detect_gpus", "find_run_processes", "select_cores", "select_gpus"]
 
 GPU_VARIABLES = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES")
 CAN_PIN = hasattr(os, "sched_setaffinity")
@@ -71,3 +71,21 @@ async def detect_gpus(given: tuple[str, ...] | None) -> tuple[tuple[str, ...], s
         count = sum(1 for line in result.stdout.splitlines() if line.startswith(b"GPU "))
         return tuple(str(i) for i in range(count)), None
     return (), None
+
+
+def find_run_processes(run_id: str) -> list[int]:
+    """Pids of this user's processes whose environment says they belong to run ``run_id``."""
+    marker = f"MATENSEMBLE_RUN_ID={run_id}".encode()
+    me = os.getpid()
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        try:
+            with open(f"/proc/{entry.name}/environ", "rb") as f:
+                env = f.read()
+        except OSError:  # gone, or not ours
+            continue
+        if marker in env.split(b"\0"):
+            found.append(int(entry.name))
+    return found

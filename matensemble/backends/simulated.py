@@ -50,6 +50,7 @@ class SimulatedBackend(Backend):
     """
 
     name = "simulated"
+    virtual_clock = True
 
     def __init__(
         self,
