@@ -1,0 +1,954 @@
+"""The bad-input catalogue: malformed input through every door, each refused with one clear error.
+
+Three doors: ensemble files (TOML and JSON), the ``matensemble`` command (a real subprocess) and
+the Python API (``Task``, ``Resources``, ``Ensemble.submit``/``run``). Every case names what it
+expects the message to contain: the file, the field path, the task id or the option. And every
+refusal leaves what was already recorded as it was: a bad file creates no run directory, a bad
+batch submitted to a running ensemble adds nothing to it or to its journal, and the run goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from matensemble import (
+    DependencyError,
+    Ensemble,
+    LocalBackend,
+    Resources,
+    SimulatedBackend,
+    Task,
+    TaskRejected,
+    TaskState,
+)
+from matensemble.errors import SpecError
+from matensemble.journal import read_journal
+from matensemble.model import TaskAdded
+from matensemble.spec import load_ensemble
+
+TASK = '[[task]]\nid = "a"\ncommand = ["true"]\n'
+
+
+def toml_task(**fields: str) -> str:
+    """A one-task TOML file; ``fields`` are extra ``key = value`` lines, written verbatim."""
+    return TASK + "".join(f"{key} = {value}\n" for key, value in fields.items())
+
+
+def json_doc(document: Any) -> str:
+    return json.dumps(document)
+
+
+def case(name: str, text: str | bytes | None, *fragments: str, file: str = "ensemble.toml") -> Any:
+    """One malformed file: its content (``None``: no file is written) and what the error says."""
+    return pytest.param(file, text, fragments, id=name)
+
+
+# --- Ensemble files ---------------------------------------------------------------------------
+
+CYCLE6 = "".join(
+    f'[[task]]\nid = "t{i}"\ncommand = ["true"]\nafter = ["t{(i + 1) % 6}"]\n' for i in range(6)
+)
+
+FILE_CASES = [
+    # Wrong types, at several depths.
+    case(
+        "ranks-is-a-string",
+        toml_task(resources='{ ranks = "two" }'),
+        "Expected `int`, got `str`",
+        "$.task[0].resources.ranks",
+        "task 'a'",
+    ),
+    case(
+        "defaults-cores-per-rank-is-a-string",
+        '[defaults]\nresources = { cores_per_rank = "x" }\n' + TASK,
+        "$.defaults.resources.cores_per_rank",
+    ),
+    case(
+        "sweep-nodes-is-a-string",
+        '[[sweep]]\nname = "melt"\nid = "m-{T}"\ncommand = ["x"]\nparameters = { T = [1] }\n'
+        'resources = { nodes = "two" }\n',
+        "$.sweep[0].resources.nodes",
+        "sweep 'melt'",
+    ),
+    case(
+        "command-element-is-an-int",
+        '[[task]]\nid = "a"\ncommand = ["echo", 1]\n',
+        "$.task[0].command[1]",
+        "Expected `str`, got `int`",
+    ),
+    case("task-is-not-a-list", "task = 5\n", "$.task", "Expected `array`, got `int`"),
+    case(
+        "parameter-value-is-a-nested-list",
+        '[[sweep]]\nid = "s-{T}"\ncommand = ["x"]\nparameters = { T = [[1, 2]] }\n',
+        "$.sweep[0].parameters[...][0]",
+        "parameter 'T'",
+    ),
+    case(
+        "resources-is-a-list-json",
+        json_doc({"task": [{"id": "a", "command": ["x"], "resources": [1]}]}),
+        "$.task[0].resources",
+        "Expected `object`, got `array`",
+        file="ensemble.json",
+    ),
+    case(
+        "after-holds-an-int",
+        toml_task(after="[1]"),
+        "$.task[0].after[0]",
+        "Expected `str`, got `int`",
+    ),
+    case("cwd-is-an-int", toml_task(cwd="5"), "$.task[0].cwd", "Expected `str`, got `int`"),
+    case(
+        "strategy-is-unknown",
+        '[ensemble]\nstrategy = "lifo"\n' + TASK,
+        "$.ensemble.strategy",
+        "choose one of: fifo, priority",
+    ),
+    # Negative or zero counts.
+    case("ranks-zero", toml_task(resources="{ ranks = 0 }"), "$.task[0].resources.ranks", ">= 1"),
+    case(
+        "cores-per-rank-negative",
+        toml_task(resources="{ cores_per_rank = -2 }"),
+        "$.task[0].resources.cores_per_rank",
+        ">= 1",
+    ),
+    case(
+        "gpus-per-rank-negative",
+        toml_task(resources="{ gpus_per_rank = -1 }"),
+        "$.task[0].resources.gpus_per_rank",
+        ">= 0",
+    ),
+    case("nodes-zero", toml_task(resources="{ nodes = 0 }"), "$.task[0].resources.nodes", ">= 1"),
+    case("timeout-zero", toml_task(timeout="0"), "$.task[0].timeout", "> 0"),
+    case(
+        "timeout-negative-json",
+        json_doc({"task": [{"id": "a", "command": ["x"], "timeout": -3}]}),
+        "$.task[0].timeout",
+        "> 0",
+        file="ensemble.json",
+    ),
+    case("timeout-infinite", toml_task(timeout="inf"), "$.task[0].timeout", "finite", "'a'"),
+    case("retries-negative", toml_task(retries="-1"), "$.task[0].retries", ">= 0"),
+    case("estimate-negative", toml_task(estimate="-5.0"), "$.task[0].estimate", ">= 0"),
+    case("ensemble-cores-zero", "[ensemble]\ncores = 0\n" + TASK, "$.ensemble.cores", ">= 1"),
+    case("ensemble-gpus-negative", "[ensemble]\ngpus = -1\n" + TASK, "$.ensemble.gpus", ">= 0"),
+    case(
+        "ranks-not-divisible-by-nodes",
+        toml_task(resources="{ ranks = 3, nodes = 2 }"),
+        "$.task[0].resources.ranks",
+        "task 'a'",
+        "multiple of resources.nodes",
+    ),
+    # Booleans where integers are expected.
+    case(
+        "ranks-true",
+        toml_task(resources="{ ranks = true }"),
+        "$.task[0].resources.ranks",
+        "got `bool`",
+    ),
+    case(
+        "retries-true-json",
+        json_doc({"task": [{"id": "a", "command": ["x"], "retries": True}]}),
+        "$.task[0].retries",
+        "got `bool`",
+        file="ensemble.json",
+    ),
+    case("timeout-false", toml_task(timeout="false"), "$.task[0].timeout", "got `bool`"),
+    case("ensemble-cores-true", "[ensemble]\ncores = true\n" + TASK, "$.ensemble.cores", "bool"),
+    # Unknown keys, with a did-you-mean.
+    case(
+        "unknown-top-level-key",
+        '[[tasks]]\nid = "a"\ncommand = ["x"]\n',
+        "unknown field `tasks`",
+        "did you mean 'task'?",
+    ),
+    case(
+        "unknown-task-key",
+        toml_task(timout="5"),
+        "unknown field `timout`",
+        "$.task[0]",
+        "task 'a'",
+        "did you mean 'timeout'?",
+    ),
+    case(
+        "unknown-resources-key",
+        toml_task(resources="{ gpus = 1 }"),
+        "unknown field `gpus`",
+        "$.task[0].resources",
+        "did you mean 'gpus_per_rank'?",
+    ),
+    case(
+        "unknown-sweep-key",
+        '[[sweep]]\nid = "s-{T}"\ncommand = ["x"]\nparamters = { T = [1] }\n',
+        "unknown field `paramters`",
+        "$.sweep[0]",
+        "did you mean 'parameters'?",
+    ),
+    case(
+        "unknown-ensemble-key",
+        '[ensemble]\nstrategi = "fifo"\n' + TASK,
+        "unknown field `strategi`",
+        "$.ensemble",
+        "did you mean 'strategy'?",
+    ),
+    case(
+        "unknown-defaults-key-json",
+        json_doc({"defaults": {"retires": 1}, "task": [{"id": "a", "command": ["x"]}]}),
+        "unknown field `retires`",
+        "$.defaults",
+        "did you mean 'retries'?",
+        file="ensemble.json",
+    ),
+    case(
+        "defaults-sets-command",
+        '[defaults]\ncommand = ["x"]\n' + TASK,
+        "$.defaults",
+        "[defaults] cannot set 'command'",
+    ),
+    # Duplicate ids.
+    case(
+        "two-tasks-same-id",
+        TASK + TASK,
+        "duplicate task id 'a'",
+        "at $.task[1]",
+        "first defined at $.task[0]",
+    ),
+    case(
+        "sweep-collides-with-a-task",
+        '[[task]]\nid = "melt-1"\ncommand = ["x"]\n'
+        '[[sweep]]\nid = "melt-{T}"\ncommand = ["x"]\nparameters = { T = [2, 1] }\n',
+        "duplicate task id 'melt-1'",
+        "$.sweep[0] point 1",
+        "$.task[0]",
+    ),
+    case(
+        "duplicate-within-a-sweep",
+        '[[sweep]]\nid = "s-{a}"\ncommand = ["x"]\nparameters = { a = [1], b = [1, 2] }\n',
+        "duplicate task id 's-1'",
+        "$.sweep[0] point 1",
+        "every parameter that varies",
+    ),
+    case(
+        "sweep-name-is-a-task-id",
+        TASK + '[[sweep]]\nname = "a"\nid = "s-{T}"\ncommand = ["x"]\nparameters = { T = [1] }\n',
+        "sweep name 'a' is also a task id",
+    ),
+    # Ids that cannot be directory names.
+    case("id-with-slash", '[[task]]\nid = "a/b"\ncommand = ["x"]\n', "$.task[0].id", "'/'"),
+    case("id-dot-dot", '[[task]]\nid = ".."\ncommand = ["x"]\n', "$.task[0].id", "'..'"),
+    case("id-leading-dash", '[[task]]\nid = "-rf"\ncommand = ["x"]\n', "task '-rf'", "'-'"),
+    case("id-leading-dot", '[[task]]\nid = ".hidden"\ncommand = ["x"]\n', "'.hidden'", "'.'"),
+    case("id-with-space", '[[task]]\nid = "a b"\ncommand = ["x"]\n', "'a b'", "' '"),
+    case("id-with-newline", '[[task]]\nid = "a\\nb"\ncommand = ["x"]\n', "'a\\nb'", "'\\n'"),
+    case("id-with-nul", '[[task]]\nid = "a\\u0000b"\ncommand = ["x"]\n', "$.task[0].id", "NUL"),
+    case("id-with-escape", '[[task]]\nid = "a\\u001bb"\ncommand = ["x"]\n', "'\\x1b'"),
+    case("id-non-ascii", '[[task]]\nid = "schmelze-ä"\ncommand = ["x"]\n', "'ä'"),
+    case(
+        "id-of-1000-characters",
+        '[[task]]\nid = "' + "x" * 1000 + '"\ncommand = ["x"]\n',
+        "$.task[0].id",
+        "1000 characters long (at most 200)",
+    ),
+    case("id-empty", '[[task]]\nid = ""\ncommand = ["x"]\n', "$.task[0].id", "must not be empty"),
+    case(
+        "sweep-makes-a-bad-id",
+        '[[sweep]]\nid = "run/{T}"\ncommand = ["x"]\nparameters = { T = [1] }\n',
+        "$.sweep[0] point 0",
+        "'run/1'",
+        "'/'",
+    ),
+    # Unknown and cyclic prerequisites.
+    case(
+        "unknown-prerequisite",
+        '[[task]]\nid = "prepare"\ncommand = ["x"]\n'
+        '[[task]]\nid = "report"\ncommand = ["x"]\nafter = ["prepar"]\n',
+        "$.task[1]",
+        "task 'report'",
+        "'prepar'",
+        "did you mean 'prepare'?",
+    ),
+    case("self-prerequisite", toml_task(after='["a"]'), "$.task[0]", "lists itself"),
+    case(
+        "two-cycle",
+        '[[task]]\nid = "a"\ncommand = ["x"]\nafter = ["b"]\n'
+        '[[task]]\nid = "b"\ncommand = ["x"]\nafter = ["a"]\n',
+        "prerequisites form a cycle",
+        "'a' ($.task[0])",
+        "'b' ($.task[1])",
+    ),
+    case(
+        "six-cycle",
+        CYCLE6,
+        "prerequisites form a cycle",
+        *(f"'t{i}' ($.task[{i}])" for i in range(6)),
+    ),
+    case(
+        "cycle-through-a-sweep-name",
+        '[[sweep]]\nname = "melt"\nid = "m-{T}"\ncommand = ["x"]\nparameters = { T = [1, 2] }\n'
+        'after = ["post"]\n[[task]]\nid = "post"\ncommand = ["x"]\nafter = ["melt"]\n',
+        "prerequisites form a cycle",
+        "'post' ($.task[0])",
+        "$.sweep[0] point",
+    ),
+    # Environment.
+    case(
+        "env-value-is-a-list",
+        toml_task(env="{ OMP = [1, 2] }"),
+        "$.task[0].env[...]",
+        "env['OMP'] must be a string or a number",
+    ),
+    case(
+        "env-value-is-a-table",
+        toml_task(env="{ OMP = { n = 1 } }"),
+        "$.task[0].env[...]",
+        "env['OMP']",
+    ),
+    case("env-value-is-a-bool", toml_task(env="{ DEBUG = true }"), "env['DEBUG']", "got `bool`"),
+    case(
+        "env-name-with-equals",
+        toml_task(env='{ "A=B" = "1" }'),
+        "$.task[0].env['A=B']",
+        "not a valid variable name",
+    ),
+    case(
+        "env-name-empty", toml_task(env='{ "" = "1" }'), "$.task[0].env['']", "not a valid variable"
+    ),
+    case("env-value-with-nul", toml_task(env='{ A = "x\\u0000" }'), "$.task[0].env['A']", "NUL"),
+    case("env-is-a-string", toml_task(env='"A=1"'), "$.task[0].env", "Expected `object`"),
+    # Commands.
+    case(
+        "command-empty-list",
+        '[[task]]\nid = "a"\ncommand = []\n',
+        "$.task[0].command",
+        "length >= 1",
+    ),
+    case("command-empty-string", '[[task]]\nid = "a"\ncommand = "  "\n', "must not be empty"),
+    case(
+        "command-is-a-number",
+        '[[task]]\nid = "a"\ncommand = 5\n',
+        "$.task[0].command",
+        "got `int`",
+    ),
+    case(
+        "command-cannot-be-split",
+        '[[task]]\nid = "a"\ncommand = "echo \'unclosed"\n',
+        "task 'a'",
+        "cannot be split",
+    ),
+    case(
+        "command-missing", '[[task]]\nid = "a"\n', "missing required field `command`", "$.task[0]"
+    ),
+    # Syntax, emptiness, the file itself.
+    case(
+        "toml-syntax-error",
+        '[[task]]\nid = "a"\ncommand = ["x",\n\nretries = \n',
+        "invalid TOML",
+        "line ",
+    ),
+    case("toml-unterminated-string", '[[task]]\nid = "a\n', "invalid TOML", "line 2"),
+    case("toml-key-given-twice", TASK + 'id = "b"\n', "invalid TOML", "line 4"),
+    case(
+        "json-syntax-error",
+        '{\n  "task": [\n}',
+        "invalid JSON",
+        "line 3",
+        file="ensemble.json",
+    ),
+    case(
+        "json-unfinished",
+        '{"task": [{"id": "a"',
+        "invalid JSON",
+        "unfinished",
+        file="ensemble.json",
+    ),
+    case(
+        "json-key-given-twice",
+        '{"task": [{"id": "a", "command": ["x"], "id": "b"}]}',
+        "key 'id' is given twice",
+        "$.task[0]",
+        file="ensemble.json",
+    ),
+    case(
+        "json-top-level-is-a-list",
+        "[]",
+        "Expected `object`, got `array`",
+        file="ensemble.json",
+    ),
+    case(
+        "toml-not-utf8",
+        TASK.encode().replace(b"true", b"tr\xffue"),
+        "not UTF-8 text",
+        "byte 0xff",
+        "line 3",
+    ),
+    case(
+        "json-not-utf8",
+        b'{"task": [{"id": "a",\n"command": ["\xfe"]}]}',
+        "not UTF-8 text",
+        "line 2",
+        file="ensemble.json",
+    ),
+    case("empty-toml-file", "", "the file is empty", "defines no tasks"),
+    case("blank-json-file", " \n\n", "the file is empty", file="ensemble.json"),
+    case("only-defaults", "[defaults]\ntimeout = 5\n", "defines no tasks"),
+    case("file-not-found", None, "cannot read ensemble file", "No such file"),
+    case(
+        "unsupported-suffix",
+        TASK,
+        "unknown ensemble file type '.yaml'",
+        "use .toml or .json",
+        file="ensemble.yaml",
+    ),
+    # Run settings and sweeps.
+    case(
+        "ensemble-name-with-slash",
+        '[ensemble]\nname = "../escape"\n' + TASK,
+        "$.ensemble.name",
+        "directory names",
+    ),
+    case("ensemble-run-dir-empty", '[ensemble]\nrun_dir = ""\n' + TASK, "$.ensemble.run_dir"),
+    case(
+        "sweep-of-a-trillion-points",
+        '[[sweep]]\nid = "s-{a}-{b}"\ncommand = ["x"]\n'
+        "parameters = { a = { stop = 1000000 }, b = { stop = 1000000 } }\n",
+        "$.sweep[0]",
+        "1,000,000,000,000 points",
+    ),
+    case(
+        "template-names-an-unknown-parameter",
+        '[[sweep]]\nname = "melt"\nid = "m-{T}"\ncommand = ["lmp", "{temp}"]\n'
+        "parameters = { T = [1.0] }\n",
+        "sweep 'melt'",
+        "{temp}",
+    ),
+    case(
+        "zip-of-unequal-lists",
+        '[[sweep]]\nid = "r-{a}-{b}"\ncommand = ["x"]\nparameters = { a = [1, 2], b = [1] }\n'
+        'mode = "zip"\n',
+        "$.sweep[0]",
+        "a: 2, b: 1",
+    ),
+]
+
+
+@pytest.mark.parametrize(("file", "text", "fragments"), FILE_CASES)
+def test_a_malformed_ensemble_file_is_refused_naming_the_place(
+    tmp_path: Path, file: str, text: str | bytes | None, fragments: Sequence[str]
+) -> None:
+    path = tmp_path / file
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    elif text is not None:
+        path.write_text(text)
+    before = sorted(tmp_path.iterdir())
+    with pytest.raises(SpecError) as info:
+        load_ensemble(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: "), message
+    assert "\n" not in message, message
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} not in {message!r}"
+    assert sorted(tmp_path.iterdir()) == before
+
+
+def test_numbers_in_env_and_tags_become_strings_and_booleans_do_not(tmp_path: Path) -> None:
+    """The documented leniency of files: ``THREADS = 2`` means ``"2"``; ``true`` is refused."""
+    path = tmp_path / "e.toml"
+    path.write_text(toml_task(env="{ THREADS = 2, SCALE = 0.5 }", tags="{ n = 3 }"))
+    (task,) = load_ensemble(path).tasks
+    assert task.env == {"THREADS": "2", "SCALE": "0.5"}
+    assert task.tags == {"n": "3"}
+
+
+def test_a_byte_order_mark_some_editors_write_is_no_error(tmp_path: Path) -> None:
+    for name in ("e.toml", "e.json"):
+        path = tmp_path / name
+        text = TASK if name == "e.toml" else json_doc({"task": [{"id": "a", "command": ["x"]}]})
+        path.write_bytes(b"\xef\xbb\xbf" + text.encode())
+        assert [t.id for t in load_ensemble(path).tasks] == ["a"]
+
+
+# --- The Python API: Task and Resources ----------------------------------------------------------
+
+
+def api(name: str, build: Callable[[], object], error: type[Exception], *fragments: str) -> Any:
+    return pytest.param(build, error, fragments, id=name)
+
+
+def task(**fields: Any) -> Task:
+    fields.setdefault("id", "a")
+    fields.setdefault("command", ["true"])
+    return Task(**fields)
+
+
+API_CASES = [
+    api("resources-ranks-zero", lambda: Resources(ranks=0), SpecError, "resources.ranks", ">= 1"),
+    api("resources-ranks-true", lambda: Resources(ranks=True), SpecError, "resources.ranks"),
+    api("resources-ranks-float", lambda: Resources(ranks=2.0), SpecError, "got 2.0"),
+    api(
+        "resources-cores-per-rank-negative",
+        lambda: Resources(cores_per_rank=-2),
+        SpecError,
+        "resources.cores_per_rank",
+    ),
+    api(
+        "resources-gpus-per-rank-negative",
+        lambda: Resources(gpus_per_rank=-1),
+        SpecError,
+        "resources.gpus_per_rank",
+        ">= 0",
+    ),
+    api("resources-nodes-zero", lambda: Resources(nodes=0), SpecError, "resources.nodes"),
+    api(
+        "resources-ranks-not-divisible-by-nodes",
+        lambda: Resources(ranks=3, nodes=2),
+        SpecError,
+        "multiple of resources.nodes (2)",
+    ),
+    api("resources-mpi-not-bool", lambda: Resources(mpi="yes"), SpecError, "resources.mpi"),
+    api(
+        "resources-exclusive-not-bool",
+        lambda: Resources(exclusive=1),
+        SpecError,
+        "resources.exclusive",
+    ),
+    api("resources-unknown-keyword", lambda: Resources(rank=2), TypeError, "'rank'"),
+    api(
+        "command-is-one-string",
+        lambda: task(command="lmp -in in.melt"),
+        SpecError,
+        "task 'a'",
+        "not a string",
+        "command=['lmp', '-in', 'in.melt']",
+    ),
+    api("command-empty", lambda: task(command=[]), SpecError, "command must not be empty"),
+    api("command-none", lambda: task(command=None), SpecError, "command", "NoneType"),
+    api("command-element-int", lambda: task(command=["x", 1]), SpecError, "command[1]", "int"),
+    api("command-program-empty", lambda: task(command=[""]), SpecError, "command[0]"),
+    api(
+        "resources-as-a-dict",
+        lambda: task(resources={"ranks": 2}),
+        SpecError,
+        "resources must be a Resources",
+    ),
+    api("env-value-list", lambda: task(env={"A": ["1"]}), SpecError, "env['A']", "list"),
+    api(
+        "env-value-number",
+        lambda: task(env={"THREADS": 4}),
+        SpecError,
+        "env['THREADS']",
+        "convert numbers with str()",
+    ),
+    api("env-name-with-equals", lambda: task(env={"A=B": "1"}), SpecError, "env name 'A=B'"),
+    api("env-name-empty", lambda: task(env={"": "1"}), SpecError, "env name ''"),
+    api("env-not-a-dict", lambda: task(env=[("A", "1")]), SpecError, "env must be a dict"),
+    api("tags-value-number", lambda: task(tags={"n": 1}), SpecError, "tags['n']"),
+    api("timeout-zero", lambda: task(timeout=0), SpecError, "timeout must be > 0"),
+    api("timeout-negative", lambda: task(timeout=-1.0), SpecError, "timeout must be > 0"),
+    api("timeout-true", lambda: task(timeout=True), SpecError, "timeout", "True"),
+    api("timeout-nan", lambda: task(timeout=math.nan), SpecError, "timeout", "finite"),
+    api("timeout-string", lambda: task(timeout="60"), SpecError, "timeout", "'60'"),
+    api("estimate-negative", lambda: task(estimate=-1), SpecError, "estimate must be >= 0"),
+    api("retries-negative", lambda: task(retries=-1), SpecError, "retries", ">= 0"),
+    api("retries-true", lambda: task(retries=True), SpecError, "retries", "True"),
+    api("priority-string", lambda: task(priority="high"), SpecError, "priority", "'high'"),
+    api(
+        "after-is-one-string",
+        lambda: task(after="prepare"),
+        SpecError,
+        "after must be a list",
+        "after=['prepare']",
+    ),
+    api("after-holds-an-int", lambda: task(after=[1]), SpecError, "after[0]"),
+    api("after-names-itself", lambda: task(after=["a"]), SpecError, "lists itself"),
+    api("cwd-is-an-int", lambda: task(cwd=5), SpecError, "cwd"),
+    api("cwd-empty", lambda: task(cwd=""), SpecError, "cwd"),
+    api("inherit-env-string", lambda: task(inherit_env="no"), SpecError, "inherit_env"),
+    api("unknown-keyword", lambda: task(timout=5), TypeError, "'timout'"),
+]
+
+BAD_IDS = [
+    pytest.param("a/b", "'/'", id="slash"),
+    pytest.param("..", "'..'", id="dot-dot"),
+    pytest.param("x/../y", "'..'", id="dot-dot-inside"),
+    pytest.param("-rf", "'-'", id="leading-dash"),
+    pytest.param(".hidden", "'.'", id="leading-dot"),
+    pytest.param("a b", "' '", id="space"),
+    pytest.param("a\nb", "'\\n'", id="newline"),
+    pytest.param("a\x00b", "'\\x00'", id="nul"),
+    pytest.param("a\x1b[31mred", "'\\x1b'", id="escape"),
+    pytest.param("schmelze-ä", "'ä'", id="non-ascii"),
+    pytest.param("x" * 1000, "1000 characters long", id="1000-characters"),
+    pytest.param("", "must not be empty", id="empty"),
+    pytest.param(7, "must be a string, got int", id="int"),
+]
+
+
+@pytest.mark.parametrize(("build", "error", "fragments"), API_CASES)
+def test_a_task_or_resources_built_wrongly_is_refused_naming_the_field(
+    build: Callable[[], object], error: type[Exception], fragments: Sequence[str]
+) -> None:
+    with pytest.raises(error) as info:
+        build()
+    message = str(info.value)
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} not in {message!r}"
+
+
+@pytest.mark.parametrize(("task_id", "fragment"), BAD_IDS)
+def test_a_task_id_that_is_no_safe_directory_name_is_refused(task_id: Any, fragment: str) -> None:
+    with pytest.raises(SpecError, match="task id") as info:
+        Task(id=task_id, command=["true"])
+    assert fragment in str(info.value)
+    assert info.value.field == "id"
+
+
+# --- The Python API: submitting to a running ensemble ------------------------------------------
+
+
+def sim_task(task_id: str, **fields: Any) -> Task:
+    return Task(id=task_id, command=["true"], tags={"sim_duration": "10"}, **fields)
+
+
+def chain(prefix: str, n: int, closed: bool) -> list[Task]:
+    """``n`` tasks each after the next; ``closed`` makes the last one wait on the first."""
+    return [
+        sim_task(f"{prefix}{i}", after=[f"{prefix}{(i + 1) % n}"] if closed or i < n - 1 else [])
+        for i in range(n)
+    ]
+
+
+def submit(
+    name: str, batch: Callable[[], list[Any]], error: type[Exception], *fragments: str
+) -> Any:
+    return pytest.param(batch, error, fragments, id=name)
+
+
+SUBMIT_CASES = [
+    submit(
+        "id-already-submitted",
+        lambda: [sim_task("base-0")],
+        TaskRejected,
+        "'base-0'",
+        "already submitted",
+    ),
+    submit(
+        "same-id-twice-in-one-batch",
+        lambda: [sim_task("new"), sim_task("new")],
+        TaskRejected,
+        "'new'",
+        "already submitted",
+    ),
+    submit(
+        "unknown-prerequisite",
+        lambda: [sim_task("report", after=["bse-0"])],
+        DependencyError,
+        "task 'report'",
+        "unknown prerequisite 'bse-0'",
+        "did you mean 'base-0'?",
+    ),
+    submit(
+        "two-cycle",
+        lambda: chain("p", 2, closed=True),
+        DependencyError,
+        "prerequisites form a cycle",
+        "p0 -> p1 -> p0",
+    ),
+    submit(
+        "fifty-cycle-behind-a-good-task",
+        lambda: [sim_task("fine"), *chain("c", 50, closed=True)],
+        DependencyError,
+        "prerequisites form a cycle",
+        "c49",
+    ),
+    submit(
+        "more-cores-than-the-machine",
+        lambda: [sim_task("huge", resources=Resources(ranks=9))],
+        TaskRejected,
+        "task 'huge' rejected",
+        "can never fit",
+        "8 cores",
+    ),
+    submit(
+        "a-rank-larger-than-any-node",
+        lambda: [sim_task("fat", resources=Resources(cores_per_rank=5))],
+        TaskRejected,
+        "'fat'",
+        "largest node",
+        "4 core(s)",
+    ),
+    submit(
+        "gpus-on-a-machine-without-any",
+        lambda: [sim_task("gpu", resources=Resources(gpus_per_rank=1))],
+        TaskRejected,
+        "'gpu'",
+        "1 GPU(s)",
+        "0 GPU(s)",
+    ),
+    submit(
+        "more-nodes-than-the-machine",
+        lambda: [sim_task("wide", resources=Resources(ranks=3, nodes=3))],
+        TaskRejected,
+        "'wide'",
+        "needs 3 node(s)",
+        "of 2 node(s)",
+    ),
+    submit(
+        "exclusive-beyond-the-machine",
+        lambda: [sim_task("excl", resources=Resources(ranks=9, exclusive=True))],
+        TaskRejected,
+        "'excl'",
+        "whole nodes",
+    ),
+    submit(
+        "not-a-task",
+        lambda: [sim_task("fine"), {"id": "dict-task"}],
+        TypeError,
+        "submit() takes Task objects",
+        "dict",
+    ),
+]
+
+
+def journal_ids(run_dir: Path) -> list[str]:
+    return [e.task.id for e in read_journal(run_dir / "journal.jsonl") if isinstance(e, TaskAdded)]
+
+
+@pytest.mark.parametrize(("batch", "error", "fragments"), SUBMIT_CASES)
+async def test_a_bad_batch_submitted_to_a_running_ensemble_changes_nothing(
+    tmp_path: Path, batch: Callable[[], list[Any]], error: type[Exception], fragments: Sequence[str]
+) -> None:
+    run_dir = tmp_path / "run"
+    base = [sim_task("base-0"), sim_task("base-1", after=["base-0"])]
+    backend = SimulatedBackend(nodes=2, cores_per_node=4)
+    async with Ensemble(base, backend=backend, run_dir=run_dir) as ens:
+        async for result in ens.completed():  # let the run get going: one task done
+            assert result.id == "base-0"
+            break
+        counts = ens.counts
+        states = {t.id: ens.state(t.id) for t in base}
+        bad = batch()
+        with pytest.raises(error) as info:
+            ens.submit(bad)
+        message = str(info.value)
+        for fragment in fragments:
+            assert fragment in message, f"{fragment!r} not in {message!r}"
+        assert ens.counts == counts
+        assert {t.id: ens.state(t.id) for t in base} == states
+        for item in bad:
+            if isinstance(item, Task) and item.id not in states:
+                with pytest.raises(KeyError):
+                    ens.state(item.id)
+        ens.submit(sim_task("later", after=["base-1"]))  # the run goes on
+    summary = ens.summary()
+    assert summary.ok
+    assert set(summary.results) == {"base-0", "base-1", "later"}
+    assert journal_ids(run_dir) == ["base-0", "base-1", "later"]
+
+
+@pytest.mark.parametrize(
+    ("tasks", "error", "fragment"),
+    [
+        pytest.param(chain("t", 3, closed=True), DependencyError, "cycle", id="cycle"),
+        pytest.param(
+            [sim_task("a", after=["b"])], DependencyError, "unknown prerequisite 'b'", id="unknown"
+        ),
+        pytest.param([sim_task("a"), sim_task("a")], TaskRejected, "'a'", id="duplicate"),
+        pytest.param(
+            [sim_task("big", resources=Resources(ranks=64))], TaskRejected, "'big'", id="too-big"
+        ),
+    ],
+)
+async def test_a_run_whose_initial_tasks_are_refused_leaves_no_run_directory(
+    tmp_path: Path, tasks: list[Task], error: type[Exception], fragment: str
+) -> None:
+    run_dir = tmp_path / "run"
+    with pytest.raises(error, match="rejected") as info:
+        await Ensemble(tasks, backend=SimulatedBackend(cores_per_node=4), run_dir=run_dir).run()
+    assert fragment in str(info.value)
+    assert not run_dir.exists()
+
+
+async def test_a_task_whose_cwd_does_not_exist_fails_with_the_directory_named(
+    tmp_path: Path,
+) -> None:
+    """Not a rejection: the directory may be made by a prerequisite, so it is checked at launch."""
+    missing = tmp_path / "no-such-dir"
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    tasks = [
+        Task(id="lost", command=["true"], cwd=str(missing)),
+        Task(id="after-lost", command=["true"], after=["lost"]),
+        Task(id="in-a-file", command=["true"], cwd=a_file),  # a Path is accepted too
+        Task(id="fine", command=["true"]),
+    ]
+    summary = await Ensemble(tasks, backend=LocalBackend(cores=1), run_dir=tmp_path / "run").run()
+    lost = summary.results["lost"]
+    assert lost.state is TaskState.FAILED
+    assert lost.reason == f"working directory not found: {str(missing)!r}"
+    assert summary.results["after-lost"].state is TaskState.SKIPPED
+    assert "prerequisite 'lost' failed" in (summary.results["after-lost"].reason or "")
+    in_a_file = summary.results["in-a-file"]
+    assert in_a_file.state is TaskState.FAILED
+    assert in_a_file.reason is not None and str(a_file) in in_a_file.reason
+    assert summary.results["fine"].state is TaskState.SUCCEEDED
+    assert not missing.exists()
+
+
+async def test_reprioritise_with_a_non_integer_is_refused_and_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    async with Ensemble(
+        [sim_task("a"), sim_task("b", after=["a"])],
+        backend=SimulatedBackend(),
+        run_dir=tmp_path / "run",
+    ) as ens:
+        with pytest.raises(SpecError, match="priority"):
+            ens.reprioritise("b", "urgent")  # type: ignore[arg-type]
+        with pytest.raises(KeyError, match="'nope'"):
+            ens.cancel("nope")
+    assert ens.summary().ok
+
+
+# --- The command line -------------------------------------------------------------------------
+
+
+def matensemble(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "1000", "NO_COLOR": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "matensemble", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+
+
+GOOD = TASK
+MACHINE_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+
+
+def cli(name: str, args: list[str], text: str | None, *fragments: str) -> Any:
+    """``args`` may name ``{file}``: the ensemble file, written with ``text`` unless it is None."""
+    return pytest.param(args, text, fragments, id=name)
+
+
+CLI_CASES = [
+    cli("file-not-found", ["run", "{file}"], None, "e.toml", "cannot read ensemble file"),
+    cli("unsupported-suffix", ["run", "ensemble.yaml"], None, "ensemble.yaml", "'.yaml'"),
+    cli(
+        "unknown-key-did-you-mean",
+        ["run", "{file}"],
+        toml_task(timout="5"),
+        "e.toml",
+        "$.task[0]",
+        "did you mean 'timeout'?",
+    ),
+    cli("toml-syntax-error", ["run", "{file}"], '[[task]]\nid = "a\n', "e.toml", "line 2"),
+    cli("empty-file", ["run", "{file}"], "", "e.toml", "the file is empty", "[[task]]"),
+    cli(
+        "brackets-in-the-message-are-printed",
+        ["run", "{file}"],
+        '[defaults]\ncommand = ["x"]\n' + TASK,
+        "[defaults] cannot set 'command'",
+        "[[task]] or [[sweep]]",
+    ),
+    cli(
+        "cycle",
+        ["run", "{file}"],
+        CYCLE6,
+        "e.toml",
+        "prerequisites form a cycle",
+        "'t0' ($.task[0])",
+    ),
+    cli(
+        "task-larger-than-the-machine",
+        ["run", "{file}", "--cores", "1"],
+        toml_task(resources="{ ranks = 2 }"),
+        "task 'a' rejected",
+        "can never fit",
+    ),
+    cli(
+        "bad-strategy",
+        ["run", "{file}", "--strategy", "lifo"],
+        GOOD,
+        "--strategy",
+        "invalid choice: 'lifo'",
+    ),
+    cli("cores-zero", ["run", "{file}", "--cores", "0"], GOOD, "--cores must be at least 1"),
+    cli("cores-negative", ["run", "{file}", "--cores", "-3"], GOOD, "--cores", "got -3"),
+    cli("cores-not-a-number", ["run", "{file}", "--cores", "all"], GOOD, "--cores", "'all'"),
+    cli(
+        "cores-more-than-the-machine",
+        ["run", "{file}", "--cores", str(MACHINE_CORES + 1)],
+        GOOD,
+        "--cores",
+        f"cores={MACHINE_CORES + 1}",
+        "may use cores",
+    ),
+    cli(
+        "file-cores-more-than-the-machine",
+        ["run", "{file}"],
+        f"[ensemble]\ncores = {MACHINE_CORES + 1}\n" + TASK,
+        "e.toml: $.ensemble.cores",
+    ),
+    cli("gpus-empty-id", ["run", "{file}", "--gpus", "a,,b"], GOOD, "--gpus 'a,,b'", "empty id"),
+    cli("gpus-negative", ["run", "{file}", "--gpus", "-1"], GOOD, "--gpus '-1'", "negative"),
+    cli("gpus-repeated", ["run", "{file}", "--gpus", "0,0"], GOOD, "--gpus '0,0'", "repeats"),
+    cli(
+        "simulated-cores-zero",
+        ["run", "{file}", "--backend", "simulated", "--cores", "0"],
+        GOOD,
+        "--cores must be at least 1",
+    ),
+    cli(
+        "unknown-backend",
+        ["run", "{file}", "--backend", "slurm"],
+        GOOD,
+        "--backend",
+        "invalid choice: 'slurm'",
+    ),
+    cli("status-without-status-json", ["status", "."], None, "no status.json"),
+    cli("status-of-a-missing-directory", ["status", "nowhere"], None, "nowhere", "no status.json"),
+]
+
+
+@pytest.mark.parametrize(("args", "text", "fragments"), CLI_CASES)
+def test_bad_command_line_input_exits_2_with_one_message_and_no_traceback(
+    tmp_path: Path, args: list[str], text: str | None, fragments: Sequence[str]
+) -> None:
+    spec = tmp_path / "e.toml"
+    if text is not None:
+        spec.write_text(text)
+    argv = [a.replace("{file}", str(spec)) for a in args]
+    if argv[0] == "run":
+        argv += ["--run-dir", str(tmp_path / "run"), "--no-progress"]
+    proc = matensemble(*argv, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    for fragment in fragments:
+        assert fragment in proc.stderr, f"{fragment!r} not in {proc.stderr!r}"
+    assert len([line for line in proc.stderr.splitlines() if "error" in line]) == 1, proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_run_directory_that_is_a_file_is_refused_and_the_file_kept(tmp_path: Path) -> None:
+    spec = tmp_path / "e.toml"
+    spec.write_text(GOOD)
+    occupied = tmp_path / "notes.txt"
+    occupied.write_text("keep me")
+    proc = matensemble("run", spec, "--run-dir", occupied, "--no-progress", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert f"{occupied}: File exists" in proc.stderr
+    assert occupied.read_text() == "keep me"
