@@ -14,6 +14,7 @@ import asyncio
 import heapq
 import itertools
 import math
+import os
 import secrets
 import time
 from collections import deque
@@ -115,7 +116,7 @@ class Ensemble:
 
     def __init__(
         self,
-        tasks: Iterable[Task] = (),
+        tasks: Task | Iterable[Task] = (),
         *,
         backend: Backend | None = None,
         strategy: SubmissionOrder | None = None,
@@ -136,6 +137,12 @@ class Ensemble:
             from matensemble.backends.local import LocalBackend
 
             backend = LocalBackend()
+        _expect("backend", backend, Backend)
+        _expect("strategy", strategy, SubmissionOrder, optional=True)
+        _expect("completion", completion, CompletionPolicy, optional=True)
+        _expect("retry", retry, RetryPolicy, optional=True)
+        if run_dir is not None and not isinstance(run_dir, str | os.PathLike):
+            raise TypeError(f"run_dir must be a path, got {type(run_dir).__name__}")
         self.backend = backend
         self.strategy = strategy or FIFO()
         self.completion = completion or Adaptive()
@@ -152,7 +159,7 @@ class Ensemble:
         self.run_dir = Path(run_dir) if run_dir is not None else Path("runs") / self.run_id
         self._extra_observers = list(observers)
         self._console_log = console_log
-        self._initial: list[Task] = list(tasks)
+        self._initial: list[Task] = [tasks] if isinstance(tasks, Task) else list(tasks)
 
         self._records: dict[str, _Record] = {}
         self._graph = DependencyGraph()
@@ -456,9 +463,7 @@ class Ensemble:
         """Cancel tasks by id (all open tasks when none is given); dependents are skipped."""
         ids = task_ids or [r.task.id for r in self._records.values() if not r.state.terminal]
         for task_id in ids:
-            rec = self._records.get(task_id)
-            if rec is None:
-                raise KeyError(f"no task with id {task_id!r}")
+            rec = self._record(task_id)
             if rec.state is TaskState.RUNNING:
                 rec.cancel_requested = True  # never retry a cancelled task
                 self.backend.cancel((task_id, rec.attempts))
@@ -468,7 +473,7 @@ class Ensemble:
 
     def reprioritise(self, task_id: str, priority: int) -> None:
         """Change the priority of a task that has not started yet."""
-        rec = self._records[task_id]
+        rec = self._record(task_id)
         if rec.state.terminal or rec.state is TaskState.RUNNING:
             return
         rec.task = msgspec.structs.replace(rec.task, priority=priority)
@@ -519,11 +524,17 @@ class Ensemble:
 
     def result(self, task_id: str) -> TaskResult | None:
         """The final result of a task, or ``None`` while it is open."""
-        return self._records[task_id].result
+        return self._record(task_id).result
 
     def state(self, task_id: str) -> TaskState:
         """The current state of a task."""
-        return self._records[task_id].state
+        return self._record(task_id).state
+
+    def _record(self, task_id: str) -> _Record:
+        try:
+            return self._records[task_id]
+        except KeyError:
+            raise KeyError(f"no task with id {task_id!r} in this ensemble") from None
 
     def summary(self) -> RunSummary:
         """Counts, makespan, utilisation and every result so far."""
@@ -864,6 +875,15 @@ class Ensemble:
         if self._logger is not None:
             self.log.error("engine_error", error=repr(exc))
         self._progress.set()
+
+
+def _expect(name: str, value: object, kind: type, *, optional: bool = False) -> None:
+    if (value is None and optional) or isinstance(value, kind):
+        return
+    raise TypeError(
+        f"{name} must be a {kind.__name__} (e.g. from matensemble.strategies or "
+        f"matensemble.backends), got {value!r}"
+    )
 
 
 def _ratio(used: float, available: float) -> float:

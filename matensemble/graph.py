@@ -7,12 +7,15 @@ recurses, so chains of any depth are fine.
 from __future__ import annotations
 
 import difflib
+import itertools
 from collections.abc import Sequence
 
 from matensemble.errors import DependencyError
 from matensemble.model import Task
 
 __all__ = ["DependencyGraph"]
+
+_SUGGEST_FROM = 20_000  # ids searched for a did-you-mean (difflib is linear in them)
 
 
 class DependencyGraph:
@@ -67,8 +70,10 @@ class DependencyGraph:
         for task in tasks:
             for dep in task.after:
                 if dep not in batch and dep not in self:
-                    known = [*batch, *self._waiting, *self._outcome]
-                    close = difflib.get_close_matches(dep, known, n=1)
+                    known = itertools.islice(
+                        itertools.chain(batch, self._waiting, self._outcome), _SUGGEST_FROM
+                    )
+                    close = difflib.get_close_matches(dep, list(known), n=1)
                     hint = f"; did you mean {close[0]!r}?" if close else ""
                     raise DependencyError(task.id, f"unknown prerequisite {dep!r}{hint}")
         _check_acyclic(tasks, batch)

@@ -17,6 +17,7 @@ from typing import Any
 
 import msgspec
 
+from matensemble.errors import MatEnsembleError
 from matensemble.model import Event, RunFinished, RunStarted, TaskFinished, TaskState
 from matensemble.observer import Observer
 
@@ -131,5 +132,14 @@ class StatusFile(Observer):
 
 
 def read_status(run_dir: Path) -> RunStatus:
-    """Read ``status.json`` of a run directory (``FileNotFoundError`` if there is none)."""
-    return msgspec.json.decode((run_dir / STATUS_NAME).read_bytes(), type=RunStatus)
+    """Read ``status.json`` of a run directory.
+
+    Raises:
+        FileNotFoundError: there is none.
+        MatEnsembleError: it is not a status file (names the file and the problem).
+    """
+    path = run_dir / STATUS_NAME
+    try:
+        return msgspec.json.decode(path.read_bytes(), type=RunStatus)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise MatEnsembleError(f"{path}: not a MatEnsemble status file ({exc})") from None

@@ -952,3 +952,37 @@ def test_a_run_directory_that_is_a_file_is_refused_and_the_file_kept(tmp_path: P
     assert "Traceback" not in proc.stderr
     assert f"{occupied}: File exists" in proc.stderr
     assert occupied.read_text() == "keep me"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"backend": "local"}, "backend must be a Backend"),
+        ({"strategy": "fifo"}, "strategy must be a SubmissionOrder"),
+        ({"completion": "waves"}, "completion must be a CompletionPolicy"),
+        ({"run_dir": 5}, "run_dir must be a path"),
+        ({"walltime": -1}, "walltime must be > 0"),
+    ],
+)
+def test_an_ensemble_built_with_the_wrong_kind_of_argument_is_refused_at_once(
+    kwargs: dict[str, Any], fragment: str, tmp_path: Path
+) -> None:
+    with pytest.raises((TypeError, ValueError), match=fragment):
+        Ensemble([sim_task("a")], **{"backend": SimulatedBackend(), **kwargs})
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_asking_about_an_unknown_task_names_it(tmp_path: Path) -> None:
+    async with Ensemble([sim_task("a")], backend=SimulatedBackend(), run_dir=tmp_path) as ens:
+        for call in (ens.state, ens.result, lambda i: ens.reprioritise(i, 1), ens.cancel):
+            with pytest.raises(KeyError, match="no task with id 'nope'"):
+                call("nope")
+
+
+@pytest.mark.parametrize("content", ["", "{", "{}", '{"run_id": 5}'])
+def test_status_of_a_damaged_status_file_is_a_clear_error(tmp_path: Path, content: str) -> None:
+    (tmp_path / "status.json").write_text(content)
+    proc = matensemble("status", tmp_path, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "status.json: not a MatEnsemble status file" in proc.stderr
+    assert "Traceback" not in proc.stderr
