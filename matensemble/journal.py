@@ -67,7 +67,8 @@ class Journal(Observer):
         self.syncs = 0
 
     def on_event(self, event: Event) -> None:
-        self._encoder.encode_into(event, self._buffer, -1)
+        # Encoded apart first: an event that cannot be encoded leaves the buffer as it was.
+        self._buffer += self._encoder.encode(event)
         self._buffer += b"\n"
 
     def flush(self) -> None:

@@ -206,6 +206,31 @@ def _splits(text: str) -> bool:
     return True
 
 
+def _check_utf8(task_id: str, task: Task) -> None:
+    """Every string must be valid Unicode text, or the journal could not record the task.
+
+    Lone surrogates (what ``os.fsdecode`` makes of bytes that are not UTF-8) are refused here,
+    where the message can still name the field.
+    """
+    fields: list[tuple[str, str]] = [(f"command[{i}]", a) for i, a in enumerate(task.command)]
+    for name in ("env", "tags"):
+        mapping: dict[str, str] = getattr(task, name)
+        fields += [(f"{name}[{k!r}]", k + v) for k, v in mapping.items()]
+    if task.cwd is not None:
+        fields.append(("cwd", task.cwd))
+    for field, text in fields:
+        if text.isascii():
+            continue
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise SpecError(
+                f"task {task_id!r}: {field} is not valid Unicode text ({text!r}); bytes that are "
+                "not UTF-8 cannot be recorded in the journal",
+                field=field,
+            ) from None
+
+
 def _check_strings(task_id: str, name: str, value: object) -> None:
     """``env`` and ``tags``: a dict of strings to strings, without NULs."""
     if not isinstance(value, dict):
@@ -329,6 +354,7 @@ class Task(
             )
         if task_id in after:
             raise SpecError(f"task {task_id!r} lists itself as a prerequisite", field="after")
+        _check_utf8(task_id, self)
 
 
 class Slot(msgspec.Struct, frozen=True, array_like=True):
