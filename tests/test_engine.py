@@ -18,7 +18,7 @@ from matensemble import (
     TaskState,
 )
 from matensemble.journal import read_journal
-from matensemble.model import TaskFinished, TaskStarted
+from matensemble.model import TaskFinished
 from matensemble.status import read_status
 from matensemble.strategies import (
     FIFO,
