@@ -157,6 +157,7 @@ class Ensemble:
         self._durable = durable
         self.run_id = run_id or time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
         self.run_dir = Path(run_dir) if run_dir is not None else Path("runs") / self.run_id
+        self._tasks_dir = self.run_dir / "tasks"
         self._extra_observers = list(observers)
         self._console_log = console_log
         self._initial: list[Task] = [tasks] if isinstance(tasks, Task) else list(tasks)
@@ -657,7 +658,7 @@ class Ensemble:
             task=task,
             attempt=rec.attempts,
             placement=placement,
-            task_dir=self.run_dir / "tasks" / task.id,
+            task_dir=self._tasks_dir / task.id,
             run_id=self.run_id,
         )
 

@@ -67,9 +67,14 @@ class Journal(Observer):
         self.syncs = 0
 
     def on_event(self, event: Event) -> None:
-        # Encoded apart first: an event that cannot be encoded leaves the buffer as it was.
-        self._buffer += self._encoder.encode(event)
-        self._buffer += b"\n"
+        buffer = self._buffer
+        end = len(buffer)
+        try:
+            self._encoder.encode_into(event, buffer, -1)
+        except BaseException:
+            del buffer[end:]  # an event that cannot be encoded leaves no half line behind
+            raise
+        buffer += b"\n"
 
     def flush(self) -> None:
         """Hand the buffered events to the OS in one write."""
