@@ -18,7 +18,7 @@ import os
 import secrets
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Container, Iterable, Sequence
+from collections.abc import AsyncIterator, Container, Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
@@ -55,7 +55,7 @@ from matensemble.summary import RunSummary
 
 __all__ = ["Ensemble"]
 
-_BACKFILL_WINDOW = 256  # how many queued tasks one pass looks past a blocked head
+_BACKFILL_WINDOW = 64  # how many queued tasks one pass looks past a blocked head
 
 
 class _Record:
@@ -169,6 +169,7 @@ class Ensemble:
         self._ready: list[tuple[Any, ...]] = []  # heap of (key..., seq, record)
         self._seq = itertools.count()
         self._running: dict[str, _Record] = {}
+        self._ends: list[tuple[float, int, int, _Record]] = []  # heap: expected end of runs
         self._counts = dict.fromkeys(TaskState, 0)
         self._open = 0  # tasks not yet terminal
         self._finished: list[str] = []  # ids in the order they reached a terminal state
@@ -589,6 +590,7 @@ class Ensemble:
         starts: list[Launch] = []
         reservation: Reservation | None = None
         head: _Record | None = None
+        no_room: set[Resources] = set()
         now = self.backend.now()
         latest_end = math.inf if self._deadline is None else self._deadline - now
         held = False
@@ -603,8 +605,10 @@ class Ensemble:
                 put_back.append(entry)  # cannot finish before the deadline: hold it
                 held = True
                 continue
-            placement = pool.allocate(rec.task.resources)
+            res = rec.task.resources
+            placement = None if res in no_room else pool.allocate(res)
             if placement is None:
+                no_room.add(res)  # the same shape will not fit either, in this pass
                 put_back.append(entry)
                 if head is None:
                     head = rec
@@ -636,12 +640,23 @@ class Ensemble:
                 heapq.heappush(heap, entry)
         return starts, held
 
-    def _expected_ends(self) -> list[tuple[float, Placement]]:
-        ends = []
-        for rec in self._running.values():
-            limit = rec.task.estimate if rec.task.estimate is not None else rec.task.timeout
-            ends.append((rec.start + limit if limit is not None else math.inf, rec.placement))
-        return ends
+    def _expected_ends(self) -> Iterator[tuple[float, Placement]]:
+        """Running tasks' expected ends (start + estimate, else timeout, else never), earliest
+        first, lazily: a copy of the heap is popped only as far as the caller reads."""
+        heap = self._ends
+        if len(heap) > 2 * len(self._running) + 64:  # drop the entries of ended attempts
+            heap[:] = [e for e in heap if self._still_running(e)]
+            heapq.heapify(heap)
+        pending = list(heap)
+        while pending:
+            entry = heapq.heappop(pending)
+            if self._still_running(entry):
+                yield entry[0], entry[3].placement
+
+    @staticmethod
+    def _still_running(entry: tuple[float, int, int, _Record]) -> bool:
+        rec = entry[3]
+        return rec.state is TaskState.RUNNING and rec.attempts == entry[2]
 
     def _start(self, rec: _Record, placement: Placement, now: float) -> Launch:
         task = rec.task
@@ -649,6 +664,9 @@ class Ensemble:
         rec.attempts += 1
         rec.placement = placement
         rec.start = now
+        limit = task.estimate if task.estimate is not None else task.timeout
+        end = now + limit if limit is not None else math.inf
+        heapq.heappush(self._ends, (end, next(self._seq), rec.attempts, rec))
         counts = self._counts
         counts[TaskState.READY] -= 1
         counts[TaskState.RUNNING] += 1

@@ -48,6 +48,7 @@ class ResourcePool:
         self.total_gpus = sum(len(n.gpus) for n in nodes)
         self.free_cores = self.total_cores
         self.free_gpus = self.total_gpus
+        self._shared: bytearray | None = None  # set in copies: lists still shared, per node
 
     # -- capacity questions -------------------------------------------------------------------
 
@@ -166,6 +167,7 @@ class ResourcePool:
         return _ranks_fitting(free_c, free_g, cpr, gpr)
 
     def _take(self, i: int, ncores: int, ngpus: int) -> Slot:
+        self._own(i)
         cores = self._free_cores[i]
         gpus = self._free_gpus[i]
         got_cores = tuple(cores[:ncores])
@@ -182,6 +184,7 @@ class ResourcePool:
         """Credit back exactly the ids of ``placement``."""
         for slot in placement:
             i = self._index[slot.node]
+            self._own(i)
             cores = self._free_cores[i]
             for c in slot.cores:
                 bisect.insort(cores, c)
@@ -192,16 +195,29 @@ class ResourcePool:
             self.free_gpus += len(slot.gpus)
 
     def copy(self) -> ResourcePool:
-        """An independent pool in the same state (for what-if planning such as backfill)."""
+        """An independent pool in the same state (for what-if planning such as backfill).
+
+        Copy-on-write: the clone shares each node's id lists with this pool until it changes
+        them, so a copy costs O(nodes) pointer copies however many ids the machine has.
+        """
         clone = ResourcePool.__new__(ResourcePool)
         clone.nodes = self.nodes
         clone._index = self._index
-        clone._free_cores = [list(c) for c in self._free_cores]
-        clone._free_gpus = [list(g) for g in self._free_gpus]
+        clone._free_cores = list(self._free_cores)
+        clone._free_gpus = list(self._free_gpus)
+        clone._shared = bytearray(b"\x01") * len(self.nodes)
         clone._open = dict(self._open)
         clone.total_cores, clone.total_gpus = self.total_cores, self.total_gpus
         clone.free_cores, clone.free_gpus = self.free_cores, self.free_gpus
         return clone
+
+    def _own(self, i: int) -> None:
+        """Give node ``i`` lists of its own before changing them (see ``copy``)."""
+        shared = self._shared
+        if shared is not None and shared[i]:
+            self._free_cores[i] = list(self._free_cores[i])
+            self._free_gpus[i] = list(self._free_gpus[i])
+            shared[i] = 0
 
     def free_on(self, node: str) -> tuple[tuple[int, ...], tuple[str, ...]]:
         """The free core and GPU ids of one node (for display and tests)."""

@@ -1,7 +1,8 @@
 """EASY backfill: a reservation for the blocked head task, and the test later tasks must pass.
 
 When the head of the queue does not fit, the engine computes when it *will* fit (the shadow
-time) by releasing running tasks, in order of expected end, on a copy of the pool, and
+time) by releasing running tasks, in order of expected end, on a (copy-on-write) copy of the
+pool, and
 reserves the head's resources there. A later task may start now if it ends before the shadow
 time (by its estimate) or if it also fits beside the head's reservation. Either way the head
 starts no later than it would have without backfilling, so large tasks are never starved.
@@ -28,18 +29,22 @@ class Reservation:
         pool: ResourcePool,
         running: Iterable[tuple[float, Placement]],
     ) -> None:
+        """``running``: the running tasks' expected ends and placements, earliest first.
+
+        Only as many are taken from it as the head needs, so a lazy iterator keeps the cost
+        proportional to the tasks that must end, not to all that run.
+        """
         self._pool = pool.copy()
         self.shadow = -math.inf
-        pending = sorted(running, key=lambda item: item[0])
-        i = 0
+        ends = iter(running)
         while self._pool.allocate(head) is None:
-            if i == len(pending):  # cannot happen for a task that fits the empty pool
+            item = next(ends, None)
+            if item is None:  # cannot happen for a task that fits the empty pool
                 self.shadow = math.inf
                 return
-            end, placement = pending[i]
+            end, placement = item
             self._pool.release(placement)
             self.shadow = end
-            i += 1
 
     def admits(self, task: Task, now: float) -> bool:
         """May ``task`` (which fits now) start without delaying the head? Books it if so."""
