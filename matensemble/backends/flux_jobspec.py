@@ -1,0 +1,154 @@
+"""Launches to Flux jobspecs (RFC 14/25 version 1), with the settings fixed once at ``open()``.
+
+What a job gets:
+
+- resources from the portable ``Resources``: ``ranks`` tasks of ``cores_per_rank`` cores and
+  ``gpus_per_rank`` GPUs, on exactly ``nodes`` nodes when given (also for ``exclusive``, which
+  takes whole nodes: as many as the engine's placement has);
+- an RFC 31 constraint ``{"ranks": [...]}`` naming the broker ranks of the placement, so Flux
+  runs the job where the engine accounted it;
+- ``duration`` = the task's timeout (Flux raises a ``timeout`` exception and kills the job);
+- the working directory (the task's ``cwd``, else its task directory), and stdout/stderr
+  appended to files in the task directory, written by the job shell (never through the KVS);
+- job-shell options: per-task CPU affinity, per-task GPU affinity for GPU tasks, the ``pmi``
+  flavour for MPI tasks when one is configured, then the user's own options;
+- ``attributes.user.matensemble``: task id, attempt, run id and the backend's token, by which
+  the job-event journal recognises our jobs;
+- the environment (see ``driver_environment``) with the task's additions and
+  ``MATENSEMBLE_TASK_ID``, ``_ATTEMPT``, ``_RUN_ID``, ``_TASK_DIR``, ``OMP_NUM_THREADS`` (cores
+  per rank unless the task sets it) and, for non-MPI tasks, ``MATENSEMBLE_RANK`` and
+  ``_NRANKS``, expanded per task by the job shell (as the local backend sets them).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Mapping
+from typing import Any
+
+from matensemble.backends.base import Launch
+from matensemble.backends.flux_inventory import InventoryMap
+
+__all__ = ["JobspecBuilder", "driver_environment"]
+
+# Variables that describe the driver's own place (its Flux job, its MPI launch, its GPUs) and
+# would mislead a task if inherited; the job shell sets the right ones for each job.
+_LOCAL_PREFIXES = (
+    "FLUX_JOB_",
+    "FLUX_TASK_",
+    "FLUX_KVS_",
+    "FLUX_PMI_",
+    "FLUX_TERMINUS_",
+    "FLUX_PROXY_",
+    "PMI_",
+    "PMIX_",
+    "OMPI_COMM_WORLD_",
+    "MPIR_",
+    "HYDRA_",
+    "MATENSEMBLE_",
+)
+_LOCAL_NAMES = frozenset(
+    {"FLUX_URI", "FLUX_START_URI", "CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES"}
+    | {"HIP_VISIBLE_DEVICES"}
+)
+_RANK_TEMPLATES = {"MATENSEMBLE_RANK": "{{task.rank}}", "MATENSEMBLE_NRANKS": "{{size}}"}
+
+
+def driver_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment jobs inherit: ``environ`` less the driver's own job, MPI and GPU
+    variables (``FLUX_JOB_*``, ``FLUX_TASK_*``, ``FLUX_URI``, ``PMI_*``, ``PMIX_*``,
+    ``CUDA_VISIBLE_DEVICES``, ... and ``MATENSEMBLE_*`` of an enclosing task).
+
+    ``PATH``, ``PYTHONPATH``, ``LD_LIBRARY_PATH`` and everything else pass unchanged.
+    """
+    return {
+        k: v
+        for k, v in environ.items()
+        if k not in _LOCAL_NAMES and not k.startswith(_LOCAL_PREFIXES)
+    }
+
+
+class JobspecBuilder:
+    """Builds the jobspec of each launch; everything shared is computed once, here."""
+
+    def __init__(
+        self,
+        jobspec_class: Any,
+        inventory: InventoryMap,
+        *,
+        token: str,
+        environ: Mapping[str, str],
+        pmi: str | None = None,
+        queue: str | None = None,
+        shell_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self._from_command = jobspec_class.from_command
+        self._inventory = inventory
+        self._token = token
+        self._base_env = driver_environment(environ)
+        self._driver_path = environ.get("PATH", os.defpath)
+        self._pmi = pmi
+        self._queue = queue
+        self._shell_options = dict(shell_options or {})
+
+    def build(self, launch: Launch) -> str:
+        """The jobspec of ``launch`` as JSON.
+
+        Raises:
+            ValueError: the task's ``cwd`` is not a directory, or Flux's jobspec factory
+                refuses the resources.
+        """
+        task, res = launch.task, launch.task.resources
+        env = dict(self._base_env) if task.inherit_env else {}
+        env.update(task.env)
+        env["MATENSEMBLE_TASK_ID"] = task.id
+        env["MATENSEMBLE_ATTEMPT"] = str(launch.attempt)
+        env["MATENSEMBLE_RUN_ID"] = launch.run_id
+        env["MATENSEMBLE_TASK_DIR"] = os.path.abspath(launch.task_dir)
+        env.setdefault("OMP_NUM_THREADS", str(res.cores_per_rank))
+        command = list(task.command)
+        if "PATH" not in env and os.sep not in command[0]:
+            # As in the local backend: without PATH, look the program up on the driver's.
+            command[0] = shutil.which(command[0], path=self._driver_path) or command[0]
+        cwd = os.path.abspath(task.cwd or launch.task_dir)
+        if task.cwd and not os.path.isdir(cwd):
+            raise ValueError(f"working directory {task.cwd!r} does not exist")
+        nodes = res.nodes
+        if nodes is None and res.exclusive:
+            nodes = len(launch.placement)
+        spec = self._from_command(
+            command,
+            num_tasks=res.ranks,
+            cores_per_task=res.cores_per_rank,
+            gpus_per_task=res.gpus_per_rank or None,
+            num_nodes=nodes,
+            exclusive=res.exclusive,
+            duration=task.timeout,
+            environment=env,
+            env_expand=None if res.mpi else _RANK_TEMPLATES,
+            cwd=cwd,
+            name=task.id,
+            output=os.path.abspath(launch.stdout),
+            error=os.path.abspath(launch.stderr),
+            queue=self._queue,
+        )
+        options: dict[str, Any] = {"cpu-affinity": "per-task", "output.mode": "append"}
+        if res.gpus_per_rank:
+            options["gpu-affinity"] = "per-task"
+        if res.mpi and self._pmi:
+            options["pmi"] = self._pmi
+        options.update(self._shell_options)
+        for name, value in options.items():
+            spec.setattr_shell_option(name, value)
+        spec.setattr("system.constraints", {"ranks": [self._inventory.ranks(launch.placement)]})
+        spec.setattr(
+            "user.matensemble",
+            {
+                "task_id": task.id,
+                "attempt": launch.attempt,
+                "run_id": launch.run_id,
+                "driver": self._token,
+            },
+        )
+        return str(spec.dumps())

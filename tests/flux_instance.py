@@ -1,0 +1,111 @@
+"""A private Flux instance for tests: ``flux start --test-size=2``, found on PATH only.
+
+Import the fixtures into a test module (``from flux_instance import flux_uri``). They skip
+cleanly when no ``flux`` command is on ``PATH`` (CI prepends ``/opt/flux/bin`` when a build is
+there) or when its Python bindings cannot be imported by this interpreter.
+
+The instance's initial program prints its URI and then waits for standard input to close, so
+the instance ends when the fixture closes that pipe, and also when the test process dies.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+
+import pytest
+
+__all__ = ["active_jobs", "flux_python", "flux_uri", "start_instance", "stop_instance"]
+
+FLUX = shutil.which("flux")
+
+
+def _bindings_on_path() -> str | None:
+    """Put flux-core's Python directory on ``sys.path``; return why not, or ``None``."""
+    if FLUX is None:
+        return "no `flux` command on PATH"
+    try:
+        importlib.import_module("flux.job")
+        return None
+    except ImportError:
+        pass
+    out = subprocess.run([FLUX, "env"], capture_output=True, text=True, check=False).stdout
+    found = re.search(r'^export PYTHONPATH="([^"]*)"', out, re.MULTILINE)
+    for entry in (found.group(1).split(":") if found else [])[::-1]:
+        if entry and entry not in sys.path:
+            sys.path.insert(0, entry)
+    try:
+        importlib.import_module("flux.job")
+    except ImportError as exc:
+        return f"the Flux Python bindings of {FLUX} cannot be imported here: {exc}"
+    return None
+
+
+@pytest.fixture(scope="session")
+def flux_python() -> None:
+    """The Flux bindings are importable (no instance needed), or the test is skipped."""
+    why = _bindings_on_path()
+    if why is not None:
+        pytest.skip(why)
+
+
+def start_instance(size: int = 2) -> tuple[subprocess.Popen[str], str]:
+    """Start ``flux start --test-size=SIZE``; return the process and the instance's URI."""
+    assert FLUX is not None
+    log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - lives as long as the instance
+    proc = subprocess.Popen(
+        [FLUX, "start", f"--test-size={size}", "sh", "-c", 'echo "$FLUX_URI"; exec cat'],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+    )
+    assert proc.stdout is not None
+    uri = proc.stdout.readline().strip()
+    if not uri:
+        proc.wait(timeout=30)
+        log.seek(0)
+        pytest.fail(f"`flux start --test-size={size}` did not start: {log.read()[-2000:]}")
+    return proc, uri
+
+
+def stop_instance(proc: subprocess.Popen[str]) -> None:
+    """End the instance: close the initial program's input, then wait for the brokers."""
+    if proc.stdin is not None and not proc.stdin.closed:
+        proc.stdin.close()
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="session")
+def flux_uri(flux_python: None) -> Iterator[str]:
+    """URI of a private two-broker instance shared by the session's Flux tests."""
+    proc, uri = start_instance(2)
+    try:
+        yield uri
+    finally:
+        stop_instance(proc)
+
+
+def active_jobs(uri: str, name: str | None = None) -> list[int]:
+    """Ids of pending or running jobs in the instance (optionally only those named ``name``)."""
+    import flux
+    import flux.job
+
+    handle = flux.Flux(uri)
+    jobs = flux.job.JobList(handle, filters=["pending", "running"], max_entries=0).jobs()
+    return [int(job.id) for job in jobs if name is None or job.name == name]
+
+
+def flux_env(uri: str) -> dict[str, str]:
+    """An environment in which the `flux` command talks to the instance at ``uri``."""
+    return {**os.environ, "FLUX_URI": uri}

@@ -1,0 +1,535 @@
+"""The Flux backend against a real broker: a private ``flux start --test-size=2`` instance."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from flux_instance import active_jobs, flux_python, flux_uri, start_instance, stop_instance
+
+from matensemble import Ensemble
+from matensemble.backends.base import Launch, LaunchKey, Outcome
+from matensemble.backends.flux import FluxBackend
+from matensemble.backends.flux_reactor import FluxReactorBridge
+from matensemble.errors import BackendUnavailable
+from matensemble.model import Resources, Slot, Task, TaskState
+from matensemble.resources import NodeSpec, ResourcePool
+
+__all__ = ["flux_python", "flux_uri"]  # fixtures, re-exported so pytest finds them
+
+pytestmark = pytest.mark.flux
+
+HAS_MPI4PY = importlib.util.find_spec("mpi4py") is not None
+
+
+class Harness:
+    """A FluxBackend opened with a recording sink; launches go on pool allocations."""
+
+    def __init__(self, backend: FluxBackend, tmp_path: Path) -> None:
+        self.backend = backend
+        self.tmp_path = tmp_path
+        self.nodes: list[NodeSpec] = []
+        self.pool: ResourcePool | None = None
+        self.outcomes: dict[LaunchKey, Outcome] = {}
+        self._placements: dict[LaunchKey, tuple] = {}
+        self._arrived = asyncio.Event()
+
+    def sink(self, outcome: Outcome) -> None:
+        assert outcome.key not in self.outcomes, f"second outcome for {outcome.key}"
+        self.outcomes[outcome.key] = outcome
+        assert self.pool is not None
+        self.pool.release(self._placements.pop(outcome.key))
+        self._arrived.set()
+
+    def task_dir(self, task_id: str) -> Path:
+        return self.tmp_path / "tasks" / task_id
+
+    def start(self, task: Task, attempt: int = 1) -> Launch:
+        assert self.pool is not None
+        placement = self.pool.allocate(task.resources)
+        assert placement is not None, f"{task.id} does not fit now"
+        launch = Launch(
+            task=task,
+            attempt=attempt,
+            placement=placement,
+            task_dir=self.task_dir(task.id),
+            run_id="test-run",
+        )
+        self._placements[launch.key] = placement
+        self.backend.launch(launch)
+        return launch
+
+    async def outcome(self, key: LaunchKey, within: float = 30) -> Outcome:
+        with anyio.fail_after(within):
+            while key not in self.outcomes:
+                self._arrived.clear()
+                await self._arrived.wait()
+        return self.outcomes[key]
+
+    async def run(self, task: Task) -> Outcome:
+        return await self.outcome(self.start(task).key)
+
+
+@contextlib.asynccontextmanager
+async def opened(backend: FluxBackend, tmp_path: Path) -> AsyncIterator[Harness]:
+    """The backend, opened; closed on the way out. Everything inside has 30 s."""
+    h = Harness(backend, tmp_path)
+    async with anyio.create_task_group() as tg:
+        with anyio.fail_after(30):
+            h.nodes = list(await backend.open(h.sink, tg))
+            h.pool = ResourcePool(h.nodes)
+            try:
+                yield h
+            finally:
+                await backend.close()
+
+
+@pytest.fixture
+async def harness(flux_uri: str, tmp_path: Path) -> AsyncIterator[Harness]:
+    """An opened FluxBackend on the session's instance.
+
+    The backend starts no coroutines, so the task group it is given is never entered (a task
+    group cannot span a fixture's setup and teardown, which run in different tasks).
+    """
+    h = Harness(FluxBackend(flux_uri), tmp_path)
+    with anyio.fail_after(10):
+        h.nodes = list(await h.backend.open(h.sink, anyio.create_task_group()))
+    h.pool = ResourcePool(h.nodes)
+    try:
+        yield h
+    finally:
+        with anyio.fail_after(30):
+            await h.backend.close()
+
+
+def reporting(task_id: str, tmp_path: Path, then: str = "exec sleep 60", **kwargs: object) -> Task:
+    """A task that writes its pid into the FIFO ``ready_fifo(task_id)`` once it runs."""
+    fifo = tmp_path / f"{task_id}.ready"
+    os.mkfifo(fifo)
+    return sh(task_id, f'echo $$ > "$READY"; {then}', env={"READY": str(fifo)}, **kwargs)
+
+
+async def running(task_id: str, tmp_path: Path) -> int:
+    """Wait (without polling) until the task reports that it runs; return its pid."""
+    fifo = tmp_path / f"{task_id}.ready"
+    with anyio.fail_after(20):
+        text = await anyio.to_thread.run_sync(fifo.read_text, abandon_on_cancel=True)
+    return int(text)
+
+
+def sh(task_id: str, script: str, **kwargs: object) -> Task:
+    return Task(id=task_id, command=("sh", "-c", script), **kwargs)  # type: ignore[arg-type]
+
+
+# -- connection and inventory ------------------------------------------------------------------
+
+
+async def test_inventory_is_one_node_per_broker_rank_with_its_cores_and_no_gpus(
+    harness: Harness, flux_uri: str
+) -> None:
+    import flux
+
+    # What `flux resource list` shows, rank by rank.
+    R = flux.Flux(flux_uri).rpc("sched.resource-status").get()["all"]["execution"]["R_lite"]
+    cores = {}
+    for entry in R:
+        ranks = flux.idset.decode(entry["rank"])
+        for rank in ranks:
+            cores[rank] = tuple(flux.idset.decode(entry["children"]["core"]))
+    assert len(harness.nodes) == len(cores) == 2
+    assert len({n.name for n in harness.nodes}) == 2
+    for rank, node in enumerate(harness.nodes):
+        # every broker of a --test-size instance runs on this host: names carry the rank
+        assert node.name.endswith(f":{rank}")
+        assert node.cores == cores[rank]
+        assert node.gpus == ()
+
+
+async def test_reserve_driver_cores_leaves_them_out_of_the_driver_rank_only(
+    flux_uri: str, tmp_path: Path
+) -> None:
+    backend = FluxBackend(flux_uri, reserve_driver_cores=1)
+    async with anyio.create_task_group() as tg:
+        nodes = await backend.open(lambda outcome: None, tg)
+        await backend.close()
+    plain = FluxBackend(flux_uri)
+    async with anyio.create_task_group() as tg:
+        full = await plain.open(lambda outcome: None, tg)
+        await plain.close()
+    assert len(nodes[0].cores) == len(full[0].cores) - 1
+    assert nodes[0].cores == full[0].cores[:-1]  # the highest-numbered core is the driver's
+    assert nodes[1] == full[1]
+
+
+def test_heterogeneous_resource_sets_become_nodes_with_their_own_cores_and_gpus(
+    flux_python: None,
+) -> None:
+    from matensemble.backends.flux_inventory import read_inventory
+
+    def r(entries: list[dict], nodelist: list[str]) -> dict:
+        return {"version": 1, "execution": {"R_lite": entries, "nodelist": nodelist}}
+
+    status = {
+        "all": r(
+            [
+                {"rank": "0", "children": {"core": "0-3", "gpu": "0-1"}},
+                {"rank": "1-2", "children": {"core": "0-7"}},
+            ],
+            ["gpu01,cpu[01-02]"],
+        ),
+        "down": r([{"rank": "2", "children": {"core": "0-7"}}], ["cpu02"]),
+    }
+    nodes, names = read_inventory(status, driver_rank=1, reserve=2)
+    assert nodes == [
+        NodeSpec("gpu01", (0, 1, 2, 3), ("0", "1")),
+        NodeSpec("cpu01", (0, 1, 2, 3, 4, 5)),  # the driver's rank, less 2 reserved cores
+    ]
+    assert names.ranks(()) == ""
+    allocated = r([{"rank": "0", "children": {"core": "2", "gpu": "1"}}], ["gpu01"])
+    assert names.slots(allocated) == (Slot("gpu01", (2,), ("1",)),)
+
+
+async def test_a_uri_that_leads_nowhere_is_backend_unavailable_saying_how_to_get_an_instance(
+    flux_python: None, tmp_path: Path
+) -> None:
+    backend = FluxBackend(f"local://{tmp_path}/no-such-broker")
+    async with anyio.create_task_group() as tg:
+        with pytest.raises(BackendUnavailable) as err:
+            await backend.open(lambda outcome: None, tg)
+        await backend.close()
+    message = str(err.value)
+    assert "no Flux instance" in message
+    assert "flux start" in message
+    assert "flux alloc" in message
+    assert "uri=" in message
+
+
+async def test_missing_bindings_are_backend_unavailable_naming_the_extra(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "flux", None)  # makes `import flux` raise ImportError
+    async with anyio.create_task_group() as tg:
+        with pytest.raises(BackendUnavailable, match=r"matensemble\[flux\]"):
+            await FluxBackend().open(lambda outcome: None, tg)
+
+
+# -- outcomes ----------------------------------------------------------------------------------
+
+
+async def test_success_records_times_and_the_placement_flux_assigned(harness: Harness) -> None:
+    before = time.time()
+    out = await harness.run(sh("hello", "echo hello; echo oops >&2"))
+    assert out.state is TaskState.SUCCEEDED
+    assert out.returncode == 0
+    assert out.reason is None
+    assert out.start_time is not None and out.end_time is not None
+    assert before <= out.start_time <= out.end_time <= time.time()
+    (slot,) = out.placement
+    node = next(n for n in harness.nodes if n.name == slot.node)
+    assert len(slot.cores) == 1 and set(slot.cores) <= set(node.cores)
+    assert (harness.task_dir("hello") / "stdout").read_text() == "hello\n"
+    assert (harness.task_dir("hello") / "stderr").read_text() == "oops\n"
+
+
+async def test_non_zero_exit_is_a_failure_with_its_returncode(harness: Harness) -> None:
+    out = await harness.run(sh("three", "exit 3"))
+    assert out.state is TaskState.FAILED
+    assert out.returncode == 3
+    assert out.reason == "exit code 3"
+
+
+async def test_missing_executable_fails_with_flux_reason(harness: Harness) -> None:
+    out = await harness.run(Task(id="ghost", command=["/no/such/program"]))
+    assert out.state is TaskState.FAILED
+    assert out.reason is not None and "/no/such/program" in out.reason
+    assert "No such file or directory" in out.reason
+
+
+async def test_missing_working_directory_fails_naming_it(harness: Harness, tmp_path: Path) -> None:
+    out = await harness.run(Task(id="nowhere", command=["true"], cwd=str(tmp_path / "absent")))
+    assert out.state is TaskState.FAILED
+    assert out.reason is not None and "absent" in out.reason
+
+
+async def test_job_flux_refuses_is_a_failed_outcome_not_an_exception(
+    flux_uri: str, tmp_path: Path
+) -> None:
+    summary = await Ensemble(
+        [Task(id="q", command=["true"])],
+        backend=FluxBackend(flux_uri, queue="no-such-queue"),
+        run_dir=tmp_path / "run",
+    ).run()
+    result = summary.results["q"]
+    assert result.state is TaskState.FAILED
+    assert result.reason is not None and "queue" in result.reason
+
+
+async def test_timeout_is_timed_out_and_the_process_is_gone(
+    harness: Harness, tmp_path: Path
+) -> None:
+    started = time.monotonic()
+    launch = harness.start(reporting("slow", tmp_path, timeout=1))
+    pid = await running("slow", tmp_path)
+    out = await harness.outcome(launch.key)
+    assert out.state is TaskState.TIMED_OUT
+    assert out.reason is not None and "timed out after 1s" in out.reason
+    assert time.monotonic() - started < 15
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+async def test_cancel_stops_a_running_job(harness: Harness, tmp_path: Path) -> None:
+    launch = harness.start(reporting("sleeper", tmp_path))
+    pid = await running("sleeper", tmp_path)
+    harness.backend.cancel(launch.key)
+    out = await harness.outcome(launch.key)
+    assert out.state is TaskState.CANCELLED
+    assert out.start_time is not None
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+async def test_cancel_before_flux_answers_the_submit_still_cancels(harness: Harness) -> None:
+    launch = harness.start(Task(id="early", command=["sleep", "60"]))
+    harness.backend.cancel(launch.key)  # the job id is not known yet
+    out = await harness.outcome(launch.key)
+    assert out.state is TaskState.CANCELLED
+
+
+async def test_multi_rank_task_spreads_over_both_brokers(harness: Harness) -> None:
+    task = sh(
+        "spread",
+        'echo "$MATENSEMBLE_RANK/$MATENSEMBLE_NRANKS $FLUX_TASK_RANK"',
+        resources=Resources(ranks=2, nodes=2),
+    )
+    out = await harness.run(task)
+    assert out.state is TaskState.SUCCEEDED
+    assert sorted(slot.node for slot in out.placement) == sorted(n.name for n in harness.nodes)
+    lines = sorted((harness.task_dir("spread") / "stdout").read_text().split("\n")[:-1])
+    assert lines == ["0/2 0", "1/2 1"]
+
+
+@pytest.mark.skipif(not HAS_MPI4PY, reason="mpi4py is not installed")
+async def test_mpi_task_runs_across_brokers_with_flux_pmi(harness: Harness) -> None:
+    script = (
+        "from mpi4py import MPI; c = MPI.COMM_WORLD; "
+        "print(c.Get_rank(), c.Get_size(), c.allreduce(1), flush=True)"
+    )
+    task = Task(
+        id="mpi",
+        command=[sys.executable, "-c", script],
+        resources=Resources(ranks=2, nodes=2, mpi=True),
+        timeout=60,
+    )
+    out = await harness.run(task)
+    stderr = (harness.task_dir("mpi") / "stderr").read_text()
+    assert out.state is TaskState.SUCCEEDED, stderr
+    lines = sorted((harness.task_dir("mpi") / "stdout").read_text().split("\n")[:-1])
+    assert lines == ["0 2 2", "1 2 2"]
+
+
+async def test_environment_is_the_drivers_less_its_own_job_and_mpi_variables(
+    flux_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MY_SETTING", "kept")
+    monkeypatch.setenv("PMIX_NAMESPACE", "drivers-own")
+    monkeypatch.setenv("OMPI_COMM_WORLD_RANK", "5")
+    h = Harness(FluxBackend(flux_uri), tmp_path)
+    async with anyio.create_task_group() as tg:
+        h.pool = ResourcePool(await h.backend.open(h.sink, tg))
+        monkeypatch.setenv("LATE", "too late")  # the environment was taken at open()
+        try:
+            await h.run(Task(id="inherit", command=["env"], env={"EXTRA": "1"}))
+            await h.run(Task(id="bare", command=["env"], env={"EXTRA": "1"}, inherit_env=False))
+        finally:
+            await h.backend.close()
+
+    def env_of(task_id: str) -> dict[str, str]:
+        text = (h.task_dir(task_id) / "stdout").read_text()
+        return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+
+    inherited = env_of("inherit")
+    assert inherited["MY_SETTING"] == "kept"
+    assert inherited["EXTRA"] == "1"
+    assert inherited["MATENSEMBLE_TASK_ID"] == "inherit"
+    assert inherited["MATENSEMBLE_ATTEMPT"] == "1"
+    assert inherited["MATENSEMBLE_RUN_ID"] == "test-run"
+    assert inherited["MATENSEMBLE_TASK_DIR"] == str(h.task_dir("inherit"))
+    assert inherited["OMP_NUM_THREADS"] == "1"
+    assert "PMIX_NAMESPACE" not in inherited
+    assert "OMPI_COMM_WORLD_RANK" not in inherited
+    assert "LATE" not in inherited
+    assert inherited["FLUX_JOB_ID"]  # set by the job shell for this job
+    bare = env_of("bare")
+    assert "MY_SETTING" not in bare
+    assert bare["EXTRA"] == "1"
+    assert bare["MATENSEMBLE_TASK_ID"] == "bare"
+
+
+# -- control: close, Ctrl-C, lost broker ---------------------------------------------------------
+
+
+async def test_close_cancels_running_jobs_and_leaves_none_active(
+    harness: Harness, flux_uri: str, tmp_path: Path
+) -> None:
+    keys = [harness.start(reporting(f"held-{i}", tmp_path)).key for i in range(3)]
+    for i in range(3):
+        await running(f"held-{i}", tmp_path)
+    await harness.backend.close()
+    assert {harness.outcomes[k].state for k in keys} == {TaskState.CANCELLED}
+    assert not [j for i in range(3) for j in active_jobs(flux_uri, f"held-{i}")]
+
+
+async def test_cancelled_run_like_ctrl_c_leaves_no_flux_job_running(
+    flux_uri: str, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    tasks = [reporting(f"busy-{i}", tmp_path) for i in range(4)]
+    tasks.append(Task(id="queued", command=["sleep", "60"]))  # waits for a free core
+    ensemble = Ensemble(tasks, backend=FluxBackend(flux_uri), run_dir=run_dir)
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ensemble.run)
+            for i in range(4):
+                await running(f"busy-{i}", tmp_path)
+            tg.cancel_scope.cancel()
+    assert {ensemble.state(t.id) for t in tasks} == {TaskState.CANCELLED}
+    assert not [j for t in tasks for j in active_jobs(flux_uri, t.id)]
+
+
+async def test_instance_shutting_down_under_running_jobs_reports_them(
+    flux_python: None, tmp_path: Path
+) -> None:
+    proc, uri = start_instance(1)
+    try:
+        async with opened(FluxBackend(uri), tmp_path) as h:
+            launch = h.start(reporting("orphan", tmp_path))
+            await running("orphan", tmp_path)
+            await anyio.to_thread.run_sync(stop_instance, proc)  # Flux cancels its jobs
+            out = await h.outcome(launch.key)
+        assert out.state is TaskState.CANCELLED
+    finally:
+        stop_instance(proc)
+
+
+async def test_broker_killed_fails_running_launches_instead_of_hanging(
+    flux_python: None, tmp_path: Path
+) -> None:
+    import flux
+
+    proc, uri = start_instance(1)
+    pid = None
+    try:
+        broker = int(flux.Flux(uri).attr_get("broker.pid"))
+        async with opened(FluxBackend(uri), tmp_path) as h:
+            launch = h.start(reporting("stranded", tmp_path))
+            pid = await running("stranded", tmp_path)
+            os.kill(broker, signal.SIGKILL)
+            out = await h.outcome(launch.key)
+            late = h.start(Task(id="late", command=["true"]))
+            after = await h.outcome(late.key)
+        assert out.state is TaskState.FAILED
+        assert out.reason is not None and "lost the connection" in out.reason
+        assert after.state is TaskState.FAILED
+    finally:
+        stop_instance(proc)
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+# -- no polling ----------------------------------------------------------------------------------
+
+
+async def test_waiting_for_a_running_job_costs_no_cpu(harness: Harness, tmp_path: Path) -> None:
+    launch = harness.start(reporting("nap", tmp_path, then="exec sleep 2"))
+    await running("nap", tmp_path)
+    cpu = time.process_time()
+    out = await harness.outcome(launch.key)
+    assert out.state is TaskState.SUCCEEDED
+    assert time.process_time() - cpu < 0.1  # about 1.5 s of waiting
+
+
+async def test_a_hundred_short_tasks_through_the_engine_all_succeed(
+    flux_uri: str, tmp_path: Path
+) -> None:
+    tasks = [Task(id=f"t{i:03d}", command=["true"]) for i in range(100)]
+    with anyio.fail_after(60):
+        summary = await Ensemble(tasks, backend=FluxBackend(flux_uri), run_dir=tmp_path).run()
+    assert summary.counts["succeeded"] == 100
+
+
+# -- the reactor bridge on its own ---------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def bridged(uri: str) -> AsyncIterator[tuple[Any, FluxReactorBridge, list[BaseException]]]:
+    import flux
+
+    handle = flux.Flux(uri)
+    errors: list[BaseException] = []
+    bridge = FluxReactorBridge(handle, asyncio.get_running_loop(), errors.append)
+    try:
+        yield handle, bridge, errors
+    finally:
+        bridge.close()
+
+
+async def test_bridge_completes_every_one_of_many_concurrent_rpcs(flux_uri: str) -> None:
+    async with bridged(flux_uri) as (handle, bridge, errors):
+        answers: list[str] = []
+        done = asyncio.Event()
+
+        def answered(future: Any) -> None:
+            answers.append(bridge.payload(future)["value"])
+            if len(answers) == 500:
+                done.set()
+
+        for _ in range(500):
+            handle.rpc("attr.get", {"name": "size", "flags": 0}).then(bridge.callback(answered))
+        with anyio.fail_after(20):
+            await done.wait()
+        assert answers == ["2"] * 500
+        assert errors == []
+
+
+async def test_bridge_runs_a_callback_on_an_already_fulfilled_future_when_kicked(
+    flux_uri: str,
+) -> None:
+    async with bridged(flux_uri) as (handle, bridge, _):
+        future = handle.rpc("attr.get", {"name": "size", "flags": 0})
+        future.wait_for()  # fulfilled now: no message will ever arrive for it again
+        called = asyncio.Event()
+        future.then(bridge.callback(lambda f: called.set()))
+        bridge.kick()
+        with anyio.fail_after(5):
+            await called.wait()
+
+
+async def test_bridge_hands_over_exceptions_from_callbacks(flux_uri: str) -> None:
+    async with bridged(flux_uri) as (handle, bridge, errors):
+
+        def broken(future: Any) -> None:
+            raise RuntimeError("bug in a callback")
+
+        arrived = asyncio.Event()
+        handle.rpc("attr.get", {"name": "size", "flags": 0}).then(bridge.callback(broken))
+        # A callback the bridge did not wrap: the bindings store its exception and stop the
+        # reactor; the bridge re-raises it from there.
+        handle.rpc("attr.get", {"name": "size", "flags": 0}).then(broken)
+        handle.rpc("attr.get", {"name": "size", "flags": 0}).then(
+            bridge.callback(lambda f: arrived.set())
+        )
+        with anyio.fail_after(5):
+            await arrived.wait()  # answers come in order: the two errors are in by now
+        assert [str(e) for e in errors] == ["bug in a callback"] * 2
