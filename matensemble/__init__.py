@@ -22,6 +22,7 @@ __all__ = [
     "BackendUnavailable",
     "DependencyError",
     "Ensemble",
+    "FluxBackend",
     "LocalBackend",
     "MatEnsembleError",
     "Resources",
@@ -42,4 +43,8 @@ def __getattr__(name: str) -> object:
         from matensemble.backends.local import LocalBackend
 
         return LocalBackend
+    if name == "FluxBackend":
+        from matensemble.backends.flux import FluxBackend
+
+        return FluxBackend
     raise AttributeError(name)

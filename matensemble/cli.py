@@ -66,7 +66,20 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--backend", choices=["local", "simulated"], default="local")
+    common.add_argument(
+        "--backend",
+        choices=["local", "flux", "simulated"],
+        default="local",
+        help="local: this machine (default); flux: the enclosing Flux instance; simulated: a "
+        "virtual machine of --cores cores on a virtual clock",
+    )
+    common.add_argument("--flux-uri", help="the Flux instance to use (default: FLUX_URI)")
+    common.add_argument(
+        "--reserve-driver-cores",
+        type=int,
+        default=0,
+        help="flux: keep this many cores of the driver's node free for the driver",
+    )
     common.add_argument("--cores", type=int, help="use at most this many cores (local backend)")
     common.add_argument(
         "--gpus",
@@ -253,6 +266,12 @@ def _backend(args: argparse.Namespace, spec: EnsembleSpec) -> Backend:
             if len(set(ids)) != len(ids):
                 raise MatEnsembleError(f"--gpus {args.gpus!r} repeats an id; {hint}")
             gpus = ids
+    if args.backend == "flux":
+        from matensemble.backends.flux import FluxBackend
+
+        if args.reserve_driver_cores < 0:
+            raise MatEnsembleError("--reserve-driver-cores must be >= 0")
+        return FluxBackend(uri=args.flux_uri, reserve_driver_cores=args.reserve_driver_cores)
     if args.backend == "simulated":
         from matensemble.backends.simulated import SimulatedBackend
 

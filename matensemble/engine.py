@@ -753,6 +753,8 @@ class Ensemble:
             end_time=outcome.end_time,
             placement=outcome.placement or rec.placement,
             tags=rec.task.tags,
+            times=outcome.times,
+            job_id=outcome.job_id,
         )
         if outcome.state in (TaskState.FAILED, TaskState.TIMED_OUT):
             rec.failures += 1

@@ -373,7 +373,8 @@ class TaskResult(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 
     ``returncode`` is the exit status; ``signal`` the signal that killed it, if one did.
     ``reason`` explains every state other than ``succeeded``. Times are seconds since the epoch
-    on the backend's clock (virtual for the simulated backend).
+    on the backend's clock (virtual for the simulated backend); ``times`` holds what else the
+    backend knows (under Flux: ``submit`` and ``alloc``), ``job_id`` its own id for the launch.
     """
 
     id: str
@@ -386,6 +387,8 @@ class TaskResult(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     end_time: float | None = None
     placement: Placement = ()
     tags: dict[str, str] = {}
+    times: dict[str, float] = {}
+    job_id: str | None = None
 
     @property
     def ok(self) -> bool:

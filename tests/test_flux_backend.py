@@ -234,6 +234,9 @@ async def test_success_records_times_and_the_placement_flux_assigned(harness: Ha
     assert out.reason is None
     assert out.start_time is not None and out.end_time is not None
     assert before <= out.start_time <= out.end_time <= time.time()
+    assert before <= out.times["submit"] <= out.times["alloc"] <= out.start_time
+    assert out.job_id is not None
+    assert int(out.job_id) > 0
     (slot,) = out.placement
     node = next(n for n in harness.nodes if n.name == slot.node)
     assert len(slot.cores) == 1 and set(slot.cores) <= set(node.cores)

@@ -5,7 +5,15 @@ from __future__ import annotations
 from matensemble.backends.base import Backend, Launch, LaunchKey, Outcome
 from matensemble.backends.simulated import SimulatedBackend
 
-__all__ = ["Backend", "Launch", "LaunchKey", "LocalBackend", "Outcome", "SimulatedBackend"]
+__all__ = [
+    "Backend",
+    "FluxBackend",
+    "Launch",
+    "LaunchKey",
+    "LocalBackend",
+    "Outcome",
+    "SimulatedBackend",
+]
 
 
 def __getattr__(name: str) -> object:
@@ -14,4 +22,8 @@ def __getattr__(name: str) -> object:
         from matensemble.backends.local import LocalBackend
 
         return LocalBackend
+    if name == "FluxBackend":
+        from matensemble.backends.flux import FluxBackend
+
+        return FluxBackend
     raise AttributeError(name)

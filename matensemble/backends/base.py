@@ -77,6 +77,8 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True):
     start_time: float | None = None
     end_time: float | None = None
     placement: Placement = ()
+    times: dict[str, float] = {}  # other moments the backend knows, e.g. submit, alloc
+    job_id: str | None = None  # the backend's own name for the launch (a Flux job id)
 
 
 Sink = Callable[[Outcome], None]

@@ -73,6 +73,7 @@ class _Job:
         "status",
         "t_end",
         "t_start",
+        "times",
     )
 
     def __init__(self, launch: Launch) -> None:
@@ -84,6 +85,7 @@ class _Job:
         self.status: int | None = None  # wait status from the finish event
         self.t_start: float | None = None
         self.t_end: float | None = None
+        self.times: dict[str, float] = {}  # submit and alloc timestamps
         self.placement: Placement = ()  # what Flux assigned, from the alloc event
 
 
@@ -318,10 +320,13 @@ class FluxBackend(Backend):
             name = event["name"]
             if name == "submit":
                 job = self._claim(jobid, payload.get("jobspec"))
+                if job is not None:
+                    job.times["submit"] = event["timestamp"]
             elif job is None:
                 return  # not ours
             elif name == "alloc":
                 job.placement = self._map.slots(payload.get("R"))
+                job.times["alloc"] = event["timestamp"]
             elif name == "start":
                 job.t_start = event["timestamp"]
             elif name == "exception":
@@ -462,6 +467,8 @@ def _outcome(job: _Job) -> Outcome:
         "start_time": job.t_start,
         "end_time": job.t_end,
         "placement": job.placement,
+        "times": job.times,
+        "job_id": str(job.jobid) if job.jobid is not None else None,
     }
     status = job.status
     returncode = os.WEXITSTATUS(status) if status is not None and os.WIFEXITED(status) else None
