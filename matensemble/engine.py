@@ -439,8 +439,9 @@ class Ensemble:
 
         ``wait()`` and ``run()`` return, and ``completed()`` ends; leaving the ``async with``
         block then kills the running process trees (TERM, then KILL after the backend's grace)
-        and records every open task as ``cancelled`` *and interrupted*, so that ``resume``
-        runs them again. Signals, the walltime and the CLI use this.
+        and records the running and queued tasks as ``cancelled`` *and interrupted* (their
+        dependents as ``skipped``), so that ``resume`` runs them all again. Signals, the
+        walltime and the CLI use this.
         """
         if self._stopping:
             return
@@ -624,7 +625,7 @@ class Ensemble:
                     reservation = Reservation(head.task.resources, pool, self._expected_ends())
                     placement = pool.allocate(rec.task.resources)
                     assert placement is not None
-                if not reservation.admits(rec.task, now):
+                if not reservation.admits(rec.task, placement, now):
                     pool.release(placement)
                     put_back.append(entry)
                     if len(put_back) > _BACKFILL_WINDOW:

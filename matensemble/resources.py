@@ -194,6 +194,27 @@ class ResourcePool:
             self.free_cores += len(slot.cores)
             self.free_gpus += len(slot.gpus)
 
+    def claim(self, placement: Iterable[Slot]) -> bool:
+        """Mark exactly these ids used if every one of them is free; else change nothing."""
+        slots = list(placement)
+        for slot in slots:
+            i = self._index[slot.node]
+            free_c, free_g = self._free_cores[i], self._free_gpus[i]
+            if not set(slot.cores) <= set(free_c) or not set(slot.gpus) <= set(free_g):
+                return False
+        for slot in slots:
+            i = self._index[slot.node]
+            self._own(i)
+            taken = set(slot.cores)
+            self._free_cores[i] = [c for c in self._free_cores[i] if c not in taken]
+            taken_g = set(slot.gpus)
+            self._free_gpus[i] = [g for g in self._free_gpus[i] if g not in taken_g]
+            if not self._free_cores[i]:
+                self._open.pop(i, None)
+            self.free_cores -= len(slot.cores)
+            self.free_gpus -= len(slot.gpus)
+        return True
+
     def copy(self) -> ResourcePool:
         """An independent pool in the same state (for what-if planning such as backfill).
 

@@ -329,3 +329,31 @@ async def test_leaving_the_block_with_an_error_cancels_running_tasks(run_dir: Pa
                 raise KeyError("user bug")
     assert ens.summary().results["a"].state is TaskState.CANCELLED
     assert "KeyError" in (ens.summary().results["a"].reason or "")
+
+
+async def test_backfill_on_several_nodes_never_takes_the_node_reserved_for_the_head(
+    run_dir: Path,
+) -> None:
+    # Two 4-core nodes. At 1 s each has 2 free cores; the head needs a whole node, which sim0
+    # gives at 5 s. A 1-core, 1000 s task fits now, but on sim0 it would take the head's place.
+    def task(task_id: str, seconds: float, **kw: object) -> Task:
+        return t(task_id, est=seconds, **kw)
+
+    tasks = [
+        task("a", 5, resources=Resources(ranks=2)),
+        task("b", 1, resources=Resources(ranks=2)),
+        task("c", 10, resources=Resources(ranks=2)),
+        task("d", 1, resources=Resources(ranks=2)),
+        task("head", 1, resources=Resources(ranks=4, nodes=1)),
+        task("long", 1000),
+    ]
+    starts = {}
+    for backfill in (False, True):
+        summary = await Ensemble(
+            tasks,
+            backend=SimulatedBackend(2, 4),
+            strategy=FIFO(backfill=backfill),
+            run_dir=run_dir / str(backfill),
+        ).run()
+        starts[backfill] = summary.results["head"].start_time
+    assert starts[True] == starts[False] == pytest.approx(5.0)

@@ -188,3 +188,29 @@ async def test_python_tasks_with_environment_and_cwd(run_dir: Path, tmp_path: Pa
     summary = await Ensemble([task], backend=LocalBackend(), run_dir=run_dir).run()
     assert summary.ok
     assert (work / "out.txt").read_text() == "bonjour"
+
+
+async def test_an_mpi_task_whose_program_is_missing_names_the_program(run_dir: Path) -> None:
+    task = Task(
+        id="mpi-missing",
+        command=("no-such-solver-xyz", "-in", "x"),
+        resources=Resources(ranks=1, mpi=True),
+    )
+    summary = await Ensemble([task], backend=LocalBackend(mpiexec="true"), run_dir=run_dir).run()
+    result = summary.results["mpi-missing"]
+    assert result.state is TaskState.FAILED
+    assert "executable not found: 'no-such-solver-xyz'" in (result.reason or "")
+
+
+async def test_with_gpus_set_to_zero_tasks_see_no_gpu_of_the_driver(run_dir: Path) -> None:
+    task = sh("cpu-only", 'echo "[$CUDA_VISIBLE_DEVICES]"', env={})
+    old = os.environ.get("CUDA_VISIBLE_DEVICES")
+    os.environ["CUDA_VISIBLE_DEVICES"] = "0,1"
+    try:
+        await Ensemble([task], backend=LocalBackend(gpus=0), run_dir=run_dir).run()
+    finally:
+        if old is None:
+            del os.environ["CUDA_VISIBLE_DEVICES"]
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = old
+    assert (run_dir / "tasks" / "cpu-only" / "stdout").read_text() == "[]\n"

@@ -80,8 +80,9 @@ class LocalBackend(Backend):
             ``HIP_VISIBLE_DEVICES``, then ``nvidia-smi -L``), an int N for ids ``"0"``..N-1, or
             the exact ids.
         gpu_variable: the variable that carries a task's GPU ids; default: the one the ids were
-            detected from, else ``CUDA_VISIBLE_DEVICES``. When the node has GPUs, a task given
-            none sees it set to the empty string, so it cannot take someone else's.
+            detected from, else ``CUDA_VISIBLE_DEVICES``. A task given no GPUs sees it set to the
+            empty string when the node has GPUs or the driver's environment has the variable
+            (e.g. ``gpus=0`` on a GPU node), so it cannot take a GPU that is not its own.
         mpiexec: the launcher for ``mpi`` tasks; default: ``mpiexec`` on ``PATH``, else next to
             the running Python (where the ``mpich`` wheel installs it).
         kill_grace: seconds from SIGTERM to SIGKILL when a launch is stopped.
@@ -232,7 +233,12 @@ class LocalBackend(Backend):
                     f"mpi task, but no mpiexec was found on PATH or next to {sys.executable}; "
                     "install an MPI (e.g. the mpich wheel) or pass LocalBackend(mpiexec=...)"
                 )
-            argv = [self._mpiexec, "-n", str(res.ranks), executable or argv[0], *argv[1:]]
+            # mpiexec would only say "exited with code 255"; name the missing program instead.
+            path = task.env.get("PATH") or (
+                self._base_env.get("PATH") if task.inherit_env else None
+            )
+            program = executable or self._resolve(argv[0], path)
+            argv = [self._mpiexec, "-n", str(res.ranks), program, *argv[1:]]
             executable = None
         common = dict(self._base_env) if task.inherit_env else {}
         common.update(task.env)
@@ -242,8 +248,11 @@ class LocalBackend(Backend):
         common["MATENSEMBLE_TASK_DIR"] = os.path.abspath(launch.task_dir)
         if "OMP_NUM_THREADS" not in task.env:
             common["OMP_NUM_THREADS"] = str(res.cores_per_rank)
+        # With GPUs to hand out, every task gets the variable (empty: none for it); without,
+        # a value inherited from the driver must not leak through either.
+        hand_out_gpus = bool(self._gpus or gpus) or self._gpu_variable in common
         if copies == 1:
-            if self._gpus or gpus:
+            if hand_out_gpus:
                 common[self._gpu_variable] = ",".join(gpus)
             if not res.mpi:
                 common.update(MATENSEMBLE_RANK="0", MATENSEMBLE_NRANKS="1")
@@ -253,15 +262,15 @@ class LocalBackend(Backend):
         for rank in range(copies):
             env = common.copy()
             env.update(MATENSEMBLE_RANK=str(rank), MATENSEMBLE_NRANKS=str(copies))
-            if self._gpus or gpus:
+            if hand_out_gpus:
                 env[self._gpu_variable] = ",".join(gpus[rank * ng : (rank + 1) * ng])
             plan.append((argv, executable, env, cores[rank * nc : (rank + 1) * nc]))
         return plan
 
-    def _resolve(self, program: str) -> str:
+    def _resolve(self, program: str, path: str | None = None) -> str:
         if os.sep in program:
             return program
-        found = shutil.which(program, path=self._driver_path)
+        found = shutil.which(program, path=path or self._driver_path)
         if found is None:
             raise _LaunchError(f"executable not found: {program!r}")
         return found

@@ -46,8 +46,12 @@ class Reservation:
             self._pool.release(placement)
             self.shadow = end
 
-    def admits(self, task: Task, now: float) -> bool:
-        """May ``task`` (which fits now) start without delaying the head? Books it if so."""
+    def admits(self, task: Task, placement: Placement, now: float) -> bool:
+        """May ``task`` start now on ``placement`` without delaying the head? Books it if so.
+
+        A task still running at the shadow time must leave the head's reservation alone: the
+        exact ids it would run on must be free in the pool as it will be then.
+        """
         if task.estimate is not None and now + task.estimate <= self.shadow:
             return True
-        return self._pool.allocate(task.resources) is not None
+        return self._pool.claim(placement)

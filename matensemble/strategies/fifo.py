@@ -1,4 +1,4 @@
-"""First in, first out: tasks start in the order they became known."""
+"""First in, first out: tasks start in the order they became ready."""
 
 from __future__ import annotations
 
@@ -11,7 +11,10 @@ __all__ = ["FIFO"]
 
 
 class FIFO(SubmissionOrder):
-    """Submission order. With ``backfill=False`` a task that does not fit blocks all behind it."""
+    """The order in which tasks became ready (a retried task queues again at the back).
+
+    With ``backfill=False`` a task that does not fit blocks all behind it.
+    """
 
     name = "fifo"
 
