@@ -7,6 +7,7 @@ import contextlib
 import importlib.util
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -15,7 +16,14 @@ from typing import Any
 
 import anyio
 import pytest
-from flux_instance import active_jobs, flux_python, flux_uri, start_instance, stop_instance
+from flux_instance import (
+    FLUX,
+    active_jobs,
+    flux_python,
+    flux_uri,
+    start_instance,
+    stop_instance,
+)
 
 from matensemble import Ensemble
 from matensemble.backends.base import Launch, LaunchKey, Outcome
@@ -536,3 +544,51 @@ async def test_bridge_hands_over_exceptions_from_callbacks(flux_uri: str) -> Non
         with anyio.fail_after(5):
             await arrived.wait()  # answers come in order: the two errors are in by now
         assert [str(e) for e in errors] == ["bug in a callback"] * 2
+
+
+# -- the allocation's end, and a forced exit ----------------------------------------------------
+
+
+def test_deadline_is_the_end_of_the_enclosing_flux_job(flux_uri: str, tmp_path: Path) -> None:
+    """A driver run as a Flux job with a 10-minute limit sees that limit as its deadline."""
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "import asyncio, time\n"
+        "import anyio\n"
+        "from matensemble.backends.flux import FluxBackend\n"
+        "async def main():\n"
+        "    b = FluxBackend()\n"
+        "    async with anyio.create_task_group() as tg:\n"
+        "        await b.open(lambda o: None, tg)\n"
+        "        print(b.deadline() - time.time())\n"
+        "        await b.close()\n"
+        "asyncio.run(main())\n"
+    )
+    env = {**os.environ, "FLUX_URI": flux_uri, "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run(
+        [str(FLUX), "run", "-t", "10m", sys.executable, str(probe)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    left = float(out.stdout.split()[-1])
+    assert 500 < left <= 600
+
+
+async def test_deadline_is_none_outside_a_job_with_a_limit(harness: Harness) -> None:
+    assert harness.backend.deadline() is None
+
+
+async def test_kill_cancels_every_job_at_once_for_a_forced_exit(
+    harness: Harness, flux_uri: str, tmp_path: Path
+) -> None:
+    keys = [harness.start(reporting(f"doomed-{i}", tmp_path)).key for i in range(2)]
+    for i in range(2):
+        await running(f"doomed-{i}", tmp_path)
+    harness.backend.kill()
+    await harness.backend.close()  # here only to collect the outcomes
+    assert {harness.outcomes[k].state for k in keys} == {TaskState.CANCELLED}
+    assert not [j for i in range(2) for j in active_jobs(flux_uri, f"doomed-{i}")]

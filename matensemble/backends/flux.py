@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import secrets
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -143,6 +145,7 @@ class FluxBackend(Backend):
         self._journal_ended = asyncio.Event()
         self._map = InventoryMap({})
         self._token = secrets.token_hex(8)  # names this backend's jobs in the journal
+        self._deadline: float | None = None
         self._jobspecs: JobspecBuilder | None = None
         self._jobs: dict[LaunchKey, _Job] = {}
         self._by_id: dict[int, _Job] = {}
@@ -209,7 +212,25 @@ class FluxBackend(Backend):
         self._jobspecs = JobspecBuilder(
             flux.job.JobspecV1, self._map, token=self._token, environ=os.environ, **self._options
         )
+        self._deadline = _allocation_end(flux, self._h)
         return nodes
+
+    def deadline(self) -> float | None:
+        """When the enclosing allocation ends (``flux job timeleft``), if it has a limit."""
+        return self._deadline
+
+    def kill(self) -> None:
+        """Send a cancel for every job in flight, without waiting (the driver exits next).
+
+        The requests leave on the broker socket at once, so the jobs go even though nobody
+        stays to hear the answers.
+        """
+        if self._h is None or self._bridge is None or self._bridge.lost:
+            return
+        for job in list(self._jobs.values()):
+            if job.jobid is not None:
+                with contextlib.suppress(OSError):
+                    self._flux.job.cancel_async(self._h, job.jobid, "driver forced to exit")
 
     # -- launching ----------------------------------------------------------------------------
 
@@ -451,6 +472,15 @@ class FluxBackend(Backend):
             self._bridge.close()
         self._journal = None
         self._h = None  # the bindings close the handle when the last reference goes
+
+
+def _allocation_end(flux: Any, handle: Any) -> float | None:
+    """The epoch time the enclosing job or instance must end by, or ``None`` if unlimited."""
+    try:
+        left = float(flux.job.timeleft(handle))
+    except (OSError, AttributeError):  # not inside a job (e.g. a plain `flux start`)
+        return None
+    return time.time() + left if math.isfinite(left) else None
 
 
 def _ignore_reply(future: Any) -> None:
