@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+import select
 from pathlib import Path
 
 import pytest
@@ -65,3 +67,20 @@ class InvariantChecker(Observer):
 @pytest.fixture
 def run_dir(tmp_path: Path) -> Path:
     return tmp_path / "run"
+
+
+def alive(pid: int, grace: float = 5.0) -> bool:
+    """Is ``pid`` still alive after at most ``grace`` seconds? (SIGKILL takes a moment.)
+
+    Waits on a pidfd (readable once the process has exited), so this is no polling loop; a
+    zombie that nobody reaps counts as dead.
+    """
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return False
+    try:
+        readable, _, _ = select.select([fd], [], [], grace)
+    finally:
+        os.close(fd)
+    return not readable

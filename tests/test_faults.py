@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import shlex
 import time
 from collections.abc import Collection
@@ -25,7 +24,7 @@ from matensemble.journal import read_journal
 from matensemble.model import Event, RunFinished, TaskFinished
 from matensemble.status import read_status
 
-from conftest import InvariantChecker
+from conftest import InvariantChecker, alive
 
 FLOOD_BYTES = 1 << 30  # 1 GiB: 1.5-6.5 s on this 2-core VM's disk, the bulk of this file's time
 
@@ -43,23 +42,6 @@ def assert_bystanders_succeeded(summary: RunSummary, run_dir: Path, n: int = 2) 
     for i in range(n):
         assert summary.results[f"ok{i}"].state is TaskState.SUCCEEDED
         assert (run_dir / "tasks" / f"ok{i}" / "stdout").read_text() == f"fine {i}\n"
-
-
-def alive(pid: int, grace: float = 5.0) -> bool:
-    """Is ``pid`` still alive after at most ``grace`` seconds? (SIGKILL takes a moment.)
-
-    Waits on a pidfd (readable once the process has exited), so this is no polling loop; a
-    zombie that nobody reaps counts as dead.
-    """
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return False
-    try:
-        readable, _, _ = select.select([fd], [], [], grace)
-    finally:
-        os.close(fd)
-    return not readable
 
 
 def pids_in(path: Path) -> list[int]:

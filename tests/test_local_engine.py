@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import select
 import sys
 import time
 from pathlib import Path
@@ -16,28 +15,13 @@ from matensemble.journal import read_journal
 from matensemble.model import RunFinished, TaskFinished
 from matensemble.status import read_status
 
+from conftest import alive
+
 PY = sys.executable
 
 
 def sh(task_id: str, script: str, **kw: object) -> Task:
     return Task(id=task_id, command=("sh", "-c", script), **kw)  # type: ignore[arg-type]
-
-
-def alive(pid: int, grace: float = 5.0) -> bool:
-    """Is ``pid`` still alive after at most ``grace`` seconds? (SIGKILL takes a moment.)
-
-    Waits on a pidfd (readable once the process has exited), so this is no polling loop; a
-    zombie that nobody reaps counts as dead.
-    """
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return False
-    try:
-        readable, _, _ = select.select([fd], [], [], grace)
-    finally:
-        os.close(fd)
-    return not readable
 
 
 async def test_success_failure_and_missing_executable_each_get_their_state(run_dir: Path) -> None:

@@ -24,8 +24,9 @@ task with the exception as the reason and goes on.
 from __future__ import annotations
 
 import abc
+import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import msgspec
@@ -34,7 +35,7 @@ from anyio.abc import TaskGroup
 from matensemble.model import Placement, Task, TaskState
 from matensemble.resources import NodeSpec
 
-__all__ = ["Backend", "Launch", "LaunchKey", "Outcome", "Sink"]
+__all__ = ["Backend", "Launch", "LaunchKey", "Outcome", "Sink", "task_environment"]
 
 LaunchKey = tuple[str, int]
 """(task id, attempt number): names one launch."""
@@ -82,6 +83,26 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True):
 
 
 Sink = Callable[[Outcome], None]
+
+
+def task_environment(launch: Launch, base: Mapping[str, str]) -> dict[str, str]:
+    """The environment every backend gives a launch (before its own variables, e.g. GPUs).
+
+    ``base`` (the driver's environment, taken once) when the task inherits it, then the task's
+    ``env``, then ``MATENSEMBLE_TASK_ID``, ``_ATTEMPT``, ``_RUN_ID`` and ``_TASK_DIR``, and
+    ``OMP_NUM_THREADS`` = cores per rank unless the task's own ``env`` sets it (the driver's
+    value was meant for the driver).
+    """
+    task = launch.task
+    env = dict(base) if task.inherit_env else {}
+    env.update(task.env)
+    env["MATENSEMBLE_TASK_ID"] = task.id
+    env["MATENSEMBLE_ATTEMPT"] = str(launch.attempt)
+    env["MATENSEMBLE_RUN_ID"] = launch.run_id
+    env["MATENSEMBLE_TASK_DIR"] = os.path.abspath(launch.task_dir)
+    if "OMP_NUM_THREADS" not in task.env:
+        env["OMP_NUM_THREADS"] = str(task.resources.cores_per_rank)
+    return env
 
 
 class Backend(abc.ABC):

@@ -27,7 +27,7 @@ import shutil
 from collections.abc import Mapping
 from typing import Any
 
-from matensemble.backends.base import Launch
+from matensemble.backends.base import Launch, task_environment
 from matensemble.backends.flux_inventory import InventoryMap
 
 __all__ = ["JobspecBuilder", "driver_environment"]
@@ -100,13 +100,7 @@ class JobspecBuilder:
                 refuses the resources.
         """
         task, res = launch.task, launch.task.resources
-        env = dict(self._base_env) if task.inherit_env else {}
-        env.update(task.env)
-        env["MATENSEMBLE_TASK_ID"] = task.id
-        env["MATENSEMBLE_ATTEMPT"] = str(launch.attempt)
-        env["MATENSEMBLE_RUN_ID"] = launch.run_id
-        env["MATENSEMBLE_TASK_DIR"] = os.path.abspath(launch.task_dir)
-        env.setdefault("OMP_NUM_THREADS", str(res.cores_per_rank))
+        env = task_environment(launch, self._base_env)
         command = list(task.command)
         if "PATH" not in env and os.sep not in command[0]:
             # As in the local backend: without PATH, look the program up on the driver's.

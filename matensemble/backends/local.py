@@ -33,7 +33,14 @@ from pathlib import Path
 import anyio
 from anyio.abc import TaskGroup
 
-from matensemble.backends.base import Backend, Launch, LaunchKey, Outcome, Sink
+from matensemble.backends.base import (
+    Backend,
+    Launch,
+    LaunchKey,
+    Outcome,
+    Sink,
+    task_environment,
+)
 from matensemble.backends.local_inventory import (
     CAN_PIN,
     detect_gpus,
@@ -240,14 +247,7 @@ class LocalBackend(Backend):
             program = executable or self._resolve(argv[0], path)
             argv = [self._mpiexec, "-n", str(res.ranks), program, *argv[1:]]
             executable = None
-        common = dict(self._base_env) if task.inherit_env else {}
-        common.update(task.env)
-        common["MATENSEMBLE_TASK_ID"] = task.id
-        common["MATENSEMBLE_ATTEMPT"] = str(launch.attempt)
-        common["MATENSEMBLE_RUN_ID"] = launch.run_id
-        common["MATENSEMBLE_TASK_DIR"] = os.path.abspath(launch.task_dir)
-        if "OMP_NUM_THREADS" not in task.env:
-            common["OMP_NUM_THREADS"] = str(res.cores_per_rank)
+        common = task_environment(launch, self._base_env)
         # With GPUs to hand out, every task gets the variable (empty: none for it); without,
         # a value inherited from the driver must not leak through either.
         hand_out_gpus = bool(self._gpus or gpus) or self._gpu_variable in common
