@@ -592,3 +592,48 @@ async def test_kill_cancels_every_job_at_once_for_a_forced_exit(
     await harness.backend.close()  # here only to collect the outcomes
     assert {harness.outcomes[k].state for k in keys} == {TaskState.CANCELLED}
     assert not [j for i in range(2) for j in active_jobs(flux_uri, f"doomed-{i}")]
+
+
+def test_resume_cancels_the_jobs_a_killed_driver_left_and_runs_them_again(
+    flux_uri: str, tmp_path: Path
+) -> None:
+    """SIGKILL a driver while its Flux jobs run; the resume ends those jobs, then reruns them."""
+    spec = tmp_path / "e.toml"
+    spec.write_text(
+        '[[sweep]]\nid = "w{i}"\nparameters = { i = [0, 1] }\n'
+        f'command = ["sh", "-c", "echo $FLUX_JOB_ID >> {tmp_path}/jobs; '
+        f'[ -e {tmp_path}/go ] || sleep 60"]\n'
+    )
+    env = {**os.environ, "FLUX_URI": flux_uri, "PYTHONPATH": os.pathsep.join(sys.path)}
+    cli = [sys.executable, "-m", "matensemble"]
+    driver = subprocess.Popen(
+        [*cli, "run", str(spec), "--backend", "flux", "--run-dir", "run", "--no-progress"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    jobs_file = tmp_path / "jobs"
+    deadline = time.monotonic() + 60
+    while len(jobs_file.read_text().split() if jobs_file.exists() else []) < 2:
+        assert time.monotonic() < deadline, "the jobs never started"
+        time.sleep(0.05)
+    driver.kill()
+    driver.wait()
+    orphans = jobs_file.read_text().split()
+    assert [j for i in range(2) for j in active_jobs(flux_uri, f"w{i}")]  # still running
+    (tmp_path / "go").touch()
+    resumed = subprocess.run(
+        [*cli, "resume", "run", "--backend", "flux", "--no-progress"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert not [j for i in range(2) for j in active_jobs(flux_uri, f"w{i}")]
+    reruns = jobs_file.read_text().split()[len(orphans) :]
+    assert len(reruns) == 2
+    assert not set(reruns) & set(orphans)

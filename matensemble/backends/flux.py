@@ -219,6 +219,34 @@ class FluxBackend(Backend):
         """When the enclosing allocation ends (``flux job timeleft``), if it has a limit."""
         return self._deadline
 
+    async def recover(self, run_id: str, keys: Sequence[LaunchKey]) -> None:
+        """Cancel the jobs an earlier, crashed driver of ``run_id`` left running, and wait.
+
+        They are found by name (the task id) among the instance's active jobs and confirmed
+        by the ``run_id`` in their jobspec; the engine then runs those tasks again. Blocking
+        RPCs, once, before anything is launched.
+        """
+        if not keys or self._h is None:
+            return
+        flux, names = self._flux, {task_id for task_id, _ in keys}
+        stale = []
+        for info in flux.job.JobList(self._h, filters=["pending", "running"]).jobs():
+            if info.name not in names:
+                continue
+            try:
+                spec = flux.job.job_kvs_lookup(self._h, info.id, keys=["jobspec"])["jobspec"]
+                tag = spec["attributes"]["user"]["matensemble"]
+            except (OSError, KeyError, TypeError):
+                continue
+            if tag.get("run_id") == run_id and tag.get("driver") != self._token:
+                stale.append(info.id)
+        for jobid in stale:
+            with contextlib.suppress(OSError):
+                flux.job.cancel(self._h, jobid, "left by a crashed matensemble driver")
+        for jobid in stale:
+            with contextlib.suppress(OSError):
+                flux.job.event_wait(self._h, jobid, "clean", raiseJobException=False)
+
     def kill(self) -> None:
         """Send a cancel for every job in flight, without waiting (the driver exits next).
 
