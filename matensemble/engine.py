@@ -27,7 +27,7 @@ import anyio
 import msgspec
 from anyio.abc import TaskGroup
 
-from matensemble.backends.base import Backend, Launch, Outcome
+from matensemble.backends.base import Backend, Launch, LaunchKey, Outcome
 from matensemble.errors import MatEnsembleError, TaskRejected
 from matensemble.graph import DependencyGraph
 from matensemble.journal import Journal, Replay, replay
@@ -44,6 +44,7 @@ from matensemble.model import (
     TaskResult,
     TaskStarted,
     TaskState,
+    TaskSubmitted,
 )
 from matensemble.observer import Observer
 from matensemble.resources import ResourcePool
@@ -217,6 +218,7 @@ class Ensemble:
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         try:
+            self.backend.job_ids = self._on_job_id
             inventory = await self.backend.open(self._on_outcome, self._tg)
             self._pool = ResourcePool(inventory)
             # Check everything before the first byte is written, so that bad input leaves
@@ -233,9 +235,11 @@ class Ensemble:
             self._t0 = self.backend.now()
             self._start_run(past)
             if past is not None:
-                self._restore(past)
+                adopted = await self._adopt(past)
+                self._restore(past, adopted)
                 await self.backend.recover(
-                    self.run_id, [(i, past.attempts[i]) for i in past.was_running]
+                    self.run_id,
+                    [(i, past.attempts[i]) for i in past.was_running if i not in adopted],
                 )
             self.submit(initial)
             await self._commit()
@@ -297,8 +301,39 @@ class Ensemble:
                     max(0.0, self._deadline - self._t0), self.stop, "walltime reached"
                 )
 
-    def _restore(self, past: Replay) -> None:
-        """Rebuild run state from the journal: finished tasks keep their results."""
+    async def _adopt(self, past: Replay) -> dict[str, Placement]:
+        """Offer the backend the launches a crashed session left running (with a job id).
+
+        Their resources are claimed first, exactly as they were placed; what the backend does
+        not take over is released again and runs anew.
+        """
+        assert self._pool is not None
+        offers = []
+        for task_id in past.was_running:
+            job_id, placement = past.job_ids.get(task_id), past.placements.get(task_id)
+            if job_id is None or placement is None or not self._pool.claim(placement):
+                continue
+            launch = Launch(
+                task=past.tasks[task_id],
+                attempt=past.attempts[task_id],
+                placement=placement,
+                task_dir=self._tasks_dir / task_id,
+                run_id=self.run_id,
+            )
+            offers.append((launch, job_id))
+        taken = await self.backend.adopt(offers) if offers else set()
+        adopted = {}
+        for launch, job_id in offers:
+            if launch.key in taken:
+                adopted[launch.task.id] = launch.placement
+                self.log.info("task_adopted", task_id=launch.task.id, job_id=job_id)
+            else:
+                self._pool.release(launch.placement)
+        return adopted
+
+    def _restore(self, past: Replay, adopted: dict[str, Placement]) -> None:
+        """Rebuild run state from the journal: finished tasks keep their results; tasks whose
+        running launch the backend took over (``adopted``) are running again."""
         records = self._records
         reopened = []
         for task_id, task in past.tasks.items():
@@ -315,12 +350,24 @@ class Ensemble:
         self._counts[TaskState.PENDING] += len(reopened)
         self._open += len(reopened)
         ready, skipped = self._graph.add(reopened)
+        now = self.backend.now()
         for task_id in ready:
-            self._make_ready(records[task_id])
+            rec = records[task_id]
+            if task_id not in adopted:
+                self._make_ready(rec)
+                continue
+            rec.state, rec.placement, rec.start = TaskState.RUNNING, adopted[task_id], now
+            self._counts[TaskState.PENDING] -= 1
+            self._counts[TaskState.RUNNING] += 1
+            self._running[task_id] = rec
+            limit = rec.task.estimate if rec.task.estimate is not None else rec.task.timeout
+            end = now + limit if limit is not None else math.inf
+            heapq.heappush(self._ends, (end, next(self._seq), rec.attempts, rec))
         for task_id, upstream in skipped:
             self._skip(records[task_id], upstream)
         self.log.info(
             "journal_replayed",
+            adopted=len(adopted),
             sessions=past.sessions,
             tasks=len(past.tasks),
             finished=len(past.finished),
@@ -700,6 +747,11 @@ class Ensemble:
             )
 
     # -- consumer ---------------------------------------------------------------------------------
+
+    def _on_job_id(self, key: LaunchKey, job_id: str) -> None:
+        """The backend's id for a launch: journal it soon, so a resume can adopt the job."""
+        self._emit(TaskSubmitted(self.backend.now(), key[0], key[1], job_id))
+        self._wake_consumer.set()  # it writes the journal
 
     def _on_outcome(self, outcome: Outcome) -> None:
         """The backends' sink: queue the outcome and wake the consumer (event loop thread)."""

@@ -21,6 +21,7 @@ import msgspec
 from matensemble.errors import JournalError
 from matensemble.model import (
     Event,
+    Placement,
     RunStarted,
     Task,
     TaskAdded,
@@ -28,6 +29,7 @@ from matensemble.model import (
     TaskResult,
     TaskStarted,
     TaskState,
+    TaskSubmitted,
 )
 from matensemble.observer import Observer
 
@@ -156,6 +158,8 @@ class Replay(msgspec.Struct, kw_only=True):
     attempts: dict[str, int]
     failures: dict[str, int]
     was_running: list[str]
+    placements: dict[str, Placement] = {}  # of each task's last attempt
+    job_ids: dict[str, str] = {}  # the backend's id for each task's last attempt, if known
     torn_line: int | None = None
     sessions: int = 0
 
@@ -177,12 +181,19 @@ def replay(run_dir: Path) -> Replay:
     attempts: dict[str, int] = {}
     failures: dict[str, int] = {}
     running: dict[str, None] = {}
+    placements: dict[str, Placement] = {}
+    job_ids: dict[str, str] = {}
     for event in read_journal(path):
         if isinstance(event, TaskAdded):
             tasks[event.task.id] = event.task
         elif isinstance(event, TaskStarted):
             attempts[event.id] = max(attempts.get(event.id, 0), event.attempt)
             running[event.id] = None
+            placements[event.id] = event.placement
+            job_ids.pop(event.id, None)
+        elif isinstance(event, TaskSubmitted):
+            if event.attempt == attempts.get(event.id):
+                job_ids[event.id] = event.job_id
         elif isinstance(event, TaskFinished):
             result = event.result
             running.pop(result.id, None)
@@ -217,6 +228,8 @@ def replay(run_dir: Path) -> Replay:
         attempts=attempts,
         failures=failures,
         was_running=list(running),
+        placements=placements,
+        job_ids=job_ids,
         torn_line=torn,
         sessions=sessions,
     )

@@ -426,6 +426,15 @@ class TaskStarted(msgspec.Struct, frozen=True, tag="task_started"):
     placement: Placement
 
 
+class TaskSubmitted(msgspec.Struct, frozen=True, tag="task_submitted"):
+    """The backend's own id for a launch (a Flux job id), so a resume can find it again."""
+
+    t: float
+    id: str
+    attempt: int
+    job_id: str
+
+
 class TaskFinished(msgspec.Struct, frozen=True, tag="task_finished", omit_defaults=True):
     """A terminal result, or an attempt that failed and will be retried (``retry_in`` set).
 
@@ -445,4 +454,4 @@ class RunFinished(msgspec.Struct, frozen=True, tag="run_finished"):
     reason: Literal["completed", "interrupted", "cancelled", "error"] = "completed"
 
 
-Event = RunStarted | TaskAdded | TaskStarted | TaskFinished | RunFinished
+Event = RunStarted | TaskAdded | TaskStarted | TaskSubmitted | TaskFinished | RunFinished

@@ -594,37 +594,64 @@ async def test_kill_cancels_every_job_at_once_for_a_forced_exit(
     assert not [j for i in range(2) for j in active_jobs(flux_uri, f"doomed-{i}")]
 
 
-def test_resume_cancels_the_jobs_a_killed_driver_left_and_runs_them_again(
-    flux_uri: str, tmp_path: Path
-) -> None:
-    """SIGKILL a driver while its Flux jobs run; the resume ends those jobs, then reruns them."""
+CLI = (sys.executable, "-m", "matensemble")
+
+
+def _killed_driver_with_two_running_jobs(flux_uri: str, tmp_path: Path) -> tuple[dict, list]:
+    """Run two tasks under Flux, SIGKILL the driver while they run; return env and job ids."""
     spec = tmp_path / "e.toml"
     spec.write_text(
         '[[sweep]]\nid = "w{i}"\nparameters = { i = [0, 1] }\n'
         f'command = ["sh", "-c", "echo $FLUX_JOB_ID >> {tmp_path}/jobs; '
-        f'[ -e {tmp_path}/go ] || sleep 60"]\n'
+        f'while [ ! -e {tmp_path}/go ]; do sleep 0.1; done"]\n'
     )
     env = {**os.environ, "FLUX_URI": flux_uri, "PYTHONPATH": os.pathsep.join(sys.path)}
-    cli = [sys.executable, "-m", "matensemble"]
     driver = subprocess.Popen(
-        [*cli, "run", str(spec), "--backend", "flux", "--run-dir", "run", "--no-progress"],
+        [
+            sys.executable,
+            "-m",
+            "matensemble",
+            "run",
+            str(spec),
+            "--backend",
+            "flux",
+            "--run-dir",
+            "run",
+            "--no-progress",
+        ],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    jobs_file = tmp_path / "jobs"
+    jobs_file, journal = tmp_path / "jobs", tmp_path / "run" / "journal.jsonl"
     deadline = time.monotonic() + 60
-    while len(jobs_file.read_text().split() if jobs_file.exists() else []) < 2:
+    while not (
+        len(jobs_file.read_text().split() if jobs_file.exists() else []) == 2
+        and journal.exists()
+        and journal.read_text().count("task_submitted") == 2
+    ):
         assert time.monotonic() < deadline, "the jobs never started"
         time.sleep(0.05)
     driver.kill()
     driver.wait()
-    orphans = jobs_file.read_text().split()
     assert [j for i in range(2) for j in active_jobs(flux_uri, f"w{i}")]  # still running
+    return env, jobs_file.read_text().split()
+
+
+def _resume(tmp_path: Path, env: dict) -> subprocess.CompletedProcess[str]:
     (tmp_path / "go").touch()
-    resumed = subprocess.run(
-        [*cli, "resume", "run", "--backend", "flux", "--no-progress"],
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "matensemble",
+            "resume",
+            "run",
+            "--backend",
+            "flux",
+            "--no-progress",
+        ],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -632,8 +659,38 @@ def test_resume_cancels_the_jobs_a_killed_driver_left_and_runs_them_again(
         timeout=120,
         check=False,
     )
+
+
+def test_resume_adopts_the_jobs_a_killed_driver_left_running(flux_uri: str, tmp_path: Path) -> None:
+    env, orphans = _killed_driver_with_two_running_jobs(flux_uri, tmp_path)
+    resumed = _resume(tmp_path, env)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert (tmp_path / "jobs").read_text().split() == orphans  # nothing ran a second time
+    from matensemble.journal import replay
+
+    past = replay(tmp_path / "run")
+    assert set(past.finished) == {"w0", "w1"}
+    assert {r.job_id for r in past.finished.values()} == {str(flux_job_id(j)) for j in orphans}
+    assert not [j for i in range(2) for j in active_jobs(flux_uri, f"w{i}")]
+
+
+def test_resume_without_job_ids_cancels_the_leftover_jobs_and_runs_them_again(
+    flux_uri: str, tmp_path: Path
+) -> None:
+    env, orphans = _killed_driver_with_two_running_jobs(flux_uri, tmp_path)
+    journal = tmp_path / "run" / "journal.jsonl"
+    lines = journal.read_text().splitlines(keepends=True)
+    journal.write_text("".join(x for x in lines if "task_submitted" not in x))
+    resumed = _resume(tmp_path, env)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert not [j for i in range(2) for j in active_jobs(flux_uri, f"w{i}")]
-    reruns = jobs_file.read_text().split()[len(orphans) :]
+    reruns = (tmp_path / "jobs").read_text().split()[len(orphans) :]
     assert len(reruns) == 2
     assert not set(reruns) & set(orphans)
+
+
+def flux_job_id(text: str) -> int:
+    """A job id as FLUX_JOB_ID prints it (f58 or decimal) as an integer."""
+    import flux.job
+
+    return int(flux.job.JobID(text))

@@ -133,6 +133,19 @@ class Backend(abc.ABC):
     virtual_clock: bool = False
     """True when ``now()`` is not wall-clock time (the engine then sets no real timers)."""
 
+    job_ids: Callable[[LaunchKey, str], None] | None = None
+    """Set by the engine: call it with a launch's key and the backend's own id for it (a Flux
+    job id) as soon as that is known, so the journal can find the job again after a crash."""
+
+    async def adopt(self, launches: Sequence[tuple[Launch, str]]) -> set[LaunchKey]:
+        """Hook for ``resume``: take over launches of a crashed session that still run.
+
+        ``launches`` pairs each launch (as the crashed driver made it) with its job id. Return
+        the keys taken over: each must later get its ``Outcome`` like any launch. The default
+        takes over nothing (the engine then runs those tasks again).
+        """
+        return set()
+
     async def recover(self, run_id: str, keys: Sequence[LaunchKey]) -> None:  # noqa: B027
         """Hook for ``resume``: launches of an earlier session of ``run_id`` that may still run.
 

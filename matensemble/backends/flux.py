@@ -45,6 +45,20 @@ from matensemble.resources import NodeSpec
 
 __all__ = ["FluxBackend"]
 
+_INACTIVE = 64  # FLUX_JOB_STATE_INACTIVE
+_ADOPT_ATTRS = [
+    "name",
+    "state",
+    "waitstatus",
+    "t_run",
+    "t_cleanup",
+    "t_inactive",
+    "exception_occurred",
+    "exception_severity",
+    "exception_type",
+    "exception_note",
+]
+
 # Events the journal sends us; the others (validate, depend, priority, release, free, ...) are
 # filtered out in the job manager, before they cost a message.
 _EVENTS = {"submit": 1, "alloc": 1, "start": 1, "exception": 1, "finish": 1, "clean": 1}
@@ -219,6 +233,44 @@ class FluxBackend(Backend):
         """When the enclosing allocation ends (``flux job timeleft``), if it has a limit."""
         return self._deadline
 
+    async def adopt(self, launches: Sequence[tuple[Launch, str]]) -> set[LaunchKey]:
+        """Take over jobs a crashed driver of this run submitted, by their journaled job ids.
+
+        A job still pending or running is followed like one of ours from now on (its events
+        arrive on our journal stream); one that has ended meanwhile reports its outcome from
+        the job list. Blocking RPCs, once, before anything is launched.
+        """
+        taken: set[LaunchKey] = set()
+        if self._h is None:
+            return taken
+        for launch, job_id in launches:
+            jobid = int(job_id)
+            job = _Job(launch)
+            job.jobid = jobid
+            self._jobs[launch.key] = job  # registered first: no event after this is missed
+            self._by_id[jobid] = job
+            try:
+                info = self._flux.job.job_list_id(self._h, jobid, attrs=_ADOPT_ATTRS).get_job()
+            except OSError:
+                info = None
+            if info is None or info.get("name") != launch.task.id:
+                del self._jobs[launch.key], self._by_id[jobid]  # gone, or not that job
+                continue
+            taken.add(launch.key)
+            if info.get("state") == _INACTIVE and jobid in self._by_id:
+                job.t_start = info.get("t_run") or None
+                job.t_end = info.get("t_cleanup") or info.get("t_inactive") or None
+                if info.get("exception_occurred") and info.get("exception_severity", 0) == 0:
+                    job.exception = (
+                        str(info.get("exception_type")),
+                        str(info.get("exception_note") or ""),
+                    )
+                if "waitstatus" in info:
+                    job.status = int(info["waitstatus"])
+                del self._jobs[launch.key], self._by_id[jobid]
+                self._report_soon(_outcome(job))
+        return taken
+
     async def recover(self, run_id: str, keys: Sequence[LaunchKey]) -> None:
         """Cancel the jobs an earlier, crashed driver of ``run_id`` left running, and wait.
 
@@ -342,9 +394,7 @@ class FluxBackend(Backend):
                 self._report(Outcome(key=job.launch.key, state=TaskState.FAILED, reason=reason))
             return
         if job.jobid is None and self._jobs.get(job.launch.key) is job:
-            job.jobid = jobid
-            self._by_id[jobid] = job
-            self._send_cancel(job)
+            self._known(job, jobid)
 
     def _on_journal(self, future: Any) -> None:
         assert self._bridge is not None
@@ -399,10 +449,16 @@ class FluxBackend(Backend):
         except (KeyError, TypeError):
             return None
         if job is not None and job.jobid is None:
-            job.jobid = jobid
-            self._by_id[jobid] = job
-            self._send_cancel(job)
+            self._known(job, jobid)
         return job
+
+    def _known(self, job: _Job, jobid: int) -> None:
+        """The job id of a launch is known: follow it, journal it, send a pending cancel."""
+        job.jobid = jobid
+        self._by_id[jobid] = job
+        if self.job_ids is not None:
+            self.job_ids(job.launch.key, str(jobid))
+        self._send_cancel(job)
 
     def _finish(self, jobid: int, job: _Job) -> None:
         del self._by_id[jobid]
