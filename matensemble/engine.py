@@ -11,14 +11,11 @@ stops them, cancels running tasks in the backend and records them as cancelled.
 from __future__ import annotations
 
 import asyncio
-import heapq
-import itertools
-import math
 import os
 import secrets
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Container, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Container, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
@@ -28,6 +25,7 @@ import msgspec
 from anyio.abc import TaskGroup
 
 from matensemble.backends.base import Backend, Launch, LaunchKey, Outcome
+from matensemble.dispatch import Dispatcher, Record
 from matensemble.errors import MatEnsembleError, TaskRejected
 from matensemble.graph import DependencyGraph
 from matensemble.journal import Journal, Replay, replay
@@ -51,39 +49,9 @@ from matensemble.resources import ResourcePool
 from matensemble.resume import new_tasks_for_resume
 from matensemble.status import StatusFile
 from matensemble.strategies import FIFO, Adaptive, CompletionPolicy, RetryPolicy, SubmissionOrder
-from matensemble.strategies.backfill import Reservation
 from matensemble.summary import RunSummary
 
 __all__ = ["Ensemble"]
-
-_BACKFILL_WINDOW = 64  # how many queued tasks one pass looks past a blocked head
-
-
-class _Record:
-    """Mutable run state of one task (owned by the engine, never shown to users)."""
-
-    __slots__ = (
-        "attempts",
-        "cancel_requested",
-        "entry",
-        "failures",
-        "placement",
-        "result",
-        "start",
-        "state",
-        "task",
-    )
-
-    def __init__(self, task: Task) -> None:
-        self.task = task
-        self.state = TaskState.PENDING
-        self.attempts = 0
-        self.placement: Placement = ()
-        self.result: TaskResult | None = None
-        self.entry: int = -1  # sequence number of its live entry in the ready heap
-        self.start = 0.0
-        self.cancel_requested = False
-        self.failures = 0  # failed or timed-out attempts, across sessions of the run
 
 
 class Ensemble:
@@ -163,14 +131,12 @@ class Ensemble:
         self._console_log = console_log
         self._initial: list[Task] = [tasks] if isinstance(tasks, Task) else list(tasks)
 
-        self._records: dict[str, _Record] = {}
+        self._records: dict[str, Record] = {}
         self._graph = DependencyGraph()
         self._pool: ResourcePool | None = None
         self._never_fits: dict[Resources, str | None] = {}
-        self._ready: list[tuple[Any, ...]] = []  # heap of (key..., seq, record)
-        self._seq = itertools.count()
-        self._running: dict[str, _Record] = {}
-        self._ends: list[tuple[float, int, int, _Record]] = []  # heap: expected end of runs
+        self._dispatch = Dispatcher(self.strategy, self.completion)
+        self._running: dict[str, Record] = {}
         self._counts = dict.fromkeys(TaskState, 0)
         self._open = 0  # tasks not yet terminal
         self._finished: list[str] = []  # ids in the order they reached a terminal state
@@ -337,7 +303,7 @@ class Ensemble:
         records = self._records
         reopened = []
         for task_id, task in past.tasks.items():
-            rec = records[task_id] = _Record(task)
+            rec = records[task_id] = Record(task)
             rec.attempts = past.attempts.get(task_id, 0)
             rec.failures = past.failures.get(task_id, 0)
             result = past.finished.get(task_id)
@@ -360,9 +326,7 @@ class Ensemble:
             self._counts[TaskState.PENDING] -= 1
             self._counts[TaskState.RUNNING] += 1
             self._running[task_id] = rec
-            limit = rec.task.estimate if rec.task.estimate is not None else rec.task.timeout
-            end = now + limit if limit is not None else math.inf
-            heapq.heappush(self._ends, (end, next(self._seq), rec.attempts, rec))
+            self._dispatch.running(rec, now)
         for task_id, upstream in skipped:
             self._skip(records[task_id], upstream)
         self.log.info(
@@ -453,7 +417,7 @@ class Ensemble:
         now = self.backend.now()
         records = self._records
         for task in batch:
-            records[task.id] = _Record(task)
+            records[task.id] = Record(task)
             self._emit(TaskAdded(now, task))
         self._counts[TaskState.PENDING] += len(batch)
         self._open += len(batch)
@@ -528,7 +492,7 @@ class Ensemble:
             return
         rec.task = msgspec.structs.replace(rec.task, priority=priority)
         if rec.state is TaskState.READY:
-            self._push(rec)  # the old heap entry is now stale and will be skipped
+            self._dispatch.push(rec)  # the old heap entry is now stale and will be skipped
             self._wake_producer.set()
 
     async def wait(self) -> None:
@@ -580,7 +544,7 @@ class Ensemble:
         """The current state of a task."""
         return self._record(task_id).state
 
-    def _record(self, task_id: str) -> _Record:
+    def _record(self, task_id: str) -> Record:
         try:
             return self._records[task_id]
         except KeyError:
@@ -626,95 +590,32 @@ class Ensemble:
             self._fail(exc)
 
     def _fill(self) -> tuple[list[Launch], bool]:
-        """Pick ready tasks in strategy order while they fit (with backfill if enabled).
+        """Pick what starts now (see ``Dispatcher.select``) and record the starts.
 
-        Returns the launches to make once their start is committed to the journal (a task
+        Returns the launches to make once their starts are written to the journal (a task
         never runs without a record that it started), and whether the deadline held any back.
         """
-        pool = self._pool
-        assert pool is not None
-        heap = self._ready
-        put_back: list[tuple[Any, ...]] = []
+        assert self._pool is not None
+        if self._stopping:
+            return [], False
         starts: list[Launch] = []
-        reservation: Reservation | None = None
-        head: _Record | None = None
-        no_room: set[Resources] = set()
         now = self.backend.now()
-        latest_end = math.inf if self._deadline is None else self._deadline - now
-        held = False
-        while heap and not self._stopping:
-            if not self.completion.may_start(len(self._running)):
-                break
-            entry = heapq.heappop(heap)
-            rec: _Record = entry[-1]
-            if rec.entry != entry[-2] or rec.state is not TaskState.READY:
-                continue  # stale: reprioritised or cancelled since it was queued
-            if (rec.task.estimate or 0.0) > latest_end:
-                put_back.append(entry)  # cannot finish before the deadline: hold it
-                held = True
-                continue
-            res = rec.task.resources
-            placement = None if res in no_room else pool.allocate(res)
-            if placement is None:
-                no_room.add(res)  # the same shape will not fit either, in this pass
-                put_back.append(entry)
-                if head is None:
-                    head = rec
-                    if not self.strategy.backfill:
-                        break
-                if len(put_back) > _BACKFILL_WINDOW or pool.free_cores == 0:
-                    break
-                continue
-            if head is not None:
-                if reservation is None:
-                    # Plan the head's start on the pool as it was before this candidate.
-                    pool.release(placement)
-                    reservation = Reservation(head.task.resources, pool, self._expected_ends())
-                    placement = pool.allocate(rec.task.resources)
-                    assert placement is not None
-                if not reservation.admits(rec.task, placement, now):
-                    pool.release(placement)
-                    put_back.append(entry)
-                    if len(put_back) > _BACKFILL_WINDOW:
-                        break
-                    continue
-            starts.append(self._start(rec, placement, now))
-        else:
-            if not self._stopping:
-                self.completion.blocked()
-        if put_back:
-            self.completion.blocked()
-            for entry in put_back:
-                heapq.heappush(heap, entry)
+        held = self._dispatch.select(
+            self._pool,
+            now,
+            self._deadline,
+            in_flight=lambda: len(self._running),
+            start=lambda rec, placement: starts.append(self._start(rec, placement, now)),
+        )
         return starts, held
 
-    def _expected_ends(self) -> Iterator[tuple[float, Placement]]:
-        """Running tasks' expected ends (start + estimate, else timeout, else never), earliest
-        first, lazily: a copy of the heap is popped only as far as the caller reads."""
-        heap = self._ends
-        if len(heap) > 2 * len(self._running) + 64:  # drop the entries of ended attempts
-            heap[:] = [e for e in heap if self._still_running(e)]
-            heapq.heapify(heap)
-        pending = list(heap)
-        while pending:
-            entry = heapq.heappop(pending)
-            if self._still_running(entry):
-                yield entry[0], entry[3].placement
-
-    @staticmethod
-    def _still_running(entry: tuple[float, int, int, _Record]) -> bool:
-        rec = entry[3]
-        return rec.state is TaskState.RUNNING and rec.attempts == entry[2]
-
-    def _start(self, rec: _Record, placement: Placement, now: float) -> Launch:
+    def _start(self, rec: Record, placement: Placement, now: float) -> Launch:
         task = rec.task
         rec.state = TaskState.RUNNING
         rec.attempts += 1
         rec.placement = placement
         rec.start = now
-        limit = task.estimate if task.estimate is not None else task.timeout
-        end = now + limit if limit is not None else math.inf
-        heapq.heappush(self._ends, (end, next(self._seq), rec.attempts, rec))
+        self._dispatch.running(rec, now)
         counts = self._counts
         counts[TaskState.READY] -= 1
         counts[TaskState.RUNNING] += 1
@@ -834,26 +735,21 @@ class Ensemble:
             return
         self._complete(rec, result)
 
-    def _retry_due(self, rec: _Record) -> None:
+    def _retry_due(self, rec: Record) -> None:
         if rec.state is TaskState.PENDING and not self._stopping:
             self._make_ready(rec)
             self._wake_producer.set()
 
     # -- state transitions (the only places that change a record's state) ------------------------
 
-    def _make_ready(self, rec: _Record) -> None:
+    def _make_ready(self, rec: Record) -> None:
         self._counts[rec.state] -= 1
         self._counts[TaskState.READY] += 1
         rec.state = TaskState.READY
-        self._push(rec)
+        self._dispatch.push(rec)
         self._wake_producer.set()
 
-    def _push(self, rec: _Record) -> None:
-        seq = next(self._seq)
-        rec.entry = seq
-        heapq.heappush(self._ready, (*self.strategy.key(rec.task), seq, rec))
-
-    def _complete(self, rec: _Record, result: TaskResult) -> None:
+    def _complete(self, rec: Record, result: TaskResult) -> None:
         """Record a terminal result, then let the graph and the completion policy react."""
         self._set_terminal(rec, result)
         if result.state is TaskState.SUCCEEDED:
@@ -871,13 +767,13 @@ class Ensemble:
             for task_id, upstream in self._graph.did_not_succeed(rec.task.id):
                 self._skip(self._records[task_id], upstream)
 
-    def _skip(self, rec: _Record, upstream: str) -> None:
+    def _skip(self, rec: Record, upstream: str) -> None:
         """Skip a task the graph already took out (so no second cascade)."""
         up = self._records[upstream]
         reason = f"prerequisite {upstream!r} {up.state.value}"
         self._finish(rec, TaskState.SKIPPED, reason=reason, cascade=False)
 
-    def _finish(self, rec: _Record, state: TaskState, *, reason: str, cascade: bool = True) -> None:
+    def _finish(self, rec: Record, state: TaskState, *, reason: str, cascade: bool = True) -> None:
         """End a task that did not run to an outcome (cancelled, skipped)."""
         if rec.state is TaskState.RUNNING:
             assert self._pool is not None
@@ -900,7 +796,7 @@ class Ensemble:
         except Exception as exc:
             self._fail(exc)
 
-    def _set_terminal(self, rec: _Record, result: TaskResult) -> None:
+    def _set_terminal(self, rec: Record, result: TaskResult) -> None:
         self._counts[rec.state] -= 1
         self._counts[result.state] += 1
         rec.state = result.state

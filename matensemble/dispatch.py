@@ -1,0 +1,159 @@
+"""Which ready task starts next, and where: strategy order, EASY backfill, the deadline.
+
+The engine owns run state; this module owns the two queues the producer needs to decide: the
+ready tasks in strategy order, and the running tasks by expected end (for the backfill
+reservation). Both are heaps with lazy deletion, so queueing, re-prioritising and ending cost
+O(log n) and nothing is ever searched.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from matensemble.model import Placement, Resources, Task, TaskResult, TaskState
+from matensemble.resources import ResourcePool
+from matensemble.strategies import CompletionPolicy, SubmissionOrder
+from matensemble.strategies.backfill import Reservation
+
+__all__ = ["BACKFILL_WINDOW", "Dispatcher", "Record"]
+
+BACKFILL_WINDOW = 64  # how many queued tasks one pass looks past a blocked head
+
+
+class Record:
+    """Mutable run state of one task (owned by the engine, never shown to users)."""
+
+    __slots__ = (
+        "attempts",
+        "cancel_requested",
+        "entry",
+        "failures",
+        "placement",
+        "result",
+        "start",
+        "state",
+        "task",
+    )
+
+    def __init__(self, task: Task) -> None:
+        self.task = task
+        self.state = TaskState.PENDING
+        self.attempts = 0
+        self.placement: Placement = ()
+        self.result: TaskResult | None = None
+        self.entry: int = -1  # sequence number of its live entry in the ready heap
+        self.start = 0.0
+        self.cancel_requested = False
+        self.failures = 0  # failed or timed-out attempts, across sessions of the run
+
+
+class Dispatcher:
+    """The ready queue in strategy order and the running tasks by expected end."""
+
+    def __init__(self, strategy: SubmissionOrder, completion: CompletionPolicy) -> None:
+        self.strategy = strategy
+        self.completion = completion
+        self._ready: list[tuple[Any, ...]] = []  # heap of (key..., seq, record)
+        self._ends: list[tuple[float, int, int, Record]] = []  # heap of (end, seq, attempt, rec)
+        self._seq = itertools.count()
+
+    def push(self, rec: Record) -> None:
+        """Queue a ready task (again: an older entry of it becomes stale and is skipped)."""
+        seq = next(self._seq)
+        rec.entry = seq
+        heapq.heappush(self._ready, (*self.strategy.key(rec.task), seq, rec))
+
+    def running(self, rec: Record, now: float) -> None:
+        """A task started (or was adopted) at ``now``: remember when it should end."""
+        limit = rec.task.estimate if rec.task.estimate is not None else rec.task.timeout
+        end = now + limit if limit is not None else math.inf
+        heapq.heappush(self._ends, (end, next(self._seq), rec.attempts, rec))
+
+    def select(
+        self,
+        pool: ResourcePool,
+        now: float,
+        deadline: float | None,
+        in_flight: Callable[[], int],
+        start: Callable[[Record, Placement], None],
+    ) -> bool:
+        """Start ready tasks in strategy order while they fit, with backfill if enabled.
+
+        ``start`` is called for each task chosen, with the placement allocated in ``pool``;
+        ``in_flight`` counts running tasks for the completion policy. Returns whether the
+        deadline held back a task that could not finish before it.
+        """
+        heap = self._ready
+        put_back: list[tuple[Any, ...]] = []
+        reservation: Reservation | None = None
+        head: Record | None = None
+        no_room: set[Resources] = set()
+        latest_end = math.inf if deadline is None else deadline - now
+        held = False
+        while heap:
+            if not self.completion.may_start(in_flight()):
+                break
+            entry = heapq.heappop(heap)
+            rec: Record = entry[-1]
+            if rec.entry != entry[-2] or rec.state is not TaskState.READY:
+                continue  # stale: reprioritised or cancelled since it was queued
+            if (rec.task.estimate or 0.0) > latest_end:
+                put_back.append(entry)  # cannot finish before the deadline: hold it
+                held = True
+                continue
+            res = rec.task.resources
+            placement = None if res in no_room else pool.allocate(res)
+            if placement is None:
+                no_room.add(res)  # the same shape will not fit either, in this pass
+                put_back.append(entry)
+                if head is None:
+                    head = rec
+                    if not self.strategy.backfill:
+                        break
+                if len(put_back) > BACKFILL_WINDOW or pool.free_cores == 0:
+                    break
+                continue
+            if head is not None:
+                if reservation is None:
+                    # Plan the head's start on the pool as it was before this candidate.
+                    pool.release(placement)
+                    ends = self._expected_ends(in_flight())
+                    reservation = Reservation(head.task.resources, pool, ends)
+                    placement = pool.allocate(res)
+                    assert placement is not None
+                if not reservation.admits(rec.task, placement, now):
+                    pool.release(placement)
+                    put_back.append(entry)
+                    if len(put_back) > BACKFILL_WINDOW:
+                        break
+                    continue
+            start(rec, placement)
+        else:
+            self.completion.blocked()
+        if put_back:
+            self.completion.blocked()
+            for entry in put_back:
+                heapq.heappush(heap, entry)
+        return held
+
+    def _expected_ends(self, running: int) -> Iterator[tuple[float, Placement]]:
+        """Running tasks' expected ends (start + estimate, else timeout, else never), earliest
+        first, lazily: a copy of the heap is popped only as far as the caller reads."""
+        heap = self._ends
+        if len(heap) > 2 * running + 64:  # drop the entries of ended attempts
+            heap[:] = [e for e in heap if _still_running(e)]
+            heapq.heapify(heap)
+        pending = list(heap)
+        while pending:
+            entry = heapq.heappop(pending)
+            if _still_running(entry):
+                yield entry[0], entry[3].placement
+
+
+def _still_running(entry: tuple[float, int, int, Record]) -> bool:
+    rec = entry[3]
+    return rec.state is TaskState.RUNNING and rec.attempts == entry[2]
