@@ -24,6 +24,7 @@ task with the exception as the reason and goes on.
 from __future__ import annotations
 
 import abc
+import asyncio
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -35,7 +36,7 @@ from anyio.abc import TaskGroup
 from matensemble.model import Placement, Task, TaskState
 from matensemble.resources import NodeSpec
 
-__all__ = ["Backend", "Launch", "LaunchKey", "Outcome", "Sink", "task_environment"]
+__all__ = ["Backend", "Launch", "LaunchKey", "Outcome", "Reporter", "Sink", "task_environment"]
 
 LaunchKey = tuple[str, int]
 """(task id, attempt number): names one launch."""
@@ -83,6 +84,52 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True):
 
 
 Sink = Callable[[Outcome], None]
+
+
+class Reporter:
+    """Hands a backend's outcomes to the engine's sink, and knows when none is outstanding.
+
+    ``soon`` reports from a fresh event-loop callback, so that a backend never re-enters the
+    engine from inside its own ``launch()``; ``wait_drained`` returns once ``in_flight()``
+    (the backend's count of launches still running) is zero and nothing sent with ``soon`` is
+    left: what ``close()`` waits for.
+    """
+
+    def __init__(
+        self, sink: Sink, loop: asyncio.AbstractEventLoop, in_flight: Callable[[], int]
+    ) -> None:
+        self._sink = sink
+        self._loop = loop
+        self._in_flight = in_flight
+        self._pending = 0  # outcomes scheduled with soon(), not yet reported
+        self._drained = asyncio.Event()
+
+    def now(self, outcome: Outcome) -> None:
+        """Report at once (the launch must already be out of the backend's in-flight count)."""
+        try:
+            self._sink(outcome)
+        finally:
+            self.check()
+
+    def soon(self, outcome: Outcome) -> None:
+        """Report on the next turn of the event loop."""
+        self._pending += 1
+        self._loop.call_soon(self._later, outcome)
+
+    def _later(self, outcome: Outcome) -> None:
+        self._pending -= 1
+        self.now(outcome)
+
+    def check(self) -> None:
+        """Wake ``wait_drained`` if nothing is outstanding (after the in-flight count fell)."""
+        if not self._pending and not self._in_flight():
+            self._drained.set()
+
+    async def wait_drained(self) -> None:
+        """Return once every launch has reported its outcome."""
+        while self._pending or self._in_flight():
+            self._drained.clear()
+            await self._drained.wait()
 
 
 def task_environment(launch: Launch, base: Mapping[str, str]) -> dict[str, str]:

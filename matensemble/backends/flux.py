@@ -35,7 +35,7 @@ from typing import Any
 
 from anyio.abc import TaskGroup
 
-from matensemble.backends.base import Backend, Launch, LaunchKey, Outcome, Sink
+from matensemble.backends.base import Backend, Launch, LaunchKey, Outcome, Reporter, Sink
 from matensemble.backends.flux_inventory import InventoryMap, read_inventory
 from matensemble.backends.flux_jobspec import JobspecBuilder
 from matensemble.backends.flux_reactor import FluxReactorBridge
@@ -149,7 +149,6 @@ class FluxBackend(Backend):
         self._reserve = reserve_driver_cores
         self._urgency = urgency
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._sink: Sink | None = None
         self._h: Any = None
         self._flux: Any = None  # the imported ``flux`` package
         self._bridge: FluxReactorBridge | None = None
@@ -163,8 +162,7 @@ class FluxBackend(Backend):
         self._jobspecs: JobspecBuilder | None = None
         self._jobs: dict[LaunchKey, _Job] = {}
         self._by_id: dict[int, _Job] = {}
-        self._unreported = 0
-        self._drained = asyncio.Event()
+        self._reporter: Reporter | None = None
         self._closing = False
         self._broken: str | None = None
 
@@ -192,8 +190,9 @@ class FluxBackend(Backend):
             if self._uri is None and "FLUX_URI" not in os.environ:
                 error = f"FLUX_URI is not set; {error}"
             raise BackendUnavailable(_NO_INSTANCE_HINT.format(error=error)) from None
-        self._flux, self._sink = flux, sink
+        self._flux = flux
         self._loop = loop = asyncio.get_running_loop()
+        self._reporter = Reporter(sink, loop, lambda: len(self._jobs))
         self._bridge = FluxReactorBridge(self._h, loop, self._on_bridge_error)
         try:
             self._journal_ready = ready = loop.create_future()
@@ -268,7 +267,7 @@ class FluxBackend(Backend):
                 if "waitstatus" in info:
                     job.status = int(info["waitstatus"])
                 del self._jobs[launch.key], self._by_id[jobid]
-                self._report_soon(_outcome(job))
+                self._reports.soon(_outcome(job))
         return taken
 
     async def recover(self, run_id: str, keys: Sequence[LaunchKey]) -> None:
@@ -322,10 +321,10 @@ class FluxBackend(Backend):
         if key in self._jobs:
             raise ValueError(f"launch {key} is already running")
         if self._closing:
-            self._report_soon(Outcome(key=key, state=TaskState.CANCELLED, reason="backend closed"))
+            self._reports.soon(Outcome(key=key, state=TaskState.CANCELLED, reason="backend closed"))
             return
         if self._broken is not None:
-            self._report_soon(Outcome(key=key, state=TaskState.FAILED, reason=self._broken))
+            self._reports.soon(Outcome(key=key, state=TaskState.FAILED, reason=self._broken))
             return
         try:
             assert self._jobspecs is not None
@@ -333,7 +332,7 @@ class FluxBackend(Backend):
             launch.task_dir.mkdir(parents=True, exist_ok=True)
         except (OSError, ValueError, TypeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            self._report_soon(
+            self._reports.soon(
                 Outcome(key=key, state=TaskState.FAILED, reason=f"cannot build job: {reason}")
             )
             return
@@ -344,7 +343,7 @@ class FluxBackend(Backend):
         try:
             future = self._flux.job.submit_async(self._h, jobspec, urgency=urgency)
         except OSError as exc:
-            self._report_soon(
+            self._reports.soon(
                 Outcome(key=key, state=TaskState.FAILED, reason=f"flux submit: {exc}")
             )
             return
@@ -391,7 +390,9 @@ class FluxBackend(Backend):
             if self._jobs.get(job.launch.key) is job:
                 del self._jobs[job.launch.key]
                 reason = f"flux: {exc.strerror}"
-                self._report(Outcome(key=job.launch.key, state=TaskState.FAILED, reason=reason))
+                self._reports.now(
+                    Outcome(key=job.launch.key, state=TaskState.FAILED, reason=reason)
+                )
             return
         if job.jobid is None and self._jobs.get(job.launch.key) is job:
             self._known(job, jobid)
@@ -463,27 +464,14 @@ class FluxBackend(Backend):
     def _finish(self, jobid: int, job: _Job) -> None:
         del self._by_id[jobid]
         del self._jobs[job.launch.key]
-        self._report(_outcome(job))
+        self._reports.now(_outcome(job))
 
     # -- reporting ----------------------------------------------------------------------------
 
-    def _report(self, outcome: Outcome) -> None:
-        assert self._sink is not None
-        try:
-            self._sink(outcome)
-        finally:
-            if not self._jobs and not self._unreported:
-                self._drained.set()
-
-    def _report_soon(self, outcome: Outcome) -> None:
-        """Report from a fresh callback, so the engine is never re-entered from its own call."""
-        assert self._loop is not None
-        self._unreported += 1
-        self._loop.call_soon(self._report_later, outcome)
-
-    def _report_later(self, outcome: Outcome) -> None:
-        self._unreported -= 1
-        self._report(outcome)
+    @property
+    def _reports(self) -> Reporter:
+        assert self._reporter is not None, "FluxBackend used before open()"
+        return self._reporter
 
     def _on_bridge_error(self, exc: BaseException) -> None:
         self._fatal(f"Flux backend error: {exc}")
@@ -502,8 +490,9 @@ class FluxBackend(Backend):
         self._jobs.clear()
         self._by_id.clear()
         for job in jobs:
-            self._report(Outcome(key=job.launch.key, state=TaskState.FAILED, reason=reason))
-        self._drained.set()
+            self._reports.now(Outcome(key=job.launch.key, state=TaskState.FAILED, reason=reason))
+        if self._reporter is not None:
+            self._reporter.check()
 
     # -- closing ------------------------------------------------------------------------------
 
@@ -520,9 +509,7 @@ class FluxBackend(Backend):
         try:
             for job in list(self._jobs.values()):
                 self.cancel(job.launch.key)
-            if self._jobs or self._unreported:
-                self._drained.clear()
-                await self._drained.wait()
+            await self._reports.wait_drained()
             journal_open = self._journal is not None and not self._journal_ended.is_set()
             if journal_open and not self._bridge.lost:
                 self._stop_journal()
@@ -533,7 +520,9 @@ class FluxBackend(Backend):
             self._by_id.clear()
             for job in jobs:
                 reason = "backend closed (Flux asked to cancel the job)"
-                self._report(Outcome(key=job.launch.key, state=TaskState.CANCELLED, reason=reason))
+                self._reports.now(
+                    Outcome(key=job.launch.key, state=TaskState.CANCELLED, reason=reason)
+                )
             raise
         finally:
             self._shutdown()

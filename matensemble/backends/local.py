@@ -38,6 +38,7 @@ from matensemble.backends.base import (
     Launch,
     LaunchKey,
     Outcome,
+    Reporter,
     Sink,
     task_environment,
 )
@@ -126,11 +127,9 @@ class LocalBackend(Backend):
         self._kill_grace = kill_grace
         self._node_name = node_name
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._sink: Sink = _unopened_sink
         self._runs: dict[LaunchKey, _Run] = {}
-        self._unreported = 0  # launch failures scheduled with call_soon, not yet reported
         self._closing = False
-        self._drained = asyncio.Event()
+        self._reporter: Reporter | None = None
         self._gpus: tuple[str, ...] = ()
         self._gpu_variable = "CUDA_VISIBLE_DEVICES"
         self._mpiexec: str | None = None
@@ -168,7 +167,8 @@ class LocalBackend(Backend):
         self._base_env = dict(os.environ)
         self._driver_path = os.environ.get("PATH", os.defpath)
         self._devnull = os.open(os.devnull, os.O_RDONLY)
-        self._sink, self._loop = sink, loop
+        self._loop = loop
+        self._reporter = Reporter(sink, loop, lambda: len(self._runs))
         return [NodeSpec(self._node_name or socket.gethostname(), tuple(self._cores), self._gpus)]
 
     # -- starting -----------------------------------------------------------------------------
@@ -187,13 +187,13 @@ class LocalBackend(Backend):
         if key in self._runs:
             raise ValueError(f"launch {key} is already running")
         if self._closing:
-            self._report_soon(Outcome(key=key, state=TaskState.CANCELLED, reason="backend closed"))
+            self._reports.soon(Outcome(key=key, state=TaskState.CANCELLED, reason="backend closed"))
             return
         try:
             plan = self._plan(launch)
             out, err = _open_outputs(launch)
         except _LaunchError as exc:
-            self._report_soon(Outcome(key=key, state=TaskState.FAILED, reason=str(exc)))
+            self._reports.soon(Outcome(key=key, state=TaskState.FAILED, reason=str(exc)))
             return
         run = _Run(launch, len(plan))
         cwd = launch.task.cwd or str(launch.task_dir)
@@ -211,7 +211,7 @@ class LocalBackend(Backend):
             os.close(err)
         if not run.procs:
             assert run.failure is not None
-            self._report_soon(Outcome(key=key, state=TaskState.FAILED, reason=run.failure[2]))
+            self._reports.soon(Outcome(key=key, state=TaskState.FAILED, reason=run.failure[2]))
             return
         self._runs[key] = run
         if run.failure is not None:  # a later copy could not start: stop the earlier ones
@@ -344,27 +344,12 @@ class LocalBackend(Backend):
             start_time=run.start_time,
             end_time=time.time(),
         )
-        try:
-            self._sink(outcome)
-        finally:
-            self._check_drained()
+        self._reports.now(outcome)
 
-    def _report_soon(self, outcome: Outcome) -> None:
-        """Report from a fresh callback, so the engine is never re-entered from its own call."""
-        assert self._loop is not None
-        self._unreported += 1
-        self._loop.call_soon(self._report, outcome)
-
-    def _report(self, outcome: Outcome) -> None:
-        self._unreported -= 1
-        try:
-            self._sink(outcome)
-        finally:
-            self._check_drained()
-
-    def _check_drained(self) -> None:
-        if self._closing and not self._runs and not self._unreported:
-            self._drained.set()
+    @property
+    def _reports(self) -> Reporter:
+        assert self._reporter is not None, "LocalBackend used before open()"
+        return self._reporter
 
     # -- stopping -----------------------------------------------------------------------------
 
@@ -404,9 +389,9 @@ class LocalBackend(Backend):
             self._closing = True
             for run in list(self._runs.values()):
                 self._stop(run, TaskState.CANCELLED, "cancelled")
-            self._check_drained()
         try:
-            await self._drained.wait()
+            if self._reporter is not None:
+                await self._reporter.wait_drained()
         except BaseException:
             for run in list(self._runs.values()):
                 self._signal(run, signal.SIGKILL)
@@ -461,10 +446,6 @@ async def _wait_gone(pids: Sequence[int]) -> None:
 def _settle(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
-
-
-def _unopened_sink(outcome: Outcome) -> None:
-    raise BackendError("LocalBackend reported an outcome before open()")
 
 
 def _open_outputs(launch: Launch) -> tuple[int, int]:
