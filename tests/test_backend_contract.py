@@ -15,7 +15,6 @@ from pathlib import Path
 
 import anyio
 import pytest
-from flux_instance import flux_python, flux_uri
 
 from matensemble import Ensemble
 from matensemble.backends.base import Backend
@@ -23,6 +22,7 @@ from matensemble.backends.simulated import SimulatedBackend
 from matensemble.model import Resources, Task, TaskResult, TaskState
 
 from conftest import InvariantChecker
+from flux_instance import flux_python, flux_uri
 
 __all__ = ["flux_python", "flux_uri"]  # fixtures, re-exported so pytest finds them
 

@@ -16,6 +16,15 @@ from typing import Any
 
 import anyio
 import pytest
+
+from matensemble import Ensemble
+from matensemble.backends.flux import FluxBackend
+from matensemble.backends.flux_reactor import FluxReactorBridge
+from matensemble.errors import BackendUnavailable
+from matensemble.model import Resources, Slot, Task, TaskState
+from matensemble.resources import NodeSpec
+
+from backend_harness import Harness, opened
 from flux_instance import (
     FLUX,
     active_jobs,
@@ -25,81 +34,11 @@ from flux_instance import (
     stop_instance,
 )
 
-from matensemble import Ensemble
-from matensemble.backends.base import Launch, LaunchKey, Outcome
-from matensemble.backends.flux import FluxBackend
-from matensemble.backends.flux_reactor import FluxReactorBridge
-from matensemble.errors import BackendUnavailable
-from matensemble.model import Resources, Slot, Task, TaskState
-from matensemble.resources import NodeSpec, ResourcePool
-
 __all__ = ["flux_python", "flux_uri"]  # fixtures, re-exported so pytest finds them
 
 pytestmark = pytest.mark.flux
 
 HAS_MPI4PY = importlib.util.find_spec("mpi4py") is not None
-
-
-class Harness:
-    """A FluxBackend opened with a recording sink; launches go on pool allocations."""
-
-    def __init__(self, backend: FluxBackend, tmp_path: Path) -> None:
-        self.backend = backend
-        self.tmp_path = tmp_path
-        self.nodes: list[NodeSpec] = []
-        self.pool: ResourcePool | None = None
-        self.outcomes: dict[LaunchKey, Outcome] = {}
-        self._placements: dict[LaunchKey, tuple] = {}
-        self._arrived = asyncio.Event()
-
-    def sink(self, outcome: Outcome) -> None:
-        assert outcome.key not in self.outcomes, f"second outcome for {outcome.key}"
-        self.outcomes[outcome.key] = outcome
-        assert self.pool is not None
-        self.pool.release(self._placements.pop(outcome.key))
-        self._arrived.set()
-
-    def task_dir(self, task_id: str) -> Path:
-        return self.tmp_path / "tasks" / task_id
-
-    def start(self, task: Task, attempt: int = 1) -> Launch:
-        assert self.pool is not None
-        placement = self.pool.allocate(task.resources)
-        assert placement is not None, f"{task.id} does not fit now"
-        launch = Launch(
-            task=task,
-            attempt=attempt,
-            placement=placement,
-            task_dir=self.task_dir(task.id),
-            run_id="test-run",
-        )
-        self._placements[launch.key] = placement
-        self.backend.launch(launch)
-        return launch
-
-    async def outcome(self, key: LaunchKey, within: float = 30) -> Outcome:
-        with anyio.fail_after(within):
-            while key not in self.outcomes:
-                self._arrived.clear()
-                await self._arrived.wait()
-        return self.outcomes[key]
-
-    async def run(self, task: Task) -> Outcome:
-        return await self.outcome(self.start(task).key)
-
-
-@contextlib.asynccontextmanager
-async def opened(backend: FluxBackend, tmp_path: Path) -> AsyncIterator[Harness]:
-    """The backend, opened; closed on the way out. Everything inside has 30 s."""
-    h = Harness(backend, tmp_path)
-    async with anyio.create_task_group() as tg:
-        with anyio.fail_after(30):
-            h.nodes = list(await backend.open(h.sink, tg))
-            h.pool = ResourcePool(h.nodes)
-            try:
-                yield h
-            finally:
-                await backend.close()
 
 
 @pytest.fixture
@@ -111,8 +50,7 @@ async def harness(flux_uri: str, tmp_path: Path) -> AsyncIterator[Harness]:
     """
     h = Harness(FluxBackend(flux_uri), tmp_path)
     with anyio.fail_after(10):
-        h.nodes = list(await h.backend.open(h.sink, anyio.create_task_group()))
-    h.pool = ResourcePool(h.nodes)
+        await h.open(anyio.create_task_group())
     try:
         yield h
     finally:
@@ -357,7 +295,7 @@ async def test_environment_is_the_drivers_less_its_own_job_and_mpi_variables(
     monkeypatch.setenv("OMPI_COMM_WORLD_RANK", "5")
     h = Harness(FluxBackend(flux_uri), tmp_path)
     async with anyio.create_task_group() as tg:
-        h.pool = ResourcePool(await h.backend.open(h.sink, tg))
+        await h.open(tg)
         monkeypatch.setenv("LATE", "too late")  # the environment was taken at open()
         try:
             await h.run(Task(id="inherit", command=["env"], env={"EXTRA": "1"}))

@@ -3,97 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import shutil
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import anyio
 import pytest
 
-from matensemble.backends.base import Launch, LaunchKey, Outcome
+from matensemble.backends.base import Launch, Outcome
 from matensemble.backends.local import LocalBackend
 from matensemble.errors import BackendError
-from matensemble.model import Resources, Slot, Task, TaskState
-from matensemble.resources import ResourcePool
+from matensemble.model import Resources, Task, TaskState
+
+from backend_harness import opened
 
 CORES = sorted(os.sched_getaffinity(0))
 two_cores = pytest.mark.skipif(len(CORES) < 2, reason="needs at least 2 cores")
 MPIEXEC = shutil.which("mpiexec") or shutil.which("mpiexec", path=str(Path(sys.executable).parent))
-
-
-class Harness:
-    """Opens a backend with a sink that records outcomes; launches tasks on pool allocations."""
-
-    def __init__(self, backend: LocalBackend, tmp_path: Path) -> None:
-        self.backend = backend
-        self.tmp_path = tmp_path
-        self.outcomes: dict[LaunchKey, Outcome] = {}
-        self.placements: dict[LaunchKey, tuple[Slot, ...]] = {}
-        self.pool: ResourcePool | None = None
-        self.in_launch = False
-        self.on_outcome: Callable[[Outcome], None] | None = None
-        self._arrived = asyncio.Event()
-
-    def sink(self, outcome: Outcome) -> None:
-        assert not self.in_launch, "outcomes must not be reported from inside launch()"
-        assert outcome.key not in self.outcomes, f"second outcome for {outcome.key}"
-        self.outcomes[outcome.key] = outcome
-        assert self.pool is not None
-        self.pool.release(self.placements.pop(outcome.key))
-        self._arrived.set()
-        if self.on_outcome is not None:
-            self.on_outcome(outcome)
-
-    def task_dir(self, task_id: str) -> Path:
-        return self.tmp_path / "tasks" / task_id
-
-    def start(self, task: Task, attempt: int = 1) -> Launch:
-        assert self.pool is not None
-        placement = self.pool.allocate(task.resources)
-        assert placement is not None, f"{task.id} does not fit now"
-        launch = Launch(
-            task=task,
-            attempt=attempt,
-            placement=placement,
-            task_dir=self.task_dir(task.id),
-            run_id="run-1",
-        )
-        self.placements[launch.key] = placement
-        self.in_launch = True
-        try:
-            self.backend.launch(launch)
-        finally:
-            self.in_launch = False
-        return launch
-
-    async def outcome(self, launch: Launch, within: float = 10) -> Outcome:
-        with anyio.fail_after(within):
-            while launch.key not in self.outcomes:
-                self._arrived.clear()
-                await self._arrived.wait()
-        return self.outcomes[launch.key]
-
-    async def run(self, task: Task, attempt: int = 1, within: float = 10) -> Outcome:
-        return await self.outcome(self.start(task, attempt), within)
-
-    def stdout(self, task_id: str) -> str:
-        return (self.task_dir(task_id) / "stdout").read_text()
-
-
-@contextlib.asynccontextmanager
-async def opened(backend: LocalBackend, tmp_path: Path) -> AsyncIterator[Harness]:
-    harness = Harness(backend, tmp_path)
-    async with anyio.create_task_group() as tg:
-        harness.pool = ResourcePool(await backend.open(harness.sink, tg))
-        try:
-            yield harness
-        finally:
-            with anyio.fail_after(10):
-                await backend.close()
 
 
 def sh(task_id: str, script: str, **kwargs: object) -> Task:
@@ -425,7 +353,7 @@ async def test_task_environment_has_its_additions_and_matensemble_variables(
             env={"GREETING": "hi"},
         )
         await h.run(task, attempt=2)
-        assert h.stdout("envy") == f"hi envy 2 run-1 1 {h.task_dir('envy')}\n"
+        assert h.stdout("envy") == f"hi envy 2 test-run 1 {h.task_dir('envy')}\n"
         await h.run(sh("omp", 'echo "$OMP_NUM_THREADS"', env={"OMP_NUM_THREADS": "8"}))
         assert h.stdout("omp") == "8\n"
 
