@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import os
 import select
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -84,3 +86,17 @@ def alive(pid: int, grace: float = 5.0) -> bool:
     finally:
         os.close(fd)
     return not readable
+
+
+def matensemble(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run the ``matensemble`` command to its end, as a user would; wide, uncoloured output."""
+    env = {**os.environ, "COLUMNS": "1000", "NO_COLOR": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "matensemble", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )

@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,6 +32,8 @@ from matensemble.errors import SpecError
 from matensemble.journal import read_journal
 from matensemble.model import TaskAdded
 from matensemble.spec import load_ensemble
+
+from conftest import matensemble
 
 TASK = '[[task]]\nid = "a"\ncommand = ["true"]\n'
 
@@ -819,19 +819,6 @@ async def test_reprioritise_with_a_non_integer_is_refused_and_changes_nothing(
 
 
 # --- The command line -------------------------------------------------------------------------
-
-
-def matensemble(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COLUMNS": "1000", "NO_COLOR": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "matensemble", *map(str, args)],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
 
 
 GOOD = TASK
