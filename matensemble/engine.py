@@ -46,7 +46,13 @@ from matensemble.model import (
 )
 from matensemble.observer import Observer
 from matensemble.resources import ResourcePool
-from matensemble.resume import new_tasks_for_resume
+from matensemble.resume import (
+    adopt_left_running,
+    new_tasks_for_resume,
+    replay_figures,
+    restore_records,
+    unfinished_tasks,
+)
 from matensemble.status import StatusFile
 from matensemble.strategies import FIFO, Adaptive, CompletionPolicy, RetryPolicy, SubmissionOrder
 from matensemble.summary import RunSummary
@@ -190,7 +196,7 @@ class Ensemble:
             # Check everything before the first byte is written, so that bad input leaves
             # no trace and a resume refused here leaves the journal as it was.
             if past is not None:
-                reopened = [t for i, t in past.tasks.items() if i not in past.finished]
+                reopened = unfinished_tasks(past)
                 self._check_batch(reopened, known=())
                 for task_id, result in past.finished.items():
                     self._graph.restore(task_id, result.ok)
@@ -199,14 +205,9 @@ class Ensemble:
             self._graph.check(initial)
             self._open_run_files()
             self._t0 = self.backend.now()
-            self._start_run(past)
+            self._start_run(resumed=past is not None)
             if past is not None:
-                adopted = await self._adopt(past)
-                self._restore(past, adopted)
-                await self.backend.recover(
-                    self.run_id,
-                    [(i, past.attempts[i]) for i in past.was_running if i not in adopted],
-                )
+                await self._resume_from(past)
             self.submit(initial)
             await self._commit()
         except BaseException as exc:
@@ -231,7 +232,7 @@ class Ensemble:
             *self._extra_observers,
         ]
 
-    def _start_run(self, past: Replay | None) -> None:
+    def _start_run(self, *, resumed: bool) -> None:
         pool = self._pool
         assert pool is not None
         self._emit(
@@ -245,7 +246,7 @@ class Ensemble:
             )
         )
         self.log.info(
-            "run_resumed" if past else "run_started",
+            "run_resumed" if resumed else "run_started",
             backend=self.backend.name,
             run_dir=str(self.run_dir),
             cores=pool.total_cores,
@@ -254,8 +255,6 @@ class Ensemble:
             strategy=repr(self.strategy),
             completion=repr(self.completion),
         )
-        if past is not None and past.torn_line is not None:
-            self.log.warning("journal_torn_line_skipped", line=past.torn_line)
         deadlines = [d for d in (self.backend.deadline(),) if d is not None]
         if self._walltime is not None:
             deadlines.append(self._t0 + self._walltime)
@@ -267,52 +266,24 @@ class Ensemble:
                     max(0.0, self._deadline - self._t0), self.stop, "walltime reached"
                 )
 
-    async def _adopt(self, past: Replay) -> dict[str, Placement]:
-        """Offer the backend the launches a crashed session left running (with a job id).
-
-        Their resources are claimed first, exactly as they were placed; what the backend does
-        not take over is released again and runs anew.
-        """
+    async def _resume_from(self, past: Replay) -> None:
+        """Take over the recorded run: adopt what still runs, restore records, reopen the rest."""
         assert self._pool is not None
-        offers = []
-        for task_id in past.was_running:
-            job_id, placement = past.job_ids.get(task_id), past.placements.get(task_id)
-            if job_id is None or placement is None or not self._pool.claim(placement):
-                continue
-            launch = Launch(
-                task=past.tasks[task_id],
-                attempt=past.attempts[task_id],
-                placement=placement,
-                task_dir=self._tasks_dir / task_id,
-                run_id=self.run_id,
-            )
-            offers.append((launch, job_id))
-        taken = await self.backend.adopt(offers) if offers else set()
-        adopted = {}
-        for launch, job_id in offers:
-            if launch.key in taken:
-                adopted[launch.task.id] = launch.placement
-                self.log.info("task_adopted", task_id=launch.task.id, job_id=job_id)
-            else:
-                self._pool.release(launch.placement)
-        return adopted
+        if past.torn_line is not None:
+            self.log.warning("journal_torn_line_skipped", line=past.torn_line)
+        adopted = await adopt_left_running(
+            past, self._pool, self.backend, self._tasks_dir, self.run_id, self.log
+        )
+        reopened = restore_records(past, self._records, self._counts, self._finished)
+        self._reopen(reopened, adopted)
+        self.log.info("journal_replayed", **replay_figures(past, adopted, reopened))
+        await self.backend.recover(
+            self.run_id, [(i, past.attempts[i]) for i in past.was_running if i not in adopted]
+        )
 
-    def _restore(self, past: Replay, adopted: dict[str, Placement]) -> None:
-        """Rebuild run state from the journal: finished tasks keep their results; tasks whose
-        running launch the backend took over (``adopted``) are running again."""
+    def _reopen(self, reopened: list[Task], adopted: dict[str, Placement]) -> None:
+        """Open the journal's unfinished tasks again; those in ``adopted`` are running."""
         records = self._records
-        reopened = []
-        for task_id, task in past.tasks.items():
-            rec = records[task_id] = Record(task)
-            rec.attempts = past.attempts.get(task_id, 0)
-            rec.failures = past.failures.get(task_id, 0)
-            result = past.finished.get(task_id)
-            if result is None:
-                reopened.append(task)
-                continue
-            rec.state, rec.result = result.state, result
-            self._counts[result.state] += 1
-            self._finished.append(task_id)
         self._counts[TaskState.PENDING] += len(reopened)
         self._open += len(reopened)
         ready, skipped = self._graph.add(reopened)
@@ -329,15 +300,6 @@ class Ensemble:
             self._dispatch.running(rec, now)
         for task_id, upstream in skipped:
             self._skip(records[task_id], upstream)
-        self.log.info(
-            "journal_replayed",
-            adopted=len(adopted),
-            sessions=past.sessions,
-            tasks=len(past.tasks),
-            finished=len(past.finished),
-            reopened=len(reopened),
-            were_running=len(past.was_running),
-        )
 
     async def __aexit__(
         self,

@@ -1,15 +1,33 @@
-"""Checks before a run is resumed: is the ensemble the user gives the one in the journal?"""
+"""Resuming a run from its journal: the checks before, and the state rebuilt from the replay.
+
+Before anything is written, ``new_tasks_for_resume`` compares the ensemble the user gives with
+the journal's. Once the backend is open, ``adopt_left_running`` offers the backend the launches
+a crashed driver left running, and ``restore_records`` rebuilds each task's record; the engine
+then reopens the unfinished tasks through its own state transitions.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
 
 import msgspec
 
+from matensemble.backends.base import Backend, Launch
+from matensemble.dispatch import Record
 from matensemble.errors import ResumeMismatch
-from matensemble.model import Task
+from matensemble.journal import Replay
+from matensemble.model import Placement, Task, TaskState
+from matensemble.resources import ResourcePool
 
-__all__ = ["new_tasks_for_resume"]
+__all__ = [
+    "adopt_left_running",
+    "new_tasks_for_resume",
+    "replay_figures",
+    "restore_records",
+    "unfinished_tasks",
+]
 
 _SHOWN = 5
 
@@ -62,3 +80,84 @@ def _difference(old: Task, new: Task) -> str:
 def _short(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def unfinished_tasks(past: Replay) -> list[Task]:
+    """The journal's tasks whose outcome does not stand: they are open again on resume."""
+    return [task for task_id, task in past.tasks.items() if task_id not in past.finished]
+
+
+async def adopt_left_running(
+    past: Replay,
+    pool: ResourcePool,
+    backend: Backend,
+    tasks_dir: Path,
+    run_id: str,
+    log: Any,
+) -> dict[str, Placement]:
+    """Offer the backend the launches a crashed session left running (with a job id).
+
+    Their resources are claimed first, exactly as they were placed; what the backend does
+    not take over is released again and runs anew. Returns the placement of each task the
+    backend took over.
+    """
+    offers = []
+    for task_id in past.was_running:
+        job_id, placement = past.job_ids.get(task_id), past.placements.get(task_id)
+        if job_id is None or placement is None or not pool.claim(placement):
+            continue
+        launch = Launch(
+            task=past.tasks[task_id],
+            attempt=past.attempts[task_id],
+            placement=placement,
+            task_dir=tasks_dir / task_id,
+            run_id=run_id,
+        )
+        offers.append((launch, job_id))
+    taken = await backend.adopt(offers) if offers else set()
+    adopted = {}
+    for launch, job_id in offers:
+        if launch.key in taken:
+            adopted[launch.task.id] = launch.placement
+            log.info("task_adopted", task_id=launch.task.id, job_id=job_id)
+        else:
+            pool.release(launch.placement)
+    return adopted
+
+
+def restore_records(
+    past: Replay,
+    records: dict[str, Record],
+    counts: dict[TaskState, int],
+    finished: list[str],
+) -> list[Task]:
+    """Rebuild a record per journal task: finished tasks keep their results (counted in
+    ``counts`` and appended to ``finished``). Returns the tasks to reopen, still pending
+    and not yet counted."""
+    reopened = []
+    for task_id, task in past.tasks.items():
+        rec = records[task_id] = Record(task)
+        rec.attempts = past.attempts.get(task_id, 0)
+        rec.failures = past.failures.get(task_id, 0)
+        result = past.finished.get(task_id)
+        if result is None:
+            reopened.append(task)
+            continue
+        rec.state, rec.result = result.state, result
+        counts[result.state] += 1
+        finished.append(task_id)
+    return reopened
+
+
+def replay_figures(
+    past: Replay, adopted: Mapping[str, Placement], reopened: list[Task]
+) -> dict[str, int]:
+    """What a resume took from the journal, as log fields."""
+    return {
+        "adopted": len(adopted),
+        "sessions": past.sessions,
+        "tasks": len(past.tasks),
+        "finished": len(past.finished),
+        "reopened": len(reopened),
+        "were_running": len(past.was_running),
+    }
