@@ -33,7 +33,15 @@ from matensemble.model import (
 )
 from matensemble.observer import Observer
 
-__all__ = ["JOURNAL_NAME", "JOURNAL_VERSION", "Journal", "Replay", "read_journal", "replay"]
+__all__ = [
+    "JOURNAL_NAME",
+    "JOURNAL_VERSION",
+    "Journal",
+    "Replay",
+    "read_journal",
+    "replay",
+    "torn_last_line",
+]
 
 JOURNAL_NAME = "journal.jsonl"
 JOURNAL_VERSION = 1
@@ -173,7 +181,7 @@ def replay(run_dir: Path) -> Replay:
     path = run_dir / JOURNAL_NAME
     if not path.is_file():
         raise JournalError(f"{run_dir}: no {JOURNAL_NAME} here; is this a run directory?")
-    torn = _torn_last_line(path)
+    torn = torn_last_line(path)
     run_id: str | None = None
     sessions = 0
     tasks: dict[str, Task] = {}
@@ -235,7 +243,7 @@ def replay(run_dir: Path) -> Replay:
     )
 
 
-def _torn_last_line(path: Path) -> int | None:
+def torn_last_line(path: Path) -> int | None:
     """The number of the last line if a crash cut it short (no newline at the end)."""
     with path.open("rb") as f:
         data = f.read()
