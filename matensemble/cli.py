@@ -1,4 +1,4 @@
-"""``matensemble run | resume | status``: run ensemble files and look at runs from the shell.
+"""``matensemble run | resume | status | report``: run ensemble files, look at runs.
 
 Exit codes: 0 every task succeeded; 1 some task did not; 2 bad input (file, options, journal);
 3 stopped before the end (walltime); 128+N stopped by signal N (130 for SIGINT, 143 for
@@ -126,6 +126,18 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("run_dir", type=Path)
     status.add_argument("--json", action="store_true", help="print status.json as it is")
     status.set_defaults(func=_cmd_status)
+
+    report = sub.add_parser(
+        "report",
+        help="draw a run: timeline, utilisation, state counts, failures (PNG and HTML)",
+        description="Write report.png and report.html (one offline file) from the run's "
+        "journal; also while the run is going, and for a crashed run. The PNG needs "
+        "matplotlib: pip install 'matensemble[report]'.",
+    )
+    report.add_argument("run_dir", type=Path, help="the run directory (holds journal.jsonl)")
+    report.add_argument("-o", "--output", type=Path, help="where to write (default RUN_DIR/report)")
+    report.add_argument("--no-png", action="store_true", help="the HTML report only")
+    report.set_defaults(func=_cmd_report)
     return parser
 
 
@@ -311,6 +323,28 @@ def _print_summary(console: Console, summary: RunSummary) -> None:
             failures.add_row("...", f"{len(bad) - 20} more", "", "see status.json / journal")
         console.print(failures)
     console.print(f"outputs in [cyan]{summary.run_dir}/tasks/<task-id>/[/]", highlight=False)
+
+
+# -- report ---------------------------------------------------------------------------------
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from matensemble.report import write_report
+
+    files = write_report(args.run_dir, args.output, png=not args.no_png)
+    console = Console()
+    for note in files.record.notes:
+        console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
+    if files.sampled_every > 1:
+        console.print(
+            f"[yellow]note:[/] the timeline shows every {files.sampled_every}th of "
+            f"{len(files.record.attempts)} attempts",
+            highlight=False,
+        )
+    for path in (files.png, files.html):
+        if path is not None:
+            console.print(f"wrote [cyan]{escape(str(path))}[/]", highlight=False)
+    return EXIT_OK
 
 
 # -- status -----------------------------------------------------------------------------------
