@@ -81,18 +81,39 @@ def _draw_timeline(ax: object, timeline: Timeline) -> None:
     from matplotlib.patches import Patch
 
     assert isinstance(ax, Axes)
-    by_outcome: dict[str, list[list[tuple[float, float]]]] = {o: [] for o in OUTCOMES}
-    for bar in timeline.bars:
-        a = timeline.attempts[bar.attempt]
-        lo, hi = bar.row_lo - 0.4, bar.row_hi + 0.4
-        by_outcome[a.outcome].append([(a.start, lo), (a.start, hi), (a.end, hi), (a.end, lo)])
+    import numpy as np
+
+    # One (start, end, lo, hi) row per bar, grouped by outcome; rectangles built in numpy.
+    outcome_of = {o: i for i, o in enumerate(OUTCOMES)}
+    attempts = timeline.attempts
+    table = np.array(
+        [
+            (attempts[b.attempt].start, attempts[b.attempt].end, b.row_lo, b.row_hi)
+            for b in timeline.bars
+        ],
+        dtype=float,
+    ).reshape(-1, 4)
+    kinds = np.array([outcome_of[attempts[b.attempt].outcome] for b in timeline.bars], dtype=int)
+    by_outcome = {}
+    for index, outcome in enumerate(OUTCOMES):
+        start, end, lo, hi = table[kinds == index].T
+        lo, hi = lo - 0.4, hi + 0.4
+        by_outcome[outcome] = np.stack(
+            [
+                np.stack([start, lo], 1),
+                np.stack([start, hi], 1),
+                np.stack([end, hi], 1),
+                np.stack([end, lo], 1),
+            ],
+            axis=1,
+        )
     few = len(timeline.bars) <= _OUTLINED_BARS  # outlined, so that neighbours stay apart
     for outcome, verts in by_outcome.items():
-        if verts:
+        if len(verts):
             colour = OUTCOME_COLOURS[outcome]
             ax.add_collection(
                 PolyCollection(
-                    verts,
+                    verts,  # type: ignore[arg-type]  # an (n, 4, 2) array is accepted
                     facecolors=colour,
                     edgecolors="white" if few else colour,
                     linewidths=0.8 if few else 0.2,
@@ -111,7 +132,7 @@ def _draw_timeline(ax: object, timeline: Timeline) -> None:
         title += f" (every {timeline.sampled_every}th attempt shown)"
     ax.set_title(title, fontsize=10, loc="left")
     ax.legend(
-        handles=[Patch(color=OUTCOME_COLOURS[o], label=o) for o in OUTCOMES if by_outcome[o]],
+        handles=[Patch(color=OUTCOME_COLOURS[o], label=o) for o in OUTCOMES if len(by_outcome[o])],
         loc="upper right",
         fontsize=7,
         ncols=len(OUTCOMES),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from matensemble.errors import JournalError
 from matensemble.journal import JOURNAL_NAME, read_journal, torn_last_line
@@ -40,8 +41,7 @@ OUTCOMES = (
 WAITING = "waiting"  # added (or to be retried, or interrupted), not running and not final
 
 
-@dataclass(frozen=True)
-class Attempt:
+class Attempt(NamedTuple):
     """One launch of a task: when, where, and how it ended."""
 
     task: str
@@ -63,8 +63,7 @@ class Attempt:
         return sum(len(slot.gpus) for slot in self.placement)
 
 
-@dataclass(frozen=True)
-class Failure:
+class Failure(NamedTuple):
     """An attempt or task that did not succeed, with the reason the engine recorded."""
 
     t: float

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from matensemble.report.record import Attempt, RunRecord
 
@@ -18,8 +19,7 @@ __all__ = ["MAX_BARS", "Bar", "Timeline", "layout_timeline"]
 MAX_BARS = 250_000
 
 
-@dataclass(frozen=True)
-class Bar:
+class Bar(NamedTuple):
     """Rows ``row_lo..row_hi`` (inclusive) of ``Timeline.rows`` busy with attempt ``attempt``."""
 
     row_lo: int
