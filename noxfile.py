@@ -1,4 +1,4 @@
-"""Developer sessions: ``nox -s tests lint typecheck bench``."""
+"""Developer sessions: ``nox -s tests lint typecheck bench docs``."""
 
 from __future__ import annotations
 
@@ -36,3 +36,10 @@ def bench(session: nox.Session) -> None:
     session.install("-e", ".")
     session.run("python", "benchmarks/engine_overhead.py")
     session.run("python", "benchmarks/local_throughput.py")
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """The docs site, strictly: a broken link, anchor or docstring reference fails the build."""
+    session.install("-e", ".[docs]")
+    session.run("mkdocs", "build", "--strict", *session.posargs)
