@@ -112,12 +112,13 @@ class RunRecord:
         return bool(self.sessions) and self.sessions[-1].ended is not None
 
 
-def read_run(run_dir: Path) -> RunRecord:
+def read_run(run_dir: Path | str) -> RunRecord:
     """Read ``<run_dir>/journal.jsonl`` into a ``RunRecord``.
 
     Raises:
         JournalError: no journal, no ``run_started`` event, or a corrupt line (file and line).
     """
+    run_dir = Path(run_dir)
     path = run_dir / JOURNAL_NAME
     if not path.is_file():
         raise JournalError(f"{run_dir}: no {JOURNAL_NAME} here; is this a run directory?")

@@ -1,0 +1,156 @@
+"""The docs: every file and command a user would copy from them is run or checked here.
+
+The tutorial runs end to end in an empty directory, in page order; the HPC guides' batch
+scripts are checked by bash and every `matensemble` command line in them by the CLI's own
+parser (no Slurm here), their ensemble files by the loader; the report page's commands and
+Python run on a real run. The site itself is built strictly when mkdocs is installed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from matensemble.cli import _parser
+from matensemble.spec import load_ensemble
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+FENCE = re.compile(r'^```(\w+)(?: title="([^"]+)")?\n(.*?)^```$', re.S | re.M)
+
+
+def blocks(page: str) -> list[tuple[str, str | None, str]]:
+    """(language, title, body) of every fenced code block of ``docs/<page>``, in order."""
+    return FENCE.findall((DOCS / page).read_text())  # type: ignore[no-any-return]
+
+
+def shell_lines(body: str) -> list[str]:
+    return [line for line in body.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def run_line(line: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run one documented command; `matensemble` and `python3` are this environment's."""
+    argv = shlex.split(line)
+    if argv[0] == "matensemble":
+        argv = [sys.executable, "-m", "matensemble", *argv[1:]]
+    elif argv[0] == "python3":
+        argv = [sys.executable, *argv[1:]]
+    else:
+        raise AssertionError(f"the docs run only matensemble and python3 here, not: {line}")
+    env = {**os.environ, "COLUMNS": "1000", "NO_COLOR": "1"}
+    proc = subprocess.run(
+        argv, cwd=cwd, capture_output=True, text=True, env=env, timeout=300, check=False
+    )
+    assert proc.returncode == 0, f"{line}\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def run_page(page: str, cwd: Path) -> dict[str, str]:
+    """Write every titled block as a file and run every untitled shell block, in order."""
+    outputs: dict[str, str] = {}
+    for lang, title, body in blocks(page):
+        if title:
+            (cwd / title).write_text(body)
+        elif lang == "sh":
+            for line in shell_lines(body):
+                outputs[line] = run_line(line, cwd).stdout
+    return outputs
+
+
+def test_tutorial_runs_end_to_end_from_one_task_to_a_steering_loop(tmp_path: Path) -> None:
+    out = run_page("tutorial.md", tmp_path)
+    hello = tmp_path / "runs" / "hello" / "tasks" / "hello" / "stdout"
+    assert hello.read_text() == "hello from a task\n"
+    total = tmp_path / "runs" / "squares" / "tasks" / "total"
+    assert (total / "stdout").read_text() == "8 squares, total 204\n"
+    assert "succeeded" in out["matensemble status runs/squares"]
+    assert (tmp_path / "runs" / "squares" / "report" / "report.html").is_file()
+    assert out["python3 stages.py"].startswith("10 tasks succeeded in")
+    steered = out["python3 steer.py"].splitlines()
+    assert sorted(line.split()[0] for line in steered[:-1]) == [
+        f"square-{x}" for x in (1, 2, 3, 5, 7, 9)
+    ]
+    assert steered[-1].startswith("[") and "('succeeded', 6)" in steered[-1]
+
+
+def matensemble_argvs(line: str, body: str) -> list[list[str]]:
+    """The arguments after `matensemble` in a script line, once per value of `$STEP` (the
+    script's run-or-resume choice), with the other shell variables filled in."""
+    line = line[line.index("matensemble ") + len("matensemble ") :]
+    steps = re.findall(r'STEP="([^"]*)"', body) if "$STEP" in line else [""]
+    return [
+        shlex.split(re.sub(r"\$\{?(\w+)\}?", "/x", line.replace("$STEP", step))) for step in steps
+    ]
+
+
+@pytest.mark.parametrize("page", ["hpc/frontier.md", "hpc/perlmutter.md"])
+def test_hpc_guide_scripts_parse_and_use_only_real_options(page: str, tmp_path: Path) -> None:
+    commands = 0
+    for lang, title, body in blocks(page):
+        if lang == "toml":
+            assert title == "ensemble.toml"
+            (tmp_path / title).write_text(body)
+            spec = load_ensemble(tmp_path / title)
+            assert spec.tasks and all(t.resources.gpus_per_rank for t in spec.tasks)
+            continue
+        assert lang == "sh", lang
+        script = tmp_path / "script.sh"
+        script.write_text(body)
+        check = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+        assert check.returncode == 0, check.stderr
+        for line in shell_lines(body):
+            if "matensemble " not in line or "pip install" in line or "STEP=" in line:
+                continue
+            for argv in matensemble_argvs(line, body):
+                args = _parser().parse_args(argv)  # SystemExit on an unknown option
+                assert args.func.__name__.startswith("_cmd_")
+                commands += 1
+                if "flux start" in line:
+                    assert args.backend == "flux" and args.walltime > 0
+    assert commands >= 5
+
+
+def test_report_page_commands_and_python_work_on_a_real_run(tmp_path: Path) -> None:
+    tutorial = {title: body for _, title, body in blocks("tutorial.md") if title}
+    for name in ("squares.toml", "square.py", "total.py"):
+        (tmp_path / name).write_text(tutorial[name])
+    run_line("matensemble run squares.toml --run-dir runs/squares --no-progress", tmp_path)
+    for lang, _, body in blocks("report.md"):
+        if lang == "sh":
+            for line in shell_lines(body):
+                run_line(line, tmp_path)
+        elif lang == "python":
+            (tmp_path / "snippet.py").write_text(body)
+            out = run_line("python3 snippet.py", tmp_path).stdout
+            assert "10 bars" in out and out.count(" succeeded ") == 10
+    assert (tmp_path / "squares-report" / "report.png").is_file()
+    assert (tmp_path / "runs" / "squares" / "report" / "report.html").is_file()
+
+
+@pytest.mark.skipif(
+    shutil.which("mkdocs", path=str(Path(sys.executable).parent)) is None,
+    reason="needs the docs extra: uv run --extra docs ... (or nox -s docs)",
+)
+def test_docs_site_builds_strictly_with_the_api_reference(tmp_path: Path) -> None:
+    mkdocs = str(Path(sys.executable).parent / "mkdocs")
+    proc = subprocess.run(
+        [mkdocs, "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    api = (tmp_path / "site" / "api" / "index.html").read_text()
+    assert 'id="matensemble.engine.Ensemble"' in api
+    assert 'id="matensemble.report.write_report"' in api
+    for page in ("tutorial", "report", "hpc/frontier", "hpc/perlmutter"):
+        assert (tmp_path / "site" / page / "index.html").is_file()
