@@ -343,3 +343,30 @@ def test_report_of_a_corrupt_journal_names_the_file_and_line_and_exits_2(tmp_pat
         (tmp_path / "empty").mkdir()
         (tmp_path / "empty" / JOURNAL_NAME).write_text("")
         read_run(tmp_path / "empty")
+
+
+async def test_gpu_tasks_get_gpu_rows_and_count_as_busy_gpus(tmp_path: Path) -> None:
+    from matensemble import Resources
+    from matensemble.report.timeline import layout_timeline
+
+    gpu = Resources(cores_per_rank=2, gpus_per_rank=1)
+    tasks = [
+        Task(id=f"g{i}", command=("sim",), resources=gpu, tags={"sim_duration": "2"})
+        for i in range(3)
+    ]
+    await Ensemble(tasks, backend=SimulatedBackend(1, 4, 2), run_dir=tmp_path).run()
+    record = read_run(tmp_path)
+    timeline = layout_timeline(record)
+    assert [r.split()[1:] for r in timeline.rows] == [
+        ["core", "0"],
+        ["core", "1"],
+        ["core", "2"],
+        ["core", "3"],
+        ["gpu", "0"],
+        ["gpu", "1"],
+    ]
+    # each attempt: one bar over its two neighbouring cores, one bar on its GPU
+    assert len(timeline.bars) == 2 * len(record.attempts) == 6
+    util = utilisation(record)
+    assert max(util["busy GPUs"].values) == 2 == max(util["available GPUs"].values)
+    assert integral(util["busy GPUs"], record.end) == pytest.approx(3 * 2.0)
