@@ -221,8 +221,9 @@ class _Reader:
         self.session_start = event
         self.session_t = self.time(event.t)
 
-    def close_session(self, ended: str | None) -> None:
-        """End the current session; attempts still open were lost with its driver."""
+    def close_session(self, ended: str | None, *, driver_gone: bool = True) -> None:
+        """End the current session. Attempts still open have no end in the journal: the
+        driver died with them (``driver_gone``: they wait for a resume), or it still runs."""
         start = self.session_start
         if start is None:
             return
@@ -232,7 +233,7 @@ class _Reader:
                     task, attempt, t, self.last, "unfinished", placement, reason="no end recorded"
                 )
             )
-            if ended is None:  # the driver died: the task waits for the resume
+            if ended is None and driver_gone:
                 self.transitions.append((self.last, task, WAITING))
         self.open.clear()
         self.sessions.append(
@@ -260,21 +261,7 @@ class _Reader:
                 "stopped without finishing (a crash); unfinished attempts are drawn up to the "
                 "last event"
             )
-            # Keep the open session open: its running tasks are drawn as unfinished.
-            start = self.session_start
-            for task, (t, attempt, placement) in self.open.items():
-                self.attempts.append(Attempt(task, attempt, t, self.last, "unfinished", placement))
-            self.sessions.append(
-                Session(
-                    self.session_t,
-                    self.last,
-                    start.backend,
-                    start.cores,
-                    start.gpus,
-                    start.nodes,
-                    None,
-                )
-            )
+            self.close_session(None, driver_gone=False)  # its tasks may still be running
         torn = torn_last_line(self.path)
         if torn is not None:
             notes.append(f"line {torn} of the journal is torn (being written, or a crash): skipped")
