@@ -1,8 +1,9 @@
 """``matensemble report``: pictures of real runs (finished, live, crashed, resumed).
 
 The PNG is checked for content (size, the outcome colours really drawn); the HTML report is
-opened in a real headless Chromium (skipped without one; `.ci/run` installs it), which must
-load it without a console message and draw one bar per attempt; a screenshot is taken.
+opened in a real headless Chromium over the DevTools protocol (skipped without one; `.ci/run`
+installs it): it must load without a console message, draw one bar per attempt, show each
+bar's task when the mouse is over it, and zoom with the wheel; a screenshot is taken.
 """
 
 from __future__ import annotations
@@ -10,11 +11,11 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,12 +29,10 @@ from matensemble.report.series import StepSeries, state_counts, utilisation
 from matensemble.report.style import OUTCOME_COLOURS
 
 from conftest import matensemble
+from headless_browser import CHROMIUM, Browser
 
 Image = pytest.importorskip("PIL.Image", reason="the PNG checks read images with Pillow")
 
-CHROMIUM = next(
-    (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None
-)
 needs_chromium = pytest.mark.skipif(
     CHROMIUM is None, reason="needs Chromium (Debian: apt-get install chromium); .ci/run has it"
 )
@@ -74,36 +73,13 @@ def finished_local_run(tmp_path: Path) -> Path:
     return run_dir
 
 
-def browse(html: Path, tmp_path: Path) -> tuple[str, list[str], Path]:
-    """Load ``html`` in headless Chromium: the DOM after load, console lines, a screenshot."""
-    assert CHROMIUM is not None
-    base = [
-        CHROMIUM,
-        "--headless",
-        "--no-sandbox",  # tests may run as root in a container
-        "--disable-gpu",
-        f"--user-data-dir={tmp_path / 'chromium-profile'}",
-        "--window-size=1300,1400",
-    ]
-    dom = subprocess.run(
-        [*base, "--enable-logging=stderr", "--v=0", "--dump-dom", html.as_uri()],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    console = [line for line in dom.stderr.splitlines() if ":CONSOLE" in line]
-    shot = tmp_path / "screenshot.png"
-    subprocess.run(
-        [*base, f"--screenshot={shot}", html.as_uri()], capture_output=True, timeout=120, check=True
-    )
-    return dom.stdout, console, shot
-
-
-def body_data(dom: str) -> dict[str, str]:
-    body = re.search(r"<body([^>]*)>", dom)
-    assert body is not None, dom[:500]
-    return dict(re.findall(r'data-([a-z-]+)="([^"]*)"', body.group(1)))
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Browser]:
+    page = Browser(tmp_path / "chromium-profile")
+    try:
+        yield page
+    finally:
+        page.close()
 
 
 def integral(series: StepSeries, end: float) -> float:
@@ -159,23 +135,65 @@ def test_report_reads_attempts_failures_and_machine_from_the_journal(tmp_path: P
 
 @needs_chromium
 def test_html_report_loads_in_a_real_browser_without_errors_and_draws_one_bar_per_attempt(
-    tmp_path: Path,
+    tmp_path: Path, browser: Browser
 ) -> None:
     run_dir = finished_local_run(tmp_path)
     files = write_report(run_dir, tmp_path / "out", png=False)
     assert files.png is None and files.bars == 5
-    dom, console, shot = browse(files.html, tmp_path)
-    assert console == []  # no error, no warning, no log line
-    data = body_data(dom)
-    assert data["ready"] == "1"
-    assert data["bars-drawn"] == "5"
-    assert 'id="failures"' in dom and dom.count("<tr>") == 3  # header + 2 failures
+    browser.open(files.html)
+    assert browser.evaluate("document.body.dataset.ready") == "1"
+    assert browser.evaluate("document.body.dataset.barsDrawn") == "5"
+    assert browser.evaluate("document.querySelectorAll('#failures tbody tr').length") == 2
+    shot = tmp_path / "screenshot.png"
+    browser.screenshot(shot)
+    assert browser.console == []  # no error, warning or log line while loading and drawing
     with Image.open(shot) as image:
         assert image.size == (1300, 1400)
-        screen = image.convert("RGB")
-    found = {c for _, c in screen.getcolors(maxcolors=1 << 24)}
+        found = {c for _, c in image.convert("RGB").getcolors(maxcolors=1 << 24)}
     assert rgb(OUTCOME_COLOURS["succeeded"]) in found  # the canvas really drew the bars
     assert rgb(OUTCOME_COLOURS["failed"]) in found
+
+
+@needs_chromium
+def test_hovering_a_bar_shows_its_task_attempt_times_and_exit_code_and_the_wheel_zooms(
+    tmp_path: Path, browser: Browser
+) -> None:
+    run_dir = finished_local_run(tmp_path)
+    record = read_run(run_dir)
+    browser.open(write_report(run_dir, tmp_path / "out", png=False).html)
+    seen = set()
+    for i in range(browser.evaluate("matensembleReport.bars")):
+        box = browser.evaluate(f"matensembleReport.barBox({i})")
+        browser.mouse("mouseMoved", box["x"] + box["w"] / 2, box["y"] + box["h"] / 2)
+        tip = browser.evaluate("document.getElementById('tip').textContent")
+        assert browser.evaluate("document.getElementById('tip').style.display") == "block"
+        assert f"task     {box['task']}\nattempt  {box['attempt']}\n" in tip
+        attempt = next(
+            a for a in record.attempts if (a.task, a.attempt) == (box["task"], box["attempt"])
+        )
+        shown = re.search(r"start    ([\d.]+) s\nend      ([\d.]+) s", tip)
+        assert shown is not None, tip
+        assert float(shown[1]) == pytest.approx(attempt.start, rel=0.01, abs=1e-3)
+        assert float(shown[2]) == pytest.approx(attempt.end, rel=0.01, abs=1e-3)
+        assert f"exit     {attempt.returncode}" in tip
+        if attempt.outcome == "failed":
+            assert "outcome  failed" in tip and f"reason   {attempt.reason}" in tip
+        seen.add((box["task"], box["attempt"]))
+    assert len(seen) == 5
+
+    full = browser.evaluate("document.getElementById('range').textContent")
+    box = browser.evaluate("matensembleReport.barBox(0)")
+    for _ in range(5):
+        browser.mouse("mouseWheel", box["x"] + 2, box["y"] + 2, deltaX=0, deltaY=-120)
+    zoomed = browser.evaluate("document.getElementById('range').textContent")
+    assert zoomed != full
+    t0, t1 = (float(v) for v in re.findall(r"[\d.]+", zoomed)[:2])
+    assert t1 - t0 < 0.5 * record.end
+    for count in (1, 2):  # a double click resets the zoom
+        for kind in ("mousePressed", "mouseReleased"):
+            browser.mouse(kind, box["x"] + 2, box["y"] + 2, button="left", clickCount=count)
+    assert browser.evaluate("document.getElementById('range').textContent") == full
+    assert browser.console == []
 
 
 # -- a run that is still going, then crashes --------------------------------------------------
@@ -285,7 +303,7 @@ async def test_report_of_a_resumed_run_draws_both_sessions_one_after_the_other(
 
 @needs_chromium
 async def test_a_timeline_over_its_bar_budget_draws_every_kth_attempt_and_says_so(
-    tmp_path: Path,
+    tmp_path: Path, browser: Browser
 ) -> None:
     tasks = [sim(f"t{i}", 1.0, exit=int(i % 10 == 0)) for i in range(50)]
     await Ensemble(tasks, backend=SimulatedBackend(1, 8), run_dir=tmp_path / "run").run()
@@ -293,9 +311,9 @@ async def test_a_timeline_over_its_bar_budget_draws_every_kth_attempt_and_says_s
     assert files.sampled_every == 5 and files.bars == 10
     text = files.html.read_text()
     assert "every 5th" in text and "Failures: 5" in text
-    dom, console, _ = browse(files.html, tmp_path)
-    assert console == []
-    assert body_data(dom)["bars-drawn"] == "10"
+    browser.open(files.html)
+    assert browser.evaluate("document.body.dataset.barsDrawn") == "10"
+    assert browser.console == []
 
 
 # -- bad input and missing pieces --------------------------------------------------------------

@@ -233,6 +233,19 @@
   window.addEventListener("resize", drawAll);
   document.getElementById("reset").addEventListener("click", function () { view = { t0: full.t0, t1: full.t1 }; drawAll(); });
 
+  // Where each bar is on screen, for scripts (and the tests) that point at one.
+  window.matensembleReport = {
+    bars: B.a.length,
+    barBox: function (i) {
+      const rect = tl.getBoundingClientRect(), a = B.a[i];
+      const x0 = Math.max(LEFT, xOf(A.s[a], tl.clientWidth));
+      const x1 = Math.min(tl.clientWidth - RIGHT, xOf(A.e[a], tl.clientWidth));
+      if (x1 < x0) return null;
+      return { x: rect.left + x0, y: rect.top + TOP + B.lo[i] * rowH,
+               w: Math.max(1, x1 - x0), h: (B.hi[i] - B.lo[i] + 1) * rowH,
+               task: D.tasks[A.task[a]], attempt: A.n[a] };
+    },
+  };
   drawAll();
   document.body.dataset.barsDrawn = tl.dataset.barsDrawn;
   document.body.dataset.ready = "1";
