@@ -13,11 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from matensemble.report.figures import run_figures
 from matensemble.report.html import write_html
 from matensemble.report.png import PNG_SIZE, require_matplotlib, write_png
 from matensemble.report.record import Attempt, RunRecord, read_run
-from matensemble.report.series import state_counts, utilisation
-from matensemble.report.timeline import MAX_BARS, layout_timeline
+from matensemble.report.timeline import MAX_BARS
 
 __all__ = [
     "MAX_BARS",
@@ -64,15 +64,13 @@ def write_report(
     run_dir = Path(run_dir)
     record = read_run(run_dir)
     out = Path(out_dir) if out_dir is not None else run_dir / "report"
-    timeline = layout_timeline(record, max_bars=max_bars)
-    util = utilisation(record)
-    counts = state_counts(record)
+    figures = run_figures(record, max_bars=max_bars)
+    out.mkdir(parents=True, exist_ok=True)
     png_path = None
     if png:
         png_path = out / "report.png"
-        out.mkdir(parents=True, exist_ok=True)
-        write_png(record, timeline, util, counts, png_path)
-    out.mkdir(parents=True, exist_ok=True)
+        write_png(figures, png_path)
     html_path = out / "report.html"
-    write_html(record, timeline, util, counts, html_path)
+    write_html(figures, html_path)
+    timeline = figures.timeline
     return ReportFiles(png_path, html_path, record, len(timeline.bars), timeline.sampled_every)

@@ -16,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 
 from matensemble.report.failures import COLUMNS, failure_rows
+from matensemble.report.figures import RunFigures
 from matensemble.report.record import OUTCOMES, RunRecord
 from matensemble.report.series import STATES, StackedSeries, StepSeries
 from matensemble.report.style import OUTCOME_COLOURS, STATE_COLOURS
@@ -32,21 +33,21 @@ _LINE_COLOURS = {
 }
 
 
-def write_html(
-    record: RunRecord,
-    timeline: Timeline,
-    utilisation: dict[str, StepSeries],
-    counts: StackedSeries,
-    path: Path,
-) -> None:
+def write_html(figures: RunFigures, path: Path) -> None:
     """Write the interactive report to ``path``."""
+    record, timeline, utilisation, counts = (
+        figures.record,
+        figures.timeline,
+        figures.utilisation,
+        figures.counts,
+    )
     data = _data(record, timeline, utilisation, counts)
     # "</" cannot end the script element early once escaped; JSON reads "<\/" as "</".
     payload = json.dumps(data, separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
     page = resources.files("matensemble.report")
     css = page.joinpath("page.css").read_text(encoding="utf-8")
     script = page.joinpath("page.js").read_text(encoding="utf-8")
-    backend = record.sessions[-1].backend if record.sessions else "?"
+    backend = figures.backend
     title = f"MatEnsemble run {record.run_id}"
     meta = (
         f"{backend} backend, {record.tasks} tasks, {timeline.total_attempts} attempts, "

@@ -8,13 +8,18 @@ for something else. One rectangle collection per outcome keeps 10^5 bars fast.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from matensemble.errors import MatEnsembleError
 from matensemble.report.failures import COLUMNS, failure_rows
+from matensemble.report.figures import RunFigures
 from matensemble.report.record import OUTCOMES, RunRecord
 from matensemble.report.series import StackedSeries, StepSeries
 from matensemble.report.style import OUTCOME_COLOURS, STATE_COLOURS
 from matensemble.report.timeline import Timeline
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 __all__ = ["PNG_SIZE", "require_matplotlib", "write_png"]
 
@@ -25,13 +30,7 @@ _LABELLED_ROWS = 40
 _OUTLINED_BARS = 3000
 
 
-def write_png(
-    record: RunRecord,
-    timeline: Timeline,
-    utilisation: dict[str, StepSeries],
-    counts: StackedSeries,
-    path: Path,
-) -> None:
+def write_png(figures: RunFigures, path: Path) -> None:
     """Draw the report into ``path`` (PNG, ``PNG_SIZE`` pixels).
 
     Raises:
@@ -48,7 +47,8 @@ def write_png(
     ax_util = fig.add_subplot(grid[1], sharex=ax_time)
     ax_count = fig.add_subplot(grid[2], sharex=ax_time)
     ax_fail = fig.add_subplot(grid[3])
-    backend = record.sessions[-1].backend if record.sessions else "?"
+    record, timeline = figures.record, figures.timeline
+    backend = figures.backend
     fig.suptitle(
         f"run {record.run_id} ({backend}): {record.tasks} tasks, "
         f"{timeline.total_attempts} attempts, {len(record.sessions)} session(s)"
@@ -56,8 +56,8 @@ def write_png(
         fontsize=12,
     )
     _draw_timeline(ax_time, timeline)
-    _draw_utilisation(ax_util, utilisation, record.end)
-    _draw_counts(ax_count, counts, record.end)
+    _draw_utilisation(ax_util, figures.utilisation, record.end)
+    _draw_counts(ax_count, figures.counts, record.end)
     _draw_failures(ax_fail, record)
     ax_time.set_xlim(0, max(record.end, 1e-9))
     fig.savefig(path, dpi=_DPI)
@@ -75,13 +75,10 @@ def require_matplotlib() -> None:
         ) from None
 
 
-def _draw_timeline(ax: object, timeline: Timeline) -> None:
-    from matplotlib.axes import Axes
+def _draw_timeline(ax: Axes, timeline: Timeline) -> None:
+    import numpy as np
     from matplotlib.collections import PolyCollection
     from matplotlib.patches import Patch
-
-    assert isinstance(ax, Axes)
-    import numpy as np
 
     # One (start, end, lo, hi) row per bar, grouped by outcome; rectangles built in numpy.
     outcome_of = {o: i for i, o in enumerate(OUTCOMES)}
@@ -139,10 +136,7 @@ def _draw_timeline(ax: object, timeline: Timeline) -> None:
     )
 
 
-def _draw_utilisation(ax: object, series: dict[str, StepSeries], end: float) -> None:
-    from matplotlib.axes import Axes
-
-    assert isinstance(ax, Axes)
+def _draw_utilisation(ax: Axes, series: dict[str, StepSeries], end: float) -> None:
     styles = {
         "busy cores": ("#1f77b4", "-"),
         "available cores": ("#1f77b4", "--"),
@@ -168,10 +162,7 @@ def _draw_utilisation(ax: object, series: dict[str, StepSeries], end: float) -> 
     ax.set_ylim(bottom=0)
 
 
-def _draw_counts(ax: object, stacked: StackedSeries, end: float) -> None:
-    from matplotlib.axes import Axes
-
-    assert isinstance(ax, Axes)
+def _draw_counts(ax: Axes, stacked: StackedSeries, end: float) -> None:
     xs = [*stacked.times, end]
     base = [0.0] * len(xs)
     for state, values in stacked.values.items():
@@ -189,10 +180,7 @@ def _draw_counts(ax: object, stacked: StackedSeries, end: float) -> None:
     ax.set_ylim(bottom=0)
 
 
-def _draw_failures(ax: object, record: RunRecord) -> None:
-    from matplotlib.axes import Axes
-
-    assert isinstance(ax, Axes)
+def _draw_failures(ax: Axes, record: RunRecord) -> None:
     ax.axis("off")
     rows, more = failure_rows(record, limit=_TABLE_ROWS)
     if not rows:
