@@ -9,6 +9,7 @@ bar's task when the mouse is over it, and zoom with the wheel; a screenshot is t
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -180,6 +181,13 @@ def test_hovering_a_bar_shows_its_task_attempt_times_and_exit_code_and_the_wheel
             assert "outcome  failed" in tip and f"reason   {attempt.reason}" in tip
         seen.add((box["task"], box["attempt"]))
     assert len(seen) == 5
+    util = browser.evaluate(
+        "JSON.stringify(document.getElementById('utilisation').getBoundingClientRect())"
+    )
+    rect = json.loads(util)
+    browser.mouse("mouseMoved", rect["left"] + rect["width"] / 2, rect["top"] + rect["height"] / 2)
+    values = browser.evaluate("document.getElementById('tip').textContent")
+    assert "busy cores" in values and "available cores 2" in values and "succeeded" in values
 
     full = browser.evaluate("document.getElementById('range').textContent")
     box = browser.evaluate("matensembleReport.barBox(0)")

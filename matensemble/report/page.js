@@ -47,7 +47,8 @@
 
   // -- timeline ---------------------------------------------------------------------------
   const tl = document.getElementById("timeline");
-  const rowH = Math.max(0.5, Math.min(18, 640 / Math.max(1, nRows)));
+  // Rows shrink below a pixel for very large machines: the canvas stays at most ~700 px high.
+  const rowH = Math.min(18, 640 / Math.max(1, nRows));
   const tlHeight = Math.max(60, Math.ceil(nRows * rowH)) + TOP + AXIS;
   const order = B.a.map(function (_, i) { return i; });
   order.sort(function (i, j) { return A.o[B.a[i]] - A.o[B.a[j]]; });
