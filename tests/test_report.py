@@ -396,3 +396,16 @@ async def test_gpu_tasks_get_gpu_rows_and_count_as_busy_gpus(tmp_path: Path) -> 
     util = utilisation(record)
     assert max(util["busy GPUs"].values) == 2 == max(util["available GPUs"].values)
     assert integral(util["busy GPUs"], record.end) == pytest.approx(3 * 2.0)
+
+
+async def test_a_run_without_tasks_gets_an_empty_report_without_warnings(tmp_path: Path) -> None:
+    import warnings
+
+    await Ensemble([], backend=SimulatedBackend(1, 2), run_dir=tmp_path / "run").run()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        files = write_report(tmp_path / "run", tmp_path / "out")
+    assert files.bars == 0 and files.record.finished and files.record.tasks == 0
+    assert files.png is not None
+    with Image.open(files.png) as image:
+        assert image.size == PNG_SIZE

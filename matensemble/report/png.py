@@ -59,7 +59,7 @@ def write_png(figures: RunFigures, path: Path) -> None:
     _draw_utilisation(ax_util, figures.utilisation, record.end)
     _draw_counts(ax_count, figures.counts, record.end)
     _draw_failures(ax_fail, record)
-    ax_time.set_xlim(0, max(record.end, 1e-9))
+    ax_time.set_xlim(0, record.end if record.end > 0 else 1.0)
     fig.savefig(path, dpi=_DPI)
 
 
@@ -118,7 +118,7 @@ def _draw_timeline(ax: Axes, timeline: Timeline) -> None:
                 )
             )
     n = len(timeline.rows)
-    ax.set_ylim(n - 0.5, -0.5)
+    ax.set_ylim(max(n, 1) - 0.5, -0.5)
     if n <= _LABELLED_ROWS:
         ax.set_yticks(range(n), timeline.rows, fontsize=7)
     else:
@@ -128,12 +128,15 @@ def _draw_timeline(ax: Axes, timeline: Timeline) -> None:
     if timeline.sampled_every > 1:
         title += f" (every {timeline.sampled_every}th attempt shown)"
     ax.set_title(title, fontsize=10, loc="left")
-    ax.legend(
-        handles=[Patch(color=OUTCOME_COLOURS[o], label=o) for o in OUTCOMES if len(by_outcome[o])],
-        loc="upper right",
-        fontsize=7,
-        ncols=len(OUTCOMES),
-    )
+    if len(timeline.bars):
+        ax.legend(
+            handles=[
+                Patch(color=OUTCOME_COLOURS[o], label=o) for o in OUTCOMES if len(by_outcome[o])
+            ],
+            loc="upper right",
+            fontsize=7,
+            ncols=len(OUTCOMES),
+        )
 
 
 def _draw_utilisation(ax: Axes, series: dict[str, StepSeries], end: float) -> None:
@@ -158,7 +161,8 @@ def _draw_utilisation(ax: Axes, series: dict[str, StepSeries], end: float) -> No
         )
     averaged = any(s.averaged for s in series.values())
     ax.set_title("utilisation" + (" (bin averages)" if averaged else ""), fontsize=10, loc="left")
-    ax.legend(loc="upper right", fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="upper right", fontsize=7)
     ax.set_ylim(bottom=0)
 
 
@@ -176,7 +180,8 @@ def _draw_counts(ax: Axes, stacked: StackedSeries, end: float) -> None:
     title = "tasks in each state (stacked" + (", bin averages)" if stacked.averaged else ")")
     ax.set_title(title, fontsize=10, loc="left")
     ax.set_xlabel("seconds since the run started")
-    ax.legend(loc="upper left", fontsize=7, ncols=4)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="upper left", fontsize=7, ncols=4)
     ax.set_ylim(bottom=0)
 
 
