@@ -5,13 +5,17 @@ Runs 10^5 tasks (1 in 100 failing, retried once) on a simulated machine, then ti
 comparison it also times the fastest raw pass over the same journal (``read_journal``, which
 only decodes), so the report's own cost reads as a ratio.
 
-    python benchmarks/report_scale.py [--tasks 100000] [--nodes 4] [--cores 56]
+    python benchmarks/report_scale.py [--tasks 100000] [--nodes 4] [--cores 56] [--browser]
+
+``--browser`` also opens the HTML report in headless Chromium (the tests' DevTools client)
+and times loading and drawing it, and redrawing it on a mouse-wheel zoom.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -49,6 +53,7 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=100_000)
     parser.add_argument("--nodes", type=int, default=4)
     parser.add_argument("--cores", type=int, default=56)
+    parser.add_argument("--browser", action="store_true", help="time the page in Chromium")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp) / "run"
@@ -76,6 +81,30 @@ def main() -> None:
         print(f"bars drawn {files.bars} (every {files.sampled_every} attempt(s))")
         print(f"report.html {html_only.html.stat().st_size / 1e6:.2f} MB")
         print(f"report.png  {files.png.stat().st_size / 1e3:.0f} kB")
+        if args.browser:
+            in_browser(html_only.html, Path(tmp) / "profile")
+
+
+def in_browser(html: Path, profile: Path) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from headless_browser import Browser
+
+    browser = Browser(profile)
+    try:
+        t0 = time.perf_counter()
+        browser.open(html)
+        drawn = browser.evaluate("document.body.dataset.barsDrawn")
+        load = time.perf_counter() - t0
+        box = browser.evaluate("matensembleReport.barBox(0)")
+        t0 = time.perf_counter()
+        for _ in range(3):
+            browser.mouse("mouseWheel", box["x"], box["y"], deltaX=0, deltaY=-120)
+        browser.evaluate("document.body.dataset.barsDrawn")
+        zoom = (time.perf_counter() - t0) / 3
+        print(f"Chromium: load and draw {drawn} bars {load:.2f} s, one zoom redraw {zoom:.2f} s")
+        print(f"console messages: {len(browser.console)}")
+    finally:
+        browser.close()
 
 
 if __name__ == "__main__":
