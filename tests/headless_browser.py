@@ -10,6 +10,7 @@ screenshot.
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import os
 import select
@@ -31,10 +32,10 @@ class Browser:
 
     def __init__(self, profile: Path, width: int = 1300, height: int = 1400) -> None:
         assert CHROMIUM is not None
-        to_browser_r, self._to_browser = os.pipe()
-        self._from_browser, from_browser_w = os.pipe()
+        to_browser_r, self._to_browser = _high_pipe()
+        self._from_browser, from_browser_w = _high_pipe()
 
-        def as_fds_3_and_4() -> None:
+        def as_fds_3_and_4() -> None:  # in the child: both ends are >= 10, so neither is hit
             os.dup2(to_browser_r, 3)
             os.dup2(from_browser_w, 4)
 
@@ -50,7 +51,7 @@ class Browser:
                 "about:blank",
             ],
             preexec_fn=as_fds_3_and_4,
-            pass_fds=(3, 4),  # kept open in the child, where the two dup2 above put the pipes
+            close_fds=False,  # keeps 3 and 4 (dup2 makes them inheritable); others are not
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -145,3 +146,12 @@ class Browser:
             elif method == "Log.entryAdded":
                 self.console.append(f"{params['entry']['level']}: {params['entry']['text']}")
         return message
+
+
+def _high_pipe() -> tuple[int, int]:
+    """A pipe whose two ends are numbered 10 or more (and close on exec)."""
+    low = os.pipe()
+    high = tuple(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in low)
+    for fd in low:
+        os.close(fd)
+    return high[0], high[1]
