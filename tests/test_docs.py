@@ -154,3 +154,51 @@ def test_docs_site_builds_strictly_with_the_api_reference(tmp_path: Path) -> Non
     assert 'id="matensemble.report.write_report"' in api
     for page in ("tutorial", "report", "hpc/frontier", "hpc/perlmutter"):
         assert (tmp_path / "site" / page / "index.html").is_file()
+
+
+def flux_env() -> dict[str, str] | None:
+    """This environment plus a real `flux` and its Python bindings, or None without them."""
+    flux = shutil.which("flux")
+    if flux is None:
+        return None
+    out = subprocess.run([flux, "env"], capture_output=True, text=True, check=False).stdout
+    found = re.search(r'^export PYTHONPATH="([^"]*)"', out, re.MULTILINE)
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    env = {**os.environ, "PATH": path, "COLUMNS": "1000", "NO_COLOR": "1"}
+    if found:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (found[1], env.get("PYTHONPATH")) if p)
+    return env
+
+
+@pytest.mark.flux
+@pytest.mark.skipif(shutil.which("flux") is None, reason="no `flux` command on PATH")
+@pytest.mark.parametrize("page", ["hpc/frontier.md", "hpc/perlmutter.md"])
+def test_hpc_guide_run_or_resume_script_runs_under_a_real_flux_start(
+    page: str, tmp_path: Path
+) -> None:
+    """The guide's run-or-resume job script, as written, minus Slurm: `srun ...` (one node here)
+    and `source .../activate` (this environment is active) are dropped; the tutorial's CPU
+    ensemble stands in for the site's GPU one. Run twice: `run`, then `resume`."""
+    env = flux_env()
+    assert env is not None
+    env.update(SLURM_NNODES="1", SLURM_JOB_ID="1", SCRATCH=str(tmp_path))
+    tutorial = {title: body for _, title, body in blocks("tutorial.md") if title}
+    for name in ("square.py", "total.py"):
+        (tmp_path / name).write_text(tutorial[name])
+    (tmp_path / "ensemble.toml").write_text(tutorial["squares.toml"])
+    script = next(body for _, _, body in blocks(page) if "STEP=" in body)
+    lines = [re.sub(r"^srun .*? flux start ", "flux start ", line) for line in script.splitlines()]
+    (tmp_path / "job.sh").write_text("\n".join(ln for ln in lines if not ln.startswith("source ")))
+    for step in ("run", "resume"):
+        proc = subprocess.run(
+            ["bash", "job.sh"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+        )
+        assert proc.returncode == 0, f"{step}: {proc.stdout}\n{proc.stderr}"
+        assert "wrote " in proc.stdout and "report.html" in proc.stdout
+    run = tmp_path / "runs" / "sweep"
+    assert (run / "tasks" / "total" / "stdout").read_text() == "8 squares, total 204\n"
+    from matensemble.report import read_run
+
+    record = read_run(run)
+    assert [s.backend for s in record.sessions] == ["flux", "flux"]
+    assert len(record.attempts) == 10  # the resume ran nothing again
