@@ -2,8 +2,9 @@
 
 The tutorial runs end to end in an empty directory, in page order; the HPC guides' batch
 scripts are checked by bash and every `matensemble` command line in them by the CLI's own
-parser (no Slurm here), their ensemble files by the loader; the report page's commands and
-Python run on a real run. The site itself is built strictly when mkdocs is installed.
+parser (no Slurm here), their ensemble files by the loader, and their run-or-resume script
+runs under a real `flux start` when Flux is on PATH; the report page's commands and Python
+run on a real run. The site itself is built strictly when mkdocs is installed.
 """
 
 from __future__ import annotations
