@@ -112,7 +112,11 @@ def test_report_of_a_real_run_draws_every_attempt_coloured_by_outcome_in_the_png
     text = html.read_text()
     assert "<script src" not in text and "<link" not in text  # nothing loaded from elsewhere
     assert "Failures: 2" in text
-    assert "exited with" in text or ">3<" in text  # the exit code of the failing task
+    assert text.count("<td>bad</td>") == 2  # both attempts of the failing task, with
+    assert (
+        text.count("<td>3</td>") == 2 and "<td>exited with code 3</td>" in text
+    )  # code and reason
+    assert "<td>retried</td>" in text and "<td>final</td>" in text
 
 
 def test_report_reads_attempts_failures_and_machine_from_the_journal(tmp_path: Path) -> None:
