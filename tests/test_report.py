@@ -1,86 +1,34 @@
 """``matensemble report``: pictures of real runs (finished, live, crashed, resumed).
 
-The PNG is checked for content (size, the outcome colours really drawn); the HTML report is
-opened in a real headless Chromium over the DevTools protocol (skipped without one; `.ci/run`
-installs it): it must load without a console message, draw one bar per attempt, show each
-bar's task when the mouse is over it, and zoom with the wheel; a screenshot is taken.
+The PNG is checked for content (size, the outcome colours really drawn); the HTML page in a
+real browser is tested in test_report_html.py.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import re
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from matensemble import Ensemble, SimulatedBackend, Task
+from matensemble import Ensemble, Resources, SimulatedBackend, Task
 from matensemble.backends.local_inventory import find_run_processes
 from matensemble.errors import JournalError
 from matensemble.journal import JOURNAL_NAME
 from matensemble.report import PNG_SIZE, read_run, write_report
 from matensemble.report.series import StepSeries, state_counts, utilisation
 from matensemble.report.style import OUTCOME_COLOURS
+from matensemble.report.timeline import layout_timeline
 
 from conftest import matensemble
-from headless_browser import CHROMIUM, Browser
+from report_runs import finished_local_run, pixels_of, sim
 
 Image = pytest.importorskip("PIL.Image", reason="the PNG checks read images with Pillow")
-
-needs_chromium = pytest.mark.skipif(
-    CHROMIUM is None, reason="needs Chromium (Debian: apt-get install chromium); .ci/run has it"
-)
-
-ENSEMBLE = """
-[ensemble]
-name = "small"
-
-[[sweep]]
-id = "ok-{{i}}"
-command = ["{python}", "-c", "pass"]
-parameters = {{ i = {{ start = 1, stop = 4 }} }}
-
-[[task]]
-id = "bad"
-command = ["{python}", "-c", "import sys; sys.exit(3)"]
-retries = 1
-"""
-
-
-def rgb(colour: str) -> tuple[int, int, int]:
-    return (int(colour[1:3], 16), int(colour[3:5], 16), int(colour[5:7], 16))
-
-
-def pixels_of(png: Path, colour: str) -> int:
-    with Image.open(png) as image:
-        counts = image.convert("RGB").getcolors(maxcolors=1 << 24)
-    return sum(n for n, c in counts if c == rgb(colour))
-
-
-def finished_local_run(tmp_path: Path) -> Path:
-    """A real run on 2 cores: 3 tasks succeed, one fails twice (retried once): 5 attempts."""
-    spec = tmp_path / "small.toml"
-    spec.write_text(ENSEMBLE.format(python=sys.executable))
-    run_dir = tmp_path / "run"
-    proc = matensemble("run", spec, "--run-dir", run_dir, "--cores", "2", cwd=tmp_path)
-    assert proc.returncode == 1, proc.stdout + proc.stderr
-    return run_dir
-
-
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[Browser]:
-    page = Browser(tmp_path / "chromium-profile")
-    try:
-        yield page
-    finally:
-        page.close()
 
 
 def integral(series: StepSeries, end: float) -> float:
@@ -136,76 +84,6 @@ def test_report_reads_attempts_failures_and_machine_from_the_journal(tmp_path: P
     ]
     assert all(f.reason for f in record.failures)
     assert record.sessions[0].cores == 2 and record.sessions[0].backend == "local"
-
-
-@needs_chromium
-def test_html_report_loads_in_a_real_browser_without_errors_and_draws_one_bar_per_attempt(
-    tmp_path: Path, browser: Browser
-) -> None:
-    run_dir = finished_local_run(tmp_path)
-    files = write_report(run_dir, tmp_path / "out", png=False)
-    assert files.png is None and files.bars == 5
-    browser.open(files.html)
-    assert browser.evaluate("document.body.dataset.ready") == "1"
-    assert browser.evaluate("document.body.dataset.barsDrawn") == "5"
-    assert browser.evaluate("document.querySelectorAll('#failures tbody tr').length") == 2
-    shot = tmp_path / "screenshot.png"
-    browser.screenshot(shot)
-    assert browser.console == []  # no error, warning or log line while loading and drawing
-    with Image.open(shot) as image:
-        assert image.size == (1300, 1400)
-        found = {c for _, c in image.convert("RGB").getcolors(maxcolors=1 << 24)}
-    assert rgb(OUTCOME_COLOURS["succeeded"]) in found  # the canvas really drew the bars
-    assert rgb(OUTCOME_COLOURS["failed"]) in found
-
-
-@needs_chromium
-def test_hovering_a_bar_shows_its_task_attempt_times_and_exit_code_and_the_wheel_zooms(
-    tmp_path: Path, browser: Browser
-) -> None:
-    run_dir = finished_local_run(tmp_path)
-    record = read_run(run_dir)
-    browser.open(write_report(run_dir, tmp_path / "out", png=False).html)
-    seen = set()
-    for i in range(browser.evaluate("matensembleReport.bars")):
-        box = browser.evaluate(f"matensembleReport.barBox({i})")
-        browser.mouse("mouseMoved", box["x"] + box["w"] / 2, box["y"] + box["h"] / 2)
-        tip = browser.evaluate("document.getElementById('tip').textContent")
-        assert browser.evaluate("document.getElementById('tip').style.display") == "block"
-        assert f"task     {box['task']}\nattempt  {box['attempt']}\n" in tip
-        attempt = next(
-            a for a in record.attempts if (a.task, a.attempt) == (box["task"], box["attempt"])
-        )
-        shown = re.search(r"start    ([\d.]+) s\nend      ([\d.]+) s", tip)
-        assert shown is not None, tip
-        assert float(shown[1]) == pytest.approx(attempt.start, rel=0.01, abs=1e-3)
-        assert float(shown[2]) == pytest.approx(attempt.end, rel=0.01, abs=1e-3)
-        assert f"exit     {attempt.returncode}" in tip
-        if attempt.outcome == "failed":
-            assert "outcome  failed" in tip and f"reason   {attempt.reason}" in tip
-        seen.add((box["task"], box["attempt"]))
-    assert len(seen) == 5
-    util = browser.evaluate(
-        "JSON.stringify(document.getElementById('utilisation').getBoundingClientRect())"
-    )
-    rect = json.loads(util)
-    browser.mouse("mouseMoved", rect["left"] + rect["width"] / 2, rect["top"] + rect["height"] / 2)
-    values = browser.evaluate("document.getElementById('tip').textContent")
-    assert "busy cores" in values and "available cores 2" in values and "succeeded" in values
-
-    full = browser.evaluate("document.getElementById('range').textContent")
-    box = browser.evaluate("matensembleReport.barBox(0)")
-    for _ in range(5):
-        browser.mouse("mouseWheel", box["x"] + 2, box["y"] + 2, deltaX=0, deltaY=-120)
-    zoomed = browser.evaluate("document.getElementById('range').textContent")
-    assert zoomed != full
-    t0, t1 = (float(v) for v in re.findall(r"[\d.]+", zoomed)[:2])
-    assert t1 - t0 < 0.5 * record.end
-    for count in (1, 2):  # a double click resets the zoom
-        for kind in ("mousePressed", "mouseReleased"):
-            browser.mouse(kind, box["x"] + 2, box["y"] + 2, button="left", clickCount=count)
-    assert browser.evaluate("document.getElementById('range').textContent") == full
-    assert browser.console == []
 
 
 # -- a run that is still going, then crashes --------------------------------------------------
@@ -265,17 +143,6 @@ def test_report_of_a_live_run_then_of_its_crashed_driver_shows_unfinished_attemp
 # -- simulated runs: utilisation, resume, sampling ---------------------------------------------
 
 
-def sim(task_id: str, duration: float, cores: int = 1, exit: int = 0) -> Task:
-    from matensemble import Resources
-
-    return Task(
-        id=task_id,
-        command=("sim",),
-        resources=Resources(cores_per_rank=cores),
-        tags={"sim_duration": str(duration), "sim_exit": str(exit)},
-    )
-
-
 async def test_busy_core_seconds_in_the_report_equal_the_runs_own_utilisation(
     tmp_path: Path,
 ) -> None:
@@ -311,21 +178,6 @@ async def test_report_of_a_resumed_run_draws_both_sessions_one_after_the_other(
     assert all(
         a.start >= second.start for a in record.attempts if a.task == "long" and a.attempt > 1
     )
-
-
-@needs_chromium
-async def test_a_timeline_over_its_bar_budget_draws_every_kth_attempt_and_says_so(
-    tmp_path: Path, browser: Browser
-) -> None:
-    tasks = [sim(f"t{i}", 1.0, exit=int(i % 10 == 0)) for i in range(50)]
-    await Ensemble(tasks, backend=SimulatedBackend(1, 8), run_dir=tmp_path / "run").run()
-    files = write_report(tmp_path / "run", tmp_path / "out", max_bars=10)
-    assert files.sampled_every == 5 and files.bars == 10
-    text = files.html.read_text()
-    assert "every 5th" in text and "Failures: 5" in text
-    browser.open(files.html)
-    assert browser.evaluate("document.body.dataset.barsDrawn") == "10"
-    assert browser.console == []
 
 
 # -- bad input and missing pieces --------------------------------------------------------------
@@ -376,9 +228,6 @@ def test_report_of_a_corrupt_journal_names_the_file_and_line_and_exits_2(tmp_pat
 
 
 async def test_gpu_tasks_get_gpu_rows_and_count_as_busy_gpus(tmp_path: Path) -> None:
-    from matensemble import Resources
-    from matensemble.report.timeline import layout_timeline
-
     gpu = Resources(cores_per_rank=2, gpus_per_rank=1)
     tasks = [
         Task(id=f"g{i}", command=("sim",), resources=gpu, tags={"sim_duration": "2"})
