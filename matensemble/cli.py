@@ -1,15 +1,15 @@
 """``matensemble run | resume | status | report``: run ensemble files, look at runs.
 
 Exit codes: 0 every task succeeded; 1 some task did not; 2 bad input (file, options, journal);
-3 stopped before the end (walltime); 128+N stopped by signal N (130 for SIGINT, 143 for
-SIGTERM). A stopped run continues with ``matensemble resume RUN_DIR``.
+3 stopped before the end (walltime); 4 stopped because a run file could not be written (no space
+left on the device, or the quota is used up); 128+N stopped by signal N (130 for SIGINT, 143
+for SIGTERM). A stopped run continues with ``matensemble resume RUN_DIR``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import signal
 import sys
 import time
@@ -22,10 +22,11 @@ from rich.table import Table
 
 from matensemble.backends.base import Backend
 from matensemble.engine import Ensemble
-from matensemble.errors import MatEnsembleError
+from matensemble.errors import DiskFull, MatEnsembleError
 from matensemble.model import TaskState
 from matensemble.observer import Observer
 from matensemble.progress import ProgressDisplay
+from matensemble.signals import SignalStop
 from matensemble.spec import EnsembleSpec, load_ensemble
 from matensemble.status import read_status
 from matensemble.strategies import completion_by_name, order_by_name
@@ -33,7 +34,8 @@ from matensemble.summary import RunSummary
 
 __all__ = ["main"]
 
-EXIT_OK, EXIT_TASKS_FAILED, EXIT_BAD_INPUT, EXIT_STOPPED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_OK, EXIT_TASKS_FAILED, EXIT_BAD_INPUT, EXIT_STOPPED, EXIT_DISK_FULL = 0, 1, 2, 3, 4
+EXIT_INTERRUPTED = 130
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -43,6 +45,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     err = Console(stderr=True)
     try:
         code: int = args.func(args)
+    except DiskFull as exc:
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+        return EXIT_DISK_FULL
     except MatEnsembleError as exc:
         # Escaped: messages quote the file's own brackets ([defaults], [[task]], $.task[0]).
         err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
@@ -208,30 +213,12 @@ def _execute(
 
 async def _run_with_signals(ensemble: Ensemble, console: Console) -> tuple[RunSummary, list[int]]:
     """Run; the first SIGINT/SIGTERM stops gracefully, a second one forces an exit now."""
-    loop = asyncio.get_running_loop()
-    seen: list[int] = []
-
-    def on_signal(signum: int) -> None:
-        seen.append(signum)
-        name = signal.Signals(signum).name
-        if len(seen) == 1:
-            console.print(
-                f"[yellow]{name}: stopping (running tasks are cancelled; again to force)[/]"
-            )
-            ensemble.stop(name)
-            return
-        console.print(f"[red]{name}: forced exit; the journal is kept for resume[/]")
-        ensemble.abort()
-        os._exit(128 + signum)
-
-    handled = (signal.SIGINT, signal.SIGTERM)
-    for signum in handled:
-        loop.add_signal_handler(signum, on_signal, signum)
+    handler = SignalStop(ensemble, lambda message: console.print(f"[yellow]{escape(message)}[/]"))
+    handler.install((signal.SIGINT, signal.SIGTERM))
     try:
-        return await ensemble.run(), seen
+        return await ensemble.run(), handler.seen
     finally:
-        for signum in handled:
-            loop.remove_signal_handler(signum)
+        handler.remove()
 
 
 def _walltime(text: str) -> float:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import signal
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Container, Iterable, Sequence
@@ -26,7 +27,7 @@ from anyio.abc import TaskGroup
 
 from matensemble.backends.base import Backend, Launch, LaunchKey, Outcome
 from matensemble.dispatch import Dispatcher, Record
-from matensemble.errors import MatEnsembleError, TaskRejected
+from matensemble.errors import DiskFull, MatEnsembleError, TaskRejected
 from matensemble.graph import DependencyGraph
 from matensemble.journal import Journal, Replay, replay
 from matensemble.logging import EnsembleLogger, make_logger
@@ -53,6 +54,7 @@ from matensemble.resume import (
     restore_records,
     unfinished_tasks,
 )
+from matensemble.signals import SignalStop
 from matensemble.status import StatusFile
 from matensemble.strategies import FIFO, Adaptive, CompletionPolicy, RetryPolicy, SubmissionOrder
 from matensemble.summary import RunSummary
@@ -87,6 +89,10 @@ class Ensemble:
             its own (the allocation's end under Flux); the earlier one counts.
         durable: sync the journal to disk at each commit (``fdatasync``, one per batch); by
             default on, except for backends with a virtual clock (simulation).
+        handle_signals: while the run is active, a SIGTERM stops it gracefully like the CLI
+            does (running tasks killed and journaled as interrupted; a second one exits at
+            once), unless the application has a SIGTERM handler of its own. ``False`` leaves
+            SIGTERM alone. See docs/nothing-lost.md.
     """
 
     def __init__(
@@ -105,6 +111,7 @@ class Ensemble:
         add_new: bool = False,
         walltime: float | None = None,
         durable: bool | None = None,
+        handle_signals: bool = True,
     ) -> None:
         if walltime is not None and not walltime > 0:
             raise ValueError(f"walltime must be > 0 seconds, got {walltime!r}")
@@ -130,6 +137,7 @@ class Ensemble:
         self._add_new = add_new
         self._walltime = walltime
         self._durable = durable
+        self._signals: SignalStop | None = SignalStop(self) if handle_signals else None
         self.run_id = run_id or time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
         self.run_dir = Path(run_dir) if run_dir is not None else Path("runs") / self.run_id
         self._tasks_dir = self.run_dir / "tasks"
@@ -190,6 +198,8 @@ class Ensemble:
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         try:
+            if self._signals is not None:
+                self._signals.install((signal.SIGTERM,), only_if_default=True)
             self.backend.job_ids = self._on_job_id
             inventory = await self.backend.open(self._on_outcome, self._tg)
             self._pool = ResourcePool(inventory)
@@ -317,6 +327,7 @@ class Ensemble:
         await self._teardown(error)
         self._tg.cancel_scope.cancel()
         await self._tg.__aexit__(None, None, None)
+        error = error or self._error  # e.g. the disk filled up while the last files were written
         if exc is None and error is not None:
             raise error
 
@@ -326,7 +337,8 @@ class Ensemble:
             if self._deadline_timer is not None:
                 self._deadline_timer.cancel()
             self._stopping = True
-            if exc is not None and not self._interrupted:
+            if exc is not None and not self._interrupted:  # stopped from outside its tasks:
+                self._interrupted = True  # every unfinished task stays resumable (invariant 7)
                 self._stop_reason = f"ensemble stopped: {_why(exc)}"
             reason = self._stop_reason or "ensemble stopped"
             try:
@@ -348,8 +360,13 @@ class Ensemble:
                     self._emit(RunFinished(self._t_end, counts, outcome))
                     self.log.info("run_finished", outcome=outcome, reason=reason, **counts)
                     for obs in self._observers:
-                        obs.close()
+                        try:
+                            obs.close()
+                        except DiskFull as full:  # close the others; raised after teardown
+                            self._error = self._error or full
                     self._logger.close()
+                if self._signals is not None:
+                    self._signals.remove()
                 self._progress.set()
 
     # -- public API -----------------------------------------------------------------------------
@@ -440,8 +457,8 @@ class Ensemble:
         ids = task_ids or [r.task.id for r in self._records.values() if not r.state.terminal]
         for task_id in ids:
             rec = self._record(task_id)
+            rec.cancel_requested = True  # final: never retried, never run again on resume
             if rec.state is TaskState.RUNNING:
-                rec.cancel_requested = True  # never retry a cancelled task
                 self.backend.cancel((task_id, rec.attempts))
             elif not rec.state.terminal:
                 self._finish(rec, TaskState.CANCELLED, reason="cancelled")
@@ -545,7 +562,7 @@ class Ensemble:
                     self.stop("walltime: no queued task can finish before the deadline")
                 if self._notify:
                     self._wake_consumer.set()  # results to commit and tell (skips, cancels)
-                elif not self._outcomes and self._running:
+                elif not self._outcomes:  # running tasks or retry backoffs
                     self.backend.idle()
                 await self._wake_producer.wait()
         except Exception as exc:  # a bug or a strategy error: stop the run, report it
@@ -691,7 +708,7 @@ class Ensemble:
                 retry_in=delay,
             )
             if delay > 0:
-                asyncio.get_running_loop().call_later(delay, self._retry_due, rec)
+                self.backend.call_later(delay, lambda: self._retry_due(rec))
             else:
                 self._make_ready(rec)
             return
