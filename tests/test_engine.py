@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import msgspec
@@ -130,6 +131,23 @@ async def test_failed_task_is_retried_with_backoff_then_succeeds(run_dir: Path) 
         if isinstance(e, TaskFinished) and e.retry_in is not None
     ]
     assert [e.retry_in for e in retries] == [0.01, 0.02]
+
+
+async def test_a_retry_backoff_under_simulation_waits_on_the_virtual_clock(run_dir: Path) -> None:
+    # Attempts 1 and 2 fail after 1 s each; the backoffs are 30 s and 60 s of virtual time.
+    backend = sim(returncode=lambda task, attempt: 0 if attempt == 3 else 1)
+    t0 = time.monotonic()
+    summary = await Ensemble(
+        [t("flaky", retries=2), t("other", est=2.0)],
+        backend=backend,
+        retry=RetryPolicy(delay=30.0, factor=2.0),
+        run_dir=run_dir,
+    ).run()
+    elapsed = time.monotonic() - t0
+    assert summary.results["flaky"].state is TaskState.SUCCEEDED
+    assert summary.makespan == pytest.approx(1 + 30 + 1 + 60 + 1)  # the backoffs count
+    assert summary.results["flaky"].start_time == pytest.approx(1 + 30 + 1 + 60)
+    assert elapsed < 15.0  # far below the 90 s the backoffs would take on a wall clock
 
 
 async def test_retries_are_bounded(run_dir: Path) -> None:

@@ -180,6 +180,12 @@ class Backend(abc.ABC):
     virtual_clock: bool = False
     """True when ``now()`` is not wall-clock time (the engine then sets no real timers)."""
 
+    def call_later(self, delay: float, callback: Callable[[], None]) -> None:
+        """Call ``callback`` on the event loop thread ``delay`` seconds later on this backend's
+        clock (a retry's backoff). A backend with a virtual clock must override it, so that
+        the wait is virtual too and counts in the makespan."""
+        asyncio.get_running_loop().call_later(delay, callback)
+
     job_ids: Callable[[LaunchKey, str], None] | None = None
     """Set by the engine: call it with a launch's key and the backend's own id for it (a Flux
     job id) as soon as that is known, so the journal can find the job again after a crash."""

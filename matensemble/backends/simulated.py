@@ -69,7 +69,8 @@ class SimulatedBackend(Backend):
         self._returncode = returncode
         self._now = start
         self._sink: Sink | None = None
-        self._heap: list[tuple[float, int, LaunchKey]] = []
+        self._heap: list[tuple[float, int, LaunchKey | None]] = []  # None: a timer
+        self._timers: dict[int, Callable[[], None]] = {}  # heap sequence number -> callback
         self._live: dict[LaunchKey, tuple[float, Outcome]] = {}
         self._seq = itertools.count()
         self._advance_scheduled = False
@@ -134,22 +135,32 @@ class SimulatedBackend(Backend):
                 )
             )
 
+    def call_later(self, delay: float, callback: Callable[[], None]) -> None:
+        """Call ``callback`` when the virtual clock reaches ``now() + delay``."""
+        seq = next(self._seq)
+        self._timers[seq] = callback
+        heapq.heappush(self._heap, (self._now + max(0.0, delay), seq, None))
+
     def idle(self) -> None:
-        if not self._advance_scheduled and self._live:
+        if not self._advance_scheduled and (self._live or self._timers):
             self._advance_scheduled = True
             asyncio.get_running_loop().call_soon(self._advance)
 
     def _advance(self) -> None:
-        """Jump to the next completion time and report every launch that ends then."""
+        """Jump to the next completion or timer; report every launch that ends then, and call
+        every timer that is due."""
         self._advance_scheduled = False
-        heap, live = self._heap, self._live
-        while heap and heap[0][2] not in live:
+        heap, live, timers = self._heap, self._live, self._timers
+        while heap and heap[0][1] not in timers and heap[0][2] not in live:
             heapq.heappop(heap)  # cancelled
         if not heap:
             return
         self._now = max(self._now, heap[0][0])
         while heap and heap[0][0] <= self._now:
-            _, _, key = heapq.heappop(heap)
+            _, seq, key = heapq.heappop(heap)
+            if key is None:
+                timers.pop(seq)()
+                continue
             item = live.pop(key, None)
             if item is not None:
                 self._deliver(item[1])
@@ -162,3 +173,4 @@ class SimulatedBackend(Backend):
         for key in list(self._live):
             self.cancel(key)
         self._heap.clear()
+        self._timers.clear()
