@@ -5,10 +5,14 @@ Every message names what is wrong (file, field path, task id) and, where it help
 
 from __future__ import annotations
 
+import errno
+from pathlib import Path
+
 __all__ = [
     "BackendError",
     "BackendUnavailable",
     "DependencyError",
+    "DiskFull",
     "JournalError",
     "MatEnsembleError",
     "ResumeMismatch",
@@ -61,3 +65,26 @@ class BackendError(MatEnsembleError):
 
 class BackendUnavailable(BackendError):
     """The backend cannot be used here (no Flux instance, package missing); says how to fix it."""
+
+
+class DiskFull(MatEnsembleError):
+    """A run file could not be written: no space left on the device, or the disk quota is used up.
+
+    The run stops cleanly: the journal ends on its last whole event (replayable), every
+    unfinished task stays resumable, and ``matensemble resume`` continues once space is free.
+    ``path`` is the file that could not be written.
+    """
+
+    def __init__(self, path: Path, error: OSError) -> None:
+        self.path = path
+        self.run_dir = path.parent
+        why = error.strerror or str(error)
+        super().__init__(
+            f"{path}: {why}; the run was stopped. Free some space, then continue with: "
+            f"matensemble resume {self.run_dir}"
+        )
+
+    @staticmethod
+    def is_full(error: OSError) -> bool:
+        """Is ``error`` "no space left" or "quota exceeded"?"""
+        return error.errno in (errno.ENOSPC, errno.EDQUOT)

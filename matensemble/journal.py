@@ -18,7 +18,7 @@ from typing import IO
 import anyio.to_thread
 import msgspec
 
-from matensemble.errors import JournalError
+from matensemble.errors import DiskFull, JournalError
 from matensemble.model import (
     Event,
     Placement,
@@ -68,7 +68,8 @@ class Journal(Observer):
         self.path = run_dir / JOURNAL_NAME
         self.durable = durable
         _cut_torn_tail(self.path)
-        self._file: IO[bytes] | None = self.path.open("ab")
+        self._file: IO[bytes] | None = self.path.open("ab", buffering=0)
+        self._size = os.fstat(self._file.fileno()).st_size  # ends on a whole line
         self._encoder = msgspec.json.Encoder()
         self._buffer = bytearray()
         self._written = 0  # flushes so far
@@ -87,11 +88,30 @@ class Journal(Observer):
         buffer += b"\n"
 
     def flush(self) -> None:
-        """Hand the buffered events to the OS in one write."""
+        """Hand the buffered events to the OS in one write.
+
+        Raises ``DiskFull`` when the device or quota is full: what was written of this batch
+        is cut off again, so the journal ends on its last whole event, and nothing more is
+        written to it (the run stops; a resume continues from there).
+        """
         if self._file is None or not self._buffer:
+            self._buffer.clear()
             return
-        self._file.write(self._buffer)
-        self._file.flush()
+        fd = self._file.fileno()
+        written = 0
+        try:
+            with memoryview(self._buffer) as data:
+                while written < len(data):
+                    written += os.write(fd, data[written:])
+        except OSError as exc:
+            os.ftruncate(fd, self._size)  # frees space, so it works on a full device too
+            self._file.close()
+            self._file = None
+            self._buffer.clear()
+            if DiskFull.is_full(exc):
+                raise DiskFull(self.path, exc) from exc
+            raise
+        self._size += len(self._buffer)
         self._buffer.clear()
         self._written += 1
 
@@ -108,6 +128,10 @@ class Journal(Observer):
         upto = self._written
         try:
             await anyio.to_thread.run_sync(os.fdatasync, self._file.fileno())
+        except OSError as exc:  # network file systems may report a full quota only here
+            if DiskFull.is_full(exc):
+                raise DiskFull(self.path, exc) from exc
+            raise
         finally:
             self._syncing = None
         self._synced = max(self._synced, upto)

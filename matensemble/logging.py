@@ -6,6 +6,7 @@ the host application's own structlog/logging setup is left alone.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 from typing import IO, Any
@@ -26,8 +27,13 @@ class _Tee:
 
     def msg(self, message: str) -> None:
         for stream in self._streams:
-            stream.write(message + "\n")
-            stream.flush()
+            try:
+                stream.write(message + "\n")
+                stream.flush()
+            except OSError:
+                # A full disk: the journal, which is the record, stops the run; the log must
+                # not raise in the middle of a state change, so it drops the line.
+                continue
 
     debug = info = warning = error = critical = msg
 
@@ -40,7 +46,8 @@ class EnsembleLogger:
         self._file = file
 
     def close(self) -> None:
-        self._file.close()
+        with contextlib.suppress(OSError):  # a full disk: unwritten lines are lost (see _Tee)
+            self._file.close()
 
 
 def make_logger(

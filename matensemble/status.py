@@ -17,7 +17,7 @@ from typing import Any
 
 import msgspec
 
-from matensemble.errors import MatEnsembleError
+from matensemble.errors import DiskFull, MatEnsembleError
 from matensemble.model import Event, RunFinished, RunStarted, TaskFinished, TaskState
 from matensemble.observer import Observer
 
@@ -76,6 +76,7 @@ class StatusFile(Observer):
         self._dirty = False
         self._last_write = 0.0
         self._timer: asyncio.TimerHandle | None = None
+        self._error: DiskFull | None = None  # a write from the timer failed: raised by flush
 
     def on_event(self, event: Event) -> None:
         self._dirty = True
@@ -90,6 +91,9 @@ class StatusFile(Observer):
             self._phase = "finished" if event.reason == "completed" else event.reason
 
     def flush(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
         if not self._dirty or self._timer is not None:
             return
         wait = self._last_write + self._interval - time.monotonic()
@@ -101,7 +105,10 @@ class StatusFile(Observer):
     def _on_timer(self) -> None:
         self._timer = None
         if self._dirty:
-            self._write()
+            try:
+                self._write()
+            except DiskFull as exc:  # no one to raise to in a loop callback: the next flush
+                self._error = exc
 
     def close(self) -> None:
         if self._timer is not None:
@@ -125,8 +132,14 @@ class StatusFile(Observer):
             pid=os.getpid(),
         )
         tmp = self.path.with_name(STATUS_NAME + ".tmp")
-        tmp.write_bytes(msgspec.json.format(msgspec.json.encode(status), indent=2) + b"\n")
-        os.replace(tmp, self.path)
+        try:
+            tmp.write_bytes(msgspec.json.format(msgspec.json.encode(status), indent=2) + b"\n")
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)  # never leave a half-written status behind
+            if DiskFull.is_full(exc):
+                raise DiskFull(self.path, exc) from exc
+            raise
         self._dirty = False
         self._last_write = time.monotonic()
 
