@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from matensemble import __version__
 from matensemble.backends.base import Backend
 from matensemble.engine import Ensemble
 from matensemble.errors import DiskFull, MatEnsembleError
@@ -31,6 +32,7 @@ from matensemble.spec import EnsembleSpec, load_ensemble
 from matensemble.status import read_status
 from matensemble.strategies import completion_by_name, order_by_name
 from matensemble.summary import RunSummary
+from matensemble.wording import counted
 
 __all__ = ["main"]
 
@@ -68,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="matensemble", description="Run ensembles of HPC tasks, event-driven."
     )
+    parser.add_argument("--version", action="version", version=f"matensemble {__version__}")
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
     common = argparse.ArgumentParser(add_help=False)
@@ -193,19 +196,21 @@ def _execute(
         add_new=getattr(args, "add_new", False),
         walltime=args.walltime,
     )
-    what = "resuming" if resume else f"{len(spec.tasks)} tasks from {args.file}"
+    what = "resuming" if resume else f"{counted(len(spec.tasks), 'task')} from {args.file}"
     console.print(
         f"[bold]{escape(spec.name)}[/]: {escape(what)} on {backend.name}, "
         f"run directory [cyan]{escape(str(ensemble.run_dir))}[/]",
         highlight=False,
+        soft_wrap=True,  # paths and ids stay whole (the terminal wraps, nothing splits them)
     )
     summary, signals = asyncio.run(_run_with_signals(ensemble, console))
-    _print_summary(Console(), summary)
+    _print_summary(Console(), summary, _final_tasks(spec))
     if summary.stopped is not None:
         console.print(
             f"[yellow]{escape(summary.stopped)}[/]; continue with: "
             f"matensemble resume {escape(str(ensemble.run_dir))}",
             highlight=False,
+            soft_wrap=True,
         )
         return 128 + signals[0] if signals else EXIT_STOPPED
     return EXIT_OK if summary.ok else EXIT_TASKS_FAILED
@@ -285,8 +290,20 @@ def _backend(args: argparse.Namespace, spec: EnsembleSpec) -> Backend:
         ) from None
 
 
-def _print_summary(console: Console, summary: RunSummary) -> None:
-    table = Table(title=f"run {summary.run_id}", show_header=True, header_style="bold")
+def _final_tasks(spec: EnsembleSpec) -> list[str]:
+    """Ids of the tasks nothing waits for (a report stage, say), in file order."""
+    waited_for = {dep for task in spec.tasks for dep in task.after}
+    return [task.id for task in spec.tasks if task.id not in waited_for]
+
+
+def _print_summary(console: Console, summary: RunSummary, final: Sequence[str] = ()) -> None:
+    """The counts table, the tasks that did not succeed, and where the outputs are.
+
+    When at most three tasks end the ensemble (nothing waits for them) and they succeeded,
+    their stdout files are named: that is where a report stage's table is.
+    """
+    console.print(f"[bold]run {escape(summary.run_id)}[/]", highlight=False, soft_wrap=True)
+    table = Table(show_header=True, header_style="bold")
     table.add_column("state")
     table.add_column("tasks", justify="right")
     colours = {"succeeded": "green", "failed": "red", "timed_out": "red", "cancelled": "yellow"}
@@ -300,16 +317,27 @@ def _print_summary(console: Console, summary: RunSummary) -> None:
         table.add_row("GPU utilisation", f"{summary.gpu_utilisation:.0%}")
     console.print(table)
     bad = summary.not_succeeded
-    if bad:
-        failures = Table(title="tasks that did not succeed", header_style="bold")
-        for column in ("task", "state", "attempts", "reason"):
-            failures.add_column(column)
+    if bad:  # lines, not a table: a narrow terminal must not split ids or squeeze reasons
+        console.print(f"[bold]{counted(len(bad), 'task')} did not succeed:[/]")
         for r in bad[:20]:
-            failures.add_row(r.id, r.state.value, str(r.attempts), r.reason or "")
+            console.print(
+                f"  {escape(r.id)}: [red]{r.state.value}[/] after "
+                f"{counted(r.attempts, 'attempt')}: {escape(r.reason or '')}",
+                highlight=False,
+                soft_wrap=True,
+            )
         if len(bad) > 20:
-            failures.add_row("...", f"{len(bad) - 20} more", "", "see status.json / journal")
-        console.print(failures)
-    console.print(f"outputs in [cyan]{summary.run_dir}/tasks/<task-id>/[/]", highlight=False)
+            console.print(f"  ... and {len(bad) - 20} more (see status.json and the journal)")
+    results = summary.results
+    shown = [i for i in final if i in results and results[i].ok] if len(final) <= 3 else []
+    for task_id in shown:
+        stdout = Path(summary.run_dir) / "tasks" / task_id / "stdout"
+        console.print(f"{escape(task_id)}'s output: [cyan]{escape(str(stdout))}[/]", soft_wrap=True)
+    console.print(
+        f"outputs in [cyan]{escape(summary.run_dir)}/tasks/<task-id>/[/] (stdout, stderr)",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 # -- report ---------------------------------------------------------------------------------
@@ -366,7 +394,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
         f"GPUs free {status.gpus['free']}/{status.gpus['total']}"
     )
     if status.failures:
-        console.print(f"[red]{status.failures_total} task(s) did not succeed[/], latest:")
+        failed = counted(status.failures_total, "task")
+        console.print(f"[red]{failed} did not succeed[/], latest:")
         for f in status.failures[-10:]:
             console.print(f"  {f.id}: {f.state} ({f.reason})", highlight=False)
     return EXIT_OK

@@ -177,11 +177,15 @@ class Ensemble:
 
     # -- lifecycle ------------------------------------------------------------------------------
 
-    async def run(self) -> RunSummary:
-        """Run every task to a terminal state; return the summary (also when tasks failed)."""
+    async def run(self, *, check: bool = False) -> RunSummary:
+        """Run every task to a terminal state and return the summary; check ``summary.ok``.
+
+        With ``check=True``, raise ``RunFailed`` (naming the tasks and why) unless every task
+        succeeded; by default the summary is returned also when tasks failed.
+        """
         async with self:
             await self.wait()
-        return self.summary()
+        return self.summary().check() if check else self.summary()
 
     async def __aenter__(self) -> Ensemble:
         if self._started:

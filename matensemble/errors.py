@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import errno
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from matensemble.summary import RunSummary
 
 __all__ = [
     "BackendError",
@@ -16,6 +20,7 @@ __all__ = [
     "JournalError",
     "MatEnsembleError",
     "ResumeMismatch",
+    "RunFailed",
     "SpecError",
     "TaskRejected",
 ]
@@ -88,3 +93,15 @@ class DiskFull(MatEnsembleError):
     def is_full(error: OSError) -> bool:
         """Is ``error`` "no space left" or "quota exceeded"?"""
         return error.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+class RunFailed(MatEnsembleError):
+    """Raised by ``run(check=True)`` and ``RunSummary.check()``: not every task succeeded.
+
+    The message names the tasks that did not succeed (and why), where their outputs are, and,
+    for a run that was stopped, how to continue it. ``summary`` holds every result.
+    """
+
+    def __init__(self, message: str, summary: RunSummary) -> None:
+        super().__init__(message)
+        self.summary = summary

