@@ -218,7 +218,7 @@ def _execute(
 
 async def _run_with_signals(ensemble: Ensemble, console: Console) -> tuple[RunSummary, list[int]]:
     """Run; the first SIGINT/SIGTERM stops gracefully, a second one forces an exit now."""
-    handler = SignalStop(ensemble, lambda message: console.print(f"[yellow]{escape(message)}[/]"))
+    handler = SignalStop([ensemble], lambda text: console.print(f"[yellow]{escape(text)}[/]"))
     handler.install((signal.SIGINT, signal.SIGTERM))
     try:
         return await ensemble.run(), handler.seen

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-import signal
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Container, Iterable, Sequence
@@ -27,7 +26,7 @@ from anyio.abc import TaskGroup
 
 from matensemble.backends.base import Backend, Launch, LaunchKey, Outcome
 from matensemble.dispatch import Dispatcher, Record
-from matensemble.errors import DiskFull, MatEnsembleError, TaskRejected
+from matensemble.errors import MatEnsembleError, TaskRejected
 from matensemble.graph import DependencyGraph
 from matensemble.journal import Journal, Replay, replay
 from matensemble.logging import EnsembleLogger, make_logger
@@ -45,7 +44,7 @@ from matensemble.model import (
     TaskState,
     TaskSubmitted,
 )
-from matensemble.observer import Observer
+from matensemble.observer import Observer, close_all
 from matensemble.resources import ResourcePool
 from matensemble.resume import (
     adopt_left_running,
@@ -54,7 +53,7 @@ from matensemble.resume import (
     restore_records,
     unfinished_tasks,
 )
-from matensemble.signals import SignalStop
+from matensemble.signals import release_sigterm, stop_on_sigterm
 from matensemble.status import StatusFile
 from matensemble.strategies import FIFO, Adaptive, CompletionPolicy, RetryPolicy, SubmissionOrder
 from matensemble.summary import RunSummary
@@ -89,10 +88,8 @@ class Ensemble:
             its own (the allocation's end under Flux); the earlier one counts.
         durable: sync the journal to disk at each commit (``fdatasync``, one per batch); by
             default on, except for backends with a virtual clock (simulation).
-        handle_signals: while the run is active, a SIGTERM stops it gracefully like the CLI
-            does (running tasks killed and journaled as interrupted; a second one exits at
-            once), unless the application has a SIGTERM handler of its own. ``False`` leaves
-            SIGTERM alone. See docs/nothing-lost.md.
+        handle_signals: SIGTERM stops the active run gracefully, as in the CLI, unless the
+            application handles SIGTERM itself; ``False``: leave it alone (docs/nothing-lost.md).
     """
 
     def __init__(
@@ -137,7 +134,7 @@ class Ensemble:
         self._add_new = add_new
         self._walltime = walltime
         self._durable = durable
-        self._signals: SignalStop | None = SignalStop(self) if handle_signals else None
+        self._handle_signals = handle_signals
         self.run_id = run_id or time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
         self.run_dir = Path(run_dir) if run_dir is not None else Path("runs") / self.run_id
         self._tasks_dir = self.run_dir / "tasks"
@@ -178,11 +175,8 @@ class Ensemble:
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def run(self, *, check: bool = False) -> RunSummary:
-        """Run every task to a terminal state and return the summary; check ``summary.ok``.
-
-        With ``check=True``, raise ``RunFailed`` (naming the tasks and why) unless every task
-        succeeded; by default the summary is returned also when tasks failed.
-        """
+        """Run every task to a terminal state; return the summary (see ``summary.ok``), or with
+        ``check=True`` raise ``RunFailed`` (naming the tasks) unless every task succeeded."""
         async with self:
             await self.wait()
         return self.summary().check() if check else self.summary()
@@ -202,8 +196,8 @@ class Ensemble:
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         try:
-            if self._signals is not None:
-                self._signals.install((signal.SIGTERM,), only_if_default=True)
+            if self._handle_signals:
+                stop_on_sigterm(self)
             self.backend.job_ids = self._on_job_id
             inventory = await self.backend.open(self._on_outcome, self._tg)
             self._pool = ResourcePool(inventory)
@@ -363,14 +357,9 @@ class Ensemble:
                     counts = self.counts
                     self._emit(RunFinished(self._t_end, counts, outcome))
                     self.log.info("run_finished", outcome=outcome, reason=reason, **counts)
-                    for obs in self._observers:
-                        try:
-                            obs.close()
-                        except DiskFull as full:  # close the others; raised after teardown
-                            self._error = self._error or full
+                    self._error = self._error or close_all(self._observers)
                     self._logger.close()
-                if self._signals is not None:
-                    self._signals.remove()
+                release_sigterm(self)
                 self._progress.set()
 
     # -- public API -----------------------------------------------------------------------------

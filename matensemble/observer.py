@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+from matensemble.errors import DiskFull
 from matensemble.model import Event
 
-__all__ = ["Observer"]
+__all__ = ["Observer", "close_all"]
 
 
 class Observer:
@@ -22,3 +25,14 @@ class Observer:
 
     def close(self) -> None:
         """The run is over (also after an error): write everything, release files."""
+
+
+def close_all(observers: Iterable[Observer]) -> DiskFull | None:
+    """Close every observer, also when one of them finds the disk full; return that error."""
+    full: DiskFull | None = None
+    for observer in observers:
+        try:
+            observer.close()
+        except DiskFull as exc:
+            full = full or exc
+    return full

@@ -1,4 +1,4 @@
-"""Stopping a run on a signal: the first one stops it gracefully, a second one exits at once.
+"""Stopping runs on a signal: the first one stops them gracefully, a second one exits at once.
 
 Used by the CLI (SIGINT and SIGTERM) and, by default, by ``Ensemble`` itself for SIGTERM, so that
 a plain Python script that a batch system warns with SIGTERM stops like the CLI does: nothing
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from matensemble.engine import Ensemble
 
-__all__ = ["SignalStop"]
+__all__ = ["SignalStop", "release_sigterm", "stop_on_sigterm"]
 
 
 def _to_stderr(message: str) -> None:
@@ -28,31 +28,25 @@ def _to_stderr(message: str) -> None:
 
 
 class SignalStop:
-    """Handlers on the running event loop: first signal ``ensemble.stop(NAME)``, second
-    ``ensemble.abort()`` and ``os._exit(128 + N)`` (the journal stays replayable).
+    """Handlers on the running event loop for the ``ensembles`` it holds: the first signal
+    calls ``stop(NAME)`` on each, a second one ``abort()`` and ``os._exit(128 + N)`` (the
+    journals stay replayable).
 
     ``seen`` lists the signals received, in order. ``remove()`` puts back the default action.
     """
 
-    def __init__(self, ensemble: Ensemble, announce: Callable[[str], None] = _to_stderr) -> None:
-        self.ensemble = ensemble
+    def __init__(
+        self, ensembles: Iterable[Ensemble], announce: Callable[[str], None] = _to_stderr
+    ) -> None:
+        self.ensembles = list(ensembles)
         self.announce = announce
         self.seen: list[int] = []
         self._installed: list[int] = []
 
-    def install(self, signums: Iterable[int], *, only_if_default: bool = False) -> SignalStop:
-        """Handle ``signums`` on the running loop.
-
-        With ``only_if_default``, a signal whose handler is not ``SIG_DFL`` (the application
-        handles it itself, or ignores it) is left alone, and so is every signal outside the
-        main thread (Python delivers signals there only).
-        """
-        if threading.current_thread() is not threading.main_thread():
-            return self
+    def install(self, signums: Iterable[int]) -> SignalStop:
+        """Handle ``signums`` on the running loop (which must be the main thread's)."""
         loop = asyncio.get_running_loop()
         for signum in signums:
-            if only_if_default and signal.getsignal(signum) is not signal.SIG_DFL:
-                continue
             loop.add_signal_handler(signum, self._on_signal, signum)
             self._installed.append(signum)
         return self
@@ -67,12 +61,45 @@ class SignalStop:
         self.seen.append(signum)
         name = signal.Signals(signum).name
         if len(self.seen) == 1:
-            self.announce(
-                f"{name}: stopping (running tasks are cancelled; again to force); continue with: "
-                f"matensemble resume {self.ensemble.run_dir}"
-            )
-            self.ensemble.stop(name)
+            for ensemble in self.ensembles:
+                self.announce(
+                    f"{name}: stopping (running tasks are cancelled; again to force); continue "
+                    f"with: matensemble resume {ensemble.run_dir}"
+                )
+                ensemble.stop(name)
             return
         self.announce(f"{name}: forced exit; the journal is kept for resume")
-        self.ensemble.abort()
+        for ensemble in self.ensembles:
+            ensemble.abort()
         os._exit(128 + signum)
+
+
+_sigterm: SignalStop | None = None  # the library's own SIGTERM handler, while runs are active
+
+
+def stop_on_sigterm(ensemble: Ensemble) -> None:
+    """Let SIGTERM stop ``ensemble`` gracefully until ``release_sigterm(ensemble)``.
+
+    Only where SIGTERM has its default action (``SIG_DFL``) when the first run starts, and only
+    in the main thread (Python delivers signals there only): an application that handles or
+    ignores SIGTERM itself keeps its choice. Runs active at the same time share one handler,
+    which stops them all; the default action comes back when the last one ends.
+    """
+    global _sigterm
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if _sigterm is not None:
+        _sigterm.ensembles.append(ensemble)
+    elif signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        _sigterm = SignalStop([ensemble]).install([signal.SIGTERM])
+
+
+def release_sigterm(ensemble: Ensemble) -> None:
+    """``ensemble``'s run is over; the last one to go gives SIGTERM its default back."""
+    global _sigterm
+    if _sigterm is None or ensemble not in _sigterm.ensembles:
+        return
+    _sigterm.ensembles.remove(ensemble)
+    if not _sigterm.ensembles:
+        _sigterm.remove()
+        _sigterm = None

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from matensemble import Ensemble, SimulatedBackend, Task, TaskState
+from matensemble import Ensemble, LocalBackend, SimulatedBackend, Task, TaskState
 from matensemble.journal import replay
 
 from conftest import alive, matensemble
@@ -186,3 +186,21 @@ async def test_an_applications_own_sigterm_handler_is_left_alone(run_dir: Path) 
         assert signal.getsignal(signal.SIGTERM) is mine
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+async def test_one_sigterm_stops_every_run_active_in_the_process(tmp_path: Path) -> None:
+    def sleeper(task_id: str) -> Task:
+        return Task(id=task_id, command=["sleep", "30"])
+
+    t0 = time.monotonic()
+    async with Ensemble(
+        [sleeper("a")], backend=LocalBackend(cores=1, kill_grace=0.5), run_dir=tmp_path / "one"
+    ) as one:
+        async with Ensemble(
+            [sleeper("b")], backend=LocalBackend(cores=1, kill_grace=0.5), run_dir=tmp_path / "two"
+        ) as two:
+            os.kill(os.getpid(), signal.SIGTERM)
+        assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL  # `one` is still active
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert one.summary().stopped == two.summary().stopped == "interrupted: SIGTERM"
+    assert time.monotonic() - t0 < 20
