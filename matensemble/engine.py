@@ -5,7 +5,8 @@ while they fit the free resources, then waits on an event; it never sleeps or po
 report outcomes through a callback into a queue; the *consumer* drains that queue in batches,
 releases resources, updates dependency edges and wakes the producer. Both run in an anyio task
 group owned by the ensemble, so leaving the ``async with`` block (or cancelling ``run()``)
-stops them, cancels running tasks in the backend and records them as cancelled.
+stops them, cancels running tasks in the backend and records every unfinished task as
+cancelled *and interrupted*, so that ``resume`` runs it again (only ``cancel(id)`` is final).
 """
 
 from __future__ import annotations
