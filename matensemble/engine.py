@@ -358,7 +358,8 @@ class Ensemble:
                     counts = self.counts
                     self._emit(RunFinished(self._t_end, counts, outcome))
                     self.log.info("run_finished", outcome=outcome, reason=reason, **counts)
-                    self._error = self._error or close_all(self._observers)
+                    full = close_all(self._observers)  # every one, also on a full disk
+                    self._error = self._error or full
                     self._logger.close()
                 release_sigterm(self)
                 self._progress.set()
