@@ -1,22 +1,36 @@
-"""MatEnsemble: an asyncio, event-driven engine for ensembles of HPC tasks."""
+"""MatEnsemble: an asyncio, event-driven engine for ensembles of HPC tasks.
+
+The public names are imported on first use, so that a process that needs only a part of the
+package (the worker of a Python call) starts quickly.
+"""
 
 from __future__ import annotations
 
-from matensemble.backends.base import Backend
-from matensemble.backends.simulated import SimulatedBackend
-from matensemble.engine import Ensemble
-from matensemble.errors import (
-    BackendError,
-    BackendUnavailable,
-    DependencyError,
-    DiskFull,
-    MatEnsembleError,
-    RunFailed,
-    SpecError,
-    TaskRejected,
-)
-from matensemble.model import Resources, Task, TaskResult, TaskState
-from matensemble.summary import RunSummary
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from matensemble.backends.base import Backend
+    from matensemble.backends.flux import FluxBackend
+    from matensemble.backends.local import LocalBackend
+    from matensemble.backends.simulated import SimulatedBackend
+    from matensemble.engine import Ensemble
+    from matensemble.errors import (
+        BackendError,
+        BackendUnavailable,
+        DependencyError,
+        DiskFull,
+        MatEnsembleError,
+        RunFailed,
+        SerialisationError,
+        SpecError,
+        TaskFailed,
+        TaskRejected,
+    )
+    from matensemble.functions.front import task
+    from matensemble.functions.refs import TaskRef
+    from matensemble.model import Resources, Task, TaskResult, TaskState
+    from matensemble.summary import RunSummary
 
 __all__ = [
     "Backend",
@@ -31,24 +45,56 @@ __all__ = [
     "Resources",
     "RunFailed",
     "RunSummary",
+    "SerialisationError",
     "SimulatedBackend",
     "SpecError",
     "Task",
+    "TaskFailed",
+    "TaskRef",
     "TaskRejected",
     "TaskResult",
     "TaskState",
+    "task",
 ]
 
 __version__ = "0.1.0"
 
+_WHERE = {
+    "Backend": "matensemble.backends.base",
+    "FluxBackend": "matensemble.backends.flux",
+    "LocalBackend": "matensemble.backends.local",
+    "SimulatedBackend": "matensemble.backends.simulated",
+    "Ensemble": "matensemble.engine",
+    "RunSummary": "matensemble.summary",
+    "TaskRef": "matensemble.functions.refs",
+    "task": "matensemble.functions.front",
+    **dict.fromkeys(("Resources", "Task", "TaskResult", "TaskState"), "matensemble.model"),
+    **dict.fromkeys(
+        (
+            "BackendError",
+            "BackendUnavailable",
+            "DependencyError",
+            "DiskFull",
+            "MatEnsembleError",
+            "RunFailed",
+            "SerialisationError",
+            "SpecError",
+            "TaskFailed",
+            "TaskRejected",
+        ),
+        "matensemble.errors",
+    ),
+}
+
 
 def __getattr__(name: str) -> object:
-    if name == "LocalBackend":
-        from matensemble.backends.local import LocalBackend
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'matensemble' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
-        return LocalBackend
-    if name == "FluxBackend":
-        from matensemble.backends.flux import FluxBackend
 
-        return FluxBackend
-    raise AttributeError(name)
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

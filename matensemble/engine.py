@@ -28,6 +28,7 @@ from anyio.abc import TaskGroup
 from matensemble.backends.base import Backend, Launch, LaunchKey, Outcome
 from matensemble.dispatch import Dispatcher, Record
 from matensemble.errors import MatEnsembleError, TaskRejected
+from matensemble.functions.front import FunctionCalls
 from matensemble.graph import DependencyGraph
 from matensemble.journal import Journal, Replay, replay
 from matensemble.logging import EnsembleLogger, make_logger
@@ -62,7 +63,7 @@ from matensemble.summary import RunSummary
 __all__ = ["Ensemble"]
 
 
-class Ensemble:
+class Ensemble(FunctionCalls):
     """Runs tasks on a backend, respecting dependencies, resources and a strategy.
 
     Use ``await Ensemble(tasks).run()`` for a batch, or ``async with Ensemble(...) as ens:``
@@ -226,6 +227,7 @@ class Ensemble:
             raise
         self._tg.start_soon(self._producer, name="matensemble-producer")
         self._tg.start_soon(self._consumer, name="matensemble-consumer")
+        self._enter_context()  # calls of @task functions come here
         return self
 
     def _open_run_files(self) -> None:
@@ -317,6 +319,7 @@ class Ensemble:
         tb: TracebackType | None,
     ) -> None:
         assert self._tg is not None
+        self._leave_context()
         error = exc
         if error is None:
             try:

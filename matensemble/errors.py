@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from matensemble.model import TaskResult
     from matensemble.summary import RunSummary
 
 __all__ = [
@@ -19,9 +20,12 @@ __all__ = [
     "DiskFull",
     "JournalError",
     "MatEnsembleError",
+    "ResultUnavailable",
     "ResumeMismatch",
     "RunFailed",
+    "SerialisationError",
     "SpecError",
+    "TaskFailed",
     "TaskRejected",
 ]
 
@@ -105,3 +109,50 @@ class RunFailed(MatEnsembleError):
     def __init__(self, message: str, summary: RunSummary) -> None:
         super().__init__(message)
         self.summary = summary
+
+class SerialisationError(MatEnsembleError, TypeError):
+    """A Python call's function, arguments or result cannot be serialised.
+
+    The message names the task id and the path of the offending value (e.g. ``args[1]['lock']``).
+    """
+
+    def __init__(self, task_id: str, path: str, why: str) -> None:
+        super().__init__(f"task {task_id!r}: {path} cannot be serialised: {why}")
+        self.task_id = task_id
+        self.path = path
+
+
+class ResultUnavailable(MatEnsembleError):
+    """A call's result file is missing, or refused (a link, or outside the run directory)."""
+
+
+class TaskFailed(MatEnsembleError):
+    """A Python call did not succeed: it raised, timed out, was cancelled or skipped.
+
+    ``result`` is the task's ``TaskResult``; for a call that raised, ``remote_type``,
+    ``remote_message`` and ``remote_traceback`` describe the exception in the worker (for an
+    MPI call, on the rank that raised: ``remote_rank``).
+    """
+
+    def __init__(
+        self,
+        result: TaskResult,
+        *,
+        remote_type: str | None = None,
+        remote_message: str | None = None,
+        remote_traceback: str | None = None,
+        remote_rank: int | None = None,
+    ) -> None:
+        if remote_type is not None:
+            where = f" on rank {remote_rank}" if remote_rank else ""
+            text = f"task {result.id!r} raised {remote_type}: {remote_message}{where}"
+            if remote_traceback:
+                text += "\n\nRemote traceback:\n" + remote_traceback.rstrip()
+        else:
+            text = f"task {result.id!r} {result.state.value}: {result.reason or 'no reason given'}"
+        super().__init__(text)
+        self.result = result
+        self.remote_type = remote_type
+        self.remote_message = remote_message
+        self.remote_traceback = remote_traceback
+        self.remote_rank = remote_rank

@@ -1,0 +1,136 @@
+"""The files of a Python call in its task directory, written atomically and read back safely.
+
+``<run-dir>/tasks/<id>/``
+  ``call.json``       what to run: the function's name, formats, the driver's ``sys.path[0]``,
+                      the calls whose values the arguments hold, and the call's fingerprint
+  ``function.pkl``    the function by value (only for ``__main__``, closures, ...)
+  ``args.json|pkl``   ``[args, kwargs]``
+  ``result.json|pkl`` the return value (rank 0's for an MPI call), written before the worker exits
+  ``error.json``      the exception of a call that raised: type, message, traceback, rank
+
+Every file is written to a temporary name, synced and renamed, so a reader sees all or nothing.
+A reader takes a file only from the run directory's own ``tasks/<id>/`` with no symbolic link
+on the way, so a task id (or a planted link) can never make the driver unpickle a foreign file.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import msgspec
+
+from matensemble.errors import ResultUnavailable
+from matensemble.functions.serialisation import Format
+from matensemble.model import validate_task_id
+
+__all__ = [
+    "CALL_FILE",
+    "ERROR_FILE",
+    "CallSpec",
+    "RemoteError",
+    "args_file",
+    "read_task_file",
+    "result_file",
+    "write_atomically",
+]
+
+CALL_FILE = "call.json"
+FUNCTION_FILE = "function.pkl"
+ERROR_FILE = "error.json"
+_SUFFIX: dict[Format, str] = {"json": ".json", "pickle": ".pkl"}
+
+
+def args_file(fmt: Format) -> str:
+    return "args" + _SUFFIX[fmt]
+
+
+def result_file(fmt: Format) -> str:
+    return "result" + _SUFFIX[fmt]
+
+
+class CallSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """What the worker needs to make the call (``call.json``)."""
+
+    function: str
+    by_value: bool
+    args_format: Format
+    fingerprint: str
+    refs: tuple[str, ...] = ()
+    sys_path: tuple[str, ...] = ()
+    mpi: bool = False
+
+
+class RemoteError(msgspec.Struct, frozen=True, kw_only=True):
+    """An exception raised in the worker (``error.json``)."""
+
+    type: str
+    message: str
+    traceback: str
+    rank: int = 0
+    attempt: int = 0
+
+
+def write_atomically(path: Path, data: bytes, *, durable: bool = True) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new one.
+
+    With ``durable`` the new file survives a crash of the machine once this returns (a call's
+    result, before the worker reports success). A call's inputs are written without the syncs:
+    a killed driver loses nothing the OS holds, and they are cheap to write again.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        if durable:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    if not durable:
+        return
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def read_task_file(run_dir: Path, task_id: str, name: str) -> bytes | None:
+    """The bytes of ``<run_dir>/tasks/<task_id>/<name>``, or ``None`` if there is no such file.
+
+    Raises:
+        ResultUnavailable: the id is not a valid task id, the task directory is a link or
+            resolves outside the run directory, or the file is a link or not a regular file.
+    """
+    try:
+        validate_task_id(task_id)
+    except ValueError as exc:
+        raise ResultUnavailable(f"refusing to read a result for {task_id!r}: {exc}") from None
+    tasks = os.path.realpath(run_dir / "tasks")
+    task_dir = os.path.join(tasks, task_id)
+    if os.path.islink(task_dir) or os.path.realpath(task_dir) != task_dir:
+        raise ResultUnavailable(
+            f"refusing to read {name} of task {task_id!r}: {task_dir} is a link (results are "
+            f"read only from the run directory {run_dir} itself)"
+        )
+    path = os.path.join(task_dir, name)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ResultUnavailable(
+            f"refusing to read {path}: {exc.strerror} (a link? results are read only from "
+            f"files in the run directory {run_dir} itself)"
+        ) from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ResultUnavailable(f"refusing to read {path}: not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as file:
+            return file.read()
+    finally:
+        os.close(fd)

@@ -1,0 +1,69 @@
+"""``TaskRef``: the handle ``ens.call`` returns at once for a call that runs later."""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Any
+
+from matensemble.model import TaskResult, TaskState
+
+if TYPE_CHECKING:
+    from matensemble.functions.calls import FunctionLayer
+
+__all__ = ["TaskRef"]
+
+
+class TaskRef:
+    """A call submitted to an ensemble: its task ``id``, its ``state``, and its value.
+
+    ``await ref`` (or ``await ref.result()``) waits until the call finished and returns its
+    value, or raises ``TaskFailed`` (the remote exception's type, message and traceback, or why
+    the task timed out, was cancelled or skipped). Passing the ref inside the arguments of
+    another call (``ens.call(fit, [ref1, ref2])``) makes a dependency edge; the worker receives
+    the value in its place.
+    """
+
+    __slots__ = ("_layer", "id")
+
+    def __init__(self, layer: FunctionLayer, task_id: str) -> None:
+        self._layer = layer
+        self.id = task_id
+
+    @property
+    def state(self) -> TaskState:
+        """The task's current state (``pending``, ``ready``, ``running``, or a terminal one)."""
+        return self._layer.ensemble.state(self.id)
+
+    def done(self) -> bool:
+        """Whether the call reached a terminal state (its value or error is known)."""
+        return self._layer.ensemble.result(self.id) is not None
+
+    @property
+    def task_result(self) -> TaskResult | None:
+        """The task's ``TaskResult`` (times, placement, state) once it finished."""
+        return self._layer.ensemble.result(self.id)
+
+    async def result(self) -> Any:
+        """The call's return value, once it finished.
+
+        Raises:
+            TaskFailed: the call raised, timed out, was cancelled or skipped.
+            MatEnsembleError: the ensemble stopped before the call finished.
+        """
+        return await self._layer.value(self.id)
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self.result().__await__()
+
+    def __repr__(self) -> str:
+        try:
+            state = self.state.value
+        except KeyError:
+            state = "unknown"
+        return f"TaskRef({self.id!r}, {state})"
+
+    def __reduce__(self) -> Any:
+        raise TypeError(
+            f"a TaskRef ({self.id!r}) can only be pickled as an argument of ens.call(), where "
+            "it becomes a dependency edge"
+        )

@@ -1,0 +1,190 @@
+"""Values to bytes and back: msgspec JSON for plain data, (cloud)pickle for everything else.
+
+Plain data (``None``, booleans, 64-bit integers, finite floats, strings, lists and dicts with
+string keys) is written as JSON, so a human or another language can read a task's arguments
+and result. Anything else (numpy arrays, dataclasses, tuples, sets, ...) is pickled with
+cloudpickle, which also carries functions defined in ``__main__``, notebooks and closures.
+
+References to other calls (``TaskRef``) inside pickled arguments become *persistent ids*:
+the driver collects them as dependency edges and the worker replaces each by the value of that
+call, wherever it sits (lists, dicts, tuples, dataclass fields).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib
+import io
+import math
+import pickle
+from collections.abc import Callable
+from typing import Any, Literal
+
+import cloudpickle
+import msgspec
+
+__all__ = [
+    "REF_TAG",
+    "Format",
+    "decode",
+    "describe_function",
+    "encode_arguments",
+    "encode_value",
+    "fingerprint",
+    "load_pickle",
+    "unpicklable_path",
+]
+
+Format = Literal["json", "pickle"]
+REF_TAG = "matensemble.ref"
+_MAX_DEPTH = 64
+_INT_RANGE = (-(2**63), 2**64 - 1)
+
+
+def is_plain(value: object, depth: int = 0) -> bool:
+    """Whether ``value`` survives a JSON round trip unchanged (same types, same values)."""
+    if depth > _MAX_DEPTH:
+        return False
+    kind = type(value)
+    if value is None or kind is bool or kind is str:
+        return True
+    if kind is int:
+        return _INT_RANGE[0] <= value <= _INT_RANGE[1]  # type: ignore[operator]
+    if kind is float:
+        return math.isfinite(value)  # type: ignore[arg-type]
+    if kind is list:
+        return all(is_plain(item, depth + 1) for item in value)  # type: ignore[attr-defined]
+    if kind is dict:
+        return all(
+            type(k) is str and is_plain(v, depth + 1)
+            for k, v in value.items()  # type: ignore[attr-defined]
+        )
+    return False
+
+
+class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
+    """Pickles a value; each ``TaskRef`` inside becomes a persistent id (and is collected)."""
+
+    def __init__(self, file: io.BytesIO, ref_type: type | None) -> None:
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self._ref_type = ref_type
+        self.refs: list[str] = []
+
+    def persistent_id(self, obj: object) -> tuple[str, str] | None:
+        if self._ref_type is not None and type(obj) is self._ref_type:
+            task_id: str = obj.id  # type: ignore[attr-defined]
+            self.refs.append(task_id)
+            return (REF_TAG, task_id)
+        return None
+
+
+def _pickle(value: object, ref_type: type | None = None) -> tuple[bytes, list[str]]:
+    buffer = io.BytesIO()
+    pickler = _Pickler(buffer, ref_type)
+    pickler.dump(value)
+    return buffer.getvalue(), pickler.refs
+
+
+def encode_value(value: object) -> tuple[Format, bytes]:
+    """Encode a result. Raises what pickle raises for an unpicklable value."""
+    if is_plain(value):
+        return "json", msgspec.json.encode(value)
+    return "pickle", _pickle(value)[0]
+
+
+def encode_arguments(
+    args: tuple[Any, ...], kwargs: dict[str, Any], ref_type: type
+) -> tuple[Format, bytes, list[str]]:
+    """Encode ``[args, kwargs]``; return the format, the bytes and the ids of nested refs."""
+    payload = [list(args), kwargs]
+    if is_plain(payload):
+        return "json", msgspec.json.encode(payload), []
+    data, refs = _pickle((args, kwargs), ref_type)
+    return "pickle", data, list(dict.fromkeys(refs))
+
+
+def load_pickle(data: bytes, resolve: Callable[[str], Any] | None = None) -> Any:
+    """Unpickle ``data``; ``resolve(task_id)`` supplies the value of each nested reference."""
+
+    class _Unpickler(pickle.Unpickler):
+        def persistent_load(self, pid: Any) -> Any:
+            if resolve is None or not (isinstance(pid, tuple) and pid[:1] == (REF_TAG,)):
+                raise pickle.UnpicklingError(f"unexpected persistent id {pid!r}")
+            return resolve(pid[1])
+
+    return _Unpickler(io.BytesIO(data)).load()
+
+
+def decode(fmt: Format, data: bytes, resolve: Callable[[str], Any] | None = None) -> Any:
+    if fmt == "json":
+        return msgspec.json.decode(data)
+    return load_pickle(data, resolve)
+
+
+def unpicklable_path(value: object, path: str, ref_type: type | None = None) -> str:
+    """The deepest path below ``path`` whose value cannot be pickled (``path`` if none deeper).
+
+    Called only after pickling ``value`` failed, to tell the user *which* argument is at fault.
+    """
+    for child_path, child in _children(value, path):
+        try:
+            _pickle(child, ref_type)
+        except Exception:
+            return unpicklable_path(child, child_path, ref_type)
+    return path
+
+
+def _children(value: object, path: str) -> list[tuple[str, object]]:
+    if isinstance(value, list | tuple):
+        return [(f"{path}[{i}]", item) for i, item in enumerate(value)]
+    if isinstance(value, dict):
+        return [(f"{path}[{k!r}]", v) for k, v in value.items()]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return [(f"{path}.{f.name}", getattr(value, f.name)) for f in dataclasses.fields(value)]
+    attributes = getattr(value, "__dict__", None)
+    if isinstance(attributes, dict) and not callable(value):
+        return [(f"{path}.{k}", v) for k, v in attributes.items()]
+    return []
+
+
+def describe_function(fn: Callable[..., Any]) -> tuple[str, bytes | None]:
+    """``("module:qualname", None)`` for a function importable by that name, else the name and
+    the function pickled by value (``__main__``, closures, lambdas, notebook cells, partials).
+
+    Raises what cloudpickle raises when the function cannot be pickled by value either.
+    """
+    target = getattr(fn, "__matensemble_function__", fn)
+    module = getattr(target, "__module__", None)
+    qualname = getattr(target, "__qualname__", None)
+    name = f"{module}:{qualname}" if module and qualname else repr(target)
+    if module and qualname and module != "__main__" and "<" not in qualname:
+        try:
+            found: Any = importlib.import_module(module)
+            for part in qualname.split("."):
+                found = getattr(found, part)
+        except (ImportError, AttributeError):
+            found = None
+        if found is fn or getattr(found, "__matensemble_function__", found) is target:
+            return name, None
+    return name, _pickle(target)[0]
+
+
+def resolve_function(name: str) -> Callable[..., Any]:
+    """The function ``module:qualname`` names (the plain function behind a ``@task``)."""
+    module, _, qualname = name.partition(":")
+    found: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        found = getattr(found, part)
+    return getattr(found, "__matensemble_function__", found)  # type: ignore[no-any-return]
+
+
+def fingerprint(function_name: str, fmt: Format, arguments: bytes) -> str:
+    """What makes two calls "the same call" for a resume: the function's name and the bytes
+    of its arguments (a function by value counts by its name, so editing its body does not
+    make a recorded call new)."""
+    digest = hashlib.sha256()
+    for part in (function_name.encode(), fmt.encode(), arguments):
+        digest.update(len(part).to_bytes(8, "little"))
+        digest.update(part)
+    return digest.hexdigest()

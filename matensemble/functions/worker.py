@@ -1,0 +1,154 @@
+"""The worker: runs one Python call inside the process a backend launched.
+
+``python -m matensemble.worker <task-dir>`` reads ``call.json``, puts the driver's
+``sys.path[0]`` on the path (the user's ``PYTHONPATH`` arrives through the environment),
+loads the function and the arguments (replacing each reference to another call by that call's
+value, read from the run directory), calls it, and writes ``result.*`` or ``error.json``
+atomically before exiting: 0 for a value, 1 for an exception.
+
+Under MPI (``Resources(mpi=True)``) every rank runs the function; rank 0 writes the result.
+A rank that raises writes its traceback and aborts the job, so that no rank waits forever in a
+collective for a rank that is gone.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from matensemble.functions.files import (
+    CALL_FILE,
+    ERROR_FILE,
+    FUNCTION_FILE,
+    CallSpec,
+    RemoteError,
+    args_file,
+    read_task_file,
+    result_file,
+    write_atomically,
+)
+from matensemble.functions.serialisation import (
+    decode,
+    encode_value,
+    load_pickle,
+    resolve_function,
+    unpicklable_path,
+)
+
+__all__ = ["main", "read_value"]
+
+_RESULT_FILES = (("json", result_file("json")), ("pickle", result_file("pickle")))
+
+
+def read_value(run_dir: Path, task_id: str) -> tuple[bool, Any]:
+    """``(True, value)`` of a finished call's result file, ``(False, None)`` if there is none."""
+    for fmt, name in _RESULT_FILES:
+        data = read_task_file(run_dir, task_id, name)
+        if data is not None:
+            return True, decode(fmt, data)  # type: ignore[arg-type]
+    return False, None
+
+
+class _Call:
+    def __init__(self, task_dir: Path) -> None:
+        self.task_dir = task_dir
+        self.run_dir = task_dir.parent.parent
+        self.task_id = task_dir.name
+        data = read_task_file(self.run_dir, self.task_id, CALL_FILE)
+        if data is None:
+            raise FileNotFoundError(f"no {CALL_FILE} in {task_dir}")
+        self.spec = msgspec.json.decode(data, type=CallSpec)
+        self._values: dict[str, Any] = {}
+
+    def upstream(self, task_id: str) -> Any:
+        if task_id not in self._values:
+            found, value = read_value(self.run_dir, task_id)
+            if not found:
+                raise RuntimeError(
+                    f"task {self.task_id!r}: the result of {task_id!r}, an argument, is missing"
+                )
+            self._values[task_id] = value
+        return self._values[task_id]
+
+    def function(self) -> Any:
+        if not self.spec.by_value:
+            return resolve_function(self.spec.function)
+        data = read_task_file(self.run_dir, self.task_id, FUNCTION_FILE)
+        if data is None:
+            raise FileNotFoundError(f"no {FUNCTION_FILE} in {self.task_dir}")
+        return load_pickle(data)
+
+    def arguments(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        name = args_file(self.spec.args_format)
+        data = read_task_file(self.run_dir, self.task_id, name)
+        if data is None:
+            raise FileNotFoundError(f"no {name} in {self.task_dir}")
+        args, kwargs = decode(self.spec.args_format, data, self.upstream)
+        return tuple(args), kwargs
+
+    def write_result(self, value: Any) -> None:
+        try:
+            fmt, data = encode_value(value)
+        except Exception as exc:
+            path = unpicklable_path(value, "result")
+            raise TypeError(
+                f"task {self.task_id!r}: {path} cannot be serialised: {type(exc).__name__}: {exc}"
+            ) from exc
+        for other_fmt, name in _RESULT_FILES:  # a retry may return another kind of value
+            if other_fmt != fmt:
+                (self.task_dir / name).unlink(missing_ok=True)
+        write_atomically(self.task_dir / result_file(fmt), data)
+
+
+def _name(exc: BaseException) -> str:
+    kind = type(exc)
+    return (
+        kind.__qualname__
+        if kind.__module__ == "builtins"
+        else f"{kind.__module__}.{kind.__qualname__}"
+    )
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python -m matensemble.worker <task-dir>", file=sys.stderr)
+        return 2
+    task_dir = Path(os.path.abspath(argv[0]))
+    rank, size, comm = 0, 1, None
+    try:
+        call = _Call(task_dir)
+        for entry in reversed(call.spec.sys_path):
+            if entry not in sys.path:
+                sys.path.insert(0, entry)
+        if call.spec.mpi:
+            from mpi4py import MPI
+
+            comm = MPI.COMM_WORLD
+            rank, size = comm.Get_rank(), comm.Get_size()
+        function = call.function()
+        args, kwargs = call.arguments()
+        value = function(*args, **kwargs)
+        if rank == 0:
+            call.write_result(value)
+    except (Exception, SystemExit) as exc:
+        text = traceback.format_exc()
+        print(text, file=sys.stderr, flush=True)
+        error = RemoteError(
+            type=_name(exc),
+            message=str(exc),
+            traceback=text,
+            rank=rank,
+            attempt=int(os.environ.get("MATENSEMBLE_ATTEMPT", "0") or 0),
+        )
+        try:
+            write_atomically(task_dir / ERROR_FILE, msgspec.json.encode(error))
+        finally:
+            if comm is not None and size > 1:
+                comm.Abort(1)
+        return 1
+    return 0
