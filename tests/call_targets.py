@@ -1,0 +1,71 @@
+"""Functions the Python-call tests run in workers (importable, so they travel by reference)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+    x: float
+    label: Any
+
+
+def add(a: Any, b: Any = 0) -> Any:
+    return a + b
+
+
+def total(values: Any) -> float:
+    return float(sum(values))
+
+
+def echo(value: Any) -> Any:
+    return value
+
+
+def fail(message: str) -> None:
+    raise ValueError(message)
+
+
+def sleep(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def environment() -> dict[str, Any]:
+    return {"PYTHONPATH": os.environ.get("PYTHONPATH"), "sys_path": sys.path, "cwd": os.getcwd()}
+
+
+def a_lock() -> Any:
+    import threading
+
+    return {"ok": 1, "lock": threading.Lock()}
+
+
+def count_and_return(counter: str, value: Any) -> Any:
+    """Append a line to ``counter`` (a side file counting executions), return ``value``."""
+    with open(counter, "a") as file:
+        file.write(f"{value}\n")
+    return value
+
+
+def mpi_rank_value() -> dict[str, int]:
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    total = comm.allreduce(comm.Get_rank() + 1)
+    return {"rank": comm.Get_rank(), "size": comm.Get_size(), "sum": total}
+
+
+def mpi_fail_on_rank_one() -> int:
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    if comm.Get_rank() == 1:
+        raise RuntimeError("rank one gives up")
+    comm.Barrier()  # rank 0 would wait here forever if the job were not aborted
+    return 0
