@@ -69,3 +69,12 @@ def mpi_fail_on_rank_one() -> int:
         raise RuntimeError("rank one gives up")
     comm.Barrier()  # rank 0 would wait here forever if the job were not aborted
     return 0
+
+
+def wait_unless(flag: str, counter: str) -> str:
+    """Count the execution; return at once if ``flag`` exists, else sleep (to be killed)."""
+    with open(counter, "a") as file:
+        file.write("slow\n")
+    if not os.path.exists(flag):
+        time.sleep(120)
+    return "slow done"
