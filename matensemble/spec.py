@@ -38,6 +38,7 @@ import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
 from matensemble.errors import SpecError
+from matensemble.functions.file_calls import InlineCall, check_function_name, fill, inline_command
 from matensemble.model import Resources, Task
 
 __all__ = ["EnsembleSpec", "load_ensemble", "parse_ensemble"]
@@ -107,8 +108,11 @@ class _TaskFields(Struct, kw_only=True, forbid_unknown_fields=True):
 
 class _TaskEntry(_TaskFields, kw_only=True, forbid_unknown_fields=True):
     id: str
-    command: _Argv
+    command: _Argv | UnsetType = UNSET
     after: str | list[str] = []
+    function: str | UnsetType = UNSET  # a Python call instead of a command (functions.file_calls)
+    args: list[Any] = []
+    kwargs: dict[str, Any] = {}
 
 
 class _Range(Struct, kw_only=True, forbid_unknown_fields=True):
@@ -400,7 +404,8 @@ class _Expander:
                 f"parameters: {', '.join(names)}; also index, spec_dir",
             )
         fields = self.merge(where, entry)
-        command = self.argv(where, entry.command)
+        call = self.function_call(where, entry, fields["resources"].mpi)
+        command = [] if call is not None else self.argv(where, entry.command)
         after = [entry.after] if isinstance(entry.after, str) else entry.after
         env, tags, cwd = fields["env"], fields["tags"], fields.get("cwd")
         texts = [("id", entry.id), *(("cwd", c) for c in [cwd] if c is not None)]
@@ -445,6 +450,9 @@ class _Expander:
                 at = f"{where} point {index}" if sweep else where
                 self.fail(at, "a filled-in template contains a NUL character")
             kw = dict(fields, command=tuple(parts[ends[0] : ends[1]]))
+            if call is not None:
+                at = f"{where} point {index}" if sweep else where
+                kw["command"] = self.fill_call(call, ctx, at)
             kw["env"] = dict(zip(env, parts[ends[2] : ends[3]], strict=True))
             kw["tags"] = dict(zip(tag_keys, parts[ends[3] : ends[4]], strict=True))
             if cwd is not None:
@@ -522,7 +530,36 @@ class _Expander:
             self.invalid(where, None, e)
         return fields
 
-    def argv(self, where: str, command: str | list[str]) -> list[str]:
+    def function_call(self, where: str, entry: _TaskEntry, mpi: bool) -> InlineCall | None:
+        """The Python call of a ``function = "module:name"`` entry (``None`` for a command)."""
+        if entry.function is UNSET:
+            if entry.args or entry.kwargs:
+                self.fail(where, "args and kwargs need a function (for a command, use command)")
+            if entry.command is UNSET:
+                self.fail(where, "Object missing required field `command` (or `function`)")
+            return None
+        if entry.command is not UNSET:
+            self.fail(where, "give either command or function, not both")
+        why = check_function_name(entry.function)
+        if why is not None:
+            self.fail(where.replace(" ", ".function ", 1), why)
+        return InlineCall(
+            function=entry.function,
+            args=entry.args,
+            kwargs=entry.kwargs,
+            sys_path=[self.spec_dir],
+            mpi=mpi,
+        )
+
+    def fill_call(self, call: InlineCall, ctx: dict[str, Any], where: str) -> tuple[str, ...]:
+        try:
+            args, kwargs = fill(call.args, ctx), fill(call.kwargs, ctx)
+        except (ValueError, LookupError, AttributeError, TypeError) as e:
+            self.fail(where, f"cannot fill in a template in args/kwargs: {e}")
+        return inline_command(msgspec.structs.replace(call, args=args, kwargs=kwargs))
+
+    def argv(self, where: str, command: str | list[str] | UnsetType) -> list[str]:
+        assert command is not UNSET
         if isinstance(command, list):
             return command
         at = where.replace(" ", ".command ", 1)

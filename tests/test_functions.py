@@ -275,3 +275,64 @@ async def test_an_mpi_function_on_two_ranks_returns_rank_zeros_value(run_dir: Pa
         assert info.value.remote_rank == 1
         assert info.value.remote_message == "rank one gives up"
         assert "mpi_fail_on_rank_one" in (info.value.remote_traceback or "")
+
+
+def test_an_ensemble_file_sweeps_a_python_function_with_templated_arguments(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "physics.py").write_text(
+        "def energy(T, scale=1.0, label=''):\n"
+        "    return {'T': T, 'E': scale * T * T, 'label': label}\n"
+    )
+    (tmp_path / "ensemble.toml").write_text(
+        textwrap.dedent(
+            """
+            [[sweep]]
+            id = "energy-{T}"
+            function = "physics:energy"
+            args = ["{T}"]
+            kwargs = { scale = 2.0, label = "T={T}" }
+            parameters = { T = [1, 2.5] }
+
+            [[task]]
+            id = "report"
+            command = ["cat", "../energy-2.5/result.json"]
+            after = ["energy-1", "energy-2.5"]
+            """
+        )
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "matensemble", "run", "ensemble.toml", "--run-dir", "run"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    tasks = tmp_path / "run" / "tasks"
+    assert msgspec.json.decode((tasks / "energy-1" / "result.json").read_bytes()) == {
+        "T": 1,
+        "E": 2.0,
+        "label": "T=1",
+    }
+    assert (tasks / "report" / "stdout").read_text() == '{"T":2.5,"E":12.5,"label":"T=2.5"}'
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ('function = "physics"', 'function must look like "package.module:name"'),
+        ('function = "a:b"\ncommand = "true"', "either command or function, not both"),
+        ('command = "true"\nargs = [1]', "args and kwargs need a function"),
+        ('function = "a:b"\nargs = ["{nope}"]', "cannot fill in a template in args/kwargs"),
+    ],
+)
+def test_bad_function_entries_in_an_ensemble_file_are_named(entry: str, message: str) -> None:
+    from matensemble.errors import SpecError
+    from matensemble.spec import parse_ensemble
+
+    data = f'[[task]]\nid = "t"\n{entry}\n'.encode()
+    with pytest.raises(SpecError, match=r"x\.toml: \$\.task\[0\]") as info:
+        parse_ensemble(data, source="x.toml", format="toml")
+    assert message in str(info.value)

@@ -21,6 +21,7 @@ from typing import Any
 
 import msgspec
 
+from matensemble.functions.file_calls import InlineCall
 from matensemble.functions.files import (
     CALL_FILE,
     ERROR_FILE,
@@ -55,14 +56,26 @@ def read_value(run_dir: Path, task_id: str) -> tuple[bool, Any]:
 
 
 class _Call:
-    def __init__(self, task_dir: Path) -> None:
+    def __init__(self, task_dir: Path, inline: str | None = None) -> None:
         self.task_dir = task_dir
         self.run_dir = task_dir.parent.parent
         self.task_id = task_dir.name
-        data = read_task_file(self.run_dir, self.task_id, CALL_FILE)
-        if data is None:
-            raise FileNotFoundError(f"no {CALL_FILE} in {task_dir}")
-        self.spec = msgspec.json.decode(data, type=CallSpec)
+        self.inline: InlineCall | None = None
+        if inline is not None:  # a call from an ensemble file: all of it in the command
+            self.inline = msgspec.json.decode(inline, type=InlineCall)
+            self.spec = CallSpec(
+                function=self.inline.function,
+                by_value=False,
+                args_format="json",
+                fingerprint="",
+                sys_path=tuple(self.inline.sys_path),
+                mpi=self.inline.mpi,
+            )
+        else:
+            data = read_task_file(self.run_dir, self.task_id, CALL_FILE)
+            if data is None:
+                raise FileNotFoundError(f"no {CALL_FILE} in {task_dir}")
+            self.spec = msgspec.json.decode(data, type=CallSpec)
         self._values: dict[str, Any] = {}
 
     def upstream(self, task_id: str) -> Any:
@@ -84,6 +97,8 @@ class _Call:
         return load_pickle(data)
 
     def arguments(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        if self.inline is not None:
+            return tuple(self.inline.args), dict(self.inline.kwargs)
         name = args_file(self.spec.args_format)
         data = read_task_file(self.run_dir, self.task_id, name)
         if data is None:
@@ -115,13 +130,21 @@ def _name(exc: BaseException) -> str:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        print("usage: python -m matensemble.worker <task-dir>", file=sys.stderr)
+    inline = None
+    if len(argv) == 2 and argv[0] == "--inline" and "MATENSEMBLE_TASK_DIR" in os.environ:
+        inline, task_dir = argv[1], Path(os.environ["MATENSEMBLE_TASK_DIR"])
+    elif len(argv) == 1:
+        task_dir = Path(os.path.abspath(argv[0]))
+    else:
+        print(
+            "usage: python -m matensemble.worker <task-dir>  (or --inline <call-json>, "
+            "with MATENSEMBLE_TASK_DIR set)",
+            file=sys.stderr,
+        )
         return 2
-    task_dir = Path(os.path.abspath(argv[0]))
     rank, size, comm = 0, 1, None
     try:
-        call = _Call(task_dir)
+        call = _Call(task_dir, inline)
         for entry in reversed(call.spec.sys_path):
             if entry not in sys.path:
                 sys.path.insert(0, entry)
