@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     )
     from matensemble.functions.front import task
     from matensemble.functions.refs import TaskRef
+    from matensemble.functions.warm import WarmLocalBackend
     from matensemble.model import Resources, Task, TaskResult, TaskState
     from matensemble.summary import RunSummary
 
@@ -54,6 +55,7 @@ __all__ = [
     "TaskRejected",
     "TaskResult",
     "TaskState",
+    "WarmLocalBackend",
     "task",
 ]
 
@@ -68,6 +70,7 @@ _WHERE = {
     "RunSummary": "matensemble.summary",
     "TaskRef": "matensemble.functions.refs",
     "task": "matensemble.functions.front",
+    "WarmLocalBackend": "matensemble.functions.warm",
     **dict.fromkeys(("Resources", "Task", "TaskResult", "TaskState"), "matensemble.model"),
     **dict.fromkeys(
         (

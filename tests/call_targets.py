@@ -78,3 +78,20 @@ def wait_unless(flag: str, counter: str) -> str:
     if not os.path.exists(flag):
         time.sleep(120)
     return "slow done"
+
+
+def process_and_cores() -> tuple[int, list[int]]:
+    print("hello from the call")
+    return os.getpid(), sorted(os.sched_getaffinity(0))
+
+
+def exit_hard(code: int) -> None:
+    os._exit(code)
+
+
+_HOARD: list[bytes] = []
+
+
+def hoard(megabytes: int) -> int:
+    _HOARD.append(b"x" * (megabytes * 2**20))
+    return os.getpid()

@@ -73,6 +73,7 @@ class CallOptions(msgspec.Struct, frozen=True, kw_only=True):
     priority: int = 0
     estimate: float | None = None
     tags: dict[str, str] = {}
+    warm: bool | None = None  # a warm worker (WarmLocalBackend) or a new interpreter
 
 
 class FunctionLayer:
@@ -144,7 +145,13 @@ class FunctionLayer:
         write_atomically(task_dir / CALL_FILE, msgspec.json.encode(spec), durable=False)
         task = Task(
             id=task_id,
-            command=(sys.executable, "-m", "matensemble.worker", str(task_dir)),
+            command=(
+                sys.executable,
+                "-m",
+                "matensemble.worker",
+                str(task_dir),
+                *{None: (), True: ("--warm",), False: ("--cold",)}[options.warm],
+            ),
             resources=options.resources,
             timeout=options.timeout,
             retries=options.retries,

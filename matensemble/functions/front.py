@@ -73,13 +73,15 @@ class FunctionCalls:
         priority: int = 0,
         estimate: float | None = None,
         tags: dict[str, str] | None = None,
+        warm: bool | None = None,
         **kwargs: Any,
     ) -> TaskRef:
         """Run ``fn(*args, **kwargs)`` as a task; return its ``TaskRef`` at once.
 
         A ``TaskRef`` anywhere inside the arguments (lists, dicts, tuples, dataclasses) makes
         the call wait for that call and receive its value. The keyword arguments above set how
-        the call runs (as for ``Task``); everything else goes to ``fn``. The id is the
+        the call runs (as for ``Task``; ``warm`` picks a warm worker of a ``WarmLocalBackend``,
+        or a new interpreter); everything else goes to ``fn``. The id is the
         function's name and a counter (``fit-1``, ``fit-2``) unless ``id`` is given.
 
         Raises:
@@ -94,6 +96,7 @@ class FunctionCalls:
             priority=priority,
             estimate=estimate,
             tags=tags,
+            warm=warm,
         )
         return self._functions().call(fn, args, kwargs, options, id)
 
@@ -155,6 +158,7 @@ def _options(
     priority: int = 0,
     estimate: float | None = None,
     tags: dict[str, str] | None = None,
+    warm: bool | None = None,
 ) -> CallOptions:
     if resources is not None and not isinstance(resources, Resources):
         raise TypeError(f"resources must be a Resources(...), got {type(resources).__name__}")
@@ -166,6 +170,7 @@ def _options(
         priority=priority,
         estimate=estimate,
         tags=dict(tags or {}),
+        warm=warm,
     )
 
 

@@ -130,6 +130,7 @@ def _name(exc: BaseException) -> str:
 
 
 def main(argv: list[str]) -> int:
+    argv = [a for a in argv if a not in ("--warm", "--cold")]  # for the backend, not for us
     inline = None
     if len(argv) == 2 and argv[0] == "--inline" and "MATENSEMBLE_TASK_DIR" in os.environ:
         inline, task_dir = argv[1], Path(os.environ["MATENSEMBLE_TASK_DIR"])
