@@ -68,3 +68,12 @@ def test_the_readme_function_snippet_prints_the_sum_of_squares(tmp_path: Path) -
         [sys.executable, "s.py"], capture_output=True, text=True, cwd=tmp_path, timeout=180
     )
     assert proc.stdout.strip() == "14", proc.stderr
+
+
+def test_the_warm_worker_snippet_reports_one_worker(tmp_path: Path) -> None:
+    snippet = next(s for s in SNIPPETS if "WarmLocalBackend" in s)
+    (tmp_path / "s.py").write_text(snippet)
+    proc = subprocess.run(
+        [sys.executable, "s.py"], capture_output=True, text=True, cwd=tmp_path, timeout=180
+    )
+    assert proc.stdout.strip() == "1 warm worker served 5 calls; 1 started", proc.stderr

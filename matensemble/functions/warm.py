@@ -229,10 +229,10 @@ class WarmLocalBackend(Backend):
         request = {
             "argv": list(launch.task.command[3:]),
             "env": env,
-            "cwd": launch.task.cwd or str(launch.task_dir),
+            "cwd": os.path.abspath(launch.task.cwd or launch.task_dir),
             "cores": cores,
-            "stdout": str(launch.stdout),
-            "stderr": str(launch.stderr),
+            "stdout": os.path.abspath(launch.stdout),
+            "stderr": os.path.abspath(launch.stderr),
         }
         assert worker.proc.stdin is not None
         worker.proc.stdin.write(json.dumps(request).encode() + b"\n")
