@@ -1,14 +1,19 @@
-"""Per-call overhead of Python functions as tasks on the local backend, against raw spawning.
+"""Per-call overhead of Python functions as tasks on the local backend, against raw spawning
+and against Parsl and Dask.
 
-    python benchmarks/function_overhead.py [--calls 200] [--fan 1000] [--arrays 20]
+    uv run --extra test --with parsl --with distributed \
+        python benchmarks/function_overhead.py [--calls 200] [--fan 1000] [--arrays 20]
 
-In one run, on this machine's cores:
+In one run, on this machine's cores (2 workers everywhere on a 2-core machine):
 - ``xargs -P <cores>`` spawning ``python -c pass`` N times: the best any new-interpreter-per-call
   method can do;
-- N no-op ``ens.call`` calls (cold: a new interpreter per call, ``python -m matensemble.worker``);
-- a fan-out/fan-in: ``--fan`` calls whose values one call sums (results along edges);
-- the result throughput for 1 MB numpy arrays (``--arrays`` calls, each returns 1 MB).
-Figures are calls per second and the ratio to xargs. Warm workers are not implemented yet.
+- N no-op ``ens.call`` calls, cold (a new interpreter per call, ``python -m matensemble.worker``)
+  and warm (``WarmLocalBackend``);
+- N no-op calls through Parsl's HighThroughputExecutor (``python_app``) and Dask's
+  ``LocalCluster`` (worker processes), when they are installed (skipped otherwise);
+- a fan-out/fan-in: ``--fan`` calls whose values one call sums (results along edges), warm;
+- the result throughput for 1 MB numpy arrays (``--arrays`` calls, each returns 1 MB), warm.
+Figures are calls per second and ratios.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from matensemble import Ensemble, LocalBackend
+from matensemble import Ensemble, LocalBackend, WarmLocalBackend
 
 
 def noop() -> None:
@@ -45,8 +50,9 @@ def xargs_python(n: int, cores: int) -> float:
     return time.perf_counter() - t0
 
 
-async def cold_calls(n: int, cores: int, root: Path) -> float:
-    async with Ensemble(backend=LocalBackend(cores=cores), run_dir=root / "cold") as ens:
+async def calls(n: int, cores: int, root: Path, warm: bool) -> float:
+    backend = WarmLocalBackend(cores=cores) if warm else LocalBackend(cores=cores)
+    async with Ensemble(backend=backend, run_dir=root / f"calls-{warm}") as ens:
         t0 = time.perf_counter()
         refs = [ens.call(noop) for _ in range(n)]
         for ref in refs:
@@ -55,7 +61,7 @@ async def cold_calls(n: int, cores: int, root: Path) -> float:
 
 
 async def fan_out_in(n: int, cores: int, root: Path) -> tuple[float, float]:
-    async with Ensemble(backend=LocalBackend(cores=cores), run_dir=root / "fan") as ens:
+    async with Ensemble(backend=WarmLocalBackend(cores=cores), run_dir=root / "fan") as ens:
         t0 = time.perf_counter()
         parts = [ens.call(int, i) for i in range(n)]
         total = ens.call(sum, parts)
@@ -65,11 +71,51 @@ async def fan_out_in(n: int, cores: int, root: Path) -> tuple[float, float]:
 
 
 async def arrays(n: int, cores: int, root: Path) -> float:
-    async with Ensemble(backend=LocalBackend(cores=cores), run_dir=root / "arrays") as ens:
+    async with Ensemble(backend=WarmLocalBackend(cores=cores), run_dir=root / "arrays") as ens:
         t0 = time.perf_counter()
         refs = [ens.call(one_megabyte, i) for i in range(n)]
         for i, ref in enumerate(refs):
             assert (await ref)[0] == i
+        return time.perf_counter() - t0
+
+
+def parsl_calls(n: int, workers: int, root: Path) -> float | None:
+    try:
+        import parsl
+        from parsl.config import Config
+        from parsl.executors import HighThroughputExecutor
+        from parsl.providers import LocalProvider
+    except ImportError:
+        return None
+    executor = HighThroughputExecutor(
+        label="htex",
+        max_workers_per_node=workers,
+        provider=LocalProvider(init_blocks=1, max_blocks=1),
+    )
+    dfk = parsl.load(Config(executors=[executor], run_dir=str(root / "parsl")))
+    app = parsl.python_app(noop)
+    try:
+        app().result()  # the workers are up
+        t0 = time.perf_counter()
+        for future in [app() for _ in range(n)]:
+            future.result()
+        return time.perf_counter() - t0
+    finally:
+        dfk.cleanup()
+
+
+def dask_calls(n: int, workers: int) -> float | None:
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        return None
+    with (
+        LocalCluster(n_workers=workers, threads_per_worker=1, processes=True) as cluster,
+        Client(cluster) as client,
+    ):
+        client.submit(noop, pure=False).result()  # the workers are up
+        t0 = time.perf_counter()
+        client.gather(client.map(lambda _: noop(), range(n), pure=False))
         return time.perf_counter() - t0
 
 
@@ -83,13 +129,21 @@ def main() -> None:
     print(f"{cores} cores, python {sys.version.split()[0]}")
     with tempfile.TemporaryDirectory(dir="/dev/shm" if os.path.isdir("/dev/shm") else None) as d:
         root = Path(d)
-        raw = xargs_python(args.calls, cores)
-        cold = asyncio.run(cold_calls(args.calls, cores, root))
-        print(f"xargs -P{cores} python -c pass: {args.calls / raw:8.1f} calls/s")
-        print(
-            f"ens.call no-op (cold):         {args.calls / cold:8.1f} calls/s "
-            f"(xargs/cold = {cold / raw:.2f}x)"
-        )
+        n = args.calls
+        raw = xargs_python(n, cores)
+        cold = asyncio.run(calls(n, cores, root, warm=False))
+        warm = asyncio.run(calls(n, cores, root, warm=True))
+        parsl_t = parsl_calls(n, cores, root)
+        dask_t = dask_calls(n, cores)
+        print(f"xargs -P{cores} python -c pass: {n / raw:8.1f} calls/s")
+        ratio = cold / raw
+        print(f"ens.call no-op, cold:         {n / cold:8.1f} calls/s (time vs xargs {ratio:.2f}x)")
+        print(f"ens.call no-op, warm:         {n / warm:8.1f} calls/s")
+        for name, took in (("Parsl HTEX", parsl_t), ("Dask LocalCluster", dask_t)):
+            if took is None:
+                print(f"{name}: not installed (uv run --with parsl --with distributed ...)")
+            else:
+                print(f"{name + ':':30}{n / took:8.1f} calls/s (warm/{name} {took / warm:.2f}x)")
         fan, _ = asyncio.run(fan_out_in(args.fan, cores, root))
         print(f"fan-out/fan-in {args.fan} calls:  {fan:8.2f} s ({args.fan / fan:.1f} calls/s)")
         mb = asyncio.run(arrays(args.arrays, cores, root))

@@ -142,7 +142,7 @@ class FunctionLayer:
             sys_path=_driver_path(),
             mpi=options.resources.mpi,
         )
-        write_atomically(task_dir / CALL_FILE, msgspec.json.encode(spec), durable=False)
+        write_atomically(task_dir / CALL_FILE, spec.encode(), durable=False)
         task = Task(
             id=task_id,
             command=(
@@ -211,7 +211,7 @@ class FunctionLayer:
         data = read_task_file(self.run_dir, task_id, CALL_FILE)
         if data is None:
             raise TaskRejected(task_id, "a task with this id exists and is not a Python call")
-        recorded = msgspec.json.decode(data, type=CallSpec)
+        recorded = CallSpec.decode(data)
         if recorded.fingerprint != print_:
             raise TaskRejected(
                 task_id,
@@ -250,7 +250,7 @@ class FunctionLayer:
             return value
         data = read_task_file(self.run_dir, task_id, ERROR_FILE)
         if data is not None and result.state is TaskState.FAILED:
-            error = msgspec.json.decode(data, type=RemoteError)
+            error = RemoteError.decode(data)
             if error.attempt in (0, result.attempts):
                 raise TaskFailed(
                     result,

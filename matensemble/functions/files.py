@@ -15,15 +15,14 @@ on the way, so a task id (or a planted link) can never make the driver unpickle 
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from pathlib import Path
-
-import msgspec
+from typing import Any
 
 from matensemble.errors import ResultUnavailable
 from matensemble.functions.serialisation import Format
-from matensemble.model import validate_task_id
 
 __all__ = [
     "CALL_FILE",
@@ -50,26 +49,73 @@ def result_file(fmt: Format) -> str:
     return "result" + _SUFFIX[fmt]
 
 
-class CallSpec(msgspec.Struct, frozen=True, kw_only=True):
+# Plain classes and the standard json module, not msgspec: the worker imports this module, and
+# every millisecond of its start is paid once per cold call.
+
+
+class CallSpec:
     """What the worker needs to make the call (``call.json``)."""
 
-    function: str
-    by_value: bool
-    args_format: Format
-    fingerprint: str
-    refs: tuple[str, ...] = ()
-    sys_path: tuple[str, ...] = ()
-    mpi: bool = False
+    __slots__ = ("args_format", "by_value", "fingerprint", "function", "mpi", "refs", "sys_path")
+
+    def __init__(
+        self,
+        *,
+        function: str,
+        by_value: bool,
+        args_format: Format,
+        fingerprint: str,
+        refs: tuple[str, ...] = (),
+        sys_path: tuple[str, ...] = (),
+        mpi: bool = False,
+    ) -> None:
+        self.function = function
+        self.by_value = by_value
+        self.args_format: Format = args_format
+        self.fingerprint = fingerprint
+        self.refs = tuple(refs)
+        self.sys_path = tuple(sys_path)
+        self.mpi = mpi
+
+    def encode(self) -> bytes:
+        return json.dumps({k: getattr(self, k) for k in self.__slots__}).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> CallSpec:
+        fields = _object(data, "call")
+        if fields.get("args_format") not in ("json", "pickle"):
+            raise ValueError(f"call file: unknown args_format {fields.get('args_format')!r}")
+        return cls(**{k: fields[k] for k in cls.__slots__ if k in fields})
 
 
-class RemoteError(msgspec.Struct, frozen=True, kw_only=True):
+class RemoteError:
     """An exception raised in the worker (``error.json``)."""
 
-    type: str
-    message: str
-    traceback: str
-    rank: int = 0
-    attempt: int = 0
+    __slots__ = ("attempt", "message", "rank", "traceback", "type")
+
+    def __init__(
+        self, *, type: str, message: str, traceback: str, rank: int = 0, attempt: int = 0
+    ) -> None:
+        self.type = type
+        self.message = message
+        self.traceback = traceback
+        self.rank = rank
+        self.attempt = attempt
+
+    def encode(self) -> bytes:
+        return json.dumps({k: getattr(self, k) for k in self.__slots__}).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> RemoteError:
+        fields = _object(data, "error")
+        return cls(**{k: fields[k] for k in cls.__slots__ if k in fields})
+
+
+def _object(data: bytes, what: str) -> dict[str, Any]:
+    fields = json.loads(data)
+    if not isinstance(fields, dict):
+        raise ValueError(f"{what} file: expected a JSON object")
+    return fields
 
 
 def write_atomically(path: Path, data: bytes, *, durable: bool = True) -> None:
@@ -106,10 +152,8 @@ def read_task_file(run_dir: Path, task_id: str, name: str) -> bytes | None:
         ResultUnavailable: the id is not a valid task id, the task directory is a link or
             resolves outside the run directory, or the file is a link or not a regular file.
     """
-    try:
-        validate_task_id(task_id)
-    except ValueError as exc:
-        raise ResultUnavailable(f"refusing to read a result for {task_id!r}: {exc}") from None
+    if not task_id or task_id in (".", "..") or "/" in task_id or "\0" in task_id:
+        raise ResultUnavailable(f"refusing to read a result for {task_id!r}: not a task id")
     tasks = os.path.realpath(run_dir / "tasks")
     task_dir = os.path.join(tasks, task_id)
     if os.path.islink(task_dir) or os.path.realpath(task_dir) != task_dir:

@@ -1,4 +1,4 @@
-"""Values to bytes and back: msgspec JSON for plain data, (cloud)pickle for everything else.
+"""Values to bytes and back: JSON for plain data, (cloud)pickle for everything else.
 
 Plain data (``None``, booleans, 64-bit integers, finite floats, strings, lists and dicts with
 string keys) is written as JSON, so a human or another language can read a task's arguments
@@ -12,17 +12,14 @@ call, wherever it sits (lists, dicts, tuples, dataclass fields).
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import importlib
 import io
+import json
 import math
 import pickle
 from collections.abc import Callable
 from typing import Any, Literal
-
-import cloudpickle
-import msgspec
 
 __all__ = [
     "REF_TAG",
@@ -63,33 +60,34 @@ def is_plain(value: object, depth: int = 0) -> bool:
     return False
 
 
-class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
-    """Pickles a value; each ``TaskRef`` inside becomes a persistent id (and is collected)."""
-
-    def __init__(self, file: io.BytesIO, ref_type: type | None) -> None:
-        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
-        self._ref_type = ref_type
-        self.refs: list[str] = []
-
-    def persistent_id(self, obj: object) -> tuple[str, str] | None:
-        if self._ref_type is not None and type(obj) is self._ref_type:
-            task_id: str = obj.id  # type: ignore[attr-defined]
-            self.refs.append(task_id)
-            return (REF_TAG, task_id)
-        return None
-
-
 def _pickle(value: object, ref_type: type | None = None) -> tuple[bytes, list[str]]:
+    """Pickle with cloudpickle (imported here: a worker with a plain result never needs it);
+    each ``ref_type`` instance inside becomes a persistent id, and its id is collected."""
+    import cloudpickle
+
+    refs: list[str] = []
+
+    class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
+        def persistent_id(self, obj: object) -> tuple[str, str] | None:
+            if ref_type is not None and type(obj) is ref_type:
+                task_id: str = obj.id  # type: ignore[attr-defined]
+                refs.append(task_id)
+                return (REF_TAG, task_id)
+            return None
+
     buffer = io.BytesIO()
-    pickler = _Pickler(buffer, ref_type)
-    pickler.dump(value)
-    return buffer.getvalue(), pickler.refs
+    _Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(value)
+    return buffer.getvalue(), refs
+
+
+def _json(value: object) -> bytes:
+    return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
 
 
 def encode_value(value: object) -> tuple[Format, bytes]:
     """Encode a result. Raises what pickle raises for an unpicklable value."""
     if is_plain(value):
-        return "json", msgspec.json.encode(value)
+        return "json", _json(value)
     return "pickle", _pickle(value)[0]
 
 
@@ -99,7 +97,7 @@ def encode_arguments(
     """Encode ``[args, kwargs]``; return the format, the bytes and the ids of nested refs."""
     payload = [list(args), kwargs]
     if is_plain(payload):
-        return "json", msgspec.json.encode(payload), []
+        return "json", _json(payload), []
     data, refs = _pickle((args, kwargs), ref_type)
     return "pickle", data, list(dict.fromkeys(refs))
 
@@ -118,7 +116,7 @@ def load_pickle(data: bytes, resolve: Callable[[str], Any] | None = None) -> Any
 
 def decode(fmt: Format, data: bytes, resolve: Callable[[str], Any] | None = None) -> Any:
     if fmt == "json":
-        return msgspec.json.decode(data)
+        return json.loads(data)
     return load_pickle(data, resolve)
 
 
@@ -140,6 +138,8 @@ def _children(value: object, path: str) -> list[tuple[str, object]]:
         return [(f"{path}[{i}]", item) for i, item in enumerate(value)]
     if isinstance(value, dict):
         return [(f"{path}[{k!r}]", v) for k, v in value.items()]
+    import dataclasses  # only on the error path: the worker starts without it
+
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return [(f"{path}.{f.name}", getattr(value, f.name)) for f in dataclasses.fields(value)]
     attributes = getattr(value, "__dict__", None)

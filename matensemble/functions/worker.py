@@ -13,15 +13,12 @@ collective for a rank that is gone.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
-import traceback
 from pathlib import Path
 from typing import Any
 
-import msgspec
-
-from matensemble.functions.file_calls import InlineCall
 from matensemble.functions.files import (
     CALL_FILE,
     ERROR_FILE,
@@ -60,22 +57,23 @@ class _Call:
         self.task_dir = task_dir
         self.run_dir = task_dir.parent.parent
         self.task_id = task_dir.name
-        self.inline: InlineCall | None = None
-        if inline is not None:  # a call from an ensemble file: all of it in the command
-            self.inline = msgspec.json.decode(inline, type=InlineCall)
+        self.inline: dict[str, Any] | None = None
+        if inline is not None:  # a call from an ensemble file (file_calls): all in the command
+            self.inline = json.loads(inline)
+            assert isinstance(self.inline, dict)
             self.spec = CallSpec(
-                function=self.inline.function,
+                function=self.inline["function"],
                 by_value=False,
                 args_format="json",
                 fingerprint="",
-                sys_path=tuple(self.inline.sys_path),
-                mpi=self.inline.mpi,
+                sys_path=tuple(self.inline.get("sys_path", ())),
+                mpi=bool(self.inline.get("mpi", False)),
             )
         else:
             data = read_task_file(self.run_dir, self.task_id, CALL_FILE)
             if data is None:
                 raise FileNotFoundError(f"no {CALL_FILE} in {task_dir}")
-            self.spec = msgspec.json.decode(data, type=CallSpec)
+            self.spec = CallSpec.decode(data)
         self._values: dict[str, Any] = {}
 
     def upstream(self, task_id: str) -> Any:
@@ -98,7 +96,7 @@ class _Call:
 
     def arguments(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
         if self.inline is not None:
-            return tuple(self.inline.args), dict(self.inline.kwargs)
+            return tuple(self.inline.get("args", ())), dict(self.inline.get("kwargs", {}))
         name = args_file(self.spec.args_format)
         data = read_task_file(self.run_dir, self.task_id, name)
         if data is None:
@@ -160,6 +158,8 @@ def main(argv: list[str]) -> int:
         if rank == 0:
             call.write_result(value)
     except (Exception, SystemExit) as exc:
+        import traceback  # only on the error path
+
         text = traceback.format_exc()
         print(text, file=sys.stderr, flush=True)
         error = RemoteError(
@@ -170,7 +170,7 @@ def main(argv: list[str]) -> int:
             attempt=int(os.environ.get("MATENSEMBLE_ATTEMPT", "0") or 0),
         )
         try:
-            write_atomically(task_dir / ERROR_FILE, msgspec.json.encode(error))
+            write_atomically(task_dir / ERROR_FILE, error.encode())
         finally:
             if comm is not None and size > 1:
                 comm.Abort(1)
