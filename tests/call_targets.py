@@ -95,3 +95,10 @@ _HOARD: list[bytes] = []
 def hoard(megabytes: int) -> int:
     _HOARD.append(b"x" * (megabytes * 2**20))
     return os.getpid()
+
+
+def node_value(index: int, upstream: list[int], fails: bool) -> int:
+    """A node of a random graph: its index plus its upstream calls' values, or an error."""
+    if fails:
+        raise RuntimeError(f"node {index} fails")
+    return index + sum(upstream)
