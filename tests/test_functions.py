@@ -336,3 +336,15 @@ def test_bad_function_entries_in_an_ensemble_file_are_named(entry: str, message:
     with pytest.raises(SpecError, match=r"x\.toml: \$\.task\[0\]") as info:
         parse_ensemble(data, source="x.toml", format="toml")
     assert message in str(info.value)
+
+
+async def test_under_the_simulated_backend_a_call_is_scheduled_but_has_no_value(
+    run_dir: Path,
+) -> None:
+    from matensemble import SimulatedBackend
+
+    async with Ensemble(backend=SimulatedBackend(1, 2), run_dir=run_dir) as ens:
+        ref = ens.call(add, 1, 2)
+        with pytest.raises(ResultUnavailable, match="the simulated backend does not run calls"):
+            await ref
+        assert ref.state is TaskState.SUCCEEDED
