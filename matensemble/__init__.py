@@ -7,7 +7,8 @@ package (the worker of a Python call) starts quickly.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING
+
+TYPE_CHECKING = False  # not from typing: a worker of a Python call starts faster
 
 if TYPE_CHECKING:
     from matensemble.backends.base import Backend

@@ -6,10 +6,12 @@ Every message names what is wrong (file, field path, task id) and, where it help
 from __future__ import annotations
 
 import errno
-from pathlib import Path
-from typing import TYPE_CHECKING
+
+TYPE_CHECKING = False  # not from typing: a worker of a Python call starts faster
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from matensemble.model import TaskResult
     from matensemble.summary import RunSummary
 

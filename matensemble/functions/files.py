@@ -18,11 +18,15 @@ from __future__ import annotations
 import json
 import os
 import stat
-from pathlib import Path
-from typing import Any
 
 from matensemble.errors import ResultUnavailable
-from matensemble.functions.serialisation import Format
+
+TYPE_CHECKING = False  # not from typing: the worker starts faster without importing it
+if TYPE_CHECKING:
+    from typing import Any
+
+    from matensemble.functions.serialisation import Format
+
 
 __all__ = [
     "CALL_FILE",
@@ -118,14 +122,16 @@ def _object(data: bytes, what: str) -> dict[str, Any]:
     return fields
 
 
-def write_atomically(path: Path, data: bytes, *, durable: bool = True) -> None:
+def write_atomically(path: str | os.PathLike[str], data: bytes, *, durable: bool = True) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the whole new one.
 
     With ``durable`` the new file survives a crash of the machine once this returns (a call's
     result, before the worker reports success). A call's inputs are written without the syncs:
     a killed driver loses nothing the OS holds, and they are cheap to write again.
     """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    path = os.fspath(path)
+    folder, name = os.path.split(path)
+    tmp = os.path.join(folder, f".{name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     try:
         view = memoryview(data)
@@ -138,14 +144,14 @@ def write_atomically(path: Path, data: bytes, *, durable: bool = True) -> None:
     os.replace(tmp, path)
     if not durable:
         return
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    dir_fd = os.open(folder or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
 
 
-def read_task_file(run_dir: Path, task_id: str, name: str) -> bytes | None:
+def read_task_file(run_dir: str | os.PathLike[str], task_id: str, name: str) -> bytes | None:
     """The bytes of ``<run_dir>/tasks/<task_id>/<name>``, or ``None`` if there is no such file.
 
     Raises:
@@ -154,7 +160,7 @@ def read_task_file(run_dir: Path, task_id: str, name: str) -> bytes | None:
     """
     if not task_id or task_id in (".", "..") or "/" in task_id or "\0" in task_id:
         raise ResultUnavailable(f"refusing to read a result for {task_id!r}: not a task id")
-    tasks = os.path.realpath(run_dir / "tasks")
+    tasks = os.path.realpath(os.path.join(run_dir, "tasks"))
     task_dir = os.path.join(tasks, task_id)
     if os.path.islink(task_dir) or os.path.realpath(task_dir) != task_dir:
         raise ResultUnavailable(

@@ -12,14 +12,17 @@ call, wherever it sits (lists, dicts, tuples, dataclass fields).
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import io
 import json
 import math
-import pickle
-from collections.abc import Callable
-from typing import Any, Literal
+
+TYPE_CHECKING = False  # not from typing: the worker imports this module, and starts faster
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, Literal
+
+    Format = Literal["json", "pickle"]
 
 __all__ = [
     "REF_TAG",
@@ -33,7 +36,6 @@ __all__ = [
     "unpicklable_path",
 ]
 
-Format = Literal["json", "pickle"]
 REF_TAG = "matensemble.ref"
 _MAX_DEPTH = 64
 _INT_RANGE = (-(2**63), 2**64 - 1)
@@ -63,6 +65,8 @@ def is_plain(value: object, depth: int = 0) -> bool:
 def _pickle(value: object, ref_type: type | None = None) -> tuple[bytes, list[str]]:
     """Pickle with cloudpickle (imported here: a worker with a plain result never needs it);
     each ``ref_type`` instance inside becomes a persistent id, and its id is collected."""
+    import pickle
+
     import cloudpickle
 
     refs: list[str] = []
@@ -104,6 +108,8 @@ def encode_arguments(
 
 def load_pickle(data: bytes, resolve: Callable[[str], Any] | None = None) -> Any:
     """Unpickle ``data``; ``resolve(task_id)`` supplies the value of each nested reference."""
+
+    import pickle
 
     class _Unpickler(pickle.Unpickler):
         def persistent_load(self, pid: Any) -> Any:
@@ -183,6 +189,8 @@ def fingerprint(function_name: str, fmt: Format, arguments: bytes) -> str:
     """What makes two calls "the same call" for a resume: the function's name and the bytes
     of its arguments (a function by value counts by its name, so editing its body does not
     make a recorded call new)."""
+    import hashlib
+
     digest = hashlib.sha256()
     for part in (function_name.encode(), fmt.encode(), arguments):
         digest.update(len(part).to_bytes(8, "little"))

@@ -16,8 +16,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-from pathlib import Path
-from typing import Any
 
 from matensemble.functions.files import (
     CALL_FILE,
@@ -38,12 +36,16 @@ from matensemble.functions.serialisation import (
     unpicklable_path,
 )
 
+TYPE_CHECKING = False  # not from typing: every millisecond of a worker's start counts
+if TYPE_CHECKING:
+    from typing import Any
+
 __all__ = ["main", "read_value"]
 
 _RESULT_FILES = (("json", result_file("json")), ("pickle", result_file("pickle")))
 
 
-def read_value(run_dir: Path, task_id: str) -> tuple[bool, Any]:
+def read_value(run_dir: str | os.PathLike[str], task_id: str) -> tuple[bool, Any]:
     """``(True, value)`` of a finished call's result file, ``(False, None)`` if there is none."""
     for fmt, name in _RESULT_FILES:
         data = read_task_file(run_dir, task_id, name)
@@ -53,10 +55,10 @@ def read_value(run_dir: Path, task_id: str) -> tuple[bool, Any]:
 
 
 class _Call:
-    def __init__(self, task_dir: Path, inline: str | None = None) -> None:
+    def __init__(self, task_dir: str, inline: str | None = None) -> None:
         self.task_dir = task_dir
-        self.run_dir = task_dir.parent.parent
-        self.task_id = task_dir.name
+        self.run_dir = os.path.dirname(os.path.dirname(task_dir))
+        self.task_id = os.path.basename(task_dir)
         self.inline: dict[str, Any] | None = None
         if inline is not None:  # a call from an ensemble file (file_calls): all in the command
             self.inline = json.loads(inline)
@@ -114,8 +116,10 @@ class _Call:
             ) from exc
         for other_fmt, name in _RESULT_FILES:  # a retry may return another kind of value
             if other_fmt != fmt:
-                (self.task_dir / name).unlink(missing_ok=True)
-        write_atomically(self.task_dir / result_file(fmt), data)
+                stale = os.path.join(self.task_dir, name)
+                if os.path.lexists(stale):  # (not contextlib: it costs the worker's start)
+                    os.unlink(stale)
+        write_atomically(os.path.join(self.task_dir, result_file(fmt)), data)
 
 
 def _name(exc: BaseException) -> str:
@@ -131,9 +135,9 @@ def main(argv: list[str]) -> int:
     argv = [a for a in argv if a not in ("--warm", "--cold")]  # for the backend, not for us
     inline = None
     if len(argv) == 2 and argv[0] == "--inline" and "MATENSEMBLE_TASK_DIR" in os.environ:
-        inline, task_dir = argv[1], Path(os.environ["MATENSEMBLE_TASK_DIR"])
+        inline, task_dir = argv[1], os.environ["MATENSEMBLE_TASK_DIR"]
     elif len(argv) == 1:
-        task_dir = Path(os.path.abspath(argv[0]))
+        task_dir = os.path.abspath(argv[0])
     else:
         print(
             "usage: python -m matensemble.worker <task-dir>  (or --inline <call-json>, "
@@ -170,7 +174,7 @@ def main(argv: list[str]) -> int:
             attempt=int(os.environ.get("MATENSEMBLE_ATTEMPT", "0") or 0),
         )
         try:
-            write_atomically(task_dir / ERROR_FILE, error.encode())
+            write_atomically(os.path.join(task_dir, ERROR_FILE), error.encode())
         finally:
             if comm is not None and size > 1:
                 comm.Abort(1)
