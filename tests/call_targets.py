@@ -102,3 +102,7 @@ def node_value(index: int, upstream: list[int], fails: bool) -> int:
     if fails:
         raise RuntimeError(f"node {index} fails")
     return index + sum(upstream)
+
+
+def visible_gpus() -> str | None:
+    return os.environ.get("CUDA_VISIBLE_DEVICES")

@@ -90,3 +90,18 @@ async def test_cancelling_a_warm_call_raises_for_its_awaiter(run_dir: Path) -> N
         with pytest.raises(TaskFailed) as info:
             await ref
         assert info.value.result.state is TaskState.CANCELLED
+
+
+async def test_a_warm_call_sees_exactly_its_own_gpus(
+    run_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from call_targets import visible_gpus
+
+    from matensemble import Resources
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")  # the driver's, not the calls'
+    async with Ensemble(backend=WarmLocalBackend(cores=1, gpus=["0", "1"]), run_dir=run_dir) as ens:
+        one = await ens.call(visible_gpus, resources=Resources(gpus_per_rank=1))
+        none = await ens.call(visible_gpus)
+    assert one in ("0", "1")
+    assert none == ""

@@ -223,7 +223,7 @@ class WarmLocalBackend(Backend):
         env = task_environment(launch, self._base_env)
         cores = [c for slot in launch.placement for c in slot.cores]
         gpus = [g for slot in launch.placement for g in slot.gpus]
-        if gpus:
+        if gpus or "CUDA_VISIBLE_DEVICES" in env:  # a call given no GPUs sees none
             env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
         launch.task_dir.mkdir(parents=True, exist_ok=True)
         request = {
