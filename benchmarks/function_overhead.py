@@ -7,8 +7,9 @@ and against Parsl and Dask.
 In one run, on this machine's cores (2 workers everywhere on a 2-core machine):
 - ``xargs -P <cores>`` spawning ``python -c pass`` N times: the best any new-interpreter-per-call
   method can do;
-- N no-op ``ens.call`` calls, cold (a new interpreter per call, ``python -m matensemble.worker``)
-  and warm (``WarmLocalBackend``);
+- N no-op ``ens.call`` calls (``int()``, importable by name), cold (a new interpreter per call,
+  ``python -m matensemble.worker``) and warm (``WarmLocalBackend``); and cold with a no-op
+  defined in ``__main__`` (pickled by value, so the worker also imports cloudpickle);
 - N no-op calls through Parsl's HighThroughputExecutor (``python_app``) and Dask's
   ``LocalCluster`` (worker processes), when they are installed (skipped otherwise);
 - a fan-out/fan-in: ``--fan`` calls whose values one call sums (results along edges), warm;
@@ -26,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -50,11 +52,13 @@ def xargs_python(n: int, cores: int) -> float:
     return time.perf_counter() - t0
 
 
-async def calls(n: int, cores: int, root: Path, warm: bool) -> float:
+async def calls(n: int, cores: int, root: Path, warm: bool, fn: Any = int) -> float:
+    """``n`` calls of ``fn``: by default ``int()``, a no-op importable by name (by reference);
+    ``noop`` from ``__main__`` travels by value (the worker then imports cloudpickle)."""
     backend = WarmLocalBackend(cores=cores) if warm else LocalBackend(cores=cores)
-    async with Ensemble(backend=backend, run_dir=root / f"calls-{warm}") as ens:
+    async with Ensemble(backend=backend, run_dir=root / f"calls-{warm}-{fn.__name__}") as ens:
         t0 = time.perf_counter()
-        refs = [ens.call(noop) for _ in range(n)]
+        refs = [ens.call(fn) for _ in range(n)]
         for ref in refs:
             await ref
         return time.perf_counter() - t0
@@ -132,12 +136,14 @@ def main() -> None:
         n = args.calls
         raw = xargs_python(n, cores)
         cold = asyncio.run(calls(n, cores, root, warm=False))
+        cold_by_value = asyncio.run(calls(n, cores, root, warm=False, fn=noop))
         warm = asyncio.run(calls(n, cores, root, warm=True))
         parsl_t = parsl_calls(n, cores, root)
         dask_t = dask_calls(n, cores)
         print(f"xargs -P{cores} python -c pass: {n / raw:8.1f} calls/s")
         ratio = cold / raw
         print(f"ens.call no-op, cold:         {n / cold:8.1f} calls/s (time vs xargs {ratio:.2f}x)")
+        print(f"  same, function from __main__: {n / cold_by_value:8.1f} calls/s (by value)")
         print(f"ens.call no-op, warm:         {n / warm:8.1f} calls/s")
         for name, took in (("Parsl HTEX", parsl_t), ("Dask LocalCluster", dask_t)):
             if took is None:
