@@ -112,6 +112,7 @@ class RunFailed(MatEnsembleError):
         super().__init__(message)
         self.summary = summary
 
+
 class SerialisationError(MatEnsembleError, TypeError):
     """A Python call's function, arguments or result cannot be serialised.
 
