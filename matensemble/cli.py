@@ -13,7 +13,7 @@ import asyncio
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from rich.console import Console
@@ -27,6 +27,7 @@ from matensemble.errors import DiskFull, MatEnsembleError
 from matensemble.model import TaskState
 from matensemble.observer import Observer
 from matensemble.progress import ProgressDisplay
+from matensemble.rundir import describe_phase
 from matensemble.signals import SignalStop
 from matensemble.spec import EnsembleSpec, load_ensemble
 from matensemble.status import read_status
@@ -128,6 +129,12 @@ def _parser() -> argparse.ArgumentParser:
         "--add-new",
     )
     resume.add_argument("--add-new", action="store_true", help="add the file's new tasks")
+    resume.add_argument(
+        "--allow-backend-change",
+        action="store_true",
+        help="resume on another kind of backend than the run's (results of a simulated "
+        "session never count on a real backend: those tasks run again)",
+    )
     resume.set_defaults(func=_cmd_resume)
 
     status = sub.add_parser("status", help="show the state of a run (also while it runs)")
@@ -155,8 +162,8 @@ def _parser() -> argparse.ArgumentParser:
 def _cmd_run(args: argparse.Namespace) -> int:
     spec = load_ensemble(args.file)
     run_dir = args.run_dir or (Path(spec.run_dir) if spec.run_dir else None)
-    run_id = time.strftime(f"{spec.name}-%Y%m%d-%H%M%S")
-    return _execute(args, spec, run_dir=run_dir or Path("runs") / run_id, run_id=run_id)
+    run_id = time.strftime(f"{spec.name}-%Y%m%d-%H%M%S")  # runs/<run_id>[-N], made unique
+    return _execute(args, spec, run_dir=run_dir, run_id=run_id)
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
@@ -195,15 +202,19 @@ def _execute(
         resume=resume,
         add_new=getattr(args, "add_new", False),
         walltime=args.walltime,
+        allow_backend_change=getattr(args, "allow_backend_change", False),
     )
     what = "resuming" if resume else f"{counted(len(spec.tasks), 'task')} from {args.file}"
-    console.print(
-        f"[bold]{escape(spec.name)}[/]: {escape(what)} on {backend.name}, "
-        f"run directory [cyan]{escape(str(ensemble.run_dir))}[/]",
-        highlight=False,
-        soft_wrap=True,  # paths and ids stay whole (the terminal wraps, nothing splits them)
-    )
-    summary, signals = asyncio.run(_run_with_signals(ensemble, console))
+
+    def announce() -> None:  # once the run directory is made and owned: its name is final
+        console.print(
+            f"[bold]{escape(spec.name)}[/]: {escape(what)} on {backend.name}, "
+            f"run directory [cyan]{escape(str(ensemble.run_dir))}[/]",
+            highlight=False,
+            soft_wrap=True,  # paths and ids stay whole (the terminal wraps, nothing splits them)
+        )
+
+    summary, signals = asyncio.run(_run_with_signals(ensemble, console, announce))
     _print_summary(Console(), summary, _final_tasks(spec))
     if summary.stopped is not None:
         console.print(
@@ -216,12 +227,17 @@ def _execute(
     return EXIT_OK if summary.ok else EXIT_TASKS_FAILED
 
 
-async def _run_with_signals(ensemble: Ensemble, console: Console) -> tuple[RunSummary, list[int]]:
+async def _run_with_signals(
+    ensemble: Ensemble, console: Console, announce: Callable[[], None]
+) -> tuple[RunSummary, list[int]]:
     """Run; the first SIGINT/SIGTERM stops gracefully, a second one forces an exit now."""
     handler = SignalStop([ensemble], lambda text: console.print(f"[yellow]{escape(text)}[/]"))
     handler.install((signal.SIGINT, signal.SIGTERM))
     try:
-        return await ensemble.run(), handler.seen
+        async with ensemble:
+            announce()
+            await ensemble.wait()
+        return ensemble.summary(), handler.seen
     finally:
         handler.remove()
 
@@ -379,8 +395,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
     console = Console()
     ago = time.time() - status.updated
     console.print(
-        f"run [bold]{status.run_id}[/] on {status.backend}: [bold]{status.phase}[/] "
-        f"(updated {ago:.0f} s ago, driver pid {status.pid})",
+        f"run [bold]{status.run_id}[/] on {status.backend}: "
+        f"{escape(describe_phase(run_dir, status.phase, status.pid))} (updated {ago:.0f} s ago)",
         highlight=False,
     )
     table = Table(show_header=True, header_style="bold")

@@ -50,11 +50,14 @@ from matensemble.observer import Observer, close_all
 from matensemble.resources import ResourcePool
 from matensemble.resume import (
     adopt_left_running,
+    check_backend_kind,
     new_tasks_for_resume,
+    real_results_only,
     replay_figures,
     restore_records,
     unfinished_tasks,
 )
+from matensemble.rundir import RunDirectoryLock, claim_run_dir
 from matensemble.signals import release_sigterm, stop_on_sigterm
 from matensemble.status import StatusFile
 from matensemble.strategies import FIFO, Adaptive, CompletionPolicy, RetryPolicy, SubmissionOrder
@@ -92,6 +95,13 @@ class Ensemble(FunctionCalls):
             default on, except for backends with a virtual clock (simulation).
         handle_signals: SIGTERM stops the active run gracefully, as in the CLI, unless the
             application handles SIGTERM itself; ``False``: leave it alone (docs/nothing-lost.md).
+        allow_backend_change: with ``resume``, accept a kind of backend the run was not
+            recorded on (e.g. ``simulated`` for a ``local`` run). Results a simulated session
+            recorded never count on a real backend: those tasks run again.
+
+    A run directory has one owner: starting raises ``RunDirectoryTaken`` while another live
+    driver holds it, or for a new run in a directory that holds a run. The default directory
+    ``runs/<run_id>`` is created anew; if it exists, ``-2``, ``-3``, ... is appended to both.
     """
 
     def __init__(
@@ -111,6 +121,7 @@ class Ensemble(FunctionCalls):
         walltime: float | None = None,
         durable: bool | None = None,
         handle_signals: bool = True,
+        allow_backend_change: bool = False,
     ) -> None:
         if walltime is not None and not walltime > 0:
             raise ValueError(f"walltime must be > 0 seconds, got {walltime!r}")
@@ -138,7 +149,10 @@ class Ensemble(FunctionCalls):
         self._durable = durable
         self._handle_signals = handle_signals
         self.run_id = run_id or time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
-        self.run_dir = Path(run_dir) if run_dir is not None else Path("runs") / self.run_id
+        self._given_run_dir = Path(run_dir) if run_dir is not None else None
+        self._allow_backend_change = allow_backend_change
+        self._owner: RunDirectoryLock | None = None
+        self.run_dir = self._given_run_dir or Path("runs") / self.run_id
         self._tasks_dir = self.run_dir / "tasks"
         self._extra_observers = list(observers)
         self._console_log = console_log
@@ -189,12 +203,28 @@ class Ensemble(FunctionCalls):
         self._started = True
         initial, self._initial = self._initial, []
         past: Replay | None = None
-        if self._resume:
-            past = replay(self.run_dir)  # refuses a missing, corrupt or foreign journal
-            self.run_id = past.run_id
-            initial = new_tasks_for_resume(
-                past.tasks, initial, add_new=self._add_new, where=str(self.run_dir)
-            )
+        self._owner = claim_run_dir(self._given_run_dir, self.run_id, resume=self._resume)
+        try:
+            if self._owner is not None and self._given_run_dir is None:
+                self.run_id = self._owner.run_dir.name  # unique: runs/<run_id>[-N]
+                self.run_dir, self._tasks_dir = self._owner.run_dir, self._owner.run_dir / "tasks"
+            if self._resume:
+                past = replay(self.run_dir)  # refuses a missing, corrupt or foreign journal
+                self.run_id = past.run_id
+                where = str(self.run_dir)
+                check_backend_kind(
+                    past, self.backend, allow_change=self._allow_backend_change, where=where
+                )
+                if not self.backend.virtual_clock:
+                    past = real_results_only(past)
+                initial = new_tasks_for_resume(
+                    past.tasks, initial, add_new=self._add_new, where=where
+                )
+            if self._owner is not None:
+                self._owner.write_owner(self.run_id)
+        except BaseException:
+            self._give_up_run_dir()
+            raise
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         try:
@@ -213,7 +243,7 @@ class Ensemble(FunctionCalls):
                 self._graph.check(reopened + initial)
             self._check_batch(initial, known=past.tasks.keys() if past else ())
             self._graph.check(initial)
-            self._open_run_files()
+            self._open_run_files()  # from here on the run is on record in its directory
             self._t0 = self.backend.now()
             self._start_run(resumed=past is not None)
             if past is not None:
@@ -254,6 +284,7 @@ class Ensemble(FunctionCalls):
                 pool.total_cores,
                 pool.total_gpus,
                 len(pool.nodes),
+                simulated=self.backend.virtual_clock,
             )
         )
         self.log.info(
@@ -269,6 +300,8 @@ class Ensemble(FunctionCalls):
         deadlines = [d for d in (self.backend.deadline(),) if d is not None]
         if self._walltime is not None:
             deadlines.append(self._t0 + self._walltime)
+        if self._owner is not None and not self._owner.supported:
+            self.log.warning("run_dir_lock_unsupported", path=str(self._owner.path))
         if deadlines:
             self._deadline = min(deadlines)
             self.log.info("deadline", at=self._deadline, in_seconds=self._deadline - self._t0)
@@ -365,7 +398,19 @@ class Ensemble(FunctionCalls):
                     self._error = self._error or full
                     self._logger.close()
                 release_sigterm(self)
+                self._give_up_run_dir()
                 self._progress.set()
+
+    def _give_up_run_dir(self) -> None:
+        """Release the run directory's lock; if the run never reached its journal, leave the
+        directory as it was found."""
+        owner, self._owner = self._owner, None
+        if owner is None:
+            return
+        if self._journal is None:
+            owner.abandon()
+        else:
+            owner.release()
 
     # -- public API -----------------------------------------------------------------------------
 

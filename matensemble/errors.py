@@ -24,11 +24,13 @@ __all__ = [
     "MatEnsembleError",
     "ResultUnavailable",
     "ResumeMismatch",
+    "RunDirectoryTaken",
     "RunFailed",
     "SerialisationError",
     "SpecError",
     "TaskFailed",
     "TaskRejected",
+    "UnsafeTaskPath",
 ]
 
 
@@ -159,3 +161,13 @@ class TaskFailed(MatEnsembleError):
         self.remote_message = remote_message
         self.remote_traceback = remote_traceback
         self.remote_rank = remote_rank
+
+
+class RunDirectoryTaken(MatEnsembleError):
+    """A run directory has a live owner (another driver), or a new run was given a directory
+    that holds a run already; the message names the owner (pid, host) or says to resume."""
+
+
+class UnsafeTaskPath(MatEnsembleError, OSError):
+    """A task's directory or output file is not ours to write: a symbolic link (which could lead
+    outside the run directory), or not a directory / regular file. The message names the path."""

@@ -181,7 +181,9 @@ class Replay(msgspec.Struct, kw_only=True):
     their retries, or cancelled by the user); every other task is open again, including those
     that were running, were cancelled because the run was stopped, or were skipped (the skip
     is decided again from the prerequisites' outcomes). ``attempts`` and
-    ``failures`` count per task across every session of the run.
+    ``failures`` count per task across every session of the run. ``simulated`` names the
+    finished tasks whose standing result was recorded by a simulated session (a virtual clock):
+    a resume on a real backend runs them (see ``resume.real_results_only``).
     """
 
     run_id: str
@@ -194,6 +196,8 @@ class Replay(msgspec.Struct, kw_only=True):
     job_ids: dict[str, str] = {}  # the backend's id for each task's last attempt, if known
     torn_line: int | None = None
     sessions: int = 0
+    backends: list[str] = []  # the backend kind of each session, in order
+    simulated: frozenset[str] = frozenset()  # finished tasks whose result is a simulation's
 
 
 def replay(run_dir: Path) -> Replay:
@@ -208,6 +212,9 @@ def replay(run_dir: Path) -> Replay:
     torn = torn_last_line(path)
     run_id: str | None = None
     sessions = 0
+    backends: list[str] = []
+    simulating = False
+    simulated: set[str] = set()
     tasks: dict[str, Task] = {}
     finished: dict[str, TaskResult] = {}
     attempts: dict[str, int] = {}
@@ -233,8 +240,13 @@ def replay(run_dir: Path) -> Replay:
                 failures[result.id] = failures.get(result.id, 0) + 1
             if event.retry_in is None and not event.interrupted and result.state in _STANDS:
                 finished[result.id] = result
+                if simulating:
+                    simulated.add(result.id)
+                else:
+                    simulated.discard(result.id)
             else:
                 finished.pop(result.id, None)
+                simulated.discard(result.id)
         elif isinstance(event, RunStarted):
             if event.version != JOURNAL_VERSION:
                 raise JournalError(
@@ -248,6 +260,8 @@ def replay(run_dir: Path) -> Replay:
                 )
             run_id = event.run_id
             sessions += 1
+            backends.append(event.backend)
+            simulating = event.simulated or event.backend == "simulated"
     if run_id is None:
         raise JournalError(f"{path}: no run_started event; this is not a MatEnsemble journal")
     unknown = [task_id for task_id in (*finished, *attempts) if task_id not in tasks]
@@ -264,6 +278,8 @@ def replay(run_dir: Path) -> Replay:
         job_ids=job_ids,
         torn_line=torn,
         sessions=sessions,
+        backends=backends,
+        simulated=frozenset(simulated),
     )
 
 

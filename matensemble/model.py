@@ -407,11 +407,12 @@ class TaskResult(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 class RunStarted(msgspec.Struct, frozen=True, tag="run_started"):
     t: float
     run_id: str
-    backend: str
+    backend: str  # the backend's kind (``Backend.name``): a resume refuses another kind
     cores: int
     gpus: int
     nodes: int
     version: int = 1
+    simulated: bool = False  # a virtual clock: nothing really ran, results are not real
 
 
 class TaskAdded(msgspec.Struct, frozen=True, tag="task_added"):

@@ -23,7 +23,9 @@ from matensemble.resources import ResourcePool
 
 __all__ = [
     "adopt_left_running",
+    "check_backend_kind",
     "new_tasks_for_resume",
+    "real_results_only",
     "replay_figures",
     "restore_records",
     "unfinished_tasks",
@@ -80,6 +82,31 @@ def _difference(old: Task, new: Task) -> str:
 def _short(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_backend_kind(past: Replay, backend: Backend, *, allow_change: bool, where: str) -> None:
+    """Refuse to resume on a kind of backend that the run never used, unless asked to.
+
+    Raises:
+        ResumeMismatch: names the recorded kinds, the new one, and how to allow the change.
+    """
+    if allow_change or not past.backends or backend.name in past.backends:
+        return
+    recorded = ", ".join(dict.fromkeys(past.backends))
+    raise ResumeMismatch(
+        f"cannot resume {where}: the run was recorded on the {recorded} backend, not "
+        f"{backend.name}; to resume it on {backend.name} anyway, pass "
+        "allow_backend_change=True (CLI: --allow-backend-change)"
+    )
+
+
+def real_results_only(past: Replay) -> Replay:
+    """``past`` without the results a simulated session recorded: those tasks never ran, so a
+    resume on a real backend runs them."""
+    if not past.simulated:
+        return past
+    finished = {i: r for i, r in past.finished.items() if i not in past.simulated}
+    return msgspec.structs.replace(past, finished=finished, simulated=frozenset())
 
 
 def unfinished_tasks(past: Replay) -> list[Task]:
