@@ -325,7 +325,7 @@ async def test_a_task_that_cannot_start_fails_with_a_reason_that_says_why(
     assert r["cwd-file"].state is TaskState.FAILED
     assert r["cwd-file"].reason == f"working directory is not a directory: {str(work)!r}"
     assert r["blocked"].state is TaskState.FAILED
-    assert r["blocked"].reason == f"cannot open {str(blocked / 'stdout')!r}: Not a directory"
+    assert r["blocked"].reason == f"cannot open {str(blocked)!r}: Not a directory"
     for task_id in ("by-path", "by-name", "cwd-file", "blocked"):
         assert r[task_id].returncode is None
         assert r[task_id].signal is None

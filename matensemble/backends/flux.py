@@ -39,6 +39,7 @@ from matensemble.backends.base import Backend, Launch, LaunchKey, Outcome, Repor
 from matensemble.backends.flux_inventory import InventoryMap, read_inventory
 from matensemble.backends.flux_jobspec import JobspecBuilder
 from matensemble.backends.flux_reactor import FluxReactorBridge
+from matensemble.backends.task_files import prepare_task_outputs
 from matensemble.errors import BackendError, BackendUnavailable
 from matensemble.model import Placement, TaskState
 from matensemble.resources import NodeSpec
@@ -329,7 +330,7 @@ class FluxBackend(Backend):
         try:
             assert self._jobspecs is not None
             jobspec = self._jobspecs.build(launch)
-            launch.task_dir.mkdir(parents=True, exist_ok=True)
+            prepare_task_outputs(launch.task_dir)  # no links followed: the shell opens ours
         except (OSError, ValueError, TypeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             self._reports.soon(

@@ -49,7 +49,8 @@ from matensemble.backends.local_inventory import (
     select_cores,
     select_gpus,
 )
-from matensemble.errors import BackendError, BackendUnavailable
+from matensemble.backends.task_files import open_task_outputs
+from matensemble.errors import BackendError, BackendUnavailable, UnsafeTaskPath
 from matensemble.model import TaskState
 from matensemble.resources import NodeSpec
 
@@ -449,21 +450,15 @@ def _settle(future: asyncio.Future[None]) -> None:
 
 
 def _open_outputs(launch: Launch) -> tuple[int, int]:
-    """Open stdout and stderr for appending, creating the task directory if it is missing."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+    """Open stdout and stderr for appending, creating the task directory if it is missing,
+    without following links (see ``task_files``)."""
     try:
-        try:
-            out = os.open(launch.stdout, flags, 0o644)
-        except FileNotFoundError:
-            launch.task_dir.mkdir(parents=True, exist_ok=True)
-            out = os.open(launch.stdout, flags, 0o644)
+        return open_task_outputs(launch.task_dir)
+    except UnsafeTaskPath as exc:
+        raise _LaunchError(str(exc)) from None
     except OSError as exc:
-        raise _LaunchError(f"cannot open {str(launch.stdout)!r}: {exc.strerror}") from None
-    try:
-        return out, os.open(launch.stderr, flags, 0o644)
-    except OSError as exc:
-        os.close(out)
-        raise _LaunchError(f"cannot open {str(launch.stderr)!r}: {exc.strerror}") from None
+        where = exc.filename if exc.filename is not None else launch.task_dir
+        raise _LaunchError(f"cannot open {str(where)!r}: {exc.strerror}") from None
 
 
 def _describe_spawn_error(exc: Exception, process: _Process, cwd: str) -> str:

@@ -1,0 +1,125 @@
+"""A task's directory and output files, made without following links.
+
+A ``tasks/<id>`` or ``tasks/<id>/stdout`` that is a symbolic link (left there by anyone who can
+write the run directory) would make a task write wherever it points. So the two directories
+below the run directory (``tasks`` and ``<id>``) are created and opened relative to an open
+handle of their parent (``mkdir``/``open`` with ``dir_fd``) with ``O_NOFOLLOW | O_DIRECTORY``,
+and the output files with ``O_NOFOLLOW``; anything that is not a plain directory or a plain
+file with a single link is refused with ``UnsafeTaskPath``, naming the path. The run directory
+itself is the user's choice and may be a link (e.g. to scratch space).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import stat
+from pathlib import Path
+
+from matensemble.errors import UnsafeTaskPath
+
+__all__ = ["open_task_outputs", "prepare_task_outputs"]
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+_OUTPUTS = ("stdout", "stderr")
+
+
+def open_task_outputs(task_dir: Path) -> tuple[int, int]:
+    """Make ``task_dir`` if needed and open its ``stdout`` and ``stderr`` for appending.
+
+    Returns the two descriptors (the caller closes them).
+
+    Raises:
+        UnsafeTaskPath: ``task_dir``, its parent, or an output file is a link or not what it
+            should be (the message names the path); nothing was written through it.
+        OSError: the directory or a file cannot be made (permissions, a full disk).
+    """
+    dir_fd = _open_task_dir(task_dir)
+    fds: list[int] = []
+    try:
+        for name in _OUTPUTS:
+            fds.append(_open_output(dir_fd, task_dir / name))
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    finally:
+        os.close(dir_fd)
+    return fds[0], fds[1]
+
+
+def prepare_task_outputs(task_dir: Path) -> None:
+    """Make ``task_dir`` and empty ``stdout``/``stderr`` files in it, safely, for a backend whose
+    launcher opens the output files itself (Flux): what it then opens is ours.
+
+    Raises:
+        UnsafeTaskPath, OSError: as ``open_task_outputs``.
+    """
+    for fd in open_task_outputs(task_dir):
+        os.close(fd)
+
+
+def _open_task_dir(task_dir: Path) -> int:
+    """An open handle of ``task_dir``, whose last two components are made and opened without
+    following links."""
+    top = task_dir.parent.parent
+    try:
+        top_fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        top.mkdir(parents=True, exist_ok=True)
+        top_fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        tasks_fd = _open_subdir(top_fd, task_dir.parent)
+    finally:
+        os.close(top_fd)
+    try:
+        return _open_subdir(tasks_fd, task_dir)
+    finally:
+        os.close(tasks_fd)
+
+
+def _open_subdir(parent_fd: int, path: Path) -> int:
+    try:
+        os.mkdir(path.name, 0o755, dir_fd=parent_fd)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
+    try:
+        return os.open(path.name, _DIR_FLAGS, dir_fd=parent_fd)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _refused(path, "it is a symbolic link") from None
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
+
+
+def _open_output(dir_fd: int, path: Path) -> int:
+    try:
+        # O_NONBLOCK: a FIFO planted here fails (ENXIO) instead of blocking the driver.
+        fd = os.open(path.name, _FILE_FLAGS, 0o644, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _refused(path, "it is a symbolic link") from None
+        if exc.errno in (errno.ENXIO, errno.EISDIR):
+            raise _refused(path, "it is not a regular file") from None
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
+    st = os.fstat(fd)
+    why = None
+    if not stat.S_ISREG(st.st_mode):
+        why = "it is not a regular file"
+    elif st.st_nlink != 1:
+        why = f"it has {st.st_nlink} hard links (one may lead outside the run directory)"
+    if why is not None:
+        os.close(fd)
+        raise _refused(path, why)
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+    return fd
+
+
+def _refused(path: Path, why: str) -> UnsafeTaskPath:
+    return UnsafeTaskPath(
+        f"refusing to write {str(path)!r}: {why}; task outputs are written only inside "
+        "the run directory (remove it, then resume)"
+    )
