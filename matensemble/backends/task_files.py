@@ -90,9 +90,17 @@ def _open_subdir(parent_fd: int, path: Path) -> int:
     try:
         return os.open(path.name, _DIR_FLAGS, dir_fd=parent_fd)
     except OSError as exc:
-        if exc.errno == errno.ELOOP:
+        # Linux says ENOTDIR for a link opened with O_DIRECTORY | O_NOFOLLOW, others ELOOP.
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR) and _is_link(parent_fd, path.name):
             raise _refused(path, "it is a symbolic link") from None
         raise OSError(exc.errno, exc.strerror, str(path)) from None
+
+
+def _is_link(dir_fd: int, name: str) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
 
 
 def _open_output(dir_fd: int, path: Path) -> int:
