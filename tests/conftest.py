@@ -100,3 +100,15 @@ def matensemble(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str
         timeout=300,
         check=False,
     )
+
+
+def dead(pid: int, grace: float = 5.0) -> bool:
+    """Whether process ``pid`` is gone, or goes within ``grace`` seconds (watched by pidfd)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        return bool(select.select([fd], [], [], grace)[0])
+    finally:
+        os.close(fd)

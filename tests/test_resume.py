@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 import select
 import signal
@@ -17,6 +16,8 @@ from matensemble import Ensemble, LocalBackend, SimulatedBackend, Task, TaskStat
 from matensemble.errors import JournalError, ResumeMismatch
 from matensemble.journal import JOURNAL_NAME, read_journal, replay
 from matensemble.model import TaskFinished, TaskStarted
+
+from conftest import dead
 
 
 def sim_task(task_id: str, duration: float = 1.0, exit: int = 0, **kw: object) -> Task:
@@ -58,17 +59,6 @@ def wait_for_line(path: Path, lines: int, timeout: float = 30.0) -> None:
             return
         select.select([], [], [], 0.02)
     raise AssertionError(f"{path} never reached {lines} lines")
-
-
-def dead(pid: int, grace: float = 5.0) -> bool:
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return True
-    try:
-        return bool(select.select([fd], [], [], grace)[0])
-    finally:
-        os.close(fd)
 
 
 # -- resume through the API -----------------------------------------------------------------

@@ -27,7 +27,7 @@ from matensemble.journal import JOURNAL_NAME, read_journal, replay
 from matensemble.model import RunStarted, TaskFinished
 from matensemble.rundir import OWNER_NAME, create_unique_run_dir, read_owner
 
-from conftest import matensemble
+from conftest import dead, matensemble
 
 ENSEMBLE = """
 [[sweep]]
@@ -74,17 +74,6 @@ def alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
-
-
-def gone(pid: int, grace: float = 10.0) -> bool:
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return True
-    try:
-        return bool(select.select([fd], [], [], grace)[0])
-    finally:
-        os.close(fd)
 
 
 def finished_states(run_dir: Path) -> dict[str, list[TaskState]]:
@@ -191,7 +180,7 @@ def test_a_second_resume_of_a_crashed_run_is_refused_and_does_not_kill_the_first
     resumed = start("resume", "run", "--cores", "2", cwd=tmp_path)
     try:
         lines = side_lines(tmp_path, 4)  # the resume killed the leftovers and started anew
-        assert all(gone(pid) for pid in first_pids)
+        assert all(dead(pid, grace=10.0) for pid in first_pids)
         resumed_pids = [pid for _, pid in lines[2:]]
         second = matensemble("resume", "run", "--no-progress", cwd=tmp_path)
         assert second.returncode == 2, second.stderr
