@@ -30,7 +30,7 @@ from matensemble.dispatch import Dispatcher, Record
 from matensemble.errors import MatEnsembleError, TaskRejected
 from matensemble.functions.front import FunctionCalls
 from matensemble.graph import DependencyGraph
-from matensemble.journal import Journal, Replay, replay
+from matensemble.journal import Journal, Replay
 from matensemble.logging import EnsembleLogger, make_logger
 from matensemble.model import (
     Event,
@@ -50,9 +50,7 @@ from matensemble.observer import Observer, close_all
 from matensemble.resources import ResourcePool
 from matensemble.resume import (
     adopt_left_running,
-    check_backend_kind,
-    new_tasks_for_resume,
-    real_results_only,
+    read_past,
     replay_figures,
     restore_records,
     unfinished_tasks,
@@ -209,17 +207,14 @@ class Ensemble(FunctionCalls):
                 self.run_id = self._owner.run_dir.name  # unique: runs/<run_id>[-N]
                 self.run_dir, self._tasks_dir = self._owner.run_dir, self._owner.run_dir / "tasks"
             if self._resume:
-                past = replay(self.run_dir)  # refuses a missing, corrupt or foreign journal
+                past, initial = read_past(
+                    self.run_dir,
+                    self.backend,
+                    initial,
+                    add_new=self._add_new,
+                    allow_backend_change=self._allow_backend_change,
+                )
                 self.run_id = past.run_id
-                where = str(self.run_dir)
-                check_backend_kind(
-                    past, self.backend, allow_change=self._allow_backend_change, where=where
-                )
-                if not self.backend.virtual_clock:
-                    past = real_results_only(past)
-                initial = new_tasks_for_resume(
-                    past.tasks, initial, add_new=self._add_new, where=where
-                )
             if self._owner is not None:
                 self._owner.write_owner(self.run_id)
         except BaseException:

@@ -17,7 +17,7 @@ import msgspec
 from matensemble.backends.base import Backend, Launch
 from matensemble.dispatch import Record
 from matensemble.errors import ResumeMismatch
-from matensemble.journal import Replay
+from matensemble.journal import Replay, replay
 from matensemble.model import Placement, Task, TaskState
 from matensemble.resources import ResourcePool
 
@@ -25,6 +25,7 @@ __all__ = [
     "adopt_left_running",
     "check_backend_kind",
     "new_tasks_for_resume",
+    "read_past",
     "real_results_only",
     "replay_figures",
     "restore_records",
@@ -32,6 +33,29 @@ __all__ = [
 ]
 
 _SHOWN = 5
+
+
+def read_past(
+    run_dir: Path,
+    backend: Backend,
+    given: Iterable[Task],
+    *,
+    add_new: bool,
+    allow_backend_change: bool,
+) -> tuple[Replay, list[Task]]:
+    """The journal's account of the run as ``backend`` may use it, and the new tasks of
+    ``given``; everything a resume checks before it writes a byte.
+
+    Raises:
+        JournalError: a missing, corrupt or foreign journal.
+        ResumeMismatch: another kind of backend, changed tasks, or new ones without ``add_new``.
+    """
+    past = replay(run_dir)
+    where = str(run_dir)
+    check_backend_kind(past, backend, allow_change=allow_backend_change, where=where)
+    if not backend.virtual_clock:
+        past = real_results_only(past)
+    return past, new_tasks_for_resume(past.tasks, given, add_new=add_new, where=where)
 
 
 def new_tasks_for_resume(
