@@ -205,11 +205,12 @@ async def test_a_second_ensemble_in_the_same_process_is_refused_while_the_first_
     run_dir = tmp_path / "run"
     gate = tmp_path / "gate"
     task = Task(id="wait", command=["sh", "-c", f"while [ ! -e {gate} ]; do sleep 0.05; done"])
-    async with Ensemble([task], backend=LocalBackend(cores=1), run_dir=run_dir) as first:
-        with pytest.raises(RunDirectoryTaken, match=f"driver pid {os.getpid()}"):
-            await Ensemble(resume=run_dir, backend=LocalBackend(cores=1)).run()
-        gate.touch()
-        await first.wait()
+    with anyio.fail_after(60):  # a second owner would wait for the gate forever
+        async with Ensemble([task], backend=LocalBackend(cores=1), run_dir=run_dir) as first:
+            with pytest.raises(RunDirectoryTaken, match=f"driver pid {os.getpid()}"):
+                await Ensemble(resume=run_dir, backend=LocalBackend(cores=1)).run()
+            gate.touch()
+            await first.wait()
     assert first.state("wait") is TaskState.SUCCEEDED
     summary = await Ensemble(resume=run_dir, backend=LocalBackend(cores=1)).run()  # free again
     assert summary.results["wait"].state is TaskState.SUCCEEDED
