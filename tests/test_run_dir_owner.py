@@ -240,6 +240,17 @@ def test_a_new_run_refuses_a_directory_that_holds_a_run_and_points_to_resume(
 # -- the backend kind on resume ------------------------------------------------------------------
 
 
+def documented_backend_change_commands() -> list[list[str]]:
+    """The ``matensemble resume X ...`` lines of docs/nothing-lost.md's backend-change block,
+    with ``X`` the run directory ``run`` and the leading ``matensemble`` dropped."""
+    page = (Path(__file__).resolve().parent.parent / "docs" / "nothing-lost.md").read_text()
+    block = next(b for b in page.split("```sh\n")[1:] if "--allow-backend-change" in b)
+    lines = [line.split("#")[0].split() for line in block.split("```")[0].splitlines()]
+    commands = [[("run" if w == "X" else w) for w in line[1:]] for line in lines if line]
+    assert len(commands) == 3 and all(c[:2] == ["resume", "run"] for c in commands), commands
+    return commands
+
+
 def test_a_resume_on_another_kind_of_backend_is_refused_and_simulated_results_never_count(
     tmp_path: Path,
 ) -> None:
@@ -251,21 +262,21 @@ def test_a_resume_on_another_kind_of_backend_is_refused_and_simulated_results_ne
     side_lines(tmp_path, 2)
     journal = (tmp_path / "run" / JOURNAL_NAME).read_bytes()
 
-    refused = matensemble("resume", "run", "--backend", "simulated", cwd=tmp_path)
+    # The three commands of docs/nothing-lost.md, as a user would copy them (X = the run).
+    refuse_line, allow_line, real_line = documented_backend_change_commands()
+    refused = matensemble(*refuse_line, cwd=tmp_path)
     assert refused.returncode == 2, refused.stderr
     assert "recorded on the local backend, not simulated" in refused.stderr
     assert "--allow-backend-change" in refused.stderr
     assert (tmp_path / "run" / JOURNAL_NAME).read_bytes() == journal
 
-    simulated = matensemble(
-        "resume", "run", "--backend", "simulated", "--allow-backend-change", cwd=tmp_path
-    )
+    simulated = matensemble(*allow_line, cwd=tmp_path)
     assert simulated.returncode == 0, simulated.stderr
     assert replay(tmp_path / "run").simulated == {"t0", "t1"}
     assert len((tmp_path / "side").read_text().splitlines()) == 2  # nothing really ran
 
     (tmp_path / "go").touch()
-    real = matensemble("resume", "run", "--cores", "2", cwd=tmp_path)
+    real = matensemble(*real_line, cwd=tmp_path)
     assert real.returncode == 0, real.stderr
     ran = [task_id for task_id, _ in side_lines(tmp_path, 4)]
     assert sorted(ran[2:]) == ["t0", "t1"]  # the simulated "successes" ran for real
