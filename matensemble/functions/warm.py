@@ -39,6 +39,7 @@ from matensemble.backends.base import (
     task_environment,
 )
 from matensemble.backends.local import LocalBackend
+from matensemble.backends.task_files import prepare_task_outputs
 from matensemble.errors import BackendError
 from matensemble.model import TaskState
 from matensemble.resources import NodeSpec
@@ -225,7 +226,7 @@ class WarmLocalBackend(Backend):
         gpus = [g for slot in launch.placement for g in slot.gpus]
         if gpus or "CUDA_VISIBLE_DEVICES" in env:  # a call given no GPUs sees none
             env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
-        launch.task_dir.mkdir(parents=True, exist_ok=True)
+        prepare_task_outputs(launch.task_dir)  # no links followed: the worker opens ours
         request = {
             "argv": list(launch.task.command[3:]),
             "env": env,
