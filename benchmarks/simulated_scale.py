@@ -47,10 +47,11 @@ def workload(n: int, seed: int = 1) -> tuple[list[Task], array[float]]:
     command = ("sim",)
     for i in range(n):
         r = rng.random()
-        for share, prefix, res, median in KINDS:
-            if r < share:
-                break
-            r -= share
+        kind = 0
+        while kind < len(KINDS) - 1 and r >= KINDS[kind][0]:
+            r -= KINDS[kind][0]
+            kind += 1
+        _, prefix, res, median = KINDS[kind]
         actual = median * rng.lognormvariate(0, 0.5)
         runtimes.append(actual)
         tasks.append(

@@ -58,8 +58,15 @@ class Dispatcher:
         self.strategy = strategy
         self.completion = completion
         self._ready: list[tuple[Any, ...]] = []  # heap of (key..., seq, record)
+        # Entries the last pass looked at and left waiting, in order: the next pass reads them
+        # merged with the heap instead of pushing them back (no O(log n) per waiting entry).
+        self._front: list[tuple[Any, ...]] = []
         self._ends: list[tuple[float, int, int, Record]] = []  # heap of (end, seq, attempt, rec)
         self._seq = itertools.count()
+        # The last reservation, kept while its head stays blocked at the head of the queue,
+        # nothing starts ahead of it and the clock has not passed its shadow time: then every
+        # task started since was admitted by it (and booked in it), so it is still right.
+        self._kept: tuple[Record, int, Reservation] | None = None
 
     def push(self, rec: Record) -> None:
         """Queue a ready task (again: an older entry of it becomes stale and is skipped)."""
@@ -87,25 +94,43 @@ class Dispatcher:
         ``in_flight`` counts running tasks for the completion policy. Returns whether the
         deadline held back a task that could not finish before it.
         """
-        heap = self._ready
+        heap, front = self._ready, self._front
+        at = 0  # next entry of ``front`` to read
         put_back: list[tuple[Any, ...]] = []
         reservation: Reservation | None = None
         head: Record | None = None
         no_room: set[Resources] = set()
+        beside_head: set[Resources] = set()  # shapes whose placement the reservation refused
         latest_end = math.inf if deadline is None else deadline - now
         held = False
-        while heap:
+        while at < len(front) or heap:
             if not self.completion.may_start(in_flight()):
                 break
-            entry = heapq.heappop(heap)
+            if at < len(front) and (not heap or front[at] < heap[0]):
+                entry = front[at]
+                at += 1
+            else:
+                entry = heapq.heappop(heap)
             rec: Record = entry[-1]
             if rec.entry != entry[-2] or rec.state is not TaskState.READY:
                 continue  # stale: reprioritised or cancelled since it was queued
-            if (rec.task.estimate or 0.0) > latest_end:
+            task = rec.task
+            if (task.estimate or 0.0) > latest_end:
                 put_back.append(entry)  # cannot finish before the deadline: hold it
                 held = True
                 continue
-            res = rec.task.resources
+            res = task.resources
+            # Where the reservation would refuse any placement, only a task that ends before
+            # the head's start can pass: no need to place it to know.
+            if (
+                reservation is not None
+                and (reservation.bounded or res in beside_head)
+                and (task.estimate is None or now + task.estimate > reservation.shadow)
+            ):
+                put_back.append(entry)
+                if len(put_back) > BACKFILL_WINDOW:
+                    break
+                continue
             placement = None if res in no_room else pool.allocate(res)
             if placement is None:
                 no_room.add(res)  # the same shape will not fit either, in this pass
@@ -114,19 +139,26 @@ class Dispatcher:
                     head = rec
                     if not self.strategy.backfill:
                         break
+                    kept = self._kept
+                    if kept and kept[0] is rec and kept[1] == rec.entry and now < kept[2].shadow:
+                        reservation = kept[2]
                 if len(put_back) > BACKFILL_WINDOW or pool.free_cores == 0:
                     break
                 continue
-            if head is not None:
+            if head is None:
+                self._kept = None  # a task ahead of any blocked head changes the plan
+            else:
                 if reservation is None:
                     # Plan the head's start on the pool as it was before this candidate.
                     pool.release(placement)
                     ends = self._expected_ends(in_flight())
                     reservation = Reservation(head.task.resources, pool, ends)
+                    self._kept = (head, head.entry, reservation)
                     placement = pool.allocate(res)
                     assert placement is not None
-                if not reservation.admits(rec.task, placement, now):
+                if not reservation.admits(task, placement, pool, now):
                     pool.release(placement)
+                    beside_head.add(res)  # the same shape would get the same placement
                     put_back.append(entry)
                     if len(put_back) > BACKFILL_WINDOW:
                         break
@@ -136,20 +168,28 @@ class Dispatcher:
             self.completion.blocked()
         if put_back:
             self.completion.blocked()
-            for entry in put_back:
-                heapq.heappush(heap, entry)
+        # What waits, in order: this pass's leftovers, then the front entries it did not read.
+        put_back.extend(front[at:])
+        self._front = put_back
         return held
 
     def _expected_ends(self, running: int) -> Iterator[tuple[float, Placement]]:
         """Running tasks' expected ends (start + estimate, else timeout, else never), earliest
-        first, lazily: a copy of the heap is popped only as far as the caller reads."""
+        first, lazily: the heap is walked in order without copying it (a small heap of the
+        positions next in line), so reading k entries costs O(k log k) however many run."""
         heap = self._ends
         if len(heap) > 2 * running + 64:  # drop the entries of ended attempts
             heap[:] = [e for e in heap if _still_running(e)]
             heapq.heapify(heap)
-        pending = list(heap)
-        while pending:
-            entry = heapq.heappop(pending)
+        size = len(heap)
+        frontier: list[tuple[tuple[float, int, int, Record], int]] = []
+        if size:
+            frontier.append((heap[0], 0))
+        while frontier:
+            entry, at = heapq.heappop(frontier)
+            for child in (2 * at + 1, 2 * at + 2):
+                if child < size:
+                    heapq.heappush(frontier, (heap[child], child))
             if _still_running(entry):
                 yield entry[0], entry[3].placement
 

@@ -8,10 +8,11 @@ that were granted, so the counts can never drift from reality.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import msgspec
 
+from matensemble.capacity import CapacityIndex
 from matensemble.model import Placement, Resources, Slot
 
 __all__ = ["NodeSpec", "ResourcePool"]
@@ -26,10 +27,11 @@ class NodeSpec(msgspec.Struct, frozen=True):
 
 
 class ResourcePool:
-    """Free cores and GPUs per node, with first-fit allocation of exact ids.
+    """Free cores and GPUs per node, with best-fit allocation of exact ids.
 
-    Costs: ``allocate`` is O(nodes with free cores) in the worst case and O(1) when the pool is
-    full; ``release`` is O(ids released x log(ids per node)).
+    Costs: ``allocate`` and ``release`` are O(GPU levels + ids) for a task on one node (the
+    index of nodes by free capacity finds the node); a task on k nodes adds O(k + buckets).
+    Nothing scans the nodes.
     """
 
     def __init__(self, nodes: Sequence[NodeSpec]) -> None:
@@ -42,13 +44,17 @@ class ResourcePool:
         self._index = {n.name: i for i, n in enumerate(nodes)}
         self._free_cores: list[list[int]] = [sorted(n.cores) for n in nodes]
         self._free_gpus: list[list[str]] = [list(n.gpus) for n in nodes]
-        # Insertion-ordered set of nodes that have at least one free core.
-        self._open: dict[int, None] = {i: None for i, n in enumerate(nodes) if n.cores}
+        self._capacity = [(len(n.cores), len(n.gpus)) for n in nodes]
+        most_cores = max(c for c, _ in self._capacity)
+        most_gpus = max(g for _, g in self._capacity)
+        self._by_free = CapacityIndex(most_cores, most_gpus)  # nodes with a free core
+        self._whole = CapacityIndex(most_cores, most_gpus)  # nodes with nothing in use
+        for i in range(len(nodes)):
+            self._refile(i)
         self.total_cores = sum(len(n.cores) for n in nodes)
         self.total_gpus = sum(len(n.gpus) for n in nodes)
         self.free_cores = self.total_cores
         self.free_gpus = self.total_gpus
-        self._shared: bytearray | None = None  # set in copies: lists still shared, per node
 
     # -- capacity questions -------------------------------------------------------------------
 
@@ -96,17 +102,19 @@ class ResourcePool:
     # -- allocation -----------------------------------------------------------------------------
 
     def allocate(self, res: Resources) -> Placement | None:
-        """Grant exact ids for ``res`` and mark them used, or return ``None`` if it does not fit."""
+        """Grant exact ids for ``res`` and mark them used, or return ``None`` if it does not fit.
+
+        Each node is found through the index of free capacity (tightest fit first), never by
+        a scan of the nodes.
+        """
         if not self.fits_now(res):
             return None
         cpr, gpr = res.cores_per_rank, res.gpus_per_rank
         if res.nodes is None and not res.exclusive:
             # Prefer one node that holds every rank; spread only when no single node can.
-            for i in self._open:
-                if _ranks_fitting(len(self._free_cores[i]), len(self._free_gpus[i]), cpr, gpr) >= (
-                    res.ranks
-                ):
-                    return (self._take(i, res.ranks * cpr, res.ranks * gpr),)
+            i = self._by_free.best_fit(res.ranks * cpr, res.ranks * gpr)
+            if i is not None:
+                return (self._take(i, res.ranks * cpr, res.ranks * gpr),)
             return self._allocate_spread(res)
         return self._allocate_nodes(res)
 
@@ -114,14 +122,12 @@ class ResourcePool:
         cpr, gpr = res.cores_per_rank, res.gpus_per_rank
         plan: list[tuple[int, int]] = []
         left = res.ranks
-        for i in self._open:
-            k = _ranks_fitting(len(self._free_cores[i]), len(self._free_gpus[i]), cpr, gpr)
-            if k:
-                k = min(k, left)
-                plan.append((i, k))
-                left -= k
-                if not left:
-                    break
+        for i in self._by_free.fitting(cpr, gpr, largest_first=True):
+            k = min(self._ranks_free(i, cpr, gpr), left)
+            plan.append((i, k))
+            left -= k
+            if not left:
+                break
         if left:
             return None
         return tuple(self._take(i, k * cpr, k * gpr) for i, k in plan)
@@ -129,28 +135,26 @@ class ResourcePool:
     def _allocate_nodes(self, res: Resources) -> Placement | None:
         """Whole or evenly filled nodes: ``res.nodes`` of them, or as few as ``exclusive`` needs."""
         cpr, gpr = res.cores_per_rank, res.gpus_per_rank
+        index = self._whole if res.exclusive else self._by_free
         chosen: list[int] = []
         if res.nodes is not None:
             per = res.ranks // res.nodes
-            for i in self._open:
-                if self._room(i, res.exclusive, cpr, gpr) >= per:
-                    chosen.append(i)
-                    if len(chosen) == res.nodes:
-                        break
+            for i in index.fitting(per * cpr, per * gpr):
+                chosen.append(i)
+                if len(chosen) == res.nodes:
+                    break
             if len(chosen) < res.nodes:
                 return None
             counts = [per] * res.nodes
         else:
             counts = []
             left = res.ranks
-            for i in self._open:
-                k = self._room(i, True, cpr, gpr)
-                if k:
-                    chosen.append(i)
-                    counts.append(min(k, left))
-                    left -= counts[-1]
-                    if not left:
-                        break
+            for i in index.fitting(cpr, gpr, largest_first=True):
+                chosen.append(i)
+                counts.append(min(self._ranks_free(i, cpr, gpr), left))
+                left -= counts[-1]
+                if not left:
+                    break
             if left:
                 return None
         if res.exclusive:
@@ -159,40 +163,48 @@ class ResourcePool:
             )
         return tuple(self._take(i, k * cpr, k * gpr) for i, k in zip(chosen, counts, strict=True))
 
-    def _room(self, i: int, whole: bool, cpr: int, gpr: int) -> int:
-        node = self.nodes[i]
-        free_c, free_g = len(self._free_cores[i]), len(self._free_gpus[i])
-        if whole and (free_c != len(node.cores) or free_g != len(node.gpus)):
-            return 0
-        return _ranks_fitting(free_c, free_g, cpr, gpr)
+    def _ranks_free(self, i: int, cpr: int, gpr: int) -> int:
+        return _ranks_fitting(len(self._free_cores[i]), len(self._free_gpus[i]), cpr, gpr)
 
     def _take(self, i: int, ncores: int, ngpus: int) -> Slot:
-        self._own(i)
         cores = self._free_cores[i]
         gpus = self._free_gpus[i]
         got_cores = tuple(cores[:ncores])
         del cores[:ncores]
         got_gpus = tuple(gpus[:ngpus])
         del gpus[:ngpus]
-        if not cores:
-            self._open.pop(i, None)
         self.free_cores -= ncores
         self.free_gpus -= ngpus
+        self._refile(i)
         return Slot(self.nodes[i].name, got_cores, got_gpus)
+
+    def _refile(self, i: int) -> None:
+        """Move node ``i`` to the buckets of its free capacity now."""
+        free_c, free_g = len(self._free_cores[i]), len(self._free_gpus[i])
+        if free_c:
+            self._by_free.put(i, free_c, free_g)
+        else:
+            self._by_free.discard(i)  # no rank fits without a core
+        cap_c, cap_g = self._capacity[i]
+        if free_c == cap_c and free_g == cap_g and cap_c:
+            self._whole.put(i, cap_c, cap_g)
+        else:
+            self._whole.discard(i)
 
     def release(self, placement: Iterable[Slot]) -> None:
         """Credit back exactly the ids of ``placement``."""
         for slot in placement:
             i = self._index[slot.node]
-            self._own(i)
             cores = self._free_cores[i]
-            for c in slot.cores:
-                bisect.insort(cores, c)
-            if slot.cores:
-                self._open[i] = None
+            if len(slot.cores) == 1:
+                bisect.insort(cores, slot.cores[0])
+            elif slot.cores:
+                cores.extend(slot.cores)
+                cores.sort()
             self._free_gpus[i].extend(slot.gpus)
             self.free_cores += len(slot.cores)
             self.free_gpus += len(slot.gpus)
+            self._refile(i)
 
     def claim(self, placement: Iterable[Slot]) -> bool:
         """Mark exactly these ids used if every one of them is free; else change nothing."""
@@ -204,41 +216,37 @@ class ResourcePool:
                 return False
         for slot in slots:
             i = self._index[slot.node]
-            self._own(i)
             taken = set(slot.cores)
             self._free_cores[i] = [c for c in self._free_cores[i] if c not in taken]
             taken_g = set(slot.gpus)
             self._free_gpus[i] = [g for g in self._free_gpus[i] if g not in taken_g]
-            if not self._free_cores[i]:
-                self._open.pop(i, None)
             self.free_cores -= len(slot.cores)
             self.free_gpus -= len(slot.gpus)
+            self._refile(i)
         return True
 
-    def copy(self) -> ResourcePool:
-        """An independent pool in the same state (for what-if planning such as backfill).
+    # -- what-if questions (for the backfill reservation) ------------------------------------
 
-        Copy-on-write: the clone shares each node's id lists with this pool until it changes
-        them, so a copy costs O(nodes) pointer copies however many ids the machine has.
-        """
-        clone = ResourcePool.__new__(ResourcePool)
-        clone.nodes = self.nodes
-        clone._index = self._index
-        clone._free_cores = list(self._free_cores)
-        clone._free_gpus = list(self._free_gpus)
-        clone._shared = bytearray(b"\x01") * len(self.nodes)
-        clone._open = dict(self._open)
-        clone.total_cores, clone.total_gpus = self.total_cores, self.total_gpus
-        clone.free_cores, clone.free_gpus = self.free_cores, self.free_gpus
-        return clone
+    def node_number(self, node: str) -> int:
+        """The position of ``node`` in ``nodes``."""
+        return self._index[node]
 
-    def _own(self, i: int) -> None:
-        """Give node ``i`` lists of its own before changing them (see ``copy``)."""
-        shared = self._shared
-        if shared is not None and shared[i]:
-            self._free_cores[i] = list(self._free_cores[i])
-            self._free_gpus[i] = list(self._free_gpus[i])
-            shared[i] = 0
+    def free_count(self, i: int) -> tuple[int, int]:
+        """How many cores and GPUs of node number ``i`` are free."""
+        return len(self._free_cores[i]), len(self._free_gpus[i])
+
+    def capacity(self, i: int) -> tuple[int, int]:
+        """How many cores and GPUs node number ``i`` has."""
+        return self._capacity[i]
+
+    def occupancy(self, *, whole: bool = False) -> Iterator[tuple[int, int, int]]:
+        """``(free cores, free GPUs, nodes)`` for each non-empty capacity bucket; with
+        ``whole``, the nodes that are entirely free, by their capacity."""
+        return (self._whole if whole else self._by_free).occupancy()
+
+    def nodes_fitting(self, cores: int, gpus: int, *, whole: bool = False) -> Iterator[int]:
+        """Node numbers with at least ``cores`` and ``gpus`` free (entirely free: ``whole``)."""
+        return (self._whole if whole else self._by_free).fitting(cores, gpus)
 
     def free_on(self, node: str) -> tuple[tuple[int, ...], tuple[str, ...]]:
         """The free core and GPU ids of one node (for display and tests)."""

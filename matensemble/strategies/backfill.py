@@ -1,12 +1,17 @@
 """EASY backfill: a reservation for the blocked head task, and the test later tasks must pass.
 
 When the head of the queue does not fit, the engine computes when it *will* fit (the shadow
-time) by releasing running tasks, in order of expected end, on a (copy-on-write) copy of the
-pool, and
-reserves the head's resources there. A later task may start now if it ends before the shadow
-time (by its estimate) or if it also fits beside the head's reservation. Either way the head
-starts no later than it would have without backfilling, so large tasks are never starved.
-Running tasks without an estimate or timeout are assumed to run forever (the safe choice).
+time) by releasing running tasks, in order of expected end, on a what-if view of the pool, and
+reserves the head's resources on the nodes where it would start then. A later task may start
+now if it ends before the shadow time (by its estimate), or if it leaves the reserved nodes
+enough room beside the head. Either way the head starts no later than it would have without
+backfilling, so large tasks are never starved. Running tasks without an estimate or timeout
+are assumed to run forever (the safe choice).
+
+Costs: the what-if view holds only the nodes that released tasks touch (nothing is copied),
+and at most ``MAX_RELEASES`` running tasks are read. When the head needs more than that (a
+very wide task on a busy machine), the reservation is *bounded*: the head cannot start before
+the last expected end read, so tasks that end before it are still admitted, and no others.
 """
 
 from __future__ import annotations
@@ -17,11 +22,18 @@ from collections.abc import Iterable
 from matensemble.model import Placement, Resources, Task
 from matensemble.resources import ResourcePool
 
-__all__ = ["Reservation"]
+__all__ = ["MAX_RELEASES", "Reservation"]
+
+MAX_RELEASES = 4096  # running tasks one reservation may read, earliest expected end first
 
 
 class Reservation:
-    """The head task's reserved start (``shadow``) and the pool as it will be then."""
+    """The head task's reserved start (``shadow``) and the room left beside it then.
+
+    ``slack`` maps each node the head is reserved on to the cores and GPUs that stay free
+    there at the shadow time once the head has its share; tasks that would still run then
+    may use no more than that.
+    """
 
     def __init__(
         self,
@@ -34,24 +46,116 @@ class Reservation:
         Only as many are taken from it as the head needs, so a lazy iterator keeps the cost
         proportional to the tasks that must end, not to all that run.
         """
-        self._pool = pool.copy()
         self.shadow = -math.inf
+        self.bounded = False
+        self.slack: dict[int, list[int]] = {}
+        need = _Need(head)
+        future: dict[int, list[int]] = {}  # node -> [free cores, free GPUs] at the shadow
+        total = need.now(pool)
         ends = iter(running)
-        while self._pool.allocate(head) is None:
+        released = 0
+        while total < need.target:
             item = next(ends, None)
             if item is None:  # cannot happen for a task that fits the empty pool
                 self.shadow = math.inf
                 return
+            if released == MAX_RELEASES:
+                self.bounded = True
+                return
             end, placement = item
-            self._pool.release(placement)
+            released += 1
+            for slot in placement:
+                i = pool.node_number(slot.node)
+                free = future.get(i)
+                if free is None:
+                    free = future[i] = list(pool.free_count(i))
+                total -= need.value(pool, i, free)
+                free[0] += len(slot.cores)
+                free[1] += len(slot.gpus)
+                total += need.value(pool, i, free)
             self.shadow = end
+        self._reserve(need, pool, future)
 
-    def admits(self, task: Task, placement: Placement, now: float) -> bool:
-        """May ``task`` start now on ``placement`` without delaying the head? Books it if so.
+    def _reserve(self, need: _Need, pool: ResourcePool, future: dict[int, list[int]]) -> None:
+        """Book the head on the nodes that became free first, then on nodes free already."""
+        left = need.target
+        taken: list[int] = []
+        for i, free in future.items():
+            if left <= 0:
+                break
+            value = need.value(pool, i, free)
+            if value:
+                self.slack[i] = need.book(free, min(value, left))
+                left -= value
+                taken.append(i)
+        if left > 0:
+            for i in pool.nodes_fitting(*need.per_node, whole=need.whole):
+                if i in future:
+                    continue
+                free = list(pool.free_count(i))
+                value = need.value(pool, i, free)
+                self.slack[i] = need.book(free, min(value, left))
+                left -= value
+                if left <= 0:
+                    break
 
-        A task still running at the shadow time must leave the head's reservation alone: the
-        exact ids it would run on must be free in the pool as it will be then.
-        """
+    def admits(self, task: Task, placement: Placement, pool: ResourcePool, now: float) -> bool:
+        """May ``task`` start now on ``placement`` without delaying the head? Books it if so."""
         if task.estimate is not None and now + task.estimate <= self.shadow:
             return True
-        return self._pool.claim(placement)
+        if self.bounded:
+            return False
+        slack = self.slack
+        booked = []
+        for slot in placement:
+            room = slack.get(pool.node_number(slot.node))
+            if room is not None:
+                if len(slot.cores) > room[0] or len(slot.gpus) > room[1]:
+                    return False
+                booked.append((room, len(slot.cores), len(slot.gpus)))
+        for room, cores, gpus in booked:
+            room[0] -= cores
+            room[1] -= gpus
+        return True
+
+
+class _Need:
+    """What the head needs, counted per node: whole nodes, or ranks that fit."""
+
+    def __init__(self, res: Resources) -> None:
+        self.cpr, self.gpr = res.cores_per_rank, res.gpus_per_rank
+        self.whole = res.exclusive
+        self.per = res.ranks // res.nodes if res.nodes is not None else 0
+        # With a node count, each node counts 1 if it holds its share; else nodes count ranks.
+        self.target = res.nodes if res.nodes is not None else res.ranks
+        self.per_node = (
+            (self.per * self.cpr, self.per * self.gpr) if self.per else (self.cpr, self.gpr)
+        )
+
+    def value(self, pool: ResourcePool, i: int, free: list[int]) -> int:
+        if self.whole and (free[0], free[1]) != pool.capacity(i):
+            return 0
+        ranks = _ranks_fitting(free[0], free[1], self.cpr, self.gpr)
+        if self.per:
+            return 1 if ranks >= self.per else 0
+        return ranks
+
+    def now(self, pool: ResourcePool) -> int:
+        """The sum of ``value`` over the pool as it is, from its capacity buckets."""
+        total = 0
+        for cores, gpus, count in pool.occupancy(whole=self.whole):
+            ranks = _ranks_fitting(cores, gpus, self.cpr, self.gpr)
+            total += count * ((1 if ranks >= self.per else 0) if self.per else ranks)
+        return total
+
+    def book(self, free: list[int], value: int) -> list[int]:
+        """Reserve ``value`` (a node, or ranks) out of ``free``; what stays free beside it."""
+        if self.whole:
+            return [0, 0]
+        ranks = self.per if self.per else value
+        return [free[0] - ranks * self.cpr, free[1] - ranks * self.gpr]
+
+
+def _ranks_fitting(cores: int, gpus: int, cpr: int, gpr: int) -> int:
+    by_cores = cores // cpr
+    return by_cores if gpr == 0 else min(by_cores, gpus // gpr)
