@@ -3,8 +3,10 @@
 Frontier's shape (9,408 nodes x 56 cores x 8 GPUs) and a mix of 70 % serial tasks, 15 % 8-rank
 tasks, 10 % one-GPU tasks and 5 % whole-node 56-rank tasks; runtimes log-normal (sigma 0.5)
 around per-kind medians, each task's estimate its runtime off by up to +-25 %. Every case runs in
-a fresh process, so the peak RSS printed is that case's own. The cost per task should stay flat
-as the number of tasks grows: every scheduling decision is O(log n) or amortised O(1).
+a fresh process, so the peak RSS printed is that case's own; "engine B/task" is its growth while
+the engine ran (records, results, queues; the task list itself was built before), per task.
+The cost per task should stay flat as the number of tasks grows: every scheduling decision is
+O(log n) or amortised O(1).
 
     python benchmarks/simulated_scale.py [--sizes 10000,100000,300000,1000000]
         [--orders fifo,longest-first] [--profile N]
@@ -119,7 +121,7 @@ def main() -> None:
     print(f"simulated Frontier: {NODES} nodes x {CORES} cores x {GPUS} GPUs, one process per case")
     print(
         f"{'tasks':>9} {'order':<30} {'wall s':>7} {'CPU s':>7} {'tasks/s':>8} {'us/task':>8} "
-        f"{'makespan h':>10} {'cores':>6} {'GPUs':>6} {'peak RSS':>9}"
+        f"{'makespan h':>10} {'cores':>6} {'GPUs':>6} {'peak RSS':>9} {'engine B/task':>13}"
     )
     for order in args.orders.split(","):
         for n in (int(s) for s in args.sizes.split(",")):
@@ -135,7 +137,8 @@ def main() -> None:
                 f"{n:>9} {row['order']:<30} {wall:>7.1f} {cpu:>7.1f} {n / wall:>8.0f} "
                 f"{cpu / n * 1e6:>8.1f} {float(row['makespan']) / 3600:>10.2f} "
                 f"{float(row['cores']):>6.1%} {float(row['gpus']):>6.1%} "
-                f"{float(row['rss_mib']):>6.0f} MiB",
+                f"{float(row['rss_mib']):>5.0f} MiB "
+                f"{(float(row['rss_mib']) - float(row['rss_before_mib'])) * 2**20 / n:>13.0f}",
                 flush=True,
             )
 
