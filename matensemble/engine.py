@@ -260,7 +260,7 @@ class Ensemble(FunctionCalls):
         self._logger = make_logger(self.run_dir, self.run_id, console=self._console_log)
         self._journal = Journal(
             self.run_dir,
-            durable=not self.backend.virtual_clock if self._durable is None else self._durable,
+            durable=self.durable,
         )
         self._observers = [
             self._journal,
@@ -544,6 +544,13 @@ class Ensemble(FunctionCalls):
     def counts(self) -> dict[str, int]:
         """Number of tasks in each state."""
         return {state.value: n for state, n in self._counts.items()}
+
+    @property
+    def durable(self) -> bool:
+        """Whether this run syncs what it records (journal, results) to disk before telling."""
+        if self._durable is not None:
+            return self._durable
+        return not self.backend.virtual_clock
 
     @property
     def resources(self) -> tuple[int, int, int, int]:

@@ -57,6 +57,9 @@ class EnsembleAPI(Protocol):
 
     run_dir: Path
 
+    @property
+    def durable(self) -> bool: ...
+
     def submit(self, tasks: Task | Iterable[Task]) -> None: ...
     def state(self, task_id: str) -> TaskState: ...
     def result(self, task_id: str) -> TaskResult | None: ...
@@ -141,6 +144,7 @@ class FunctionLayer:
             refs=tuple(refs),
             sys_path=_driver_path(),
             mpi=options.resources.mpi,
+            durable=self.ensemble.durable,
         )
         write_atomically(task_dir / CALL_FILE, spec.encode(), durable=False)
         task = Task(

@@ -5,7 +5,8 @@
                       the calls whose values the arguments hold, and the call's fingerprint
   ``function.pkl``    the function by value (only for ``__main__``, closures, ...)
   ``args.json|pkl``   ``[args, kwargs]``
-  ``result.json|pkl`` the return value (rank 0's for an MPI call), written before the worker exits
+  ``result.json|pkl`` the return value (rank 0's for an MPI call), written and synced before the
+                      worker exits (not synced in a run made with ``Ensemble(durable=False)``)
   ``error.json``      the exception of a call that raised: type, message, traceback, rank
 
 Every file is written to a temporary name, synced and renamed, so a reader sees all or nothing.
@@ -60,7 +61,16 @@ def result_file(fmt: Format) -> str:
 class CallSpec:
     """What the worker needs to make the call (``call.json``)."""
 
-    __slots__ = ("args_format", "by_value", "fingerprint", "function", "mpi", "refs", "sys_path")
+    __slots__ = (
+        "args_format",
+        "by_value",
+        "durable",
+        "fingerprint",
+        "function",
+        "mpi",
+        "refs",
+        "sys_path",
+    )
 
     def __init__(
         self,
@@ -72,6 +82,7 @@ class CallSpec:
         refs: tuple[str, ...] = (),
         sys_path: tuple[str, ...] = (),
         mpi: bool = False,
+        durable: bool = True,
     ) -> None:
         self.function = function
         self.by_value = by_value
@@ -80,6 +91,7 @@ class CallSpec:
         self.refs = tuple(refs)
         self.sys_path = tuple(sys_path)
         self.mpi = mpi
+        self.durable = durable  # sync the result before exiting (``Ensemble(durable=...)``)
 
     def encode(self) -> bytes:
         return json.dumps({k: getattr(self, k) for k in self.__slots__}).encode()

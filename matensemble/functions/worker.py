@@ -119,7 +119,9 @@ class _Call:
                 stale = os.path.join(self.task_dir, name)
                 if os.path.lexists(stale):  # (not contextlib: it costs the worker's start)
                     os.unlink(stale)
-        write_atomically(os.path.join(self.task_dir, result_file(fmt)), data)
+        write_atomically(
+            os.path.join(self.task_dir, result_file(fmt)), data, durable=self.spec.durable
+        )
 
 
 def _name(exc: BaseException) -> str:
