@@ -520,13 +520,14 @@ class Ensemble(FunctionCalls):
         if self._error is not None:
             raise self._error
 
-    async def completed(self) -> AsyncIterator[TaskResult]:
+    async def completed(self, *, start: int = 0) -> AsyncIterator[TaskResult]:
         """Yield each task's final result as it arrives; stop when no task is open.
 
         Tasks submitted while iterating are waited for too, which makes this the heart of a
-        steering loop. Every iterator sees every result, from the start of the run.
+        steering loop. Every iterator sees every result, from the start of the run, in the same
+        order; ``start`` skips the first results (a reader that goes on where it stopped).
         """
-        position = 0
+        position = start
         while True:
             while position < len(self._finished):
                 rec = self._records[self._finished[position]]

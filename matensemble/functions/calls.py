@@ -63,7 +63,7 @@ class EnsembleAPI(Protocol):
     def submit(self, tasks: Task | Iterable[Task]) -> None: ...
     def state(self, task_id: str) -> TaskState: ...
     def result(self, task_id: str) -> TaskResult | None: ...
-    def completed(self) -> AsyncIterator[TaskResult]: ...
+    def completed(self, *, start: int = 0) -> AsyncIterator[TaskResult]: ...
 
 
 class CallOptions(msgspec.Struct, frozen=True, kw_only=True):
@@ -90,6 +90,7 @@ class FunctionLayer:
         self._values: dict[str, Any] = {}
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._watcher: asyncio.Task[None] | None = None
+        self._seen = 0  # results the watcher has read from the engine (in its order)
 
     @property
     def run_dir(self) -> Path:
@@ -275,9 +276,12 @@ class FunctionLayer:
     async def _watch(self) -> None:
         """Resolve the waiters from the engine's stream of results (one reader for all refs)."""
         error: BaseException | None = None
-        stream = self.ensemble.completed()
+        # Results come in the same order to every reader: go on after the last one seen, so
+        # that a run of N awaited calls costs O(N), not O(N^2).
+        stream = self.ensemble.completed(start=self._seen)
         try:
             async for result in stream:
+                self._seen += 1
                 for future in self._waiters.pop(result.id, ()):
                     if not future.done():
                         future.set_result(None)
