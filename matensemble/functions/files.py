@@ -166,33 +166,48 @@ def write_atomically(path: str | os.PathLike[str], data: bytes, *, durable: bool
 def read_task_file(run_dir: str | os.PathLike[str], task_id: str, name: str) -> bytes | None:
     """The bytes of ``<run_dir>/tasks/<task_id>/<name>``, or ``None`` if there is no such file.
 
+    The task directory and the file are opened relative to the open ``tasks`` folder with
+    ``O_NOFOLLOW``: three ``open`` calls, no path resolution (a worker reads two files per call,
+    and resolving paths with ``realpath`` cost most of a warm call's time).
+
     Raises:
-        ResultUnavailable: the id is not a valid task id, the task directory is a link or
-            resolves outside the run directory, or the file is a link or not a regular file.
+        ResultUnavailable: the id is not a valid task id, the task directory is a link or not a
+            directory, or the file is a link or not a regular file.
     """
     if not task_id or task_id in (".", "..") or "/" in task_id or "\0" in task_id:
         raise ResultUnavailable(f"refusing to read a result for {task_id!r}: not a task id")
-    tasks = os.path.realpath(os.path.join(run_dir, "tasks"))
-    task_dir = os.path.join(tasks, task_id)
-    if os.path.islink(task_dir) or os.path.realpath(task_dir) != task_dir:
-        raise ResultUnavailable(
-            f"refusing to read {name} of task {task_id!r}: {task_dir} is a link (results are "
-            f"read only from the run directory {run_dir} itself)"
-        )
-    path = os.path.join(task_dir, name)
+    tasks = os.path.join(run_dir, "tasks")
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
+    fds: list[int] = []
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise ResultUnavailable(
-            f"refusing to read {path}: {exc.strerror} (a link? results are read only from "
-            f"files in the run directory {run_dir} itself)"
-        ) from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        try:
+            fds.append(os.open(tasks, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+        except FileNotFoundError:
+            return None
+        try:
+            fds.append(os.open(task_id, flags | os.O_DIRECTORY, dir_fd=fds[0]))
+        except FileNotFoundError:
+            return None
+        except OSError:
+            task_dir = os.path.join(tasks, task_id)
+            raise ResultUnavailable(
+                f"refusing to read {name} of task {task_id!r}: {task_dir} is a link or not a "
+                f"directory (results are read only from the run directory {run_dir} itself)"
+            ) from None
+        path = os.path.join(tasks, task_id, name)
+        try:
+            fds.append(os.open(name, flags, dir_fd=fds[1]))
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise ResultUnavailable(
+                f"refusing to read {path}: {exc.strerror} (a link? results are read only from "
+                f"files in the run directory {run_dir} itself)"
+            ) from None
+        if not stat.S_ISREG(os.fstat(fds[2]).st_mode):
             raise ResultUnavailable(f"refusing to read {path}: not a regular file")
-        with os.fdopen(fd, "rb", closefd=False) as file:
+        with os.fdopen(fds[2], "rb", closefd=False) as file:
             return file.read()
     finally:
-        os.close(fd)
+        for fd in fds:
+            os.close(fd)
