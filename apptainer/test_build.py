@@ -89,7 +89,7 @@ def _dedent(lines: list[str]) -> str:
 
 def copied_files(recipe: Path) -> list[tuple[str, str]]:
     """The (source, destination) pairs of ``%files``, as ``spython`` parses them."""
-    from spython.main.parse.parsers import SingularityParser
+    from spython.main.parse.parsers import SingularityParser  # type: ignore[import-untyped]
 
     parsed = SingularityParser(str(recipe)).recipe
     stage = next(iter(parsed.values()))
