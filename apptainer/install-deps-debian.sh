@@ -11,5 +11,5 @@ apt-get install -y --no-install-recommends \
   libzmq3-dev uuid-dev libjansson-dev liblz4-dev libarchive-dev libhwloc-dev \
   libsqlite3-dev libncurses-dev libsodium-dev lua5.1 liblua5.1-0-dev lua-posix \
   libboost-dev libboost-graph-dev libedit-dev libyaml-cpp-dev libxml2-dev \
-  jq hwloc procps "$@"
+  jq procps "$@"
 rm -rf /var/lib/apt/lists/*

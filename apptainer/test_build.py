@@ -155,7 +155,9 @@ def _chroot(root: Path, script: str, env: dict[str, str], binds: dict[str, Path]
     command = " && ".join(mounts)
     env_args = " ".join(shlex.quote(f"{k}={v}") for k, v in env.items())
     command += f" && exec chroot {root} /usr/bin/env -i {env_args} /bin/sh -e /.build-step.sh"
-    subprocess.run(["unshare", "--mount", "--pid", "--fork", "sh", "-c", command], check=True)
+    subprocess.run(
+        ["unshare", "--mount", "--pid", "--fork", "--kill-child", "sh", "-c", command], check=True
+    )
 
 
 def _size(path: Path) -> int:
