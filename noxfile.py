@@ -58,7 +58,8 @@ def package(session: nox.Session) -> None:
     out = Path(tempfile.mkdtemp(prefix="matensemble-dist-"))
     try:
         session.run("uv", "build", "--out-dir", str(out), external=True)
-        session.run("twine", "check", "--strict", *sorted(str(p) for p in out.iterdir()))
+        dists = sorted(str(p) for p in out.glob("matensemble-*"))
+        session.run("twine", "check", "--strict", *dists)
     finally:
         shutil.rmtree(out)
 
