@@ -12,4 +12,5 @@ apt-get install -y --no-install-recommends \
   libsqlite3-dev libncurses-dev libsodium-dev lua5.1 liblua5.1-0-dev lua-posix \
   libboost-dev libboost-graph-dev libedit-dev libyaml-cpp-dev libxml2-dev \
   jq procps "$@"
+apt-get clean
 rm -rf /var/lib/apt/lists/*

@@ -197,6 +197,14 @@ def build(target: str, workdir: Path, jobs: int) -> None:
             shutil.copytree(src, dst, ignore=ignore, symlinks=True)
         else:
             shutil.copy2(src, dst)
+    # What only this machine needs: the CA certificates of a TLS-intercepting proxy (a site
+    # build would bind its own), and .deb files kept from an earlier try (%post cleans them).
+    host_cas = sorted(Path("/usr/local/share/ca-certificates").glob("*.crt"))
+    for ca in host_cas:
+        shutil.copy2(ca, root / "usr/local/share/ca-certificates" / ca.name)
+    debs = workdir / "apt-archives"
+    for deb in debs.glob("*.deb") if debs.is_dir() else ():
+        shutil.copy2(deb, root / "var/cache/apt/archives" / deb.name)
     times["bootstrap + %files"] = time.monotonic() - started
 
     env = {
@@ -205,6 +213,9 @@ def build(target: str, workdir: Path, jobs: int) -> None:
         "LANG": "C",
         "BUILD_JOBS": str(jobs),
     }
+    if host_cas:
+        bundle = "/etc/ssl/certs/ca-certificates.crt"  # update-ca-certificates adds them there
+        env.update(PIP_CERT=bundle, SSL_CERT_FILE=bundle, CURL_CA_BUNDLE=bundle)
     binds: dict[str, Path] = {}
     flux_source = os.environ.get("MATENSEMBLE_FLUX_SOURCE")
     if flux_source:
