@@ -12,6 +12,7 @@ Usage (from the repository root)::
 
     python apptainer/test_build.py check [RECIPE.def ...]
     sudo python apptainer/test_build.py build baseline --workdir /var/tmp/me-build
+    sudo python apptainer/test_build.py mpich-abi --workdir /var/tmp/me-build
 
 ``MATENSEMBLE_FLUX_SOURCE`` names a directory with ``flux-core/`` and ``flux-sched/`` source
 trees of the pinned releases, for a machine that cannot download the release tarballs.
@@ -258,6 +259,38 @@ def build(target: str, workdir: Path, jobs: int) -> None:
         print(f"  {'squashfs (as in SIF)':<20} {squash.stat().st_size / 2**20:8.1f} MiB")
 
 
+def mpich_abi(workdir: Path) -> None:
+    """The Frontier and Perlmutter images' MPI step, on the built baseline root as a stand-in.
+
+    Their bases cannot be fetched here, but what they add to the shared scripts can run on
+    Debian: install the distribution's MPICH and build mpi4py against it with
+    ``install-matensemble.sh mpi4py``, then check mpi4py loads ``libmpi.so.12`` (the MPICH ABI
+    a host's Cray MPICH replaces) and runs on two ranks under Flux.
+    """
+    root = workdir / "rootfs-baseline"
+    if not (root / "opt/flux/bin/flux").exists():
+        raise RecipeError(f"{root}: no built baseline root; run `build baseline` first")
+    env = {
+        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "HOME": "/root",
+        "LANG": "C",
+        "PIP_CERT": "/etc/ssl/certs/ca-certificates.crt",
+    }
+    started = time.monotonic()
+    script = (
+        "sh /opt/matensemble-src/apptainer/install-deps-debian.sh libmpich-dev mpich\n"
+        "sh /opt/matensemble-src/apptainer/install-matensemble.sh mpi4py /usr/bin/mpicc\n"
+        "mod=$(/opt/matensemble/bin/python -c 'import mpi4py.MPI as m; print(m.__file__)')\n"
+        'ldd "$mod" | grep -q "libmpi.so.12 => /usr/lib/x86_64-linux-gnu/"\n'
+        ". /.environment.sh\n"
+        "flux start --test-size=1 flux run -n 2 -o pmi=simple python -c "
+        "'from mpi4py import MPI; n = MPI.COMM_WORLD.allreduce(1); assert n == 2, n; "
+        "print(MPI.Get_library_version().splitlines()[0])'\n"
+    )
+    _chroot(root, script, env, {})
+    print(f"  MPICH-ABI mpi4py step  {time.monotonic() - started:8.1f} s")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -267,6 +300,10 @@ def main(argv: list[str] | None = None) -> int:
     build_cmd.add_argument("target", choices=[r.stem for r in RECIPES])
     build_cmd.add_argument("--workdir", type=Path, required=True)
     build_cmd.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    abi_cmd = sub.add_parser(
+        "mpich-abi", help="run the Frontier/Perlmutter MPI step on the built baseline root"
+    )
+    abi_cmd.add_argument("--workdir", type=Path, required=True)
     args = parser.parse_args(argv)
 
     if args.command == "check":
@@ -280,7 +317,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"ok: {', '.join(r.name for r in recipes)}")
         return 1 if problems else 0
     try:
-        build(args.target, args.workdir, args.jobs)
+        if args.command == "mpich-abi":
+            mpich_abi(args.workdir)
+        else:
+            build(args.target, args.workdir, args.jobs)
     except (RecipeError, subprocess.CalledProcessError) as exc:
         print(f"build {args.target} failed: {exc}", file=sys.stderr)
         return 1
