@@ -202,6 +202,7 @@ def build(target: str, workdir: Path, jobs: int) -> None:
     # build would bind its own), and .deb files kept from an earlier try (%post cleans them).
     host_cas = sorted(Path("/usr/local/share/ca-certificates").glob("*.crt"))
     for ca in host_cas:
+        (root / "usr/local/share/ca-certificates").mkdir(parents=True, exist_ok=True)
         shutil.copy2(ca, root / "usr/local/share/ca-certificates" / ca.name)
     debs = workdir / "apt-archives"
     for deb in debs.glob("*.deb") if debs.is_dir() else ():
