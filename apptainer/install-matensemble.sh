@@ -4,7 +4,8 @@
 # branch, so a tagged image holds the tagged code.
 #
 # Usage: install-matensemble.sh venv PYTHON          create the venv, with what flux-core's
-#                                                    bindings need (cffi, pyyaml, ply)
+#                                                    bindings and Fluxion need (cffi, pyyaml,
+#                                                    ply, jsonschema)
 #        install-matensemble.sh package [EXTRAS]     install MatEnsemble (e.g. EXTRAS=mpi) and
 #                                                    put flux-core's bindings on the venv's path
 #        install-matensemble.sh mpi4py MPICC         build mpi4py against the image's MPICH
@@ -19,7 +20,7 @@ case "${1:-}" in
 venv)
   "${2:?which python}" -m venv "$MATENSEMBLE_VENV"
   $pip install --upgrade pip
-  $pip install "cffi>=1.15" "pyyaml>=6.0" "ply>=3.11" setuptools
+  $pip install "cffi>=1.15" "pyyaml>=6.0" "ply>=3.11" "jsonschema>=2.3" setuptools
   ;;
 package)
   extras=${2:-}
