@@ -33,7 +33,7 @@ package)
   "$MATENSEMBLE_VENV/bin/python" -c 'import flux, matensemble; print("flux bindings:", flux.__file__)'
   ;;
 mpi4py)
-  MPICC="${2:?which mpicc}" $pip install --no-binary=mpi4py "mpi4py>=4.0"
+  MPICC="${2:?which mpicc}" $pip install --force-reinstall --no-deps --no-binary=mpi4py "mpi4py>=4.0"
   "$MATENSEMBLE_VENV/bin/python" -c 'from mpi4py import MPI; print(MPI.Get_library_version())'
   ;;
 *)

@@ -323,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             build(args.target, args.workdir, args.jobs)
     except (RecipeError, subprocess.CalledProcessError) as exc:
-        print(f"build {args.target} failed: {exc}", file=sys.stderr)
+        print(f"{args.command} {getattr(args, 'target', '')} failed: {exc}", file=sys.stderr)
         return 1
     return 0
 
