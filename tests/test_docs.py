@@ -9,6 +9,7 @@ run on a real run. The site itself is built strictly when mkdocs is installed.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shlex
@@ -136,8 +137,9 @@ def test_report_page_commands_and_python_work_on_a_real_run(tmp_path: Path) -> N
 
 
 @pytest.mark.skipif(
-    shutil.which("mkdocs", path=str(Path(sys.executable).parent)) is None,
-    reason="needs the docs extra: uv run --extra docs ... (or nox -s docs)",
+    shutil.which("mkdocs", path=str(Path(sys.executable).parent)) is None
+    or importlib.util.find_spec("mkdocstrings") is None,
+    reason="needs the docs extra (mkdocs, mkdocstrings): uv run --extra docs ... (or nox -s docs)",
 )
 def test_docs_site_builds_strictly_with_the_api_reference(tmp_path: Path) -> None:
     mkdocs = str(Path(sys.executable).parent / "mkdocs")
