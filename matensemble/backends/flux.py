@@ -162,6 +162,7 @@ class FluxBackend(Backend):
         self._deadline: float | None = None
         self._jobspecs: JobspecBuilder | None = None
         self._jobs: dict[LaunchKey, _Job] = {}
+        self._cleaning = 0  # jobs reported at their finish, not yet clean in Flux
         self._by_id: dict[int, _Job] = {}
         self._reporter: Reporter | None = None
         self._closing = False
@@ -193,7 +194,7 @@ class FluxBackend(Backend):
             raise BackendUnavailable(_NO_INSTANCE_HINT.format(error=error)) from None
         self._flux = flux
         self._loop = loop = asyncio.get_running_loop()
-        self._reporter = Reporter(sink, loop, lambda: len(self._jobs))
+        self._reporter = Reporter(sink, loop, lambda: len(self._jobs) + self._cleaning)
         self._bridge = FluxReactorBridge(self._h, loop, self._on_bridge_error)
         try:
             self._journal_ready = ready = loop.create_future()
@@ -342,7 +343,7 @@ class FluxBackend(Backend):
             urgency = max(0, min(31, 16 + launch.task.priority))
         job = _Job(launch)
         try:
-            future = self._flux.job.submit_async(self._h, jobspec, urgency=urgency)
+            future = self._flux.job.submit_async(self._h, jobspec, urgency=urgency, novalidate=True)
         except OSError as exc:
             self._reports.soon(
                 Outcome(key=key, state=TaskState.FAILED, reason=f"flux submit: {exc}")
@@ -437,6 +438,12 @@ class FluxBackend(Backend):
             elif name == "finish":
                 job.status = int(event.get("context", {}).get("status", 0))
                 job.t_end = event["timestamp"]
+                if self._jobs.get(job.launch.key) is job:
+                    # Every process of the job is gone and its output is written: report
+                    # now, while Flux frees the resources, so the next job is on its way.
+                    del self._jobs[job.launch.key]
+                    self._cleaning += 1
+                    self._reports.now(_outcome(job))
             elif name == "clean":
                 job.t_end = job.t_end or event["timestamp"]
                 self._finish(jobid, job)
@@ -464,8 +471,12 @@ class FluxBackend(Backend):
 
     def _finish(self, jobid: int, job: _Job) -> None:
         del self._by_id[jobid]
-        del self._jobs[job.launch.key]
-        self._reports.now(_outcome(job))
+        if self._jobs.get(job.launch.key) is job:
+            del self._jobs[job.launch.key]
+            self._reports.now(_outcome(job))
+        else:  # reported at its finish event
+            self._cleaning -= 1
+            self._reports.check()
 
     # -- reporting ----------------------------------------------------------------------------
 
@@ -490,6 +501,7 @@ class FluxBackend(Backend):
         jobs = list(self._jobs.values())
         self._jobs.clear()
         self._by_id.clear()
+        self._cleaning = 0
         for job in jobs:
             self._reports.now(Outcome(key=job.launch.key, state=TaskState.FAILED, reason=reason))
         if self._reporter is not None:
@@ -519,6 +531,7 @@ class FluxBackend(Backend):
             jobs = list(self._jobs.values())
             self._jobs.clear()
             self._by_id.clear()
+            self._cleaning = 0
             for job in jobs:
                 reason = "backend closed (Flux asked to cancel the job)"
                 self._reports.now(
