@@ -54,7 +54,7 @@ MARK = "RESULT "
 
 def import_flux() -> Any:
     try:
-        import flux.job  # noqa: F401
+        import flux.job
     except ImportError:
         out = subprocess.run(["flux", "env"], capture_output=True, text=True, check=False).stdout
         found = re.search(r'^export PYTHONPATH="([^"]*)"', out, re.MULTILINE)
@@ -99,9 +99,7 @@ def raw_waitable(
     if specs is None:
         spec = flux.job.JobspecV1.from_command(["true"])
         specs = [spec] * n
-    futures = [
-        flux.job.submit_async(h, s, waitable=True, novalidate=novalidate) for s in specs
-    ]
+    futures = [flux.job.submit_async(h, s, waitable=True, novalidate=novalidate) for s in specs]
     ids = [f.get_id() for f in futures]
     waits = [flux.job.wait_async(h, jobid) for jobid in ids]
     for w in waits:
