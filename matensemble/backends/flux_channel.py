@@ -222,10 +222,14 @@ class FluxChannel:
 
     def cancel_job(self, jobid: int, reason: str) -> None:
         """Cancel any job of this instance by id, without waiting for the answer."""
-        if not self.bridge.lost:
+        if self.bridge.lost:
+            return
+        try:
             future = self.flux.job.cancel_async(self.handle, jobid, reason)
-            future.then(self.bridge.callback(_ignore_reply))
-            self.bridge.kick()
+        except OSError:  # the connection is going: the job goes with its instance
+            return
+        future.then(self.bridge.callback(_ignore_reply))
+        self.bridge.kick()
 
     def cancel_all(self) -> None:
         for job in list(self._jobs.values()):

@@ -117,6 +117,7 @@ class Partition:
         self.ended: str | None = None  # why the child instance is gone
         self.reused = False
         self.on_end: Callable[[Partition, str], None] = lambda p, why: None
+        self._R: Any = None  # the child's resources, as the enclosing instance allocated them
         loop = asyncio.get_running_loop()
         self._uri: asyncio.Future[str] = loop.create_future()
         self._clean: asyncio.Future[None] = loop.create_future()
@@ -151,6 +152,8 @@ class Partition:
         """The child's own job, as the enclosing instance's journal reports it."""
         if name == "jobid":
             self.jobid = int(event["id"])
+        elif name == "alloc":
+            self._R = payload.get("R")
         elif name == "memo":
             uri = event.get("context", {}).get("uri")
             if uri and not self._uri.done():
@@ -181,9 +184,11 @@ class Partition:
     async def connect(self, uri: str, make_channel: Callable[[Any, str], FluxChannel]) -> None:
         from flux.uri import JobURI
 
-        flux = self.parent.flux
+        flux, where = self.parent.flux, JobURI(uri)
+        # The child's rank 0 on this host: connect locally; elsewhere through ssh.
+        local = where.scheme == "local" or where.netloc in (socket.gethostname(), "")
         try:
-            handle = flux.Flux(str(JobURI(uri)))
+            handle = flux.Flux(where.local if local else where.remote)
         except OSError as exc:
             raise BackendError(f"cannot connect to partition {self.plan.index}: {exc}") from None
         self.channel = channel = make_channel(handle, f"{self.jobid}/")
@@ -191,18 +196,22 @@ class Partition:
             await channel.rpc("state-machine.wait")
         except OSError as exc:
             raise BackendError(f"partition {self.plan.index} did not start: {exc}") from None
-        status = await channel.open()
-        self.nodes, channel.map = self._nodes(status)
+        await channel.open()
+        if self._R is None:  # taken over from an earlier driver: ask once
+            lookup = flux.job.job_kvs_lookup(self.parent.handle, self.jobid, keys=["R"])
+            self._R = lookup["R"] if lookup else None
+        self.nodes, channel.map = self._nodes(self._R)
 
-    def _nodes(self, status: Any) -> tuple[list[NodeSpec], InventoryMap]:
-        """The child's nodes under the enclosing instance's names (child rank j is the j-th
-        enclosing rank of the plan)."""
-        names = dict(enumerate(self.plan.names))
+    def _nodes(self, R: Any) -> tuple[list[NodeSpec], InventoryMap]:
+        """The child's nodes, from the resources the enclosing instance gave it (its own
+        status may still show ranks down that are joining), under the enclosing instance's
+        names; child rank j is the j-th enclosing rank of the plan."""
         try:
-            nodes, _ = read_inventory(status, driver_rank=-1, names=names)
+            names = dict(zip(self.plan.ranks, self.plan.names, strict=True))
+            nodes, _ = read_inventory({"all": R}, driver_rank=-1, names=names)
         except ValueError as exc:
             raise BackendError(f"partition {self.plan.index}: {exc}") from None
-        return nodes, InventoryMap(names)
+        return nodes, InventoryMap(dict(enumerate(self.plan.names)))
 
     def cancel(self, reason: str) -> None:
         """End the child instance (cancel its job in the enclosing instance)."""
