@@ -211,7 +211,7 @@ class FluxBackend(Backend):
         stale, uris = [], {}
         for jobid, tag, uri in orphans(parent):
             partition = by_tag.get(tag)
-            if partition is not None and not partition.reused:
+            if partition is not None and not partition.reused and uri:
                 partition.adopt_existing(jobid)
                 uris[jobid] = uri
             else:

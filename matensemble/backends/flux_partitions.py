@@ -232,7 +232,7 @@ class Partition:
 
 
 def orphans(parent: FluxChannel) -> list[tuple[int, str, str]]:
-    """Partitions whose driver ran on this host and is gone: (job id, plan tag, URI).
+    """Partitions whose driver ran on this host and is gone: (job id, plan tag, URI or "").
 
     Blocking RPCs, once, at ``open()``.
     """
@@ -246,12 +246,14 @@ def orphans(parent: FluxChannel) -> list[tuple[int, str, str]]:
             tag = spec["attributes"]["user"]["matensemble"]
             if tag.get("host") != host or _alive(int(tag["pid"])):
                 continue
-            job = flux.job.job_list_id(parent.handle, info.id, attrs=["annotations"])
-            uri = job.get_jobinfo().user.uri
-        except (OSError, KeyError, TypeError, ValueError, AttributeError):
+        except (OSError, KeyError, TypeError, ValueError):
             continue
-        if uri:
-            found.append((int(info.id), str(tag.get("partition")), str(uri)))
+        try:
+            job = flux.job.job_list_id(parent.handle, info.id, attrs=["annotations"])
+            uri = str(job.get_jobinfo().user.uri or "")
+        except (OSError, KeyError, TypeError, ValueError, AttributeError):
+            uri = ""  # not up yet: it cannot be taken over, and goes
+        found.append((int(info.id), str(tag.get("partition")), uri))
     return found
 
 
