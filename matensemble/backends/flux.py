@@ -37,7 +37,8 @@ from matensemble.backends.base import Backend, Launch, LaunchKey, Outcome, Repor
 from matensemble.backends.flux_channel import FluxChannel
 from matensemble.backends.flux_inventory import read_inventory
 from matensemble.backends.flux_jobspec import JobspecBuilder
-from matensemble.backends.flux_partitions import Partition, orphans, plan_partitions
+from matensemble.backends.flux_partitions import Partition, prepare_partitions
+from matensemble.backends.flux_recovery import adopt_job, cancel_and_wait, leftover_jobs
 from matensemble.errors import BackendError, BackendUnavailable
 from matensemble.model import TaskState
 from matensemble.resources import NodeSpec
@@ -203,30 +204,12 @@ class FluxBackend(Backend):
         parent = self._parent
         assert parent is not None
         try:
-            plans = plan_partitions(nodes, parent.map, self._k)
+            self._partitions = prepare_partitions(parent, nodes, self._k)
         except ValueError as exc:
             raise BackendError(str(exc)) from None
-        self._partitions = [Partition(plan, parent) for plan in plans]
-        by_tag = {p.plan.tag(): p for p in self._partitions}
-        stale, uris = [], {}
-        for jobid, tag, uri in orphans(parent):
-            partition = by_tag.get(tag)
-            if partition is not None and not partition.reused and uri:
-                partition.adopt_existing(jobid)
-                uris[jobid] = uri
-            else:
-                stale.append(jobid)
-        parent.cancel_and_wait(stale, "a partition of a matensemble driver that is gone")
         for partition in self._partitions:
             partition.on_end = self._on_partition_end
-
-        async def start(partition: Partition) -> None:
-            if partition.reused and partition.jobid is not None:
-                await partition.connect(uris[partition.jobid], self._channel)
-            else:
-                await partition.start(self._token, self._channel)
-
-        await asyncio.gather(*(start(p) for p in self._partitions))
+        await asyncio.gather(*(p.open(self._token, self._channel) for p in self._partitions))
         every: list[NodeSpec] = []
         for partition in self._partitions:
             assert partition.channel is not None
@@ -255,7 +238,7 @@ class FluxBackend(Backend):
             channel, jobid = self._owner_of(job_id)
             if channel is None or jobid is None:
                 continue
-            found = channel.adopt(launch, jobid)
+            found = adopt_job(channel, launch, jobid)
             if found is False:
                 continue
             taken.add(launch.key)
@@ -288,8 +271,8 @@ class FluxBackend(Backend):
             swept = channel in self._sweep
             if not names and not swept:
                 continue
-            stale = channel.leftovers(None if swept else run_id, None if swept else names)
-            channel.cancel_and_wait(stale, "left by a crashed matensemble driver")
+            stale = leftover_jobs(channel, None if swept else run_id, None if swept else names)
+            cancel_and_wait(channel, stale, "left by a crashed matensemble driver")
         self._sweep.clear()
 
     # -- launching ----------------------------------------------------------------------------
@@ -353,7 +336,7 @@ class FluxBackend(Backend):
     def _sweep_leftovers(self) -> None:
         """Cancel the jobs a crashed driver left in partitions we took over, unless adopted."""
         for channel in self._sweep:
-            for jobid in channel.leftovers(None, None):
+            for jobid in leftover_jobs(channel, None, None):
                 channel.cancel_job(jobid, "left by a crashed matensemble driver")
         self._sweep.clear()
 

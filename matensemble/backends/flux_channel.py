@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from matensemble.backends.base import Launch, LaunchKey, Outcome
@@ -29,19 +29,6 @@ from matensemble.model import TaskState
 
 __all__ = ["FluxChannel", "JobEvents"]
 
-_INACTIVE = 64  # FLUX_JOB_STATE_INACTIVE
-_ADOPT_ATTRS = [
-    "name",
-    "state",
-    "waitstatus",
-    "t_run",
-    "t_cleanup",
-    "t_inactive",
-    "exception_occurred",
-    "exception_severity",
-    "exception_type",
-    "exception_note",
-]
 # Events the journal sends us; the others (validate, depend, priority, release, free, ...) are
 # filtered out in the job manager, before they cost a message. ``memo`` carries a child
 # instance's URI (partitions).
@@ -89,7 +76,7 @@ class FluxChannel:
         self.map = InventoryMap({})
         self.broken: str | None = None
         self.closing = False
-        self._token = token
+        self.token = token
         self._report = report
         self._settled = settled
         self._job_ids = job_ids
@@ -187,6 +174,25 @@ class FluxChannel:
 
     def has(self, key: LaunchKey) -> bool:
         return key in self._jobs
+
+    def follow(self, launch: Launch, jobid: int) -> FluxJob:
+        """Follow an existing job as this launch's (registered before any lookup, so that
+        no event after this is missed)."""
+        job = FluxJob(launch)
+        job.jobid = jobid
+        self._jobs[launch.key] = job
+        self._by_id[jobid] = job
+        return job
+
+    def unfollow(self, job: FluxJob) -> bool:
+        """Stop following a job taken by ``follow``; ``False`` if it already reported."""
+        if job.jobid is None or self._by_id.get(job.jobid) is not job:
+            return False
+        del self._jobs[job.launch.key], self._by_id[job.jobid]
+        return True
+
+    def follows(self, jobid: int) -> bool:
+        return jobid in self._by_id
 
     def _on_submitted(self, future: Any, job: FluxJob) -> None:
         try:
@@ -321,7 +327,7 @@ class FluxChannel:
         """The job or watcher whose submit event this is, if the job is one of ours."""
         try:
             tag = jobspec["attributes"]["user"]["matensemble"]
-            if tag.get("driver") != self._token:
+            if tag.get("driver") != self.token:
                 return None, None
             if "partition" in tag:
                 claimer = self._claimers.pop(str(tag["partition"]), None)
@@ -343,66 +349,6 @@ class FluxChannel:
         self._by_id[jobid] = job
         self._job_ids(job.launch.key, self.prefix + str(jobid))
         self._send_cancel(job)
-
-    # -- resume -------------------------------------------------------------------------------
-
-    def adopt(self, launch: Launch, jobid: int) -> bool | Outcome:
-        """Follow a job a crashed driver submitted; ``False`` if it is gone or not that job.
-
-        A job that has ended meanwhile is not followed: its ``Outcome`` is returned instead.
-        Blocking RPCs, once, before anything is launched.
-        """
-        job = FluxJob(launch)
-        job.jobid = jobid
-        self._jobs[launch.key] = job  # registered first: no event after this is missed
-        self._by_id[jobid] = job
-        try:
-            info = self.flux.job.job_list_id(self.handle, jobid, attrs=_ADOPT_ATTRS).get_job()
-        except OSError:
-            info = None
-        if info is None or info.get("name") != launch.task.id:
-            del self._jobs[launch.key], self._by_id[jobid]  # gone, or not that job
-            return False
-        if info.get("state") != _INACTIVE or jobid not in self._by_id:
-            return True
-        job.t_start = info.get("t_run") or None
-        job.t_end = info.get("t_cleanup") or info.get("t_inactive") or None
-        if info.get("exception_occurred") and info.get("exception_severity", 0) == 0:
-            job.exception = (str(info.get("exception_type")), str(info.get("exception_note") or ""))
-        if "waitstatus" in info:
-            job.status = int(info["waitstatus"])
-        del self._jobs[launch.key], self._by_id[jobid]
-        return outcome_of(job, self.prefix + str(jobid))
-
-    def leftovers(self, run_id: str | None, names: set[str] | None) -> list[int]:
-        """Active jobs of ours that no driver follows: of ``run_id`` (any run if ``None``)
-        and named after one of ``names`` (any name if ``None``), submitted by another driver.
-        """
-        flux, found = self.flux, []
-        for info in flux.job.JobList(self.handle, filters=["pending", "running"]).jobs():
-            if names is not None and info.name not in names:
-                continue
-            if int(info.id) in self._by_id:
-                continue
-            try:
-                spec = flux.job.job_kvs_lookup(self.handle, info.id, keys=["jobspec"])["jobspec"]
-                tag = spec["attributes"]["user"]["matensemble"]
-            except (OSError, KeyError, TypeError):
-                continue
-            theirs = tag.get("driver") != self._token and "task_id" in tag
-            if theirs and (run_id is None or tag.get("run_id") == run_id):
-                found.append(int(info.id))
-        return found
-
-    def cancel_and_wait(self, jobids: Sequence[int], reason: str) -> None:
-        """Cancel jobs and block until each is clean (once, before anything is launched)."""
-        flux = self.flux
-        for jobid in jobids:
-            with contextlib.suppress(OSError):
-                flux.job.cancel(self.handle, jobid, reason)
-        for jobid in jobids:
-            with contextlib.suppress(OSError):
-                flux.job.event_wait(self.handle, jobid, "clean", raiseJobException=False)
 
     # -- failing and closing ------------------------------------------------------------------
 

@@ -35,10 +35,11 @@ import msgspec
 
 from matensemble.backends.flux_channel import FluxChannel
 from matensemble.backends.flux_inventory import InventoryMap, read_inventory
+from matensemble.backends.flux_recovery import cancel_and_wait
 from matensemble.errors import BackendError
 from matensemble.resources import NodeSpec
 
-__all__ = ["Partition", "PartitionPlan", "orphans", "plan_partitions"]
+__all__ = ["Partition", "PartitionPlan", "orphans", "plan_partitions", "prepare_partitions"]
 
 NAME = "matensemble-partition"
 
@@ -118,6 +119,7 @@ class Partition:
         self.reused = False
         self.on_end: Callable[[Partition, str], None] = lambda p, why: None
         self._R: Any = None  # the child's resources, as the enclosing instance allocated them
+        self._reused_uri: str | None = None
         loop = asyncio.get_running_loop()
         self._uri: asyncio.Future[str] = loop.create_future()
         self._clean: asyncio.Future[None] = loop.create_future()
@@ -174,12 +176,13 @@ class Partition:
                 self._uri.set_exception(BackendError(why))
             self.on_end(self, why)
 
-    async def start(self, token: str, make_channel: Callable[[Any, str], FluxChannel]) -> None:
-        """Submit the child instance (unless reused), connect, and read its nodes."""
-        if self.jobid is None:
-            self.parent.submit_watched(self.jobspec(token), self.plan.tag(), self.events)
-        uri = await self._uri
-        await self.connect(uri, make_channel)
+    async def open(self, token: str, make_channel: Callable[[Any, str], FluxChannel]) -> None:
+        """Submit the child instance (unless taken over), connect, and read its nodes."""
+        if self._reused_uri is not None:
+            await self.connect(self._reused_uri, make_channel)
+            return
+        self.parent.submit_watched(self.jobspec(token), self.plan.tag(), self.events)
+        await self.connect(await self._uri, make_channel)
 
     async def connect(self, uri: str, make_channel: Callable[[Any, str], FluxChannel]) -> None:
         from flux.uri import JobURI
@@ -224,11 +227,32 @@ class Partition:
             self._clean.set_result(None)  # never submitted
         await asyncio.shield(self._clean)
 
-    def adopt_existing(self, jobid: int) -> None:
+    def adopt_existing(self, jobid: int, uri: str) -> None:
         """Take over a live child instance an earlier driver left (see ``orphans``)."""
         self.jobid = jobid
         self.reused = True
+        self._reused_uri = uri
         self.parent.watch(jobid, self.events)
+
+
+def prepare_partitions(parent: FluxChannel, nodes: Sequence[NodeSpec], k: int) -> list[Partition]:
+    """The partitions of the plan, each taking over a live orphan of the same group if there
+    is one; orphans that fit no group (or are not up yet) are cancelled, and waited for.
+
+    Raises:
+        ValueError: the inventory cannot be split into ``k`` partitions.
+    """
+    partitions = [Partition(plan, parent) for plan in plan_partitions(nodes, parent.map, k)]
+    by_tag = {p.plan.tag(): p for p in partitions}
+    stale = []
+    for jobid, tag, uri in orphans(parent):
+        partition = by_tag.get(tag)
+        if partition is not None and not partition.reused and uri:
+            partition.adopt_existing(jobid, uri)
+        else:
+            stale.append(jobid)
+    cancel_and_wait(parent, stale, "a partition of a matensemble driver that is gone")
+    return partitions
 
 
 def orphans(parent: FluxChannel) -> list[tuple[int, str, str]]:
