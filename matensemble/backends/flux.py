@@ -39,6 +39,7 @@ from matensemble.backends.flux_inventory import read_inventory
 from matensemble.backends.flux_jobspec import JobspecBuilder
 from matensemble.backends.flux_partitions import Partition, prepare_partitions
 from matensemble.backends.flux_recovery import adopt_job, cancel_and_wait, leftover_jobs
+from matensemble.backends.task_files import prepare_task_outputs
 from matensemble.errors import BackendError, BackendUnavailable
 from matensemble.model import TaskState
 from matensemble.resources import NodeSpec
@@ -295,7 +296,7 @@ class FluxBackend(Backend):
         try:
             channel, constrain = self._route(launch)
             jobspec = self._builders[id(channel)].build(launch, constrain=constrain)
-            launch.task_dir.mkdir(parents=True, exist_ok=True)
+            prepare_task_outputs(launch.task_dir)  # no links followed: the shell opens ours
         except (OSError, ValueError, TypeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             self._reports.soon(
