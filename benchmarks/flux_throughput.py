@@ -1,34 +1,39 @@
-"""Flux backend throughput and latency, side by side with the raw ways to run the same jobs.
+"""Flux throughput: MatEnsemble against the best raw Flux method, each in a fresh instance.
 
-Run it inside a Flux instance (every figure comes from the same instance, in one run):
+A Flux instance slows down as its job count grows, so a method that runs second in the same
+instance is handicapped. Here every method runs alone in its own fresh
+``flux start --test-size=SIZE`` instance; the methods alternate (the order reverses on every
+repetition) and the best of the repetitions counts:
 
-    flux start --test-size=2 .venv/bin/python benchmarks/flux_throughput.py
+    .venv/bin/python benchmarks/flux_throughput.py --tasks 300 --reps 3
 
-(if ``import flux`` fails, put flux-core's Python directory on PYTHONPATH, see docs/flux.md).
+(``flux`` must be on PATH, and its Python bindings importable or found through ``flux env``.)
 
-Figures, all with ``true`` jobs:
+Methods, all running N ``true`` jobs (``--methods`` picks some):
 
-1. N jobs through ``FluxBackend`` via ``Ensemble``: the engine launches only what fits the
-   cores, so at most (cores) jobs are in Flux at once;
-2. N jobs through ``FluxBackend`` alone, all launched at once (Flux queues them);
-3. ``flux submit --cc=1-N --wait true``;
-4. a plain loop: ``flux.job.submit_async`` for all, then ``result_async`` for each;
-5. the same jobs watched three ways on the plain Flux reactor (journal / per-job eventlog /
-   ``result_async``), to show which costs least;
-6. ``FluxExecutor`` + ``asyncio.wrap_future``;
-7. latency of one job end to end: backend (alone and via Ensemble), raw in-process submit +
-   result, and ``flux run true``;
-8. --big jobs via Ensemble: throughput per window of 1,000 and the driver's RSS.
+- ``raw-waitable``: ``flux.job.submit_async(h, JobspecV1.from_command(["true"]),
+  waitable=True)`` for all, then ``wait_async`` for each (what a new user writes);
+- ``raw-journal``: ``submit_async`` for all on the plain reactor, watched by one
+  ``job-manager.events-journal`` stream;
+- ``raw-novalidate``: ``raw-waitable`` submitted with ``novalidate=True`` (the instance owner
+  may skip job-ingest's jobspec validator, as the backend does);
+- ``raw-ours``: ``raw-novalidate`` with the jobspecs the backend builds (files, directory,
+  environment, rank constraint): the cost of the jobspec alone, without the engine;
+- ``ensemble``: ``Ensemble(tasks, backend=FluxBackend()).run()``, start-up included;
+- ``ensemble-k2``, ``ensemble-k4``: the same with ``FluxBackend(partitions=k)``.
 
-Inactive jobs are purged between sections so that each starts from the same instance state.
+Each line gives jobs/s, the driver's CPU per job, and the brokers' CPU per job (the brokers
+and the job shells they reaped). The summary compares the best of each method with the best
+raw method of the same run.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
-import resource
+import re
 import shutil
 import statistics
 import subprocess
@@ -39,257 +44,30 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import anyio
+RAW = ("raw-waitable", "raw-journal", "raw-novalidate")
+METHODS = (*RAW, "raw-ours", "ensemble", "ensemble-k2", "ensemble-k4")
+MARK = "RESULT "
 
-from matensemble import Ensemble, Task
-from matensemble.backends.base import Launch, Outcome
-from matensemble.backends.flux import FluxBackend
-from matensemble.model import Event, Slot, TaskFinished
-from matensemble.observer import Observer
 
-try:
+# -- inside one instance ------------------------------------------------------------------------
+
+
+def import_flux() -> Any:
+    try:
+        import flux.job
+    except ImportError:
+        out = subprocess.run(["flux", "env"], capture_output=True, text=True, check=False).stdout
+        found = re.search(r'^export PYTHONPATH="([^"]*)"', out, re.MULTILINE)
+        sys.path[:0] = [p for p in (found.group(1).split(":") if found else []) if p]
     import flux
     import flux.constants
     import flux.job
-except ImportError as exc:  # pragma: no cover - a usage error
-    sys.exit(f"cannot import flux ({exc}); see docs/flux.md for PYTHONPATH")
 
-FLUX = shutil.which("flux") or "flux"
-RESULTS: list[tuple[str, float, str]] = []
-
-
-def cpu_seconds() -> float:
-    """CPU time of this process and of the children it has waited for (``flux submit``)."""
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return time.process_time() + children.ru_utime + children.ru_stime
-
-
-def report(name: str, seconds: float, n: int, note: str = "", cpu: float | None = None) -> float:
-    rate = n / seconds
-    RESULTS.append((name, rate, note))
-    per_job = f"driver CPU {cpu / n * 1000:5.2f} ms/job" if cpu is not None else ""
-    print(f"{name:<54} {n:>6} jobs {seconds:7.2f} s {rate:7.1f} jobs/s  {per_job}  {note}")
-    sys.stdout.flush()
-    return rate
-
-
-def purge() -> None:
-    subprocess.run([FLUX, "job", "purge", "-f", "--num-limit=0"], capture_output=True, check=False)
-
-
-def rss_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def true_jobspec() -> str:
-    spec = flux.job.JobspecV1.from_command(["true"])
-    spec.cwd = tempfile.gettempdir()
-    spec.environment = dict(os.environ)
-    return str(spec.dumps())
-
-
-# -- through the backend ------------------------------------------------------------------------
-
-
-async def via_ensemble(n: int, run_dir: Path) -> float:
-    tasks = [Task(id=f"t{i}", command=("true",)) for i in range(n)]
-    t0 = time.perf_counter()
-    summary = await Ensemble(tasks, backend=FluxBackend(), run_dir=run_dir).run()
-    elapsed = time.perf_counter() - t0
-    assert summary.counts["succeeded"] == n, summary.counts
-    return elapsed
-
-
-async def backend_alone(n: int, run_dir: Path) -> float:
-    """Launch all N at once, round-robin over the ranks, and wait for every outcome."""
-    done = asyncio.Event()
-    outcomes: list[Outcome] = []
-
-    def sink(outcome: Outcome) -> None:
-        outcomes.append(outcome)
-        if len(outcomes) == n:
-            done.set()
-
-    backend = FluxBackend()
-    nodes = await backend.open(sink, anyio.create_task_group())
-    t0 = time.perf_counter()
-    for i in range(n):
-        node = nodes[i % len(nodes)]
-        backend.launch(
-            Launch(
-                task=Task(id=f"a{i}", command=("true",)),
-                attempt=1,
-                placement=(Slot(node.name, node.cores[:1]),),
-                task_dir=run_dir / f"a{i}",
-                run_id="bench",
-            )
-        )
-    await done.wait()
-    elapsed = time.perf_counter() - t0
-    await backend.close()
-    assert all(o.state.value == "succeeded" for o in outcomes)
-    return elapsed
-
-
-# -- the raw ways -------------------------------------------------------------------------------
-
-
-def flux_submit_cc(n: int) -> float:
-    t0 = time.perf_counter()
-    subprocess.run([FLUX, "submit", f"--cc=1-{n}", "--wait", "--quiet", "true"], check=True)
-    return time.perf_counter() - t0
-
-
-def raw_submit_then_results(n: int) -> float:
-    h = flux.Flux()
-    spec = true_jobspec()
-    t0 = time.perf_counter()
-    futures = [flux.job.submit_async(h, spec) for _ in range(n)]
-    ids = [f.get_id() for f in futures]
-    results = [flux.job.result_async(h, jobid) for jobid in ids]
-    for f in results:
-        f.get_dict()
-    return time.perf_counter() - t0
-
-
-def raw_watch(n: int, how: str) -> float:
-    """Submit N with callbacks and watch them on the plain reactor, one of three ways."""
-    h = flux.Flux()
-    spec = true_jobspec()
-    left = [n]
-    ours: set[int] = set()
-
-    def finished() -> None:
-        left[0] -= 1
-        if left[0] == 0:
-            h.reactor_stop()
-
-    def on_result(f: Any) -> None:
-        f.get_dict()
-        finished()
-
-    def on_event(f: Any) -> None:
-        event = f.get_event()
-        if event is None or event.name == "clean":
-            finished()
-            f.cancel(stop=True)
-
-    def on_submitted(f: Any) -> None:
-        jobid = f.get_id()
-        ours.add(int(jobid))
-        if how == "result_async":
-            flux.job.result_async(h, jobid).then(on_result)
-        elif how == "eventlog":
-            flux.job.event_watch_async(h, jobid).then(on_event)
-
-    def on_journal(f: Any) -> None:
-        payload = f.get()
-        f.reset()
-        if payload["id"] in ours and any(e["name"] == "clean" for e in payload["events"]):
-            finished()
-
-    journal = None
-    if how == "journal":
-        journal = h.rpc(
-            "job-manager.events-journal",
-            {"full": False, "allow": {"clean": 1}},
-            flags=flux.constants.FLUX_RPC_STREAMING,
-        )
-        journal.then(on_journal)
-    t0 = time.perf_counter()
-    for _ in range(n):
-        flux.job.submit_async(h, spec).then(on_submitted)
-    h.reactor_run()
-    return time.perf_counter() - t0
-
-
-async def executor_wrap_future(n: int) -> float:
-    spec = flux.job.JobspecV1.from_command(["true"])
-    spec.cwd = tempfile.gettempdir()
-    spec.environment = dict(os.environ)
-    with flux.job.FluxExecutor() as executor:
-        t0 = time.perf_counter()
-        futures = [asyncio.wrap_future(executor.submit(spec)) for _ in range(n)]
-        codes = await asyncio.gather(*futures)
-        elapsed = time.perf_counter() - t0
-    assert set(codes) == {0}
-    return elapsed
-
-
-# -- latency ------------------------------------------------------------------------------------
-
-
-async def latency_backend(reps: int, run_dir: Path) -> list[float]:
-    arrived: asyncio.Queue[Outcome] = asyncio.Queue()
-    backend = FluxBackend()
-    nodes = await backend.open(arrived.put_nowait, anyio.create_task_group())
-    times = []
-    for i in range(reps):
-        t0 = time.perf_counter()
-        backend.launch(
-            Launch(
-                task=Task(id=f"l{i}", command=("true",)),
-                attempt=1,
-                placement=(Slot(nodes[0].name, nodes[0].cores[:1]),),
-                task_dir=run_dir / f"l{i}",
-                run_id="bench",
-            )
-        )
-        await arrived.get()
-        times.append(time.perf_counter() - t0)
-    await backend.close()
-    return times
-
-
-async def latency_ensemble(reps: int, run_dir: Path) -> list[float]:
-    times = []
-    async with Ensemble(backend=FluxBackend(), run_dir=run_dir) as ens:
-        for i in range(reps):
-            t0 = time.perf_counter()
-            ens.submit(Task(id=f"e{i}", command=("true",)))
-            async for _ in ens.completed():
-                pass
-            times.append(time.perf_counter() - t0)
-    return times
-
-
-def latency_raw(reps: int) -> list[float]:
-    h = flux.Flux()
-    spec = true_jobspec()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        jobid = flux.job.submit(h, spec)
-        flux.job.result(h, jobid)
-        times.append(time.perf_counter() - t0)
-    return times
-
-
-def latency_flux_run(reps: int) -> list[float]:
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        subprocess.run([FLUX, "run", "true"], check=True)
-        times.append(time.perf_counter() - t0)
-    return times
-
-
-def show_latency(name: str, times: list[float]) -> None:
-    ms = sorted(t * 1000 for t in times)
-    print(
-        f"{name:<58} median {statistics.median(ms):7.1f} ms  min {ms[0]:7.1f}  max {ms[-1]:7.1f}",
-        flush=True,
-    )
-
-
-# -- at scale -----------------------------------------------------------------------------------
+    return flux
 
 
 def broker_pids() -> list[int]:
-    """The brokers of this instance: the rank 0 broker runs us; its parent started them all."""
+    """The brokers of this instance: rank 0 runs us; its parent (``flux start``) runs them."""
     rank0 = os.getppid()
     try:
         start = int(Path(f"/proc/{rank0}/stat").read_text().rsplit(")", 1)[1].split()[1])
@@ -302,7 +80,7 @@ def broker_pids() -> list[int]:
 
 
 def flux_cpu_seconds(pids: list[int]) -> float:
-    """CPU of the brokers and of the job shells they have reaped (utime+stime+cutime+cstime)."""
+    """CPU of the brokers and of the job shells they reaped (utime+stime+cutime+cstime)."""
     ticks = 0
     for pid in pids:
         try:
@@ -313,142 +91,194 @@ def flux_cpu_seconds(pids: list[int]) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-class Windows(Observer):
-    """Per window of ``size`` finished tasks: throughput, CPU per job (driver, Flux), RSS."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.count = 0
-        self.brokers = broker_pids()
-        self.mark = self._sample()
-        self.rows: list[tuple[int, float, float, float, float]] = []
-
-    def _sample(self) -> tuple[float, float, float]:
-        return time.perf_counter(), time.process_time(), flux_cpu_seconds(self.brokers)
-
-    def on_event(self, event: Event) -> None:
-        if isinstance(event, TaskFinished) and event.retry_in is None:
-            self.count += 1
-            if self.count % self.size == 0:
-                now = self._sample()
-                wall, driver, fluxcpu = (b - a for a, b in zip(self.mark, now, strict=True))
-                per = 1000 / self.size
-                self.rows.append(
-                    (self.count, self.size / wall, driver * per, fluxcpu * per, rss_mib())
-                )
-                self.mark = now
+def raw_waitable(
+    flux: Any, n: int, specs: list[str] | None = None, novalidate: bool = False
+) -> None:
+    """Pipelined: every submit in flight at once, then one ``wait_async`` per job."""
+    h = flux.Flux()
+    if specs is None:
+        spec = flux.job.JobspecV1.from_command(["true"])
+        specs = [spec] * n
+    futures = [flux.job.submit_async(h, s, waitable=True, novalidate=novalidate) for s in specs]
+    ids = [f.get_id() for f in futures]
+    waits = [flux.job.wait_async(h, jobid) for jobid in ids]
+    for w in waits:
+        assert w.get_status().success
 
 
-async def at_scale(n: int, run_dir: Path) -> None:
-    windows = Windows(1000)
-    tasks = [Task(id=f"b{i}", command=("true",)) for i in range(n)]
-    before = rss_mib()
-    cpu = time.process_time()
-    t0 = time.perf_counter()
-    summary = await Ensemble(
-        tasks, backend=FluxBackend(), run_dir=run_dir, observers=[windows]
-    ).run()
-    elapsed = time.perf_counter() - t0
-    assert summary.counts["succeeded"] == n, summary.counts
-    report(f"FluxBackend via Ensemble, {n} jobs", elapsed, n, cpu=time.process_time() - cpu)
-    print(f"    driver RSS before {before:.1f} MiB; brokers {windows.brokers}", flush=True)
-    for count, rate, driver, fluxcpu, rss in windows.rows:
-        print(
-            f"    tasks {count - 999:>6}-{count:<6} {rate:7.1f} jobs/s  CPU per job: driver "
-            f"{driver:5.2f} ms, Flux {fluxcpu:6.2f} ms  driver RSS {rss:6.1f} MiB"
+def raw_journal(flux: Any, n: int) -> None:
+    """Submit all with callbacks on the plain reactor; one journal stream reports the ends."""
+    h = flux.Flux()
+    spec = flux.job.JobspecV1.from_command(["true"]).dumps()
+    left, ours, ended = [n], set(), set()
+
+    def finished(jobid: int) -> None:
+        left[0] -= 1
+        if left[0] == 0:
+            h.reactor_stop()
+
+    def on_submitted(f: Any) -> None:
+        jobid = int(f.get_id())
+        ours.add(jobid)
+        if jobid in ended:
+            finished(jobid)
+
+    def on_journal(f: Any) -> None:
+        payload = f.get()
+        f.reset()
+        if any(e["name"] == "clean" for e in payload["events"]):
+            if payload["id"] in ours:
+                finished(payload["id"])
+            else:
+                ended.add(payload["id"])
+
+    journal = h.rpc(
+        "job-manager.events-journal",
+        {"full": False, "allow": {"clean": 1}},
+        flags=flux.constants.FLUX_RPC_STREAMING,
+    )
+    journal.then(on_journal)
+    for _ in range(n):
+        flux.job.submit_async(h, spec).then(on_submitted)
+    h.reactor_run()
+
+
+def our_jobspecs(flux: Any, n: int, base: Path) -> list[str]:
+    """The jobspecs the backend builds for N ``true`` tasks, spread over the ranks."""
+    from matensemble import Task
+    from matensemble.backends.base import Launch
+    from matensemble.backends.flux_inventory import read_inventory
+    from matensemble.backends.flux_jobspec import JobspecBuilder
+    from matensemble.model import Slot
+
+    h = flux.Flux()
+    nodes, names = read_inventory(h.rpc("sched.resource-status").get(), driver_rank=0)
+    builder = JobspecBuilder(flux.job.JobspecV1, names, token="bench", environ=os.environ)
+    specs = []
+    for i in range(n):
+        node = nodes[i % len(nodes)]
+        launch = Launch(
+            task=Task(id=f"r{i}", command=("true",)),
+            attempt=1,
+            placement=(Slot(node.name, node.cores[:1]),),
+            task_dir=base / "tasks" / f"r{i}",
+            run_id="bench",
         )
+        launch.task_dir.mkdir(parents=True)
+        specs.append(builder.build(launch))
+    return specs
 
 
-# -- main ---------------------------------------------------------------------------------------
+async def ensemble(n: int, run_dir: Path, partitions: int) -> None:
+    from matensemble import Ensemble, Task  # imported before the clock starts, see inner()
+    from matensemble.backends.flux import FluxBackend
+
+    tasks = [Task(id=f"t{i}", command=("true",)) for i in range(n)]
+    backend = FluxBackend(partitions=partitions) if partitions > 1 else FluxBackend()
+    summary = await Ensemble(tasks, backend=backend, run_dir=run_dir).run()
+    assert summary.counts["succeeded"] == n, summary.counts
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--tasks", type=int, default=1000)
-    parser.add_argument("--big", type=int, default=10_000, help="0 to skip")
-    parser.add_argument("--reps", type=int, default=20, help="latency repetitions")
-    parser.add_argument("--only-big", action="store_true", help="only the --big section")
-    args = parser.parse_args()
-    n = args.tasks
+def inner(method: str, n: int, profile: str | None) -> None:
+    """Run one method in the enclosing instance; print its figures as one JSON line."""
+    flux = import_flux()
+    import matensemble.backends.flux  # noqa: F401 - a script imports before it runs
 
+    brokers = broker_pids()
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
-        if args.only_big:
-            await at_scale(args.big, base / "b")
-            return
-        sections: list[tuple[str, Callable[[], Any], str]] = [
-            (
-                "FluxBackend via Ensemble (only what fits is in Flux)",
-                lambda: via_ensemble(n, base / "e"),
-                "",
-            ),
-            ("FluxBackend alone (all launched at once)", lambda: backend_alone(n, base / "a"), ""),
-            (f"flux submit --cc=1-{n} --wait true", lambda: flux_submit_cc(n), ""),
-            (
-                "raw loop: submit_async all, then result_async each",
-                lambda: raw_submit_then_results(n),
-                "",
-            ),
-            (
-                "raw reactor: submit_async + journal (1 RPC for all)",
-                lambda: raw_watch(n, "journal"),
-                "",
-            ),
-            (
-                "raw reactor: submit_async + event_watch_async each",
-                lambda: raw_watch(n, "eventlog"),
-                "",
-            ),
-            (
-                "raw reactor: submit_async + result_async each",
-                lambda: raw_watch(n, "result_async"),
-                "",
-            ),
-            (
-                "FluxExecutor + asyncio.wrap_future",
-                lambda: executor_wrap_future(n),
-                "0.1 s poll timer",
-            ),
-        ]
-        for name, fn, note in sections:
-            purge()
-            cpu = cpu_seconds()
-            result = fn()
-            seconds = await result if asyncio.iscoroutine(result) else result
-            report(name, seconds, n, note, cpu_seconds() - cpu)
-        best_raw = max(rate for name, rate, _ in RESULTS[2:7])
+        specs: list[str] = []
+        if method == "raw-ours":
+            specs = our_jobspecs(flux, n, base)
+        runs: dict[str, Callable[[], Any]] = {
+            "raw-waitable": lambda: raw_waitable(flux, n),
+            "raw-journal": lambda: raw_journal(flux, n),
+            "raw-novalidate": lambda: raw_waitable(flux, n, novalidate=True),
+            "raw-ours": lambda: raw_waitable(flux, n, specs, novalidate=True),
+            "ensemble": lambda: asyncio.run(ensemble(n, base / "run", 1)),
+            "ensemble-k2": lambda: asyncio.run(ensemble(n, base / "run", 2)),
+            "ensemble-k4": lambda: asyncio.run(ensemble(n, base / "run", 4)),
+        }
+        cpu0, flux0, t0 = time.process_time(), flux_cpu_seconds(brokers), time.perf_counter()
+        if profile:
+            import cProfile
+
+            cProfile.runctx("run()", {"run": runs[method]}, {}, profile)
+        else:
+            runs[method]()
+        seconds = time.perf_counter() - t0
+        cpu, fluxcpu = time.process_time() - cpu0, flux_cpu_seconds(brokers) - flux0
+    figures = {"method": method, "n": n, "seconds": seconds, "driver_cpu": cpu, "flux_cpu": fluxcpu}
+    print(MARK + json.dumps(figures), flush=True)
+
+
+# -- the runs, each in a fresh instance ---------------------------------------------------------
+
+
+def fresh(method: str, n: int, size: int) -> dict[str, Any]:
+    """Start a fresh ``flux start --test-size=SIZE`` and run one method in it."""
+    command = ["flux", "start", f"--test-size={size}", sys.executable, __file__]
+    command += ["--inner", method, "--tasks", str(n)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=1800, check=False)
+    for line in done.stdout.splitlines():
+        if line.startswith(MARK):
+            return dict(json.loads(line[len(MARK) :]))
+    raise SystemExit(f"{method} failed (exit {done.returncode}):\n{done.stdout}{done.stderr}")
+
+
+def outer(methods: list[str], n: int, reps: int, size: int) -> None:
+    flux_version = subprocess.run(["flux", "version"], capture_output=True, text=True).stdout
+    print(flux_version.strip())
+    print(f"{n} `true` jobs per run, --test-size={size}, {os.cpu_count()} CPUs, {reps} rep(s)\n")
+    rates: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
+    for rep in range(reps):
+        for method in methods if rep % 2 == 0 else methods[::-1]:
+            r = fresh(method, n, size)
+            r["rate"] = n / r["seconds"]
+            rates[method].append(r)
+            print(
+                f"  rep {rep + 1} {method:<14} {r['rate']:7.1f} jobs/s  driver CPU "
+                f"{r['driver_cpu'] / n * 1000:5.2f} ms/job  brokers+shells CPU "
+                f"{r['flux_cpu'] / n * 1000:6.2f} ms/job",
+                flush=True,
+            )
+    print(f"\n{'method':<14} {'best':>8} {'median':>8}  jobs/s; CPU per job of the best run")
+    best = {m: max(rs, key=lambda r: r["rate"]) for m, rs in rates.items()}
+    for m, r in best.items():
+        median = statistics.median(x["rate"] for x in rates[m])
         print(
-            f"\nratio to the best raw method: via Ensemble {RESULTS[0][1] / best_raw:.2f}, "
-            f"backend alone {RESULTS[1][1] / best_raw:.2f}\n",
-            flush=True,
+            f"{m:<14} {r['rate']:8.1f} {median:8.1f}  driver {r['driver_cpu'] / n * 1000:5.2f} ms"
+            f"  brokers+shells {r['flux_cpu'] / n * 1000:6.2f} ms"
         )
-
-        purge()
-        show_latency(
-            "latency: FluxBackend alone, launch -> outcome",
-            await latency_backend(args.reps, base / "l"),
-        )
-        show_latency(
-            "latency: Ensemble + FluxBackend, submit -> result",
-            await latency_ensemble(args.reps, base / "m"),
-        )
-        show_latency("latency: raw flux.job.submit + flux.job.result", latency_raw(args.reps))
-        show_latency(
-            "latency: `flux run true` (a new process each time)", latency_flux_run(args.reps)
-        )
-
-        if args.big:
-            print()
-            purge()
-            await at_scale(args.big, base / "b")
+    raw = [m for m in methods if m in RAW]
+    if raw:
+        top = max(raw, key=lambda m: best[m]["rate"])
+        print(f"\nratio to the best raw method ({top}, {best[top]['rate']:.1f} jobs/s):")
+        for m in methods:
+            if m not in RAW:
+                print(f"  {m:<14} {best[m]['rate'] / best[top]['rate']:.2f}")
 
 
-def describe_instance() -> None:
-    subprocess.run([FLUX, "version"], check=False)
-    subprocess.run([FLUX, "resource", "list"], check=False)
-    print(f"driver: {sys.executable}, {os.cpu_count()} CPUs on this machine\n", flush=True)
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tasks", type=int, default=300)
+    parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument("--size", type=int, default=2, help="brokers per instance")
+    parser.add_argument("--methods", default="raw-waitable,raw-journal,ensemble")
+    parser.add_argument("--inner", choices=METHODS, help=argparse.SUPPRESS)
+    parser.add_argument("--profile", help="inside: write a cProfile of the method here")
+    args = parser.parse_args()
+    if args.inner:
+        inner(args.inner, args.tasks, args.profile)
+        return
+    if shutil.which("flux") is None:
+        raise SystemExit("no `flux` command on PATH")
+    methods = args.methods.split(",")
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        raise SystemExit(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+    outer(methods, args.tasks, args.reps, args.size)
 
 
 if __name__ == "__main__":
-    describe_instance()
-    asyncio.run(main())
+    main()

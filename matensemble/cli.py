@@ -89,6 +89,13 @@ def _parser() -> argparse.ArgumentParser:
         default=0,
         help="flux: keep this many cores of the driver's node free for the driver",
     )
+    common.add_argument(
+        "--flux-partitions",
+        type=int,
+        default=1,
+        help="flux: run the tasks in this many child Flux instances, each with its own "
+        "scheduler (default 1: in the enclosing instance)",
+    )
     common.add_argument("--cores", type=int, help="use at most this many cores (local backend)")
     common.add_argument(
         "--gpus",
@@ -291,7 +298,15 @@ def _backend(args: argparse.Namespace, spec: EnsembleSpec) -> Backend:
 
         if args.reserve_driver_cores < 0:
             raise MatEnsembleError("--reserve-driver-cores must be >= 0")
-        return FluxBackend(uri=args.flux_uri, reserve_driver_cores=args.reserve_driver_cores)
+        if args.flux_partitions < 1:
+            raise MatEnsembleError(f"--flux-partitions must be >= 1: {args.flux_partitions}")
+        if args.flux_partitions > 1 and args.reserve_driver_cores:
+            raise MatEnsembleError("--reserve-driver-cores cannot be combined with partitions")
+        return FluxBackend(
+            uri=args.flux_uri,
+            reserve_driver_cores=args.reserve_driver_cores,
+            partitions=args.flux_partitions,
+        )
     if args.backend == "simulated":
         from matensemble.backends.simulated import SimulatedBackend
 

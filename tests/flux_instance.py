@@ -38,6 +38,8 @@ def _bindings_on_path() -> str | None:
     out = subprocess.run([FLUX, "env"], capture_output=True, text=True, check=False).stdout
     found = re.search(r'^export PYTHONPATH="([^"]*)"', out, re.MULTILINE)
     for entry in found.group(1).split(":") if found else []:
+        # Appended, not put first: sys.path[0] stays the test's own directory, which code
+        # under test may pass on to its subprocesses (function workers import from there).
         if entry and entry not in sys.path:
             sys.path.append(entry)
     try:

@@ -2,8 +2,9 @@
 
 Local runs real processes on this machine; simulated runs nothing and takes durations and exit
 codes from the ``sim_duration`` / ``sim_exit`` tags, which every task here carries to match
-its command; Flux runs real jobs in a private ``flux start --test-size=2`` instance and is
-skipped when no ``flux`` command is on PATH.
+its command; Flux runs real jobs in a private ``flux start --test-size=2`` instance (directly,
+and in two partitions: child instances of one broker each) and is skipped when no ``flux``
+command is on PATH.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ BackendFactory = Callable[[], Backend]
         "local",
         "simulated",
         pytest.param("flux", marks=pytest.mark.flux),
+        pytest.param("flux-partitions", marks=pytest.mark.flux),
     ]
 )
 def make_backend(request: pytest.FixtureRequest) -> BackendFactory:
@@ -49,6 +51,8 @@ def make_backend(request: pytest.FixtureRequest) -> BackendFactory:
     uri = request.getfixturevalue("flux_uri")
     from matensemble.backends.flux import FluxBackend
 
+    if request.param == "flux-partitions":  # one child instance per broker
+        return lambda: FluxBackend(uri, partitions=2)
     return lambda: FluxBackend(uri)
 
 

@@ -31,6 +31,9 @@ class InventoryMap:
     def name(self, rank: int) -> str:
         return self._names.get(rank) or f"rank{rank}"
 
+    def rank(self, name: str) -> int:
+        return self._ranks[name]
+
     def ranks(self, placement: Iterable[Slot]) -> str:
         """The broker ranks of a placement as an RFC 22 idset string, e.g. ``"0,2-3"``."""
         return _encode_idset(self._ranks[slot.node] for slot in placement)
@@ -44,7 +47,11 @@ class InventoryMap:
 
 
 def read_inventory(
-    status: Mapping[str, Any], *, driver_rank: int, reserve: int = 0
+    status: Mapping[str, Any],
+    *,
+    driver_rank: int,
+    reserve: int = 0,
+    names: Mapping[int, str] | None = None,
 ) -> tuple[list[NodeSpec], InventoryMap]:
     """Nodes that are up, from a ``sched.resource-status`` response.
 
@@ -53,6 +60,8 @@ def read_inventory(
         driver_rank: the broker rank the driver is connected to.
         reserve: cores of ``driver_rank`` to leave out (its highest-numbered ones); a node left
             without cores is left out altogether.
+        names: the node name of each rank, instead of names made from the host names (a
+            partition's nodes keep the names they have in the enclosing instance).
 
     Raises:
         ValueError: ``R`` cannot be read, or nothing is left to run tasks on.
@@ -64,8 +73,10 @@ def read_inventory(
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"cannot read the Flux resource set: {exc!r}") from None
     unique = len(set(hosts.values())) == len(hosts)
+    given = names or {}
     names = {
-        rank: hosts.get(rank, f"rank{rank}") if unique else f"{hosts.get(rank, 'rank')}:{rank}"
+        rank: given.get(rank)
+        or (hosts.get(rank, f"rank{rank}") if unique else f"{hosts.get(rank, 'rank')}:{rank}")
         for rank, _, _ in every
     }
     nodes = []

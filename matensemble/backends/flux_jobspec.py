@@ -92,8 +92,9 @@ class JobspecBuilder:
         self._queue = queue
         self._shell_options = dict(shell_options or {})
 
-    def build(self, launch: Launch) -> str:
-        """The jobspec of ``launch`` as JSON.
+    def build(self, launch: Launch, *, constrain: bool = True) -> str:
+        """The jobspec of ``launch`` as JSON (without the rank constraint if not ``constrain``:
+        a launch whose partition is gone runs wherever another partition has room).
 
         Raises:
             ValueError: the task's ``cwd`` is not a directory, or Flux's jobspec factory
@@ -135,7 +136,9 @@ class JobspecBuilder:
         options.update(self._shell_options)
         for name, value in options.items():
             spec.setattr_shell_option(name, value)
-        spec.setattr("system.constraints", {"ranks": [self._inventory.ranks(launch.placement)]})
+        if constrain:
+            ranks = self._inventory.ranks(launch.placement)
+            spec.setattr("system.constraints", {"ranks": [ranks]})
         spec.setattr(
             "user.matensemble",
             {

@@ -1,0 +1,412 @@
+"""One connection to one Flux instance: submit our jobs there and follow them to their end.
+
+A channel owns a handle, the ``FluxReactorBridge`` that drives its reactor from the asyncio
+loop, and one streaming ``job-manager.events-journal`` RPC filtered to the events we use. It
+recognises our jobs by the ``attributes.user.matensemble`` tag of their jobspec (so an event
+that overtakes the submit response is never lost), reports each launch at its ``finish`` event
+(every process has exited, its output is written) or at ``clean`` if it never ran, and keeps
+counting the job until it is ``clean``, so that waiting for ``in_flight() == 0`` means nothing
+of ours is left in the instance.
+
+``FluxBackend`` uses one channel for the enclosing instance, or one per partition (a child
+instance) plus one for the enclosing instance, whose journal then follows the partitions' own
+jobs through ``watch``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from matensemble.backends.base import Launch, LaunchKey, Outcome
+from matensemble.backends.flux_inventory import InventoryMap
+from matensemble.backends.flux_job import FluxJob, outcome_of
+from matensemble.backends.flux_reactor import FluxReactorBridge
+from matensemble.errors import BackendError
+from matensemble.model import TaskState
+
+__all__ = ["FluxChannel", "JobEvents"]
+
+# Events the journal sends us; the others (validate, depend, priority, release, free, ...) are
+# filtered out in the job manager, before they cost a message. ``memo`` carries a child
+# instance's URI (partitions).
+_EVENTS = {"submit": 1, "alloc": 1, "start": 1, "exception": 1, "finish": 1, "clean": 1}
+_EVENTS_WITH_MEMO = {**_EVENTS, "memo": 1}
+
+JobEvents = Callable[[str, Mapping[str, Any], Mapping[str, Any]], None]
+"""Receives (event name, event, journal payload) for a job followed with ``watch``."""
+
+
+class FluxChannel:
+    """Our jobs in one Flux instance.
+
+    Args:
+        flux: the imported ``flux`` package.
+        handle: an open handle to the instance, used only from ``loop``'s thread.
+        loop: the running loop.
+        token: names this driver's jobs in the journal.
+        report: receives each launch's ``Outcome``, on the loop thread.
+        settled: called when a job reported earlier is clean (``in_flight()`` fell).
+        job_ids: receives (launch key, job id as journaled) once Flux names a launch's job.
+        on_lost: called once with a reason when the connection or the journal fails; every
+            launch in flight has been reported failed by then.
+        prefix: written before each job id (``"<partition job id>/"`` for a partition).
+        memo: also follow ``memo`` events (for jobs that are child instances).
+    """
+
+    def __init__(
+        self,
+        flux: Any,
+        handle: Any,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        token: str,
+        report: Callable[[Outcome], None],
+        settled: Callable[[], None],
+        job_ids: Callable[[LaunchKey, str], None],
+        on_lost: Callable[[str], None],
+        prefix: str = "",
+        memo: bool = False,
+    ) -> None:
+        self.flux = flux
+        self.handle = handle
+        self.prefix = prefix
+        self.map = InventoryMap({})
+        self.broken: str | None = None
+        self.closing = False
+        self.token = token
+        self._report = report
+        self._settled = settled
+        self._job_ids = job_ids
+        self._on_lost = on_lost
+        self._events = _EVENTS_WITH_MEMO if memo else _EVENTS
+        self._loop = loop
+        self.bridge = FluxReactorBridge(handle, loop, lambda e: self.fail(f"Flux error: {e}"))
+        self._journal: Any = None
+        self._journal_ready: asyncio.Future[None] | None = None
+        self._journal_ended = asyncio.Event()
+        self._jobs: dict[LaunchKey, FluxJob] = {}
+        self._by_id: dict[int, FluxJob] = {}
+        self._cleaning = 0  # jobs reported at their finish, not yet clean in Flux
+        self._watched: dict[int, JobEvents] = {}
+        self._claimers: dict[str, Callable[[int], JobEvents | None]] = {}
+
+    # -- opening ------------------------------------------------------------------------------
+
+    async def open(self) -> Any:
+        """Start the journal stream and read ``sched.resource-status`` (concurrently).
+
+        Raises:
+            BackendError: the journal cannot be followed, or the resources cannot be read.
+        """
+        loop = self._loop
+        self._journal_ready = ready = loop.create_future()
+        self._journal = self.handle.rpc(
+            "job-manager.events-journal",
+            {"full": False, "allow": self._events},
+            flags=self.flux.constants.FLUX_RPC_STREAMING,
+        )
+        self._journal.then(self.bridge.callback(self._on_journal))
+        status = self.rpc("sched.resource-status")
+        try:
+            await ready
+        except OSError as exc:
+            raise BackendError(
+                f"cannot follow Flux job events (job-manager.events-journal: "
+                f"{exc.strerror or exc}); the driver must run as the instance owner, "
+                "e.g. inside `flux alloc` or `flux batch`"
+            ) from None
+        try:
+            return await status
+        except OSError as exc:
+            raise BackendError(f"cannot read the Flux resources: {exc}") from None
+
+    def rpc(self, topic: str, payload: Any = None) -> asyncio.Future[Any]:
+        """Send an RPC; the returned future gets its decoded response (or ``OSError``)."""
+        done: asyncio.Future[Any] = self._loop.create_future()
+
+        def on_response(future: Any) -> None:
+            if done.done():
+                return
+            try:
+                done.set_result(self.bridge.payload(future))
+            except OSError as exc:
+                done.set_exception(exc)
+
+        self.handle.rpc(topic, payload).then(self.bridge.callback(on_response))
+        self.bridge.kick()
+        return done
+
+    def in_flight(self) -> int:
+        """Launches not reported yet, and reported jobs that are not ``clean`` yet."""
+        return len(self._jobs) + self._cleaning
+
+    # -- submitting ---------------------------------------------------------------------------
+
+    def submit(self, launch: Launch, jobspec: str, urgency: int) -> None:
+        """Submit one launch's job; its outcome comes through ``report``.
+
+        Raises:
+            OSError: the submit could not be sent.
+        """
+        future = self.flux.job.submit_async(self.handle, jobspec, urgency=urgency, novalidate=True)
+        job = FluxJob(launch)
+        self._jobs[launch.key] = job
+        future.then(self.bridge.callback(self._on_submitted), job)
+        self.bridge.kick()
+
+    def submit_watched(self, jobspec: str, tag: str, events: JobEvents) -> None:
+        """Submit a job of our own (a partition) whose events go to ``events``.
+
+        The job's jobspec carries ``attributes.user.matensemble = {"driver": token,
+        "partition": tag, ...}``; its events are routed from its submit event on.
+        """
+        self._claimers[tag] = lambda jobid: events
+        future = self.flux.job.submit_async(self.handle, jobspec, novalidate=True)
+        future.then(self.bridge.callback(self._on_watched_submitted), tag, events)
+        self.bridge.kick()
+
+    def watch(self, jobid: int, events: JobEvents) -> None:
+        """Route the events of an existing job (a partition found at start) to ``events``."""
+        self._watched[jobid] = events
+
+    def has(self, key: LaunchKey) -> bool:
+        return key in self._jobs
+
+    def follow(self, launch: Launch, jobid: int) -> FluxJob:
+        """Follow an existing job as this launch's (registered before any lookup, so that
+        no event after this is missed)."""
+        job = FluxJob(launch)
+        job.jobid = jobid
+        self._jobs[launch.key] = job
+        self._by_id[jobid] = job
+        return job
+
+    def unfollow(self, job: FluxJob) -> bool:
+        """Stop following a job taken by ``follow``; ``False`` if it already reported."""
+        if job.jobid is None or self._by_id.get(job.jobid) is not job:
+            return False
+        del self._jobs[job.launch.key], self._by_id[job.jobid]
+        return True
+
+    def follows(self, jobid: int) -> bool:
+        return jobid in self._by_id
+
+    def _on_submitted(self, future: Any, job: FluxJob) -> None:
+        try:
+            jobid = self.bridge.job_id(future)
+        except OSError as exc:
+            if self._jobs.get(job.launch.key) is job:
+                del self._jobs[job.launch.key]
+                reason = f"flux: {exc.strerror}"
+                self._report(Outcome(key=job.launch.key, state=TaskState.FAILED, reason=reason))
+            return
+        if job.jobid is None and self._jobs.get(job.launch.key) is job:
+            self._known(job, jobid)
+
+    def _on_watched_submitted(self, future: Any, tag: str, events: JobEvents) -> None:
+        try:
+            jobid = self.bridge.job_id(future)
+        except OSError as exc:
+            self._claimers.pop(tag, None)
+            events("refused", {"note": str(exc.strerror or exc)}, {})
+            return
+        if self._claimers.pop(tag, None) is not None:
+            self._watched[jobid] = events
+            events("jobid", {"id": jobid}, {})
+
+    # -- cancelling ---------------------------------------------------------------------------
+
+    def cancel(self, key: LaunchKey) -> None:
+        """Cancel the launch's job; if its id is not known yet, as soon as it is."""
+        job = self._jobs.get(key)
+        if job is not None and not job.cancel_requested:
+            job.cancel_requested = True
+            self._send_cancel(job)
+
+    def cancel_job(self, jobid: int, reason: str) -> None:
+        """Cancel any job of this instance by id, without waiting for the answer."""
+        if self.bridge.lost:
+            return
+        try:
+            future = self.flux.job.cancel_async(self.handle, jobid, reason)
+        except OSError:  # the connection is going: the job goes with its instance
+            return
+        future.then(self.bridge.callback(_ignore_reply))
+        self.bridge.kick()
+
+    def cancel_all(self) -> None:
+        for job in list(self._jobs.values()):
+            self.cancel(job.launch.key)
+
+    def kill(self, reason: str) -> None:
+        """Send a cancel for every job in flight, without waiting (the driver exits next)."""
+        if self.bridge.lost:
+            return
+        for job in list(self._jobs.values()):
+            if job.jobid is not None:
+                with contextlib.suppress(OSError):
+                    self.flux.job.cancel_async(self.handle, job.jobid, reason)
+
+    def _send_cancel(self, job: FluxJob) -> None:
+        if job.jobid is None or job.cancel_sent or not job.cancel_requested:
+            return
+        job.cancel_sent = True
+        self.cancel_job(job.jobid, "backend closed" if self.closing else "cancelled by matensemble")
+
+    # -- what Flux tells us -------------------------------------------------------------------
+
+    def _on_journal(self, future: Any) -> None:
+        try:
+            payload = self.bridge.payload(future)
+        except OSError as exc:
+            self._journal_ended.set()
+            ready = self._journal_ready
+            if ready is not None and not ready.done():
+                ready.set_exception(exc)
+            elif not self.closing:
+                self.fail(f"Flux stopped sending job events: {exc}")
+            return
+        future.reset()
+        jobid = payload["id"]
+        if jobid == -1:  # the sentinel after the backlog: we are following live events now
+            if self._journal_ready is not None and not self._journal_ready.done():
+                self._journal_ready.set_result(None)
+            return
+        watched = self._watched.get(jobid)
+        job = self._by_id.get(jobid)
+        for event in payload["events"]:
+            name = event["name"]
+            if name == "submit" and watched is None and job is None:
+                job, watched = self._claim(jobid, payload.get("jobspec"))
+            if watched is not None:
+                watched(name, event, payload)
+                if name == "clean":
+                    self._watched.pop(jobid, None)
+                continue
+            if job is None:
+                return  # not ours
+            self._on_event(jobid, job, name, event, payload)
+
+    def _on_event(
+        self, jobid: int, job: FluxJob, name: str, event: Mapping[str, Any], payload: Any
+    ) -> None:
+        if name == "submit":
+            job.times["submit"] = event["timestamp"]
+        elif name == "alloc":
+            job.placement = self.map.slots(payload.get("R"))
+            job.times["alloc"] = event["timestamp"]
+        elif name == "start":
+            job.t_start = event["timestamp"]
+        elif name == "exception":
+            context = event.get("context", {})
+            if context.get("severity") == 0 and job.exception is None and job.status is None:
+                job.exception = (str(context.get("type")), str(context.get("note") or ""))
+        elif name == "finish":
+            job.status = int(event.get("context", {}).get("status", 0))
+            job.t_end = event["timestamp"]
+            if self._jobs.get(job.launch.key) is job:
+                # Every process of the job is gone and its output is written: report now,
+                # while Flux frees the resources, so the next job is already on its way.
+                del self._jobs[job.launch.key]
+                self._cleaning += 1
+                self._report(outcome_of(job, self.prefix + str(jobid)))
+        elif name == "clean":
+            job.t_end = job.t_end or event["timestamp"]
+            del self._by_id[jobid]
+            if self._jobs.get(job.launch.key) is job:  # it never ran
+                del self._jobs[job.launch.key]
+                self._report(outcome_of(job, self.prefix + str(jobid)))
+            else:
+                self._cleaning -= 1
+                self._settled()
+
+    def _claim(self, jobid: int, jobspec: Any) -> tuple[FluxJob | None, JobEvents | None]:
+        """The job or watcher whose submit event this is, if the job is one of ours."""
+        try:
+            tag = jobspec["attributes"]["user"]["matensemble"]
+            if tag.get("driver") != self.token:
+                return None, None
+            if "partition" in tag:
+                claimer = self._claimers.pop(str(tag["partition"]), None)
+                events = claimer(jobid) if claimer is not None else None
+                if events is not None:
+                    self._watched[jobid] = events
+                    events("jobid", {"id": jobid}, {})
+                return None, events
+            job = self._jobs.get((tag["task_id"], tag["attempt"]))
+        except (KeyError, TypeError):
+            return None, None
+        if job is not None and job.jobid is None:
+            self._known(job, jobid)
+        return job, None
+
+    def _known(self, job: FluxJob, jobid: int) -> None:
+        """The job id of a launch is known: follow it, journal it, send a pending cancel."""
+        job.jobid = jobid
+        self._by_id[jobid] = job
+        self._job_ids(job.launch.key, self.prefix + str(jobid))
+        self._send_cancel(job)
+
+    # -- failing and closing ------------------------------------------------------------------
+
+    def fail(self, reason: str) -> None:
+        """Fail every launch in flight (cancelling its job if Flux can still be asked)."""
+        first = self.broken is None
+        if first:
+            self.broken = reason
+        if self._journal_ready is not None and not self._journal_ready.done():
+            self._journal_ready.set_exception(BackendError(reason))
+        for job in list(self._jobs.values()):
+            job.cancel_requested = True
+            if not self.bridge.lost:
+                self._send_cancel(job)
+        jobs = list(self._jobs.values())
+        self._jobs.clear()
+        self._by_id.clear()
+        self._cleaning = 0
+        for job in jobs:
+            self._report(Outcome(key=job.launch.key, state=TaskState.FAILED, reason=reason))
+        watched = list(self._watched.values())
+        self._watched.clear()
+        for events in watched:
+            events("lost", {"note": reason}, {})
+        if first:
+            self._on_lost(reason)
+
+    def abandon(self, reason: str) -> None:
+        """Report every launch still open as cancelled at once (a close that was cancelled)."""
+        jobs = list(self._jobs.values())
+        self._jobs.clear()
+        self._by_id.clear()
+        self._cleaning = 0
+        for job in jobs:
+            self._report(Outcome(key=job.launch.key, state=TaskState.CANCELLED, reason=reason))
+
+    async def end_journal(self) -> None:
+        """Ask the job manager to end our journal stream, and wait until it has."""
+        if self._journal is None or self._journal_ended.is_set() or self.bridge.lost:
+            return
+        from flux.core.inner import lib
+
+        matchtag = lib.flux_rpc_get_matchtag(self._journal.handle)
+        self.handle.rpc(
+            "job-manager.events-journal-cancel",
+            {"matchtag": matchtag},
+            flags=self.flux.constants.FLUX_RPC_NORESPONSE,
+        )
+        self.bridge.kick()
+        await self._journal_ended.wait()
+
+    def shutdown(self) -> None:
+        """Stop watching the handle; the bindings close it when the last reference goes."""
+        self.bridge.close()
+        self._journal = None
+
+
+def _ignore_reply(future: Any) -> None:
+    """Cancel replies: an error only means the job had already ended."""
+    with contextlib.suppress(OSError):
+        future.get()

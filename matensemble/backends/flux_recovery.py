@@ -1,0 +1,85 @@
+"""After a crashed driver: find its jobs in a Flux instance, adopt them, or cancel them.
+
+Blocking RPCs (job list, KVS lookups), made once, before anything is launched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+
+from matensemble.backends.base import Launch, Outcome
+from matensemble.backends.flux_channel import FluxChannel
+from matensemble.backends.flux_job import outcome_of
+
+__all__ = ["adopt_job", "cancel_and_wait", "leftover_jobs"]
+
+_INACTIVE = 64  # FLUX_JOB_STATE_INACTIVE
+_ADOPT_ATTRS = [
+    "name",
+    "state",
+    "waitstatus",
+    "t_run",
+    "t_cleanup",
+    "t_inactive",
+    "exception_occurred",
+    "exception_severity",
+    "exception_type",
+    "exception_note",
+]
+
+
+def adopt_job(channel: FluxChannel, launch: Launch, jobid: int) -> bool | Outcome:
+    """Follow a job a crashed driver submitted; ``False`` if it is gone or not that job.
+
+    A job that has ended meanwhile is not followed: its ``Outcome`` is returned instead.
+    """
+    job = channel.follow(launch, jobid)  # registered first: no event after this is missed
+    try:
+        info = channel.flux.job.job_list_id(channel.handle, jobid, attrs=_ADOPT_ATTRS).get_job()
+    except OSError:
+        info = None
+    if info is None or info.get("name") != launch.task.id:
+        channel.unfollow(job)  # gone, or not that job
+        return False
+    if info.get("state") != _INACTIVE or not channel.follows(jobid):
+        return True
+    job.t_start = info.get("t_run") or None
+    job.t_end = info.get("t_cleanup") or info.get("t_inactive") or None
+    if info.get("exception_occurred") and info.get("exception_severity", 0) == 0:
+        job.exception = (str(info.get("exception_type")), str(info.get("exception_note") or ""))
+    if "waitstatus" in info:
+        job.status = int(info["waitstatus"])
+    channel.unfollow(job)
+    return outcome_of(job, channel.prefix + str(jobid))
+
+
+def leftover_jobs(channel: FluxChannel, run_id: str | None, names: set[str] | None) -> list[int]:
+    """Active jobs of ours that no driver follows: of ``run_id`` (any run if ``None``) and
+    named after one of ``names`` (any name if ``None``), submitted by another driver."""
+    flux, found = channel.flux, []
+    for info in flux.job.JobList(channel.handle, filters=["pending", "running"]).jobs():
+        if names is not None and info.name not in names:
+            continue
+        if channel.follows(int(info.id)):
+            continue
+        try:
+            spec = flux.job.job_kvs_lookup(channel.handle, info.id, keys=["jobspec"])["jobspec"]
+            tag = spec["attributes"]["user"]["matensemble"]
+        except (OSError, KeyError, TypeError):
+            continue
+        theirs = tag.get("driver") != channel.token and "task_id" in tag
+        if theirs and (run_id is None or tag.get("run_id") == run_id):
+            found.append(int(info.id))
+    return found
+
+
+def cancel_and_wait(channel: FluxChannel, jobids: Sequence[int], reason: str) -> None:
+    """Cancel jobs and block until each is clean."""
+    flux = channel.flux
+    for jobid in jobids:
+        with contextlib.suppress(OSError):
+            flux.job.cancel(channel.handle, jobid, reason)
+    for jobid in jobids:
+        with contextlib.suppress(OSError):
+            flux.job.event_wait(channel.handle, jobid, "clean", raiseJobException=False)

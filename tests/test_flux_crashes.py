@@ -1,0 +1,122 @@
+"""Random SIGKILLs of a driver under a real Flux instance: resume adopts, nothing runs twice."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from matensemble.backends.flux_inventory import read_inventory
+from matensemble.journal import JOURNAL_NAME, read_journal, replay
+from matensemble.model import TaskFinished, TaskState
+
+from flux_instance import active_jobs, flux_python, start_instance, stop_instance
+
+__all__ = ["flux_python"]
+
+pytestmark = [pytest.mark.flux, pytest.mark.slow]
+
+ENSEMBLE = """
+[[sweep]]
+id = "t{{i}}"
+command = ["sh", "-c", "echo $MATENSEMBLE_TASK_ID $FLUX_JOB_ID >> {side}; sleep {sleep}"]
+parameters = {{ i = {{ start = 0, stop = {n} }} }}
+"""
+
+
+@pytest.fixture
+def fresh_uri(flux_python: None) -> Iterator[str]:
+    """A private instance for this test alone: a few hundred jobs slow an instance down."""
+    proc, uri = start_instance(2)
+    try:
+        yield uri
+    finally:
+        stop_instance(proc)
+
+
+def instance_cores(uri: str) -> int:
+    import flux
+
+    status = flux.Flux(uri).rpc("sched.resource-status").get()
+    return sum(len(n.cores) for n in read_inventory(status, driver_rank=0)[0])
+
+
+def driver(args: list[str], cwd: Path, uri: str, k: int) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "FLUX_URI": uri, "PYTHONPATH": os.pathsep.join(sys.path)}
+    command = [sys.executable, "-m", "matensemble", *args, "--backend", "flux", "--no-progress"]
+    command += ["--flux-partitions", str(k)]
+    return subprocess.Popen(
+        command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+
+
+@pytest.mark.parametrize("k", [1, 2], ids=["one-instance", "two-partitions"])
+def test_random_sigkills_under_flux_lose_nothing_and_never_rerun_an_adopted_job(
+    fresh_uri: str, tmp_path: Path, k: int
+) -> None:
+    """300 real Flux jobs; the driver is SIGKILLed 20 times at random moments, resumed each time.
+
+    A task that a crash struck while it ran with its job id journaled is adopted and must not
+    run again; only one struck before its id reached the journal may run a second time (its
+    leftover job is cancelled and the task runs anew). With partitions, a resume takes over
+    the child instances the killed driver left and adopts the jobs in them.
+    """
+    n, kills, rng = 300, 20, random.Random(20261128)
+    windows = {1: (0.6, 1.8), 2: (1.2, 2.8)}  # a driver with partitions takes longer to start
+    # Sleeps long enough that the jobs take at least 30 s however many cores the instance
+    # has, more than 20 lives make progress in: the run cannot end before the last kill.
+    sleep = max(0.1, 30 * instance_cores(fresh_uri) / n)
+    spec = tmp_path / "e.toml"
+    spec.write_text(ENSEMBLE.format(side=tmp_path / "side", n=n, sleep=f"{sleep:.2f}"))
+    side = tmp_path / "side"
+    unjournaled: Counter[str] = Counter()  # crashes that struck a task with no job id journaled
+    adopted_ids: dict[str, set[str]] = {}  # job ids a resume found running, per task
+    args = ["run", str(spec), "--run-dir", "run"]
+    crashes = 0
+    for _ in range(kills):
+        proc = driver(args, tmp_path, fresh_uri, k)
+        try:
+            code = proc.wait(timeout=rng.uniform(*windows[k]))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            crashes += 1
+        else:
+            assert code == 0, proc.stderr.read() if proc.stderr else code
+            break
+        args = ["resume", "run"]
+        if not (tmp_path / "run" / "journal.jsonl").exists():
+            args = ["run", str(spec), "--run-dir", "run"]  # killed before its first write
+            continue
+        past = replay(tmp_path / "run")
+        for task_id in past.was_running:
+            if task_id in past.job_ids:
+                adopted_ids.setdefault(task_id, set()).add(past.job_ids[task_id])
+            else:
+                unjournaled[task_id] += 1
+    else:
+        proc = driver(args, tmp_path, fresh_uri, k)
+        assert proc.wait(timeout=600) == 0, proc.stderr.read() if proc.stderr else ""
+    assert crashes == kills, f"the run ended after {crashes} kills; make the tasks longer"
+    ends = Counter(
+        (e.result.id, e.result.state)
+        for e in read_journal(tmp_path / "run" / JOURNAL_NAME)
+        if isinstance(e, TaskFinished) and e.retry_in is None and not e.interrupted
+    )
+    assert ends == {(f"t{i}", TaskState.SUCCEEDED): 1 for i in range(n)}
+    runs = [line.split() for line in side.read_text().splitlines()]
+    executions = Counter(task_id for task_id, _ in runs)
+    assert set(executions) == {f"t{i}" for i in range(n)}
+    for task_id, count in executions.items():
+        assert count <= 1 + unjournaled[task_id], (task_id, count, unjournaled[task_id])
+    assert len(adopted_ids) >= 3, "the crashes should strike jobs that a resume adopts"
+    assert not active_jobs(fresh_uri)
+    reruns = sum(executions.values()) - n
+    adopted = len(adopted_ids)
+    print(f"flux crashes, k={k}: {n} tasks, {crashes} kills, {adopted} adopted, {reruns} reruns")

@@ -1,0 +1,160 @@
+"""Partitions: child Flux instances in a real ``flux start --test-size=4`` instance."""
+
+from __future__ import annotations
+
+import select
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from matensemble import Ensemble, Resources, Task
+from matensemble.backends.flux import FluxBackend
+from matensemble.backends.flux_inventory import InventoryMap
+from matensemble.backends.flux_partitions import NAME, plan_partitions
+from matensemble.journal import JOURNAL_NAME, read_journal
+from matensemble.model import TaskFinished
+from matensemble.resources import NodeSpec
+
+from flux_instance import active_jobs, flux_python, start_instance, stop_instance
+
+__all__ = ["flux_python"]
+
+
+@pytest.fixture(scope="module")
+def uri4(flux_python: None) -> Iterator[str]:
+    """A private four-broker instance for this module."""
+    proc, uri = start_instance(4)
+    try:
+        yield uri
+    finally:
+        stop_instance(proc)
+
+
+def partition_jobs(uri: str) -> list[int]:
+    """Child instances (partitions) still active in the instance at ``uri``."""
+    return [j for i in range(4) for j in active_jobs(uri, f"{NAME}-{i}")]
+
+
+def wait_for_lines(path: Path, lines: int, timeout: float = 60.0) -> None:
+    """Block (in a worker thread) until the tasks have written ``lines`` lines to ``path``."""
+    end = time.monotonic() + timeout
+    while not (path.exists() and len(path.read_text().splitlines()) >= lines):
+        assert time.monotonic() < end, f"{path} never reached {lines} lines"
+        select.select([], [], [], 0.05)
+
+
+def sh(task_id: str, script: str, **kwargs: object) -> Task:
+    return Task(id=task_id, command=("sh", "-c", script), **kwargs)  # type: ignore[arg-type]
+
+
+# -- sizing (no instance needed) -----------------------------------------------------------------
+
+
+def test_partitions_take_whole_nodes_in_contiguous_groups_when_there_are_enough() -> None:
+    nodes = [NodeSpec(f"n{r}", (0, 1, 2, 3), ()) for r in range(5)]
+    plans = plan_partitions(nodes, InventoryMap({r: f"n{r}" for r in range(5)}), 2)
+    assert [p.ranks for p in plans] == [(0, 1, 2), (3, 4)]
+    assert [p.names for p in plans] == [("n0", "n1", "n2"), ("n3", "n4")]
+    assert all(p.whole_nodes for p in plans)
+
+
+def test_partitions_share_a_node_by_cores_when_there_are_fewer_nodes() -> None:
+    nodes = [NodeSpec("n0", tuple(range(8)), ("0", "1"))]
+    plans = plan_partitions(nodes, InventoryMap({0: "n0"}), 2)
+    assert [(p.ranks, p.names, p.cores, p.gpus) for p in plans] == [
+        ((0,), ("n0/p0",), 4, 1),
+        ((0,), ("n0/p1",), 4, 1),
+    ]
+
+
+def test_more_partitions_than_cores_is_refused_naming_the_node() -> None:
+    with pytest.raises(ValueError, match="node n0 has 2 core"):
+        plan_partitions([NodeSpec("n0", (0, 1), ())], InventoryMap({0: "n0"}), 3)
+
+
+def test_partitions_below_one_are_refused() -> None:
+    with pytest.raises(ValueError, match="partitions must be an int >= 1"):
+        FluxBackend(partitions=0)
+
+
+# -- against a real instance -----------------------------------------------------------------------
+
+
+@pytest.mark.flux
+@pytest.mark.parametrize("k", [2, 4])
+async def test_tasks_spread_over_the_partitions_all_succeed_and_teardown_leaves_nothing(
+    uri4: str, tmp_path: Path, k: int
+) -> None:
+    whole_node = Resources(cores_per_rank=2)  # each broker of --test-size=4 has 2 cores here
+    tasks = [sh(f"t{i}", 'echo "$FLUX_URI"; sleep 0.3', resources=whole_node) for i in range(8)]
+    with anyio.fail_after(120):
+        summary = await Ensemble(
+            tasks, backend=FluxBackend(uri4, partitions=k), run_dir=tmp_path / "run"
+        ).run()
+    assert summary.counts["succeeded"] == len(tasks)
+    partitions = {r.job_id.split("/")[0] for r in summary.results.values() if r.job_id}
+    assert len(partitions) == k  # every partition ran some of them
+    nodes = {s.node for r in summary.results.values() for s in r.placement}
+    assert len(nodes) == 4  # on the enclosing instance's node names
+    brokers = {(tmp_path / "run" / "tasks" / t.id / "stdout").read_text() for t in tasks}
+    assert len(brokers) == 4  # each task saw its own partition's broker
+    assert not active_jobs(uri4)  # no job, and no child instance, is left
+
+
+@pytest.mark.flux
+async def test_a_partition_that_dies_fails_only_its_running_tasks_which_retry_elsewhere(
+    uri4: str, tmp_path: Path
+) -> None:
+    gate, side = tmp_path / "gate", tmp_path / "side"
+    script = f'echo "$MATENSEMBLE_TASK_ID" >> {side}; while [ ! -e {gate} ]; do sleep 0.05; done'
+    whole_node = Resources(cores_per_rank=2)  # one task per broker: two in each partition
+    tasks = [sh(f"t{i}", script, retries=1, resources=whole_node) for i in range(4)]
+    backend = FluxBackend(uri4, partitions=2)
+    ensemble = Ensemble(tasks, backend=backend, run_dir=tmp_path / "run")
+
+    async def kill_a_partition_once_all_run() -> None:
+        await anyio.to_thread.run_sync(wait_for_lines, side, 4)
+        import flux
+        import flux.job
+
+        victim = active_jobs(uri4, f"{NAME}-0")[0]
+        flux.job.cancel(flux.Flux(uri4), victim, "a partition dies")
+        flux.job.event_wait(flux.Flux(uri4), victim, "clean", raiseJobException=False)
+        gate.touch()
+
+    with anyio.fail_after(120):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(kill_a_partition_once_all_run)
+            summary = await ensemble.run()
+    results = summary.results
+    assert summary.counts["succeeded"] == 4
+    retried = {i for i, r in results.items() if r.attempts == 2}
+    assert len(retried) == 2  # only the dead partition's tasks ran again
+    assert len({r.job_id.split("/")[0] for r in results.values() if r.job_id}) == 1
+    failures = [
+        e.result
+        for e in read_journal(tmp_path / "run" / JOURNAL_NAME)
+        if isinstance(e, TaskFinished) and e.retry_in is not None
+    ]
+    assert {r.id for r in failures} == retried
+    assert all(r.reason and "partition 0" in r.reason for r in failures), failures
+    assert not active_jobs(uri4)
+
+
+@pytest.mark.flux
+async def test_a_cancelled_run_like_ctrl_c_ends_every_job_and_every_partition(
+    uri4: str, tmp_path: Path
+) -> None:
+    side = tmp_path / "side"
+    tasks = [sh(f"t{i}", f"echo x >> {side}; exec sleep 60") for i in range(4)]
+    ensemble = Ensemble(tasks, backend=FluxBackend(uri4, partitions=2), run_dir=tmp_path / "r")
+    with anyio.fail_after(120):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ensemble.run)
+            await anyio.to_thread.run_sync(wait_for_lines, side, 4)
+            assert len(partition_jobs(uri4)) == 2
+            tg.cancel_scope.cancel()
+    assert not active_jobs(uri4)
