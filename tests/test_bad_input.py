@@ -322,6 +322,13 @@ FILE_CASES = [
         "env-name-empty", toml_task(env='{ "" = "1" }'), "$.task[0].env['']", "not a valid variable"
     ),
     case("env-value-with-nul", toml_task(env='{ A = "x\\u0000" }'), "$.task[0].env['A']", "NUL"),
+    case(
+        "tags-key-with-nul",
+        toml_task(tags='{ "k\\u0000" = "v" }'),
+        "$.task[0].tags",
+        "task 'a'",
+        "NUL",
+    ),
     case("env-is-a-string", toml_task(env='"A=1"'), "$.task[0].env", "Expected `object`"),
     # Commands.
     case(
@@ -533,6 +540,22 @@ API_CASES = [
     api("command-none", lambda: task(command=None), SpecError, "command", "NoneType"),
     api("command-element-int", lambda: task(command=["x", 1]), SpecError, "command[1]", "int"),
     api("command-program-empty", lambda: task(command=[""]), SpecError, "command[0]"),
+    # A NUL cannot reach the OS (argv, paths and the environment are C strings): refused when
+    # the task is built, as a file refuses it, not at launch.
+    api("command-program-with-nul", lambda: task(command=["ls\0"]), SpecError, "command[0]", "NUL"),
+    api(
+        "command-argument-with-nul",
+        lambda: task(command=["echo", "a\0b"]),
+        SpecError,
+        "task 'a'",
+        "command[1] contains a NUL",
+    ),
+    api("after-with-nul", lambda: task(after=["prep\0"]), SpecError, "after[0]", "NUL"),
+    api("tags-key-with-nul", lambda: task(tags={"k\0": "v"}), SpecError, "tags key", "NUL"),
+    api("tags-value-with-nul", lambda: task(tags={"k": "v\0"}), SpecError, "tags['k']", "NUL"),
+    api("env-key-with-nul", lambda: task(env={"A\0": "1"}), SpecError, "env", "NUL"),
+    api("env-value-with-nul", lambda: task(env={"A": "1\0"}), SpecError, "env['A']", "NUL"),
+    api("cwd-with-nul", lambda: task(cwd="/tmp\0x"), SpecError, "cwd", "NUL"),
     api(
         "resources-as-a-dict",
         lambda: task(resources={"ranks": 2}),
