@@ -30,6 +30,7 @@ import math
 import os
 import re
 import shlex
+import stat
 import string
 from collections.abc import Iterable
 from typing import Annotated, Any, Literal, NoReturn, get_args
@@ -38,12 +39,12 @@ import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
 from matensemble.errors import SpecError
+from matensemble.limits import MAX_FILE_BYTES, MAX_TASKS
 from matensemble.model import Resources, Task
 
 __all__ = ["EnsembleSpec", "load_ensemble", "parse_ensemble"]
 
 Strategy = Literal["fifo", "priority", "longest-first", "gpu-first"]
-MAX_POINTS = 10_000_000  # per sweep: far beyond any allocation, short of exhausting memory
 Completion = Literal["adaptive", "waves"]
 
 
@@ -82,6 +83,7 @@ class _Settings(Struct, kw_only=True, forbid_unknown_fields=True):
     run_dir: Annotated[str, Meta(min_length=1)] | None = None
     cores: Annotated[int, Meta(ge=1)] | None = None
     gpus: Annotated[int, Meta(ge=0)] | None = None
+    max_tasks: Annotated[int, Meta(ge=1)] | None = None
 
 
 class _ResourcesFields(Struct, kw_only=True, forbid_unknown_fields=True):
@@ -115,7 +117,7 @@ class _Range(Struct, kw_only=True, forbid_unknown_fields=True):
     start: int | None = None
     stop: int | None = None
     step: int | None = None
-    linspace: tuple[float, float, Annotated[int, Meta(ge=1, le=MAX_POINTS)]] | None = None
+    linspace: tuple[float, float, Annotated[int, Meta(ge=1)]] | None = None
 
 
 _Param = list[_Scalar] | _Range | _Scalar
@@ -153,35 +155,92 @@ _ALIASES = {
     **{"dir": "cwd", "directory": "cwd", "cmd": "command", "argv": "command", "args": "command"},
     **{"params": "parameters", "labels": "tags", "runtime": "estimate"},
 }
+_NOT_REGULAR = [
+    (stat.S_ISDIR, "a directory, not a file"),
+    (stat.S_ISFIFO, "a FIFO (named pipe), not a regular file: reading would wait for a writer"),
+    (stat.S_ISCHR, "a character device, not a regular file"),
+    (stat.S_ISBLK, "a block device, not a regular file"),
+    (stat.S_ISSOCK, "a socket, not a regular file"),
+]
 _HEADER = re.compile(rb"^[ \t]*\[\[[ \t]*(task|sweep)[ \t]*\]\]", re.MULTILINE)
 _FORMATTER = string.Formatter()
 
 
-def load_ensemble(path: str | os.PathLike[str]) -> EnsembleSpec:
+def load_ensemble(path: str | os.PathLike[str], *, max_tasks: int | None = None) -> EnsembleSpec:
     """Read, validate and expand the ensemble file at ``path`` (``.toml`` or ``.json``).
 
+    ``max_tasks`` is the most tasks the file may expand to; by default the file's
+    ``[ensemble] max_tasks``, else ``MATENSEMBLE_MAX_TASKS``, else 1,000,000 (see
+    ``matensemble.limits``). The file must be a regular file of at most
+    ``MATENSEMBLE_MAX_FILE_BYTES`` (128 MiB) bytes.
+
     Raises:
-        SpecError: the file cannot be read, has another suffix, or is invalid.
+        SpecError: the file cannot be read, is no regular file, is too large, has another
+            suffix, is invalid, or expands to more tasks than allowed.
     """
     source = os.fspath(path)
     suffix = os.path.splitext(source)[1].lower()
     if suffix not in (".toml", ".json"):
         raise SpecError(f"{source}: unknown ensemble file type {suffix!r}; use .toml or .json")
+    data = _read_regular_file(source)
+    format: Literal["toml", "json"] = "toml" if suffix == ".toml" else "json"
+    return parse_ensemble(data, source=source, format=format, max_tasks=max_tasks)
+
+
+def _read_regular_file(source: str) -> bytes:
+    """The bytes of a regular file of bounded size; anything else is refused before reading.
+
+    Opened without blocking, so that a FIFO (which would wait for a writer forever) or a device
+    can be told apart by ``fstat`` on the open descriptor, with no window for a swap in between.
+    """
+    limit = MAX_FILE_BYTES.value()
     try:
-        with open(source, "rb") as f:
-            data = f.read()
+        fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as e:
         raise SpecError(f"{source}: cannot read ensemble file: {e.strerror or e}") from None
-    return parse_ensemble(data, source=source, format="toml" if suffix == ".toml" else "json")
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            kind = next((k for test, k in _NOT_REGULAR if test(info.st_mode)), "no regular file")
+            raise SpecError(f"{source}: cannot read ensemble file: it is {kind}")
+        with open(fd, "rb", closefd=False) as f:
+            data = f.read(limit + 1) if info.st_size <= limit else b""
+    finally:
+        os.close(fd)
+    size = max(info.st_size, len(data))  # the file may have grown since fstat
+    if size > limit:
+        raise SpecError(
+            f"{source}: the file has {size:,} bytes, {MAX_FILE_BYTES.explain(size, limit)}"
+        )
+    return data
 
 
-def parse_ensemble(data: bytes, *, source: str, format: Literal["toml", "json"]) -> EnsembleSpec:
+def parse_ensemble(
+    data: bytes,
+    *,
+    source: str,
+    format: Literal["toml", "json"],
+    max_tasks: int | None = None,
+) -> EnsembleSpec:
     """Validate and expand an ensemble document; ``source`` is its path, used in messages and
-    as the base of ``{spec_dir}`` and relative ``cwd``/``run_dir`` values.
+    as the base of ``{spec_dir}`` and relative ``cwd``/``run_dir`` values. ``max_tasks`` as
+    for ``load_ensemble``.
 
     Raises:
         SpecError: the document is invalid; the message starts with ``source``.
     """
+    try:
+        return _parse(data, source, format, max_tasks)
+    except RecursionError:  # from the decoders; expansion itself never recurses
+        raise SpecError(
+            f"{source}: the document is nested too deeply to read (an ensemble file needs a few "
+            "levels of tables and lists, not thousands)"
+        ) from None
+
+
+def _parse(
+    data: bytes, source: str, format: Literal["toml", "json"], max_tasks: int | None
+) -> EnsembleSpec:
     data = data.removeprefix(b"\xef\xbb\xbf")  # the byte-order mark some editors write
     if not data.strip():
         raise SpecError(
@@ -199,8 +258,11 @@ def parse_ensemble(data: bytes, *, source: str, format: Literal["toml", "json"])
     if format == "json":
         _refuse_duplicate_keys(data, source)
     spec_dir = os.path.dirname(os.path.abspath(source))
-    tasks = _Expander(source, spec_dir, doc.defaults).expand(doc, _entry_order(data, doc, format))
     settings = msgspec.structs.asdict(doc.ensemble)
+    from_file = settings.pop("max_tasks")
+    limit = max_tasks or from_file or MAX_TASKS.value()
+    expander = _Expander(source, spec_dir, doc.defaults)
+    tasks = expander.expand(doc, _entry_order(data, doc, format), limit)
     if settings["name"] is None:  # the file's stem, made safe for a run id and a directory
         stem = os.path.splitext(os.path.basename(source))[0]
         settings["name"] = re.sub(r"[^A-Za-z0-9._+=,@:~-]", "_", stem).lstrip(".-")[:100]
@@ -354,6 +416,27 @@ def _entry_order(data: bytes, doc: _File, format: str) -> list[tuple[str, int]]:
     return [(kind, next(counters[kind])) for kind in kinds]
 
 
+def _where(kind: str, k: int, entry: _TaskEntry) -> str:
+    """An entry's place for messages: ``$.sweep[2] (sweep 'melt')``."""
+    if isinstance(entry, _SweepEntry):
+        return f"$.{kind}[{k}] (sweep {_short(entry.name or entry.id)})"
+    return f"$.{kind}[{k}] (task {_short(entry.id)})"
+
+
+def _values(spec: _Param) -> list[Any]:
+    """A parameter's values; its definition was checked by ``_Expander.length``."""
+    if isinstance(spec, list):
+        return spec
+    if not isinstance(spec, _Range):
+        return [spec]
+    if spec.linspace is not None:
+        lo, hi, n = spec.linspace
+        # Round to 12 significant digits so ids read 0.3, not 0.30000000000000004.
+        return [float(f"{lo + (hi - lo) * i / max(n - 1, 1):.12g}") for i in range(n)]
+    assert spec.stop is not None
+    return list(range(spec.start or 0, spec.stop, spec.step or 1))
+
+
 class _Expander:
     """Turns decoded entries into tasks: merge defaults, expand sweeps, resolve ``after``."""
 
@@ -378,12 +461,66 @@ class _Expander:
             where = f"{head}.{error.field}{' ' if rest else ''}{rest}"
         self.fail(where, message)
 
-    def expand(self, doc: _File, order: list[tuple[str, int]]) -> tuple[Task, ...]:
+    def expand(self, doc: _File, order: list[tuple[str, int]], max_tasks: int) -> tuple[Task, ...]:
+        self.count(doc, max_tasks)
         for kind, k in order:
             self.add(k, doc.task[k] if kind == "task" else doc.sweep[k])
         if not self.drafts:
             self.fail("", "the file defines no tasks (add a [[task]] or a [[sweep]])")
         return self.resolve()
+
+    def count(self, doc: _File, limit: int) -> None:
+        """Refuse a file that would expand to more than ``limit`` tasks, before expanding any.
+
+        Each sweep's size is the product (or, zipped, the common length) of its parameters'
+        lengths, computed from the definitions: a range's length is arithmetic, a linspace's is
+        its ``n``. So a sweep over two ranges of a million values each costs nothing to refuse.
+        """
+        sizes = [(self.points(_where("sweep", k, s), s), k) for k, s in enumerate(doc.sweep)]
+        total = len(doc.task) + sum(n for n, _ in sizes)
+        if total <= limit:
+            return
+        biggest, k = max(sizes, default=(0, 0))
+        where = _where("sweep", k, doc.sweep[k]) if sizes else ""
+        what = f"the sweep has {biggest:,} points, and " if sizes else ""
+        also = f" or with max_tasks = {total} in the file's [ensemble] table"
+        self.fail(
+            where,
+            f"{what}the file would expand to {total:,} tasks: "
+            f"{MAX_TASKS.explain(total, limit, also=also)}",
+        )
+
+    def points(self, where: str, sweep: _SweepEntry) -> int:
+        """The number of points of a sweep, from its parameters' definitions alone."""
+        if not sweep.parameters:
+            self.fail(where, "parameters is empty; a sweep needs at least one parameter")
+        for name in sweep.parameters:
+            if not name.isidentifier() or name in _RESERVED:
+                self.fail(where, f"parameter name {name!r} is not an identifier or is reserved")
+        lengths = {n: self.length(where, n, v) for n, v in sweep.parameters.items()}
+        if sweep.mode == "zip" and len(set(lengths.values())) > 1:
+            listed = ", ".join(f"{n}: {length}" for n, length in lengths.items())
+            self.fail(where, f"mode 'zip' needs equally long parameter lists ({listed})")
+        for name, length in lengths.items():
+            if not length:
+                self.fail(where, f"the sweep has no points: parameter {name!r} is empty")
+        return next(iter(lengths.values())) if sweep.mode == "zip" else math.prod(lengths.values())
+
+    def length(self, where: str, name: str, spec: Any) -> int:
+        """How many values a parameter has, without making them."""
+        if isinstance(spec, list):
+            return len(spec)
+        if not isinstance(spec, _Range):
+            return 1
+        if spec.linspace is not None:
+            if (spec.start, spec.stop, spec.step) != (None, None, None):
+                self.fail(where, f"parameter {name!r}: give either linspace or start/stop/step")
+            return spec.linspace[2]
+        if spec.stop is None or spec.step == 0:
+            self.fail(where, f"parameter {name!r}: a range needs a 'stop' and a step other than 0")
+        start, step = spec.start or 0, spec.step or 1
+        # ceil((stop - start) / step) in integers; len(range) overflows past sys.maxsize.
+        return max(0, -((start - spec.stop) // step))
 
     def add(self, k: int, entry: _TaskEntry) -> None:
         """Add a plain task, or every point of a sweep (a plain task is a sweep of one point)."""
@@ -391,9 +528,9 @@ class _Expander:
         names: list[str] = []
         columns: list[list[Any]] = []
         allowed, hint = {"spec_dir"}, "only {spec_dir} is defined outside a [[sweep]]"
-        where = f"$.task[{k}] (task {_short(entry.id)})"
+        where = _where("task", k, entry)
         if sweep is not None:
-            where = f"$.sweep[{k}] (sweep {_short(sweep.name or sweep.id)})"
+            where = _where("sweep", k, sweep)
             names, columns = self.columns(where, sweep)
             allowed, hint = (
                 {*names, *_RESERVED},
@@ -457,49 +594,14 @@ class _Expander:
                 group.append(task_id)
 
     def columns(self, where: str, sweep: _SweepEntry) -> tuple[list[str], list[list[Any]]]:
-        """The parameter names and, for each, its list of values."""
-        if not sweep.parameters:
-            self.fail(where, "parameters is empty; a sweep needs at least one parameter")
+        """The parameter names and, for each, its list of values (``points`` checked them)."""
         names = list(sweep.parameters)
-        for name in names:
-            if not name.isidentifier() or name in _RESERVED:
-                self.fail(where, f"parameter name {name!r} is not an identifier or is reserved")
-        columns = [self.values(where, n, v) for n, v in sweep.parameters.items()]
-        if sweep.mode == "zip" and len({len(c) for c in columns}) > 1:
-            lengths = ", ".join(f"{n}: {len(c)}" for n, c in zip(names, columns, strict=True))
-            self.fail(where, f"mode 'zip' needs equally long parameter lists ({lengths})")
+        columns = [_values(spec) for spec in sweep.parameters.values()]
         for name, column in zip(names, columns, strict=True):
-            if not column:
-                self.fail(where, f"the sweep has no points: parameter {name!r} is empty")
             bad = next((v for v in column if isinstance(v, str) and "\0" in v), None)
             if bad is not None:
                 self.fail(where, f"parameter {name!r}: value {bad!r} contains a NUL character")
-        points = len(columns[0]) if sweep.mode == "zip" else math.prod(map(len, columns))
-        if points > MAX_POINTS:
-            self.fail(where, f"the sweep has {points:,} points (at most {MAX_POINTS:,})")
         return names, columns
-
-    def values(self, where: str, name: str, spec: Any) -> list[Any]:
-        if isinstance(spec, list):
-            return spec
-        if not isinstance(spec, _Range):
-            return [spec]
-        if spec.linspace is not None:
-            if (spec.start, spec.stop, spec.step) != (None, None, None):
-                self.fail(where, f"parameter {name!r}: give either linspace or start/stop/step")
-            lo, hi, n = spec.linspace
-            # Round to 12 significant digits so ids read 0.3, not 0.30000000000000004.
-            return [float(f"{lo + (hi - lo) * i / max(n - 1, 1):.12g}") for i in range(n)]
-        if spec.stop is None or spec.step == 0:
-            self.fail(where, f"parameter {name!r}: a range needs a 'stop' and a step other than 0")
-        values = range(spec.start or 0, spec.stop, spec.step or 1)
-        if len(values) > MAX_POINTS:
-            self.fail(
-                where,
-                f"parameter {name!r}: the range has {len(values):,} values (at most "
-                f"{MAX_POINTS:,})",
-            )
-        return list(values)
 
     def merge(self, where: str, entry: _TaskFields) -> dict[str, Any]:
         """The entry's fields over ``[defaults]``; resources, env and tags merge key by key."""
