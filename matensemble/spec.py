@@ -423,6 +423,13 @@ def _where(kind: str, k: int, entry: _TaskEntry) -> str:
     return f"$.{kind}[{k}] (task {_short(entry.id)})"
 
 
+def _few_values(template: str) -> bool:
+    """Does the template name at most one parameter, and not ``{index}``?"""
+    fields = [f for _, f, _, _ in _FORMATTER.parse(template) if f is not None]
+    names = {re.split(r"[.\[!:]", f, maxsplit=1)[0] for f in fields} - {"spec_dir"}
+    return len(names) <= 1 and "index" not in names
+
+
 def _values(spec: _Param) -> list[Any]:
     """A parameter's values; its definition was checked by ``_Expander.length``."""
     if isinstance(spec, list):
@@ -569,6 +576,11 @@ class _Expander:
         templates += [*tags.values(), cwd or ""]
         joined = "\0".join(templates)
         ends = list(itertools.accumulate([1, len(command), len(after), len(env), len(tag_keys)]))
+        # Parts that take few distinct values (a constant, one parameter but not {index}) are
+        # shared between tasks rather than held once per point: a third of a task's memory.
+        shared = [i for i, t in enumerate(templates) if i and _few_values(t)]
+        canonical: dict[str, str] = {}
+        shared_cwd = _few_values(templates[-1])
         ctx: dict[str, Any] = {"spec_dir": self.spec_dir}
         for index, point in enumerate(points):
             ctx.update(zip(names, point, strict=True))
@@ -581,11 +593,14 @@ class _Expander:
             if len(parts) != len(templates):
                 at = f"{where} point {index}" if sweep else where
                 self.fail(at, "a filled-in template contains a NUL character")
+            for i in shared:
+                parts[i] = canonical.setdefault(parts[i], parts[i])
             kw = dict(fields, command=tuple(parts[ends[0] : ends[1]]))
             kw["env"] = dict(zip(env, parts[ends[2] : ends[3]], strict=True))
             kw["tags"] = dict(zip(tag_keys, parts[ends[3] : ends[4]], strict=True))
             if cwd is not None:
-                kw["cwd"] = os.path.normpath(os.path.join(self.spec_dir, parts[-1]))
+                path = os.path.normpath(os.path.join(self.spec_dir, parts[-1]))
+                kw["cwd"] = canonical.setdefault(path, path) if shared_cwd else path
             task_id, deps = parts[0], parts[ends[1] : ends[2]]
             self.add_draft(
                 task_id, f"$.sweep[{k}] point {index}" if sweep else f"$.task[{k}]", deps, kw
