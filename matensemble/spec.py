@@ -260,7 +260,12 @@ def _parse(
     spec_dir = os.path.dirname(os.path.abspath(source))
     settings = msgspec.structs.asdict(doc.ensemble)
     from_file = settings.pop("max_tasks")
-    limit = max_tasks or from_file or MAX_TASKS.value()
+    if max_tasks is not None:
+        limit = (max_tasks, f"more than the limit of max_tasks={max_tasks:,} given")
+    elif from_file is not None:
+        limit = (from_file, f"more than the file's own limit, max_tasks = {from_file:,}")
+    else:
+        limit = (MAX_TASKS.value(), "")
     expander = _Expander(source, spec_dir, doc.defaults)
     tasks = expander.expand(doc, _entry_order(data, doc, format), limit)
     if settings["name"] is None:  # the file's stem, made safe for a run id and a directory
@@ -468,16 +473,20 @@ class _Expander:
             where = f"{head}.{error.field}{' ' if rest else ''}{rest}"
         self.fail(where, message)
 
-    def expand(self, doc: _File, order: list[tuple[str, int]], max_tasks: int) -> tuple[Task, ...]:
-        self.count(doc, max_tasks)
+    def expand(
+        self, doc: _File, order: list[tuple[str, int]], limit: tuple[int, str]
+    ) -> tuple[Task, ...]:
+        self.count(doc, *limit)
         for kind, k in order:
             self.add(k, doc.task[k] if kind == "task" else doc.sweep[k])
         if not self.drafts:
             self.fail("", "the file defines no tasks (add a [[task]] or a [[sweep]])")
         return self.resolve()
 
-    def count(self, doc: _File, limit: int) -> None:
+    def count(self, doc: _File, limit: int, explained: str) -> None:
         """Refuse a file that would expand to more than ``limit`` tasks, before expanding any.
+
+        ``explained`` says where the limit came from; empty for the default or the variable.
 
         Each sweep's size is the product (or, zipped, the common length) of its parameters'
         lengths, computed from the definitions: a range's length is arithmetic, a linspace's is
@@ -494,7 +503,7 @@ class _Expander:
         self.fail(
             where,
             f"{what}the file would expand to {total:,} tasks: "
-            f"{MAX_TASKS.explain(total, limit, also=also)}",
+            f"{explained or MAX_TASKS.explain(total, limit, also=also)}",
         )
 
     def points(self, where: str, sweep: _SweepEntry) -> int:

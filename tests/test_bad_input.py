@@ -457,7 +457,7 @@ FILE_CASES = [
         "$.sweep[0] (sweep 's')",
         "the sweep has 3 points",
         "would expand to 4 tasks",
-        "limit of 3 tasks",
+        "the file's own limit, max_tasks = 3",
     ),
     case(
         "json-nested-100000-levels",
@@ -1210,7 +1210,7 @@ def test_the_task_ceiling_is_the_argument_else_the_file_else_the_environment(
     with pytest.raises(SpecError, match="limit of 5 tasks per ensemble file"):
         load_ensemble(path)
     assert len(load_ensemble(path, max_tasks=6).tasks) == 6
-    with pytest.raises(SpecError, match="limit of 4 tasks"):
+    with pytest.raises(SpecError, match="limit of max_tasks=4 given"):
         load_ensemble(path, max_tasks=4)
     path.write_text("[ensemble]\nmax_tasks = 6\n" + SWEEP6)
     assert len(load_ensemble(path).tasks) == 6  # the file's own ceiling wins over the variable
