@@ -33,7 +33,7 @@ import shlex
 import stat
 import string
 from collections.abc import Iterable
-from typing import Annotated, Any, Literal, NoReturn, get_args
+from typing import Annotated, Any, Literal, NoReturn, cast, get_args
 
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
@@ -203,8 +203,14 @@ def _read_regular_file(source: str) -> bytes:
         if not stat.S_ISREG(info.st_mode):
             kind = next((k for test, k in _NOT_REGULAR if test(info.st_mode)), "no regular file")
             raise SpecError(f"{source}: cannot read ensemble file: it is {kind}")
-        with open(fd, "rb", closefd=False) as f:
-            data = f.read(limit + 1) if info.st_size <= limit else b""
+        data = b""
+        if info.st_size <= limit:
+            with open(fd, "rb", closefd=False) as f:
+                # read(n) allocates n bytes first: ask for the size fstat gave, and more only
+                # from a file that grows while it is read.
+                data = f.read(info.st_size + 1)
+                if len(data) > info.st_size:
+                    data += f.read(limit + 1 - len(data))
     finally:
         os.close(fd)
     size = max(info.st_size, len(data))  # the file may have grown since fstat
@@ -456,7 +462,11 @@ class _Expander:
         self.source = source
         self.spec_dir = spec_dir
         self.defaults = defaults
-        self.drafts: list[tuple[str, str, list[str], dict[str, Any]]] = []  # id, where, after, kw
+        # In file order: tasks built at once, and None where a task waits for its ``after`` to
+        # be resolved (which needs every id); its draft is in ``drafts``. A task is built as
+        # soon as it can be, so that a big sweep does not hold its keyword dicts until the end.
+        self.tasks: list[Task | None] = []
+        self.drafts: list[tuple[int, str, str, list[str], dict[str, Any]]] = []
         self.where: dict[str, str] = {}  # id -> where it is defined
         self.sweeps: dict[str, list[str]] = {}  # sweep name -> its ids
 
@@ -479,7 +489,7 @@ class _Expander:
         self.count(doc, *limit)
         for kind, k in order:
             self.add(k, doc.task[k] if kind == "task" else doc.sweep[k])
-        if not self.drafts:
+        if not self.tasks:
             self.fail("", "the file defines no tasks (add a [[task]] or a [[sweep]])")
         return self.resolve()
 
@@ -689,15 +699,25 @@ class _Expander:
                 f"{hint if same else ''}",
             )
         self.where[task_id] = where
-        self.drafts.append((task_id, where, after, kw))
+        if after:
+            self.drafts.append((len(self.tasks), task_id, where, after, kw))
+            self.tasks.append(None)
+        else:
+            self.tasks.append(self.build(task_id, where, (), kw))
+
+    def build(self, task_id: str, where: str, after: tuple[str, ...], kw: dict[str, Any]) -> Task:
+        try:
+            return Task(id=task_id, after=after, **kw)
+        except SpecError as e:
+            self.invalid(f"{where} (task {_short(task_id)})", task_id, e)
 
     def resolve(self) -> tuple[Task, ...]:
         for name in self.sweeps:
             if name in self.where:
                 self.fail("", f"sweep name {name!r} is also a task id ({self.where[name]})")
         cache: dict[str, list[str]] = {}
-        tasks = []
-        for task_id, where, refs, kw in self.drafts:
+        tasks = self.tasks
+        for position, task_id, where, refs, kw in self.drafts:
             deps: dict[str, None] = {}
             for ref in refs:
                 matched = cache.get(ref)
@@ -710,12 +730,12 @@ class _Expander:
                 if not matched:
                     self.fail(f"{where} (task {_short(task_id)})", self.unknown(ref))
                 deps.update(dict.fromkeys(matched))
-            try:
-                tasks.append(Task(id=task_id, after=tuple(deps), **kw))
-            except SpecError as e:
-                self.invalid(f"{where} (task {_short(task_id)})", task_id, e)
-        self.check_acyclic(tasks)
-        return tuple(tasks)
+            tasks[position] = self.build(task_id, where, tuple(deps), kw)
+        built = cast(list[Task], tasks)  # every None was a draft, and is a Task now
+        if self.drafts:  # without any prerequisite there can be no cycle
+            self.drafts.clear()
+            self.check_acyclic(built)
+        return tuple(built)
 
     def check_acyclic(self, tasks: list[Task]) -> None:
         """Refuse a cycle of prerequisites here, naming its places, before any run starts."""
