@@ -6,9 +6,10 @@ message and leaves no journal. Each ceiling sits far above any real machine or e
 be raised with an environment variable (the sweep ceiling also with ``[ensemble] max_tasks`` in
 the file), so a user who means it is one setting away.
 
-Costs behind the defaults (``benchmarks/bounded_input.py`` measures them): an expanded task
-holds about 0.9 KB of driver memory (1.5 KB at the peak of parsing), a simulated machine about
-50 bytes per core or GPU id and 0.5 KB per node.
+Costs behind the defaults: an expanded task holds about 0.7 KB of the driver's resident memory,
+also at the peak of loading (``benchmarks/bounded_input.py`` measures it), so the default
+ceiling of 10^6 tasks is about 650 MB; a simulated machine's resource pool holds about 30 to 50
+bytes per core or GPU id and 0.5 KB per node.
 """
 
 from __future__ import annotations
