@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import signal
 import sys
 import time
@@ -24,6 +25,7 @@ from matensemble import __version__
 from matensemble.backends.base import Backend
 from matensemble.engine import Ensemble
 from matensemble.errors import DiskFull, MatEnsembleError
+from matensemble.limits import MAX_CORES_PER_NODE, MAX_GPUS_PER_NODE
 from matensemble.model import TaskState
 from matensemble.observer import Observer
 from matensemble.progress import ProgressDisplay
@@ -255,7 +257,7 @@ def _walltime(text: str) -> float:
         parts = [float(p) for p in text.split(":")]
     except ValueError:
         parts = []
-    if not 1 <= len(parts) <= 3 or any(p < 0 for p in parts):
+    if not 1 <= len(parts) <= 3 or not all(0 <= p < math.inf for p in parts):  # nan, inf
         raise argparse.ArgumentTypeError(f"{text!r} is not a walltime like 3600, 59:30 or 11:50:00")
     seconds = 0.0
     for part in parts:
@@ -263,6 +265,14 @@ def _walltime(text: str) -> float:
     if seconds <= 0:
         raise argparse.ArgumentTypeError("the walltime must be more than zero")
     return seconds
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _backend(args: argparse.Namespace, spec: EnsembleSpec) -> Backend:
@@ -290,6 +300,8 @@ def _backend(args: argparse.Namespace, spec: EnsembleSpec) -> Backend:
                 raise MatEnsembleError(f"--gpus {args.gpus!r} has an empty id; {hint}")
             if any(g.startswith("-") for g in ids):
                 raise MatEnsembleError(f"--gpus {args.gpus!r}: a count cannot be negative; {hint}")
+            if len(ids) == 1 and _is_number(text):  # 1e8, 2.0: a count, not one GPU's id
+                raise MatEnsembleError(f"--gpus {args.gpus!r} is not a whole count; {hint}")
             if len(set(ids)) != len(ids):
                 raise MatEnsembleError(f"--gpus {args.gpus!r} repeats an id; {hint}")
             gpus = ids
@@ -307,9 +319,12 @@ def _backend(args: argparse.Namespace, spec: EnsembleSpec) -> Backend:
             reserve_driver_cores=args.reserve_driver_cores,
             partitions=args.flux_partitions,
         )
+    # Bounded before any backend builds one id per core or GPU (a typo must not eat the node).
+    MAX_GPUS_PER_NODE.check(gpus if isinstance(gpus, int) else len(gpus or []), gpus_from)
     if args.backend == "simulated":
         from matensemble.backends.simulated import SimulatedBackend
 
+        MAX_CORES_PER_NODE.check(cores or 8, cores_from)
         return SimulatedBackend(1, cores or 8, gpus if isinstance(gpus, int) else len(gpus or []))
     from matensemble.backends.local import LocalBackend
 

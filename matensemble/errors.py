@@ -21,6 +21,7 @@ __all__ = [
     "DependencyError",
     "DiskFull",
     "JournalError",
+    "LimitExceeded",
     "MatEnsembleError",
     "ResultUnavailable",
     "ResumeMismatch",
@@ -49,6 +50,14 @@ class SpecError(MatEnsembleError, ValueError):
     def __init__(self, message: str, *, field: str | None = None) -> None:
         super().__init__(message)
         self.field = field
+
+
+class LimitExceeded(MatEnsembleError, ValueError):
+    """Input larger than a ceiling that protects the driver's memory (``matensemble.limits``).
+
+    Raised before anything is allocated; the message names the limit and the setting that
+    raises it.
+    """
 
 
 class TaskRejected(MatEnsembleError):

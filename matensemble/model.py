@@ -195,6 +195,11 @@ def _as_tuple(task_id: str, name: str, value: object, what: str) -> tuple[str, .
                 f"task {task_id!r}: {name}[{i}] must be a string, got {type(item).__name__}",
                 field=f"{name}[{i}]",
             )
+        if "\0" in item:  # the OS would refuse it only at launch, long after the submit
+            raise SpecError(
+                f"task {task_id!r}: {name}[{i}] contains a NUL character ({item!r})",
+                field=f"{name}[{i}]",
+            )
     return items  # type: ignore[return-value]  # every item was checked to be a str
 
 
@@ -232,7 +237,7 @@ def _check_utf8(task_id: str, task: Task) -> None:
 
 
 def _check_strings(task_id: str, name: str, value: object) -> None:
-    """``env`` and ``tags``: a dict of strings to strings, without NULs."""
+    """``env`` and ``tags``: a dict of strings to strings, without NULs in keys or values."""
     if not isinstance(value, dict):
         raise SpecError(
             f"task {task_id!r}: {name} must be a dict of strings to strings, got "
@@ -244,6 +249,11 @@ def _check_strings(task_id: str, name: str, value: object) -> None:
             raise SpecError(
                 f"task {task_id!r}: {name} keys must be strings, got {type(key).__name__} {key!r}",
                 field=name,
+            )
+        if "\0" in key:
+            raise SpecError(
+                f"task {task_id!r}: {name} key {key!r} contains a NUL character",
+                field=f"{name}[{key!r}]",
             )
         if not isinstance(item, str):
             hint = " (convert numbers with str())" if isinstance(item, int | float) else ""

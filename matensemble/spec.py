@@ -30,21 +30,22 @@ import math
 import os
 import re
 import shlex
+import stat
 import string
 from collections.abc import Iterable
-from typing import Annotated, Any, Literal, NoReturn, get_args
+from typing import Annotated, Any, Literal, NoReturn, cast, get_args
 
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
 from matensemble.errors import SpecError
 from matensemble.functions.file_calls import InlineCall, check_function_name, fill, inline_command
+from matensemble.limits import MAX_FILE_BYTES, MAX_TASKS
 from matensemble.model import Resources, Task
 
 __all__ = ["EnsembleSpec", "load_ensemble", "parse_ensemble"]
 
 Strategy = Literal["fifo", "priority", "longest-first", "gpu-first"]
-MAX_POINTS = 10_000_000  # per sweep: far beyond any allocation, short of exhausting memory
 Completion = Literal["adaptive", "waves"]
 
 
@@ -83,6 +84,7 @@ class _Settings(Struct, kw_only=True, forbid_unknown_fields=True):
     run_dir: Annotated[str, Meta(min_length=1)] | None = None
     cores: Annotated[int, Meta(ge=1)] | None = None
     gpus: Annotated[int, Meta(ge=0)] | None = None
+    max_tasks: Annotated[int, Meta(ge=1)] | None = None
 
 
 class _ResourcesFields(Struct, kw_only=True, forbid_unknown_fields=True):
@@ -119,7 +121,7 @@ class _Range(Struct, kw_only=True, forbid_unknown_fields=True):
     start: int | None = None
     stop: int | None = None
     step: int | None = None
-    linspace: tuple[float, float, Annotated[int, Meta(ge=1, le=MAX_POINTS)]] | None = None
+    linspace: tuple[float, float, Annotated[int, Meta(ge=1)]] | None = None
 
 
 _Param = list[_Scalar] | _Range | _Scalar
@@ -157,35 +159,98 @@ _ALIASES = {
     **{"dir": "cwd", "directory": "cwd", "cmd": "command", "argv": "command", "args": "command"},
     **{"params": "parameters", "labels": "tags", "runtime": "estimate"},
 }
+_NOT_REGULAR = [
+    (stat.S_ISDIR, "a directory, not a file"),
+    (stat.S_ISFIFO, "a FIFO (named pipe), not a regular file: reading would wait for a writer"),
+    (stat.S_ISCHR, "a character device, not a regular file"),
+    (stat.S_ISBLK, "a block device, not a regular file"),
+    (stat.S_ISSOCK, "a socket, not a regular file"),
+]
 _HEADER = re.compile(rb"^[ \t]*\[\[[ \t]*(task|sweep)[ \t]*\]\]", re.MULTILINE)
 _FORMATTER = string.Formatter()
 
 
-def load_ensemble(path: str | os.PathLike[str]) -> EnsembleSpec:
+def load_ensemble(path: str | os.PathLike[str], *, max_tasks: int | None = None) -> EnsembleSpec:
     """Read, validate and expand the ensemble file at ``path`` (``.toml`` or ``.json``).
 
+    ``max_tasks`` is the most tasks the file may expand to; by default the file's
+    ``[ensemble] max_tasks``, else ``MATENSEMBLE_MAX_TASKS``, else 1,000,000 (see
+    ``matensemble.limits``). The file must be a regular file of at most
+    ``MATENSEMBLE_MAX_FILE_BYTES`` (128 MiB) bytes.
+
     Raises:
-        SpecError: the file cannot be read, has another suffix, or is invalid.
+        SpecError: the file cannot be read, is no regular file, is too large, has another
+            suffix, is invalid, or expands to more tasks than allowed.
     """
     source = os.fspath(path)
     suffix = os.path.splitext(source)[1].lower()
     if suffix not in (".toml", ".json"):
         raise SpecError(f"{source}: unknown ensemble file type {suffix!r}; use .toml or .json")
+    data = _read_regular_file(source)
+    format: Literal["toml", "json"] = "toml" if suffix == ".toml" else "json"
+    return parse_ensemble(data, source=source, format=format, max_tasks=max_tasks)
+
+
+def _read_regular_file(source: str) -> bytes:
+    """The bytes of a regular file of bounded size; anything else is refused before reading.
+
+    Opened without blocking, so that a FIFO (which would wait for a writer forever) or a device
+    can be told apart by ``fstat`` on the open descriptor, with no window for a swap in between.
+    """
+    limit = MAX_FILE_BYTES.value()
     try:
-        with open(source, "rb") as f:
-            data = f.read()
+        fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as e:
         raise SpecError(f"{source}: cannot read ensemble file: {e.strerror or e}") from None
-    return parse_ensemble(data, source=source, format="toml" if suffix == ".toml" else "json")
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            kind = next((k for test, k in _NOT_REGULAR if test(info.st_mode)), "no regular file")
+            raise SpecError(f"{source}: cannot read ensemble file: it is {kind}")
+        data = b""
+        if info.st_size <= limit:
+            with open(fd, "rb", closefd=False) as f:
+                # read(n) allocates n bytes first: ask for the size fstat gave, and more only
+                # from a file that grows while it is read.
+                data = f.read(info.st_size + 1)
+                if len(data) > info.st_size:
+                    data += f.read(limit + 1 - len(data))
+    finally:
+        os.close(fd)
+    size = max(info.st_size, len(data))  # the file may have grown since fstat
+    if size > limit:
+        raise SpecError(
+            f"{source}: the file has {size:,} bytes, {MAX_FILE_BYTES.explain(size, limit)}"
+        )
+    return data
 
 
-def parse_ensemble(data: bytes, *, source: str, format: Literal["toml", "json"]) -> EnsembleSpec:
+def parse_ensemble(
+    data: bytes,
+    *,
+    source: str,
+    format: Literal["toml", "json"],
+    max_tasks: int | None = None,
+) -> EnsembleSpec:
     """Validate and expand an ensemble document; ``source`` is its path, used in messages and
-    as the base of ``{spec_dir}`` and relative ``cwd``/``run_dir`` values.
+    as the base of ``{spec_dir}`` and relative ``cwd``/``run_dir`` values. ``max_tasks`` as
+    for ``load_ensemble``.
 
     Raises:
         SpecError: the document is invalid; the message starts with ``source``.
     """
+    try:
+        return _parse(data, source, format, max_tasks)
+    except RecursionError:  # from the decoders; expansion itself never recurses
+        raise SpecError(
+            f"{source}: the document is nested too deeply to read (an ensemble file needs a few "
+            "levels of tables and lists, not thousands)"
+        ) from None
+
+
+def _parse(
+    data: bytes, source: str, format: Literal["toml", "json"], max_tasks: int | None
+) -> EnsembleSpec:
     data = data.removeprefix(b"\xef\xbb\xbf")  # the byte-order mark some editors write
     if not data.strip():
         raise SpecError(
@@ -203,8 +268,16 @@ def parse_ensemble(data: bytes, *, source: str, format: Literal["toml", "json"])
     if format == "json":
         _refuse_duplicate_keys(data, source)
     spec_dir = os.path.dirname(os.path.abspath(source))
-    tasks = _Expander(source, spec_dir, doc.defaults).expand(doc, _entry_order(data, doc, format))
     settings = msgspec.structs.asdict(doc.ensemble)
+    from_file = settings.pop("max_tasks")
+    if max_tasks is not None:
+        limit = (max_tasks, f"more than the limit of max_tasks={max_tasks:,} given")
+    elif from_file is not None:
+        limit = (from_file, f"more than the file's own limit, max_tasks = {from_file:,}")
+    else:
+        limit = (MAX_TASKS.value(), "")
+    expander = _Expander(source, spec_dir, doc.defaults)
+    tasks = expander.expand(doc, _entry_order(data, doc, format), limit)
     if settings["name"] is None:  # the file's stem, made safe for a run id and a directory
         stem = os.path.splitext(os.path.basename(source))[0]
         settings["name"] = re.sub(r"[^A-Za-z0-9._+=,@:~-]", "_", stem).lstrip(".-")[:100]
@@ -358,6 +431,34 @@ def _entry_order(data: bytes, doc: _File, format: str) -> list[tuple[str, int]]:
     return [(kind, next(counters[kind])) for kind in kinds]
 
 
+def _where(kind: str, k: int, entry: _TaskEntry) -> str:
+    """An entry's place for messages: ``$.sweep[2] (sweep 'melt')``."""
+    if isinstance(entry, _SweepEntry):
+        return f"$.{kind}[{k}] (sweep {_short(entry.name or entry.id)})"
+    return f"$.{kind}[{k}] (task {_short(entry.id)})"
+
+
+def _few_values(template: str) -> bool:
+    """Does the template name at most one parameter, and not ``{index}``?"""
+    fields = [f for _, f, _, _ in _FORMATTER.parse(template) if f is not None]
+    names = {re.split(r"[.\[!:]", f, maxsplit=1)[0] for f in fields} - {"spec_dir"}
+    return len(names) <= 1 and "index" not in names
+
+
+def _values(spec: _Param) -> list[Any]:
+    """A parameter's values; its definition was checked by ``_Expander.length``."""
+    if isinstance(spec, list):
+        return spec
+    if not isinstance(spec, _Range):
+        return [spec]
+    if spec.linspace is not None:
+        lo, hi, n = spec.linspace
+        # Round to 12 significant digits so ids read 0.3, not 0.30000000000000004.
+        return [float(f"{lo + (hi - lo) * i / max(n - 1, 1):.12g}") for i in range(n)]
+    assert spec.stop is not None
+    return list(range(spec.start or 0, spec.stop, spec.step or 1))
+
+
 class _Expander:
     """Turns decoded entries into tasks: merge defaults, expand sweeps, resolve ``after``."""
 
@@ -365,7 +466,11 @@ class _Expander:
         self.source = source
         self.spec_dir = spec_dir
         self.defaults = defaults
-        self.drafts: list[tuple[str, str, list[str], dict[str, Any]]] = []  # id, where, after, kw
+        # In file order: tasks built at once, and None where a task waits for its ``after`` to
+        # be resolved (which needs every id); its draft is in ``drafts``. A task is built as
+        # soon as it can be, so that a big sweep does not hold its keyword dicts until the end.
+        self.tasks: list[Task | None] = []
+        self.drafts: list[tuple[int, str, str, list[str], dict[str, Any]]] = []
         self.where: dict[str, str] = {}  # id -> where it is defined
         self.sweeps: dict[str, list[str]] = {}  # sweep name -> its ids
 
@@ -382,12 +487,70 @@ class _Expander:
             where = f"{head}.{error.field}{' ' if rest else ''}{rest}"
         self.fail(where, message)
 
-    def expand(self, doc: _File, order: list[tuple[str, int]]) -> tuple[Task, ...]:
+    def expand(
+        self, doc: _File, order: list[tuple[str, int]], limit: tuple[int, str]
+    ) -> tuple[Task, ...]:
+        self.count(doc, *limit)
         for kind, k in order:
             self.add(k, doc.task[k] if kind == "task" else doc.sweep[k])
-        if not self.drafts:
+        if not self.tasks:
             self.fail("", "the file defines no tasks (add a [[task]] or a [[sweep]])")
         return self.resolve()
+
+    def count(self, doc: _File, limit: int, explained: str) -> None:
+        """Refuse a file that would expand to more than ``limit`` tasks, before expanding any.
+
+        ``explained`` says where the limit came from; empty for the default or the variable.
+
+        Each sweep's size is the product (or, zipped, the common length) of its parameters'
+        lengths, computed from the definitions: a range's length is arithmetic, a linspace's is
+        its ``n``. So a sweep over two ranges of a million values each costs nothing to refuse.
+        """
+        sizes = [(self.points(_where("sweep", k, s), s), k) for k, s in enumerate(doc.sweep)]
+        total = len(doc.task) + sum(n for n, _ in sizes)
+        if total <= limit:
+            return
+        biggest, k = max(sizes, default=(0, 0))
+        where = _where("sweep", k, doc.sweep[k]) if sizes else ""
+        what = f"the sweep has {biggest:,} points, and " if sizes else ""
+        also = f" or with max_tasks = {total} in the file's [ensemble] table"
+        self.fail(
+            where,
+            f"{what}the file would expand to {total:,} tasks: "
+            f"{explained or MAX_TASKS.explain(total, limit, also=also)}",
+        )
+
+    def points(self, where: str, sweep: _SweepEntry) -> int:
+        """The number of points of a sweep, from its parameters' definitions alone."""
+        if not sweep.parameters:
+            self.fail(where, "parameters is empty; a sweep needs at least one parameter")
+        for name in sweep.parameters:
+            if not name.isidentifier() or name in _RESERVED:
+                self.fail(where, f"parameter name {name!r} is not an identifier or is reserved")
+        lengths = {n: self.length(where, n, v) for n, v in sweep.parameters.items()}
+        if sweep.mode == "zip" and len(set(lengths.values())) > 1:
+            listed = ", ".join(f"{n}: {length}" for n, length in lengths.items())
+            self.fail(where, f"mode 'zip' needs equally long parameter lists ({listed})")
+        for name, length in lengths.items():
+            if not length:
+                self.fail(where, f"the sweep has no points: parameter {name!r} is empty")
+        return next(iter(lengths.values())) if sweep.mode == "zip" else math.prod(lengths.values())
+
+    def length(self, where: str, name: str, spec: Any) -> int:
+        """How many values a parameter has, without making them."""
+        if isinstance(spec, list):
+            return len(spec)
+        if not isinstance(spec, _Range):
+            return 1
+        if spec.linspace is not None:
+            if (spec.start, spec.stop, spec.step) != (None, None, None):
+                self.fail(where, f"parameter {name!r}: give either linspace or start/stop/step")
+            return spec.linspace[2]
+        if spec.stop is None or spec.step == 0:
+            self.fail(where, f"parameter {name!r}: a range needs a 'stop' and a step other than 0")
+        start, step = spec.start or 0, spec.step or 1
+        # ceil((stop - start) / step) in integers; len(range) overflows past sys.maxsize.
+        return max(0, -((start - spec.stop) // step))
 
     def add(self, k: int, entry: _TaskEntry) -> None:
         """Add a plain task, or every point of a sweep (a plain task is a sweep of one point)."""
@@ -395,9 +558,9 @@ class _Expander:
         names: list[str] = []
         columns: list[list[Any]] = []
         allowed, hint = {"spec_dir"}, "only {spec_dir} is defined outside a [[sweep]]"
-        where = f"$.task[{k}] (task {_short(entry.id)})"
+        where = _where("task", k, entry)
         if sweep is not None:
-            where = f"$.sweep[{k}] (sweep {_short(sweep.name or sweep.id)})"
+            where = _where("sweep", k, sweep)
             names, columns = self.columns(where, sweep)
             allowed, hint = (
                 {*names, *_RESERVED},
@@ -437,6 +600,11 @@ class _Expander:
         templates += [*tags.values(), cwd or ""]
         joined = "\0".join(templates)
         ends = list(itertools.accumulate([1, len(command), len(after), len(env), len(tag_keys)]))
+        # Parts that take few distinct values (a constant, one parameter but not {index}) are
+        # shared between tasks rather than held once per point: a third of a task's memory.
+        shared = [i for i, t in enumerate(templates) if i and _few_values(t)]
+        canonical: dict[str, str] = {}
+        shared_cwd = _few_values(templates[-1])
         ctx: dict[str, Any] = {"spec_dir": self.spec_dir}
         for index, point in enumerate(points):
             ctx.update(zip(names, point, strict=True))
@@ -449,6 +617,8 @@ class _Expander:
             if len(parts) != len(templates):
                 at = f"{where} point {index}" if sweep else where
                 self.fail(at, "a filled-in template contains a NUL character")
+            for i in shared:
+                parts[i] = canonical.setdefault(parts[i], parts[i])
             kw = dict(fields, command=tuple(parts[ends[0] : ends[1]]))
             if call is not None:
                 at = f"{where} point {index}" if sweep else where
@@ -456,7 +626,8 @@ class _Expander:
             kw["env"] = dict(zip(env, parts[ends[2] : ends[3]], strict=True))
             kw["tags"] = dict(zip(tag_keys, parts[ends[3] : ends[4]], strict=True))
             if cwd is not None:
-                kw["cwd"] = os.path.normpath(os.path.join(self.spec_dir, parts[-1]))
+                path = os.path.normpath(os.path.join(self.spec_dir, parts[-1]))
+                kw["cwd"] = canonical.setdefault(path, path) if shared_cwd else path
             task_id, deps = parts[0], parts[ends[1] : ends[2]]
             self.add_draft(
                 task_id, f"$.sweep[{k}] point {index}" if sweep else f"$.task[{k}]", deps, kw
@@ -465,49 +636,14 @@ class _Expander:
                 group.append(task_id)
 
     def columns(self, where: str, sweep: _SweepEntry) -> tuple[list[str], list[list[Any]]]:
-        """The parameter names and, for each, its list of values."""
-        if not sweep.parameters:
-            self.fail(where, "parameters is empty; a sweep needs at least one parameter")
+        """The parameter names and, for each, its list of values (``points`` checked them)."""
         names = list(sweep.parameters)
-        for name in names:
-            if not name.isidentifier() or name in _RESERVED:
-                self.fail(where, f"parameter name {name!r} is not an identifier or is reserved")
-        columns = [self.values(where, n, v) for n, v in sweep.parameters.items()]
-        if sweep.mode == "zip" and len({len(c) for c in columns}) > 1:
-            lengths = ", ".join(f"{n}: {len(c)}" for n, c in zip(names, columns, strict=True))
-            self.fail(where, f"mode 'zip' needs equally long parameter lists ({lengths})")
+        columns = [_values(spec) for spec in sweep.parameters.values()]
         for name, column in zip(names, columns, strict=True):
-            if not column:
-                self.fail(where, f"the sweep has no points: parameter {name!r} is empty")
             bad = next((v for v in column if isinstance(v, str) and "\0" in v), None)
             if bad is not None:
                 self.fail(where, f"parameter {name!r}: value {bad!r} contains a NUL character")
-        points = len(columns[0]) if sweep.mode == "zip" else math.prod(map(len, columns))
-        if points > MAX_POINTS:
-            self.fail(where, f"the sweep has {points:,} points (at most {MAX_POINTS:,})")
         return names, columns
-
-    def values(self, where: str, name: str, spec: Any) -> list[Any]:
-        if isinstance(spec, list):
-            return spec
-        if not isinstance(spec, _Range):
-            return [spec]
-        if spec.linspace is not None:
-            if (spec.start, spec.stop, spec.step) != (None, None, None):
-                self.fail(where, f"parameter {name!r}: give either linspace or start/stop/step")
-            lo, hi, n = spec.linspace
-            # Round to 12 significant digits so ids read 0.3, not 0.30000000000000004.
-            return [float(f"{lo + (hi - lo) * i / max(n - 1, 1):.12g}") for i in range(n)]
-        if spec.stop is None or spec.step == 0:
-            self.fail(where, f"parameter {name!r}: a range needs a 'stop' and a step other than 0")
-        values = range(spec.start or 0, spec.stop, spec.step or 1)
-        if len(values) > MAX_POINTS:
-            self.fail(
-                where,
-                f"parameter {name!r}: the range has {len(values):,} values (at most "
-                f"{MAX_POINTS:,})",
-            )
-        return list(values)
 
     def merge(self, where: str, entry: _TaskFields) -> dict[str, Any]:
         """The entry's fields over ``[defaults]``; resources, env and tags merge key by key."""
@@ -600,15 +736,25 @@ class _Expander:
                 f"{hint if same else ''}",
             )
         self.where[task_id] = where
-        self.drafts.append((task_id, where, after, kw))
+        if after:
+            self.drafts.append((len(self.tasks), task_id, where, after, kw))
+            self.tasks.append(None)
+        else:
+            self.tasks.append(self.build(task_id, where, (), kw))
+
+    def build(self, task_id: str, where: str, after: tuple[str, ...], kw: dict[str, Any]) -> Task:
+        try:
+            return Task(id=task_id, after=after, **kw)
+        except SpecError as e:
+            self.invalid(f"{where} (task {_short(task_id)})", task_id, e)
 
     def resolve(self) -> tuple[Task, ...]:
         for name in self.sweeps:
             if name in self.where:
                 self.fail("", f"sweep name {name!r} is also a task id ({self.where[name]})")
         cache: dict[str, list[str]] = {}
-        tasks = []
-        for task_id, where, refs, kw in self.drafts:
+        tasks = self.tasks
+        for position, task_id, where, refs, kw in self.drafts:
             deps: dict[str, None] = {}
             for ref in refs:
                 matched = cache.get(ref)
@@ -621,12 +767,12 @@ class _Expander:
                 if not matched:
                     self.fail(f"{where} (task {_short(task_id)})", self.unknown(ref))
                 deps.update(dict.fromkeys(matched))
-            try:
-                tasks.append(Task(id=task_id, after=tuple(deps), **kw))
-            except SpecError as e:
-                self.invalid(f"{where} (task {_short(task_id)})", task_id, e)
-        self.check_acyclic(tasks)
-        return tuple(tasks)
+            tasks[position] = self.build(task_id, where, tuple(deps), kw)
+        built = cast(list[Task], tasks)  # every None was a draft, and is a Task now
+        if self.drafts:  # without any prerequisite there can be no cycle
+            self.drafts.clear()
+            self.check_acyclic(built)
+        return tuple(built)
 
     def check_acyclic(self, tasks: list[Task]) -> None:
         """Refuse a cycle of prerequisites here, naming its places, before any run starts."""

@@ -12,6 +12,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import subprocess
+import sys
+import tracemalloc
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,10 +31,10 @@ from matensemble import (
     TaskRejected,
     TaskState,
 )
-from matensemble.errors import SpecError
+from matensemble.errors import LimitExceeded, SpecError
 from matensemble.journal import read_journal
 from matensemble.model import TaskAdded
-from matensemble.spec import load_ensemble
+from matensemble.spec import load_ensemble, parse_ensemble
 
 from conftest import matensemble
 
@@ -54,6 +57,7 @@ def case(name: str, text: str | bytes | None, *fragments: str, file: str = "ense
 
 # --- Ensemble files ---------------------------------------------------------------------------
 
+DEEP = 100_000  # levels of nesting: far past Python's recursion limit
 CYCLE6 = "".join(
     f'[[task]]\nid = "t{i}"\ncommand = ["true"]\nafter = ["t{(i + 1) % 6}"]\n' for i in range(6)
 )
@@ -322,6 +326,13 @@ FILE_CASES = [
         "env-name-empty", toml_task(env='{ "" = "1" }'), "$.task[0].env['']", "not a valid variable"
     ),
     case("env-value-with-nul", toml_task(env='{ A = "x\\u0000" }'), "$.task[0].env['A']", "NUL"),
+    case(
+        "tags-key-with-nul",
+        toml_task(tags='{ "k\\u0000" = "v" }'),
+        "$.task[0].tags",
+        "task 'a'",
+        "NUL",
+    ),
     case("env-is-a-string", toml_task(env='"A=1"'), "$.task[0].env", "Expected `object`"),
     # Commands.
     case(
@@ -421,6 +432,44 @@ FILE_CASES = [
         "parameters = { a = { stop = 1000000 }, b = { stop = 1000000 } }\n",
         "$.sweep[0]",
         "1,000,000,000,000 points",
+    ),
+    # Too large to expand: refused from the parameter definitions, before any point is made.
+    case(
+        "range-longer-than-a-64-bit-length",
+        '[[sweep]]\nid = "r-{x}"\ncommand = ["x"]\n'
+        "parameters = { x = { start = -9000000000000000000, stop = 9000000000000000000 } }\n",
+        "$.sweep[0]",
+        "18,000,000,000,000,000,000 points",
+        "MATENSEMBLE_MAX_TASKS",
+    ),
+    case(
+        "linspace-of-ten-billion-points",
+        '[[sweep]]\nid = "l-{x}"\ncommand = ["x"]\n'
+        "parameters = { x = { linspace = [0, 1, 10000000000] } }\n",
+        "10,000,000,000 points",
+        "limit of 1,000,000 tasks per ensemble file",
+        "max_tasks = 10000000000",
+    ),
+    case(
+        "more-tasks-than-the-file-s-own-max-tasks",
+        '[ensemble]\nmax_tasks = 3\n[[task]]\nid = "a"\ncommand = ["x"]\n'
+        '[[sweep]]\nname = "s"\nid = "s-{i}"\ncommand = ["x"]\nparameters = { i = { stop = 3 } }\n',
+        "$.sweep[0] (sweep 's')",
+        "the sweep has 3 points",
+        "would expand to 4 tasks",
+        "the file's own limit, max_tasks = 3",
+    ),
+    case(
+        "json-nested-100000-levels",
+        '{"task": ' + "[" * DEEP + "]" * DEEP + "}",
+        "nested too deeply",
+        file="ensemble.json",
+    ),
+    case("toml-nested-100000-levels", "x = " + "[" * DEEP + "]" * DEEP, "nested too deeply"),
+    case(
+        "toml-inline-tables-nested-100000-levels",
+        "x = " + "{a=" * DEEP + "1" + "}" * DEEP,
+        "nested too deeply",
     ),
     case(
         "template-names-an-unknown-parameter",
@@ -533,6 +582,22 @@ API_CASES = [
     api("command-none", lambda: task(command=None), SpecError, "command", "NoneType"),
     api("command-element-int", lambda: task(command=["x", 1]), SpecError, "command[1]", "int"),
     api("command-program-empty", lambda: task(command=[""]), SpecError, "command[0]"),
+    # A NUL cannot reach the OS (argv, paths and the environment are C strings): refused when
+    # the task is built, as a file refuses it, not at launch.
+    api("command-program-with-nul", lambda: task(command=["ls\0"]), SpecError, "command[0]", "NUL"),
+    api(
+        "command-argument-with-nul",
+        lambda: task(command=["echo", "a\0b"]),
+        SpecError,
+        "task 'a'",
+        "command[1] contains a NUL",
+    ),
+    api("after-with-nul", lambda: task(after=["prep\0"]), SpecError, "after[0]", "NUL"),
+    api("tags-key-with-nul", lambda: task(tags={"k\0": "v"}), SpecError, "tags key", "NUL"),
+    api("tags-value-with-nul", lambda: task(tags={"k": "v\0"}), SpecError, "tags['k']", "NUL"),
+    api("env-key-with-nul", lambda: task(env={"A\0": "1"}), SpecError, "env", "NUL"),
+    api("env-value-with-nul", lambda: task(env={"A": "1\0"}), SpecError, "env['A']", "NUL"),
+    api("cwd-with-nul", lambda: task(cwd="/tmp\0x"), SpecError, "cwd", "NUL"),
     api(
         "resources-as-a-dict",
         lambda: task(resources={"ranks": 2}),
@@ -573,6 +638,48 @@ API_CASES = [
     api("cwd-empty", lambda: task(cwd=""), SpecError, "cwd"),
     api("inherit-env-string", lambda: task(inherit_env="no"), SpecError, "inherit_env"),
     api("unknown-keyword", lambda: task(timout=5), TypeError, "'timout'"),
+    # Machines larger than any real one: refused before one id is made.
+    api(
+        "local-gpus-beyond-the-per-node-limit",
+        lambda: LocalBackend(gpus=100_000_000),
+        LimitExceeded,
+        "gpus is 100,000,000",
+        "1,024 GPUs per node",
+        "MATENSEMBLE_MAX_GPUS_PER_NODE=100000000",
+    ),
+    api(
+        "local-gpu-ids-beyond-the-per-node-limit",
+        lambda: LocalBackend(gpus=[str(i) for i in range(1025)]),
+        LimitExceeded,
+        "1,025",
+    ),
+    api(
+        "simulated-nodes-beyond-the-limit",
+        lambda: SimulatedBackend(nodes=10**10),
+        LimitExceeded,
+        "nodes is 10,000,000,000",
+        "MATENSEMBLE_MAX_NODES",
+    ),
+    api(
+        "simulated-cores-per-node-beyond-the-limit",
+        lambda: SimulatedBackend(1, 10**10),
+        LimitExceeded,
+        "cores_per_node",
+        "MATENSEMBLE_MAX_CORES_PER_NODE",
+    ),
+    api(
+        "simulated-gpus-per-node-beyond-the-limit",
+        lambda: SimulatedBackend(1, 8, 10**10),
+        LimitExceeded,
+        "gpus_per_node",
+    ),
+    api(
+        "simulated-machine-beyond-the-total-limit",
+        lambda: SimulatedBackend(1_000_000, 64, 8),
+        LimitExceeded,
+        "72,000,000",
+        "MATENSEMBLE_MAX_MACHINE_IDS",
+    ),
 ]
 
 BAD_IDS = [
@@ -893,6 +1000,55 @@ CLI_CASES = [
     cli("gpus-negative", ["run", "{file}", "--gpus", "-1"], GOOD, "--gpus '-1'", "negative"),
     cli("gpus-repeated", ["run", "{file}", "--gpus", "0,0"], GOOD, "--gpus '0,0'", "repeats"),
     cli(
+        "gpus-a-hundred-million",
+        ["run", "{file}", "--gpus", "100000000"],
+        GOOD,
+        "--gpus is 100,000,000",
+        "limit of 1,024 GPUs per node",
+        "MATENSEMBLE_MAX_GPUS_PER_NODE",
+    ),
+    cli(
+        "file-gpus-a-hundred-million",
+        ["run", "{file}"],
+        "[ensemble]\ngpus = 100000000\n" + TASK,
+        "e.toml: $.ensemble.gpus is 100,000,000",
+        "MATENSEMBLE_MAX_GPUS_PER_NODE",
+    ),
+    cli(
+        "gpus-as-a-float",
+        ["run", "{file}", "--gpus", "1e8"],
+        GOOD,
+        "--gpus '1e8' is not a whole count",
+    ),
+    cli(
+        "simulated-gpus-ten-billion",
+        ["run", "{file}", "--backend", "simulated", "--gpus", "10000000000"],
+        GOOD,
+        "--gpus is 10,000,000,000",
+    ),
+    cli(
+        "simulated-cores-ten-billion",
+        ["run", "{file}", "--backend", "simulated", "--cores", "10000000000"],
+        GOOD,
+        "--cores is 10,000,000,000",
+        "MATENSEMBLE_MAX_CORES_PER_NODE",
+    ),
+    cli("walltime-nan", ["run", "{file}", "--walltime", "nan"], GOOD, "--walltime", "'nan'"),
+    cli("walltime-inf", ["run", "{file}", "--walltime", "inf"], GOOD, "--walltime", "'inf'"),
+    cli("walltime-nan-minutes", ["run", "{file}", "--walltime", "nan:00"], GOOD, "'nan:00'"),
+    cli(
+        "file-nested-100000-levels",
+        ["run", "{file}"],
+        "x = " + "[" * DEEP + "]" * DEEP,
+        "e.toml: the document is nested too deeply",
+    ),
+    cli(
+        "file-is-a-directory",
+        ["run", "{dir}"],
+        None,
+        "d.toml: cannot read ensemble file: it is a directory",
+    ),
+    cli(
         "simulated-cores-zero",
         ["run", "{file}", "--backend", "simulated", "--cores", "0"],
         GOOD,
@@ -917,7 +1073,8 @@ def test_bad_command_line_input_exits_2_with_one_message_and_no_traceback(
     spec = tmp_path / "e.toml"
     if text is not None:
         spec.write_text(text)
-    argv = [a.replace("{file}", str(spec)) for a in args]
+    (tmp_path / "d.toml").mkdir()
+    argv = [a.replace("{file}", str(spec)).replace("{dir}", str(tmp_path / "d.toml")) for a in args]
     if argv[0] == "run":
         argv += ["--run-dir", str(tmp_path / "run"), "--no-progress"]
     proc = matensemble(*argv, cwd=tmp_path)
@@ -973,3 +1130,124 @@ def test_status_of_a_damaged_status_file_is_a_clear_error(tmp_path: Path, conten
     assert proc.returncode == 2
     assert "status.json: not a MatEnsemble status file" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# --- Input too large, or no regular file: refused before memory or time is spent on it --------
+
+SWEEP6 = (
+    '[[sweep]]\nname = "s"\nid = "s-{i}"\ncommand = ["true"]\nparameters = { i = { stop = 6 } }\n'
+)
+
+
+def run_cli(*args: str | Path, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``matensemble`` with extra environment variables (the limits are raised through them)."""
+    return subprocess.run(
+        [sys.executable, "-m", "matensemble", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "1000", "NO_COLOR": "1", **env},
+        timeout=120,
+        check=False,
+    )
+
+
+def test_an_ensemble_file_that_is_a_fifo_is_refused_at_once_not_waited_on(tmp_path: Path) -> None:
+    fifo = tmp_path / "e.toml"
+    os.mkfifo(fifo)
+    proc = run_cli("run", fifo, "--run-dir", tmp_path / "run", cwd=tmp_path, env={})
+    assert proc.returncode == 2, proc.stderr
+    assert f"{fifo}: cannot read ensemble file: it is a FIFO (named pipe)" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_ensemble_file_that_is_a_device_is_refused_naming_the_file(tmp_path: Path) -> None:
+    device = tmp_path / "e.toml"
+    device.symlink_to(os.devnull)  # /dev/zero would never end; /dev/null shows the same check
+    with pytest.raises(SpecError, match="it is a character device, not a regular file") as info:
+        load_ensemble(device)
+    assert str(info.value).startswith(f"{device}: ")
+
+
+def test_an_ensemble_file_over_the_size_limit_is_refused_before_it_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "e.toml"
+    path.write_text(TASK + "# padding\n" * 10)
+    monkeypatch.setenv("MATENSEMBLE_MAX_FILE_BYTES", "64")
+    with pytest.raises(SpecError) as info:
+        load_ensemble(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: the file has {path.stat().st_size:,} bytes")
+    assert f"MATENSEMBLE_MAX_FILE_BYTES={path.stat().st_size}" in message
+    monkeypatch.setenv("MATENSEMBLE_MAX_FILE_BYTES", str(path.stat().st_size))
+    assert [t.id for t in load_ensemble(path).tasks] == ["a"]
+
+
+def test_a_sweep_of_a_trillion_points_is_refused_without_making_one(tmp_path: Path) -> None:
+    """The size comes from the parameter definitions: no column, point or id is built."""
+    text = (
+        b'[[sweep]]\nid = "s-{a}-{b}"\ncommand = ["x", "{a}"]\n'
+        b"parameters = { a = { stop = 1000000 }, b = { linspace = [0, 1, 1000000] } }\n"
+    )
+    tracemalloc.start()
+    try:
+        with pytest.raises(SpecError, match="1,000,000,000,000 points"):
+            parse_ensemble(text, source=str(tmp_path / "typo.toml"), format="toml")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1_000_000, f"{peak:,} bytes were allocated to refuse it"
+
+
+def test_the_task_ceiling_is_the_argument_else_the_file_else_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "e.toml"
+    path.write_text(SWEEP6)
+    monkeypatch.setenv("MATENSEMBLE_MAX_TASKS", "5")
+    with pytest.raises(SpecError, match="limit of 5 tasks per ensemble file"):
+        load_ensemble(path)
+    assert len(load_ensemble(path, max_tasks=6).tasks) == 6
+    with pytest.raises(SpecError, match="limit of max_tasks=4 given"):
+        load_ensemble(path, max_tasks=4)
+    path.write_text("[ensemble]\nmax_tasks = 6\n" + SWEEP6)
+    assert len(load_ensemble(path).tasks) == 6  # the file's own ceiling wins over the variable
+    monkeypatch.setenv("MATENSEMBLE_MAX_TASKS", "lots")
+    path.write_text(SWEEP6)
+    with pytest.raises(LimitExceeded, match="MATENSEMBLE_MAX_TASKS='lots' is not a whole number"):
+        load_ensemble(path)
+
+
+def test_the_message_of_a_refused_sweep_is_the_command_that_raises_the_limit(
+    tmp_path: Path,
+) -> None:
+    """``MATENSEMBLE_MAX_TASKS=6 matensemble run e.toml``, as the refusal suggests, runs it."""
+    spec = tmp_path / "e.toml"
+    spec.write_text(SWEEP6)
+    args = ("run", spec, "--backend", "simulated", "--no-progress")
+    refused = run_cli(
+        *args, "--run-dir", tmp_path / "r1", cwd=tmp_path, env={"MATENSEMBLE_MAX_TASKS": "5"}
+    )
+    assert refused.returncode == 2, refused.stderr
+    assert "the sweep has 6 points" in refused.stderr
+    assert "MATENSEMBLE_MAX_TASKS=6" in refused.stderr
+    assert not (tmp_path / "r1").exists()
+    ran = run_cli(
+        *args, "--run-dir", tmp_path / "r2", cwd=tmp_path, env={"MATENSEMBLE_MAX_TASKS": "6"}
+    )
+    assert ran.returncode == 0, ran.stderr
+    added = [e for e in read_journal(tmp_path / "r2" / "journal.jsonl") if isinstance(e, TaskAdded)]
+    assert [e.task.id for e in added] == [f"s-{i}" for i in range(6)]
+
+
+def test_a_machine_limit_raised_through_its_variable_lets_the_machine_through(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with pytest.raises(LimitExceeded, match="MATENSEMBLE_MAX_NODES=2000000"):
+        SimulatedBackend(nodes=2_000_000, cores_per_node=1)
+    monkeypatch.setenv("MATENSEMBLE_MAX_NODES", "2000000")
+    SimulatedBackend(nodes=2_000_000, cores_per_node=1)  # checked, not built: open() builds
+    monkeypatch.setenv("MATENSEMBLE_MAX_GPUS_PER_NODE", "2048")
+    LocalBackend(gpus=2048)

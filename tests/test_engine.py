@@ -24,6 +24,7 @@ from matensemble.status import read_status
 from matensemble.strategies import (
     FIFO,
     CompletionPolicy,
+    EnsembleControl,
     LongestFirst,
     Priority,
     RetryPolicy,
@@ -216,7 +217,7 @@ async def test_a_user_strategy_adds_tasks_from_results_through_the_public_api(
     class Refine(CompletionPolicy):
         """Each success below depth 3 spawns two children (a binary tree of 15 tasks)."""
 
-        def on_result(self, result: TaskResult, ensemble: Ensemble) -> None:
+        def on_result(self, result: TaskResult, ensemble: EnsembleControl) -> None:
             if result.ok and result.id.count("x") < 3:
                 ensemble.submit([t(result.id + "x0"), t(result.id + "x1")])
 
@@ -226,7 +227,7 @@ async def test_a_user_strategy_adds_tasks_from_results_through_the_public_api(
 
 async def test_an_error_in_a_user_strategy_stops_the_run_and_is_raised(run_dir: Path) -> None:
     class Broken(CompletionPolicy):
-        def on_result(self, result: TaskResult, ensemble: Ensemble) -> None:
+        def on_result(self, result: TaskResult, ensemble: EnsembleControl) -> None:
             raise RuntimeError("boom in strategy")
 
     tasks = [t(f"a{i}", est=float(i)) for i in range(5)]

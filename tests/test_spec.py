@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -129,8 +128,11 @@ def test_sweep_fields_are_templates_and_literal_braces_are_doubled(tmp_path: Pat
     assert task.cwd == str(tmp_path / "work" / "7")
 
 
-def test_sweep_of_100000_points_expands_in_well_under_a_few_seconds(tmp_path: Path) -> None:
-    started = time.perf_counter()
+def test_sweep_of_100000_points_expands_with_a_task_that_waits_for_all_of_it(
+    tmp_path: Path,
+) -> None:
+    """How fast: ``benchmarks/bounded_input.py`` prints the parse time (a timed test would only
+    measure how loaded the machine is)."""
     spec = load(
         tmp_path,
         """
@@ -145,10 +147,10 @@ def test_sweep_of_100000_points_expands_in_well_under_a_few_seconds(tmp_path: Pa
         after = ["big"]
         """,
     )
-    elapsed = time.perf_counter() - started
     assert len(spec.tasks) == 100_001
-    assert len(spec.tasks[-1].after) == 100_000
-    assert elapsed < 3.0, elapsed
+    assert [t.id for t in spec.tasks[:2]] == ["p-0-0.0", "p-0-0.010101010101"]
+    assert spec.tasks[99_999].id == "p-999-1.0"
+    assert spec.tasks[-1].after == tuple(t.id for t in spec.tasks[:-1])
 
 
 # --- Defaults, commands, paths ---

@@ -100,6 +100,8 @@ class LocalBackend(Backend):
     Raises:
         ValueError: ``cores`` names more or other cores than this process may use, or
             ``gpus`` repeats an id.
+        LimitExceeded: (a ``ValueError``) ``gpus`` is more than ``matensemble.limits``
+            allows per node (1,024 unless ``MATENSEMBLE_MAX_GPUS_PER_NODE`` says otherwise).
 
     Outcomes: a process killed by a signal has ``returncode=None`` and ``signal`` set; a
     non-MPI task with ``ranks > 1`` runs one copy per rank and fails as soon as one copy fails

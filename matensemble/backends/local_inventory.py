@@ -8,6 +8,8 @@ from collections.abc import Sequence
 
 import anyio
 
+from matensemble.limits import MAX_GPUS_PER_NODE
+
 __all__ = ["CAN_PIN", "detect_gpus", "find_run_processes", "select_cores", "select_gpus"]
 
 GPU_VARIABLES = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES")
@@ -45,8 +47,10 @@ def select_gpus(gpus: int | Sequence[str] | None) -> tuple[str, ...] | None:
     if isinstance(gpus, int):
         if gpus < 0:
             raise ValueError(f"gpus must be >= 0, got {gpus}")
+        MAX_GPUS_PER_NODE.check(gpus, "gpus")  # before making one id string per GPU
         return tuple(str(i) for i in range(gpus))
     chosen = tuple(gpus)
+    MAX_GPUS_PER_NODE.check(len(chosen), "the number of gpus")
     if len(set(chosen)) != len(chosen) or any(not g or "," in g for g in chosen):
         raise ValueError(f"gpus must be distinct non-empty ids without commas, got {chosen}")
     return chosen

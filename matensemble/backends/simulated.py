@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from anyio.abc import TaskGroup
 
 from matensemble.backends.base import Backend, Launch, LaunchKey, Outcome, Sink
+from matensemble.limits import MAX_CORES_PER_NODE, MAX_GPUS_PER_NODE, MAX_MACHINE_IDS, MAX_NODES
 from matensemble.model import Task, TaskState
 from matensemble.resources import NodeSpec
 
@@ -47,6 +48,10 @@ class SimulatedBackend(Backend):
         returncode: exit code of a launch, from ``(task, attempt)``; non-zero fails it. By
             default the task's ``sim_exit`` tag, else 0.
         start: the virtual clock's initial reading.
+
+    Raises:
+        LimitExceeded: the machine is larger than ``matensemble.limits`` allows (by default
+            1,000,000 nodes, 65,536 cores and 1,024 GPUs per node, 10,000,000 ids in all).
     """
 
     name = "simulated"
@@ -64,6 +69,15 @@ class SimulatedBackend(Backend):
     ) -> None:
         if nodes < 1 or cores_per_node < 1 or gpus_per_node < 0:
             raise ValueError("a simulated machine needs nodes >= 1, cores >= 1 and gpus >= 0")
+        # Checked by arithmetic here: open() builds every id, and the pool keeps lists of them.
+        MAX_NODES.check(nodes, "nodes")
+        MAX_CORES_PER_NODE.check(cores_per_node, "cores_per_node")
+        MAX_GPUS_PER_NODE.check(gpus_per_node, "gpus_per_node")
+        MAX_MACHINE_IDS.check(
+            nodes * (cores_per_node + gpus_per_node),
+            f"the simulated machine's number of core and GPU ids ({nodes:,} nodes x "
+            f"({cores_per_node:,} cores + {gpus_per_node:,} GPUs))",
+        )
         self._shape = (nodes, cores_per_node, gpus_per_node)
         self._duration = duration
         self._returncode = returncode

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from matensemble.strategies.adaptive import Adaptive
 from matensemble.strategies.base import CompletionPolicy, SubmissionOrder
+from matensemble.strategies.control import EnsembleControl
 from matensemble.strategies.fifo import FIFO
 from matensemble.strategies.gpu_first import GPUFirst
 from matensemble.strategies.longest_first import LongestFirst
@@ -15,6 +16,7 @@ __all__ = [
     "FIFO",
     "Adaptive",
     "CompletionPolicy",
+    "EnsembleControl",
     "GPUFirst",
     "LongestFirst",
     "Priority",

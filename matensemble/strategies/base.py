@@ -1,18 +1,17 @@
 """The two strategy protocols: the order of submission, and what happens on completion.
 
-Strategies see the engine only through its public API (``Ensemble.submit``, ``cancel``,
-``reprioritise``, ``counts``, ``resources``), never through private state.
+Strategies see the engine only through ``EnsembleControl`` (``submit``, ``cancel``,
+``reprioritise``, ``counts``, ``resources``, ``state``, ``result``), never through private state,
+and never import the engine.
 """
 
 from __future__ import annotations
 
 import abc
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from matensemble.model import Task, TaskResult
-
-if TYPE_CHECKING:
-    from matensemble.engine import Ensemble
+from matensemble.strategies.control import EnsembleControl
 
 __all__ = ["CompletionPolicy", "SubmissionOrder"]
 
@@ -57,7 +56,7 @@ class CompletionPolicy:
     def blocked(self) -> None:
         """The producer found nothing more that fits (a batch is complete)."""
 
-    def on_result(self, result: TaskResult, ensemble: Ensemble) -> None:
+    def on_result(self, result: TaskResult, ensemble: EnsembleControl) -> None:
         """React to a terminal result (succeeded, failed, timed out, cancelled or skipped)."""
 
     def __repr__(self) -> str:
