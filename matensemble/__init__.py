@@ -23,17 +23,15 @@ if TYPE_CHECKING:
         DiskFull,
         LimitExceeded,
         MatEnsembleError,
-        RunFailed,
         SerialisationError,
         SpecError,
-        TaskFailed,
         TaskRejected,
     )
     from matensemble.functions.front import task
-    from matensemble.functions.refs import TaskRef
+    from matensemble.functions.refs import TaskFailed, TaskRef
     from matensemble.functions.warm import WarmLocalBackend
     from matensemble.model import Resources, Task, TaskResult, TaskState
-    from matensemble.summary import RunSummary
+    from matensemble.summary import RunFailed, RunSummary
 
 __all__ = [
     "Backend",
@@ -70,8 +68,8 @@ _WHERE = {
     "LocalBackend": "matensemble.backends.local",
     "SimulatedBackend": "matensemble.backends.simulated",
     "Ensemble": "matensemble.engine",
-    "RunSummary": "matensemble.summary",
-    "TaskRef": "matensemble.functions.refs",
+    **dict.fromkeys(("RunFailed", "RunSummary"), "matensemble.summary"),
+    **dict.fromkeys(("TaskFailed", "TaskRef"), "matensemble.functions.refs"),
     "task": "matensemble.functions.front",
     "WarmLocalBackend": "matensemble.functions.warm",
     **dict.fromkeys(("Resources", "Task", "TaskResult", "TaskState"), "matensemble.model"),
@@ -83,10 +81,8 @@ _WHERE = {
             "DiskFull",
             "LimitExceeded",
             "MatEnsembleError",
-            "RunFailed",
             "SerialisationError",
             "SpecError",
-            "TaskFailed",
             "TaskRejected",
         ),
         "matensemble.errors",

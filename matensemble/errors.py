@@ -12,8 +12,6 @@ TYPE_CHECKING = False  # not from typing: a worker of a Python call starts faste
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from matensemble.model import TaskResult
-    from matensemble.summary import RunSummary
 
 __all__ = [
     "BackendError",
@@ -26,10 +24,8 @@ __all__ = [
     "ResultUnavailable",
     "ResumeMismatch",
     "RunDirectoryTaken",
-    "RunFailed",
     "SerialisationError",
     "SpecError",
-    "TaskFailed",
     "TaskRejected",
     "UnsafeTaskPath",
 ]
@@ -112,18 +108,6 @@ class DiskFull(MatEnsembleError):
         return error.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
-class RunFailed(MatEnsembleError):
-    """Raised by ``run(check=True)`` and ``RunSummary.check()``: not every task succeeded.
-
-    The message names the tasks that did not succeed (and why), where their outputs are, and,
-    for a run that was stopped, how to continue it. ``summary`` holds every result.
-    """
-
-    def __init__(self, message: str, summary: RunSummary) -> None:
-        super().__init__(message)
-        self.summary = summary
-
-
 class SerialisationError(MatEnsembleError, TypeError):
     """A Python call's function, arguments or result cannot be serialised.
 
@@ -138,38 +122,6 @@ class SerialisationError(MatEnsembleError, TypeError):
 
 class ResultUnavailable(MatEnsembleError):
     """A call's result file is missing, or refused (a link, or outside the run directory)."""
-
-
-class TaskFailed(MatEnsembleError):
-    """A Python call did not succeed: it raised, timed out, was cancelled or skipped.
-
-    ``result`` is the task's ``TaskResult``; for a call that raised, ``remote_type``,
-    ``remote_message`` and ``remote_traceback`` describe the exception in the worker (for an
-    MPI call, on the rank that raised: ``remote_rank``).
-    """
-
-    def __init__(
-        self,
-        result: TaskResult,
-        *,
-        remote_type: str | None = None,
-        remote_message: str | None = None,
-        remote_traceback: str | None = None,
-        remote_rank: int | None = None,
-    ) -> None:
-        if remote_type is not None:
-            where = f" on rank {remote_rank}" if remote_rank else ""
-            text = f"task {result.id!r} raised {remote_type}: {remote_message}{where}"
-            if remote_traceback:
-                text += "\n\nRemote traceback:\n" + remote_traceback.rstrip()
-        else:
-            text = f"task {result.id!r} {result.state.value}: {result.reason or 'no reason given'}"
-        super().__init__(text)
-        self.result = result
-        self.remote_type = remote_type
-        self.remote_message = remote_message
-        self.remote_traceback = remote_traceback
-        self.remote_rank = remote_rank
 
 
 class RunDirectoryTaken(MatEnsembleError):

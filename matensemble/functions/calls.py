@@ -24,7 +24,6 @@ from matensemble.errors import (
     MatEnsembleError,
     ResultUnavailable,
     SerialisationError,
-    TaskFailed,
     TaskRejected,
 )
 from matensemble.functions.files import (
@@ -37,7 +36,7 @@ from matensemble.functions.files import (
     read_task_file,
     write_atomically,
 )
-from matensemble.functions.refs import TaskRef
+from matensemble.functions.refs import TaskFailed, TaskRef
 from matensemble.functions.serialisation import (
     describe_function,
     encode_arguments,

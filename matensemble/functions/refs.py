@@ -3,14 +3,61 @@
 from __future__ import annotations
 
 from collections.abc import Generator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from matensemble.errors import MatEnsembleError
 from matensemble.model import TaskResult, TaskState
 
-if TYPE_CHECKING:
-    from matensemble.functions.calls import FunctionLayer
+__all__ = ["TaskFailed", "TaskRef"]
 
-__all__ = ["TaskRef"]
+
+class _Tracker(Protocol):
+    """What a ref asks the ensemble: a task's state and its result once it ended."""
+
+    def state(self, task_id: str) -> TaskState: ...
+
+    def result(self, task_id: str) -> TaskResult | None: ...
+
+
+class _Layer(Protocol):
+    """What a ref needs of the function layer (``calls.FunctionLayer``), without importing it."""
+
+    @property
+    def ensemble(self) -> _Tracker: ...
+
+    async def value(self, task_id: str) -> Any: ...
+
+
+class TaskFailed(MatEnsembleError):
+    """A Python call did not succeed: it raised, timed out, was cancelled or skipped.
+
+    ``result`` is the task's ``TaskResult``; for a call that raised, ``remote_type``,
+    ``remote_message`` and ``remote_traceback`` describe the exception in the worker (for an
+    MPI call, on the rank that raised: ``remote_rank``).
+    """
+
+    def __init__(
+        self,
+        result: TaskResult,
+        *,
+        remote_type: str | None = None,
+        remote_message: str | None = None,
+        remote_traceback: str | None = None,
+        remote_rank: int | None = None,
+    ) -> None:
+        if remote_type is not None:
+            where = f" on rank {remote_rank}" if remote_rank else ""
+            text = f"task {result.id!r} raised {remote_type}: {remote_message}{where}"
+            if remote_traceback:
+                text += "\n\nRemote traceback:\n" + remote_traceback.rstrip()
+        else:
+            text = f"task {result.id!r} {result.state.value}: {result.reason or 'no reason given'}"
+        super().__init__(text)
+        self.result = result
+        self.remote_type = remote_type
+        self.remote_message = remote_message
+        self.remote_traceback = remote_traceback
+        self.remote_rank = remote_rank
 
 
 class TaskRef:
@@ -25,7 +72,7 @@ class TaskRef:
 
     __slots__ = ("_layer", "id")
 
-    def __init__(self, layer: FunctionLayer, task_id: str) -> None:
+    def __init__(self, layer: _Layer, task_id: str) -> None:
         self._layer = layer
         self.id = task_id
 
