@@ -1,0 +1,200 @@
+"""The engine's two coroutines: the producer starts what fits, the consumer takes in outcomes.
+
+The *producer* starts ready tasks, best-ranked first, while they fit the free resources (see
+``Dispatcher.select``), writes their starts to the journal, hands them to the backend, then
+waits on an event; it never sleeps or polls. Backends report outcomes through a callback
+(``_on_outcome``) into a queue; the *consumer* drains that queue in batches, releases
+resources, records the outcome (or queues a retry), wakes the producer, and only then syncs the
+journal and tells the waiters. Both run in the ensemble's task group.
+"""
+
+from __future__ import annotations
+
+from matensemble.backends.base import Launch, LaunchKey, Outcome
+from matensemble.dispatch import Record
+from matensemble.engine_state import RunState, why
+from matensemble.model import (
+    Placement,
+    TaskFinished,
+    TaskResult,
+    TaskStarted,
+    TaskState,
+    TaskSubmitted,
+)
+
+__all__ = ["EngineLoop"]
+
+
+class EngineLoop(RunState):
+    """The producer and the consumer of one run, on top of its state."""
+
+    # -- producer ---------------------------------------------------------------------------------
+
+    async def _producer(self) -> None:
+        try:
+            while True:
+                self._wake_producer.clear()
+                starts, held = self._fill()
+                self._write()  # the starts are on record (in the OS) before anything runs
+                for launch in starts:
+                    self._launch(launch)
+                if held and not starts and not self._running and self._deadline is not None:
+                    self._interrupt("walltime: no queued task can finish before the deadline")
+                if self._notify:
+                    self._wake_consumer.set()  # results to commit and tell (skips, cancels)
+                elif not self._outcomes:  # running tasks or retry backoffs
+                    self.backend.idle()
+                await self._wake_producer.wait()
+        except Exception as exc:  # a bug or a strategy error: stop the run, report it
+            self._fail(exc)
+
+    def _fill(self) -> tuple[list[Launch], bool]:
+        """Pick what starts now (see ``Dispatcher.select``) and record the starts.
+
+        Returns the launches to make once their starts are written to the journal (a task
+        never runs without a record that it started), and whether the deadline held any back.
+        """
+        assert self._pool is not None
+        if self._stopping:
+            return [], False
+        starts: list[Launch] = []
+        now = self.backend.now()
+        held = self._dispatch.select(
+            self._pool,
+            now,
+            self._deadline,
+            in_flight=lambda: len(self._running),
+            start=lambda rec, placement: starts.append(self._start(rec, placement, now)),
+        )
+        return starts, held
+
+    def _start(self, rec: Record, placement: Placement, now: float) -> Launch:
+        task = rec.task
+        rec.state = TaskState.RUNNING
+        rec.attempts += 1
+        rec.placement = placement
+        rec.start = now
+        self._dispatch.running(rec, now)
+        counts = self._counts
+        counts[TaskState.READY] -= 1
+        counts[TaskState.RUNNING] += 1
+        self._running[task.id] = rec
+        self._emit(TaskStarted(now, task.id, rec.attempts, placement))
+        return Launch(
+            task=task,
+            attempt=rec.attempts,
+            placement=placement,
+            task_dir=self._tasks_dir / task.id,
+            run_id=self.run_id,
+        )
+
+    def _launch(self, launch: Launch) -> None:
+        """Hand one launch to the backend; a backend that raises fails that task only."""
+        rec = self._records[launch.task.id]
+        if self._stopping or rec.cancel_requested:  # stopped while its start was committed
+            self._on_outcome(Outcome(key=launch.key, state=TaskState.CANCELLED, reason="cancelled"))
+            return
+        try:
+            self.backend.launch(launch)
+        except Exception as exc:
+            self._log.error("launch_error", task_id=launch.task.id, error=repr(exc))
+            self._on_outcome(
+                Outcome(
+                    key=launch.key,
+                    state=TaskState.FAILED,
+                    reason=f"the {self.backend.name} backend could not launch it: {why(exc)}",
+                )
+            )
+
+    # -- consumer ---------------------------------------------------------------------------------
+
+    def _on_job_id(self, key: LaunchKey, job_id: str) -> None:
+        """The backend's id for a launch: journal it soon, so a resume can adopt the job."""
+        self._emit(TaskSubmitted(self.backend.now(), key[0], key[1], job_id))
+        self._wake_consumer.set()  # it writes the journal
+
+    def _on_outcome(self, outcome: Outcome) -> None:
+        """The backends' sink: queue the outcome and wake the consumer (event loop thread)."""
+        self._outcomes.append(outcome)
+        self._wake_consumer.set()
+
+    async def _consumer(self) -> None:
+        try:
+            while True:
+                await self._wake_consumer.wait()
+                self._wake_consumer.clear()
+                self._drain_outcomes()
+                self._write()
+                self._wake_producer.set()  # refill freed slots while the journal syncs
+                await self._commit()
+                if self._deadline is not None and self.backend.now() >= self._deadline:
+                    self._interrupt("walltime reached")
+        except Exception as exc:
+            self._fail(exc)
+
+    def _drain_outcomes(self) -> None:
+        outcomes = self._outcomes
+        while outcomes:
+            self._handle(outcomes.popleft())
+
+    def _handle(self, outcome: Outcome) -> None:
+        task_id, attempt = outcome.key
+        rec = self._records.get(task_id)
+        if rec is None or rec.state is not TaskState.RUNNING or rec.attempts != attempt:
+            self._log.warning("stale_outcome", task_id=task_id, attempt=attempt)
+            return
+        assert self._pool is not None
+        self._pool.release(rec.placement)
+        del self._running[task_id]
+        self._counts[TaskState.RUNNING] -= 1
+        self._counts[TaskState.PENDING] += 1
+        rec.state = TaskState.PENDING
+        if outcome.start_time is not None and outcome.end_time is not None:
+            used = outcome.end_time - outcome.start_time
+            self._core_seconds += used * sum(len(s.cores) for s in rec.placement)
+            self._gpu_seconds += used * sum(len(s.gpus) for s in rec.placement)
+        result = TaskResult(
+            id=task_id,
+            state=outcome.state,
+            attempts=attempt,
+            returncode=outcome.returncode,
+            signal=outcome.signal,
+            reason=self._stop_reason
+            if outcome.state is TaskState.CANCELLED and self._stop_reason
+            else outcome.reason,
+            start_time=outcome.start_time,
+            end_time=outcome.end_time,
+            placement=outcome.placement or rec.placement,
+            tags=rec.task.tags,
+            times=outcome.times,
+            job_id=outcome.job_id,
+        )
+        if outcome.state in (TaskState.FAILED, TaskState.TIMED_OUT):
+            rec.failures += 1
+        if (
+            outcome.state in self.retry.on
+            and rec.failures <= rec.task.retries
+            and not rec.cancel_requested
+            and not self._stopping
+        ):
+            delay = self.retry.wait_before(rec.failures)
+            self._emit(TaskFinished(self.backend.now(), result, retry_in=delay))
+            self._log.info(
+                "task_retry",
+                task_id=task_id,
+                attempt=attempt,
+                state=outcome.state.value,
+                reason=outcome.reason,
+                retry_in=delay,
+            )
+            if delay > 0:
+                self.backend.call_later(delay, lambda: self._retry_due(rec))
+            else:
+                self._make_ready(rec)
+            return
+        self._complete(rec, result)
+
+    def _retry_due(self, rec: Record) -> None:
+        if rec.state is TaskState.PENDING and not self._stopping:
+            self._make_ready(rec)
+            self._wake_producer.set()
