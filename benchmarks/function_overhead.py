@@ -2,7 +2,7 @@
 and against Parsl and Dask.
 
     uv run --extra test --with parsl --with distributed \
-        python benchmarks/function_overhead.py [--calls 200] [--fan 1000] [--arrays 20]
+        python benchmarks/function_overhead.py [--calls 200] [--reps 3] [--fan 1000] [--arrays 20]
 
 In one run, on this machine's cores (2 workers everywhere on a 2-core machine):
 - ``xargs -P <cores>`` spawning ``python -c pass`` N times: the best any new-interpreter-per-call
@@ -14,14 +14,22 @@ In one run, on this machine's cores (2 workers everywhere on a 2-core machine):
   ``LocalCluster`` (worker processes), when they are installed (skipped otherwise);
 - a fan-out/fan-in: ``--fan`` calls whose values one call sums (results along edges), warm;
 - the result throughput for 1 MB numpy arrays (``--arrays`` calls, each returns 1 MB), warm.
-Figures are calls per second and ratios.
+Figures are calls per second and ratios. The raw spawning and the cold calls alternate
+``--reps`` times (the best and the median of each, and the ratio of the medians), as other load
+on the machine comes and goes; the load average is printed before and after.
+
+The package is byte-compiled first (``compileall``), as an installed wheel is: with
+``PYTHONDONTWRITEBYTECODE`` set and no ``__pycache__``, every cold worker would compile the
+package's modules from source, a cost no installed copy pays.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import compileall
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+import matensemble
 from matensemble import Ensemble, LocalBackend, WarmLocalBackend
 
 
@@ -128,22 +137,36 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--fan", type=int, default=1000)
     parser.add_argument("--arrays", type=int, default=20)
+    parser.add_argument("--reps", type=int, default=3)
     args = parser.parse_args()
     cores = len(os.sched_getaffinity(0))
-    print(f"{cores} cores, python {sys.version.split()[0]}")
+    compileall.compile_dir(Path(matensemble.__file__).parent, quiet=1)
+    print(f"{cores} cores, python {sys.version.split()[0]}, load average {os.getloadavg()}")
     with tempfile.TemporaryDirectory(dir="/dev/shm" if os.path.isdir("/dev/shm") else None) as d:
         root = Path(d)
         n = args.calls
-        raw = xargs_python(n, cores)
-        cold = asyncio.run(calls(n, cores, root, warm=False))
-        cold_by_value = asyncio.run(calls(n, cores, root, warm=False, fn=noop))
+        times: dict[str, list[float]] = {"raw": [], "cold": [], "by_value": []}
+        for rep in range(args.reps):
+            times["raw"].append(xargs_python(n, cores))
+            times["cold"].append(asyncio.run(calls(n, cores, root / str(rep), warm=False)))
+            by_value = asyncio.run(calls(n, cores, root / str(rep), warm=False, fn=noop))
+            times["by_value"].append(by_value)
+        raw, cold, cold_by_value = (statistics.median(times[k]) for k in times)
         warm = asyncio.run(calls(n, cores, root, warm=True))
         parsl_t = parsl_calls(n, cores, root)
         dask_t = dask_calls(n, cores)
-        print(f"xargs -P{cores} python -c pass: {n / raw:8.1f} calls/s")
+
+        def rates(key: str) -> str:
+            best = n / min(times[key])
+            return f"{n / statistics.median(times[key]):8.1f} calls/s (best {best:.1f})"
+
+        print(f"xargs -P{cores} python -c pass: {rates('raw')}")
         ratio = cold / raw
-        print(f"ens.call no-op, cold:         {n / cold:8.1f} calls/s (time vs xargs {ratio:.2f}x)")
-        print(f"  same, function from __main__: {n / cold_by_value:8.1f} calls/s (by value)")
+        print(f"ens.call no-op, cold:         {rates('cold')} (time vs xargs {ratio:.2f}x)")
+        print(
+            f"  same, function from __main__: {rates('by_value')} (by value, "
+            f"{cold_by_value / raw:.2f}x)"
+        )
         print(f"ens.call no-op, warm:         {n / warm:8.1f} calls/s")
         for name, took in (("Parsl HTEX", parsl_t), ("Dask LocalCluster", dask_t)):
             if took is None:
@@ -154,6 +177,7 @@ def main() -> None:
         print(f"fan-out/fan-in {args.fan} calls:  {fan:8.2f} s ({args.fan / fan:.1f} calls/s)")
         mb = asyncio.run(arrays(args.arrays, cores, root))
         print(f"1 MB numpy results:           {args.arrays / mb:8.1f} MB/s ({args.arrays} calls)")
+    print(f"load average after: {os.getloadavg()}")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ package (the worker of a Python call) starts quickly.
 
 from __future__ import annotations
 
-import importlib
+import sys
 
 TYPE_CHECKING = False  # not from typing: a worker of a Python call starts faster
 
@@ -94,7 +94,8 @@ def __getattr__(name: str) -> object:
     module = _WHERE.get(name)
     if module is None:
         raise AttributeError(f"module 'matensemble' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    __import__(module)  # not importlib: a worker of a Python call starts faster without it
+    value = getattr(sys.modules[module], name)
     globals()[name] = value
     return value
 

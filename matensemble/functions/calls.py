@@ -2,7 +2,8 @@
 
 It uses only the engine's public API (``submit``, ``state``, ``result``, ``completed``,
 ``run_dir``). A call is written into its task directory (see ``files``) and submitted as an
-ordinary command task running ``python -m matensemble.worker <task-dir>``, so it is journaled,
+ordinary command task running the worker (``python -c "...run()" <task-dir>``, the same as
+``python -m matensemble.worker <task-dir>`` without ``runpy``), so it is journaled,
 scheduled, retried, timed out, cancelled and resumed like any other task, and command tasks may
 depend on it (``after=[ref.id]``) or it on them (``after=[...]``).
 """
@@ -43,7 +44,7 @@ from matensemble.functions.serialisation import (
     fingerprint,
     unpicklable_path,
 )
-from matensemble.functions.worker import read_value
+from matensemble.functions.worker import WORKER_ARGV, read_value
 from matensemble.model import Resources, Task, TaskResult, TaskState, validate_task_id
 
 __all__ = ["AsCompleted", "CallOptions", "EnsembleAPI", "FunctionLayer"]
@@ -151,8 +152,7 @@ class FunctionLayer:
             id=task_id,
             command=(
                 sys.executable,
-                "-m",
-                "matensemble.worker",
+                *WORKER_ARGV,
                 str(task_dir),
                 *{None: (), True: ("--warm",), False: ("--cold",)}[options.warm],
             ),

@@ -1,8 +1,9 @@
 """Python calls from an ensemble file: ``function = "package.module:name"``, ``args``, ``kwargs``.
 
-Such a task runs ``python -m matensemble.worker --inline '<json>'``: the call travels in the
-command itself (plain data, so the journal records it), and the worker writes the result into
-the task's directory (``result.json`` or ``result.pkl``) as for ``ens.call``. Strings in
+Such a task runs the worker (``python -m matensemble.worker``) with ``--inline '<json>'``: the
+call travels in the command itself (plain data, so the journal records it), and the worker
+writes the result into the task's directory (``result.json`` or ``result.pkl``) as for
+``ens.call``. Strings in
 ``args``/``kwargs`` are filled in from the sweep's parameters like ``command`` is; a string that
 is exactly one placeholder (``"{T}"``) becomes the parameter's value with its type (a number
 stays a number).
@@ -16,6 +17,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import msgspec
+
+from matensemble.functions.worker import WORKER_ARGV
 
 __all__ = ["InlineCall", "check_function_name", "fill", "inline_command"]
 
@@ -60,8 +63,7 @@ def fill(value: Any, context: Mapping[str, Any]) -> Any:
 def inline_command(call: InlineCall) -> tuple[str, ...]:
     return (
         sys.executable,
-        "-m",
-        "matensemble.worker",
+        *WORKER_ARGV,
         "--inline",
         msgspec.json.encode(call).decode(),
     )

@@ -16,16 +16,16 @@ on the way, so a task id (or a planted link) can never make the driver unpickle 
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 
-from matensemble.errors import ResultUnavailable
+from matensemble.functions.serialisation import dump_json, load_json
 
 TYPE_CHECKING = False  # not from typing: the worker starts faster without importing it
 if TYPE_CHECKING:
     from typing import Any
 
+    from matensemble.errors import ResultUnavailable
     from matensemble.functions.serialisation import Format
 
 
@@ -54,8 +54,8 @@ def result_file(fmt: Format) -> str:
     return "result" + _SUFFIX[fmt]
 
 
-# Plain classes and the standard json module, not msgspec: the worker imports this module, and
-# every millisecond of its start is paid once per cold call.
+# Plain classes and ``_json`` (see ``serialisation.dump_json``), not msgspec or the json package:
+# the worker imports this module, and every millisecond of its start is paid once per cold call.
 
 
 class CallSpec:
@@ -94,7 +94,7 @@ class CallSpec:
         self.durable = durable  # sync the result before exiting (``Ensemble(durable=...)``)
 
     def encode(self) -> bytes:
-        return json.dumps({k: getattr(self, k) for k in self.__slots__}).encode()
+        return dump_json({k: getattr(self, k) for k in self.__slots__})
 
     @classmethod
     def decode(cls, data: bytes) -> CallSpec:
@@ -119,7 +119,7 @@ class RemoteError:
         self.attempt = attempt
 
     def encode(self) -> bytes:
-        return json.dumps({k: getattr(self, k) for k in self.__slots__}).encode()
+        return dump_json({k: getattr(self, k) for k in self.__slots__})
 
     @classmethod
     def decode(cls, data: bytes) -> RemoteError:
@@ -128,7 +128,7 @@ class RemoteError:
 
 
 def _object(data: bytes, what: str) -> dict[str, Any]:
-    fields = json.loads(data)
+    fields = load_json(data)
     if not isinstance(fields, dict):
         raise ValueError(f"{what} file: expected a JSON object")
     return fields
@@ -175,7 +175,7 @@ def read_task_file(run_dir: str | os.PathLike[str], task_id: str, name: str) -> 
             directory, or the file is a link or not a regular file.
     """
     if not task_id or task_id in (".", "..") or "/" in task_id or "\0" in task_id:
-        raise ResultUnavailable(f"refusing to read a result for {task_id!r}: not a task id")
+        raise _unavailable(f"refusing to read a result for {task_id!r}: not a task id")
     tasks = os.path.join(run_dir, "tasks")
     flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
     fds: list[int] = []
@@ -190,7 +190,7 @@ def read_task_file(run_dir: str | os.PathLike[str], task_id: str, name: str) -> 
             return None
         except OSError:
             task_dir = os.path.join(tasks, task_id)
-            raise ResultUnavailable(
+            raise _unavailable(
                 f"refusing to read {name} of task {task_id!r}: {task_dir} is a link or not a "
                 f"directory (results are read only from the run directory {run_dir} itself)"
             ) from None
@@ -200,14 +200,20 @@ def read_task_file(run_dir: str | os.PathLike[str], task_id: str, name: str) -> 
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise ResultUnavailable(
+            raise _unavailable(
                 f"refusing to read {path}: {exc.strerror} (a link? results are read only from "
                 f"files in the run directory {run_dir} itself)"
             ) from None
         if not stat.S_ISREG(os.fstat(fds[2]).st_mode):
-            raise ResultUnavailable(f"refusing to read {path}: not a regular file")
+            raise _unavailable(f"refusing to read {path}: not a regular file")
         with os.fdopen(fds[2], "rb", closefd=False) as file:
             return file.read()
     finally:
         for fd in fds:
             os.close(fd)
+
+
+def _unavailable(message: str) -> ResultUnavailable:
+    from matensemble.errors import ResultUnavailable  # only on this path: a worker starts faster
+
+    return ResultUnavailable(message)

@@ -12,10 +12,8 @@ call, wherever it sits (lists, dicts, tuples, dataclass fields).
 
 from __future__ import annotations
 
-import importlib
 import io
-import json
-import math
+import sys
 
 TYPE_CHECKING = False  # not from typing: the worker imports this module, and starts faster
 if TYPE_CHECKING:
@@ -29,9 +27,11 @@ __all__ = [
     "Format",
     "decode",
     "describe_function",
+    "dump_json",
     "encode_arguments",
     "encode_value",
     "fingerprint",
+    "load_json",
     "load_pickle",
     "unpicklable_path",
 ]
@@ -39,6 +39,75 @@ __all__ = [
 REF_TAG = "matensemble.ref"
 _MAX_DEPTH = 64
 _INT_RANGE = (-(2**63), 2**64 - 1)
+
+# JSON through the ``_json`` accelerator itself: the ``json`` package compiles regular
+# expressions when imported (``re`` and ``enum`` with it), about 5 ms of every cold call's
+# start. Only plain data (``is_plain``) is encoded here; where ``_json`` is missing or differs,
+# the ``json`` package does the work.
+_json_encode: Callable[[object], str] | None = None
+_json_scan: Callable[[str, int], tuple[Any, int]] | None = None
+
+
+def _json_codec() -> None:
+    global _json_encode, _json_scan
+    try:
+        import _json
+
+        class _Context:  # what ``_json.make_scanner`` reads off a JSONDecoder
+            strict = True
+            object_hook = None
+            object_pairs_hook = None
+            parse_float = float
+            parse_int = int
+            parse_constant = float  # NaN, Infinity, -Infinity, as json.loads reads them
+
+        encoder = _json.make_encoder(
+            None, _not_json, _json.encode_basestring_ascii, None, ":", ",", False, False, False
+        )
+
+        def encode(value: object) -> str:
+            return "".join(encoder(value, 0))
+
+        if encode([1.5, "\u00e9", None]) != '[1.5,"\\u00e9",null]':  # not json.dumps' output
+            raise ValueError("an unexpected _json module")
+        _json_encode, _json_scan = encode, _json.make_scanner(_Context())  # type: ignore[arg-type]
+    except Exception:  # an interpreter without ``_json``, or another version of it
+        import json
+
+        def encode_slowly(value: object) -> str:
+            return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+        _json_encode, _json_scan = encode_slowly, json.JSONDecoder().raw_decode
+
+
+def _not_json(value: object) -> Any:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def dump_json(value: object) -> bytes:
+    """``value`` (plain data) as compact JSON, exactly as ``json.dumps`` writes it."""
+    if _json_encode is None:
+        _json_codec()
+        assert _json_encode is not None
+    return _json_encode(value).encode()
+
+
+def load_json(data: bytes | str) -> Any:
+    """The value of a JSON document (raises ``ValueError`` if it is not one)."""
+    if _json_scan is None:
+        _json_codec()
+        assert _json_scan is not None
+    text = data.decode() if isinstance(data, bytes) else data
+    start = len(text) - len(text.lstrip(" \t\n\r"))
+    try:
+        value, end = _json_scan(text, start)
+    except StopIteration:
+        end = -1
+    if end < 0 or text[end:].strip(" \t\n\r"):
+        import json  # for its error message
+
+        return json.loads(text)
+    return value
 
 
 def is_plain(value: object, depth: int = 0) -> bool:
@@ -51,7 +120,8 @@ def is_plain(value: object, depth: int = 0) -> bool:
     if kind is int:
         return _INT_RANGE[0] <= value <= _INT_RANGE[1]  # type: ignore[operator]
     if kind is float:
-        return math.isfinite(value)  # type: ignore[arg-type]
+        difference: float = value - value  # type: ignore[operator]
+        return difference == 0.0  # finite (``math.isfinite`` would cost an import)
     if kind is list:
         return all(is_plain(item, depth + 1) for item in value)  # type: ignore[attr-defined]
     if kind is dict:
@@ -84,14 +154,10 @@ def _pickle(value: object, ref_type: type | None = None) -> tuple[bytes, list[st
     return buffer.getvalue(), refs
 
 
-def _json(value: object) -> bytes:
-    return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
-
-
 def encode_value(value: object) -> tuple[Format, bytes]:
     """Encode a result. Raises what pickle raises for an unpicklable value."""
     if is_plain(value):
-        return "json", _json(value)
+        return "json", dump_json(value)
     return "pickle", _pickle(value)[0]
 
 
@@ -101,7 +167,7 @@ def encode_arguments(
     """Encode ``[args, kwargs]``; return the format, the bytes and the ids of nested refs."""
     payload = [list(args), kwargs]
     if is_plain(payload):
-        return "json", _json(payload), []
+        return "json", dump_json(payload), []
     data, refs = _pickle((args, kwargs), ref_type)
     return "pickle", data, list(dict.fromkeys(refs))
 
@@ -122,7 +188,7 @@ def load_pickle(data: bytes, resolve: Callable[[str], Any] | None = None) -> Any
 
 def decode(fmt: Format, data: bytes, resolve: Callable[[str], Any] | None = None) -> Any:
     if fmt == "json":
-        return json.loads(data)
+        return load_json(data)
     return load_pickle(data, resolve)
 
 
@@ -166,7 +232,7 @@ def describe_function(fn: Callable[..., Any]) -> tuple[str, bytes | None]:
     name = f"{module}:{qualname}" if module and qualname else repr(target)
     if module and qualname and module != "__main__" and "<" not in qualname:
         try:
-            found: Any = importlib.import_module(module)
+            found: Any = _module(module)
             for part in qualname.split("."):
                 found = getattr(found, part)
         except (ImportError, AttributeError):
@@ -179,10 +245,16 @@ def describe_function(fn: Callable[..., Any]) -> tuple[str, bytes | None]:
 def resolve_function(name: str) -> Callable[..., Any]:
     """The function ``module:qualname`` names (the plain function behind a ``@task``)."""
     module, _, qualname = name.partition(":")
-    found: Any = importlib.import_module(module)
+    found: Any = _module(module)
     for part in qualname.split("."):
         found = getattr(found, part)
     return getattr(found, "__matensemble_function__", found)  # type: ignore[no-any-return]
+
+
+def _module(name: str) -> Any:
+    """The module ``name``, imported if need be (not ``importlib``: it costs a cold start)."""
+    __import__(name)
+    return sys.modules[name]
 
 
 def fingerprint(function_name: str, fmt: Format, arguments: bytes) -> str:

@@ -41,12 +41,14 @@ from matensemble.backends.base import (
 from matensemble.backends.local import LocalBackend
 from matensemble.backends.task_files import prepare_task_outputs
 from matensemble.errors import BackendError
+from matensemble.functions.worker import WORKER_ARGV
 from matensemble.model import TaskState
 from matensemble.resources import NodeSpec
 
 __all__ = ["WarmLocalBackend"]
 
-_WORKER_ARGV = ("-m", "matensemble.worker")
+# The worker's command (calls.py, file_calls.py), and the one runs made before it changed.
+_WORKER_ARGVS = (WORKER_ARGV, ("-m", "matensemble.worker"))
 
 
 class _Worker:
@@ -193,7 +195,7 @@ class WarmLocalBackend(Backend):
 
     def _is_warm(self, launch: Launch) -> bool:
         command, res = launch.task.command, launch.task.resources
-        if tuple(command[1:3]) != _WORKER_ARGV or res.ranks != 1 or res.mpi or res.nodes:
+        if tuple(command[1:3]) not in _WORKER_ARGVS or res.ranks != 1 or res.mpi or res.nodes:
             return False
         if "--warm" in command:
             return True
