@@ -61,13 +61,16 @@ def xargs_python(n: int, cores: int) -> float:
     return time.perf_counter() - t0
 
 
-async def calls(n: int, cores: int, root: Path, warm: bool, fn: Any = int) -> float:
+async def calls(
+    n: int, cores: int, root: Path, warm: bool, fn: Any = int, args: tuple[Any, ...] = ()
+) -> float:
     """``n`` calls of ``fn``: by default ``int()``, a no-op importable by name (by reference);
-    ``noop`` from ``__main__`` travels by value (the worker then imports cloudpickle)."""
+    ``noop`` from ``__main__`` travels by value (the worker then imports cloudpickle);
+    ``divmod(7, 2)`` returns a tuple, which is pickled."""
     backend = WarmLocalBackend(cores=cores) if warm else LocalBackend(cores=cores)
     async with Ensemble(backend=backend, run_dir=root / f"calls-{warm}-{fn.__name__}") as ens:
         t0 = time.perf_counter()
-        refs = [ens.call(fn) for _ in range(n)]
+        refs = [ens.call(fn, *args) for _ in range(n)]
         for ref in refs:
             await ref
         return time.perf_counter() - t0
@@ -145,13 +148,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir="/dev/shm" if os.path.isdir("/dev/shm") else None) as d:
         root = Path(d)
         n = args.calls
-        times: dict[str, list[float]] = {"raw": [], "cold": [], "by_value": []}
+        times: dict[str, list[float]] = {"raw": [], "cold": [], "by_value": [], "tuple": []}
         for rep in range(args.reps):
             times["raw"].append(xargs_python(n, cores))
             times["cold"].append(asyncio.run(calls(n, cores, root / str(rep), warm=False)))
             by_value = asyncio.run(calls(n, cores, root / str(rep), warm=False, fn=noop))
             times["by_value"].append(by_value)
-        raw, cold, cold_by_value = (statistics.median(times[k]) for k in times)
+            pickled = asyncio.run(calls(n, cores, root / str(rep), False, divmod, (7, 2)))
+            times["tuple"].append(pickled)
+        raw, cold, cold_by_value, cold_tuple = (statistics.median(times[k]) for k in times)
         warm = asyncio.run(calls(n, cores, root, warm=True))
         parsl_t = parsl_calls(n, cores, root)
         dask_t = dask_calls(n, cores)
@@ -167,6 +172,7 @@ def main() -> None:
             f"  same, function from __main__: {rates('by_value')} (by value, "
             f"{cold_by_value / raw:.2f}x)"
         )
+        print(f"  same, divmod(7, 2) (a pickled tuple): {rates('tuple')} ({cold_tuple / raw:.2f}x)")
         print(f"ens.call no-op, warm:         {n / warm:8.1f} calls/s")
         for name, took in (("Parsl HTEX", parsl_t), ("Dask LocalCluster", dask_t)):
             if took is None:

@@ -132,7 +132,7 @@ def is_plain(value: object, depth: int = 0) -> bool:
     return False
 
 
-def _pickle(value: object, ref_type: type | None = None) -> tuple[bytes, list[str]]:
+def _cloudpickle(value: object, ref_type: type | None = None) -> tuple[bytes, list[str]]:
     """Pickle with cloudpickle (imported here: a worker with a plain result never needs it);
     each ``ref_type`` instance inside becomes a persistent id, and its id is collected."""
     import pickle
@@ -155,10 +155,17 @@ def _pickle(value: object, ref_type: type | None = None) -> tuple[bytes, list[st
 
 
 def encode_value(value: object) -> tuple[Format, bytes]:
-    """Encode a result. Raises what pickle raises for an unpicklable value."""
+    """Encode a result. Raises what pickle raises for an unpicklable value.
+
+    The standard pickler comes first: importing cloudpickle costs a cold worker about 30 ms,
+    and only values that hold functions or classes defined in ``__main__`` or closures need it.
+    """
     if is_plain(value):
         return "json", dump_json(value)
-    return "pickle", _pickle(value)[0]
+    try:
+        return "pickle", _stdlib_pickle().dumps(value, protocol=-1)  # -1: the highest
+    except Exception:
+        return "pickle", _cloudpickle(value)[0]
 
 
 def encode_arguments(
@@ -168,16 +175,27 @@ def encode_arguments(
     payload = [list(args), kwargs]
     if is_plain(payload):
         return "json", dump_json(payload), []
-    data, refs = _pickle((args, kwargs), ref_type)
+    data, refs = _cloudpickle((args, kwargs), ref_type)
     return "pickle", data, list(dict.fromkeys(refs))
+
+
+def _stdlib_pickle() -> Any:
+    """The C pickler itself: the ``pickle`` module around it imports ``re`` (5 ms of a cold
+    worker's start); an interpreter without ``_pickle`` gets ``pickle``."""
+    try:
+        import _pickle
+    except ImportError:
+        import pickle
+
+        return pickle
+    return _pickle
 
 
 def load_pickle(data: bytes, resolve: Callable[[str], Any] | None = None) -> Any:
     """Unpickle ``data``; ``resolve(task_id)`` supplies the value of each nested reference."""
+    pickle = _stdlib_pickle()
 
-    import pickle
-
-    class _Unpickler(pickle.Unpickler):
+    class _Unpickler(pickle.Unpickler):  # type: ignore[name-defined,misc]
         def persistent_load(self, pid: Any) -> Any:
             if resolve is None or not (isinstance(pid, tuple) and pid[:1] == (REF_TAG,)):
                 raise pickle.UnpicklingError(f"unexpected persistent id {pid!r}")
@@ -199,7 +217,7 @@ def unpicklable_path(value: object, path: str, ref_type: type | None = None) -> 
     """
     for child_path, child in _children(value, path):
         try:
-            _pickle(child, ref_type)
+            _cloudpickle(child, ref_type)
         except Exception:
             return unpicklable_path(child, child_path, ref_type)
     return path
@@ -239,7 +257,7 @@ def describe_function(fn: Callable[..., Any]) -> tuple[str, bytes | None]:
             found = None
         if found is fn or getattr(found, "__matensemble_function__", found) is target:
             return name, None
-    return name, _pickle(target)[0]
+    return name, _cloudpickle(target)[0]
 
 
 def resolve_function(name: str) -> Callable[..., Any]:
