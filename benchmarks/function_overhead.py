@@ -15,8 +15,10 @@ In one run, on this machine's cores (2 workers everywhere on a 2-core machine):
 - a fan-out/fan-in: ``--fan`` calls whose values one call sums (results along edges), warm;
 - the result throughput for 1 MB numpy arrays (``--arrays`` calls, each returns 1 MB), warm.
 Figures are calls per second and ratios. The raw spawning and the cold calls alternate
-``--reps`` times (the best and the median of each, and the ratio of the medians), as other load
-on the machine comes and goes; the load average is printed before and after.
+``--reps`` times (the median and the best of each, the ratio of the medians), as other load on
+the machine comes and goes; beside them the CPU time per call (this process and its children:
+driver, workers, xargs and its pythons), which such load moves much less. The load average is
+printed before and after.
 
 The package is byte-compiled first (``compileall``), as an installed wheel is: with
 ``PYTHONDONTWRITEBYTECODE`` set and no ``__pycache__``, every cold worker would compile the
@@ -29,11 +31,13 @@ import argparse
 import asyncio
 import compileall
 import os
+import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +53,15 @@ def noop() -> None:
 
 def one_megabyte(seed: int) -> np.ndarray:
     return np.full(131072, float(seed))  # 131072 float64 = 1 MiB
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished children (the workers, xargs' pythons): a
+    figure that other load on the machine moves much less than the wall-clock time."""
+    own, children = (
+        resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+    )
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def xargs_python(n: int, cores: int) -> float:
@@ -148,31 +161,36 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir="/dev/shm" if os.path.isdir("/dev/shm") else None) as d:
         root = Path(d)
         n = args.calls
-        times: dict[str, list[float]] = {"raw": [], "cold": [], "by_value": [], "tuple": []}
+        cold_methods: dict[str, Callable[[Path], float]] = {
+            f"xargs -P{cores} python -c pass": lambda _: xargs_python(n, cores),
+            "ens.call no-op, cold": lambda d: asyncio.run(calls(n, cores, d, warm=False)),
+            "  same, function from __main__": lambda d: asyncio.run(
+                calls(n, cores, d, warm=False, fn=noop)
+            ),
+            "  same, divmod(7, 2) (pickled)": lambda d: asyncio.run(
+                calls(n, cores, d, False, divmod, (7, 2))
+            ),
+        }
+        times: dict[str, list[float]] = {name: [] for name in cold_methods}
+        cpu: dict[str, float] = dict.fromkeys(cold_methods, 0.0)
         for rep in range(args.reps):
-            times["raw"].append(xargs_python(n, cores))
-            times["cold"].append(asyncio.run(calls(n, cores, root / str(rep), warm=False)))
-            by_value = asyncio.run(calls(n, cores, root / str(rep), warm=False, fn=noop))
-            times["by_value"].append(by_value)
-            pickled = asyncio.run(calls(n, cores, root / str(rep), False, divmod, (7, 2)))
-            times["tuple"].append(pickled)
-        raw, cold, cold_by_value, cold_tuple = (statistics.median(times[k]) for k in times)
+            for name, method in cold_methods.items():
+                before = cpu_seconds()
+                times[name].append(method(root / f"{rep}-{len(times[name])}-{name[-3:]}"))
+                cpu[name] += cpu_seconds() - before
+        raw_name = next(iter(cold_methods))
+        raw, raw_cpu = statistics.median(times[raw_name]), cpu[raw_name]
+        print(f"{'':32} {'calls/s':>8} {'best':>8} {'x xargs':>8} {'CPU ms/call':>12} {'x':>6}")
+        for name in cold_methods:
+            took = statistics.median(times[name])
+            per_call = cpu[name] / args.reps / n * 1000
+            print(
+                f"{name:32} {n / took:8.1f} {n / min(times[name]):8.1f} {took / raw:8.2f} "
+                f"{per_call:12.2f} {cpu[name] / raw_cpu:6.2f}"
+            )
         warm = asyncio.run(calls(n, cores, root, warm=True))
         parsl_t = parsl_calls(n, cores, root)
         dask_t = dask_calls(n, cores)
-
-        def rates(key: str) -> str:
-            best = n / min(times[key])
-            return f"{n / statistics.median(times[key]):8.1f} calls/s (best {best:.1f})"
-
-        print(f"xargs -P{cores} python -c pass: {rates('raw')}")
-        ratio = cold / raw
-        print(f"ens.call no-op, cold:         {rates('cold')} (time vs xargs {ratio:.2f}x)")
-        print(
-            f"  same, function from __main__: {rates('by_value')} (by value, "
-            f"{cold_by_value / raw:.2f}x)"
-        )
-        print(f"  same, divmod(7, 2) (a pickled tuple): {rates('tuple')} ({cold_tuple / raw:.2f}x)")
         print(f"ens.call no-op, warm:         {n / warm:8.1f} calls/s")
         for name, took in (("Parsl HTEX", parsl_t), ("Dask LocalCluster", dask_t)):
             if took is None:
