@@ -15,11 +15,9 @@ import os
 import re
 import sys
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol
-
-import msgspec
 
 from matensemble.errors import (
     MatEnsembleError,
@@ -27,16 +25,7 @@ from matensemble.errors import (
     SerialisationError,
     TaskRejected,
 )
-from matensemble.functions.files import (
-    CALL_FILE,
-    ERROR_FILE,
-    FUNCTION_FILE,
-    CallSpec,
-    RemoteError,
-    args_file,
-    read_task_file,
-    write_atomically,
-)
+from matensemble.functions.files import CallSpec, read_call, read_error, read_value, write_call
 from matensemble.functions.refs import TaskFailed, TaskRef
 from matensemble.functions.serialisation import (
     describe_function,
@@ -44,7 +33,7 @@ from matensemble.functions.serialisation import (
     fingerprint,
     unpicklable_path,
 )
-from matensemble.functions.worker import WORKER_ARGV, read_value
+from matensemble.functions.worker import WORKER_ARGV
 from matensemble.model import Resources, Task, TaskResult, TaskState, validate_task_id
 
 __all__ = ["AsCompleted", "CallOptions", "EnsembleAPI", "FunctionLayer"]
@@ -66,17 +55,42 @@ class EnsembleAPI(Protocol):
     def completed(self, *, start: int = 0) -> AsyncIterator[TaskResult]: ...
 
 
-class CallOptions(msgspec.Struct, frozen=True, kw_only=True):
-    """How a call runs: the ``Task`` fields a call may set (see ``Task``)."""
+class CallOptions:
+    """How a call runs: the ``Task`` fields a call may set, and ``warm``.
 
-    resources: Resources = Resources()
-    timeout: float | None = None
-    retries: int = 0
-    after: Sequence[str] = ()
-    priority: int = 0
-    estimate: float | None = None
-    tags: dict[str, str] = {}
-    warm: bool | None = None  # a warm worker (WarmLocalBackend) or a new interpreter
+    The fields are checked by ``Task`` itself when the call becomes one (with the call's id in
+    the message); here only their names and the type of ``resources``.
+
+    Raises:
+        TypeError: a name that is not an option of a call, or ``resources`` that is not a
+            ``Resources``.
+    """
+
+    __slots__ = ("task_fields", "warm")
+
+    def __init__(self, *, warm: bool | None = None, **task_fields: Any) -> None:
+        unknown = sorted(set(task_fields) - _CALL_FIELDS)
+        if unknown:
+            raise TypeError(
+                f"unknown option(s) of a call: {', '.join(unknown)} (the options are warm, "
+                f"{', '.join(sorted(_CALL_FIELDS))})"
+            )
+        resources = task_fields.get("resources")
+        if resources is not None and not isinstance(resources, Resources):
+            raise TypeError(f"resources must be a Resources(...), got {type(resources).__name__}")
+        # None stands for "not given" (the Task's default) in the keyword arguments of call().
+        self.task_fields: dict[str, Any] = {k: v for k, v in task_fields.items() if v is not None}
+        self.warm = warm
+
+    @property
+    def resources(self) -> Resources:
+        resources: Resources = self.task_fields.get("resources", Resources())
+        return resources
+
+
+# What a call may set of its Task: the rest is the call's own (its id, the worker's command,
+# its directory, the environment of the driver).
+_CALL_FIELDS = frozenset(Task.__struct_fields__) - {"id", "command", "env", "inherit_env", "cwd"}
 
 
 class FunctionLayer:
@@ -134,9 +148,6 @@ class FunctionLayer:
         if task_dir.is_symlink():
             raise TaskRejected(task_id, f"its directory {task_dir} is a symbolic link")
         task_dir.mkdir(parents=True, exist_ok=True)
-        if by_value is not None:
-            write_atomically(task_dir / FUNCTION_FILE, by_value, durable=False)
-        write_atomically(task_dir / args_file(fmt), data, durable=False)
         spec = CallSpec(
             function=name,
             by_value=by_value is not None,
@@ -147,22 +158,21 @@ class FunctionLayer:
             mpi=options.resources.mpi,
             durable=self.ensemble.durable,
         )
-        write_atomically(task_dir / CALL_FILE, spec.encode(), durable=False)
+        write_call(task_dir, spec, data, by_value)
+        fields = options.task_fields
         task = Task(
-            id=task_id,
-            command=(
-                sys.executable,
-                *WORKER_ARGV,
-                str(task_dir),
-                *{None: (), True: ("--warm",), False: ("--cold",)}[options.warm],
-            ),
-            resources=options.resources,
-            timeout=options.timeout,
-            retries=options.retries,
-            after=tuple(dict.fromkeys([*refs, *options.after])),
-            priority=options.priority,
-            estimate=options.estimate,
-            tags={"function": name, **options.tags},
+            **{
+                **fields,
+                "id": task_id,
+                "command": (
+                    sys.executable,
+                    *WORKER_ARGV,
+                    str(task_dir),
+                    *{None: (), True: ("--warm",), False: ("--cold",)}[options.warm],
+                ),
+                "after": tuple(dict.fromkeys([*refs, *fields.get("after", ())])),
+                "tags": {"function": name, **fields.get("tags", {})},
+            }
         )
         self.ensemble.submit(task)
         ref = self._refs[task_id] = TaskRef(self, task_id)
@@ -212,10 +222,9 @@ class FunctionLayer:
             self.ensemble.state(task_id)
         except KeyError:
             return None
-        data = read_task_file(self.run_dir, task_id, CALL_FILE)
-        if data is None:
+        recorded = read_call(self.run_dir, task_id)
+        if recorded is None:
             raise TaskRejected(task_id, "a task with this id exists and is not a Python call")
-        recorded = CallSpec.decode(data)
         if recorded.fingerprint != print_:
             raise TaskRejected(
                 task_id,
@@ -252,17 +261,15 @@ class FunctionLayer:
                 )
             self._values[task_id] = value
             return value
-        data = read_task_file(self.run_dir, task_id, ERROR_FILE)
-        if data is not None and result.state is TaskState.FAILED:
-            error = RemoteError.decode(data)
-            if error.attempt in (0, result.attempts):
-                raise TaskFailed(
-                    result,
-                    remote_type=error.type,
-                    remote_message=error.message,
-                    remote_traceback=error.traceback,
-                    remote_rank=error.rank,
-                )
+        error = read_error(self.run_dir, task_id) if result.state is TaskState.FAILED else None
+        if error is not None and error.attempt in (0, result.attempts):
+            raise TaskFailed(
+                result,
+                remote_type=error.type,
+                remote_message=error.message,
+                remote_traceback=error.traceback,
+                remote_rank=error.rank,
+            )
         raise TaskFailed(result)
 
     async def _finished(self, task_id: str) -> None:

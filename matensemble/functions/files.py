@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import stat
 
-from matensemble.functions.serialisation import dump_json, load_json
+from matensemble.functions.serialisation import decode, dump_json, load_json
 
 TYPE_CHECKING = False  # not from typing: the worker starts faster without importing it
 if TYPE_CHECKING:
@@ -32,12 +32,18 @@ if TYPE_CHECKING:
 __all__ = [
     "CALL_FILE",
     "ERROR_FILE",
+    "FUNCTION_FILE",
     "CallSpec",
     "RemoteError",
     "args_file",
+    "read_call",
+    "read_error",
     "read_task_file",
-    "result_file",
+    "read_value",
     "write_atomically",
+    "write_call",
+    "write_error",
+    "write_result",
 ]
 
 CALL_FILE = "call.json"
@@ -52,6 +58,12 @@ def args_file(fmt: Format) -> str:
 
 def result_file(fmt: Format) -> str:
     return "result" + _SUFFIX[fmt]
+
+
+_RESULT_FILES: tuple[tuple[Format, str], ...] = (
+    ("json", result_file("json")),
+    ("pickle", result_file("pickle")),
+)
 
 
 # Plain classes and ``_json`` (see ``serialisation.dump_json``), not msgspec or the json package:
@@ -211,6 +223,54 @@ def read_task_file(run_dir: str | os.PathLike[str], task_id: str, name: str) -> 
     finally:
         for fd in fds:
             os.close(fd)
+
+
+def write_call(
+    task_dir: str | os.PathLike[str], spec: CallSpec, arguments: bytes, function: bytes | None
+) -> None:
+    """Write a call's files (the driver, before it submits the call's task). ``call.json`` comes
+    last, so that whoever finds it finds the rest. Not synced: they are cheap to write again."""
+    if function is not None:
+        write_atomically(os.path.join(task_dir, FUNCTION_FILE), function, durable=False)
+    write_atomically(os.path.join(task_dir, args_file(spec.args_format)), arguments, durable=False)
+    write_atomically(os.path.join(task_dir, CALL_FILE), spec.encode(), durable=False)
+
+
+def read_call(run_dir: str | os.PathLike[str], task_id: str) -> CallSpec | None:
+    """The ``call.json`` of a task, or ``None`` if it has none (it is not a Python call)."""
+    data = read_task_file(run_dir, task_id, CALL_FILE)
+    return None if data is None else CallSpec.decode(data)
+
+
+def read_error(run_dir: str | os.PathLike[str], task_id: str) -> RemoteError | None:
+    """The exception a call raised (``error.json``), or ``None``."""
+    data = read_task_file(run_dir, task_id, ERROR_FILE)
+    return None if data is None else RemoteError.decode(data)
+
+
+def write_error(task_dir: str, error: RemoteError) -> None:
+    """Write the exception a call raised (the worker, before it exits with 1)."""
+    write_atomically(os.path.join(task_dir, ERROR_FILE), error.encode())
+
+
+def read_value(run_dir: str | os.PathLike[str], task_id: str) -> tuple[bool, Any]:
+    """``(True, value)`` of a finished call's result file, ``(False, None)`` if there is none."""
+    for fmt, name in _RESULT_FILES:
+        data = read_task_file(run_dir, task_id, name)
+        if data is not None:
+            return True, decode(fmt, data)
+    return False, None
+
+
+def write_result(task_dir: str, fmt: Format, data: bytes, *, durable: bool) -> None:
+    """Write a call's result (the worker), and remove one of the other format that an earlier
+    attempt left (a retry may return another kind of value)."""
+    for other_fmt, name in _RESULT_FILES:
+        if other_fmt != fmt:
+            stale = os.path.join(task_dir, name)
+            if os.path.lexists(stale):  # (not contextlib: it costs the worker's start)
+                os.unlink(stale)
+    write_atomically(os.path.join(task_dir, result_file(fmt)), data, durable=durable)
 
 
 def _unavailable(message: str) -> ResultUnavailable:

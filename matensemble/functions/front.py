@@ -88,7 +88,7 @@ class FunctionCalls:
             SerialisationError: the function or an argument cannot be pickled (names the path).
             TaskRejected: a bad or reused id, an unknown prerequisite, a call that can never fit.
         """
-        options = _options(
+        options = CallOptions(
             resources=resources,
             timeout=timeout,
             after=after,
@@ -133,7 +133,7 @@ class FunctionTask(Generic[P, R]):
         if "id" in options:
             raise TypeError("a decorated function cannot fix one id for all its calls")
         self.__matensemble_function__ = fn
-        self._options = _options(**options)
+        self._options = CallOptions(**options)
         self._ensemble = ensemble
         functools.update_wrapper(self, fn)
 
@@ -147,31 +147,6 @@ class FunctionTask(Generic[P, R]):
             )
         # Straight to the layer: every keyword argument of the call belongs to the function.
         return ens._functions().call(self.__matensemble_function__, args, kwargs, self._options)
-
-
-def _options(
-    *,
-    resources: Resources | None = None,
-    timeout: float | None = None,
-    after: Sequence[str] = (),
-    retries: int = 0,
-    priority: int = 0,
-    estimate: float | None = None,
-    tags: dict[str, str] | None = None,
-    warm: bool | None = None,
-) -> CallOptions:
-    if resources is not None and not isinstance(resources, Resources):
-        raise TypeError(f"resources must be a Resources(...), got {type(resources).__name__}")
-    return CallOptions(
-        resources=resources or Resources(),
-        timeout=timeout,
-        retries=retries,
-        after=tuple(after),
-        priority=priority,
-        estimate=estimate,
-        tags=dict(tags or {}),
-        warm=warm,
-    )
 
 
 @overload

@@ -17,15 +17,15 @@ import os
 import sys
 
 from matensemble.functions.files import (
-    CALL_FILE,
-    ERROR_FILE,
     FUNCTION_FILE,
     CallSpec,
     RemoteError,
     args_file,
+    read_call,
     read_task_file,
-    result_file,
-    write_atomically,
+    read_value,
+    write_error,
+    write_result,
 )
 from matensemble.functions.serialisation import (
     decode,
@@ -40,23 +40,12 @@ TYPE_CHECKING = False  # not from typing: every millisecond of a worker's start 
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["WORKER_ARGV", "main", "read_value", "run"]
+__all__ = ["WORKER_ARGV", "main", "run"]
 
 # How a backend starts a call: ``python -c`` with ``run()`` rather than ``python -m
 # matensemble.worker``, which imports ``runpy`` (and ``importlib.util``, ``contextlib``) first:
 # about 3 ms of a cold call that a bare ``python -c pass`` does not pay.
 WORKER_ARGV = ("-c", "from matensemble.functions.worker import run; run()")
-
-_RESULT_FILES = (("json", result_file("json")), ("pickle", result_file("pickle")))
-
-
-def read_value(run_dir: str | os.PathLike[str], task_id: str) -> tuple[bool, Any]:
-    """``(True, value)`` of a finished call's result file, ``(False, None)`` if there is none."""
-    for fmt, name in _RESULT_FILES:
-        data = read_task_file(run_dir, task_id, name)
-        if data is not None:
-            return True, decode(fmt, data)  # type: ignore[arg-type]
-    return False, None
 
 
 class _Call:
@@ -77,10 +66,10 @@ class _Call:
                 mpi=bool(self.inline.get("mpi", False)),
             )
         else:
-            data = read_task_file(self.run_dir, self.task_id, CALL_FILE)
-            if data is None:
-                raise FileNotFoundError(f"no {CALL_FILE} in {task_dir}")
-            self.spec = CallSpec.decode(data)
+            spec = read_call(self.run_dir, self.task_id)
+            if spec is None:
+                raise FileNotFoundError(f"no call.json in {task_dir}")
+            self.spec = spec
         self._values: dict[str, Any] = {}
 
     def upstream(self, task_id: str) -> Any:
@@ -119,14 +108,7 @@ class _Call:
             raise TypeError(
                 f"task {self.task_id!r}: {path} cannot be serialised: {type(exc).__name__}: {exc}"
             ) from exc
-        for other_fmt, name in _RESULT_FILES:  # a retry may return another kind of value
-            if other_fmt != fmt:
-                stale = os.path.join(self.task_dir, name)
-                if os.path.lexists(stale):  # (not contextlib: it costs the worker's start)
-                    os.unlink(stale)
-        write_atomically(
-            os.path.join(self.task_dir, result_file(fmt)), data, durable=self.spec.durable
-        )
+        write_result(self.task_dir, fmt, data, durable=self.spec.durable)
 
 
 def _name(exc: BaseException) -> str:
@@ -188,7 +170,7 @@ def main(argv: list[str]) -> int:
             attempt=int(os.environ.get("MATENSEMBLE_ATTEMPT", "0") or 0),
         )
         try:
-            write_atomically(os.path.join(task_dir, ERROR_FILE), error.encode())
+            write_error(task_dir, error)
         finally:
             if comm is not None and size > 1:
                 comm.Abort(1)
