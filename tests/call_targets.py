@@ -106,3 +106,12 @@ def node_value(index: int, upstream: list[int], fails: bool) -> int:
 
 def visible_gpus() -> str | None:
     return os.environ.get("CUDA_VISIBLE_DEVICES")
+
+
+def make_adder(n: int) -> Any:
+    """A closure: the standard pickler cannot carry it back, cloudpickle can."""
+
+    def adder(x: int) -> int:
+        return x + n
+
+    return adder
