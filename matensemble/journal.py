@@ -124,15 +124,21 @@ class Journal(Observer):
             await asyncio.shield(self._syncing)
 
     async def _sync_once(self) -> None:
-        assert self._file is not None
+        if self._file is None:  # closed before this sync started: close() synced
+            self._syncing = None
+            return
         upto = self._written
+        # The thread syncs its own descriptor: a close() while it runs (a run stopped mid-sync)
+        # cannot pull the file from under it, and close() syncs what is left itself.
+        fd = os.dup(self._file.fileno())
         try:
-            await anyio.to_thread.run_sync(os.fdatasync, self._file.fileno())
+            await anyio.to_thread.run_sync(os.fdatasync, fd)
         except OSError as exc:  # network file systems may report a full quota only here
             if DiskFull.is_full(exc):
                 raise DiskFull(self.path, exc) from exc
             raise
         finally:
+            os.close(fd)
             self._syncing = None
         self._synced = max(self._synced, upto)
         self.syncs += 1
