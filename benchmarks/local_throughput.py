@@ -1,25 +1,39 @@
-"""Local backend throughput and slot refill latency, side by side with xargs in one run.
+"""Local backend throughput, the driver's CPU per task and slot refill latency, side by side with
+the best raw methods in one run.
 
-    python benchmarks/local_throughput.py [--tasks 2000] [--repeat 3]
+    python benchmarks/local_throughput.py [--tasks 2000] [--repeat 3] [--cores N] [--profile]
 
-For each repetition it times ``seq N | xargs -P <cores> -n1 true`` and N ``true`` tasks through
-``Ensemble`` + ``LocalBackend`` (each task with its own directory, stdout/stderr files, CPU
-pinning, process group and pidfd), once with the run directory on tmpfs (/dev/shm: the engine
-and spawn path alone) and once on the disk under the current directory (adds the file system's
-metadata cost). Refill latency is, per core, the time from one task's exit being seen to the
-next task's process existing on that core.
+For each repetition, alternating, it times N ``true`` commands through
+
+- ``xargs -P <cores> -n1 true`` (``seq N | xargs ...``);
+- ``threads``: a ``ThreadPoolExecutor(<cores>)`` calling ``subprocess.run(["true"])`` (fork/exec
+  releases the GIL, so this is what Python itself can spawn on the machine);
+- the engine: N tasks through ``Ensemble`` + ``LocalBackend(cores=<cores>)`` (each task with its
+  own directory, stdout/stderr files, CPU pinning, process group, pidfd and journal), once with
+  the run directory on tmpfs (/dev/shm: the engine and spawn path alone) and once on the disk
+  under the current directory (adds the file system's metadata cost).
+
+"driver CPU/task" is the engine process's own user+system CPU (``RUSAGE_SELF``: its threads,
+not its children) over the run, per task: launch, reap, journal and status. The ratio is the
+engine's throughput over the best raw method's in the same repetition. Refill latency is, per
+core, the time from one task's exit being seen to the next task's process existing on that core.
+``--profile`` runs one engine case under cProfile and prints the top entries.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import itertools
 import os
+import pstats
+import resource
 import statistics
 import subprocess
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from matensemble import Ensemble, LocalBackend, Task
@@ -33,12 +47,28 @@ def xargs(n: int, cores: int) -> float:
     return time.perf_counter() - t0
 
 
-async def engine(n: int, base: Path) -> tuple[float, list[float]]:
+def threads(n: int, cores: int) -> float:
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(cores) as pool:
+        codes = list(pool.map(lambda _: subprocess.run(["true"], check=False).returncode, range(n)))
+    elapsed = time.perf_counter() - t0
+    assert not any(codes)
+    return elapsed
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def engine(n: int, cores: int, base: Path) -> tuple[float, float, list[float]]:
+    """Wall seconds, driver CPU seconds and the refill gaps of one engine run."""
     tasks = [Task(id=f"t{i}", command=("true",)) for i in range(n)]
     with tempfile.TemporaryDirectory(dir=base) as run_dir:
-        t0 = time.perf_counter()
-        summary = await Ensemble(tasks, backend=LocalBackend(), run_dir=run_dir).run()
-        elapsed = time.perf_counter() - t0
+        ensemble = Ensemble(tasks, backend=LocalBackend(cores=cores), run_dir=run_dir)
+        cpu0, t0 = cpu_seconds(), time.perf_counter()
+        summary = await ensemble.run()
+        elapsed, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
     assert summary.counts["succeeded"] == n, summary.counts
     by_core: dict[tuple[str, int], list[tuple[float, float]]] = {}
     for r in summary.results.values():
@@ -51,32 +81,42 @@ async def engine(n: int, base: Path) -> tuple[float, list[float]]:
     for runs in by_core.values():
         runs.sort()
         gaps += [nxt[0] - prev[1] for prev, nxt in itertools.pairwise(runs)]
-    return elapsed, gaps
+    return elapsed, cpu, gaps
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", type=int, default=2000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--cores", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
-    n, cores = args.tasks, len(os.sched_getaffinity(0))
+    n, cores = args.tasks, args.cores
+    if args.profile:
+        profile = cProfile.Profile()
+        profile.runcall(asyncio.run, engine(n, cores, Path("/dev/shm")))
+        pstats.Stats(profile).sort_stats("tottime").print_stats(25)
+        return
     places = {"tmpfs": Path("/dev/shm"), "disk": Path.cwd()}
-    print(f"{n} `true` tasks on {cores} cores")
+    print(f"{n} `true` tasks on {cores} cores; load average {os.getloadavg()[0]:.1f}")
     for rep in range(args.repeat):
-        raw = xargs(n, cores)
-        line = f"[{rep}] xargs -P{cores}: {n / raw:7.0f}/s"
+        raw = {"xargs": xargs(n, cores), "threads": threads(n, cores)}
+        best = min(raw, key=raw.__getitem__)
+        line = " ".join(f"{name} {n / t:6.0f}/s" for name, t in raw.items())
+        print(f"[{rep}] {line} (best: {best})")
         for name, base in places.items():
             if not base.is_dir():
                 continue
-            elapsed, gaps = asyncio.run(engine(n, base))
+            elapsed, cpu, gaps = asyncio.run(engine(n, cores, base))
             gaps.sort()
             p50 = statistics.median(gaps) * 1e3
             p99 = gaps[int(0.99 * (len(gaps) - 1))] * 1e3
-            line += (
-                f" | engine ({name}): {n / elapsed:6.0f}/s ratio {raw / elapsed:4.2f}"
-                f" refill p50 {p50:.2f} ms p99 {p99:.2f} ms"
+            print(
+                f"    engine ({name:5}): {n / elapsed:6.0f}/s ratio {raw[best] / elapsed:4.2f}"
+                f" driver CPU/task {cpu / n * 1e3:.3f} ms refill p50 {p50:.2f} ms"
+                f" p99 {p99:.2f} ms"
             )
-        print(line)
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

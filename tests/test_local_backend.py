@@ -358,6 +358,31 @@ async def test_task_environment_has_its_additions_and_matensemble_variables(
         assert h.stdout("omp") == "8\n"
 
 
+async def test_each_task_runs_the_program_its_own_path_names(tmp_path: Path) -> None:
+    """The program is looked up once per (name, PATH) for the run, so tasks with different
+    PATHs get different programs, and a relative PATH entry is relative to the task's working
+    directory, as exec would have it."""
+    for name in ("a", "b", "work/rel"):
+        tool = tmp_path / name / "tool"
+        tool.parent.mkdir(parents=True, exist_ok=True)
+        tool.write_text(f"#!/bin/sh\necho {name}\n")
+        tool.chmod(0o755)
+    async with opened(LocalBackend(), tmp_path) as h:
+        for task_id, path in [("ta", "a"), ("tb", "b"), ("ta2", "a")]:
+            env = {"PATH": f"{tmp_path / path}:{os.environ['PATH']}"}
+            outcome = await h.run(Task(id=task_id, command=["tool"], env=env))
+            assert outcome.state is TaskState.SUCCEEDED, outcome.reason
+        task = Task(id="rel", command=["tool"], env={"PATH": "rel"}, cwd=str(tmp_path / "work"))
+        outcome = await h.run(task)
+        assert outcome.state is TaskState.SUCCEEDED, outcome.reason
+        assert [h.stdout(t) for t in ("ta", "tb", "ta2", "rel")] == [
+            "a\n",
+            "b\n",
+            "a\n",
+            "work/rel\n",
+        ]
+
+
 async def test_without_inherit_env_the_environment_is_minimal(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

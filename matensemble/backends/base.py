@@ -36,7 +36,16 @@ from anyio.abc import TaskGroup
 from matensemble.model import Placement, Task, TaskState
 from matensemble.resources import NodeSpec
 
-__all__ = ["Backend", "Launch", "LaunchKey", "Outcome", "Reporter", "Sink", "task_environment"]
+__all__ = [
+    "Backend",
+    "Launch",
+    "LaunchKey",
+    "Outcome",
+    "Reporter",
+    "Sink",
+    "task_environment",
+    "task_variables",
+]
 
 LaunchKey = tuple[str, int]
 """(task id, attempt number): names one launch."""
@@ -135,14 +144,21 @@ class Reporter:
 def task_environment(launch: Launch, base: Mapping[str, str]) -> dict[str, str]:
     """The environment every backend gives a launch (before its own variables, e.g. GPUs).
 
-    ``base`` (the driver's environment, taken once) when the task inherits it, then the task's
-    ``env``, then ``MATENSEMBLE_TASK_ID``, ``_ATTEMPT``, ``_RUN_ID`` and ``_TASK_DIR``, and
-    ``OMP_NUM_THREADS`` = cores per rank unless the task's own ``env`` sets it (the driver's
-    value was meant for the driver).
+    ``base`` (the driver's environment, taken once) when the task inherits it, then
+    ``task_variables(launch)``.
     """
+    env = dict(base) if launch.task.inherit_env else {}
+    env.update(task_variables(launch))
+    return env
+
+
+def task_variables(launch: Launch) -> dict[str, str]:
+    """What a launch's environment sets over the driver's: the task's ``env``, then
+    ``MATENSEMBLE_TASK_ID``, ``_ATTEMPT``, ``_RUN_ID`` and ``_TASK_DIR``, and
+    ``OMP_NUM_THREADS`` = cores per rank unless the task's own ``env`` sets it (the driver's
+    value was meant for the driver)."""
     task = launch.task
-    env = dict(base) if task.inherit_env else {}
-    env.update(task.env)
+    env = dict(task.env)
     env["MATENSEMBLE_TASK_ID"] = task.id
     env["MATENSEMBLE_ATTEMPT"] = str(launch.attempt)
     env["MATENSEMBLE_RUN_ID"] = launch.run_id

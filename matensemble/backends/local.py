@@ -40,7 +40,7 @@ from matensemble.backends.base import (
     Outcome,
     Reporter,
     Sink,
-    task_environment,
+    task_variables,
 )
 from matensemble.backends.local_inventory import (
     CAN_PIN,
@@ -58,7 +58,8 @@ __all__ = ["LocalBackend"]
 
 
 _Exit = tuple[int | None, int | None, str]  # returncode, signal, reason
-_Process = tuple[list[str], str | None, dict[str, str], list[int]]  # argv, exe, env, cores
+# argv, executable, environment (encoded, as exec takes it), cores
+_Process = tuple[list[str], str | None, dict[bytes, bytes], list[int]]
 
 
 class _LaunchError(Exception):
@@ -137,6 +138,8 @@ class LocalBackend(Backend):
         self._gpu_variable = "CUDA_VISIBLE_DEVICES"
         self._mpiexec: str | None = None
         self._base_env: dict[str, str] = {}
+        self._base_env_bytes: dict[bytes, bytes] = {}  # the same, encoded once per run
+        self._executables: dict[tuple[str, str], str] = {}  # (program, PATH) -> its file
         self._driver_path = os.defpath
         self._thread_mask: set[int] = set()
         self._devnull = -1
@@ -168,6 +171,7 @@ class LocalBackend(Backend):
             beside_python = str(Path(sys.executable).parent)
             self._mpiexec = shutil.which("mpiexec") or shutil.which("mpiexec", path=beside_python)
         self._base_env = dict(os.environ)
+        self._base_env_bytes = {os.fsencode(k): os.fsencode(v) for k, v in os.environ.items()}
         self._driver_path = os.environ.get("PATH", os.defpath)
         self._devnull = os.open(os.devnull, os.O_RDONLY)
         self._loop = loop
@@ -234,43 +238,67 @@ class LocalBackend(Backend):
         cores = [c for slot in launch.placement for c in slot.cores]
         gpus = [g for slot in launch.placement for g in slot.gpus]
         copies = 1 if res.mpi else res.ranks
-        argv, executable = list(task.command), None
-        if "PATH" not in task.env and not (task.inherit_env and "PATH" in self._base_env):
-            executable = self._resolve(argv[0])
-        if res.mpi:
-            if self._mpiexec is None:
-                raise _LaunchError(
-                    f"mpi task, but no mpiexec was found on PATH or next to {sys.executable}; "
-                    "install an MPI (e.g. the mpich wheel) or pass LocalBackend(mpiexec=...)"
-                )
-            # mpiexec would only say "exited with code 255"; name the missing program instead.
-            path = task.env.get("PATH") or (
-                self._base_env.get("PATH") if task.inherit_env else None
+        argv = list(task.command)
+        # The program is looked up once per (name, PATH) here, not in every child: exec'ing
+        # each PATH entry in turn costs the driver an encoded path per entry and a failed exec
+        # each (the driver waits for the child's exec under vfork).
+        path = task.env.get("PATH") or (self._base_env.get("PATH") if task.inherit_env else None)
+        if res.mpi and self._mpiexec is None:
+            raise _LaunchError(
+                f"mpi task, but no mpiexec was found on PATH or next to {sys.executable}; "
+                "install an MPI (e.g. the mpich wheel) or pass LocalBackend(mpiexec=...)"
             )
-            program = executable or self._resolve(argv[0], path)
+        executable = self._resolve(argv[0], path)
+        if res.mpi:
+            assert self._mpiexec is not None
+            # mpiexec would only say "exited with code 255"; name the missing program instead.
+            program = executable or self._resolve_now(argv[0], path)
             argv = [self._mpiexec, "-n", str(res.ranks), program, *argv[1:]]
             executable = None
-        common = task_environment(launch, self._base_env)
+        variables = task_variables(launch)
         # With GPUs to hand out, every task gets the variable (empty: none for it); without,
         # a value inherited from the driver must not leak through either.
-        hand_out_gpus = bool(self._gpus or gpus) or self._gpu_variable in common
+        hand_out_gpus = (
+            bool(self._gpus or gpus)
+            or self._gpu_variable in variables
+            or (task.inherit_env and self._gpu_variable in self._base_env)
+        )
+        base = self._base_env_bytes if task.inherit_env else {}
+        common = base | {os.fsencode(k): os.fsencode(v) for k, v in variables.items()}
+        gpu_key = os.fsencode(self._gpu_variable)
         if copies == 1:
             if hand_out_gpus:
-                common[self._gpu_variable] = ",".join(gpus)
+                common[gpu_key] = ",".join(gpus).encode()
             if not res.mpi:
-                common.update(MATENSEMBLE_RANK="0", MATENSEMBLE_NRANKS="1")
+                common[b"MATENSEMBLE_RANK"], common[b"MATENSEMBLE_NRANKS"] = b"0", b"1"
             return [(argv, executable, common, cores)]
         plan: list[_Process] = []
         nc, ng = len(cores) // copies, len(gpus) // copies
         for rank in range(copies):
             env = common.copy()
-            env.update(MATENSEMBLE_RANK=str(rank), MATENSEMBLE_NRANKS=str(copies))
+            env[b"MATENSEMBLE_RANK"] = str(rank).encode()
+            env[b"MATENSEMBLE_NRANKS"] = str(copies).encode()
             if hand_out_gpus:
-                env[self._gpu_variable] = ",".join(gpus[rank * ng : (rank + 1) * ng])
+                env[gpu_key] = ",".join(gpus[rank * ng : (rank + 1) * ng]).encode()
             plan.append((argv, executable, env, cores[rank * nc : (rank + 1) * nc]))
         return plan
 
-    def _resolve(self, program: str, path: str | None = None) -> str:
+    def _resolve(self, program: str, path: str | None) -> str | None:
+        """``program``'s file on ``path`` (the driver's ``PATH`` at ``open()`` when ``None``),
+        remembered for the run; ``None`` where only the child can resolve it (a relative
+        ``PATH`` entry is relative to the task's working directory)."""
+        if os.sep in program:
+            return program
+        search = path or self._driver_path
+        if path is not None and not all(os.path.isabs(d) for d in search.split(os.pathsep)):
+            return None
+        key = (program, search)
+        found = self._executables.get(key)
+        if found is None:
+            found = self._executables[key] = self._resolve_now(program, search)
+        return found
+
+    def _resolve_now(self, program: str, path: str | None) -> str:
         if os.sep in program:
             return program
         found = shutil.which(program, path=path or self._driver_path)
@@ -477,7 +505,8 @@ def _describe_spawn_error(exc: Exception, process: _Process, cwd: str) -> str:
     if isinstance(exc, FileNotFoundError):
         target = executable or program
         if os.sep not in target:
-            target = shutil.which(target, path=env.get("PATH", os.defpath)) or ""
+            search = os.fsdecode(env.get(b"PATH", os.defpath.encode()))
+            target = shutil.which(target, path=search) or ""
         if target and os.path.isfile(os.path.join(cwd, target)):
             return f"the interpreter in the #! line of {program!r} was not found"
         return f"executable not found: {program!r}"
