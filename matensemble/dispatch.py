@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from matensemble.model import Placement, Resources, Task, TaskResult, TaskState
+from matensemble.node_drain import NodeDrain
 from matensemble.resources import ResourcePool
 from matensemble.strategies import CompletionPolicy, SubmissionOrder
 from matensemble.strategies.backfill import Reservation
@@ -67,6 +68,13 @@ class Dispatcher:
         # nothing starts ahead of it and the clock has not passed its shadow time: then every
         # task started since was admitted by it (and booked in it), so it is still right.
         self._kept: tuple[Record, int, Reservation] | None = None
+        self._drain: NodeDrain | None = None  # when each node empties, once the pool is known
+        self._pool: ResourcePool | None = None
+
+    def use_pool(self, pool: ResourcePool) -> None:
+        """Plan on ``pool`` (before any task starts or is adopted as running)."""
+        self._pool = pool
+        self._drain = NodeDrain(len(pool.nodes))
 
     def push(self, rec: Record) -> None:
         """Queue a ready task (again: an older entry of it becomes stale and is skipped)."""
@@ -79,6 +87,15 @@ class Dispatcher:
         limit = rec.task.estimate if rec.task.estimate is not None else rec.task.timeout
         end = now + limit if limit is not None else math.inf
         heapq.heappush(self._ends, (end, next(self._seq), rec.attempts, rec))
+        if self._drain is not None and self._pool is not None:
+            number = self._pool.node_number
+            self._drain.started(rec, [number(slot.node) for slot in rec.placement], end)
+
+    def ended(self, rec: Record) -> None:
+        """A running task ended, or was cancelled (before ``rec.placement`` changes)."""
+        if self._drain is not None and self._pool is not None:
+            number = self._pool.node_number
+            self._drain.ended(rec, [number(slot.node) for slot in rec.placement])
 
     def select(
         self,
@@ -152,7 +169,7 @@ class Dispatcher:
                     # Plan the head's start on the pool as it was before this candidate.
                     pool.release(placement)
                     ends = self._expected_ends(in_flight())
-                    reservation = Reservation(head.task.resources, pool, ends)
+                    reservation = Reservation(head.task.resources, pool, ends, self._drain)
                     self._kept = (head, head.entry, reservation)
                     placement = pool.allocate(res)
                     assert placement is not None

@@ -146,6 +146,7 @@ class EngineLoop(RunState):
         assert self._pool is not None
         self._pool.release(rec.placement)
         del self._running[task_id]
+        self._dispatch.ended(rec)
         self._counts[TaskState.RUNNING] -= 1
         self._counts[TaskState.PENDING] += 1
         rec.state = TaskState.PENDING

@@ -62,6 +62,7 @@ class EngineStart(EngineStop):
             self.backend.job_ids = self._on_job_id
             inventory = await self.backend.open(self._on_outcome, self._tg)
             self._pool = ResourcePool(inventory)
+            self._dispatch.use_pool(self._pool)
             # Check everything before the first byte is written, so that bad input leaves
             # no trace and a resume refused here leaves the journal as it was.
             if past is not None:

@@ -213,6 +213,7 @@ class RunState:
             assert self._pool is not None
             self._pool.release(rec.placement)
             del self._running[rec.task.id]
+            self._dispatch.ended(rec)
         result = TaskResult(
             id=rec.task.id, state=state, attempts=rec.attempts, reason=reason, tags=rec.task.tags
         )

@@ -45,10 +45,10 @@ class ResourcePool:
         self._free_cores: list[list[int]] = [sorted(n.cores) for n in nodes]
         self._free_gpus: list[list[str]] = [list(n.gpus) for n in nodes]
         self._capacity = [(len(n.cores), len(n.gpus)) for n in nodes]
-        most_cores = max(c for c, _ in self._capacity)
+        self.most_cores = max(c for c, _ in self._capacity)  # on the largest node
         most_gpus = max(g for _, g in self._capacity)
-        self._by_free = CapacityIndex(most_cores, most_gpus)  # nodes with a free core
-        self._whole = CapacityIndex(most_cores, most_gpus)  # nodes with nothing in use
+        self._by_free = CapacityIndex(self.most_cores, most_gpus)  # nodes with a free core
+        self._whole = CapacityIndex(self.most_cores, most_gpus)  # nodes with nothing in use
         for i in range(len(nodes)):
             self._refile(i)
         self.total_cores = sum(len(n.cores) for n in nodes)

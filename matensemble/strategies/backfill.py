@@ -8,10 +8,13 @@ enough room beside the head. Either way the head starts no later than it would h
 backfilling, so large tasks are never starved. Running tasks without an estimate or timeout
 are assumed to run forever (the safe choice).
 
-Costs: the what-if view holds only the nodes that released tasks touch (nothing is copied),
-and at most ``MAX_RELEASES`` running tasks are read. When the head needs more than that (a
-very wide task on a busy machine), the reservation is *bounded*: the head cannot start before
-the last expected end read, so tasks that end before it are still admitted, and no others.
+Costs: a head that needs nodes of its own (``exclusive``, or a share per node, or a rank, as
+large as a node's cores) asks ``NodeDrain`` which nodes empty first: O(k log k) for k nodes,
+however many tasks run. Any other head releases running tasks in order of expected end on a
+what-if view that holds only the nodes they touch (nothing is copied), reading at most
+``MAX_RELEASES`` of them. When the head needs more than that, the reservation is *bounded*: the
+head cannot start before the last expected end read, so tasks that end before it are still
+admitted, and no others.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import math
 from collections.abc import Iterable
 
 from matensemble.model import Placement, Resources, Task
+from matensemble.node_drain import NodeDrain
 from matensemble.resources import ResourcePool
 
 __all__ = ["MAX_RELEASES", "Reservation"]
@@ -40,11 +44,13 @@ class Reservation:
         head: Resources,
         pool: ResourcePool,
         running: Iterable[tuple[float, Placement]],
+        drain: NodeDrain | None = None,
     ) -> None:
         """``running``: the running tasks' expected ends and placements, earliest first.
 
         Only as many are taken from it as the head needs, so a lazy iterator keeps the cost
-        proportional to the tasks that must end, not to all that run.
+        proportional to the tasks that must end, not to all that run. ``drain``: when each
+        node empties; a head that needs empty nodes is planned from it instead.
         """
         self.shadow = -math.inf
         self.bounded = False
@@ -52,6 +58,18 @@ class Reservation:
         need = _Need(head)
         future: dict[int, list[int]] = {}  # node -> [free cores, free GPUs] at the shadow
         total = need.now(pool)
+        if drain is not None and need.empty_nodes_only(pool):
+            for end, i in drain.emptying():
+                if total >= need.target:
+                    break
+                empty = future[i] = list(pool.capacity(i))
+                total += need.value(pool, i, empty)
+                self.shadow = end
+            if total < need.target:  # cannot happen for a task that fits the empty pool
+                self.shadow = math.inf
+                return
+            self._reserve(need, pool, future)
+            return
         ends = iter(running)
         released = 0
         while total < need.target:
@@ -131,6 +149,11 @@ class _Need:
         self.per_node = (
             (self.per * self.cpr, self.per * self.gpr) if self.per else (self.cpr, self.gpr)
         )
+
+    def empty_nodes_only(self, pool: ResourcePool) -> bool:
+        """Does each unit of the need (a node's share, or a rank) take a node's every core,
+        so that it fits only on nodes where nothing runs?"""
+        return self.whole or (self.per or 1) * self.cpr >= pool.most_cores
 
     def value(self, pool: ResourcePool, i: int, free: list[int]) -> int:
         if self.whole and (free[0], free[1]) != pool.capacity(i):

@@ -1,0 +1,83 @@
+"""When each node is expected to be empty: the latest expected end among the tasks on it.
+
+The backfill reservation of a head task that needs whole nodes asks which nodes empty first.
+Releasing running tasks in order of expected end until a node is empty answers it too, but on
+a full machine of small tasks that takes thousands of releases for every such head, and the
+number grows with the machine. Here each node keeps the expected ends of its running tasks,
+and a heap orders the nodes by the latest of them, so the answer is read off the heap.
+
+Costs: a start or an end is O(log N) per node it touches, amortised (when the task with a
+node's latest end ends, the node's new latest is found among its at most c tasks, which happens
+once per task at most); reading the k nodes that empty first is O(k log k) plus the stale heap
+entries dropped on the way, each dropped once.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Iterable, Iterator
+
+__all__ = ["NodeDrain"]
+
+
+class NodeDrain:
+    """Per node, the expected ends of its running tasks; the nodes by their latest end."""
+
+    def __init__(self, nodes: int) -> None:
+        self._ends: list[dict[object, float]] = [{} for _ in range(nodes)]
+        self._latest: list[float] = [-math.inf] * nodes  # -inf: nothing runs there
+        # (latest end, node); an entry is stale once it differs from ``_latest[node]``.
+        self._heap: list[tuple[float, int]] = []
+
+    def started(self, key: object, nodes: Iterable[int], end: float) -> None:
+        """A task (``key``, any hashable) started on ``nodes``, expected to end at ``end``."""
+        latest = self._latest
+        for i in nodes:
+            self._ends[i][key] = end
+            if end > latest[i]:
+                latest[i] = end
+                self._push(end, i)
+
+    def ended(self, key: object, nodes: Iterable[int]) -> None:
+        """The task ``key`` that ``started`` on ``nodes`` ended (or was cancelled)."""
+        latest = self._latest
+        for i in nodes:
+            ends = self._ends[i]
+            end = ends.pop(key, None)
+            if end is None or end < latest[i]:
+                continue
+            new = max(ends.values(), default=-math.inf)
+            if new != latest[i]:
+                latest[i] = new
+                if new > -math.inf:
+                    self._push(new, i)
+
+    def emptying(self) -> Iterator[tuple[float, int]]:
+        """``(expected time, node)`` for every node with running tasks, the earliest first.
+
+        Lazy: the heap is walked in order without being changed (a small heap of the
+        positions next in line), so reading k nodes costs O(k log k).
+        """
+        heap, latest = self._heap, self._latest
+        while heap and heap[0][0] != latest[heap[0][1]]:
+            heapq.heappop(heap)  # stale at the top: gone for good
+        size = len(heap)
+        seen: set[int] = set()
+        frontier: list[tuple[tuple[float, int], int]] = [(heap[0], 0)] if size else []
+        while frontier:
+            entry, at = heapq.heappop(frontier)
+            for child in (2 * at + 1, 2 * at + 2):
+                if child < size:
+                    heapq.heappush(frontier, (heap[child], child))
+            t, i = entry
+            if t == latest[i] and i not in seen:
+                seen.add(i)
+                yield t, i
+
+    def _push(self, end: float, node: int) -> None:
+        heap = self._heap
+        if len(heap) > 2 * len(self._latest) + 64:  # mostly stale: rebuild from the truth
+            heap[:] = [(t, i) for i, t in enumerate(self._latest) if t > -math.inf and i != node]
+            heapq.heapify(heap)
+        heapq.heappush(heap, (end, node))
