@@ -86,10 +86,11 @@ class Dispatcher:
         """A task started (or was adopted) at ``now``: remember when it should end."""
         limit = rec.task.estimate if rec.task.estimate is not None else rec.task.timeout
         end = now + limit if limit is not None else math.inf
-        heapq.heappush(self._ends, (end, next(self._seq), rec.attempts, rec))
+        seq = next(self._seq)
+        heapq.heappush(self._ends, (end, seq, rec.attempts, rec))
         if self._drain is not None and self._pool is not None:
             number = self._pool.node_number
-            self._drain.started(rec, [number(slot.node) for slot in rec.placement], end)
+            self._drain.started(rec, [number(slot.node) for slot in rec.placement], end, seq)
 
     def ended(self, rec: Record) -> None:
         """A running task ended, or was cancelled (before ``rec.placement`` changes)."""

@@ -16,45 +16,54 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 __all__ = ["NodeDrain"]
 
 
 class NodeDrain:
-    """Per node, the expected ends of its running tasks; the nodes by their latest end."""
+    """Per node, the expected ends of its running tasks; the nodes by their latest end.
+
+    Nodes whose latest ends are equal come out in the order their tasks started, and the
+    nodes of one task in the order of its placement: the order in which releasing the tasks
+    one by one would have freed them.
+    """
 
     def __init__(self, nodes: int) -> None:
-        self._ends: list[dict[object, float]] = [{} for _ in range(nodes)]
-        self._latest: list[float] = [-math.inf] * nodes  # -inf: nothing runs there
-        # (latest end, node); an entry is stale once it differs from ``_latest[node]``.
-        self._heap: list[tuple[float, int]] = []
+        # Per node: task key -> (expected end, start order, position in the placement).
+        self._ends: list[dict[object, _Latest]] = [{} for _ in range(nodes)]
+        self._latest: list[_Latest] = [_NOTHING] * nodes
+        # (latest, node); an entry is stale once it differs from ``_latest[node]``.
+        self._heap: list[tuple[_Latest, int]] = []
 
-    def started(self, key: object, nodes: Iterable[int], end: float) -> None:
-        """A task (``key``, any hashable) started on ``nodes``, expected to end at ``end``."""
+    def started(self, key: object, nodes: Sequence[int], end: float, order: int) -> None:
+        """A task (``key``, any hashable; ``order``: the n-th start) started on ``nodes``,
+        expected to end at ``end``."""
         latest = self._latest
-        for i in nodes:
-            self._ends[i][key] = end
-            if end > latest[i]:
-                latest[i] = end
-                self._push(end, i)
+        for pos, i in enumerate(nodes):
+            mine = (end, order, pos)
+            self._ends[i][key] = mine
+            if mine > latest[i]:
+                latest[i] = mine
+                self._push(mine, i)
 
     def ended(self, key: object, nodes: Iterable[int]) -> None:
         """The task ``key`` that ``started`` on ``nodes`` ended (or was cancelled)."""
         latest = self._latest
         for i in nodes:
             ends = self._ends[i]
-            end = ends.pop(key, None)
-            if end is None or end < latest[i]:
+            mine = ends.pop(key, None)
+            if mine is None or mine < latest[i]:
                 continue
-            new = max(ends.values(), default=-math.inf)
+            new = max(ends.values(), default=_NOTHING)
             if new != latest[i]:
                 latest[i] = new
-                if new > -math.inf:
+                if new != _NOTHING:
                     self._push(new, i)
 
-    def emptying(self) -> Iterator[tuple[float, int]]:
-        """``(expected time, node)`` for every node with running tasks, the earliest first.
+    def emptying(self) -> Iterator[tuple[float, int, int]]:
+        """``(expected time, start order of the last task, node)`` for every node with running
+        tasks, the earliest first.
 
         Lazy: the heap is walked in order without being changed (a small heap of the
         positions next in line), so reading k nodes costs O(k log k).
@@ -64,20 +73,24 @@ class NodeDrain:
             heapq.heappop(heap)  # stale at the top: gone for good
         size = len(heap)
         seen: set[int] = set()
-        frontier: list[tuple[tuple[float, int], int]] = [(heap[0], 0)] if size else []
+        frontier: list[tuple[tuple[_Latest, int], int]] = [(heap[0], 0)] if size else []
         while frontier:
             entry, at = heapq.heappop(frontier)
             for child in (2 * at + 1, 2 * at + 2):
                 if child < size:
                     heapq.heappush(frontier, (heap[child], child))
-            t, i = entry
-            if t == latest[i] and i not in seen:
+            mine, i = entry
+            if mine == latest[i] and i not in seen:
                 seen.add(i)
-                yield t, i
+                yield mine[0], mine[1], i
 
-    def _push(self, end: float, node: int) -> None:
+    def _push(self, mine: _Latest, node: int) -> None:
         heap = self._heap
         if len(heap) > 2 * len(self._latest) + 64:  # mostly stale: rebuild from the truth
-            heap[:] = [(t, i) for i, t in enumerate(self._latest) if t > -math.inf and i != node]
+            heap[:] = [(t, i) for i, t in enumerate(self._latest) if t != _NOTHING and i != node]
             heapq.heapify(heap)
-        heapq.heappush(heap, (end, node))
+        heapq.heappush(heap, (mine, node))
+
+
+_Latest = tuple[float, int, int]  # (expected end, start order, position in the placement)
+_NOTHING: _Latest = (-math.inf, -1, -1)  # no task runs on the node

@@ -28,16 +28,17 @@ def test_nodes_come_out_in_the_order_their_last_task_is_expected_to_end() -> Non
     for key in range(400):
         nodes = rng.sample(range(20), rng.choice((1, 1, 2)))
         end = float(rng.randrange(1000))
-        drain.started(key, nodes, end)
+        drain.started(key, nodes, end, key)
         running[key] = (nodes, end)
         if rng.random() < 0.5:  # as many end as start, in no particular order
             gone = rng.choice(list(running))
             drain.ended(gone, running.pop(gone)[0])
-        latest: dict[int, float] = {}
-        for nodes_of, end_of in running.values():
-            for i in nodes_of:
-                latest[i] = max(latest.get(i, -math.inf), end_of)
-        assert list(drain.emptying()) == sorted((t, i) for i, t in latest.items())
+        latest: dict[int, tuple[float, int, int]] = {}  # node -> (end, start order, position)
+        for k, (nodes_of, end_of) in running.items():
+            for pos, i in enumerate(nodes_of):
+                latest[i] = max(latest.get(i, (-math.inf, -1, -1)), (end_of, k, pos))
+        expected = sorted((*t, i) for i, t in latest.items())
+        assert list(drain.emptying()) == [(end, k, i) for end, k, _, i in expected]
 
 
 def _busy_pool(rng: random.Random) -> tuple[ResourcePool, list[tuple[float, Placement]]]:
@@ -68,21 +69,21 @@ def test_a_whole_node_head_gets_the_same_shadow_from_the_drain_as_from_releasing
             drain = NodeDrain(len(pool.nodes))
             seq = itertools.count()
             for end, placement in running:
-                drain.started(next(seq), [pool.node_number(s.node) for s in placement], end)
+                n = next(seq)
+                drain.started(n, [pool.node_number(s.node) for s in placement], end, n)
             by_end = sorted(running, key=lambda item: item[0])
             walked = Reservation(head, pool, by_end)
             planned = Reservation(head, pool, by_end, drain)
             assert planned.shadow == walked.shadow, head
             assert not planned.bounded
-            # The reservation books as many nodes; the nodes themselves may differ on ties.
-            assert len(planned.slack) == len(walked.slack), head
+            assert planned.slack == walked.slack, head  # the same nodes, ties included
 
 
 def test_a_whole_node_reservation_reads_no_running_task() -> None:
     pool, running = _busy_pool(random.Random(2))
     drain = NodeDrain(len(pool.nodes))
     for key, (end, placement) in enumerate(running):
-        drain.started(key, [pool.node_number(s.node) for s in placement], end)
+        drain.started(key, [pool.node_number(s.node) for s in placement], end, key)
 
     # No running task is offered: only the drain can say when a node empties.
     planned = Reservation(Resources(ranks=8, nodes=1), pool, iter(()), drain)

@@ -59,12 +59,15 @@ class Reservation:
         future: dict[int, list[int]] = {}  # node -> [free cores, free GPUs] at the shadow
         total = need.now(pool)
         if drain is not None and need.empty_nodes_only(pool):
-            for end, i in drain.emptying():
-                if total >= need.target:
+            last = None
+            for end, order, i in drain.emptying():
+                # Past the target, only nodes freed by the same task as the last one: the
+                # release that reached the target freed them too.
+                if total >= need.target and (end, order) != last:
                     break
                 empty = future[i] = list(pool.capacity(i))
                 total += need.value(pool, i, empty)
-                self.shadow = end
+                self.shadow, last = end, (end, order)
             if total < need.target:  # cannot happen for a task that fits the empty pool
                 self.shadow = math.inf
                 return
