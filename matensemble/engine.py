@@ -232,8 +232,8 @@ class Ensemble(EngineStart, FunctionCalls):
     async def wait(self) -> None:
         """Return when no task is open (all reached a terminal state)."""
         while self._open and self._error is None and not self._interrupted:
-            self._progress.clear()
-            await self._progress.wait()
+            self._settled.clear()
+            await self._settled.wait()
         if self._error is not None:
             raise self._error
 

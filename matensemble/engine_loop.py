@@ -34,19 +34,23 @@ class EngineLoop(RunState):
         try:
             while True:
                 self._wake_producer.clear()
-                starts, held = self._fill()
-                self._write()  # the starts are on record (in the OS) before anything runs
-                for launch in starts:
-                    self._launch(launch)
-                if held and not starts and not self._running and self._deadline is not None:
-                    self._interrupt("walltime: no queued task can finish before the deadline")
-                if self._notify:
-                    self._wake_consumer.set()  # results to commit and tell (skips, cancels)
-                elif not self._outcomes:  # running tasks or retry backoffs
-                    self.backend.idle()
+                self._produce()
                 await self._wake_producer.wait()
         except Exception as exc:  # a bug or a strategy error: stop the run, report it
             self._fail(exc)
+
+    def _produce(self) -> None:
+        """One pass of the producer: start what fits, then say what the engine waits for."""
+        starts, held = self._fill()
+        self._write()  # the starts are on record (in the OS) before anything runs
+        for launch in starts:
+            self._launch(launch)
+        if held and not starts and not self._running and self._deadline is not None:
+            self._interrupt("walltime: no queued task can finish before the deadline")
+        if self._notify:
+            self._wake_consumer.set()  # results to commit and tell (skips, cancels)
+        elif not self._outcomes:  # running tasks or retry backoffs
+            self.backend.idle()
 
     def _fill(self) -> tuple[list[Launch], bool]:
         """Pick what starts now (see ``Dispatcher.select``) and record the starts.
@@ -125,10 +129,16 @@ class EngineLoop(RunState):
                 self._wake_consumer.clear()
                 self._drain_outcomes()
                 self._write()
-                self._wake_producer.set()  # refill freed slots while the journal syncs
+                syncing = self._syncs_to_disk()
+                if syncing:
+                    self._wake_producer.set()  # refill freed slots while the journal syncs
                 await self._commit()
                 if self._deadline is not None and self.backend.now() >= self._deadline:
                     self._interrupt("walltime reached")
+                if not syncing and not self._wake_producer.is_set():
+                    # Nothing to overlap: refill here, in the same order (after the commit
+                    # told the policy), without a switch to the producer coroutine.
+                    self._produce()
         except Exception as exc:
             self._fail(exc)
 

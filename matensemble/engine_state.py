@@ -100,6 +100,7 @@ class RunState:
         self._wake_producer = asyncio.Event()
         self._wake_consumer = asyncio.Event()
         self._progress = asyncio.Event()  # set whenever a task reaches a terminal state
+        self._settled = asyncio.Event()  # set when no task is open, or the run stops
         self._error: BaseException | None = None
         self._started = False
         self._stopping = False  # start nothing more (stop() was called, or teardown began)
@@ -231,7 +232,7 @@ class RunState:
         self._stop_reason = f"interrupted: {reason}"
         if self._logger is not None:
             self._log.warning("run_stopping", reason=reason)
-        self._progress.set()
+        self._wake_waiters()
 
     def _tell_policy(self, result: TaskResult) -> None:
         """Run the completion policy's hook; an error in it stops the run (and is raised)."""
@@ -285,13 +286,19 @@ class RunState:
             told, self._notify = self._notify, []
             for result in told:
                 self._tell_policy(result)
-            self._progress.set()
+            self._wake_waiters()
+
+    def _wake_waiters(self) -> None:
+        """Wake the readers of results (``completed``), and ``wait`` if it may return."""
+        self._progress.set()
+        if not self._open or self._error is not None or self._interrupted:
+            self._settled.set()
 
     def _fail(self, exc: BaseException) -> None:
         self._error = exc
         if self._logger is not None:
             self._log.error("engine_error", error=repr(exc))
-        self._progress.set()
+        self._wake_waiters()
 
 
 def why(exc: BaseException) -> str:

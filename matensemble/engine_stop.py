@@ -63,7 +63,7 @@ class EngineStop(EngineLoop):
                     self._error = self._error or full
                     self._logger.close()
                 self._give_up_run_dir()
-                self._progress.set()
+                self._wake_waiters()
 
     def _give_up_run_dir(self) -> None:
         """Release the run directory's lock; if the run never reached its journal, leave the
