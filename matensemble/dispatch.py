@@ -121,14 +121,18 @@ class Dispatcher:
         beside_head: set[Resources] = set()  # shapes whose placement the reservation refused
         latest_end = math.inf if deadline is None else deadline - now
         held = False
-        while at < len(front) or heap:
-            if not self.completion.may_start(in_flight()):
+        # The default policy lets every task start: then ask neither it nor the count.
+        gated = type(self.completion).may_start is not CompletionPolicy.may_start
+        waiting = len(front)  # ``front`` does not change during the pass
+        pop = heapq.heappop
+        while at < waiting or heap:
+            if gated and not self.completion.may_start(in_flight()):
                 break
-            if at < len(front) and (not heap or front[at] < heap[0]):
+            if at < waiting and (not heap or front[at] < heap[0]):
                 entry = front[at]
                 at += 1
             else:
-                entry = heapq.heappop(heap)
+                entry = pop(heap)
             rec: Record = entry[-1]
             if rec.entry != entry[-2] or rec.state is not TaskState.READY:
                 continue  # stale: reprioritised or cancelled since it was queued
