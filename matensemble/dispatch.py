@@ -203,6 +203,8 @@ class Dispatcher:
         if len(heap) > 2 * running + 64:  # drop the entries of ended attempts
             heap[:] = [e for e in heap if _still_running(e)]
             heapq.heapify(heap)
+        while heap and not _still_running(heap[0]):
+            heapq.heappop(heap)  # ended: at the top, every walk would step over it again
         size = len(heap)
         frontier: list[tuple[tuple[float, int, int, Record], int]] = []
         if size:
