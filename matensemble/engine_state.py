@@ -150,7 +150,7 @@ class RunState:
             seen.add(task.id)
             res = task.resources
             if res not in self._never_fits:
-                self._never_fits[res] = pool.why_never_fits(res)
+                self._never_fits[res] = pool.why_never_fits(res) or self.backend.why_never_fits(res)
             why = self._never_fits[res]
             if why is not None:
                 raise TaskRejected(task.id, f"it can never fit: {why}")

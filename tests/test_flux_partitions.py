@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import select
+import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,11 +17,12 @@ from matensemble import Ensemble, Resources, Task
 from matensemble.backends.flux import FluxBackend
 from matensemble.backends.flux_inventory import InventoryMap
 from matensemble.backends.flux_partitions import NAME, plan_partitions
+from matensemble.errors import TaskRejected
 from matensemble.journal import JOURNAL_NAME, read_journal
 from matensemble.model import TaskFinished
 from matensemble.resources import NodeSpec
 
-from flux_instance import active_jobs, flux_python, start_instance, stop_instance
+from flux_instance import FLUX, active_jobs, flux_python, start_instance, stop_instance
 
 __all__ = ["flux_python"]
 
@@ -142,6 +146,77 @@ async def test_a_partition_that_dies_fails_only_its_running_tasks_which_retry_el
     assert {r.id for r in failures} == retried
     assert all(r.reason and "partition 0" in r.reason for r in failures), failures
     assert not active_jobs(uri4)
+
+
+def broker_pid(uri: str, jobid: int) -> int:
+    """The pid of the rank-0 broker of the child instance that is job ``jobid`` at ``uri``."""
+    assert FLUX is not None
+    env = {**os.environ, "FLUX_URI": uri}
+    child = subprocess.run(
+        [FLUX, "uri", "--local", str(jobid)], env=env, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    getattr_ = [FLUX, "getattr", "broker.pid"]
+    out = subprocess.run(getattr_, env={**env, "FLUX_URI": child}, capture_output=True, text=True)
+    return int(out.stdout)
+
+
+@pytest.mark.flux
+async def test_a_partition_whose_broker_is_killed_fails_its_tasks_which_retry_in_the_other(
+    uri4: str, tmp_path: Path
+) -> None:
+    gate, side = tmp_path / "gate", tmp_path / "side"
+    script = f'echo "$MATENSEMBLE_TASK_ID" >> {side}; while [ ! -e {gate} ]; do sleep 0.05; done'
+    whole_node = Resources(cores_per_rank=2)  # one task per broker: two in each partition
+    tasks = [sh(f"t{i}", script, retries=1, resources=whole_node) for i in range(4)]
+    tasks.append(sh("later", "true", after=tuple(t.id for t in tasks)))
+    ensemble = Ensemble(tasks, backend=FluxBackend(uri4, partitions=2), run_dir=tmp_path / "run")
+
+    async def kill_a_partition_broker_once_all_run() -> None:
+        await anyio.to_thread.run_sync(wait_for_lines, side, 4)
+        victim = active_jobs(uri4, f"{NAME}-0")[0]
+        os.kill(broker_pid(uri4, victim), signal.SIGKILL)
+        import flux
+        import flux.job
+
+        # The driver ends the partition it lost: its job is clean in the enclosing instance.
+        await anyio.to_thread.run_sync(
+            lambda: flux.job.event_wait(flux.Flux(uri4), victim, "clean", raiseJobException=False)
+        )
+        gate.touch()
+
+    with anyio.fail_after(120):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(kill_a_partition_broker_once_all_run)
+            summary = await ensemble.run()
+    results = summary.results
+    assert summary.counts["succeeded"] == 5  # the run went on, "later" too
+    retried = {i for i, r in results.items() if r.attempts == 2}
+    assert len(retried) == 2  # only the dead partition's tasks ran again, in the live one
+    assert len({r.job_id.split("/")[0] for r in results.values() if r.job_id}) == 1
+    failures = [
+        e.result
+        for e in read_journal(tmp_path / "run" / JOURNAL_NAME)
+        if isinstance(e, TaskFinished) and e.retry_in is not None
+    ]
+    assert {r.id for r in failures} == retried
+    assert all(r.reason and "partition 0" in r.reason for r in failures), failures
+    assert not active_jobs(uri4)
+
+
+@pytest.mark.flux
+async def test_a_task_bigger_than_every_partition_is_rejected_before_the_run_naming_sizes(
+    uri4: str, tmp_path: Path
+) -> None:
+    three_nodes = Resources(ranks=3, nodes=3)  # the instance has 4 nodes, a partition 2
+    tasks = [sh("small", "true"), sh("wide", "true", resources=three_nodes)]
+    ensemble = Ensemble(tasks, backend=FluxBackend(uri4, partitions=2), run_dir=tmp_path / "run")
+    with anyio.fail_after(120), pytest.raises(TaskRejected) as caught:
+        await ensemble.run()
+    message = str(caught.value)
+    assert "'wide' rejected" in message
+    assert "2 Flux partitions" in message and "the largest has 2 node(s)" in message
+    assert not (tmp_path / "run" / "tasks" / "small").exists()  # nothing ran
+    assert not active_jobs(uri4)  # and the partitions are gone
 
 
 @pytest.mark.flux

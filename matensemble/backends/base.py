@@ -33,7 +33,7 @@ from pathlib import Path
 import msgspec
 from anyio.abc import TaskGroup
 
-from matensemble.model import Placement, Task, TaskState
+from matensemble.model import Placement, Resources, Task, TaskState
 from matensemble.resources import NodeSpec
 
 __all__ = [
@@ -228,6 +228,12 @@ class Backend(abc.ABC):
 
     def deadline(self) -> float | None:
         """When the allocation ends (seconds since the epoch), if the backend knows it."""
+        return None
+
+    def why_never_fits(self, resources: Resources) -> str | None:
+        """Hook: why a task needing ``resources`` can never run here although the inventory
+        holds enough (e.g. Flux partitions: a job runs in one instance); ``None`` if it can.
+        Asked once per shape at submission, so such a task is rejected before the run."""
         return None
 
     def idle(self) -> None:  # noqa: B027 - optional hook, deliberately empty by default

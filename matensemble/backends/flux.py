@@ -39,9 +39,10 @@ from matensemble.backends.flux_inventory import read_inventory
 from matensemble.backends.flux_jobspec import JobspecBuilder
 from matensemble.backends.flux_partitions import Partition, prepare_partitions
 from matensemble.backends.flux_recovery import adopt_job, cancel_and_wait, leftover_jobs
+from matensemble.backends.flux_routing import FluxRouter
 from matensemble.backends.task_files import prepare_task_outputs
 from matensemble.errors import BackendError, BackendUnavailable
-from matensemble.model import TaskState
+from matensemble.model import Resources, TaskState
 from matensemble.resources import NodeSpec
 
 __all__ = ["FluxBackend"]
@@ -115,9 +116,8 @@ class FluxBackend(Backend):
         self._flux: Any = None  # the imported ``flux`` package
         self._parent: FluxChannel | None = None  # the enclosing instance
         self._partitions: list[Partition] = []
-        self._channels: list[FluxChannel] = []  # where jobs run: the parent, or the partitions
+        self._router = FluxRouter()  # where jobs run: the parent, or the partitions
         self._builders: dict[int, JobspecBuilder] = {}  # by id() of the channel
-        self._where: dict[str, int] = {}  # node name -> index in _channels
         self._token = secrets.token_hex(8)  # names this backend's jobs in the journal
         self._deadline: float | None = None
         self._reporter: Reporter | None = None
@@ -189,10 +189,7 @@ class FluxBackend(Backend):
 
     def _use(self, channel: FluxChannel, nodes: Sequence[NodeSpec]) -> None:
         """Run the jobs of ``nodes`` through ``channel``."""
-        index = len(self._channels)
-        self._channels.append(channel)
-        for node in nodes:
-            self._where[node.name] = index
+        self._router.add(channel, nodes)
         self._builders[id(channel)] = JobspecBuilder(
             self._flux.job.JobspecV1,
             channel.map,
@@ -236,7 +233,7 @@ class FluxBackend(Backend):
         """
         taken: set[LaunchKey] = set()
         for launch, job_id in launches:
-            channel, jobid = self._owner_of(job_id)
+            channel, jobid = self._router.owner_of(job_id)
             if channel is None or jobid is None:
                 continue
             found = adopt_job(channel, launch, jobid)
@@ -247,18 +244,6 @@ class FluxBackend(Backend):
                 self._reports.soon(found)
         return taken
 
-    def _owner_of(self, job_id: str) -> tuple[FluxChannel | None, int | None]:
-        """The channel a journaled job id belongs to, and the job id in that instance."""
-        head, _, tail = job_id.rpartition("/")
-        try:
-            jobid = int(tail)
-        except ValueError:
-            return None, None
-        for channel in self._channels:
-            if channel.prefix == (f"{head}/" if head else ""):
-                return channel, jobid
-        return None, None
-
     async def recover(self, run_id: str, keys: Sequence[LaunchKey]) -> None:
         """Cancel the jobs an earlier, crashed driver of ``run_id`` left running, and wait.
 
@@ -268,7 +253,7 @@ class FluxBackend(Backend):
         Blocking RPCs, once, before anything is launched.
         """
         names = {task_id for task_id, _ in keys}
-        for channel in self._channels:
+        for channel in self._router.channels:
             swept = channel in self._sweep
             if not names and not swept:
                 continue
@@ -283,7 +268,7 @@ class FluxBackend(Backend):
         if self._parent is None:
             raise BackendError("FluxBackend.launch() before open()")
         key = launch.key
-        if any(channel.has(key) for channel in self._channels):
+        if any(channel.has(key) for channel in self._router.channels):
             raise ValueError(f"launch {key} is already running")
         if self._sweep:
             self._sweep_leftovers()
@@ -294,7 +279,7 @@ class FluxBackend(Backend):
             self._reports.soon(Outcome(key=key, state=TaskState.FAILED, reason=self._broken))
             return
         try:
-            channel, constrain = self._route(launch)
+            channel, constrain = self._router.route(launch)
             jobspec = self._builders[id(channel)].build(launch, constrain=constrain)
             prepare_task_outputs(launch.task_dir)  # no links followed: the shell opens ours
         except (OSError, ValueError, TypeError) as exc:
@@ -313,26 +298,9 @@ class FluxBackend(Backend):
                 Outcome(key=key, state=TaskState.FAILED, reason=f"flux submit: {exc}")
             )
 
-    def _route(self, launch: Launch) -> tuple[FluxChannel, bool]:
-        """The channel of the launch's nodes, and whether to constrain it to their ranks.
-
-        Raises:
-            ValueError: the placement spans partitions (a job runs in one instance).
-        """
-        where = {self._where[slot.node] for slot in launch.placement}
-        if len(where) > 1:
-            raise ValueError(
-                f"task {launch.task.id} was placed on nodes of {len(where)} partitions; a job "
-                "runs in one Flux instance: use fewer partitions or fewer nodes per task"
-            )
-        channel = self._channels[where.pop()]
-        if channel.broken is None:
-            return channel, True
-        live = [c for c in self._channels if c.broken is None]
-        if not live:
-            raise ValueError(f"every partition is gone ({channel.broken})")
-        # Its partition is gone: run it wherever Flux finds room in the least busy one.
-        return min(live, key=lambda c: c.in_flight()), False
+    def why_never_fits(self, resources: Resources) -> str | None:
+        """With partitions: why a task fits none of them (a job runs in one instance)."""
+        return self._router.why_never_fits(resources)
 
     def _sweep_leftovers(self) -> None:
         """Cancel the jobs a crashed driver left in partitions we took over, unless adopted."""
@@ -345,7 +313,7 @@ class FluxBackend(Backend):
 
     def cancel(self, key: LaunchKey) -> None:
         """Cancel the launch's job; if its id is not known yet, as soon as it is."""
-        for channel in self._channels:
+        for channel in self._router.channels:
             channel.cancel(key)
 
     def kill(self) -> None:
@@ -354,7 +322,7 @@ class FluxBackend(Backend):
         The requests leave on the broker sockets at once, so the jobs go even though nobody
         stays to hear the answers.
         """
-        for channel in self._channels:
+        for channel in self._router.channels:
             channel.kill("driver forced to exit")
         for partition in self._partitions:
             partition.cancel("driver forced to exit")
@@ -367,12 +335,18 @@ class FluxBackend(Backend):
 
     def _on_lost(self, reason: str) -> None:
         """A channel failed: its launches were reported failed; without partitions, or if the
-        enclosing instance is gone, every later launch fails too."""
+        enclosing instance is gone, every later launch fails too. A partition we lost touch
+        with is ended (its job cancelled), so that its nodes are freed in the enclosing
+        instance; later launches on them go to the live partitions."""
+        for partition in self._partitions:
+            channel = partition.channel
+            if channel is not None and channel.broken is not None and partition.ended is None:
+                partition.cancel(channel.broken)
         parent = self._parent
         if self._k == 1 or (parent is not None and parent.broken is not None):
             if self._broken is None:
                 self._broken = reason
-            for channel in self._channels:
+            for channel in self._router.channels:
                 if channel.broken is None:
                     channel.fail(reason)
         if self._reporter is not None:
@@ -384,7 +358,7 @@ class FluxBackend(Backend):
             partition.channel.fail(why)
 
     def _in_flight(self) -> int:
-        return sum(channel.in_flight() for channel in self._channels)
+        return sum(channel.in_flight() for channel in self._router.channels)
 
     @property
     def _reports(self) -> Reporter:
@@ -404,11 +378,11 @@ class FluxBackend(Backend):
         if self._parent is None:
             return
         try:
-            for channel in self._channels:
+            for channel in self._router.channels:
                 channel.closing = True
                 channel.cancel_all()
             await self._reports.wait_drained()
-            for channel in self._channels:
+            for channel in self._router.channels:
                 if channel is not self._parent:
                     await channel.end_journal()
             await self._end_partitions("the matensemble driver closed")
@@ -416,7 +390,7 @@ class FluxBackend(Backend):
         except BaseException:
             for partition in self._partitions:
                 partition.cancel("the matensemble driver closed")
-            for channel in self._channels:
+            for channel in self._router.channels:
                 channel.abandon("backend closed (Flux asked to cancel the job)")
             raise
         finally:
@@ -433,11 +407,11 @@ class FluxBackend(Backend):
                 await partition.wait_clean()
 
     def _shutdown(self) -> None:
-        for channel in self._channels:
+        for channel in self._router.channels:
             channel.shutdown()
         if self._parent is not None:
             self._parent.shutdown()
-        self._channels.clear()
+        self._router.channels.clear()
 
 
 def _allocation_end(flux: Any, handle: Any) -> float | None:

@@ -73,6 +73,7 @@ class FluxChannel:
         self.flux = flux
         self.handle = handle
         self.prefix = prefix
+        self.name = ""  # e.g. "partition 0 (Flux job 123): ", before the reasons it gives
         self.map = InventoryMap({})
         self.broken: str | None = None
         self.closing = False
@@ -83,7 +84,9 @@ class FluxChannel:
         self._on_lost = on_lost
         self._events = _EVENTS_WITH_MEMO if memo else _EVENTS
         self._loop = loop
-        self.bridge = FluxReactorBridge(handle, loop, lambda e: self.fail(f"Flux error: {e}"))
+        self.bridge = FluxReactorBridge(
+            handle, loop, lambda e: self.fail(f"{self.name}Flux error: {e}")
+        )
         self._journal: Any = None
         self._journal_ready: asyncio.Future[None] | None = None
         self._journal_ended = asyncio.Event()
@@ -267,7 +270,7 @@ class FluxChannel:
             if ready is not None and not ready.done():
                 ready.set_exception(exc)
             elif not self.closing:
-                self.fail(f"Flux stopped sending job events: {exc}")
+                self.fail(f"{self.name}Flux stopped sending job events: {exc}")
             return
         future.reset()
         jobid = payload["id"]

@@ -195,6 +195,7 @@ class Partition:
         except OSError as exc:
             raise BackendError(f"cannot connect to partition {self.plan.index}: {exc}") from None
         self.channel = channel = make_channel(handle, f"{self.jobid}/")
+        channel.name = f"partition {self.plan.index} (Flux job {self.jobid}): "
         try:
             await channel.rpc("state-machine.wait")
         except OSError as exc:
