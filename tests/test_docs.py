@@ -205,3 +205,30 @@ def test_hpc_guide_run_or_resume_script_runs_under_a_real_flux_start(
     record = read_run(run)
     assert [s.backend for s in record.sessions] == ["flux", "flux"]
     assert len(record.attempts) == 10  # the resume ran nothing again
+
+
+@pytest.mark.flux
+@pytest.mark.skipif(shutil.which("flux") is None, reason="no `flux` command on PATH")
+def test_flux_guide_partitions_example_runs_under_a_real_flux_start(tmp_path: Path) -> None:
+    """docs/flux.md's partitions driver, run by its own command line: every task succeeds, in
+    four partitions (each task saw its own child instance's URI), and none is left behind."""
+    env = flux_env()
+    assert env is not None
+    written = {title: body for _, title, body in blocks("flux.md") if title}
+    (tmp_path / "partitions.py").write_text(written["partitions.py"])
+    line = next(
+        line
+        for lang, title, body in blocks("flux.md")
+        if lang == "bash" and not title
+        for line in shell_lines(body)
+        if "partitions.py" in line
+    )
+    argv = [sys.executable if arg == "python3" else arg for arg in shlex.split(line)]
+    proc = subprocess.run(
+        argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
+    assert proc.stdout.strip().endswith("40 succeeded")
+    tasks = tmp_path / "runs" / "parts" / "tasks"
+    uris = {(tasks / f"t{i}" / "stdout").read_text() for i in range(40)}
+    assert len(uris) == 4
