@@ -19,6 +19,9 @@ Methods, all running N ``true`` jobs (``--methods`` picks some):
   may skip job-ingest's jobspec validator, as the backend does);
 - ``raw-ours``: ``raw-novalidate`` with the jobspecs the backend builds (files, directory,
   environment, rank constraint): the cost of the jobspec alone, without the engine;
+- ``raw-windowW`` (e.g. ``raw-window4``): ``raw-journal`` with novalidate that keeps only W
+  jobs in Flux, submitting the next at each job's ``finish`` event, as the engine does with W
+  slots: how much a bounded queue ahead of the free cores would gain (W = cores: none);
 - ``ensemble``: ``Ensemble(tasks, backend=FluxBackend()).run()``, start-up included;
 - ``ensemble-k2``, ``ensemble-k4``: the same with ``FluxBackend(partitions=k)``.
 
@@ -46,6 +49,7 @@ from typing import Any
 
 RAW = ("raw-waitable", "raw-journal", "raw-novalidate")
 METHODS = (*RAW, "raw-ours", "ensemble", "ensemble-k2", "ensemble-k4")
+WINDOW = re.compile(r"raw-window(\d+)$")
 MARK = "RESULT "
 
 
@@ -143,6 +147,39 @@ def raw_journal(flux: Any, n: int) -> None:
     h.reactor_run()
 
 
+def raw_window(flux: Any, n: int, window: int) -> None:
+    """At most ``window`` jobs in Flux: the next is submitted at each ``finish`` event."""
+    h = flux.Flux()
+    spec = flux.job.JobspecV1.from_command(["true"]).dumps()
+    counts = {"sent": 0, "clean": 0}
+
+    def submit() -> None:
+        if counts["sent"] < n:
+            counts["sent"] += 1
+            flux.job.submit_async(h, spec, novalidate=True)
+
+    def on_journal(f: Any) -> None:
+        payload = f.get()
+        f.reset()
+        for event in payload["events"]:
+            if event["name"] == "finish":
+                submit()
+            elif event["name"] == "clean":
+                counts["clean"] += 1
+                if counts["clean"] == n:
+                    h.reactor_stop()
+
+    journal = h.rpc(
+        "job-manager.events-journal",
+        {"full": False, "allow": {"finish": 1, "clean": 1}},
+        flags=flux.constants.FLUX_RPC_STREAMING,
+    )
+    journal.then(on_journal)
+    for _ in range(window):
+        submit()
+    h.reactor_run()
+
+
 def our_jobspecs(flux: Any, n: int, base: Path) -> list[str]:
     """The jobspecs the backend builds for N ``true`` tasks, spread over the ranks."""
     from matensemble import Task
@@ -183,6 +220,7 @@ def inner(method: str, n: int, profile: str | None) -> None:
     """Run one method in the enclosing instance; print its figures as one JSON line."""
     flux = import_flux()
     import matensemble.backends.flux  # noqa: F401 - a script imports before it runs
+    from matensemble import Ensemble  # noqa: F401 - the engine is imported lazily otherwise
 
     brokers = broker_pids()
     with tempfile.TemporaryDirectory() as tmp:
@@ -199,6 +237,9 @@ def inner(method: str, n: int, profile: str | None) -> None:
             "ensemble-k2": lambda: asyncio.run(ensemble(n, base / "run", 2)),
             "ensemble-k4": lambda: asyncio.run(ensemble(n, base / "run", 4)),
         }
+        window = WINDOW.match(method)
+        if window:
+            runs[method] = lambda: raw_window(flux, n, int(window.group(1)))
         cpu0, flux0, t0 = time.process_time(), flux_cpu_seconds(brokers), time.perf_counter()
         if profile:
             import cProfile
@@ -265,7 +306,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--size", type=int, default=2, help="brokers per instance")
     parser.add_argument("--methods", default="raw-waitable,raw-journal,ensemble")
-    parser.add_argument("--inner", choices=METHODS, help=argparse.SUPPRESS)
+    parser.add_argument("--inner", help=argparse.SUPPRESS)
     parser.add_argument("--profile", help="inside: write a cProfile of the method here")
     args = parser.parse_args()
     if args.inner:
@@ -274,7 +315,7 @@ def main() -> None:
     if shutil.which("flux") is None:
         raise SystemExit("no `flux` command on PATH")
     methods = args.methods.split(",")
-    unknown = sorted(set(methods) - set(METHODS))
+    unknown = sorted(m for m in set(methods) - set(METHODS) if not WINDOW.match(m))
     if unknown:
         raise SystemExit(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
     outer(methods, args.tasks, args.reps, args.size)

@@ -40,7 +40,7 @@ from matensemble.backends.flux_jobspec import JobspecBuilder
 from matensemble.backends.flux_partitions import Partition, prepare_partitions
 from matensemble.backends.flux_recovery import adopt_job, cancel_and_wait, leftover_jobs
 from matensemble.backends.flux_routing import FluxRouter
-from matensemble.backends.task_files import prepare_task_outputs
+from matensemble.backends.flux_task_dirs import TaskDirs
 from matensemble.errors import BackendError, BackendUnavailable
 from matensemble.model import Resources, TaskState
 from matensemble.resources import NodeSpec
@@ -118,6 +118,7 @@ class FluxBackend(Backend):
         self._partitions: list[Partition] = []
         self._router = FluxRouter()  # where jobs run: the parent, or the partitions
         self._builders: dict[int, JobspecBuilder] = {}  # by id() of the channel
+        self._task_dirs = TaskDirs()
         self._token = secrets.token_hex(8)  # names this backend's jobs in the journal
         self._deadline: float | None = None
         self._reporter: Reporter | None = None
@@ -281,7 +282,7 @@ class FluxBackend(Backend):
         try:
             channel, constrain = self._router.route(launch)
             jobspec = self._builders[id(channel)].build(launch, constrain=constrain)
-            prepare_task_outputs(launch.task_dir)  # no links followed: the shell opens ours
+            self._task_dirs.prepare(launch.task_dir)  # the shell opens the outputs in it
         except (OSError, ValueError, TypeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             self._reports.soon(
@@ -407,6 +408,7 @@ class FluxBackend(Backend):
                 await partition.wait_clean()
 
     def _shutdown(self) -> None:
+        self._task_dirs.close()
         for channel in self._router.channels:
             channel.shutdown()
         if self._parent is not None:
