@@ -47,16 +47,20 @@ SIGINT watcher on every call; instead each drain marks the thread as running a r
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 from collections.abc import Callable
 from typing import Any
+
+import msgspec
 
 __all__ = ["BridgeLost", "FluxReactorBridge"]
 
 
 class BridgeLost(Exception):
     """The connection to the broker failed (``FLUX_POLLERR``); the handle is unusable."""
+
+
+_decode = msgspec.json.Decoder().decode  # a few times faster than json.loads
 
 
 class FluxReactorBridge:
@@ -122,7 +126,7 @@ class FluxReactorBridge:
         out = self._ffi.new("char *[1]")
         if self._lib.flux_rpc_get(future.handle, out) < 0:
             raise self._error(future)
-        return json.loads(self._ffi.string(out[0])) if out[0] != self._ffi.NULL else None
+        return _decode(self._ffi.string(out[0])) if out[0] != self._ffi.NULL else None
 
     def job_id(self, future: Any) -> int:
         """The job id of a fulfilled ``flux.job.submit_async`` future; ``OSError`` if refused."""
