@@ -233,3 +233,58 @@ async def test_a_cancelled_run_like_ctrl_c_ends_every_job_and_every_partition(
             assert len(partition_jobs(uri4)) == 2
             tg.cancel_scope.cancel()
     assert not active_jobs(uri4)
+
+
+@pytest.mark.flux
+async def test_a_launch_spread_over_two_partitions_goes_whole_to_the_one_holding_most_of_it(
+    uri4: str, tmp_path: Path
+) -> None:
+    """The engine's pool may spread a task that fits one partition over nodes of two (its
+    ranks fit no single node at that moment): it runs in one, unconstrained, not failed."""
+    import asyncio
+
+    import flux
+
+    from matensemble.backends.base import Launch
+    from matensemble.backends.flux_channel import FluxChannel
+    from matensemble.backends.flux_routing import FluxRouter
+    from matensemble.model import Slot
+
+    loop = asyncio.get_running_loop()
+    channels = [
+        FluxChannel(
+            flux,
+            flux.Flux(uri4),
+            loop,
+            token="t",
+            report=lambda o: None,
+            settled=lambda: None,
+            job_ids=lambda k, j: None,
+            on_lost=lambda r: None,
+            prefix=f"{i}/",
+        )
+        for i in range(2)
+    ]
+    router = FluxRouter()
+    router.add(channels[0], [NodeSpec("n0", (0, 1)), NodeSpec("n1", (0, 1))])
+    router.add(channels[1], [NodeSpec("n2", (0, 1)), NodeSpec("n3", (0, 1))])
+
+    def launch(*slots: Slot) -> Launch:
+        task = sh("t", "true", resources=Resources(ranks=3))
+        return Launch(task=task, attempt=1, placement=slots, task_dir=tmp_path, run_id="r")
+
+    try:
+        assert router.route(launch(Slot("n0", (0, 1)), Slot("n1", (0,)))) == (channels[0], True)
+        spread = launch(Slot("n1", (0,)), Slot("n2", (0, 1)))
+        assert router.route(spread) == (channels[1], False)
+        channels[1].broken = "partition 1 ended"
+        assert router.route(spread) == (channels[0], False)  # the live one, where it fits
+        channels[0].broken = "partition 0 ended"
+        with pytest.raises(ValueError, match="no live Flux partition can run task t"):
+            router.route(spread)
+        assert router.owner_of("1/42") == (channels[1], 42)
+        assert "needs 5 rank(s)" in (router.why_never_fits(Resources(ranks=5)) or "")
+        assert router.why_never_fits(Resources(ranks=4)) is None
+    finally:
+        for channel in channels:
+            channel.shutdown()
