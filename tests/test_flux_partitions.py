@@ -108,46 +108,6 @@ async def test_tasks_spread_over_the_partitions_all_succeed_and_teardown_leaves_
     assert not active_jobs(uri4)  # no job, and no child instance, is left
 
 
-@pytest.mark.flux
-async def test_a_partition_that_dies_fails_only_its_running_tasks_which_retry_elsewhere(
-    uri4: str, tmp_path: Path
-) -> None:
-    gate, side = tmp_path / "gate", tmp_path / "side"
-    script = f'echo "$MATENSEMBLE_TASK_ID" >> {side}; while [ ! -e {gate} ]; do sleep 0.05; done'
-    whole_node = Resources(cores_per_rank=2)  # one task per broker: two in each partition
-    tasks = [sh(f"t{i}", script, retries=1, resources=whole_node) for i in range(4)]
-    backend = FluxBackend(uri4, partitions=2)
-    ensemble = Ensemble(tasks, backend=backend, run_dir=tmp_path / "run")
-
-    async def kill_a_partition_once_all_run() -> None:
-        await anyio.to_thread.run_sync(wait_for_lines, side, 4)
-        import flux
-        import flux.job
-
-        victim = active_jobs(uri4, f"{NAME}-0")[0]
-        flux.job.cancel(flux.Flux(uri4), victim, "a partition dies")
-        flux.job.event_wait(flux.Flux(uri4), victim, "clean", raiseJobException=False)
-        gate.touch()
-
-    with anyio.fail_after(120):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(kill_a_partition_once_all_run)
-            summary = await ensemble.run()
-    results = summary.results
-    assert summary.counts["succeeded"] == 4
-    retried = {i for i, r in results.items() if r.attempts == 2}
-    assert len(retried) == 2  # only the dead partition's tasks ran again
-    assert len({r.job_id.split("/")[0] for r in results.values() if r.job_id}) == 1
-    failures = [
-        e.result
-        for e in read_journal(tmp_path / "run" / JOURNAL_NAME)
-        if isinstance(e, TaskFinished) and e.retry_in is not None
-    ]
-    assert {r.id for r in failures} == retried
-    assert all(r.reason and "partition 0" in r.reason for r in failures), failures
-    assert not active_jobs(uri4)
-
-
 def broker_pid(uri: str, jobid: int) -> int:
     """The pid of the rank-0 broker of the child instance that is job ``jobid`` at ``uri``."""
     assert FLUX is not None
@@ -161,8 +121,9 @@ def broker_pid(uri: str, jobid: int) -> int:
 
 
 @pytest.mark.flux
-async def test_a_partition_whose_broker_is_killed_fails_its_tasks_which_retry_in_the_other(
-    uri4: str, tmp_path: Path
+@pytest.mark.parametrize("how", ["its job is cancelled", "its rank-0 broker is killed"])
+async def test_a_partition_that_dies_fails_only_its_running_tasks_which_retry_in_the_other(
+    uri4: str, tmp_path: Path, how: str
 ) -> None:
     gate, side = tmp_path / "gate", tmp_path / "side"
     script = f'echo "$MATENSEMBLE_TASK_ID" >> {side}; while [ ! -e {gate} ]; do sleep 0.05; done'
@@ -171,14 +132,17 @@ async def test_a_partition_whose_broker_is_killed_fails_its_tasks_which_retry_in
     tasks.append(sh("later", "true", after=tuple(t.id for t in tasks)))
     ensemble = Ensemble(tasks, backend=FluxBackend(uri4, partitions=2), run_dir=tmp_path / "run")
 
-    async def kill_a_partition_broker_once_all_run() -> None:
+    async def end_a_partition_once_all_run() -> None:
         await anyio.to_thread.run_sync(wait_for_lines, side, 4)
-        victim = active_jobs(uri4, f"{NAME}-0")[0]
-        os.kill(broker_pid(uri4, victim), signal.SIGKILL)
         import flux
         import flux.job
 
-        # The driver ends the partition it lost: its job is clean in the enclosing instance.
+        victim = active_jobs(uri4, f"{NAME}-0")[0]
+        if how == "its job is cancelled":
+            flux.job.cancel(flux.Flux(uri4), victim, "a partition dies")
+        else:
+            os.kill(broker_pid(uri4, victim), signal.SIGKILL)
+        # Its job ends in the enclosing instance (a killed broker's: the driver cancels it).
         await anyio.to_thread.run_sync(
             lambda: flux.job.event_wait(flux.Flux(uri4), victim, "clean", raiseJobException=False)
         )
@@ -186,7 +150,7 @@ async def test_a_partition_whose_broker_is_killed_fails_its_tasks_which_retry_in
 
     with anyio.fail_after(120):
         async with anyio.create_task_group() as tg:
-            tg.start_soon(kill_a_partition_broker_once_all_run)
+            tg.start_soon(end_a_partition_once_all_run)
             summary = await ensemble.run()
     results = summary.results
     assert summary.counts["succeeded"] == 5  # the run went on, "later" too
