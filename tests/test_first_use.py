@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 import matensemble
 from matensemble import Ensemble, RunFailed, SimulatedBackend, Task
+
+from conftest import matensemble as cli
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -46,19 +46,6 @@ async def test_run_without_check_returns_a_summary_whose_ok_says_whether_all_suc
         summary.check()
     good = await Ensemble([sim_task("a")], backend=SimulatedBackend(), run_dir=run_dir / "2").run()
     assert good.ok and good.check() is good
-
-
-def cli(*args: str | Path, cwd: Path, columns: int = 1000) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COLUMNS": str(columns), "NO_COLOR": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "matensemble", *map(str, args)],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
 
 
 def test_version_prints_the_installed_version(tmp_path: Path) -> None:

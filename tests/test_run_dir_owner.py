@@ -12,8 +12,6 @@ import os
 import select
 import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -27,7 +25,7 @@ from matensemble.journal import JOURNAL_NAME, read_journal, replay
 from matensemble.model import RunStarted, TaskFinished
 from matensemble.rundir import OWNER_NAME, create_unique_run_dir, read_owner
 
-from conftest import dead, matensemble
+from conftest import dead, matensemble, start_matensemble
 
 ENSEMBLE = """
 [[sweep]]
@@ -42,18 +40,6 @@ def write_ensemble(tmp_path: Path, n: int, sleep: float = 60) -> Path:
     spec = tmp_path / "e.toml"
     spec.write_text(ENSEMBLE.format(side=tmp_path / "side", go=tmp_path / "go", n=n, sleep=sleep))
     return spec
-
-
-def start(*args: str | Path, cwd: Path) -> subprocess.Popen[str]:
-    """A ``matensemble`` driver process, running in the background."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "matensemble", *map(str, args), "--no-progress"],
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "COLUMNS": "1000", "NO_COLOR": "1"},
-    )
 
 
 def side_lines(tmp_path: Path, count: int, timeout: float = 60.0) -> list[tuple[str, int]]:
@@ -94,7 +80,7 @@ def test_drivers_started_together_from_one_directory_each_get_their_own_run(
     start, so at least two share it; each still gets its own directory and runs each task once."""
     spec = tmp_path / "e.toml"
     spec.write_text('[[task]]\nid = "one"\ncommand = ["sh", "-c", "echo $MATENSEMBLE_RUN_ID"]\n')
-    drivers = [start("run", spec, cwd=tmp_path) for _ in range(3)]
+    drivers = [start_matensemble("run", spec, cwd=tmp_path) for _ in range(3)]
     for driver in drivers:
         assert driver.wait(timeout=120) == 0, driver.stderr.read() if driver.stderr else ""
     runs = sorted((tmp_path / "runs").iterdir())
@@ -142,7 +128,7 @@ def test_a_second_driver_on_a_live_run_is_refused_naming_the_owner_and_leaves_it
     tmp_path: Path,
 ) -> None:
     spec = write_ensemble(tmp_path, n=2)
-    owner = start("run", spec, "--run-dir", "run", "--cores", "2", cwd=tmp_path)
+    owner = start_matensemble("run", spec, "--run-dir", "run", "--cores", "2", cwd=tmp_path)
     try:
         pids = [pid for _, pid in side_lines(tmp_path, 2)]
         for second in (
@@ -173,11 +159,11 @@ def test_a_second_resume_of_a_crashed_run_is_refused_and_does_not_kill_the_first
     tmp_path: Path,
 ) -> None:
     spec = write_ensemble(tmp_path, n=2)
-    crashed = start("run", spec, "--run-dir", "run", "--cores", "2", cwd=tmp_path)
+    crashed = start_matensemble("run", spec, "--run-dir", "run", "--cores", "2", cwd=tmp_path)
     first_pids = [pid for _, pid in side_lines(tmp_path, 2)]
     crashed.kill()
     crashed.wait()
-    resumed = start("resume", "run", "--cores", "2", cwd=tmp_path)
+    resumed = start_matensemble("resume", "run", "--cores", "2", cwd=tmp_path)
     try:
         lines = side_lines(tmp_path, 4)  # the resume killed the leftovers and started anew
         assert all(dead(pid, grace=10.0) for pid in first_pids)
@@ -309,7 +295,7 @@ async def test_the_python_api_refuses_a_backend_change_unless_allowed(tmp_path: 
 
 def test_status_tells_a_sigkilled_driver_from_a_live_one(tmp_path: Path) -> None:
     spec = write_ensemble(tmp_path, n=1)
-    driver = start("run", spec, "--run-dir", "run", cwd=tmp_path)
+    driver = start_matensemble("run", spec, "--run-dir", "run", cwd=tmp_path)
     try:
         side_lines(tmp_path, 1)
         host = socket.gethostname()
