@@ -33,15 +33,7 @@ from pathlib import Path
 import anyio
 from anyio.abc import TaskGroup
 
-from matensemble.backends.base import (
-    Backend,
-    Launch,
-    LaunchKey,
-    Outcome,
-    Reporter,
-    Sink,
-    task_variables,
-)
+from matensemble.backends.base import Backend, Launch, LaunchKey, Outcome, Reporter, Sink
 from matensemble.backends.local_inventory import (
     CAN_PIN,
     detect_gpus,
@@ -49,21 +41,20 @@ from matensemble.backends.local_inventory import (
     select_cores,
     select_gpus,
 )
-from matensemble.backends.task_files import open_task_outputs
-from matensemble.errors import BackendError, BackendUnavailable, UnsafeTaskPath
+from matensemble.backends.local_plan import (
+    Exit,
+    LaunchError,
+    LaunchPlanner,
+    Process,
+    describe_exit,
+    describe_spawn_error,
+    open_outputs,
+)
+from matensemble.errors import BackendError, BackendUnavailable
 from matensemble.model import TaskState
 from matensemble.resources import NodeSpec
 
 __all__ = ["LocalBackend"]
-
-
-_Exit = tuple[int | None, int | None, str]  # returncode, signal, reason
-# argv, executable, environment (encoded, as exec takes it), cores
-_Process = tuple[list[str], str | None, dict[bytes, bytes], list[int]]
-
-
-class _LaunchError(Exception):
-    """A per-task problem found before any process started; the message is the reason."""
 
 
 class _Run:
@@ -77,7 +68,7 @@ class _Run:
         self.timer: asyncio.TimerHandle | None = None  # the timeout
         self.kill_timer: asyncio.TimerHandle | None = None  # set once termination has begun
         self.verdict: tuple[TaskState, str] | None = None  # TIMED_OUT or CANCELLED, and why
-        self.failure: _Exit | None = None  # the first copy that failed, or could not start
+        self.failure: Exit | None = None  # the first copy that failed, or could not start
 
 
 class LocalBackend(Backend):
@@ -135,12 +126,7 @@ class LocalBackend(Backend):
         self._closing = False
         self._reporter: Reporter | None = None
         self._gpus: tuple[str, ...] = ()
-        self._gpu_variable = "CUDA_VISIBLE_DEVICES"
-        self._mpiexec: str | None = None
-        self._base_env: dict[str, str] = {}
-        self._base_env_bytes: dict[bytes, bytes] = {}  # the same, encoded once per run
-        self._executables: dict[tuple[str, str], str] = {}  # (program, PATH) -> its file
-        self._driver_path = os.defpath
+        self._planner: LaunchPlanner | None = None
         self._thread_mask: set[int] = set()
         self._devnull = -1
 
@@ -164,15 +150,17 @@ class LocalBackend(Backend):
             if outside:
                 raise BackendError(f"the event loop thread may not run on cores {outside}")
         self._gpus, found_in = await detect_gpus(self._gpus_given)
-        self._gpu_variable = self._gpu_variable_given or found_in or "CUDA_VISIBLE_DEVICES"
-        if self._mpiexec_given is not None:
-            self._mpiexec = shutil.which(self._mpiexec_given) or self._mpiexec_given
+        mpiexec: str | None = self._mpiexec_given
+        if mpiexec is not None:
+            mpiexec = shutil.which(mpiexec) or mpiexec
         else:
             beside_python = str(Path(sys.executable).parent)
-            self._mpiexec = shutil.which("mpiexec") or shutil.which("mpiexec", path=beside_python)
-        self._base_env = dict(os.environ)
-        self._base_env_bytes = {os.fsencode(k): os.fsencode(v) for k, v in os.environ.items()}
-        self._driver_path = os.environ.get("PATH", os.defpath)
+            mpiexec = shutil.which("mpiexec") or shutil.which("mpiexec", path=beside_python)
+        self._planner = LaunchPlanner(
+            self._gpus,
+            self._gpu_variable_given or found_in or "CUDA_VISIBLE_DEVICES",
+            mpiexec,
+        )
         self._devnull = os.open(os.devnull, os.O_RDONLY)
         self._loop = loop
         self._reporter = Reporter(sink, loop, lambda: len(self._runs))
@@ -197,9 +185,9 @@ class LocalBackend(Backend):
             self._reports.soon(Outcome(key=key, state=TaskState.CANCELLED, reason="backend closed"))
             return
         try:
-            plan = self._plan(launch)
-            out, err = _open_outputs(launch)
-        except _LaunchError as exc:
+            plan = self._plans.plan(launch)
+            out, err = open_outputs(launch)
+        except LaunchError as exc:
             self._reports.soon(Outcome(key=key, state=TaskState.FAILED, reason=str(exc)))
             return
         run = _Run(launch, len(plan))
@@ -209,7 +197,7 @@ class LocalBackend(Backend):
                 try:
                     proc = self._spawn(process, cwd, out, err)
                 except (OSError, ValueError, subprocess.SubprocessError) as exc:
-                    run.failure = (None, None, _describe_spawn_error(exc, process, cwd))
+                    run.failure = (None, None, describe_spawn_error(exc, process, cwd))
                     break
                 run.start_time = run.start_time or time.time()
                 self._watch(run, proc, rank)
@@ -228,85 +216,7 @@ class LocalBackend(Backend):
             why = f"timed out after {timeout:g}s"
             run.timer = loop.call_later(timeout, self._stop, run, TaskState.TIMED_OUT, why)
 
-    def _plan(self, launch: Launch) -> list[_Process]:
-        """argv, executable, environment and cores of each process to start.
-
-        Without ``PATH`` in the task's environment (``inherit_env=False``), ``command[0]`` is
-        looked up on the driver's ``PATH`` as it was at ``open()``, so ``["env"]`` still runs.
-        """
-        task, res = launch.task, launch.task.resources
-        cores = [c for slot in launch.placement for c in slot.cores]
-        gpus = [g for slot in launch.placement for g in slot.gpus]
-        copies = 1 if res.mpi else res.ranks
-        argv = list(task.command)
-        # The program is looked up once per (name, PATH) here, not in every child: exec'ing
-        # each PATH entry in turn costs the driver an encoded path per entry and a failed exec
-        # each (the driver waits for the child's exec under vfork).
-        path = task.env.get("PATH") or (self._base_env.get("PATH") if task.inherit_env else None)
-        if res.mpi and self._mpiexec is None:
-            raise _LaunchError(
-                f"mpi task, but no mpiexec was found on PATH or next to {sys.executable}; "
-                "install an MPI (e.g. the mpich wheel) or pass LocalBackend(mpiexec=...)"
-            )
-        executable = self._resolve(argv[0], path)
-        if res.mpi:
-            assert self._mpiexec is not None
-            # mpiexec would only say "exited with code 255"; name the missing program instead.
-            program = executable or self._resolve_now(argv[0], path)
-            argv = [self._mpiexec, "-n", str(res.ranks), program, *argv[1:]]
-            executable = None
-        variables = task_variables(launch)
-        # With GPUs to hand out, every task gets the variable (empty: none for it); without,
-        # a value inherited from the driver must not leak through either.
-        hand_out_gpus = (
-            bool(self._gpus or gpus)
-            or self._gpu_variable in variables
-            or (task.inherit_env and self._gpu_variable in self._base_env)
-        )
-        base = self._base_env_bytes if task.inherit_env else {}
-        common = base | {os.fsencode(k): os.fsencode(v) for k, v in variables.items()}
-        gpu_key = os.fsencode(self._gpu_variable)
-        if copies == 1:
-            if hand_out_gpus:
-                common[gpu_key] = ",".join(gpus).encode()
-            if not res.mpi:
-                common[b"MATENSEMBLE_RANK"], common[b"MATENSEMBLE_NRANKS"] = b"0", b"1"
-            return [(argv, executable, common, cores)]
-        plan: list[_Process] = []
-        nc, ng = len(cores) // copies, len(gpus) // copies
-        for rank in range(copies):
-            env = common.copy()
-            env[b"MATENSEMBLE_RANK"] = str(rank).encode()
-            env[b"MATENSEMBLE_NRANKS"] = str(copies).encode()
-            if hand_out_gpus:
-                env[gpu_key] = ",".join(gpus[rank * ng : (rank + 1) * ng]).encode()
-            plan.append((argv, executable, env, cores[rank * nc : (rank + 1) * nc]))
-        return plan
-
-    def _resolve(self, program: str, path: str | None) -> str | None:
-        """``program``'s file on ``path`` (the driver's ``PATH`` at ``open()`` when ``None``),
-        remembered for the run; ``None`` where only the child can resolve it (a relative
-        ``PATH`` entry is relative to the task's working directory)."""
-        if os.sep in program:
-            return program
-        search = path or self._driver_path
-        if path is not None and not all(os.path.isabs(d) for d in search.split(os.pathsep)):
-            return None
-        key = (program, search)
-        found = self._executables.get(key)
-        if found is None:
-            found = self._executables[key] = self._resolve_now(program, search)
-        return found
-
-    def _resolve_now(self, program: str, path: str | None) -> str:
-        if os.sep in program:
-            return program
-        found = shutil.which(program, path=path or self._driver_path)
-        if found is None:
-            raise _LaunchError(f"executable not found: {program!r}")
-        return found
-
-    def _spawn(self, process: _Process, cwd: str, out: int, err: int) -> subprocess.Popen[bytes]:
+    def _spawn(self, process: Process, cwd: str, out: int, err: int) -> subprocess.Popen[bytes]:
         argv, executable, env, cores = process
         pin = CAN_PIN and bool(cores)
         if pin:
@@ -350,7 +260,7 @@ class LocalBackend(Backend):
         code = _reap(proc)
         del run.procs[proc.pid]
         if code != 0 and run.failure is None:
-            run.failure = _describe_exit(code, f"rank {rank} " if run.copies > 1 else "")
+            run.failure = describe_exit(code, f"rank {rank} " if run.copies > 1 else "")
             if run.procs:  # the launch has failed: the other copies' work is wasted
                 self._terminate(run)
         if not run.procs:
@@ -376,6 +286,11 @@ class LocalBackend(Backend):
             end_time=time.time(),
         )
         self._reports.now(outcome)
+
+    @property
+    def _plans(self) -> LaunchPlanner:
+        assert self._planner is not None, "LocalBackend used before open()"
+        return self._planner
 
     @property
     def _reports(self) -> Reporter:
@@ -477,54 +392,6 @@ async def _wait_gone(pids: Sequence[int]) -> None:
 def _settle(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
-
-
-def _open_outputs(launch: Launch) -> tuple[int, int]:
-    """Open stdout and stderr for appending, creating the task directory if it is missing,
-    without following links (see ``task_files``)."""
-    try:
-        return open_task_outputs(launch.task_dir)
-    except UnsafeTaskPath as exc:
-        raise _LaunchError(str(exc)) from None
-    except OSError as exc:
-        where = exc.filename if exc.filename is not None else launch.task_dir
-        raise _LaunchError(f"cannot open {str(where)!r}: {exc.strerror}") from None
-
-
-def _describe_spawn_error(exc: Exception, process: _Process, cwd: str) -> str:
-    argv, executable, env, _ = process
-    program = argv[0]
-    if not isinstance(exc, OSError):
-        return f"cannot start {program!r}: {exc}"
-    if exc.filename == cwd and program != cwd:  # Popen names cwd when chdir failed
-        if isinstance(exc, FileNotFoundError):
-            return f"working directory not found: {cwd!r}"
-        if isinstance(exc, NotADirectoryError):
-            return f"working directory is not a directory: {cwd!r}"
-        return f"cannot enter working directory {cwd!r}: {exc.strerror}"
-    if isinstance(exc, FileNotFoundError):
-        target = executable or program
-        if os.sep not in target:
-            search = os.fsdecode(env.get(b"PATH", os.defpath.encode()))
-            target = shutil.which(target, path=search) or ""
-        if target and os.path.isfile(os.path.join(cwd, target)):
-            return f"the interpreter in the #! line of {program!r} was not found"
-        return f"executable not found: {program!r}"
-    if isinstance(exc, PermissionError):
-        return f"permission denied: cannot execute {program!r}"
-    return f"cannot start {program!r}: {exc.strerror or exc}"
-
-
-def _describe_exit(code: int | None, prefix: str) -> _Exit:
-    if code is None:
-        return None, None, f"{prefix}exit status lost: the process was reaped elsewhere"
-    if code >= 0:
-        return code, None, f"{prefix}exited with code {code}"
-    try:
-        name = signal.Signals(-code).name
-    except ValueError:
-        name = "unknown"
-    return None, -code, f"{prefix}killed by signal {-code} ({name})"
 
 
 def _killpg(pgid: int, signum: int) -> None:
