@@ -62,7 +62,7 @@ def test_a_guide_script_runs_and_prints_what_the_page_shows(
     if shown is not None and shown.startswith("$ python "):
         name = shown.split()[2]
         runs = [
-            (command.split()[1:], output)
+            (command.split(), output)
             for command, output in re.findall(r"^\$ python (.*)\n((?:(?!\$ ).*\n)*)", shown, re.M)
         ]
         assert all(args[0] == name for args, _ in runs), shown
