@@ -632,3 +632,29 @@ def flux_job_id(text: str) -> int:
     import flux.job
 
     return int(flux.job.JobID(text))
+
+
+def test_an_adopted_job_that_ended_is_read_from_its_own_eventlog(flux_uri: str) -> None:
+    """A resume may find a job inactive while job-list (and the KVS) still lag behind its last
+    events; its ending then comes from its eventlog once ``clean`` is committed: the exit
+    status of its ``finish`` event, or its fatal exception."""
+    import types
+
+    import flux
+    import flux.job
+
+    from matensemble.backends.flux_recovery import _ending_from_eventlog
+
+    handle = flux.Flux(flux_uri)
+    commands = [["true"], ["false"], ["sh", "-c", "kill -9 $$"], ["sleep", "30"]]
+    ids = [
+        flux.job.submit(handle, flux.job.JobspecV1.from_command(c), waitable=True) for c in commands
+    ]
+    flux.job.event_wait(handle, ids[3], "start")
+    flux.job.cancel(handle, ids[3])
+    for jobid in ids:
+        flux.job.wait(handle, jobid)
+    channel: Any = types.SimpleNamespace(flux=flux, handle=handle)
+    endings = [_ending_from_eventlog(channel, jobid) for jobid in ids]
+    assert endings[:3] == [(0, None), (1 << 8, None), ((128 + 9) << 8, None)]
+    assert endings[3][1] is not None and endings[3][1][0] == "cancel"
