@@ -18,10 +18,18 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
-__all__ = ["active_jobs", "flux_python", "flux_uri", "start_instance", "stop_instance"]
+__all__ = [
+    "active_jobs",
+    "flux_python",
+    "flux_uri",
+    "running_instance",
+    "start_instance",
+    "stop_instance",
+]
 
 FLUX = shutil.which("flux")
 
@@ -88,14 +96,21 @@ def stop_instance(proc: subprocess.Popen[str]) -> None:
         proc.wait()
 
 
-@pytest.fixture(scope="session")
-def flux_uri(flux_python: None) -> Iterator[str]:
-    """URI of a private two-broker instance shared by the session's Flux tests."""
-    proc, uri = start_instance(2)
+@contextmanager
+def running_instance(size: int = 2) -> Iterator[str]:
+    """The URI of a private ``flux start --test-size=SIZE``, ended when the block is left."""
+    proc, uri = start_instance(size)
     try:
         yield uri
     finally:
         stop_instance(proc)
+
+
+@pytest.fixture(scope="session")
+def flux_uri(flux_python: None) -> Iterator[str]:
+    """URI of a private two-broker instance shared by the session's Flux tests."""
+    with running_instance(2) as uri:
+        yield uri
 
 
 def active_jobs(uri: str, name: str | None = None) -> list[int]:

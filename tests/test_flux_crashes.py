@@ -16,7 +16,7 @@ from matensemble.backends.flux_inventory import read_inventory
 from matensemble.journal import JOURNAL_NAME, read_journal, replay
 from matensemble.model import TaskFinished, TaskState
 
-from flux_instance import active_jobs, flux_python, start_instance, stop_instance
+from flux_instance import active_jobs, flux_python, running_instance
 
 __all__ = ["flux_python"]
 
@@ -33,11 +33,8 @@ parameters = {{ i = {{ start = 0, stop = {n} }} }}
 @pytest.fixture
 def fresh_uri(flux_python: None) -> Iterator[str]:
     """A private instance for this test alone: a few hundred jobs slow an instance down."""
-    proc, uri = start_instance(2)
-    try:
+    with running_instance(2) as uri:
         yield uri
-    finally:
-        stop_instance(proc)
 
 
 def instance_cores(uri: str) -> int:

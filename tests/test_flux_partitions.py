@@ -22,7 +22,7 @@ from matensemble.journal import JOURNAL_NAME, read_journal
 from matensemble.model import TaskFinished
 from matensemble.resources import NodeSpec
 
-from flux_instance import FLUX, active_jobs, flux_python, start_instance, stop_instance
+from flux_instance import FLUX, active_jobs, flux_python, running_instance
 
 __all__ = ["flux_python"]
 
@@ -30,11 +30,8 @@ __all__ = ["flux_python"]
 @pytest.fixture(scope="module")
 def uri4(flux_python: None) -> Iterator[str]:
     """A private four-broker instance for this module."""
-    proc, uri = start_instance(4)
-    try:
+    with running_instance(4) as uri:
         yield uri
-    finally:
-        stop_instance(proc)
 
 
 def partition_jobs(uri: str) -> list[int]:

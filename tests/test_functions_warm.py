@@ -41,7 +41,7 @@ async def test_a_worker_that_dies_fails_its_call_and_is_replaced(run_dir: Path) 
     backend = WarmLocalBackend(cores=1)
     async with Ensemble(backend=backend, run_dir=run_dir) as ens:
         before, _ = await ens.call(process_and_cores)
-        with pytest.raises(TaskFailed, match=r"warm worker died \(exit code 7\)"):
+        with pytest.raises(TaskFailed, match=r"warm worker died: exited with code 7"):
             await ens.call(exit_hard, 7)
         after, _ = await ens.call(process_and_cores)
     assert before != after

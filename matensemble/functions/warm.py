@@ -39,6 +39,7 @@ from matensemble.backends.base import (
     task_environment,
 )
 from matensemble.backends.local import LocalBackend
+from matensemble.backends.local_plan import describe_exit
 from matensemble.backends.task_files import prepare_task_outputs
 from matensemble.errors import BackendError
 from matensemble.functions.worker import WORKER_ARGV
@@ -252,7 +253,7 @@ class WarmLocalBackend(Backend):
             call = worker.busy
             if call is not None:
                 reason = (
-                    f"warm worker died ({_describe(code)})"
+                    f"warm worker died: {describe_exit(code, '')[2]}"
                     if call.verdict is None
                     else call.verdict[1]
                 )
@@ -327,11 +328,3 @@ class WarmLocalBackend(Backend):
 def _killpg(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
-
-
-def _describe(code: int | None) -> str:
-    if code is None:
-        return "no exit status"
-    if code < 0:
-        return f"killed by {signal.Signals(-code).name}"
-    return f"exit code {code}"
