@@ -13,14 +13,8 @@ from __future__ import annotations
 from matensemble.backends.base import Launch, LaunchKey, Outcome
 from matensemble.dispatch import Record
 from matensemble.engine_state import RunState, why
-from matensemble.model import (
-    Placement,
-    TaskFinished,
-    TaskResult,
-    TaskStarted,
-    TaskState,
-    TaskSubmitted,
-)
+from matensemble.events import TaskFinished, TaskStarted, TaskSubmitted
+from matensemble.model import Placement, TaskResult, TaskState
 
 __all__ = ["EngineLoop"]
 

@@ -13,9 +13,10 @@ import asyncio
 import anyio
 
 from matensemble.engine_stop import EngineStop
+from matensemble.events import RunStarted
 from matensemble.journal import Journal, Replay
 from matensemble.logging import make_logger
-from matensemble.model import Placement, RunStarted, Task, TaskState
+from matensemble.model import Placement, Task, TaskState
 from matensemble.resources import ResourcePool
 from matensemble.resume import (
     adopt_left_running,

@@ -23,10 +23,11 @@ from anyio.abc import TaskGroup
 from matensemble.backends.base import Backend, Outcome
 from matensemble.dispatch import Dispatcher, Record
 from matensemble.errors import MatEnsembleError, TaskRejected
+from matensemble.events import Event, TaskAdded, TaskFinished
 from matensemble.graph import DependencyGraph
 from matensemble.journal import Journal
 from matensemble.logging import EnsembleLogger
-from matensemble.model import Event, Resources, Task, TaskAdded, TaskFinished, TaskResult, TaskState
+from matensemble.model import Resources, Task, TaskResult, TaskState
 from matensemble.observer import Observer
 from matensemble.resources import ResourcePool
 from matensemble.rundir import RunDirectoryLock

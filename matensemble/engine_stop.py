@@ -15,7 +15,8 @@ import anyio
 
 from matensemble.engine_loop import EngineLoop
 from matensemble.engine_state import why
-from matensemble.model import RunFinished, TaskState
+from matensemble.events import RunFinished
+from matensemble.model import TaskState
 from matensemble.observer import close_all
 
 __all__ = ["EngineStop"]

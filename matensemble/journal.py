@@ -19,18 +19,15 @@ import anyio.to_thread
 import msgspec
 
 from matensemble.errors import DiskFull, JournalError
-from matensemble.model import (
+from matensemble.events import (
     Event,
-    Placement,
     RunStarted,
-    Task,
     TaskAdded,
     TaskFinished,
-    TaskResult,
     TaskStarted,
-    TaskState,
     TaskSubmitted,
 )
+from matensemble.model import Placement, Task, TaskResult, TaskState
 from matensemble.observer import Observer
 
 __all__ = [

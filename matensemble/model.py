@@ -1,4 +1,4 @@
-"""The data model: tasks, their resources and results, and the events a run emits.
+"""The data model: tasks, their resources and results (the events a run emits: ``events``).
 
 Everything here is a frozen ``msgspec.Struct``: cheap to build, validated the same way whether it
 comes from Python or from a file, and encodable to JSON lines for the journal.
@@ -7,16 +7,19 @@ comes from Python or from a file, and encodable to JSON lines for the journal.
 from __future__ import annotations
 
 import enum
-import math
 import os
-import re
-import shlex
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Literal
+from collections.abc import Sequence
 
 import msgspec
 
 from matensemble.errors import SpecError
+from matensemble.task_fields import (
+    as_tuple,
+    check_positive,
+    check_strings,
+    check_utf8,
+    validate_task_id,
+)
 
 __all__ = [
     "TERMINAL_STATES",
@@ -26,39 +29,7 @@ __all__ = [
     "Task",
     "TaskResult",
     "TaskState",
-    "validate_task_id",
 ]
-
-MAX_ID_LENGTH = 200
-_ID_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+=,@%:~-]*")
-
-
-def validate_task_id(task_id: object) -> str:
-    """Return ``task_id`` if it is safe as a directory name, else raise ``SpecError``.
-
-    Ids become ``<run-dir>/tasks/<id>/``, so they must not contain path separators, must not be
-    ``.``/``..``, must be printable ASCII without spaces, and at most 200 characters long.
-    """
-    if not isinstance(task_id, str):
-        raise SpecError(f"task id must be a string, got {type(task_id).__name__}", field="id")
-    if not task_id:
-        raise SpecError("task id must not be empty", field="id")
-    if len(task_id) > MAX_ID_LENGTH:
-        raise SpecError(
-            f"task id {task_id[:40]!r}... is {len(task_id)} characters long (at most "
-            f"{MAX_ID_LENGTH})",
-            field="id",
-        )
-    if ".." in task_id:
-        raise SpecError(f"task id {task_id!r} must not contain '..'", field="id")
-    if not _ID_RE.fullmatch(task_id):
-        bad = next((c for i, c in enumerate(task_id) if not _ID_RE.fullmatch(task_id[: i + 1])), "")
-        raise SpecError(
-            f"task id {task_id!r} has a character not allowed in ids: {bad!r} (use letters, "
-            "digits and ._+=,@%:~- ; the first character must be a letter, digit or _)",
-            field="id",
-        )
-    return task_id
 
 
 class TaskState(str, enum.Enum):
@@ -154,121 +125,6 @@ class Resources(
         return self.ranks * self.gpus_per_rank
 
 
-def _check_positive(
-    task_id: str, name: str, value: float | None, *, allow_zero: bool = False
-) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise SpecError(
-            f"task {task_id!r}: {name} must be a finite number of seconds, got {value!r}",
-            field=name,
-        )
-    if value < 0 or (value == 0 and not allow_zero):
-        raise SpecError(
-            f"task {task_id!r}: {name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}",
-            field=name,
-        )
-
-
-def _as_tuple(task_id: str, name: str, value: object, what: str) -> tuple[str, ...]:
-    """A Python caller's sequence of strings as a tuple; a lone string is refused, not split."""
-    if isinstance(value, tuple):
-        items: tuple[object, ...] = value
-    elif isinstance(value, str):
-        hint = shlex.split(value) if name == "command" and _splits(value) else [value]
-        raise SpecError(
-            f"task {task_id!r}: {name} must be a list of {what}, not a string (did you mean "
-            f"{name}={hint!r}?)",
-            field=name,
-        )
-    elif isinstance(value, Iterable) and not isinstance(value, bytes | bytearray | Mapping):
-        items = tuple(value)
-    else:
-        raise SpecError(
-            f"task {task_id!r}: {name} must be a list of {what}, got {type(value).__name__}",
-            field=name,
-        )
-    for i, item in enumerate(items):
-        if not isinstance(item, str):
-            raise SpecError(
-                f"task {task_id!r}: {name}[{i}] must be a string, got {type(item).__name__}",
-                field=f"{name}[{i}]",
-            )
-        if "\0" in item:  # the OS would refuse it only at launch, long after the submit
-            raise SpecError(
-                f"task {task_id!r}: {name}[{i}] contains a NUL character ({item!r})",
-                field=f"{name}[{i}]",
-            )
-    return items  # type: ignore[return-value]  # every item was checked to be a str
-
-
-def _splits(text: str) -> bool:
-    try:
-        shlex.split(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _check_utf8(task_id: str, task: Task) -> None:
-    """Every string must be valid Unicode text, or the journal could not record the task.
-
-    Lone surrogates (what ``os.fsdecode`` makes of bytes that are not UTF-8) are refused here,
-    where the message can still name the field.
-    """
-    fields: list[tuple[str, str]] = [(f"command[{i}]", a) for i, a in enumerate(task.command)]
-    for name in ("env", "tags"):
-        mapping: dict[str, str] = getattr(task, name)
-        fields += [(f"{name}[{k!r}]", k + v) for k, v in mapping.items()]
-    if task.cwd is not None:
-        fields.append(("cwd", task.cwd))
-    for field, text in fields:
-        if text.isascii():
-            continue
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            raise SpecError(
-                f"task {task_id!r}: {field} is not valid Unicode text ({text!r}); bytes that are "
-                "not UTF-8 cannot be recorded in the journal",
-                field=field,
-            ) from None
-
-
-def _check_strings(task_id: str, name: str, value: object) -> None:
-    """``env`` and ``tags``: a dict of strings to strings, without NULs in keys or values."""
-    if not isinstance(value, dict):
-        raise SpecError(
-            f"task {task_id!r}: {name} must be a dict of strings to strings, got "
-            f"{type(value).__name__}",
-            field=name,
-        )
-    for key, item in value.items():
-        if not isinstance(key, str):
-            raise SpecError(
-                f"task {task_id!r}: {name} keys must be strings, got {type(key).__name__} {key!r}",
-                field=name,
-            )
-        if "\0" in key:
-            raise SpecError(
-                f"task {task_id!r}: {name} key {key!r} contains a NUL character",
-                field=f"{name}[{key!r}]",
-            )
-        if not isinstance(item, str):
-            hint = " (convert numbers with str())" if isinstance(item, int | float) else ""
-            raise SpecError(
-                f"task {task_id!r}: {name}[{key!r}] must be a string, got "
-                f"{type(item).__name__}{hint}",
-                field=f"{name}[{key!r}]",
-            )
-        if "\0" in item:
-            raise SpecError(
-                f"task {task_id!r}: {name}[{key!r}] contains a NUL character",
-                field=f"{name}[{key!r}]",
-            )
-
-
 class Task(
     msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True
 ):
@@ -308,10 +164,10 @@ class Task(
     def __post_init__(self) -> None:
         task_id = validate_task_id(self.id)
         # Accept any sequence from Python callers; store tuples so tasks stay immutable.
-        command = _as_tuple(task_id, "command", self.command, "argv strings")
+        command = as_tuple(task_id, "command", self.command, "argv strings")
         if command is not self.command:
             msgspec.structs.force_setattr(self, "command", command)
-        after = _as_tuple(task_id, "after", self.after, "task ids")
+        after = as_tuple(task_id, "after", self.after, "task ids")
         if after is not self.after:
             msgspec.structs.force_setattr(self, "after", after)
         if not command:
@@ -326,7 +182,7 @@ class Task(
                 f"{type(self.resources).__name__}",
                 field="resources",
             )
-        _check_strings(task_id, "env", self.env)
+        check_strings(task_id, "env", self.env)
         for key in self.env:
             if not key or "=" in key or "\0" in key:
                 raise SpecError(
@@ -334,7 +190,7 @@ class Task(
                     "be non-empty, without '=' or NUL)",
                     field=f"env[{key!r}]",
                 )
-        _check_strings(task_id, "tags", self.tags)
+        check_strings(task_id, "tags", self.tags)
         if type(self.inherit_env) is not bool:
             raise SpecError(
                 f"task {task_id!r}: inherit_env must be true or false, got {self.inherit_env!r}",
@@ -350,8 +206,8 @@ class Task(
                     f"task {task_id!r}: cwd must be a non-empty path without NUL, got {cwd!r}",
                     field="cwd",
                 )
-        _check_positive(task_id, "timeout", self.timeout)
-        _check_positive(task_id, "estimate", self.estimate, allow_zero=True)
+        check_positive(task_id, "timeout", self.timeout)
+        check_positive(task_id, "estimate", self.estimate, allow_zero=True)
         if type(self.retries) is not int or self.retries < 0:
             raise SpecError(
                 f"task {task_id!r}: retries must be an integer >= 0, got {self.retries!r}",
@@ -364,7 +220,7 @@ class Task(
             )
         if task_id in after:
             raise SpecError(f"task {task_id!r} lists itself as a prerequisite", field="after")
-        _check_utf8(task_id, self)
+        check_utf8(task_id, command, self.env, self.tags, self.cwd)
 
 
 class Slot(msgspec.Struct, frozen=True, array_like=True):
@@ -409,60 +265,3 @@ class TaskResult(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
         if self.start_time is None or self.end_time is None:
             return None
         return self.end_time - self.start_time
-
-
-# Events: what the engine emits; the journal writes them as JSON lines, observers display them.
-
-
-class RunStarted(msgspec.Struct, frozen=True, tag="run_started"):
-    t: float
-    run_id: str
-    backend: str  # the backend's kind (``Backend.name``): a resume refuses another kind
-    cores: int
-    gpus: int
-    nodes: int
-    version: int = 1
-    simulated: bool = False  # a virtual clock: nothing really ran, results are not real
-
-
-class TaskAdded(msgspec.Struct, frozen=True, tag="task_added"):
-    t: float
-    task: Task
-
-
-class TaskStarted(msgspec.Struct, frozen=True, tag="task_started"):
-    t: float
-    id: str
-    attempt: int
-    placement: Placement
-
-
-class TaskSubmitted(msgspec.Struct, frozen=True, tag="task_submitted"):
-    """The backend's own id for a launch (a Flux job id), so a resume can find it again."""
-
-    t: float
-    id: str
-    attempt: int
-    job_id: str
-
-
-class TaskFinished(msgspec.Struct, frozen=True, tag="task_finished", omit_defaults=True):
-    """A terminal result, or an attempt that failed and will be retried (``retry_in`` set).
-
-    ``interrupted`` marks a task cancelled because the run was stopped (signal, walltime,
-    error), not by the user: ``resume`` runs it again.
-    """
-
-    t: float
-    result: TaskResult
-    retry_in: float | None = None
-    interrupted: bool = False
-
-
-class RunFinished(msgspec.Struct, frozen=True, tag="run_finished"):
-    t: float
-    counts: dict[str, int]
-    reason: Literal["completed", "interrupted", "cancelled", "error"] = "completed"
-
-
-Event = RunStarted | TaskAdded | TaskStarted | TaskSubmitted | TaskFinished | RunFinished

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from matensemble.errors import DiskFull
-from matensemble.model import Event
+from matensemble.events import Event
 
 __all__ = ["Observer", "close_all"]
 

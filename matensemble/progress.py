@@ -12,7 +12,8 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from matensemble.model import Event, TaskAdded, TaskFinished, TaskStarted, TaskState
+from matensemble.events import Event, TaskAdded, TaskFinished, TaskStarted
+from matensemble.model import TaskState
 from matensemble.observer import Observer
 
 __all__ = ["ProgressDisplay"]

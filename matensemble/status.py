@@ -18,7 +18,8 @@ from typing import Any
 import msgspec
 
 from matensemble.errors import DiskFull, MatEnsembleError
-from matensemble.model import Event, RunFinished, RunStarted, TaskFinished, TaskState
+from matensemble.events import Event, RunFinished, RunStarted, TaskFinished
+from matensemble.model import TaskState
 from matensemble.observer import Observer
 
 __all__ = ["STATUS_NAME", "RunStatus", "StatusFile", "read_status"]

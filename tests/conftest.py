@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from matensemble.model import Event, RunStarted, TaskFinished, TaskStarted, TaskState
+from matensemble.events import Event, RunStarted, TaskFinished, TaskStarted
+from matensemble.model import TaskState
 from matensemble.observer import Observer
 
 

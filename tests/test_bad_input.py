@@ -32,8 +32,8 @@ from matensemble import (
     TaskState,
 )
 from matensemble.errors import LimitExceeded, SpecError
+from matensemble.events import TaskAdded
 from matensemble.journal import read_journal
-from matensemble.model import TaskAdded
 from matensemble.spec import load_ensemble, parse_ensemble
 
 from conftest import matensemble

@@ -18,8 +18,8 @@ from matensemble import (
     TaskResult,
     TaskState,
 )
+from matensemble.events import TaskFinished
 from matensemble.journal import read_journal
-from matensemble.model import TaskFinished
 from matensemble.status import read_status
 from matensemble.strategies import (
     FIFO,

@@ -20,8 +20,8 @@ import pytest
 
 from matensemble import Ensemble, LocalBackend, MatEnsembleError, RunSummary, Task, TaskState
 from matensemble.backends.base import Launch
+from matensemble.events import Event, RunFinished, TaskFinished
 from matensemble.journal import read_journal
-from matensemble.model import Event, RunFinished, TaskFinished
 from matensemble.status import read_status
 
 from conftest import InvariantChecker, alive

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from matensemble.backends.flux_inventory import read_inventory
+from matensemble.events import TaskFinished
 from matensemble.journal import JOURNAL_NAME, read_journal, replay
-from matensemble.model import TaskFinished, TaskState
+from matensemble.model import TaskState
 
 from flux_instance import active_jobs, flux_python, running_instance
 

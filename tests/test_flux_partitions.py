@@ -18,8 +18,8 @@ from matensemble.backends.flux import FluxBackend
 from matensemble.backends.flux_inventory import InventoryMap
 from matensemble.backends.flux_partitions import NAME, plan_partitions
 from matensemble.errors import TaskRejected
+from matensemble.events import TaskFinished
 from matensemble.journal import JOURNAL_NAME, read_journal
-from matensemble.model import TaskFinished
 from matensemble.resources import NodeSpec
 
 from flux_instance import FLUX, active_jobs, flux_python, running_instance

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from matensemble.events import RunFinished, TaskSubmitted
 from matensemble.journal import JOURNAL_NAME, Journal, read_journal
-from matensemble.model import RunFinished, TaskSubmitted
 
 
 async def test_a_close_while_a_sync_is_on_its_way_loses_nothing_and_leaves_no_error(

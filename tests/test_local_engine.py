@@ -11,8 +11,8 @@ import anyio
 import pytest
 
 from matensemble import Ensemble, LocalBackend, Resources, Task, TaskState
+from matensemble.events import RunFinished, TaskFinished
 from matensemble.journal import read_journal
-from matensemble.model import RunFinished, TaskFinished
 from matensemble.status import read_status
 
 from conftest import alive

@@ -14,8 +14,8 @@ import pytest
 
 from matensemble import Ensemble, LocalBackend, SimulatedBackend, Task, TaskState
 from matensemble.errors import JournalError, ResumeMismatch
+from matensemble.events import TaskFinished, TaskStarted
 from matensemble.journal import JOURNAL_NAME, read_journal, replay
-from matensemble.model import TaskFinished, TaskStarted
 
 from conftest import dead
 

@@ -21,8 +21,8 @@ import pytest
 from matensemble import Ensemble, LocalBackend, SimulatedBackend, Task, TaskState
 from matensemble.backends.task_files import open_task_outputs, prepare_task_outputs
 from matensemble.errors import RunDirectoryTaken, UnsafeTaskPath
+from matensemble.events import RunStarted, TaskFinished
 from matensemble.journal import JOURNAL_NAME, read_journal, replay
-from matensemble.model import RunStarted, TaskFinished
 from matensemble.rundir import OWNER_NAME, create_unique_run_dir, read_owner
 
 from conftest import dead, matensemble, start_matensemble

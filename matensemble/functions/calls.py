@@ -34,7 +34,8 @@ from matensemble.functions.serialisation import (
     unpicklable_path,
 )
 from matensemble.functions.worker import WORKER_ARGV
-from matensemble.model import Resources, Task, TaskResult, TaskState, validate_task_id
+from matensemble.model import Resources, Task, TaskResult, TaskState
+from matensemble.task_fields import validate_task_id
 
 __all__ = ["AsCompleted", "CallOptions", "EnsembleAPI", "FunctionLayer"]
 

@@ -14,16 +14,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 from matensemble.errors import JournalError
+from matensemble.events import RunFinished, RunStarted, TaskAdded, TaskFinished, TaskStarted
 from matensemble.journal import JOURNAL_NAME, read_journal, torn_last_line
-from matensemble.model import (
-    Placement,
-    RunFinished,
-    RunStarted,
-    TaskAdded,
-    TaskFinished,
-    TaskStarted,
-    TaskState,
-)
+from matensemble.model import Placement, TaskState
 
 __all__ = ["OUTCOMES", "Attempt", "Failure", "RunRecord", "Session", "read_run"]
 
