@@ -50,6 +50,8 @@ from matensemble.backends.local_plan import (
     describe_spawn_error,
     open_outputs,
 )
+from matensemble.backends.local_spawn import spawn
+from matensemble.backends.task_files import TaskOutputs
 from matensemble.errors import BackendError, BackendUnavailable
 from matensemble.model import TaskState
 from matensemble.resources import NodeSpec
@@ -63,7 +65,7 @@ class _Run:
     def __init__(self, launch: Launch, copies: int) -> None:
         self.launch = launch
         self.copies = copies
-        self.procs: dict[int, subprocess.Popen[bytes]] = {}  # pid -> unreaped process
+        self.procs: set[int] = set()  # pids of the unreaped processes
         self.start_time: float | None = None
         self.timer: asyncio.TimerHandle | None = None  # the timeout
         self.kill_timer: asyncio.TimerHandle | None = None  # set once termination has begun
@@ -129,6 +131,7 @@ class LocalBackend(Backend):
         self._planner: LaunchPlanner | None = None
         self._thread_mask: set[int] = set()
         self._devnull = -1
+        self._outputs = TaskOutputs()
 
     async def open(self, sink: Sink, task_group: TaskGroup) -> Sequence[NodeSpec]:
         """Read the inventory and take the environment tasks inherit (``os.environ`` now)."""
@@ -186,7 +189,7 @@ class LocalBackend(Backend):
             return
         try:
             plan = self._plans.plan(launch)
-            out, err = open_outputs(launch)
+            out, err = open_outputs(self._outputs, launch)
         except LaunchError as exc:
             self._reports.soon(Outcome(key=key, state=TaskState.FAILED, reason=str(exc)))
             return
@@ -195,12 +198,12 @@ class LocalBackend(Backend):
         try:
             for rank, process in enumerate(plan):
                 try:
-                    proc = self._spawn(process, cwd, out, err)
+                    pid = self._spawn(process, cwd, out, err)
                 except (OSError, ValueError, subprocess.SubprocessError) as exc:
                     run.failure = (None, None, describe_spawn_error(exc, process, cwd))
                     break
                 run.start_time = run.start_time or time.time()
-                self._watch(run, proc, rank)
+                self._watch(run, pid, rank)
         finally:
             os.close(out)
             os.close(err)
@@ -216,49 +219,39 @@ class LocalBackend(Backend):
             why = f"timed out after {timeout:g}s"
             run.timer = loop.call_later(timeout, self._stop, run, TaskState.TIMED_OUT, why)
 
-    def _spawn(self, process: Process, cwd: str, out: int, err: int) -> subprocess.Popen[bytes]:
+    def _spawn(self, process: Process, cwd: str, out: int, err: int) -> int:
         argv, executable, env, cores = process
         pin = CAN_PIN and bool(cores)
         if pin:
             os.sched_setaffinity(0, cores)  # this thread only; the child inherits it
         try:
-            return subprocess.Popen(
-                argv,
-                executable=executable,
-                stdin=self._devnull,
-                stdout=out,
-                stderr=err,
-                close_fds=True,
-                cwd=cwd,
-                env=env,
-                start_new_session=True,
-            )
+            return spawn(argv, executable, env, cwd, (self._devnull, out, err))
         finally:
             if pin:
                 os.sched_setaffinity(0, self._thread_mask)
 
-    def _watch(self, run: _Run, proc: subprocess.Popen[bytes], rank: int) -> None:
+    def _watch(self, run: _Run, pid: int, rank: int) -> None:
         assert self._loop is not None
         try:
-            pidfd = os.pidfd_open(proc.pid)
+            pidfd = os.pidfd_open(pid)
         except OSError as exc:  # out of file descriptors: leave no process unwatched
-            _killpg(proc.pid, signal.SIGKILL)
-            _reap(proc)
+            _killpg(pid, signal.SIGKILL)
+            _reap(pid)
             run.failure = run.failure or (None, None, f"cannot watch the process: {exc}")
             return
-        run.procs[proc.pid] = proc
-        self._loop.add_reader(pidfd, self._exited, run, proc, rank, pidfd)
+        run.procs.add(pid)
+        self._loop.add_reader(pidfd, self._exited, run, pid, rank, pidfd)
 
     # -- ending -------------------------------------------------------------------------------
 
-    def _exited(self, run: _Run, proc: subprocess.Popen[bytes], rank: int, pidfd: int) -> None:
-        """``proc`` is a zombie: kill what it left in its group, reap it, account for it."""
+    def _exited(self, run: _Run, pid: int, rank: int, pidfd: int) -> None:
+        """``pid`` is a zombie: kill what it left in its group, reap it, account for it."""
         assert self._loop is not None
         self._loop.remove_reader(pidfd)
         os.close(pidfd)
-        _killpg(proc.pid, signal.SIGKILL)
-        code = _reap(proc)
-        del run.procs[proc.pid]
+        _killpg(pid, signal.SIGKILL)
+        code = _reap(pid)
+        run.procs.discard(pid)
         if code != 0 and run.failure is None:
             run.failure = describe_exit(code, f"rank {rank} " if run.copies > 1 else "")
             if run.procs:  # the launch has failed: the other copies' work is wasted
@@ -343,6 +336,7 @@ class LocalBackend(Backend):
                 self._signal(run, signal.SIGKILL)
             raise
         finally:
+            self._outputs.close()
             if self._devnull >= 0:
                 os.close(self._devnull)
                 self._devnull = -1
@@ -399,16 +393,11 @@ def _killpg(pgid: int, signum: int) -> None:
         os.killpg(pgid, signum)
 
 
-def _reap(proc: subprocess.Popen[bytes]) -> int | None:
-    """Reap an exited ``proc``: its exit code (negative: a signal), or ``None`` if lost.
-
-    ``os.waitpid`` rather than ``Popen.wait``, which reports 0 when someone else reaped the
-    child and would turn a lost status into a success.
-    """
+def _reap(pid: int) -> int | None:
+    """Reap the exited ``pid``: its exit code (negative: a signal), or ``None`` if lost (someone
+    else reaped it: a lost status is never taken for a success)."""
     try:
-        _, status = os.waitpid(proc.pid, 0)
+        _, status = os.waitpid(pid, 0)
     except ChildProcessError:
-        proc.returncode = -1  # keeps Popen.__del__ from tracking it as still running
         return None
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode
+    return os.waitstatus_to_exitcode(status)

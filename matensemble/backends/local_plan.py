@@ -14,7 +14,7 @@ import signal
 import sys
 
 from matensemble.backends.base import Launch, task_variables
-from matensemble.backends.task_files import open_task_outputs
+from matensemble.backends.task_files import TaskOutputs
 from matensemble.errors import UnsafeTaskPath
 
 __all__ = [
@@ -28,8 +28,8 @@ __all__ = [
 ]
 
 Exit = tuple[int | None, int | None, str]  # returncode, signal, reason
-# argv, executable, environment (encoded, as exec takes it), cores
-Process = tuple[list[str], str | None, dict[bytes, bytes], list[int]]
+# argv, executable, environment (b"NAME=value" entries, as exec takes them), cores
+Process = tuple[list[str], str | None, list[bytes], list[int]]
 
 
 class LaunchError(Exception):
@@ -45,9 +45,12 @@ class LaunchPlanner:
         self.gpu_variable = gpu_variable
         self.mpiexec = mpiexec
         self._base_env = dict(os.environ)
+        # The driver's variables, encoded: b"NAME" -> b"value".
         self._base_env_bytes = {os.fsencode(k): os.fsencode(v) for k, v in os.environ.items()}
+        self._inherited: dict[frozenset[bytes], list[bytes]] = {}  # names set -> entries kept
         self._driver_path = os.environ.get("PATH", os.defpath)
-        self._executables: dict[tuple[str, str], str] = {}  # (program, PATH) -> its file
+        # (program, PATH) -> its file; None: looked up by the child (a relative PATH entry)
+        self._executables: dict[tuple[str, str], str | None] = {}
 
     def plan(self, launch: Launch) -> list[Process]:
         """argv, executable, environment and cores of each process to start.
@@ -84,25 +87,39 @@ class LaunchPlanner:
             or self.gpu_variable in variables
             or (task.inherit_env and self.gpu_variable in self._base_env)
         )
-        base = self._base_env_bytes if task.inherit_env else {}
-        common = base | {os.fsencode(k): os.fsencode(v) for k, v in variables.items()}
+        common = {os.fsencode(k): os.fsencode(v) for k, v in variables.items()}
         gpu_key = os.fsencode(self.gpu_variable)
         if copies == 1:
             if hand_out_gpus:
                 common[gpu_key] = ",".join(gpus).encode()
             if not res.mpi:
                 common[b"MATENSEMBLE_RANK"], common[b"MATENSEMBLE_NRANKS"] = b"0", b"1"
-            return [(argv, executable, common, cores)]
+            return [(argv, executable, self._environment(common, task.inherit_env), cores)]
         plan: list[Process] = []
         nc, ng = len(cores) // copies, len(gpus) // copies
+        common[b"MATENSEMBLE_NRANKS"] = str(copies).encode()
         for rank in range(copies):
-            env = common.copy()
-            env[b"MATENSEMBLE_RANK"] = str(rank).encode()
-            env[b"MATENSEMBLE_NRANKS"] = str(copies).encode()
+            common[b"MATENSEMBLE_RANK"] = str(rank).encode()
             if hand_out_gpus:
-                env[gpu_key] = ",".join(gpus[rank * ng : (rank + 1) * ng]).encode()
+                common[gpu_key] = ",".join(gpus[rank * ng : (rank + 1) * ng]).encode()
+            env = self._environment(common, task.inherit_env)
             plan.append((argv, executable, env, cores[rank * nc : (rank + 1) * nc]))
         return plan
+
+    def _environment(self, variables: dict[bytes, bytes], inherit: bool) -> list[bytes]:
+        """``NAME=value`` entries: the driver's (if inherited) less those ``variables`` set,
+        then ``variables``. The driver's part is filtered once per set of names."""
+        own = [k + b"=" + v for k, v in variables.items()]
+        if not inherit:
+            return own
+        names = frozenset(variables)
+        base = self._inherited.get(names)
+        if base is None:
+            if len(self._inherited) >= 64:  # tasks that each set other names: keep it bounded
+                self._inherited.clear()
+            base = [k + b"=" + v for k, v in self._base_env_bytes.items() if k not in names]
+            self._inherited[names] = base
+        return base + own
 
     def resolve(self, program: str, path: str | None) -> str | None:
         """``program``'s file on ``path`` (the driver's ``PATH`` at ``open()`` when ``None``),
@@ -111,12 +128,15 @@ class LaunchPlanner:
         if os.sep in program:
             return program
         search = path or self._driver_path
-        if path is not None and not all(os.path.isabs(d) for d in search.split(os.pathsep)):
-            return None
         key = (program, search)
-        found = self._executables.get(key)
-        if found is None:
-            found = self._executables[key] = self.resolve_now(program, search)
+        try:
+            return self._executables[key]
+        except KeyError:
+            pass
+        found: str | None = None
+        if path is None or all(os.path.isabs(d) for d in search.split(os.pathsep)):
+            found = self.resolve_now(program, search)
+        self._executables[key] = found
         return found
 
     def resolve_now(self, program: str, path: str | None) -> str:
@@ -128,11 +148,11 @@ class LaunchPlanner:
         return found
 
 
-def open_outputs(launch: Launch) -> tuple[int, int]:
+def open_outputs(outputs: TaskOutputs, launch: Launch) -> tuple[int, int]:
     """Open stdout and stderr for appending, creating the task directory if it is missing,
     without following links (see ``task_files``)."""
     try:
-        return open_task_outputs(launch.task_dir)
+        return outputs.open(launch.task_dir)
     except UnsafeTaskPath as exc:
         raise LaunchError(str(exc)) from None
     except OSError as exc:
@@ -154,8 +174,8 @@ def describe_spawn_error(exc: Exception, process: Process, cwd: str) -> str:
     if isinstance(exc, FileNotFoundError):
         target = executable or program
         if os.sep not in target:
-            search = os.fsdecode(env.get(b"PATH", os.defpath.encode()))
-            target = shutil.which(target, path=search) or ""
+            path = next((e[5:] for e in env if e.startswith(b"PATH=")), os.defpath.encode())
+            target = shutil.which(target, path=os.fsdecode(path)) or ""
         if target and os.path.isfile(os.path.join(cwd, target)):
             return f"the interpreter in the #! line of {program!r} was not found"
         return f"executable not found: {program!r}"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from matensemble.errors import UnsafeTaskPath
 
-__all__ = ["open_task_outputs", "prepare_task_outputs"]
+__all__ = ["TaskOutputs", "open_task_outputs", "prepare_task_outputs"]
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
@@ -36,11 +36,44 @@ def open_task_outputs(task_dir: Path) -> tuple[int, int]:
             should be (the message names the path); nothing was written through it.
         OSError: the directory or a file cannot be made (permissions, a full disk).
     """
-    dir_fd = _open_task_dir(task_dir)
+    return _open_outputs_in(_open_task_dir(task_dir), task_dir)
+
+
+class TaskOutputs:
+    """``open_task_outputs`` for many tasks of one run: the ``tasks`` directory is made and
+    opened once (on first use) and held, so each task costs only its own directory and files.
+
+    The held handle keeps pointing at the directory it opened, even if the path is later
+    replaced by a link: nothing is written outside it. If it was removed, it is made again.
+    """
+
+    def __init__(self) -> None:
+        self._tasks: tuple[Path, int] | None = None  # the tasks directory and its handle
+
+    def open(self, task_dir: Path) -> tuple[int, int]:
+        """As ``open_task_outputs(task_dir)``."""
+        held = self._tasks
+        if held is not None and held[0] == task_dir.parent:
+            try:
+                return _open_outputs_in(_open_subdir(held[1], task_dir), task_dir)
+            except FileNotFoundError:  # the tasks directory was removed: make it again
+                pass
+        self.close()
+        held = self._tasks = (task_dir.parent, _open_tasks_dir(task_dir.parent))
+        return _open_outputs_in(_open_subdir(held[1], task_dir), task_dir)
+
+    def close(self) -> None:
+        if self._tasks is not None:
+            os.close(self._tasks[1])
+            self._tasks = None
+
+
+def _open_outputs_in(dir_fd: int, task_dir: Path) -> tuple[int, int]:
+    """The task's ``stdout`` and ``stderr`` opened in ``dir_fd`` (closed here)."""
     fds: list[int] = []
     try:
         for name in _OUTPUTS:
-            fds.append(_open_output(dir_fd, task_dir / name))
+            fds.append(_open_output(dir_fd, task_dir, name))
     except BaseException:
         for fd in fds:
             os.close(fd)
@@ -64,20 +97,26 @@ def prepare_task_outputs(task_dir: Path) -> None:
 def _open_task_dir(task_dir: Path) -> int:
     """An open handle of ``task_dir``, whose last two components are made and opened without
     following links."""
-    top = task_dir.parent.parent
+    tasks_fd = _open_tasks_dir(task_dir.parent)
+    try:
+        return _open_subdir(tasks_fd, task_dir)
+    finally:
+        os.close(tasks_fd)
+
+
+def _open_tasks_dir(tasks: Path) -> int:
+    """An open handle of ``tasks`` (the run directory's ``tasks``), made and opened without
+    following a link there; the run directory is made if missing."""
+    top = tasks.parent
     try:
         top_fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except FileNotFoundError:
         top.mkdir(parents=True, exist_ok=True)
         top_fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        tasks_fd = _open_subdir(top_fd, task_dir.parent)
+        return _open_subdir(top_fd, tasks)
     finally:
         os.close(top_fd)
-    try:
-        return _open_subdir(tasks_fd, task_dir)
-    finally:
-        os.close(tasks_fd)
 
 
 def _open_subdir(parent_fd: int, path: Path) -> int:
@@ -103,11 +142,12 @@ def _is_link(dir_fd: int, name: str) -> bool:
         return False
 
 
-def _open_output(dir_fd: int, path: Path) -> int:
+def _open_output(dir_fd: int, task_dir: Path, name: str) -> int:
     try:
         # O_NONBLOCK: a FIFO planted here fails (ENXIO) instead of blocking the driver.
-        fd = os.open(path.name, _FILE_FLAGS, 0o644, dir_fd=dir_fd)
+        fd = os.open(name, _FILE_FLAGS, 0o644, dir_fd=dir_fd)
     except OSError as exc:
+        path = task_dir / name
         if exc.errno == errno.ELOOP:
             raise _refused(path, "it is a symbolic link") from None
         if exc.errno in (errno.ENXIO, errno.EISDIR):
@@ -121,7 +161,7 @@ def _open_output(dir_fd: int, path: Path) -> int:
         why = f"it has {st.st_nlink} hard links (one may lead outside the run directory)"
     if why is not None:
         os.close(fd)
-        raise _refused(path, why)
+        raise _refused(task_dir / name, why)
     fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
     return fd
 
