@@ -7,7 +7,9 @@ inherits it, so the loop thread narrows its own mask to the task's cores around 
 restores it at once; nothing else runs on the loop thread in between.
 
 Waiting needs no thread, no coroutine and no polling: a ``pidfd`` turns readable when its
-process exits, and ``loop.add_reader`` calls back exactly then. Timeouts and the TERM-then-KILL
+process exits. Every pidfd sits in one ``epoll`` set of the backend's, which the event loop
+watches (``loop.add_reader``), so a batch of exits costs one callback and no per-process
+bookkeeping of the loop's. Timeouts and the TERM-then-KILL
 escalation are ``loop.call_later`` handles. So the engine's task group is not needed here.
 
 Each process runs in its own session, so ``killpg`` reaches its whole tree, and Ctrl-C at the
@@ -21,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import select
 import shutil
 import signal
 import socket
@@ -132,6 +135,8 @@ class LocalBackend(Backend):
         self._thread_mask: set[int] = set()
         self._devnull = -1
         self._outputs = TaskOutputs()
+        self._exits: select.epoll | None = None  # the pidfds of every unreaped process
+        self._watched: dict[int, tuple[_Run, int, int]] = {}  # pidfd -> run, pid, rank
 
     async def open(self, sink: Sink, task_group: TaskGroup) -> Sequence[NodeSpec]:
         """Read the inventory and take the environment tasks inherit (``os.environ`` now)."""
@@ -165,6 +170,8 @@ class LocalBackend(Backend):
             mpiexec,
         )
         self._devnull = os.open(os.devnull, os.O_RDONLY)
+        self._exits = select.epoll()
+        loop.add_reader(self._exits.fileno(), self._reap_exited)
         self._loop = loop
         self._reporter = Reporter(sink, loop, lambda: len(self._runs))
         return [NodeSpec(self._node_name or socket.gethostname(), tuple(self._cores), self._gpus)]
@@ -231,7 +238,7 @@ class LocalBackend(Backend):
                 os.sched_setaffinity(0, self._thread_mask)
 
     def _watch(self, run: _Run, pid: int, rank: int) -> None:
-        assert self._loop is not None
+        assert self._exits is not None
         try:
             pidfd = os.pidfd_open(pid)
         except OSError as exc:  # out of file descriptors: leave no process unwatched
@@ -240,15 +247,22 @@ class LocalBackend(Backend):
             run.failure = run.failure or (None, None, f"cannot watch the process: {exc}")
             return
         run.procs.add(pid)
-        self._loop.add_reader(pidfd, self._exited, run, pid, rank, pidfd)
+        self._watched[pidfd] = (run, pid, rank)
+        self._exits.register(pidfd, select.EPOLLIN)
 
     # -- ending -------------------------------------------------------------------------------
 
-    def _exited(self, run: _Run, pid: int, rank: int, pidfd: int) -> None:
+    def _reap_exited(self) -> None:
+        """Some pidfds turned readable: their processes have exited."""
+        assert self._exits is not None
+        for pidfd, _ in self._exits.poll(0):
+            run, pid, rank = self._watched.pop(pidfd)
+            self._exits.unregister(pidfd)
+            os.close(pidfd)
+            self._exited(run, pid, rank)
+
+    def _exited(self, run: _Run, pid: int, rank: int) -> None:
         """``pid`` is a zombie: kill what it left in its group, reap it, account for it."""
-        assert self._loop is not None
-        self._loop.remove_reader(pidfd)
-        os.close(pidfd)
         _killpg(pid, signal.SIGKILL)
         code = _reap(pid)
         run.procs.discard(pid)
@@ -337,6 +351,10 @@ class LocalBackend(Backend):
             raise
         finally:
             self._outputs.close()
+            if self._exits is not None and not self._watched and self._loop is not None:
+                self._loop.remove_reader(self._exits.fileno())
+                self._exits.close()
+                self._exits = None
             if self._devnull >= 0:
                 os.close(self._devnull)
                 self._devnull = -1
