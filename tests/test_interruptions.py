@@ -37,9 +37,10 @@ last = Task(id="last", command=["true"], after=["slow3"])
 tasks = [Task(id="quick", command=["true"]), *slow, last]
 
 
-async def running(task_id: str) -> None:
-    while not (run_dir / "tasks" / task_id / "pid").exists():
-        await asyncio.sleep(0.02)  # test script: nothing to wait on
+async def running(*task_ids: str) -> None:
+    for task_id in task_ids:  # each started before the stop (the check reads their pids)
+        while not (run_dir / "tasks" / task_id / "pid").exists():
+            await asyncio.sleep(0.02)  # test script: nothing to wait on
 
 
 def ensemble() -> Ensemble:
@@ -49,7 +50,7 @@ def ensemble() -> Ensemble:
 async def steer() -> None:
     async with ensemble() as ens:
         async for result in ens.completed():
-            await running("slow1")
+            await running("slow0", "slow1")
             if mode == "raise":
                 raise RuntimeError("steering gave up")
             os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C
@@ -58,7 +59,7 @@ async def steer() -> None:
 
 async def cancel_run() -> None:
     run = asyncio.create_task(ensemble().run())
-    await running("slow1")
+    await running("slow0", "slow1")
     run.cancel()
     try:
         await run
@@ -143,6 +144,7 @@ def test_sigterm_to_a_python_script_stops_its_run_gracefully_and_resumably(
 ) -> None:
     proc = start_script(tmp_path, "term")
     run = tmp_path / "run"
+    wait_for_file(run / "tasks" / "slow0" / "pid")
     wait_for_file(run / "tasks" / "slow1" / "pid")
     os.kill(proc.pid, signal.SIGTERM)  # what a batch system sends before the walltime
     out, err = proc.communicate(timeout=120)

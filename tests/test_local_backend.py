@@ -15,7 +15,7 @@ import pytest
 from matensemble.backends.base import Launch, Outcome
 from matensemble.backends.local import LocalBackend
 from matensemble.errors import BackendError
-from matensemble.model import Resources, Task, TaskState
+from matensemble.model import Resources, Slot, Task, TaskState
 
 from backend_harness import opened
 
@@ -513,3 +513,75 @@ async def test_two_hundred_short_tasks_all_succeed_as_slots_free_up(tmp_path: Pa
         with anyio.fail_after(15):
             await done.wait()
     assert all(o.state is TaskState.SUCCEEDED for o in h.outcomes.values())
+
+
+# -- starting from worker threads ---------------------------------------------------------------
+
+
+def processes_marked(mark: str) -> list[int]:
+    """The pids of live processes whose environment holds ``MARK=<mark>``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            environ = (entry / "environ").read_bytes()
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if f"MARK={mark}".encode() in environ.split(b"\0") and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+async def test_a_launch_cancelled_before_its_process_started_is_stopped_once_it_starts(
+    tmp_path: Path,
+) -> None:
+    mark = f"early-{os.getpid()}-{time.monotonic_ns()}"
+    async with opened(LocalBackend(kill_grace=100), tmp_path) as h:
+        task = sh("early", "sleep 100 & sleep 100 & wait", env={"MARK": mark})
+        launch = h.start(task)
+        h.backend.cancel(launch.key)  # same turn of the loop: the worker may not have started it
+        outcome = await h.outcome(launch, within=5)  # not after the 100 s grace period
+        assert outcome.state is TaskState.CANCELLED
+        assert processes_marked(mark) == []
+
+
+async def test_a_forced_exit_kills_processes_that_were_still_being_started(tmp_path: Path) -> None:
+    mark = f"starting-{os.getpid()}-{time.monotonic_ns()}"
+    async with opened(LocalBackend(kill_grace=100), tmp_path) as h:
+        launch = h.start(sh("starting", "sleep 100 & sleep 100 & wait", env={"MARK": mark}))
+        h.backend.kill()  # before the worker handed the process back
+        outcome = await h.outcome(launch, within=5)
+        assert outcome.state is TaskState.FAILED
+        assert outcome.signal == 9
+        assert processes_marked(mark) == []
+
+
+async def test_an_error_in_a_starting_thread_fails_that_launch_only(tmp_path: Path) -> None:
+    async with opened(LocalBackend(), tmp_path) as h:
+        task = Task(id="nowhere", command=["true"])
+        launch = Launch(
+            task=task,
+            attempt=1,
+            placement=(Slot(h.nodes[0].name, (100_000,), ()),),  # a core no machine has
+            task_dir=h.task_dir(task.id),
+            run_id="r",
+        )
+        h.placements[launch.key] = ()  # nothing of the harness's pool to give back
+        h.backend.launch(launch)
+        outcome = await h.outcome(launch)
+        assert outcome.state is TaskState.FAILED
+        assert outcome.reason is not None and "cannot start 'true'" in outcome.reason
+        # The thread goes on: the next launch (on the same thread) runs.
+        assert (await h.run(Task(id="next", command=["true"]))).state is TaskState.SUCCEEDED
+
+
+async def test_many_launches_at_once_are_pinned_grouped_and_reaped(tmp_path: Path) -> None:
+    async with opened(LocalBackend(), tmp_path) as h:
+        check = "grep Cpus_allowed_list /proc/self/status; ps -o pgid= -p $$; echo $$"
+        launches = [h.start(sh(f"t{i}", check)) for i in range(len(CORES))]
+        for launch in launches:
+            assert (await h.outcome(launch)).state is TaskState.SUCCEEDED
+            allowed, pgid, pid = h.stdout(launch.task.id).splitlines()
+            assert cpu_list(allowed.split("\t")[1]) == set(launch.placement[0].cores)
+            assert int(pgid) == int(pid)  # the leader of its own group
+            assert not Path(f"/proc/{pid}").exists()  # reaped: no zombie left

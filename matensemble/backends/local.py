@@ -1,16 +1,14 @@
 """The local backend: every launch is a group of real processes on this machine.
 
-Launching is synchronous on the event loop thread and costs one ``vfork``/``exec`` (what
-CPython's ``Popen`` uses when there is no ``preexec_fn``). Pinning needs no ``preexec_fn``
-either: on Linux ``sched_setaffinity(0, ...)`` sets the *calling thread's* mask and a child
-inherits it, so the loop thread narrows its own mask to the task's cores around ``Popen`` and
-restores it at once; nothing else runs on the loop thread in between.
+The event loop thread plans a launch and opens its output files; a worker thread starts its
+processes (``local_spawner``: one ``vfork``/``exec`` each, without a ``preexec_fn``), pinned by
+the worker's own CPU mask, which a child inherits, and hands them back to the loop.
 
 Waiting needs no thread, no coroutine and no polling: a ``pidfd`` turns readable when its
 process exits. Every pidfd sits in one ``epoll`` set of the backend's, which the event loop
 watches (``loop.add_reader``), so a batch of exits costs one callback and no per-process
-bookkeeping of the loop's. Timeouts and the TERM-then-KILL
-escalation are ``loop.call_later`` handles. So the engine's task group is not needed here.
+bookkeeping of the loop's. Timeouts and the TERM-then-KILL escalation are ``loop.call_later``
+handles. So the engine's task group is not needed here.
 
 Each process runs in its own session, so ``killpg`` reaches its whole tree, and Ctrl-C at the
 terminal reaches only the driver, which cancels tasks itself. When a leader exits, whatever it
@@ -27,7 +25,6 @@ import select
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -48,12 +45,10 @@ from matensemble.backends.local_plan import (
     Exit,
     LaunchError,
     LaunchPlanner,
-    Process,
     describe_exit,
-    describe_spawn_error,
     open_outputs,
 )
-from matensemble.backends.local_spawn import spawn
+from matensemble.backends.local_spawner import Spawners, Started
 from matensemble.backends.task_files import TaskOutputs
 from matensemble.errors import BackendError, BackendUnavailable
 from matensemble.model import TaskState
@@ -132,9 +127,9 @@ class LocalBackend(Backend):
         self._reporter: Reporter | None = None
         self._gpus: tuple[str, ...] = ()
         self._planner: LaunchPlanner | None = None
-        self._thread_mask: set[int] = set()
         self._devnull = -1
         self._outputs = TaskOutputs()
+        self._spawners: Spawners | None = None
         self._exits: select.epoll | None = None  # the pidfds of every unreaped process
         self._watched: dict[int, tuple[_Run, int, int]] = {}  # pidfd -> run, pid, rank
 
@@ -153,8 +148,7 @@ class LocalBackend(Backend):
                 f"LocalBackend needs os.pidfd_open (Linux >= 5.3): {exc}"
             ) from None
         if CAN_PIN:
-            self._thread_mask = os.sched_getaffinity(0)
-            outside = sorted(set(self._cores) - self._thread_mask)
+            outside = sorted(set(self._cores) - os.sched_getaffinity(0))
             if outside:
                 raise BackendError(f"the event loop thread may not run on cores {outside}")
         self._gpus, found_in = await detect_gpus(self._gpus_given)
@@ -172,6 +166,7 @@ class LocalBackend(Backend):
         self._devnull = os.open(os.devnull, os.O_RDONLY)
         self._exits = select.epoll()
         loop.add_reader(self._exits.fileno(), self._reap_exited)
+        self._spawners = Spawners(self._cores, self._devnull, loop, self._started)
         self._loop = loop
         self._reporter = Reporter(sink, loop, lambda: len(self._runs))
         return [NodeSpec(self._node_name or socket.gethostname(), tuple(self._cores), self._gpus)]
@@ -201,54 +196,33 @@ class LocalBackend(Backend):
             self._reports.soon(Outcome(key=key, state=TaskState.FAILED, reason=str(exc)))
             return
         run = _Run(launch, len(plan))
-        cwd = launch.task.cwd or str(launch.task_dir)
-        try:
-            for rank, process in enumerate(plan):
-                try:
-                    pid = self._spawn(process, cwd, out, err)
-                except (OSError, ValueError, subprocess.SubprocessError) as exc:
-                    run.failure = (None, None, describe_spawn_error(exc, process, cwd))
-                    break
-                run.start_time = run.start_time or time.time()
-                self._watch(run, pid, rank)
-        finally:
-            os.close(out)
-            os.close(err)
-        if not run.procs:
-            assert run.failure is not None
-            self._reports.soon(Outcome(key=key, state=TaskState.FAILED, reason=run.failure[2]))
-            return
         self._runs[key] = run
-        if run.failure is not None:  # a later copy could not start: stop the earlier ones
-            self._signal(run, signal.SIGKILL)
-        elif launch.task.timeout is not None:
-            timeout = launch.task.timeout
-            why = f"timed out after {timeout:g}s"
-            run.timer = loop.call_later(timeout, self._stop, run, TaskState.TIMED_OUT, why)
+        assert self._spawners is not None
+        self._spawners.submit(run, plan, launch.task.cwd or str(launch.task_dir), out, err)
 
-    def _spawn(self, process: Process, cwd: str, out: int, err: int) -> int:
-        argv, executable, env, cores = process
-        pin = CAN_PIN and bool(cores)
-        if pin:
-            os.sched_setaffinity(0, cores)  # this thread only; the child inherits it
-        try:
-            return spawn(argv, executable, env, cwd, (self._devnull, out, err))
-        finally:
-            if pin:
-                os.sched_setaffinity(0, self._thread_mask)
-
-    def _watch(self, run: _Run, pid: int, rank: int) -> None:
+    def _started(self, started: Started) -> None:
+        """A worker started a launch's processes (or failed to): watch them, time them."""
         assert self._exits is not None
-        try:
-            pidfd = os.pidfd_open(pid)
-        except OSError as exc:  # out of file descriptors: leave no process unwatched
-            _killpg(pid, signal.SIGKILL)
-            _reap(pid)
-            run.failure = run.failure or (None, None, f"cannot watch the process: {exc}")
-            return
-        run.procs.add(pid)
-        self._watched[pidfd] = (run, pid, rank)
-        self._exits.register(pidfd, select.EPOLLIN)
+        assert self._loop is not None
+        run = started.token
+        assert isinstance(run, _Run)
+        for rank, pid, pidfd in started.processes:
+            run.procs.add(pid)
+            self._watched[pidfd] = (run, pid, rank)
+            self._exits.register(pidfd, select.EPOLLIN)
+        run.start_time = started.start_time
+        if started.failure is not None:
+            run.failure = run.failure or (None, None, started.failure)
+        if not run.procs:
+            self._finish(run)
+        elif run.failure is not None or run.kill_timer is not None:
+            # A later copy could not start, or the launch was stopped while it started: its
+            # processes have no work to lose yet.
+            self._signal(run, signal.SIGKILL)
+        elif run.launch.task.timeout is not None:
+            timeout = run.launch.task.timeout
+            why = f"timed out after {timeout:g}s"
+            run.timer = self._loop.call_later(timeout, self._stop, run, TaskState.TIMED_OUT, why)
 
     # -- ending -------------------------------------------------------------------------------
 
@@ -350,17 +324,26 @@ class LocalBackend(Backend):
                 self._signal(run, signal.SIGKILL)
             raise
         finally:
-            self._outputs.close()
-            if self._exits is not None and not self._watched and self._loop is not None:
-                self._loop.remove_reader(self._exits.fileno())
-                self._exits.close()
-                self._exits = None
-            if self._devnull >= 0:
-                os.close(self._devnull)
-                self._devnull = -1
+            if not self._runs:  # nothing is starting or running: let go of what helped
+                self._release()
+
+    def _release(self) -> None:
+        self._outputs.close()
+        if self._spawners is not None:
+            self._spawners.close()
+            self._spawners = None
+        if self._exits is not None and self._loop is not None:
+            self._loop.remove_reader(self._exits.fileno())
+            self._exits.close()
+            self._exits = None
+        if self._devnull >= 0:
+            os.close(self._devnull)
+            self._devnull = -1
 
     def kill(self) -> None:
         """SIGKILL every running launch's process groups now (a forced exit of the driver)."""
+        if self._spawners is not None:
+            self._spawners.kill()  # and what is being started
         for run in list(self._runs.values()):
             self._signal(run, signal.SIGKILL)
 

@@ -1,0 +1,168 @@
+"""Starting the local backend's processes from worker threads, off the event loop.
+
+A ``vfork``/``exec`` holds its caller until the child has exec'd (a few hundred microseconds,
+more on a busy machine) but releases the GIL meanwhile, so the event loop keeps taking in
+exits and journaling while a launch starts. There is one worker per core (up to
+``MAX_WORKERS``; a launch goes to the worker of its first core), and each worker keeps the CPU
+affinity of its last launch: a child inherits its thread's mask, so pinning a one-core task
+costs no system call once the worker of that core has pinned itself.
+
+A worker starts every copy of a launch, opens a ``pidfd`` for each, and hands the result
+(``Started``) back to the loop in a batch with whatever else finished meanwhile (one
+``call_soon_threadsafe`` per batch). Every failure, even an unexpected one, comes back as a
+reason, so a launch never hangs. After ``kill()`` a worker kills what it starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from queue import SimpleQueue
+from typing import NamedTuple
+
+from matensemble.backends.local_inventory import CAN_PIN
+from matensemble.backends.local_plan import Process, describe_spawn_error
+from matensemble.backends.local_spawn import spawn
+
+__all__ = ["MAX_WORKERS", "Spawners", "Started"]
+
+MAX_WORKERS = 32
+
+
+class Started(NamedTuple):
+    """What a worker made of one launch."""
+
+    token: object  # the caller's handle of the launch
+    processes: list[tuple[int, int, int]]  # rank, pid, pidfd of each copy started
+    start_time: float | None  # when the first copy started
+    failure: str | None  # why the next copy did not start (the others were started)
+
+
+# token, plan, working directory, stdout, stderr (closed by the worker)
+_Job = tuple[object, list[Process], str, int, int]
+
+
+class Spawners:
+    """The worker threads of one backend; ``deliver`` is called on the event loop thread."""
+
+    def __init__(
+        self,
+        cores: Sequence[int],
+        stdin: int,
+        loop: asyncio.AbstractEventLoop,
+        deliver: Callable[[Started], None],
+    ) -> None:
+        self._stdin = stdin
+        self._loop = loop
+        self._deliver = deliver
+        self._all_cores = tuple(os.sched_getaffinity(0)) if CAN_PIN else ()
+        count = max(1, min(len(cores), MAX_WORKERS))
+        self._worker_of = {core: i % count for i, core in enumerate(cores)}
+        self._queues: list[SimpleQueue[_Job | None]] = [SimpleQueue() for _ in range(count)]
+        self._threads: list[threading.Thread | None] = [None] * count
+        self._lock = threading.Lock()
+        self._done: list[Started] = []  # started, not yet delivered
+        self._wake_pending = False
+        self._killed = False
+
+    def submit(self, token: object, plan: list[Process], cwd: str, out: int, err: int) -> None:
+        """Start ``plan`` (the copies of one launch) in ``cwd``; the worker closes ``out`` and
+        ``err``."""
+        cores = plan[0][3]
+        index = self._worker_of.get(cores[0], 0) if cores else 0
+        if self._threads[index] is None:
+            thread = threading.Thread(
+                target=self._serve, args=(self._queues[index],), name=f"spawner-{index}"
+            )
+            thread.daemon = True  # a stuck exec must not keep the interpreter from exiting
+            thread.start()
+            self._threads[index] = thread
+        self._queues[index].put((token, plan, cwd, out, err))
+
+    def kill(self) -> None:
+        """From now on, kill what is started; kill what was started but not yet delivered."""
+        with self._lock:
+            self._killed = True
+            for started in self._done:
+                for _, pid, _ in started.processes:
+                    _killpg(pid, signal.SIGKILL)
+
+    def close(self) -> None:
+        """Let the workers end once their queued launches are started."""
+        for queue, thread in zip(self._queues, self._threads, strict=True):
+            if thread is not None:
+                queue.put(None)
+
+    # -- in a worker --------------------------------------------------------------------------
+
+    def _serve(self, jobs: SimpleQueue[_Job | None]) -> None:
+        mask: Sequence[int] = self._all_cores
+        while (job := jobs.get()) is not None:
+            token, plan, cwd, out, err = job
+            processes: list[tuple[int, int, int]] = []
+            start_time: float | None = None
+            failure: str | None = None
+            try:
+                for rank, process in enumerate(plan):
+                    cores = tuple(process[3]) or self._all_cores
+                    if CAN_PIN and cores != mask:
+                        os.sched_setaffinity(0, cores)  # this thread only; children inherit it
+                        mask = cores
+                    failure, pid, pidfd = _start(process, cwd, (self._stdin, out, err))
+                    if failure is not None:
+                        break
+                    start_time = start_time or time.time()
+                    processes.append((rank, pid, pidfd))
+            except BaseException as exc:  # a bug: fail the launch, keep the worker
+                failure = f"cannot start {plan[0][0][0]!r}: {exc!r}"
+            finally:
+                os.close(out)
+                os.close(err)
+            self._post(Started(token, processes, start_time, failure))
+
+    def _post(self, started: Started) -> None:
+        with self._lock:
+            if self._killed:
+                for _, pid, _ in started.processes:
+                    _killpg(pid, signal.SIGKILL)
+            self._done.append(started)
+            if self._wake_pending:
+                return
+            self._wake_pending = True
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            self._loop.call_soon_threadsafe(self._hand_over)
+
+    # -- on the event loop --------------------------------------------------------------------
+
+    def _hand_over(self) -> None:
+        with self._lock:
+            done, self._done = self._done, []
+            self._wake_pending = False
+        for started in done:
+            self._deliver(started)
+
+
+def _start(process: Process, cwd: str, fds: tuple[int, int, int]) -> tuple[str | None, int, int]:
+    """Start one process and open its pidfd: (None, pid, pidfd), or (why not, -1, -1)."""
+    argv, executable, env, _ = process
+    try:
+        pid = spawn(argv, executable, env, cwd, fds)
+    except Exception as exc:  # OSError, ValueError (a NUL), SubprocessError (from Popen)
+        return describe_spawn_error(exc, process, cwd), -1, -1
+    try:
+        return None, pid, os.pidfd_open(pid)
+    except OSError as exc:  # out of file descriptors: leave no process unwatched
+        _killpg(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+        return f"cannot watch the process: {exc}", -1, -1
+
+
+def _killpg(pgid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signum)
