@@ -542,7 +542,7 @@ async def test_a_launch_cancelled_before_its_process_started_is_stopped_once_it_
         h.backend.cancel(launch.key)  # same turn of the loop: the worker may not have started it
         outcome = await h.outcome(launch, within=5)  # not after the 100 s grace period
         assert outcome.state is TaskState.CANCELLED
-        assert processes_marked(mark) == []
+        await assert_all_dead(processes_marked(mark))  # SIGKILL is sent; death follows
 
 
 async def test_a_forced_exit_kills_processes_that_were_still_being_started(tmp_path: Path) -> None:
@@ -553,7 +553,7 @@ async def test_a_forced_exit_kills_processes_that_were_still_being_started(tmp_p
         outcome = await h.outcome(launch, within=5)
         assert outcome.state is TaskState.FAILED
         assert outcome.signal == 9
-        assert processes_marked(mark) == []
+        await assert_all_dead(processes_marked(mark))  # SIGKILL is sent; death follows
 
 
 async def test_an_error_in_a_starting_thread_fails_that_launch_only(tmp_path: Path) -> None:

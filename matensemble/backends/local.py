@@ -68,6 +68,7 @@ class _Run:
         self.timer: asyncio.TimerHandle | None = None  # the timeout
         self.kill_timer: asyncio.TimerHandle | None = None  # set once termination has begun
         self.verdict: tuple[TaskState, str] | None = None  # TIMED_OUT or CANCELLED, and why
+        self.stopping = False  # set before the loop takes in what the workers started
         self.failure: Exit | None = None  # the first copy that failed, or could not start
 
 
@@ -166,7 +167,9 @@ class LocalBackend(Backend):
         self._devnull = os.open(os.devnull, os.O_RDONLY)
         self._exits = select.epoll()
         loop.add_reader(self._exits.fileno(), self._reap_exited)
-        self._spawners = Spawners(self._cores, self._devnull, loop, self._started)
+        self._spawners = Spawners(
+            self._cores, self._devnull, self._exits, loop, self._started, _is_stopping
+        )
         self._loop = loop
         self._reporter = Reporter(sink, loop, lambda: len(self._runs))
         return [NodeSpec(self._node_name or socket.gethostname(), tuple(self._cores), self._gpus)]
@@ -199,17 +202,28 @@ class LocalBackend(Backend):
         self._runs[key] = run
         assert self._spawners is not None
         self._spawners.submit(run, plan, launch.task.cwd or str(launch.task_dir), out, err)
+        if launch.task.timeout is not None:
+            run.timer = loop.call_later(launch.task.timeout, self._time_out, run)
+
+    def _time_out(self, run: _Run) -> None:
+        """The timeout, counted from the start (the timer was set at launch)."""
+        assert self._spawners is not None
+        assert self._loop is not None
+        self._spawners.hand_over()
+        timeout = run.launch.task.timeout
+        assert timeout is not None
+        if run.start_time is not None and (left := run.start_time + timeout - time.time()) > 0:
+            run.timer = self._loop.call_later(left, self._time_out, run)
+            return
+        self._stop(run, TaskState.TIMED_OUT, f"timed out after {timeout:g}s")
 
     def _started(self, started: Started) -> None:
-        """A worker started a launch's processes (or failed to): watch them, time them."""
-        assert self._exits is not None
-        assert self._loop is not None
+        """A worker started a launch's processes (already in the epoll set), or failed to."""
         run = started.token
         assert isinstance(run, _Run)
         for rank, pid, pidfd in started.processes:
             run.procs.add(pid)
             self._watched[pidfd] = (run, pid, rank)
-            self._exits.register(pidfd, select.EPOLLIN)
         run.start_time = started.start_time
         if started.failure is not None:
             run.failure = run.failure or (None, None, started.failure)
@@ -219,17 +233,18 @@ class LocalBackend(Backend):
             # A later copy could not start, or the launch was stopped while it started: its
             # processes have no work to lose yet.
             self._signal(run, signal.SIGKILL)
-        elif run.launch.task.timeout is not None:
-            timeout = run.launch.task.timeout
-            why = f"timed out after {timeout:g}s"
-            run.timer = self._loop.call_later(timeout, self._stop, run, TaskState.TIMED_OUT, why)
 
     # -- ending -------------------------------------------------------------------------------
 
     def _reap_exited(self) -> None:
         """Some pidfds turned readable: their processes have exited."""
         assert self._exits is not None
-        for pidfd, _ in self._exits.poll(0):
+        assert self._spawners is not None
+        exited = self._exits.poll(0)
+        # Then take in what the workers started: every pidfd in `exited` was registered, and
+        # its launch left for the loop, before the poll.
+        self._spawners.hand_over()
+        for pidfd, _ in exited:
             run, pid, rank = self._watched.pop(pidfd)
             self._exits.unregister(pidfd)
             os.close(pidfd)
@@ -289,6 +304,9 @@ class LocalBackend(Backend):
     def _stop(self, run: _Run, state: TaskState, reason: str) -> None:
         if run.verdict is None and run.failure is None:  # the first verdict stands
             run.verdict = (state, reason)
+        run.stopping = True  # a worker that starts it from now on wakes the loop
+        if self._spawners is not None:
+            self._spawners.hand_over()  # what the workers started before
         self._terminate(run)
 
     def _terminate(self, run: _Run) -> None:
@@ -344,6 +362,7 @@ class LocalBackend(Backend):
         """SIGKILL every running launch's process groups now (a forced exit of the driver)."""
         if self._spawners is not None:
             self._spawners.kill()  # and what is being started
+            self._spawners.hand_over()
         for run in list(self._runs.values()):
             self._signal(run, signal.SIGKILL)
 
@@ -387,6 +406,10 @@ async def _wait_gone(pids: Sequence[int]) -> None:
 def _settle(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
+
+
+def _is_stopping(run: object) -> bool:
+    return isinstance(run, _Run) and run.stopping
 
 
 def _killpg(pgid: int, signum: int) -> None:

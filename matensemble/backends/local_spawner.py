@@ -7,10 +7,13 @@ exits and journaling while a launch starts. There is one worker per core (up to
 affinity of its last launch: a child inherits its thread's mask, so pinning a one-core task
 costs no system call once the worker of that core has pinned itself.
 
-A worker starts every copy of a launch, opens a ``pidfd`` for each, and hands the result
-(``Started``) back to the loop in a batch with whatever else finished meanwhile (one
-``call_soon_threadsafe`` per batch). Every failure, even an unexpected one, comes back as a
-reason, so a launch never hangs. After ``kill()`` a worker kills what it starts.
+A worker starts every copy of a launch, opens a ``pidfd`` for each and adds it to the
+backend's ``epoll`` set of exits, and leaves the result (``Started``) for the loop, which takes
+it in (``hand_over``) before it looks at exits or stops a launch: a launch that starts well
+costs the loop no wake-up of its own. The loop is woken (``call_soon_threadsafe``, once per
+batch) only for a launch that failed to start or that it is stopping (``urgent``). Every
+failure, even an unexpected one, comes back as a reason, so a launch never hangs. After
+``kill()`` a worker kills what it starts.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import select
 import signal
 import threading
 import time
@@ -48,18 +52,24 @@ _Job = tuple[object, list[Process], str, int, int]
 
 
 class Spawners:
-    """The worker threads of one backend; ``deliver`` is called on the event loop thread."""
+    """The worker threads of one backend; ``deliver`` is called on the event loop thread, from
+    ``hand_over``; ``urgent(token)`` (called by a worker, under the lock) says whether the loop
+    must be woken to take in that launch at once."""
 
     def __init__(
         self,
         cores: Sequence[int],
         stdin: int,
+        exits: select.epoll,
         loop: asyncio.AbstractEventLoop,
         deliver: Callable[[Started], None],
+        urgent: Callable[[object], bool],
     ) -> None:
         self._stdin = stdin
+        self._exits = exits
         self._loop = loop
         self._deliver = deliver
+        self._urgent = urgent
         self._all_cores = tuple(os.sched_getaffinity(0)) if CAN_PIN else ()
         count = max(1, min(len(cores), MAX_WORKERS))
         self._worker_of = {core: i % count for i, core in enumerate(cores)}
@@ -130,16 +140,21 @@ class Spawners:
             if self._killed:
                 for _, pid, _ in started.processes:
                     _killpg(pid, signal.SIGKILL)
-            self._done.append(started)
+            self._done.append(started)  # before its exit can be seen: the loop takes it first
+            for _, _, pidfd in started.processes:
+                self._exits.register(pidfd, select.EPOLLIN)
+            if started.processes and started.failure is None and not self._urgent(started.token):
+                return
             if self._wake_pending:
                 return
             self._wake_pending = True
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
-            self._loop.call_soon_threadsafe(self._hand_over)
+            self._loop.call_soon_threadsafe(self.hand_over)
 
     # -- on the event loop --------------------------------------------------------------------
 
-    def _hand_over(self) -> None:
+    def hand_over(self) -> None:
+        """Deliver what the workers started since the last call."""
         with self._lock:
             done, self._done = self._done, []
             self._wake_pending = False
