@@ -27,6 +27,7 @@ __all__ = [
     "open_outputs",
 ]
 
+_FS, _ESC = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
 Exit = tuple[int | None, int | None, str]  # returncode, signal, reason
 # argv, executable, environment (b"NAME=value" entries, as exec takes them), cores
 Process = tuple[list[str], str | None, list[bytes], list[int]]
@@ -87,7 +88,8 @@ class LaunchPlanner:
             or self.gpu_variable in variables
             or (task.inherit_env and self.gpu_variable in self._base_env)
         )
-        common = {os.fsencode(k): os.fsencode(v) for k, v in variables.items()}
+        # (What os.fsencode does on POSIX, without a Python-level call per string.)
+        common = {k.encode(_FS, _ESC): v.encode(_FS, _ESC) for k, v in variables.items()}
         gpu_key = os.fsencode(self.gpu_variable)
         if copies == 1:
             if hand_out_gpus:
