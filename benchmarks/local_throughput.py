@@ -14,7 +14,10 @@ For each repetition, alternating, it times N ``true`` commands through
   under the current directory (adds the file system's metadata cost).
 
 "driver CPU/task" is the engine process's own user+system CPU (``RUSAGE_SELF``: its threads,
-not its children) over the run, per task: launch, reap, journal and status. The ratio is the
+not its children) over the run, per task: launch, reap, journal and status. The "backend
+alone" line drives ``LocalBackend`` directly (no engine, journal or status: one launch per
+free core, as outcomes arrive), so the two lines together split that CPU between the backend
+and the engine. The ratio is the
 engine's throughput over the best raw method's in the same repetition. Refill latency is, per
 core, the time from one task's exit being seen to the next task's process existing on that core.
 ``--profile`` runs one engine case under cProfile and prints the top entries.
@@ -36,7 +39,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import anyio
+
 from matensemble import Ensemble, LocalBackend, Task
+from matensemble.backends.base import Launch, Outcome
+from matensemble.model import Slot, TaskState
 
 
 def xargs(n: int, cores: int) -> float:
@@ -84,6 +91,36 @@ async def engine(n: int, cores: int, base: Path) -> tuple[float, float, list[flo
     return elapsed, cpu, gaps
 
 
+async def backend_alone(n: int, cores: int, base: Path) -> tuple[float, float]:
+    """Wall seconds and driver CPU seconds of n tasks through LocalBackend, without the engine."""
+    outcomes: asyncio.Queue[Outcome] = asyncio.Queue()
+    backend = LocalBackend(cores=cores)
+    tasks = [Task(id=f"t{i}", command=("true",)) for i in range(n)]
+    async with anyio.create_task_group() as tg:
+        (node,) = await backend.open(outcomes.put_nowait, tg)
+        with tempfile.TemporaryDirectory(dir=base) as run_dir:
+            free, started = list(node.cores), 0
+            core_of: dict[tuple[str, int], int] = {}
+            cpu0, t0 = cpu_seconds(), time.perf_counter()
+            while started < n or core_of:
+                while free and started < n:
+                    task, core = tasks[started], free.pop()
+                    slot = Slot(node.name, (core,), ())
+                    task_dir = Path(run_dir, "tasks", task.id)
+                    launch = Launch(
+                        task=task, attempt=1, placement=(slot,), task_dir=task_dir, run_id="b"
+                    )
+                    core_of[launch.key] = core
+                    backend.launch(launch)
+                    started += 1
+                outcome = await outcomes.get()
+                assert outcome.state is TaskState.SUCCEEDED, outcome
+                free.append(core_of.pop(outcome.key))
+            elapsed, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
+            await backend.close()
+    return elapsed, cpu
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", type=int, default=2000)
@@ -104,6 +141,12 @@ def main() -> None:
         best = min(raw, key=raw.__getitem__)
         line = " ".join(f"{name} {n / t:6.0f}/s" for name, t in raw.items())
         print(f"[{rep}] {line} (best: {best})")
+        if places["tmpfs"].is_dir():
+            elapsed, cpu = asyncio.run(backend_alone(n, cores, places["tmpfs"]))
+            print(
+                f"    backend alone (tmpfs): {n / elapsed:6.0f}/s"
+                f" driver CPU/task {cpu / n * 1e3:.3f} ms"
+            )
         for name, base in places.items():
             if not base.is_dir():
                 continue
