@@ -338,8 +338,7 @@ class LocalBackend(Backend):
             if self._reporter is not None:
                 await self._reporter.wait_drained()
         except BaseException:
-            for run in list(self._runs.values()):
-                self._signal(run, signal.SIGKILL)
+            self.kill()  # the loop may end before a worker hands over what it is starting
             raise
         finally:
             if not self._runs:  # nothing is starting or running: let go of what helped
