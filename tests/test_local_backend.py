@@ -585,3 +585,14 @@ async def test_many_launches_at_once_are_pinned_grouped_and_reaped(tmp_path: Pat
             assert cpu_list(allowed.split("\t")[1]) == set(launch.placement[0].cores)
             assert int(pgid) == int(pid)  # the leader of its own group
             assert not Path(f"/proc/{pid}").exists()  # reaped: no zombie left
+
+
+async def test_a_tasks_outputs_are_opened_for_appending_and_blocking(tmp_path: Path) -> None:
+    async with opened(LocalBackend(), tmp_path) as h:
+        outcome = await h.run(sh("flags", "grep ^flags /proc/self/fdinfo/1 /proc/self/fdinfo/2"))
+        assert outcome.state is TaskState.SUCCEEDED
+        for line in h.stdout("flags").splitlines():
+            flags = int(line.split()[-1], 8)
+            assert flags & os.O_APPEND, line  # a retry's output follows the first attempt's
+            assert not flags & os.O_NONBLOCK, line  # as a program expects of its stdout
+            assert flags & os.O_ACCMODE == os.O_WRONLY, line

@@ -48,18 +48,18 @@ class TaskOutputs:
     """
 
     def __init__(self) -> None:
-        self._tasks: tuple[Path, int] | None = None  # the tasks directory and its handle
+        self._tasks: tuple[str, int] | None = None  # the tasks directory and its handle
 
     def open(self, task_dir: Path) -> tuple[int, int]:
         """As ``open_task_outputs(task_dir)``."""
         held = self._tasks
-        if held is not None and held[0] == task_dir.parent:
+        if held is not None and held[0] == os.path.dirname(task_dir):
             try:
                 return _open_outputs_in(_open_subdir(held[1], task_dir), task_dir)
             except FileNotFoundError:  # the tasks directory was removed: make it again
                 pass
         self.close()
-        held = self._tasks = (task_dir.parent, _open_tasks_dir(task_dir.parent))
+        held = self._tasks = (os.path.dirname(task_dir), _open_tasks_dir(task_dir.parent))
         return _open_outputs_in(_open_subdir(held[1], task_dir), task_dir)
 
     def close(self) -> None:
@@ -162,7 +162,8 @@ def _open_output(dir_fd: int, task_dir: Path, name: str) -> int:
     if why is not None:
         os.close(fd)
         raise _refused(task_dir / name, why)
-    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+    # F_SETFL sets the file status flags that can change: O_APPEND stays, O_NONBLOCK goes.
+    fcntl.fcntl(fd, fcntl.F_SETFL, os.O_APPEND)
     return fd
 
 
