@@ -30,14 +30,13 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import anyio
 from anyio.abc import TaskGroup
 
 from matensemble.backends.base import Backend, Launch, LaunchKey, Outcome, Reporter, Sink
 from matensemble.backends.local_inventory import (
     CAN_PIN,
     detect_gpus,
-    find_run_processes,
+    kill_leftovers,
     select_cores,
     select_gpus,
 )
@@ -373,38 +372,8 @@ class LocalBackend(Backend):
         hands out again. Their process groups get SIGKILL, then this waits (on pidfds, for at
         most ``kill_grace`` + 5 s) until they are gone.
         """
-        if not keys:
-            return
-        leftovers = find_run_processes(run_id)
-        if not leftovers:
-            return
-        for pid in leftovers:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(os.getpgid(pid), signal.SIGKILL)
-        with anyio.move_on_after(self._kill_grace + 5.0):
-            await _wait_gone(leftovers)
-
-
-async def _wait_gone(pids: Sequence[int]) -> None:
-    """Wait until each process has exited (pidfd readable), without polling."""
-    loop = asyncio.get_running_loop()
-    for pid in pids:
-        try:
-            fd = os.pidfd_open(pid)
-        except OSError:
-            continue  # already gone
-        gone: asyncio.Future[None] = loop.create_future()
-        loop.add_reader(fd, _settle, gone)
-        try:
-            await gone
-        finally:
-            loop.remove_reader(fd)
-            os.close(fd)
-
-
-def _settle(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
+        if keys:
+            await kill_leftovers(run_id, within=self._kill_grace + 5.0)
 
 
 def _is_stopping(run: object) -> bool:

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import shutil
+import signal
 from collections.abc import Sequence
 
 import anyio
 
 from matensemble.limits import MAX_GPUS_PER_NODE
 
-__all__ = ["CAN_PIN", "detect_gpus", "find_run_processes", "select_cores", "select_gpus"]
+__all__ = [
+    "CAN_PIN",
+    "detect_gpus",
+    "find_run_processes",
+    "kill_leftovers",
+    "select_cores",
+    "select_gpus",
+]
 
 GPU_VARIABLES = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES")
 CAN_PIN = hasattr(os, "sched_setaffinity")
@@ -93,3 +103,36 @@ def find_run_processes(run_id: str) -> list[int]:
         if marker in env.split(b"\0"):
             found.append(int(entry.name))
     return found
+
+
+async def kill_leftovers(run_id: str, *, within: float) -> None:
+    """SIGKILL the process groups of what ``find_run_processes`` finds, then wait (on pidfds,
+    for at most ``within`` seconds) until they are gone."""
+    leftovers = find_run_processes(run_id)
+    for pid in leftovers:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(os.getpgid(pid), signal.SIGKILL)
+    with anyio.move_on_after(within):
+        await _wait_gone(leftovers)
+
+
+async def _wait_gone(pids: Sequence[int]) -> None:
+    """Wait until each process has exited (pidfd readable), without polling."""
+    loop = asyncio.get_running_loop()
+    for pid in pids:
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:
+            continue  # already gone
+        gone: asyncio.Future[None] = loop.create_future()
+        loop.add_reader(fd, _settle, gone)
+        try:
+            await gone
+        finally:
+            loop.remove_reader(fd)
+            os.close(fd)
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
