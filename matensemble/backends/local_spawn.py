@@ -94,8 +94,8 @@ def _child_error(report: bytes, cwd: str, program: str) -> Exception:
     if issubclass(kind, OSError) and hex_errno:
         number = int(hex_errno, 16)
         filename: str | None = program
-        if detail == "noexec:chdir" or (detail == "noexec" and sys.version_info < (3, 12)):
-            filename = cwd  # (3.11 says only "noexec" when chdir failed)
+        if detail == "noexec:chdir" or (detail == "noexec" and sys.version_info < (3, 13)):
+            filename = cwd  # (3.11 and 3.12 say only "noexec" when chdir failed)
         elif detail == "noexec":
             filename = None
         return OSError(number, os.strerror(number), filename)
