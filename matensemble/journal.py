@@ -73,6 +73,7 @@ class Journal(Observer):
         self._synced = 0  # flushes known to be on stable storage
         self._syncing: asyncio.Future[None] | None = None
         self._syncer: ThreadPoolExecutor | None = None  # one thread, made on the first sync
+        self._sync_fd = -1  # the sync thread's own descriptor of the file (see _sync_once)
         self.syncs = 0
 
     def on_event(self, event: Event) -> None:
@@ -126,14 +127,17 @@ class Journal(Observer):
             self._syncing = None
             return
         upto = self._written
-        # The thread syncs its own descriptor: a close() while it runs (a run stopped mid-sync)
-        # cannot pull the file from under it, and close() syncs what is left itself.
+        # The thread syncs its own descriptor, made once: a close() while a sync runs (a run
+        # stopped mid-sync) cannot pull the file from under it; close() syncs what is left
+        # itself and leaves this descriptor for the thread to close after its last sync.
         # (Its own thread, not anyio's pool: a third of the cost per sync on a busy machine.)
-        fd = os.dup(self._file.fileno())
         if self._syncer is None:
             self._syncer = ThreadPoolExecutor(1, thread_name_prefix="journal-sync")
+            self._sync_fd = os.dup(self._file.fileno())
         try:
-            await asyncio.get_running_loop().run_in_executor(self._syncer, _sync_and_close, fd)
+            await asyncio.get_running_loop().run_in_executor(
+                self._syncer, os.fdatasync, self._sync_fd
+            )
         except OSError as exc:  # network file systems may report a full quota only here
             if DiskFull.is_full(exc):
                 raise DiskFull(self.path, exc) from exc
@@ -151,15 +155,10 @@ class Journal(Observer):
             self._file.close()
             self._file = None
         if self._syncer is not None:
-            self._syncer.shutdown(wait=False)  # a sync on its way closes its own descriptor
+            # Queued behind a sync on its way, in the same one thread: never closed under it.
+            self._syncer.submit(os.close, self._sync_fd)
+            self._syncer.shutdown(wait=False)
             self._syncer = None
-
-
-def _sync_and_close(fd: int) -> None:
-    try:
-        os.fdatasync(fd)
-    finally:
-        os.close(fd)
 
 
 def _cut_torn_tail(path: Path) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import time
 from pathlib import Path
 
 from matensemble.events import RunFinished, TaskSubmitted
@@ -35,3 +37,35 @@ async def test_a_close_while_a_sync_is_on_its_way_loses_nothing_and_leaves_no_er
         assert syncing.done() and syncing.exception() is None, when
         events = list(read_journal(run_dir / JOURNAL_NAME))
         assert [type(e) for e in events] == [TaskSubmitted, RunFinished], when
+    assert_no_descriptor_left_on(tmp_path)
+
+
+def assert_no_descriptor_left_on(tmp_path: Path) -> None:
+    """Every journal descriptor is closed (the sync thread closes its own after its last sync,
+    which may still be on its way when ``close`` returns)."""
+    end = time.monotonic() + 30
+    while True:
+        fds = os.listdir("/proc/self/fd")
+        open_here = [
+            f for f in fds if os.path.realpath(f"/proc/self/fd/{f}").startswith(str(tmp_path))
+        ]
+        if not open_here or time.monotonic() > end:
+            break
+        time.sleep(0.01)
+    assert not open_here
+
+
+async def test_many_syncs_leave_one_descriptor_and_close_releases_it(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    for i in range(20):
+        journal.on_event(TaskSubmitted(t=float(i), id=f"t{i}", attempt=1, job_id=str(i)))
+        journal.flush()
+        await journal.sync()
+    assert journal.syncs == 20
+    held = [
+        f for f in os.listdir("/proc/self/fd")
+        if os.path.realpath(f"/proc/self/fd/{f}") == str(tmp_path / JOURNAL_NAME)
+    ]  # fmt: skip
+    assert len(held) == 2  # the journal's own and the sync thread's
+    journal.close()
+    assert_no_descriptor_left_on(tmp_path)
