@@ -24,10 +24,8 @@ What a jobspec holds is described in ``flux_jobspec``; how R maps to nodes in
 from __future__ import annotations
 
 import asyncio
-import math
 import os
 import secrets
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -35,30 +33,18 @@ from anyio.abc import TaskGroup
 
 from matensemble.backends.base import Backend, Launch, LaunchKey, Outcome, Reporter, Sink
 from matensemble.backends.flux_channel import FluxChannel
+from matensemble.backends.flux_connect import allocation_end, connect
 from matensemble.backends.flux_inventory import read_inventory
 from matensemble.backends.flux_jobspec import JobspecBuilder
 from matensemble.backends.flux_partitions import Partition, prepare_partitions
 from matensemble.backends.flux_recovery import adopt_job, cancel_and_wait, leftover_jobs
 from matensemble.backends.flux_routing import FluxRouter
 from matensemble.backends.flux_task_dirs import TaskDirs
-from matensemble.errors import BackendError, BackendUnavailable
+from matensemble.errors import BackendError
 from matensemble.model import Resources, TaskState
 from matensemble.resources import NodeSpec
 
 __all__ = ["FluxBackend"]
-
-_INSTALL_HINT = (
-    "the Flux Python bindings cannot be imported ({error}). Install them with "
-    "`pip install 'matensemble[flux]'` (flux-python, matching your flux-core), or put "
-    "flux-core's own Python directory on PYTHONPATH, e.g. "
-    "`export PYTHONPATH=\"$(flux python -c 'import flux, os; "
-    "print(os.path.dirname(os.path.dirname(flux.__file__)))')\":$PYTHONPATH`"
-)
-_NO_INSTANCE_HINT = (
-    "there is no Flux instance to connect to ({error}). Run the driver inside one: "
-    "`flux start python driver.py` on a workstation, `flux alloc -N2` or `flux batch -N2 "
-    "script.sh` on a cluster, or pass FluxBackend(uri=...) (see `flux uri --help`)"
-)
 
 
 class FluxBackend(Backend):
@@ -138,19 +124,7 @@ class FluxBackend(Backend):
         """
         if self._loop is not None:
             raise BackendError("FluxBackend.open() was called twice")
-        try:
-            import flux
-            import flux.constants
-            import flux.job
-        except ImportError as exc:
-            raise BackendUnavailable(_INSTALL_HINT.format(error=exc)) from None
-        try:
-            handle = flux.Flux(self._uri) if self._uri else flux.Flux()
-        except OSError as exc:
-            error = str(exc.strerror or exc)
-            if self._uri is None and "FLUX_URI" not in os.environ:
-                error = f"FLUX_URI is not set; {error}"
-            raise BackendUnavailable(_NO_INSTANCE_HINT.format(error=error)) from None
+        flux, handle = connect(self._uri)
         self._flux = flux
         self._loop = loop = asyncio.get_running_loop()
         self._reporter = Reporter(sink, loop, self._in_flight)
@@ -163,7 +137,7 @@ class FluxBackend(Backend):
                 )
             except (OSError, ValueError) as exc:
                 raise BackendError(f"cannot read the Flux inventory: {exc}") from None
-            self._deadline = _allocation_end(flux, handle)
+            self._deadline = allocation_end(flux, handle)
             if self._k == 1:
                 self._use(parent, nodes)
                 return nodes
@@ -414,12 +388,3 @@ class FluxBackend(Backend):
         if self._parent is not None:
             self._parent.shutdown()
         self._router.channels.clear()
-
-
-def _allocation_end(flux: Any, handle: Any) -> float | None:
-    """The epoch time the enclosing job or instance must end by, or ``None`` if unlimited."""
-    try:
-        left = float(flux.job.timeleft(handle))
-    except (OSError, AttributeError):  # not inside a job (e.g. a plain `flux start`)
-        return None
-    return time.time() + left if math.isfinite(left) else None

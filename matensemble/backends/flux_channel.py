@@ -10,7 +10,8 @@ of ours is left in the instance.
 
 ``FluxBackend`` uses one channel for the enclosing instance, or one per partition (a child
 instance) plus one for the enclosing instance, whose journal then follows the partitions' own
-jobs through ``watch``.
+jobs through ``watch`` (see ``flux_watched``). What each event tells about a launch is taken in
+by ``FluxJob.record``.
 """
 
 from __future__ import annotations
@@ -24,19 +25,17 @@ from matensemble.backends.base import Launch, LaunchKey, Outcome
 from matensemble.backends.flux_inventory import InventoryMap
 from matensemble.backends.flux_job import FluxJob, outcome_of
 from matensemble.backends.flux_reactor import FluxReactorBridge
+from matensemble.backends.flux_watched import JobEvents, WatchedJobs
 from matensemble.errors import BackendError
 from matensemble.model import TaskState
 
-__all__ = ["FluxChannel", "JobEvents"]
+__all__ = ["FluxChannel"]
 
 # Events the journal sends us; the others (validate, depend, priority, release, free, ...) are
 # filtered out in the job manager, before they cost a message. ``memo`` carries a child
 # instance's URI (partitions).
 _EVENTS = {"submit": 1, "alloc": 1, "start": 1, "exception": 1, "finish": 1, "clean": 1}
 _EVENTS_WITH_MEMO = {**_EVENTS, "memo": 1}
-
-JobEvents = Callable[[str, Mapping[str, Any], Mapping[str, Any]], None]
-"""Receives (event name, event, journal payload) for a job followed with ``watch``."""
 
 
 class FluxChannel:
@@ -93,8 +92,7 @@ class FluxChannel:
         self._jobs: dict[LaunchKey, FluxJob] = {}
         self._by_id: dict[int, FluxJob] = {}
         self._cleaning = 0  # jobs reported at their finish, not yet clean in Flux
-        self._watched: dict[int, JobEvents] = {}
-        self._claimers: dict[str, Callable[[int], JobEvents | None]] = {}
+        self._watched = WatchedJobs()  # partitions: jobs of our own that are not launches
 
     # -- opening ------------------------------------------------------------------------------
 
@@ -166,14 +164,14 @@ class FluxChannel:
         The job's jobspec carries ``attributes.user.matensemble = {"driver": token,
         "partition": tag, ...}``; its events are routed from its submit event on.
         """
-        self._claimers[tag] = lambda jobid: events
+        self._watched.expect(tag, events)
         future = self.flux.job.submit_async(self.handle, jobspec, novalidate=True)
-        future.then(self.bridge.callback(self._on_watched_submitted), tag, events)
+        future.then(self.bridge.callback(self._on_watched_submitted), tag)
         self.bridge.kick()
 
     def watch(self, jobid: int, events: JobEvents) -> None:
         """Route the events of an existing job (a partition found at start) to ``events``."""
-        self._watched[jobid] = events
+        self._watched.watch(jobid, events)
 
     def has(self, key: LaunchKey) -> bool:
         return key in self._jobs
@@ -209,16 +207,13 @@ class FluxChannel:
         if job.jobid is None and self._jobs.get(job.launch.key) is job:
             self._known(job, jobid)
 
-    def _on_watched_submitted(self, future: Any, tag: str, events: JobEvents) -> None:
+    def _on_watched_submitted(self, future: Any, tag: str) -> None:
         try:
             jobid = self.bridge.job_id(future)
         except OSError as exc:
-            self._claimers.pop(tag, None)
-            events("refused", {"note": str(exc.strerror or exc)}, {})
+            self._watched.refused(tag, str(exc.strerror or exc))
             return
-        if self._claimers.pop(tag, None) is not None:
-            self._watched[jobid] = events
-            events("jobid", {"id": jobid}, {})
+        self._watched.submitted(tag, jobid)
 
     # -- cancelling ---------------------------------------------------------------------------
 
@@ -287,7 +282,7 @@ class FluxChannel:
             if watched is not None:
                 watched(name, event, payload)
                 if name == "clean":
-                    self._watched.pop(jobid, None)
+                    self._watched.clean(jobid)
                 continue
             if job is None:
                 return  # not ours
@@ -296,20 +291,8 @@ class FluxChannel:
     def _on_event(
         self, jobid: int, job: FluxJob, name: str, event: Mapping[str, Any], payload: Any
     ) -> None:
-        if name == "submit":
-            job.times["submit"] = event["timestamp"]
-        elif name == "alloc":
-            job.placement = self.map.slots(payload.get("R"))
-            job.times["alloc"] = event["timestamp"]
-        elif name == "start":
-            job.t_start = event["timestamp"]
-        elif name == "exception":
-            context = event.get("context", {})
-            if context.get("severity") == 0 and job.exception is None and job.status is None:
-                job.exception = (str(context.get("type")), str(context.get("note") or ""))
-        elif name == "finish":
-            job.status = int(event.get("context", {}).get("status", 0))
-            job.t_end = event["timestamp"]
+        job.record(name, event, payload, self.map)
+        if name == "finish":
             if self._jobs.get(job.launch.key) is job:
                 # Every process of the job is gone and its output is written: report now,
                 # while Flux frees the resources, so the next job is already on its way.
@@ -317,7 +300,6 @@ class FluxChannel:
                 self._cleaning += 1
                 self._report(outcome_of(job, self.prefix + str(jobid)))
         elif name == "clean":
-            job.t_end = job.t_end or event["timestamp"]
             del self._by_id[jobid]
             if self._jobs.get(job.launch.key) is job:  # it never ran
                 del self._jobs[job.launch.key]
@@ -333,12 +315,7 @@ class FluxChannel:
             if tag.get("driver") != self.token:
                 return None, None
             if "partition" in tag:
-                claimer = self._claimers.pop(str(tag["partition"]), None)
-                events = claimer(jobid) if claimer is not None else None
-                if events is not None:
-                    self._watched[jobid] = events
-                    events("jobid", {"id": jobid}, {})
-                return None, events
+                return None, self._watched.claim(jobid, str(tag["partition"]))
             job = self._jobs.get((tag["task_id"], tag["attempt"]))
         except (KeyError, TypeError):
             return None, None
@@ -366,27 +343,23 @@ class FluxChannel:
             job.cancel_requested = True
             if not self.bridge.lost:
                 self._send_cancel(job)
-        jobs = list(self._jobs.values())
-        self._jobs.clear()
-        self._by_id.clear()
-        self._cleaning = 0
-        for job in jobs:
-            self._report(Outcome(key=job.launch.key, state=TaskState.FAILED, reason=reason))
-        watched = list(self._watched.values())
-        self._watched.clear()
-        for events in watched:
-            events("lost", {"note": reason}, {})
+        self._drop_jobs(TaskState.FAILED, reason)
+        self._watched.lose_all(reason)
         if first:
             self._on_lost(reason)
 
     def abandon(self, reason: str) -> None:
         """Report every launch still open as cancelled at once (a close that was cancelled)."""
+        self._drop_jobs(TaskState.CANCELLED, reason)
+
+    def _drop_jobs(self, state: TaskState, reason: str) -> None:
+        """Stop following every job, and report each launch still open as ``state``."""
         jobs = list(self._jobs.values())
         self._jobs.clear()
         self._by_id.clear()
         self._cleaning = 0
         for job in jobs:
-            self._report(Outcome(key=job.launch.key, state=TaskState.CANCELLED, reason=reason))
+            self._report(Outcome(key=job.launch.key, state=state, reason=reason))
 
     async def end_journal(self) -> None:
         """Ask the job manager to end our journal stream, and wait until it has."""

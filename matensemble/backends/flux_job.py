@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from matensemble.backends.base import Launch, Outcome
+from matensemble.backends.flux_inventory import InventoryMap
 from matensemble.model import Placement, TaskState
 
 __all__ = ["FluxJob", "outcome_of"]
@@ -38,6 +40,29 @@ class FluxJob:
         self.t_end: float | None = None
         self.times: dict[str, float] = {}  # submit and alloc timestamps
         self.placement: Placement = ()  # what Flux assigned, from the alloc event
+
+    def record(
+        self, name: str, event: Mapping[str, Any], payload: Any, inventory: InventoryMap
+    ) -> None:
+        """Take in what one journal event says: times, the cores and GPUs Flux assigned
+        (``R`` of the alloc event, on ``inventory``'s nodes), the first fatal exception,
+        the wait status."""
+        if name == "submit":
+            self.times["submit"] = event["timestamp"]
+        elif name == "alloc":
+            self.placement = inventory.slots(payload.get("R"))
+            self.times["alloc"] = event["timestamp"]
+        elif name == "start":
+            self.t_start = event["timestamp"]
+        elif name == "exception":
+            context = event.get("context", {})
+            if context.get("severity") == 0 and self.exception is None and self.status is None:
+                self.exception = (str(context.get("type")), str(context.get("note") or ""))
+        elif name == "finish":
+            self.status = int(event.get("context", {}).get("status", 0))
+            self.t_end = event["timestamp"]
+        elif name == "clean":
+            self.t_end = self.t_end or event["timestamp"]
 
 
 def outcome_of(job: FluxJob, job_id: str | None) -> Outcome:
