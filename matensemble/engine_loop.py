@@ -121,6 +121,11 @@ class EngineLoop(RunState):
             while True:
                 await self._wake_consumer.wait()
                 self._wake_consumer.clear()
+                if not self._outcomes and not self._notify:
+                    # Only job ids to record: a write is enough, no sync. A job id lost with
+                    # the node is found again by name at resume (``Backend.recover``).
+                    self._write()
+                    continue
                 self._drain_outcomes()
                 self._write()
                 syncing = self._syncs_to_disk()
