@@ -268,6 +268,12 @@ async def test_multi_rank_task_spreads_over_both_brokers(harness: Harness) -> No
     assert lines == ["0/2 0", "1/2 1"]
 
 
+async def test_single_rank_task_is_rank_0_of_1(harness: Harness) -> None:
+    out = await harness.run(sh("single", 'echo "$MATENSEMBLE_RANK/$MATENSEMBLE_NRANKS"'))
+    assert out.state is TaskState.SUCCEEDED
+    assert (harness.task_dir("single") / "stdout").read_text() == "0/1\n"
+
+
 @pytest.mark.skipif(not HAS_MPI4PY, reason="mpi4py is not installed")
 async def test_mpi_task_runs_across_brokers_with_flux_pmi(harness: Harness) -> None:
     script = (

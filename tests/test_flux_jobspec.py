@@ -32,6 +32,12 @@ def flux_own_jobspec(launch: Launch, environ: dict[str, str], ranks: str) -> dic
 
     task, res = launch.task, launch.task.resources
     nodes = res.nodes if res.nodes is not None or not res.exclusive else len(launch.placement)
+    environment = task_environment(launch, driver_environment(environ))
+    expand: dict[str, str] | None = None
+    if res.ranks == 1 and not res.mpi:  # one rank: set, not expanded by the shell
+        environment.update(MATENSEMBLE_RANK="0", MATENSEMBLE_NRANKS="1")
+    elif not res.mpi:
+        expand = {"MATENSEMBLE_RANK": "{{task.rank}}", "MATENSEMBLE_NRANKS": "{{size}}"}
     spec = JobspecV1.from_command(
         list(task.command),
         num_tasks=res.ranks,
@@ -40,10 +46,8 @@ def flux_own_jobspec(launch: Launch, environ: dict[str, str], ranks: str) -> dic
         num_nodes=nodes,
         exclusive=res.exclusive,
         duration=task.timeout,
-        environment=task_environment(launch, driver_environment(environ)),
-        env_expand=None
-        if res.mpi
-        else {"MATENSEMBLE_RANK": "{{task.rank}}", "MATENSEMBLE_NRANKS": "{{size}}"},
+        environment=environment,
+        env_expand=expand,
         cwd=os.path.abspath(launch.task_dir),
         name=task.id,
         output=os.path.abspath(launch.stdout),

@@ -17,7 +17,8 @@ What a job gets:
 - the environment (see ``driver_environment``) with the task's additions and
   ``MATENSEMBLE_TASK_ID``, ``_ATTEMPT``, ``_RUN_ID``, ``_TASK_DIR``, ``OMP_NUM_THREADS`` (cores
   per rank unless the task sets it) and, for non-MPI tasks, ``MATENSEMBLE_RANK`` and
-  ``_NRANKS``, expanded per task by the job shell (as the local backend sets them).
+  ``_NRANKS``, expanded per task by the job shell (as the local backend sets them; a
+  single-rank task gets ``0`` and ``1`` in its environment, sparing the shell the expansion).
 
 Flux's ``JobspecV1.from_command`` is called once per task shape (resources, timeout, node
 count); each launch fills its own command, environment, directory, name, files, constraint and
@@ -59,6 +60,7 @@ _LOCAL_NAMES = frozenset(
     | {"HIP_VISIBLE_DEVICES"}
 )
 _RANK_TEMPLATES = {"MATENSEMBLE_RANK": "{{task.rank}}", "MATENSEMBLE_NRANKS": "{{size}}"}
+_ONE_RANK = {"MATENSEMBLE_RANK": "0", "MATENSEMBLE_NRANKS": "1"}
 
 
 def driver_environment(environ: Mapping[str, str]) -> dict[str, str]:
@@ -110,6 +112,8 @@ class JobspecBuilder:
         """
         task, res = launch.task, launch.task.resources
         env = task_environment(launch, self._base_env)
+        if res.ranks == 1 and not res.mpi:
+            env.update(_ONE_RANK)  # the same as the shell would expand, without its work
         command = list(task.command)
         if "PATH" not in env and os.sep not in command[0]:
             # As in the local backend: without PATH, look the program up on the driver's.
@@ -163,7 +167,7 @@ class JobspecBuilder:
             exclusive=res.exclusive,
             duration=timeout,
             environment={},
-            env_expand=None if res.mpi else _RANK_TEMPLATES,
+            env_expand=None if res.mpi or res.ranks == 1 else _RANK_TEMPLATES,
             cwd="/",
             name="task",
             output="/stdout",

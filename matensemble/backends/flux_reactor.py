@@ -174,8 +174,9 @@ class FluxReactorBridge:
         self._flux_class.reactor_enter()
         try:
             stalled = 0
+            received = self._received()
             while True:
-                before = (self._received(), self._callbacks)
+                callbacks = self._callbacks
                 self.iterations += 1
                 if lib.flux_reactor_run(self._reactor, lib.FLUX_REACTOR_NOWAIT) < 0:
                     # The reactor was stopped with an error: by a callback we did not wrap
@@ -189,7 +190,9 @@ class FluxReactorBridge:
                 if events < 0 or events & lib.FLUX_POLLERR:
                     self._fail_lost()
                     return
-                if before != (self._received(), self._callbacks):
+                now = self._received()
+                if now != received or callbacks != self._callbacks:
+                    received = now
                     stalled = 0
                 elif not events & lib.FLUX_POLLIN:
                     return
