@@ -19,6 +19,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -65,12 +66,19 @@ def flux_python() -> None:
         pytest.skip(why)
 
 
-def start_instance(size: int = 2) -> tuple[subprocess.Popen[str], str]:
-    """Start ``flux start --test-size=SIZE``; return the process and the instance's URI."""
+def start_instance(
+    size: int = 2, statedir: Path | None = None
+) -> tuple[subprocess.Popen[str], str]:
+    """Start ``flux start --test-size=SIZE``; return the process and the instance's URI.
+
+    A test that SIGKILLs the rank-0 broker passes a ``statedir`` of its own: by default the
+    broker keeps its content store in ``/var/tmp/flux-XXXXXX``, which only a clean exit removes.
+    """
     assert FLUX is not None
     log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - lives as long as the instance
+    options = [f"-Sstatedir={statedir}"] if statedir is not None else []
     proc = subprocess.Popen(
-        [FLUX, "start", f"--test-size={size}", "sh", "-c", 'echo "$FLUX_URI"; exec cat'],
+        [FLUX, "start", f"--test-size={size}", *options, "sh", "-c", 'echo "$FLUX_URI"; exec cat'],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=log,

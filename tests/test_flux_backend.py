@@ -382,7 +382,9 @@ async def test_broker_killed_fails_running_launches_instead_of_hanging(
 ) -> None:
     import flux
 
-    proc, uri = start_instance(1)
+    statedir = tmp_path / "statedir"  # the killed broker cannot remove its own
+    statedir.mkdir()
+    proc, uri = start_instance(1, statedir)
     pid = None
     try:
         broker = int(flux.Flux(uri).attr_get("broker.pid"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import select
+import shutil
 import signal
 import subprocess
 import time
@@ -105,16 +106,16 @@ async def test_tasks_spread_over_the_partitions_all_succeed_and_teardown_leaves_
     assert not active_jobs(uri4)  # no job, and no child instance, is left
 
 
-def broker_pid(uri: str, jobid: int) -> int:
-    """The pid of the rank-0 broker of the child instance that is job ``jobid`` at ``uri``."""
+def broker_attr(uri: str, jobid: int, name: str) -> str:
+    """A broker attribute of the rank-0 broker of the child instance that is job ``jobid``."""
     assert FLUX is not None
     env = {**os.environ, "FLUX_URI": uri}
     child = subprocess.run(
         [FLUX, "uri", "--local", str(jobid)], env=env, capture_output=True, text=True, check=True
     ).stdout.strip()
-    getattr_ = [FLUX, "getattr", "broker.pid"]
+    getattr_ = [FLUX, "getattr", name]
     out = subprocess.run(getattr_, env={**env, "FLUX_URI": child}, capture_output=True, text=True)
-    return int(out.stdout)
+    return out.stdout.strip()
 
 
 @pytest.mark.flux
@@ -128,6 +129,7 @@ async def test_a_partition_that_dies_fails_only_its_running_tasks_which_retry_in
     tasks = [sh(f"t{i}", script, retries=1, resources=whole_node) for i in range(4)]
     tasks.append(sh("later", "true", after=tuple(t.id for t in tasks)))
     ensemble = Ensemble(tasks, backend=FluxBackend(uri4, partitions=2), run_dir=tmp_path / "run")
+    killed_statedirs: list[str] = []
 
     async def end_a_partition_once_all_run() -> None:
         await anyio.to_thread.run_sync(wait_for_lines, side, 4)
@@ -138,17 +140,24 @@ async def test_a_partition_that_dies_fails_only_its_running_tasks_which_retry_in
         if how == "its job is cancelled":
             flux.job.cancel(flux.Flux(uri4), victim, "a partition dies")
         else:
-            os.kill(broker_pid(uri4, victim), signal.SIGKILL)
+            # A killed broker cannot remove its state directory (/var/tmp/flux-XXXXXX).
+            statedir = broker_attr(uri4, victim, "statedir")
+            os.kill(int(broker_attr(uri4, victim, "broker.pid")), signal.SIGKILL)
+            killed_statedirs.append(statedir)
         # Its job ends in the enclosing instance (a killed broker's: the driver cancels it).
         await anyio.to_thread.run_sync(
             lambda: flux.job.event_wait(flux.Flux(uri4), victim, "clean", raiseJobException=False)
         )
         gate.touch()
 
-    with anyio.fail_after(120):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(end_a_partition_once_all_run)
-            summary = await ensemble.run()
+    try:
+        with anyio.fail_after(120):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(end_a_partition_once_all_run)
+                summary = await ensemble.run()
+    finally:
+        for statedir in killed_statedirs:
+            shutil.rmtree(statedir, ignore_errors=True)
     results = summary.results
     assert summary.counts["succeeded"] == 5  # the run went on, "later" too
     retried = {i for i, r in results.items() if r.attempts == 2}
