@@ -426,6 +426,32 @@ async def test_a_hundred_short_tasks_through_the_engine_all_succeed(
     assert summary.counts["succeeded"] == 100
 
 
+async def test_a_job_id_is_written_at_once_and_made_durable_with_the_next_result(
+    flux_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    journal_syncs = 0
+    fdatasync = os.fdatasync
+
+    def counting_fdatasync(fd: int) -> None:
+        nonlocal journal_syncs
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("journal.jsonl"):
+            journal_syncs += 1
+        fdatasync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", counting_fdatasync)
+    # One after the other, each running long enough that its job id and its result arrive
+    # apart: a sync for each id as well would make two per task.
+    tasks = [sh("t0", "sleep 0.3")]
+    tasks += [sh(f"t{i}", "sleep 0.3", after=(f"t{i - 1}",)) for i in range(1, 4)]
+    with anyio.fail_after(60):
+        summary = await Ensemble(tasks, backend=FluxBackend(flux_uri), run_dir=tmp_path).run()
+    assert summary.counts["succeeded"] == 4
+    ids = {r.id: r.job_id for r in summary.results.values()}
+    written = (tmp_path / "journal.jsonl").read_text()
+    assert all(f'"job_id":"{job_id}"' in written for job_id in ids.values()), written
+    assert journal_syncs <= len(tasks) + 2  # one per result, the start, the end
+
+
 # -- the reactor bridge on its own ---------------------------------------------------------------
 
 
