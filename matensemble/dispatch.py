@@ -46,7 +46,7 @@ class Record:
         self.attempts = 0
         self.placement: Placement = ()
         self.result: TaskResult | None = None
-        self.entry: int = -1  # sequence number of its live entry in the ready heap
+        self.entry: int = -1  # sequence number of its live entry in the ready heap; -1: not queued
         self.start = 0.0
         self.cancel_requested = False
         self.failures = 0  # failed or timed-out attempts, across sessions of the run
@@ -64,6 +64,10 @@ class Dispatcher:
         self._front: list[tuple[Any, ...]] = []
         self._ends: list[tuple[float, int, int, Record]] = []  # heap of (end, seq, attempt, rec)
         self._seq = itertools.count()
+        # How many queued tasks have each shape (a record counts from its push until it starts,
+        # or until a pass finds it no longer ready). A pass stops as soon as every shape that
+        # waits has failed to fit: nothing behind could start, so looking further is waste.
+        self._shapes: dict[Resources, int] = {}
         # The last reservation, kept while its head stays blocked at the head of the queue,
         # nothing starts ahead of it and the clock has not passed its shadow time: then every
         # task started since was admitted by it (and booked in it), so it is still right.
@@ -78,6 +82,9 @@ class Dispatcher:
 
     def push(self, rec: Record) -> None:
         """Queue a ready task (again: an older entry of it becomes stale and is skipped)."""
+        if rec.entry < 0:  # not queued yet (else reprioritised: the same shape, counted)
+            res = rec.task.resources
+            self._shapes[res] = self._shapes.get(res, 0) + 1
         seq = next(self._seq)
         rec.entry = seq
         heapq.heappush(self._ready, (*self.strategy.key(rec.task), seq, rec))
@@ -125,6 +132,10 @@ class Dispatcher:
         gated = type(self.completion).may_start is not CompletionPolicy.may_start
         waiting = len(front)  # ``front`` does not change during the pass
         pop = heapq.heappop
+        shapes = self._shapes
+        # Shapes still waiting that have not failed to fit in this pass; when none is left, the
+        # pass ends. With a deadline every entry is looked at (it may be held back).
+        undecided = len(shapes) if deadline is None else -1
         while at < waiting or heap:
             if gated and not self.completion.may_start(in_flight()):
                 break
@@ -135,6 +146,9 @@ class Dispatcher:
                 entry = pop(heap)
             rec: Record = entry[-1]
             if rec.entry != entry[-2] or rec.state is not TaskState.READY:
+                if rec.entry == entry[-2]:  # its live entry: it left the queue (cancelled)
+                    rec.entry = -1
+                    self._forget(rec.task.resources)
                 continue  # stale: reprioritised or cancelled since it was queued
             task = rec.task
             if (task.estimate or 0.0) > latest_end:
@@ -155,8 +169,12 @@ class Dispatcher:
                 continue
             placement = None if res in no_room else pool.allocate(res)
             if placement is None:
-                no_room.add(res)  # the same shape will not fit either, in this pass
+                if res not in no_room:
+                    no_room.add(res)  # the same shape will not fit either, in this pass
+                    undecided -= 1
                 put_back.append(entry)
+                if undecided == 0:
+                    break  # every shape that waits failed to fit: nothing more can start
                 if head is None:
                     head = rec
                     if not self.strategy.backfill:
@@ -166,6 +184,10 @@ class Dispatcher:
                         reservation = kept[2]
                 if len(put_back) > BACKFILL_WINDOW or pool.free_cores == 0:
                     break
+                if not gated and deadline is None:
+                    at = self._sweep(front, at, waiting, put_back, no_room)
+                    if len(put_back) > BACKFILL_WINDOW:
+                        break
                 continue
             if head is None:
                 self._kept = None  # a task ahead of any blocked head changes the plan
@@ -185,6 +207,8 @@ class Dispatcher:
                     if len(put_back) > BACKFILL_WINDOW:
                         break
                     continue
+            rec.entry = -1
+            self._forget(res)
             start(rec, placement)
         else:
             self.completion.blocked()
@@ -194,6 +218,43 @@ class Dispatcher:
         put_back.extend(front[at:])
         self._front = put_back
         return held
+
+    def _sweep(
+        self,
+        front: list[tuple[Any, ...]],
+        at: int,
+        waiting: int,
+        put_back: list[tuple[Any, ...]],
+        no_room: set[Resources],
+    ) -> int:
+        """Put back the front entries from ``at`` on whose shape did not fit in this pass,
+        as the pass would one by one (up to the window, before the heap's next entry, and up
+        to the first entry that needs a closer look); return where to read on."""
+        heap = self._ready
+        upto = min(waiting, at + BACKFILL_WINDOW + 1 - len(put_back))
+        bound = heap[0] if heap else None
+        ready = TaskState.READY
+        while at < upto:
+            entry = front[at]
+            rec = entry[-1]
+            if (
+                rec.entry != entry[-2]
+                or rec.state is not ready
+                or rec.task.resources not in no_room
+                or (bound is not None and not entry < bound)
+            ):
+                break
+            put_back.append(entry)
+            at += 1
+        return at
+
+    def _forget(self, res: Resources) -> None:
+        """One queued task of shape ``res`` left the queue."""
+        left = self._shapes[res] - 1
+        if left:
+            self._shapes[res] = left
+        else:
+            del self._shapes[res]
 
     def _expected_ends(self, running: int) -> Iterator[tuple[float, Placement]]:
         """Running tasks' expected ends (start + estimate, else timeout, else never), earliest
