@@ -87,6 +87,18 @@ class CapacityIndex:
             for g in levels:
                 yield from self._buckets[g][c]
 
+    def short_of(self, cores: int, gpus: int) -> Iterator[int]:
+        """Every node with at least ``gpus`` free GPUs but fewer than ``cores`` free cores."""
+        below = (1 << cores) - 1
+        for g in range(gpus, len(self._masks)):
+            mask = self._masks[g] & below
+            c = 0
+            while mask:
+                if mask & 1:
+                    yield from self._buckets[g][c]
+                mask >>= 1
+                c += 1
+
     def occupancy(self) -> Iterator[tuple[int, int, int]]:
         """``(free cores, free GPUs, number of nodes)`` for every non-empty bucket."""
         for g, mask in enumerate(self._masks):

@@ -12,8 +12,9 @@ import heapq
 import itertools
 import math
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
+from matensemble.gpu_shadow import FirstFit, first_fit
 from matensemble.model import Placement, Resources, Task, TaskResult, TaskState
 from matensemble.node_drain import NodeDrain
 from matensemble.resources import ResourcePool
@@ -63,6 +64,8 @@ class Dispatcher:
         # merged with the heap instead of pushing them back (no O(log n) per waiting entry).
         self._front: list[tuple[Any, ...]] = []
         self._ends: list[tuple[float, int, int, Record]] = []  # heap of (end, seq, attempt, rec)
+        self._gpu_ends: list[tuple[float, int, int, Record]] = []  # those that hold GPUs
+        self._gpu_running = 0
         self._seq = itertools.count()
         # How many queued tasks have each shape (a record counts from its push until it starts,
         # or until a pass finds it no longer ready). A pass stops as soon as every shape that
@@ -94,13 +97,19 @@ class Dispatcher:
         limit = rec.task.estimate if rec.task.estimate is not None else rec.task.timeout
         end = now + limit if limit is not None else math.inf
         seq = next(self._seq)
-        heapq.heappush(self._ends, (end, seq, rec.attempts, rec))
+        item = (end, seq, rec.attempts, rec)
+        heapq.heappush(self._ends, item)
+        if any(slot.gpus for slot in rec.placement):
+            heapq.heappush(self._gpu_ends, item)
+            self._gpu_running += 1
         if self._drain is not None and self._pool is not None:
             number = self._pool.node_number
             self._drain.started(rec, [number(slot.node) for slot in rec.placement], end, seq)
 
     def ended(self, rec: Record) -> None:
         """A running task ended, or was cancelled (before ``rec.placement`` changes)."""
+        if any(slot.gpus for slot in rec.placement):
+            self._gpu_running -= 1
         if self._drain is not None and self._pool is not None:
             number = self._pool.node_number
             self._drain.ended(rec, [number(slot.node) for slot in rec.placement])
@@ -196,7 +205,13 @@ class Dispatcher:
                     # Plan the head's start on the pool as it was before this candidate.
                     pool.release(placement)
                     ends = self._expected_ends(in_flight())
-                    reservation = Reservation(head.task.resources, pool, ends, self._drain)
+                    reservation = Reservation(
+                        head.task.resources,
+                        pool,
+                        ends,
+                        self._drain,
+                        self._gpu_fit if self._drain is not None else None,
+                    )
                     self._kept = (head, head.entry, reservation)
                     placement = pool.allocate(res)
                     assert placement is not None
@@ -258,25 +273,48 @@ class Dispatcher:
 
     def _expected_ends(self, running: int) -> Iterator[tuple[float, Placement]]:
         """Running tasks' expected ends (start + estimate, else timeout, else never), earliest
-        first, lazily: the heap is walked in order without copying it (a small heap of the
-        positions next in line), so reading k entries costs O(k log k) however many run."""
-        heap = self._ends
-        if len(heap) > 2 * running + 64:  # drop the entries of ended attempts
-            heap[:] = [e for e in heap if _still_running(e)]
-            heapq.heapify(heap)
-        while heap and not _still_running(heap[0]):
-            heapq.heappop(heap)  # ended: at the top, every walk would step over it again
-        size = len(heap)
-        frontier: list[tuple[tuple[float, int, int, Record], int]] = []
-        if size:
-            frontier.append((heap[0], 0))
-        while frontier:
-            entry, at = heapq.heappop(frontier)
-            for child in (2 * at + 1, 2 * at + 2):
-                if child < size:
-                    heapq.heappush(frontier, (heap[child], child))
-            if _still_running(entry):
-                yield entry[0], entry[3].placement
+        first, lazily (see ``_in_order``)."""
+        for entry in _in_order(self._ends, running):
+            yield entry[0], entry[3].placement
+
+    def _gpu_fit(self, cores: int, gpus: int, pool: ResourcePool) -> FirstFit:
+        """When a node first holds ``cores`` and ``gpus``, from the tasks that hold GPUs."""
+        drain = self._drain
+        assert drain is not None
+
+        def node_tasks(i: int) -> Iterator[tuple[tuple[float, int, int], int, int]]:
+            for rec, key in drain.tasks_on(i):
+                slot = cast(Record, rec).placement[key[2]]
+                yield key, len(slot.cores), len(slot.gpus)
+
+        gpu_ends = (
+            (e[0], e[1], e[3].placement) for e in _in_order(self._gpu_ends, self._gpu_running)
+        )
+        return first_fit(cores, gpus, pool, gpu_ends, node_tasks)
+
+
+def _in_order(
+    heap: list[tuple[float, int, int, Record]], running: int
+) -> Iterator[tuple[float, int, int, Record]]:
+    """The entries of running attempts in ``heap``, earliest first, lazily: the heap is walked
+    in order without copying it (a small heap of the positions next in line), so reading k
+    entries costs O(k log k) however many run. ``running``: how many attempts in it run."""
+    if len(heap) > 2 * running + 64:  # drop the entries of ended attempts
+        heap[:] = [e for e in heap if _still_running(e)]
+        heapq.heapify(heap)
+    while heap and not _still_running(heap[0]):
+        heapq.heappop(heap)  # ended: at the top, every walk would step over it again
+    size = len(heap)
+    frontier: list[tuple[tuple[float, int, int, Record], int]] = []
+    if size:
+        frontier.append((heap[0], 0))
+    while frontier:
+        entry, at = heapq.heappop(frontier)
+        for child in (2 * at + 1, 2 * at + 2):
+            if child < size:
+                heapq.heappush(frontier, (heap[child], child))
+        if _still_running(entry):
+            yield entry
 
 
 def _still_running(entry: tuple[float, int, int, Record]) -> bool:

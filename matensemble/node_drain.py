@@ -61,6 +61,10 @@ class NodeDrain:
                 if new != _NOTHING:
                     self._push(new, i)
 
+    def tasks_on(self, node: int) -> Iterable[tuple[object, tuple[float, int, int]]]:
+        """The tasks running on ``node``: (key, (expected end, start order, position))."""
+        return self._ends[node].items()
+
     def emptying(self) -> Iterator[tuple[float, int, int]]:
         """``(expected time, start order of the last task, node)`` for every node with running
         tasks, the earliest first.

@@ -10,8 +10,10 @@ are assumed to run forever (the safe choice).
 
 Costs: a head that needs nodes of its own (``exclusive``, or a share per node, or a rank, as
 large as a node's cores) asks ``NodeDrain`` which nodes empty first: O(k log k) for k nodes,
-however many tasks run. Any other head releases running tasks in order of expected end on a
-what-if view that holds only the nodes they touch (nothing is copied), reading at most
+however many tasks run. A head that needs GPUs on one node asks ``gpu_shadow.first_fit``,
+which reads the running tasks that hold GPUs instead of all of them. Any other head releases
+running tasks in order of expected end on a what-if view that holds only the nodes they touch
+(nothing is copied), reading at most
 ``MAX_RELEASES`` of them. When the head needs more than that, the reservation is *bounded*: the
 head cannot start before the last expected end read, so tasks that end before it are still
 admitted, and no others.
@@ -20,14 +22,17 @@ admitted, and no others.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
+from matensemble.gpu_shadow import FirstFit
 from matensemble.model import Placement, Resources, Task
 from matensemble.node_drain import NodeDrain
 from matensemble.resources import ResourcePool
 
-__all__ = ["MAX_RELEASES", "Reservation"]
+__all__ = ["MAX_RELEASES", "GpuFit", "Reservation"]
 
+# (cores, GPUs, pool) -> when and where a node first holds them, or None (then walk).
+GpuFit = Callable[[int, int, ResourcePool], FirstFit]
 MAX_RELEASES = 4096  # running tasks one reservation may read, earliest expected end first
 
 
@@ -45,12 +50,15 @@ class Reservation:
         pool: ResourcePool,
         running: Iterable[tuple[float, Placement]],
         drain: NodeDrain | None = None,
+        gpu_fit: GpuFit | None = None,
     ) -> None:
         """``running``: the running tasks' expected ends and placements, earliest first.
 
         Only as many are taken from it as the head needs, so a lazy iterator keeps the cost
         proportional to the tasks that must end, not to all that run. ``drain``: when each
-        node empties; a head that needs empty nodes is planned from it instead.
+        node empties; a head that needs empty nodes is planned from it instead. ``gpu_fit``:
+        when a node first holds ``(cores, gpus)`` (see ``matensemble.gpu_shadow``); a head of
+        one node's worth of ranks with GPUs is planned from it, unless it returns ``None``.
         """
         self.shadow = -math.inf
         self.bounded = False
@@ -73,6 +81,13 @@ class Reservation:
                 return
             self._reserve(need, pool, future)
             return
+        if gpu_fit is not None and need.gpr and not need.whole and need.target == 1 and total == 0:
+            fit = gpu_fit(*need.per_node, pool)
+            if fit is not None:
+                self.shadow, node, room = fit
+                if node >= 0:
+                    self.slack[node] = need.book(room, 1)
+                return
         ends = iter(running)
         released = 0
         while total < need.target:

@@ -1,0 +1,93 @@
+"""When a head task that needs GPUs on one node first fits, without releasing every task.
+
+The backfill reservation of a head that needs one rank (c cores, g GPUs) releases running tasks,
+in order of expected end, on a what-if view of the pool until some node holds the rank. When
+GPUs are what is short, that walk releases hundreds of tasks that hold no GPU for each one that
+does (70 % of the Frontier mix are 1-core tasks), and the head changes with every GPU task that
+starts. Here the same answer comes from far fewer tasks:
+
+- a node that has too few free GPUs now fits only after a task with GPUs on it ends, so the
+  running tasks that hold GPUs are read in order of expected end, and each node they free GPUs
+  on is planned from its own tasks (at most its core count);
+- the nodes that have the GPUs but not the cores now are few when GPUs are short, and each is
+  planned from its own tasks too (when they are many, ``first_fit`` gives up: the plain walk
+  then ends after a few releases anyway).
+
+The reading stops at the first task with GPUs that ends after the best node found. Ties are
+broken as the walk breaks them: the earliest release, then the node the walk touched first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from matensemble.model import Placement
+from matensemble.resources import ResourcePool
+
+__all__ = ["MAX_GPU_READY_NODES", "FirstFit", "NodeTasks", "first_fit"]
+
+MAX_GPU_READY_NODES = 32  # nodes with the GPUs but not the cores worth planning one by one
+
+_Key = tuple[float, int, int]  # (expected end, start order, position in the placement)
+# The running tasks on node number i: (their key, cores and GPUs they hold on it).
+NodeTasks = Callable[[int], Iterable[tuple[_Key, int, int]]]
+# (shadow time, node booked, [free cores, free GPUs] there at the shadow), or None: walk.
+FirstFit = tuple[float, int, list[int]] | None
+
+
+def first_fit(
+    cores: int,
+    gpus: int,
+    pool: ResourcePool,
+    gpu_ends: Iterable[tuple[float, int, Placement]],
+    node_tasks: NodeTasks,
+) -> FirstFit:
+    """When a rank of ``cores`` and ``gpus`` (``gpus`` >= 1) first fits a node of ``pool``, if
+    tasks end as expected, on which node, and what is free there then.
+
+    ``gpu_ends``: the running tasks that hold GPUs, ``(expected end, start order, placement)``,
+    earliest first (read lazily, only as far as needed). ``node_tasks``: every running task on
+    a node. Returns ``None`` when too many nodes have the GPUs already (the caller walks).
+    The pool must have no node that fits the rank now.
+    """
+    ready = pool.nodes_short_of_cores(cores, gpus, MAX_GPU_READY_NODES)
+    if len(ready) > MAX_GPU_READY_NODES:
+        return None
+    best: tuple[tuple[float, int], _Key, int, list[int]] | None = None
+    seen: set[int] = set()
+
+    def plan(i: int) -> None:
+        nonlocal best
+        seen.add(i)
+        fit = _node_fit(pool, i, cores, gpus, node_tasks(i))
+        if fit is not None and (best is None or fit[:2] < best[:2]):
+            best = (fit[0], fit[1], i, fit[2])
+
+    for i in ready:
+        plan(i)
+    for end, order, placement in gpu_ends:
+        if best is not None and (end, order) > best[0]:
+            break
+        for slot in placement:
+            if slot.gpus:
+                i = pool.node_number(slot.node)
+                if i not in seen:
+                    plan(i)
+    if best is None:
+        return (float("inf"), -1, [])
+    return best[0][0], best[2], best[3]
+
+
+def _node_fit(
+    pool: ResourcePool, i: int, cores: int, gpus: int, tasks: Iterable[tuple[_Key, int, int]]
+) -> tuple[tuple[float, int], _Key, list[int]] | None:
+    """Node ``i``'s first fit as its tasks end: the release that makes room, the node's first
+    release (the walk's order among nodes made to fit by one release), and what is free then."""
+    free_c, free_g = pool.free_count(i)
+    ordered = sorted(tasks)
+    for (end, order, _), c, g in ordered:
+        free_c += c
+        free_g += g
+        if free_c >= cores and free_g >= gpus:
+            return (end, order), ordered[0][0], [free_c, free_g]
+    return None
