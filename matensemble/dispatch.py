@@ -282,15 +282,14 @@ class Dispatcher:
         drain = self._drain
         assert drain is not None
 
-        def node_tasks(i: int) -> Iterator[tuple[tuple[float, int, int], int, int]]:
-            for rec, key in drain.tasks_on(i):
-                slot = cast(Record, rec).placement[key[2]]
-                yield key, len(slot.cores), len(slot.gpus)
+        def held(rec: object, pos: int) -> tuple[int, int]:
+            slot = cast(Record, rec).placement[pos]
+            return len(slot.cores), len(slot.gpus)
 
         gpu_ends = (
             (e[0], e[1], e[3].placement) for e in _in_order(self._gpu_ends, self._gpu_running)
         )
-        return first_fit(cores, gpus, pool, gpu_ends, node_tasks)
+        return first_fit(cores, gpus, pool, gpu_ends, drain.tasks_on, held)
 
 
 def _in_order(

@@ -19,18 +19,22 @@ broken as the walk breaks them: the earliest release, then the node the walk tou
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from operator import itemgetter
 
 from matensemble.model import Placement
 from matensemble.resources import ResourcePool
 
 __all__ = ["MAX_GPU_READY_NODES", "FirstFit", "NodeTasks", "first_fit"]
 
-MAX_GPU_READY_NODES = 32  # nodes with the GPUs but not the cores worth planning one by one
+MAX_GPU_READY_NODES = 2048  # nodes with the GPUs but not the cores worth planning one by one
 
 _Key = tuple[float, int, int]  # (expected end, start order, position in the placement)
-# The running tasks on node number i: (their key, cores and GPUs they hold on it).
-NodeTasks = Callable[[int], Iterable[tuple[_Key, int, int]]]
+# The running tasks on node number i: task -> its key (as ``NodeDrain.tasks_on`` keeps them).
+NodeTasks = Callable[[int], Mapping[object, _Key]]
+# The cores and GPUs a task holds at a position of its placement.
+Held = Callable[[object, int], tuple[int, int]]
+_second = itemgetter(1)
 # (shadow time, node booked, [free cores, free GPUs] there at the shadow), or None: walk.
 FirstFit = tuple[float, int, list[int]] | None
 
@@ -41,14 +45,15 @@ def first_fit(
     pool: ResourcePool,
     gpu_ends: Iterable[tuple[float, int, Placement]],
     node_tasks: NodeTasks,
+    held: Held,
 ) -> FirstFit:
     """When a rank of ``cores`` and ``gpus`` (``gpus`` >= 1) first fits a node of ``pool``, if
     tasks end as expected, on which node, and what is free there then.
 
     ``gpu_ends``: the running tasks that hold GPUs, ``(expected end, start order, placement)``,
     earliest first (read lazily, only as far as needed). ``node_tasks``: every running task on
-    a node. Returns ``None`` when too many nodes have the GPUs already (the caller walks).
-    The pool must have no node that fits the rank now.
+    a node; ``held``: what one of them holds there. Returns ``None`` when too many nodes have
+    the GPUs already (the caller walks). The pool must have no node that fits the rank now.
     """
     ready = pool.nodes_short_of_cores(cores, gpus, MAX_GPU_READY_NODES)
     if len(ready) > MAX_GPU_READY_NODES:
@@ -59,7 +64,7 @@ def first_fit(
     def plan(i: int) -> None:
         nonlocal best
         seen.add(i)
-        fit = _node_fit(pool, i, cores, gpus, node_tasks(i))
+        fit = _node_fit(pool, i, cores, gpus, node_tasks(i), held)
         if fit is not None and (best is None or fit[:2] < best[:2]):
             best = (fit[0], fit[1], i, fit[2])
 
@@ -79,15 +84,21 @@ def first_fit(
 
 
 def _node_fit(
-    pool: ResourcePool, i: int, cores: int, gpus: int, tasks: Iterable[tuple[_Key, int, int]]
+    pool: ResourcePool, i: int, cores: int, gpus: int, tasks: Mapping[object, _Key], held: Held
 ) -> tuple[tuple[float, int], _Key, list[int]] | None:
     """Node ``i``'s first fit as its tasks end: the release that makes room, the node's first
     release (the walk's order among nodes made to fit by one release), and what is free then."""
+    if not tasks:
+        return None
     free_c, free_g = pool.free_count(i)
-    ordered = sorted(tasks)
-    for (end, order, _), c, g in ordered:
+    task, first = min(tasks.items(), key=_second)
+    c, g = held(task, first[2])
+    if free_c + c >= cores and free_g + g >= gpus:  # the usual case: its first end is enough
+        return first[:2], first, [free_c + c, free_g + g]
+    for task, (end, order, pos) in sorted(tasks.items(), key=_second):
+        c, g = held(task, pos)
         free_c += c
         free_g += g
         if free_c >= cores and free_g >= gpus:
-            return (end, order), ordered[0][0], [free_c, free_g]
+            return (end, order), first, [free_c, free_g]
     return None

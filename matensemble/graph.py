@@ -45,7 +45,7 @@ class DependencyGraph:
         for task in tasks:
             pending = 0
             failed = None
-            for dep in dict.fromkeys(task.after):  # a repeated prerequisite is one edge
+            for dep in dict.fromkeys(task.after) if task.after else ():  # repeats: one edge
                 ok = self._outcome.get(dep)
                 if ok is None:
                     pending += 1
@@ -120,9 +120,12 @@ class DependencyGraph:
 
 def _check_acyclic(tasks: Sequence[Task], batch: dict[str, Task]) -> None:
     """Kahn's algorithm over the edges inside the batch (old tasks cannot point into it)."""
+    linked = [t for t in tasks if t.after]
+    if not linked:
+        return  # no edge, no cycle
     indegree = {t.id: 0 for t in tasks}
     children: dict[str, list[str]] = {}
-    for task in tasks:
+    for task in linked:
         for dep in dict.fromkeys(task.after):
             if dep in batch:
                 indegree[task.id] += 1

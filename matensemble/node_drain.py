@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 __all__ = ["NodeDrain"]
 
@@ -61,9 +61,9 @@ class NodeDrain:
                 if new != _NOTHING:
                     self._push(new, i)
 
-    def tasks_on(self, node: int) -> Iterable[tuple[object, tuple[float, int, int]]]:
-        """The tasks running on ``node``: (key, (expected end, start order, position))."""
-        return self._ends[node].items()
+    def tasks_on(self, node: int) -> Mapping[object, tuple[float, int, int]]:
+        """The tasks running on ``node``: key -> (expected end, start order, position)."""
+        return self._ends[node]
 
     def emptying(self) -> Iterator[tuple[float, int, int]]:
         """``(expected time, start order of the last task, node)`` for every node with running
