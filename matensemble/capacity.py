@@ -89,13 +89,21 @@ class CapacityIndex:
 
     def short_of(self, cores: int, gpus: int) -> Iterator[int]:
         """Every node with at least ``gpus`` free GPUs but fewer than ``cores`` free cores."""
-        below = (1 << cores) - 1
+        for bucket in self._short_of(cores, gpus):
+            yield from bucket
+
+    def count_short_of(self, cores: int, gpus: int) -> int:
+        """How many nodes ``short_of`` would give, from the bucket sizes."""
+        return sum(len(bucket) for bucket in self._short_of(cores, gpus))
+
+    def _short_of(self, cores: int, gpus: int) -> Iterator[dict[int, None]]:
+        below = (1 << cores) - 1  # fewer free cores than that (0: nodes with none)
         for g in range(gpus, len(self._masks)):
             mask = self._masks[g] & below
             c = 0
             while mask:
                 if mask & 1:
-                    yield from self._buckets[g][c]
+                    yield self._buckets[g][c]
                 mask >>= 1
                 c += 1
 

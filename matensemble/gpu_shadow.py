@@ -56,7 +56,7 @@ def first_fit(
     the GPUs already (the caller walks). The pool must have no node that fits the rank now.
     """
     ready = pool.nodes_short_of_cores(cores, gpus, MAX_GPU_READY_NODES)
-    if len(ready) > MAX_GPU_READY_NODES:
+    if ready is None:
         return None
     best: tuple[tuple[float, int], _Key, int, list[int]] | None = None
     seen: set[int] = set()

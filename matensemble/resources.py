@@ -49,7 +49,7 @@ class ResourcePool:
         most_gpus = max(g for _, g in self._capacity)
         self._by_free = CapacityIndex(self.most_cores, most_gpus)  # nodes with a free core
         self._whole = CapacityIndex(self.most_cores, most_gpus)  # nodes with nothing in use
-        self._gpus_only: dict[int, None] = {}  # nodes with free GPUs and no free core
+        self._coreless = CapacityIndex(0, most_gpus)  # nodes with free GPUs and no free core
         for i in range(len(nodes)):
             self._refile(i)
         self.total_cores = sum(len(n.cores) for n in nodes)
@@ -184,13 +184,13 @@ class ResourcePool:
         free_c, free_g = len(self._free_cores[i]), len(self._free_gpus[i])
         if free_c:
             self._by_free.put(i, free_c, free_g)
-            self._gpus_only.pop(i, None)
+            self._coreless.discard(i)
         else:
             self._by_free.discard(i)  # no rank fits without a core
             if free_g:
-                self._gpus_only[i] = None
+                self._coreless.put(i, 0, free_g)
             else:
-                self._gpus_only.pop(i, None)
+                self._coreless.discard(i)
         cap_c, cap_g = self._capacity[i]
         if free_c == cap_c and free_g == cap_g and cap_c:
             self._whole.put(i, cap_c, cap_g)
@@ -254,20 +254,13 @@ class ResourcePool:
         """Node numbers with at least ``cores`` and ``gpus`` free (entirely free: ``whole``)."""
         return (self._whole if whole else self._by_free).fitting(cores, gpus)
 
-    def nodes_short_of_cores(self, cores: int, gpus: int, limit: int) -> list[int]:
-        """Node numbers with at least ``gpus`` free GPUs but fewer than ``cores`` free cores:
-        at most ``limit + 1`` of them (more than ``limit`` says: too many to plan one by one)."""
-        found: list[int] = []
-        for i in self._gpus_only:
-            if len(self._free_gpus[i]) >= gpus:
-                found.append(i)
-                if len(found) > limit:
-                    return found
-        for i in self._by_free.short_of(cores, gpus):
-            found.append(i)
-            if len(found) > limit:
-                break
-        return found
+    def nodes_short_of_cores(self, cores: int, gpus: int, limit: int) -> list[int] | None:
+        """Node numbers with at least ``gpus`` free GPUs but fewer than ``cores`` free cores;
+        ``None`` if there are more than ``limit`` (counted from the buckets, not listed)."""
+        indexes = (self._coreless, self._by_free)
+        if sum(index.count_short_of(cores, gpus) for index in indexes) > limit:
+            return None
+        return [i for index in indexes for i in index.short_of(cores, gpus)]
 
     def free_on(self, node: str) -> tuple[tuple[int, ...], tuple[str, ...]]:
         """The free core and GPU ids of one node (for display and tests)."""
