@@ -85,7 +85,7 @@ class SimulatedBackend(Backend):
         self._sink: Sink | None = None
         self._heap: list[tuple[float, int, LaunchKey | None]] = []  # None: a timer
         self._timers: dict[int, Callable[[], None]] = {}  # heap sequence number -> callback
-        self._live: dict[LaunchKey, tuple[float, Outcome]] = {}
+        self._live: dict[LaunchKey, tuple[float, int, float | None]] = {}  # start, code, timeout
         self._seq = itertools.count()
         self._advance_scheduled = False
         self.launched = 0
@@ -114,27 +114,34 @@ class SimulatedBackend(Backend):
                 Outcome(key=launch.key, state=TaskState.FAILED, reason=f"simulation: {exc!r}")
             )
             return
-        if task.timeout is not None and runtime > task.timeout:
-            end = start + task.timeout
-            outcome = Outcome(
-                key=launch.key,
+        timeout = task.timeout if task.timeout is not None and runtime > task.timeout else None
+        end = start + (timeout if timeout is not None else max(0.0, runtime))
+        key = launch.key
+        # Only what the outcome is made of, while it runs: a million in flight add up.
+        self._live[key] = (start, code, timeout)
+        heapq.heappush(self._heap, (end, next(self._seq), key))
+
+    @staticmethod
+    def _outcome(
+        key: LaunchKey, end: float, start: float, code: int, timeout: float | None
+    ) -> Outcome:
+        """The outcome of a launch that ran from ``start`` to ``end``."""
+        if timeout is not None:
+            return Outcome(
+                key=key,
                 state=TaskState.TIMED_OUT,
-                reason=f"timed out after {task.timeout:g}s",
+                reason=f"timed out after {timeout:g}s",
                 start_time=start,
                 end_time=end,
             )
-        else:
-            end = start + max(0.0, runtime)
-            outcome = Outcome(
-                key=launch.key,
-                state=TaskState.SUCCEEDED if code == 0 else TaskState.FAILED,
-                returncode=code,
-                reason=None if code == 0 else f"exit code {code}",
-                start_time=start,
-                end_time=end,
-            )
-        self._live[launch.key] = (end, outcome)
-        heapq.heappush(self._heap, (end, next(self._seq), launch.key))
+        return Outcome(
+            key=key,
+            state=TaskState.SUCCEEDED if code == 0 else TaskState.FAILED,
+            returncode=code,
+            reason=None if code == 0 else f"exit code {code}",
+            start_time=start,
+            end_time=end,
+        )
 
     def cancel(self, key: LaunchKey) -> None:
         item = self._live.pop(key, None)
@@ -144,7 +151,7 @@ class SimulatedBackend(Backend):
                     key=key,
                     state=TaskState.CANCELLED,
                     reason="cancelled",
-                    start_time=item[1].start_time,
+                    start_time=item[0],
                     end_time=self._now,
                 )
             )
@@ -171,13 +178,13 @@ class SimulatedBackend(Backend):
             return
         self._now = max(self._now, heap[0][0])
         while heap and heap[0][0] <= self._now:
-            _, seq, key = heapq.heappop(heap)
+            end, seq, key = heapq.heappop(heap)
             if key is None:
                 timers.pop(seq)()
                 continue
             item = live.pop(key, None)
             if item is not None:
-                self._deliver(item[1])
+                self._deliver(self._outcome(key, end, *item))
 
     def _deliver(self, outcome: Outcome) -> None:
         assert self._sink is not None, "launch() before open()"
