@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -31,6 +32,7 @@ from matensemble.model import Placement, Task, TaskResult, TaskState
 from matensemble.observer import Observer
 
 __all__ = [
+    "INLINE_SYNC_BELOW",
     "JOURNAL_NAME",
     "JOURNAL_VERSION",
     "Journal",
@@ -42,6 +44,8 @@ __all__ = [
 
 JOURNAL_NAME = "journal.jsonl"
 JOURNAL_VERSION = 1
+# A sync this quick blocks the event loop for less than a hand-off to a thread costs it.
+INLINE_SYNC_BELOW = 50e-6
 # Outcomes a resume keeps. A skip is decided again: its prerequisite may be run again.
 _STANDS = frozenset(
     {TaskState.SUCCEEDED, TaskState.FAILED, TaskState.TIMED_OUT, TaskState.CANCELLED}
@@ -56,6 +60,11 @@ class Journal(Observer):
     ``fdatasync`` in a worker thread covers everything written before it started, and callers
     that arrive while a sync runs share the next one, so the number of syncs adapts to the
     disk's speed instead of the event rate.
+
+    Where syncs are cheap (tmpfs, a local SSD's cache) a hand-off to the thread and back costs
+    the driver more than the ``fdatasync`` itself, so ``sync`` times every sync, wherever it
+    ran, and makes the next one in the event loop's own thread while their moving average
+    stays under ``INLINE_SYNC_BELOW`` seconds; one slow sync sends them back to the thread.
 
     Args:
         durable: ``sync`` really syncs; without it ``sync`` returns at once.
@@ -74,7 +83,10 @@ class Journal(Observer):
         self._syncing: asyncio.Future[None] | None = None
         self._syncer: ThreadPoolExecutor | None = None  # one thread, made on the first sync
         self._sync_fd = -1  # the sync thread's own descriptor of the file (see _sync_once)
+        # Moving average of the syncs' durations; the first sync goes to the thread.
+        self._sync_seconds = INLINE_SYNC_BELOW
         self.syncs = 0
+        self.inline_syncs = 0  # of those, made in the event loop's thread
 
     def on_event(self, event: Event) -> None:
         buffer = self._buffer
@@ -118,6 +130,9 @@ class Journal(Observer):
         """Return once everything flushed so far is on stable storage."""
         target = self._written
         while self.durable and self._synced < target and self._file is not None:
+            if self._syncing is None and self._sync_seconds < INLINE_SYNC_BELOW:
+                self._sync_inline()
+                continue
             if self._syncing is None:
                 self._syncing = asyncio.ensure_future(self._sync_once())
             await asyncio.shield(self._syncing)
@@ -135,16 +150,35 @@ class Journal(Observer):
             self._syncer = ThreadPoolExecutor(1, thread_name_prefix="journal-sync")
             self._sync_fd = os.dup(self._file.fileno())
         try:
-            await asyncio.get_running_loop().run_in_executor(
-                self._syncer, os.fdatasync, self._sync_fd
+            seconds = await asyncio.get_running_loop().run_in_executor(
+                self._syncer, _timed_sync, self._sync_fd
             )
         except OSError as exc:  # network file systems may report a full quota only here
-            if DiskFull.is_full(exc):
-                raise DiskFull(self.path, exc) from exc
+            self._raise_if_full(exc)
             raise
         finally:
             self._syncing = None
         self._synced = max(self._synced, upto)
+        self._count_sync(seconds)
+
+    def _sync_inline(self) -> None:
+        assert self._file is not None
+        upto = self._written
+        try:
+            seconds = _timed_sync(self._file.fileno())
+        except OSError as exc:
+            self._raise_if_full(exc)
+            raise
+        self._synced = max(self._synced, upto)
+        self._count_sync(seconds)
+        self.inline_syncs += 1
+
+    def _raise_if_full(self, exc: OSError) -> None:
+        if DiskFull.is_full(exc):
+            raise DiskFull(self.path, exc) from exc
+
+    def _count_sync(self, seconds: float) -> None:
+        self._sync_seconds += (seconds - self._sync_seconds) / 4
         self.syncs += 1
 
     def close(self) -> None:
@@ -159,6 +193,13 @@ class Journal(Observer):
             self._syncer.submit(os.close, self._sync_fd)
             self._syncer.shutdown(wait=False)
             self._syncer = None
+
+
+def _timed_sync(fd: int) -> float:
+    """``fdatasync(fd)``; how long it took, in seconds."""
+    start = time.perf_counter()
+    os.fdatasync(fd)
+    return time.perf_counter() - start
 
 
 def _cut_torn_tail(path: Path) -> None:

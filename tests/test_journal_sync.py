@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import tempfile
 import time
 from pathlib import Path
+
+import pytest
 
 from matensemble.events import RunFinished, TaskSubmitted
 from matensemble.journal import JOURNAL_NAME, Journal, read_journal
@@ -69,3 +72,33 @@ async def test_many_syncs_leave_one_descriptor_and_close_releases_it(tmp_path: P
     assert len(held) == 2  # the journal's own and the sync thread's
     journal.close()
     assert_no_descriptor_left_on(tmp_path)
+
+
+async def test_cheap_syncs_are_made_in_the_loop_and_a_slow_one_sends_them_to_the_thread(
+    tmp_path: Path,
+) -> None:
+    """On tmpfs an ``fdatasync`` costs less than a hand-off to the sync thread, so after the
+    first (threaded) sync they run inline; a sync measured slow sends the next ones back to
+    the thread, and every sync, wherever it ran, leaves the events on record."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir():
+        pytest.skip("no /dev/shm (tmpfs) here")
+    with tempfile.TemporaryDirectory(dir=shm) as where:
+        journal = Journal(Path(where))
+        for i in range(50):
+            journal.on_event(TaskSubmitted(t=float(i), id=f"t{i}", attempt=1, job_id=str(i)))
+            journal.flush()
+            await journal.sync()
+        assert journal.syncs == 50
+        assert journal.inline_syncs >= 40  # tmpfs syncs take microseconds
+        threaded = journal.syncs - journal.inline_syncs
+        journal._sync_seconds = 1.0  # as after a sync that took a second (a busy network FS)
+        journal.on_event(RunFinished(t=99.0, counts={"succeeded": 50}))
+        journal.flush()
+        before = journal.inline_syncs
+        await journal.sync()
+        assert journal.inline_syncs == before  # this one went to the thread
+        assert journal.syncs - journal.inline_syncs == threaded + 1
+        journal.close()
+        events = list(read_journal(Path(where) / JOURNAL_NAME))
+        assert len(events) == 51 and isinstance(events[-1], RunFinished)
