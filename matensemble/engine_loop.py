@@ -128,7 +128,8 @@ class EngineLoop(RunState):
                     continue
                 self._drain_outcomes()
                 self._write()
-                syncing = self._syncs_to_disk()
+                journal = self._journal
+                syncing = journal is not None and journal.sync_waits()
                 if syncing:
                     self._wake_producer.set()  # refill freed slots while the journal syncs
                 await self._commit()

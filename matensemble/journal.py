@@ -126,6 +126,12 @@ class Journal(Observer):
         self._buffer.clear()
         self._written += 1
 
+    def sync_waits(self) -> bool:
+        """Whether ``sync`` would now wait for a thread (else it returns without suspending)."""
+        return self.durable and (
+            self._syncing is not None or self._sync_seconds >= INLINE_SYNC_BELOW
+        )
+
     async def sync(self) -> None:
         """Return once everything flushed so far is on stable storage."""
         target = self._written
