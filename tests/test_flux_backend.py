@@ -677,7 +677,7 @@ def test_an_adopted_job_that_ended_is_read_from_its_own_eventlog(flux_uri: str) 
     import flux
     import flux.job
 
-    from matensemble.backends.flux_recovery import _ending_from_eventlog
+    from matensemble.backends.flux_job import ending_from_eventlog
 
     handle = flux.Flux(flux_uri)
     commands = [["true"], ["false"], ["sh", "-c", "kill -9 $$"], ["sleep", "30"]]
@@ -689,6 +689,6 @@ def test_an_adopted_job_that_ended_is_read_from_its_own_eventlog(flux_uri: str) 
     for jobid in ids:
         flux.job.wait(handle, jobid)
     channel: Any = types.SimpleNamespace(flux=flux, handle=handle)
-    endings = [_ending_from_eventlog(channel, jobid) for jobid in ids]
+    endings = [ending_from_eventlog(channel.flux, channel.handle, jobid) for jobid in ids]
     assert endings[:3] == [(0, None), (1 << 8, None), ((128 + 9) << 8, None)]
     assert endings[3][1] is not None and endings[3][1][0] == "cancel"

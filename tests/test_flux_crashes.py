@@ -45,6 +45,18 @@ def instance_cores(uri: str) -> int:
     return sum(len(n.cores) for n in read_inventory(status, driver_rank=0)[0])
 
 
+def not_succeeded(tmp_path: Path) -> list[tuple[str, str, str | None]]:
+    """(id, state, reason) of every final result in the journal that is not a success."""
+    return [
+        (e.result.id, e.result.state.value, e.result.reason)
+        for e in read_journal(tmp_path / "run" / JOURNAL_NAME)
+        if isinstance(e, TaskFinished)
+        and e.retry_in is None
+        and not e.interrupted
+        and not e.result.ok
+    ]
+
+
 def driver(args: list[str], cwd: Path, uri: str, k: int) -> subprocess.Popen[bytes]:
     env = {**os.environ, "FLUX_URI": uri, "PYTHONPATH": os.pathsep.join(sys.path)}
     command = [sys.executable, "-m", "matensemble", *args, "--backend", "flux", "--no-progress"]
@@ -102,7 +114,8 @@ def test_random_sigkills_under_flux_lose_nothing_and_never_rerun_an_adopted_job(
                 unjournaled[task_id] += 1
     else:
         proc = driver(args, tmp_path, fresh_uri, k)
-        assert proc.wait(timeout=600) == 0, proc.stderr.read() if proc.stderr else ""
+        code = proc.wait(timeout=600)
+        assert code == 0, (proc.stderr.read() if proc.stderr else b"", not_succeeded(tmp_path))
     assert crashes >= kills // 2, f"the run ended after {crashes} kills; make the tasks longer"
     ends = Counter(
         (e.result.id, e.result.state)

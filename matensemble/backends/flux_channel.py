@@ -23,7 +23,7 @@ from typing import Any
 
 from matensemble.backends.base import Launch, LaunchKey, Outcome
 from matensemble.backends.flux_inventory import InventoryMap
-from matensemble.backends.flux_job import FluxJob, outcome_of
+from matensemble.backends.flux_job import FluxJob, ending_from_eventlog, outcome_of
 from matensemble.backends.flux_reactor import FluxReactorBridge
 from matensemble.backends.flux_watched import JobEvents, WatchedJobs
 from matensemble.errors import BackendError
@@ -301,8 +301,12 @@ class FluxChannel:
                 self._report(outcome_of(job, self.prefix + str(jobid)))
         elif name == "clean":
             del self._by_id[jobid]
-            if self._jobs.get(job.launch.key) is job:  # it never ran
+            if self._jobs.get(job.launch.key) is job:  # it never ran, or we missed its end
                 del self._jobs[job.launch.key]
+                if job.status is None and job.exception is None:
+                    # Neither a finish nor an exception seen: an adopted job that ended
+                    # before it was followed (job-list lags behind); its eventlog knows.
+                    job.status, job.exception = ending_from_eventlog(self.flux, self.handle, jobid)
                 self._report(outcome_of(job, self.prefix + str(jobid)))
             else:
                 self._cleaning -= 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -10,7 +11,7 @@ from matensemble.backends.base import Launch, Outcome
 from matensemble.backends.flux_inventory import InventoryMap
 from matensemble.model import Placement, TaskState
 
-__all__ = ["FluxJob", "outcome_of"]
+__all__ = ["FluxJob", "ending_from_eventlog", "outcome_of"]
 
 
 class FluxJob:
@@ -104,3 +105,26 @@ def outcome_of(job: FluxJob, job_id: str | None) -> Outcome:
     return Outcome(
         state=TaskState.FAILED, returncode=returncode, reason=f"exit code {returncode}", **common
     )
+
+
+def ending_from_eventlog(
+    flux: Any, handle: Any, jobid: int
+) -> tuple[int | None, tuple[str, str] | None]:
+    """The wait status of an ended job's ``finish`` event and its first fatal exception, read
+    from the job's eventlog in the KVS (what job-list derives its answer from). The job is
+    inactive, but its last events may not be committed yet: wait for ``clean``, its last."""
+    try:
+        flux.job.event_wait(handle, jobid, "clean", raiseJobException=False)
+        found = flux.job.job_kvs_lookup(handle, jobid, keys=["eventlog"])
+    except OSError:
+        return None, None
+    status: int | None = None
+    exception: tuple[str, str] | None = None
+    for line in str((found or {}).get("eventlog") or "").splitlines():
+        event = json.loads(line)
+        context = event.get("context") or {}
+        if event.get("name") == "finish" and "status" in context:
+            status = int(context["status"])
+        elif event.get("name") == "exception" and context.get("severity", 0) == 0:
+            exception = exception or (str(context.get("type")), str(context.get("note") or ""))
+    return status, exception

@@ -119,7 +119,6 @@ class Partition:
         self.reused = False
         self.on_end: Callable[[Partition, str], None] = lambda p, why: None
         self._R: Any = None  # the child's resources, as the enclosing instance allocated them
-        self._reused_uri: str | None = None
         loop = asyncio.get_running_loop()
         self._uri: asyncio.Future[str] = loop.create_future()
         self._clean: asyncio.Future[None] = loop.create_future()
@@ -178,10 +177,8 @@ class Partition:
 
     async def open(self, token: str, make_channel: Callable[[Any, str], FluxChannel]) -> None:
         """Submit the child instance (unless taken over), connect, and read its nodes."""
-        if self._reused_uri is not None:
-            await self.connect(self._reused_uri, make_channel)
-            return
-        self.parent.submit_watched(self.jobspec(token), self.plan.tag(), self.events)
+        if not self.reused:
+            self.parent.submit_watched(self.jobspec(token), self.plan.tag(), self.events)
         await self.connect(await self._uri, make_channel)
 
     async def connect(self, uri: str, make_channel: Callable[[Any, str], FluxChannel]) -> None:
@@ -232,7 +229,7 @@ class Partition:
         """Take over a live child instance an earlier driver left (see ``orphans``)."""
         self.jobid = jobid
         self.reused = True
-        self._reused_uri = uri
+        self._uri.set_result(uri)  # resolved: an end later has no one left to tell through it
         self.parent.watch(jobid, self.events)
 
 

@@ -6,12 +6,11 @@ Blocking RPCs (job list, KVS lookups), made once, before anything is launched.
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Sequence
 
 from matensemble.backends.base import Launch, Outcome
 from matensemble.backends.flux_channel import FluxChannel
-from matensemble.backends.flux_job import outcome_of
+from matensemble.backends.flux_job import ending_from_eventlog, outcome_of
 
 __all__ = ["adopt_job", "cancel_and_wait", "leftover_jobs"]
 
@@ -52,32 +51,9 @@ def adopt_job(channel: FluxChannel, launch: Launch, jobid: int) -> bool | Outcom
     if "waitstatus" in info:
         job.status = int(info["waitstatus"])
     elif job.exception is None:  # job-list may lag behind the job's own eventlog
-        job.status, job.exception = _ending_from_eventlog(channel, jobid)
+        job.status, job.exception = ending_from_eventlog(channel.flux, channel.handle, jobid)
     channel.unfollow(job)
     return outcome_of(job, channel.prefix + str(jobid))
-
-
-def _ending_from_eventlog(
-    channel: FluxChannel, jobid: int
-) -> tuple[int | None, tuple[str, str] | None]:
-    """The wait status of an ended job's ``finish`` event and its first fatal exception, read
-    from the job's eventlog in the KVS (what job-list derives its answer from). The job is
-    inactive, but its last events may not be committed yet: wait for ``clean``, its last."""
-    try:
-        channel.flux.job.event_wait(channel.handle, jobid, "clean", raiseJobException=False)
-        found = channel.flux.job.job_kvs_lookup(channel.handle, jobid, keys=["eventlog"])
-    except OSError:
-        return None, None
-    status: int | None = None
-    exception: tuple[str, str] | None = None
-    for line in str((found or {}).get("eventlog") or "").splitlines():
-        event = json.loads(line)
-        context = event.get("context") or {}
-        if event.get("name") == "finish" and "status" in context:
-            status = int(context["status"])
-        elif event.get("name") == "exception" and context.get("severity", 0) == 0:
-            exception = exception or (str(context.get("type")), str(context.get("note") or ""))
-    return status, exception
 
 
 def leftover_jobs(channel: FluxChannel, run_id: str | None, names: set[str] | None) -> list[int]:
