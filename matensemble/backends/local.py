@@ -19,7 +19,6 @@ while its leader is an unreaped zombie). A child that starts its own session (a 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import select
 import shutil
@@ -36,6 +35,7 @@ from matensemble.backends.base import Backend, Launch, LaunchKey, Outcome, Repor
 from matensemble.backends.local_inventory import (
     CAN_PIN,
     detect_gpus,
+    kill_group,
     kill_leftovers,
     select_cores,
     select_gpus,
@@ -251,7 +251,7 @@ class LocalBackend(Backend):
 
     def _exited(self, run: _Run, pid: int, rank: int) -> None:
         """``pid`` is a zombie: kill what it left in its group, reap it, account for it."""
-        _killpg(pid, signal.SIGKILL)
+        kill_group(pid, signal.SIGKILL)
         code = _reap(pid)
         run.procs.discard(pid)
         if code != 0 and run.failure is None:
@@ -320,7 +320,7 @@ class LocalBackend(Backend):
     @staticmethod
     def _signal(run: _Run, signum: int) -> None:
         for pid in run.procs:  # unreaped leaders only, so each group id is still theirs
-            _killpg(pid, signum)
+            kill_group(pid, signum)
 
     async def close(self) -> None:
         """Cancel every running launch and return once each has reported its outcome.
@@ -378,11 +378,6 @@ class LocalBackend(Backend):
 
 def _is_stopping(run: object) -> bool:
     return isinstance(run, _Run) and run.stopping
-
-
-def _killpg(pgid: int, signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signum)
 
 
 def _reap(pid: int) -> int | None:

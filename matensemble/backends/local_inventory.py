@@ -17,6 +17,7 @@ __all__ = [
     "CAN_PIN",
     "detect_gpus",
     "find_run_processes",
+    "kill_group",
     "kill_leftovers",
     "select_cores",
     "select_gpus",
@@ -136,3 +137,9 @@ async def _wait_gone(pids: Sequence[int]) -> None:
 def _settle(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
+
+
+def kill_group(pgid: int, signum: int = signal.SIGKILL) -> None:
+    """Signal a task's process group; a group already gone (or no longer ours) is left be."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signum)

@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from queue import SimpleQueue
 from typing import NamedTuple
 
-from matensemble.backends.local_inventory import CAN_PIN
+from matensemble.backends.local_inventory import CAN_PIN, kill_group
 from matensemble.backends.local_plan import Process, describe_spawn_error
 from matensemble.backends.local_spawn import spawn
 
@@ -100,7 +100,7 @@ class Spawners:
             self._killed = True
             for started in self._done:
                 for _, pid, _ in started.processes:
-                    _killpg(pid, signal.SIGKILL)
+                    kill_group(pid, signal.SIGKILL)
 
     def close(self) -> None:
         """Let the workers end once their queued launches are started."""
@@ -139,7 +139,7 @@ class Spawners:
         with self._lock:
             if self._killed:
                 for _, pid, _ in started.processes:
-                    _killpg(pid, signal.SIGKILL)
+                    kill_group(pid, signal.SIGKILL)
             self._done.append(started)  # before its exit can be seen: the loop takes it first
             for _, _, pidfd in started.processes:
                 self._exits.register(pidfd, select.EPOLLIN)
@@ -172,12 +172,7 @@ def _start(process: Process, cwd: str, fds: tuple[int, int, int]) -> tuple[str |
     try:
         return None, pid, os.pidfd_open(pid)
     except OSError as exc:  # out of file descriptors: leave no process unwatched
-        _killpg(pid, signal.SIGKILL)
+        kill_group(pid, signal.SIGKILL)
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, 0)
         return f"cannot watch the process: {exc}", -1, -1
-
-
-def _killpg(pgid: int, signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signum)

@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -39,6 +38,7 @@ from matensemble.backends.base import (
     task_environment,
 )
 from matensemble.backends.local import LocalBackend
+from matensemble.backends.local_inventory import kill_group
 from matensemble.backends.local_plan import describe_exit
 from matensemble.backends.task_files import prepare_task_outputs
 from matensemble.errors import BackendError
@@ -190,7 +190,7 @@ class WarmLocalBackend(Backend):
     def kill(self) -> None:
         self.inner.kill()
         for worker in list(self._workers):
-            _killpg(worker.proc.pid)
+            kill_group(worker.proc.pid)
 
     # -- the pool ---------------------------------------------------------------------------------
 
@@ -297,7 +297,7 @@ class WarmLocalBackend(Backend):
         """Kill the call's worker (the call's verdict stands); the next call gets a new one."""
         if call.verdict is None:
             call.verdict = (state, reason)
-        _killpg(call.worker.proc.pid)
+        kill_group(call.worker.proc.pid)
 
     def _too_big(self, worker: _Worker) -> bool:
         if self.max_rss_mb is None:
@@ -321,10 +321,5 @@ class WarmLocalBackend(Backend):
         os.close(worker.replies)
         with contextlib.suppress(OSError):
             worker.proc.stdin.close()  # type: ignore[union-attr]
-        _killpg(worker.proc.pid)
+        kill_group(worker.proc.pid)
         worker.proc.wait()
-
-
-def _killpg(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
