@@ -22,6 +22,10 @@ Methods, all running N ``true`` jobs (``--methods`` picks some):
 - ``raw-windowW`` (e.g. ``raw-window4``): ``raw-journal`` with novalidate that keeps only W
   jobs in Flux, submitting the next at each job's ``finish`` event, as the engine does with W
   slots: how much a bounded queue ahead of the free cores would gain (W = cores: none);
+- ``raw-windowW-ranked`` (e.g. ``raw-window8-ranked``): the same, each job constrained to one
+  broker rank, W / (slots) jobs per slot: a slot's next jobs wait in Flux's queue for that
+  rank (what queueing ahead with a placement the engine accounted would do; Fluxion's
+  first-come-first-served queue holds every later job behind one waiting for a busy rank);
 - ``ensemble``: ``Ensemble(tasks, backend=FluxBackend()).run()``, start-up included;
 - ``ensemble-k2``, ``ensemble-k4``: the same with ``FluxBackend(partitions=k)``.
 
@@ -49,7 +53,7 @@ from typing import Any
 
 RAW = ("raw-waitable", "raw-journal", "raw-novalidate")
 METHODS = (*RAW, "raw-ours", "ensemble", "ensemble-k2", "ensemble-k4")
-WINDOW = re.compile(r"raw-window(\d+)$")
+WINDOW = re.compile(r"raw-window(\d+)(-ranked)?$")
 MARK = "RESULT "
 
 
@@ -180,6 +184,55 @@ def raw_window(flux: Any, n: int, window: int) -> None:
     h.reactor_run()
 
 
+def raw_window_ranked(flux: Any, n: int, window: int) -> None:
+    """``raw_window`` with each job constrained to a broker rank: the ``window`` jobs are
+    spread evenly over the slots (one core each), and a job that finishes on a rank is
+    replaced by one for the same rank, so each slot has its next jobs queued behind it."""
+    h = flux.Flux()
+    status = h.rpc("sched.resource-status").get()
+    from matensemble.backends.flux_inventory import read_inventory
+
+    nodes, names = read_inventory(status, driver_rank=0)
+    slots = [names.rank(node.name) for node in nodes for _ in node.cores]
+    specs: dict[int, str] = {}
+    for rank in set(slots):
+        spec = flux.job.JobspecV1.from_command(["true"])
+        spec.setattr("system.constraints", {"ranks": [str(rank)]})
+        specs[rank] = spec.dumps()
+    counts = {"sent": 0, "clean": 0}
+    rank_of: dict[int, int] = {}
+
+    def submit(rank: int) -> None:
+        if counts["sent"] < n:
+            counts["sent"] += 1
+            flux.job.submit_async(h, specs[rank], novalidate=True)
+
+    def on_journal(f: Any) -> None:
+        payload = f.get()
+        f.reset()
+        jobid = payload["id"]
+        for event in payload["events"]:
+            if event["name"] == "submit":
+                ranks = payload["jobspec"]["attributes"]["system"]["constraints"]["ranks"]
+                rank_of[jobid] = int(ranks[0])
+            elif event["name"] == "finish":
+                submit(rank_of[jobid])
+            elif event["name"] == "clean":
+                counts["clean"] += 1
+                if counts["clean"] == n:
+                    h.reactor_stop()
+
+    journal = h.rpc(
+        "job-manager.events-journal",
+        {"full": False, "allow": {"submit": 1, "finish": 1, "clean": 1}},
+        flags=flux.constants.FLUX_RPC_STREAMING,
+    )
+    journal.then(on_journal)
+    for i in range(window):
+        submit(slots[i % len(slots)])
+    h.reactor_run()
+
+
 def our_jobspecs(flux: Any, n: int, base: Path) -> list[str]:
     """The jobspecs the backend builds for N ``true`` tasks, spread over the ranks."""
     from matensemble import Task
@@ -239,7 +292,13 @@ def inner(method: str, n: int, profile: str | None) -> None:
         }
         window = WINDOW.match(method)
         if window:
-            runs[method] = lambda: raw_window(flux, n, int(window.group(1)))
+            width = int(window.group(1))
+            ranked = window.group(2) is not None
+            runs[method] = (
+                (lambda: raw_window_ranked(flux, n, width))
+                if ranked
+                else (lambda: raw_window(flux, n, width))
+            )
         cpu0, flux0, t0 = time.process_time(), flux_cpu_seconds(brokers), time.perf_counter()
         if profile:
             import cProfile
