@@ -121,13 +121,17 @@ class Dispatcher:
         deadline: float | None,
         in_flight: Callable[[], int],
         start: Callable[[Record, Placement], None],
+        backfill: bool | None = None,
     ) -> bool:
         """Start ready tasks in strategy order while they fit, with backfill if enabled.
 
         ``start`` is called for each task chosen, with the placement allocated in ``pool``;
-        ``in_flight`` counts running tasks for the completion policy. Returns whether the
-        deadline held back a task that could not finish before it.
+        ``in_flight`` counts running tasks for the completion policy; ``backfill`` overrides
+        the strategy's (``False``: the first task that does not fit ends the pass). Returns
+        whether the deadline held back a task that could not finish before it.
         """
+        if backfill is None:
+            backfill = self.strategy.backfill
         heap, front = self._ready, self._front
         at = 0  # next entry of ``front`` to read
         put_back: list[tuple[Any, ...]] = []
@@ -186,7 +190,7 @@ class Dispatcher:
                     break  # every shape that waits failed to fit: nothing more can start
                 if head is None:
                     head = rec
-                    if not self.strategy.backfill:
+                    if not backfill:
                         break
                     kept = self._kept
                     if kept and kept[0] is rec and kept[1] == rec.entry and now < kept[2].shadow:

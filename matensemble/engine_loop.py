@@ -64,15 +64,34 @@ class EngineLoop(RunState):
             in_flight=lambda: len(self._running),
             start=lambda rec, placement: starts.append(self._start(rec, placement, now)),
         )
+        ahead = self._ahead
+        if ahead is not None:  # book each node's next tasks (in order, no backfill)
+            held = (
+                self._dispatch.select(
+                    ahead.pool,
+                    now,
+                    self._deadline,
+                    in_flight=lambda: len(self._running),
+                    start=lambda rec, placement: starts.append(
+                        self._start(rec, placement, now, booked=True)
+                    ),
+                    backfill=False,
+                )
+                or held
+            )
         return starts, held
 
-    def _start(self, rec: Record, placement: Placement, now: float) -> Launch:
+    def _start(self, rec: Record, placement: Placement, now: float, booked: bool = False) -> Launch:
         task = rec.task
         rec.state = TaskState.RUNNING
         rec.attempts += 1
         rec.placement = placement
         rec.start = now
-        self._dispatch.running(rec, now)
+        if booked:
+            assert self._ahead is not None
+            self._ahead.book(rec)
+        else:
+            self._dispatch.running(rec, now)
         counts = self._counts
         counts[TaskState.READY] -= 1
         counts[TaskState.RUNNING] += 1
@@ -153,10 +172,8 @@ class EngineLoop(RunState):
         if rec is None or rec.state is not TaskState.RUNNING or rec.attempts != attempt:
             self._log.warning("stale_outcome", task_id=task_id, attempt=attempt)
             return
-        assert self._pool is not None
-        self._pool.release(rec.placement)
+        self._release(rec)
         del self._running[task_id]
-        self._dispatch.ended(rec)
         self._counts[TaskState.RUNNING] -= 1
         self._counts[TaskState.PENDING] += 1
         rec.state = TaskState.PENDING

@@ -17,6 +17,7 @@ from matensemble.events import RunStarted
 from matensemble.journal import Journal, Replay
 from matensemble.logging import make_logger
 from matensemble.model import Placement, Task, TaskState
+from matensemble.queue_ahead import QueueAhead
 from matensemble.resources import ResourcePool
 from matensemble.resume import (
     adopt_left_running,
@@ -63,6 +64,8 @@ class EngineStart(EngineStop):
             self.backend.job_ids = self._on_job_id
             inventory = await self.backend.open(self._on_outcome, self._tg)
             self._pool = ResourcePool(inventory)
+            if self.backend.queue_ahead:
+                self._ahead = QueueAhead(inventory)
             self._dispatch.use_pool(self._pool)
             # Check everything before the first byte is written, so that bad input leaves
             # no trace and a resume refused here leaves the journal as it was.
@@ -142,8 +145,9 @@ class EngineStart(EngineStop):
         assert self._pool is not None
         if past.torn_line is not None:
             self._log.warning("journal_torn_line_skipped", line=past.torn_line)
+        ahead = self._ahead.pool if self._ahead is not None else None
         adopted = await adopt_left_running(
-            past, self._pool, self.backend, self._tasks_dir, self.run_id, self._log
+            past, self._pool, self.backend, self._tasks_dir, self.run_id, self._log, ahead
         )
         reopened = restore_records(past, self._records, self._counts, self._finished)
         self._reopen(reopened, adopted)
@@ -152,8 +156,9 @@ class EngineStart(EngineStop):
             self.run_id, [(i, past.attempts[i]) for i in past.was_running if i not in adopted]
         )
 
-    def _reopen(self, reopened: list[Task], adopted: dict[str, Placement]) -> None:
-        """Open the journal's unfinished tasks again; those in ``adopted`` are running."""
+    def _reopen(self, reopened: list[Task], adopted: dict[str, tuple[Placement, bool]]) -> None:
+        """Open the journal's unfinished tasks again; those in ``adopted`` are running (or,
+        with their flag set, booked behind running ones: see ``QueueAhead``)."""
         records = self._records
         self._counts[TaskState.PENDING] += len(reopened)
         self._open += len(reopened)
@@ -164,10 +169,14 @@ class EngineStart(EngineStop):
             if task_id not in adopted:
                 self._make_ready(rec)
                 continue
-            rec.state, rec.placement, rec.start = TaskState.RUNNING, adopted[task_id], now
+            placement, booked = adopted[task_id]
+            rec.state, rec.placement, rec.start = TaskState.RUNNING, placement, now
             self._counts[TaskState.PENDING] -= 1
             self._counts[TaskState.RUNNING] += 1
             self._running[task_id] = rec
-            self._dispatch.running(rec, now)
+            if booked and self._ahead is not None:
+                self._ahead.book(rec)
+            else:
+                self._dispatch.running(rec, now)
         for task_id, upstream in skipped:
             self._skip(records[task_id], upstream)

@@ -29,6 +29,7 @@ from matensemble.journal import Journal
 from matensemble.logging import EnsembleLogger
 from matensemble.model import Resources, Task, TaskResult, TaskState
 from matensemble.observer import Observer
+from matensemble.queue_ahead import QueueAhead
 from matensemble.resources import ResourcePool
 from matensemble.rundir import RunDirectoryLock
 from matensemble.strategies import CompletionPolicy, RetryPolicy, SubmissionOrder
@@ -87,6 +88,7 @@ class RunState:
         self._records: dict[str, Record] = {}
         self._graph = DependencyGraph()
         self._pool: ResourcePool | None = None
+        self._ahead: QueueAhead | None = None  # tasks booked behind running ones, if queued
         self._never_fits: dict[Resources, str | None] = {}
         self._dispatch = Dispatcher(self.strategy, self.completion)
         self._running: dict[str, Record] = {}
@@ -212,10 +214,8 @@ class RunState:
     def _finish(self, rec: Record, state: TaskState, *, reason: str, cascade: bool = True) -> None:
         """End a task that did not run to an outcome (cancelled, skipped)."""
         if rec.state is TaskState.RUNNING:
-            assert self._pool is not None
-            self._pool.release(rec.placement)
+            self._release(rec)
             del self._running[rec.task.id]
-            self._dispatch.ended(rec)
         result = TaskResult(
             id=rec.task.id, state=state, attempts=rec.attempts, reason=reason, tags=rec.task.tags
         )
@@ -223,6 +223,22 @@ class RunState:
             self._complete(rec, result)
         else:
             self._set_terminal(rec, result)
+
+    def _release(self, rec: Record) -> None:
+        """A running attempt ended: give back what it holds; tasks booked behind it on its
+        nodes move in (see ``QueueAhead``)."""
+        ahead, pool = self._ahead, self._pool
+        assert pool is not None
+        if ahead is not None and ahead.holds(rec):
+            ahead.drop(rec)
+            return
+        pool.release(rec.placement)
+        self._dispatch.ended(rec)
+        if ahead is not None and len(ahead):
+            now = self.backend.now()
+            for moved in ahead.move_in(rec.placement, pool):
+                moved.start = now
+                self._dispatch.running(moved, now)
 
     def _interrupt(self, reason: str) -> None:
         """Start nothing more; what is cancelled from now on is run again on resume."""

@@ -145,17 +145,26 @@ async def adopt_left_running(
     tasks_dir: Path,
     run_id: str,
     log: Any,
-) -> dict[str, Placement]:
+    ahead: ResourcePool | None = None,
+) -> dict[str, tuple[Placement, bool]]:
     """Offer the backend the launches a crashed session left running (with a job id).
 
-    Their resources are claimed first, exactly as they were placed; what the backend does
-    not take over is released again and runs anew. Returns the placement of each task the
-    backend took over.
+    Their resources are claimed first, exactly as they were placed, in ``pool``, or else
+    (a launch that was queued ahead, see ``QueueAhead``) in ``ahead``; what the backend does
+    not take over is released again and runs anew. Returns, for each task the backend took
+    over, its placement and whether it was claimed in ``ahead``.
     """
     offers = []
+    layers: dict[str, ResourcePool] = {}
     for task_id in past.was_running:
         job_id, placement = past.job_ids.get(task_id), past.placements.get(task_id)
-        if job_id is None or placement is None or not pool.claim(placement):
+        if job_id is None or placement is None:
+            continue
+        if pool.claim(placement):
+            layers[task_id] = pool
+        elif ahead is not None and ahead.claim(placement):
+            layers[task_id] = ahead
+        else:
             continue
         launch = Launch(
             task=past.tasks[task_id],
@@ -168,11 +177,12 @@ async def adopt_left_running(
     taken = await backend.adopt(offers) if offers else set()
     adopted = {}
     for launch, job_id in offers:
+        layer = layers[launch.task.id]
         if launch.key in taken:
-            adopted[launch.task.id] = launch.placement
+            adopted[launch.task.id] = (launch.placement, layer is not pool)
             log.info("task_adopted", task_id=launch.task.id, job_id=job_id)
         else:
-            pool.release(launch.placement)
+            layer.release(launch.placement)
     return adopted
 
 
@@ -201,7 +211,7 @@ def restore_records(
 
 
 def replay_figures(
-    past: Replay, adopted: Mapping[str, Placement], reopened: list[Task]
+    past: Replay, adopted: Mapping[str, object], reopened: list[Task]
 ) -> dict[str, int]:
     """What a resume took from the journal, as log fields."""
     return {

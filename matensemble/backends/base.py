@@ -193,6 +193,12 @@ class Backend(abc.ABC):
     async def close(self) -> None:
         """Cancel everything still running and wait for each launch's outcome."""
 
+    queue_ahead: bool = False
+    """True when the backend holds launches in a queue of its own and starts each on its
+    placement as soon as the launches before it there have ended (Flux): the engine then books
+    each node's next tasks behind the running ones and launches them early (see
+    ``matensemble.queue_ahead``)."""
+
     virtual_clock: bool = False
     """True when ``now()`` is not wall-clock time (the engine then sets no real timers)."""
 

@@ -1,0 +1,98 @@
+"""Queueing ahead: each node's next tasks booked behind the ones running there.
+
+A backend with a queue of its own (Flux: a job constrained to some broker ranks waits in the
+instance's queue until they have room) starts a launch the moment the resources of the one
+before it are free, without the round trip through the driver (the outcome, the engine's pass,
+the submit, the scheduler). A backend asks for it with ``Backend.queue_ahead``; the engine then
+keeps a second layer of the inventory here, and only ever queues a task with a placement it
+accounted on that layer:
+
+- **Booking.** When the free resources are taken, the producer books further ready tasks, in
+  strategy order and without backfill (the first that does not fit the second layer ends the
+  pass, so nothing overtakes a large task there), on the second layer. A booked task is
+  launched at once and counts as running; its placement names the nodes it will run on.
+- **Moving in.** When a task ends, the tasks booked on its nodes move into the pool, in the
+  order they were booked, as far as the freed resources hold them: they take the free ids of
+  the same nodes there, and from then on count for the backfill reservation and the node drain
+  like any task that started. The backend starts them there (Flux frees the ranks, its queue
+  starts the next job on them).
+- **Ending early.** A booked task that ends before it moved in (cancelled while queued, or
+  refused) gives its booking back.
+
+The cost, what is documented for Flux in ``docs/flux.md``: twice as many launches in the
+backend as slots; the journal's ``task_started`` of a booked task is the moment it was
+launched (its result's ``start_time`` is the backend's own start); the backfill reservation
+plans with the booked tasks only once they moved in.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Sequence
+
+from matensemble.dispatch import Record
+from matensemble.model import Placement, Slot
+from matensemble.resources import NodeSpec, ResourcePool
+
+__all__ = ["QueueAhead"]
+
+
+class QueueAhead:
+    """The second layer of the inventory, and the tasks booked on it, per node in order."""
+
+    def __init__(self, nodes: Sequence[NodeSpec]) -> None:
+        self.pool = ResourcePool(nodes)
+        self._booked: dict[str, int] = {}  # task id -> attempt, while booked
+        self._lines: dict[str, deque[tuple[Record, int]]] = {n.name: deque() for n in nodes}
+
+    def __len__(self) -> int:
+        return len(self._booked)
+
+    def book(self, rec: Record) -> None:
+        """``rec`` (running attempt, ``rec.placement`` on this layer) is booked."""
+        self._booked[rec.task.id] = rec.attempts
+        for slot in rec.placement:
+            self._lines[slot.node].append((rec, rec.attempts))
+
+    def holds(self, rec: Record) -> bool:
+        """Whether ``rec``'s running attempt is booked here (it has not moved in)."""
+        return self._booked.get(rec.task.id) == rec.attempts
+
+    def drop(self, rec: Record) -> None:
+        """``rec``'s attempt ended while booked: give its booking back."""
+        del self._booked[rec.task.id]
+        self.pool.release(rec.placement)
+        # Its entries in the lines are skipped when they come to the front.
+
+    def move_in(self, freed: Iterable[Slot], pool: ResourcePool) -> list[Record]:
+        """Move the tasks booked on the nodes of ``freed`` into ``pool``, each line in order,
+        while they fit there; return them (``placement`` now in ``pool``)."""
+        moved: list[Record] = []
+        for slot in freed:
+            line = self._lines[slot.node]
+            while line:
+                rec, attempt = line[0]
+                if self._booked.get(rec.task.id) != attempt:
+                    line.popleft()  # ended, or moved in through another of its nodes
+                    continue
+                placement = _same_nodes(rec.placement, pool)
+                if placement is None or not pool.claim(placement):
+                    break  # the first in line waits for more room: so do those behind it
+                line.popleft()
+                del self._booked[rec.task.id]
+                self.pool.release(rec.placement)
+                rec.placement = placement
+                moved.append(rec)
+        return moved
+
+
+def _same_nodes(booked: Placement, pool: ResourcePool) -> Placement | None:
+    """As many free core and GPU ids of ``pool`` on each node as ``booked`` holds there;
+    ``None`` if some node has not that many free."""
+    slots = []
+    for slot in booked:
+        cores, gpus = pool.free_on(slot.node)
+        if len(cores) < len(slot.cores) or len(gpus) < len(slot.gpus):
+            return None
+        slots.append(Slot(slot.node, cores[: len(slot.cores)], gpus[: len(slot.gpus)]))
+    return tuple(slots)
