@@ -27,6 +27,8 @@ Methods, all running N ``true`` jobs (``--methods`` picks some):
   rank (what queueing ahead with a placement the engine accounted would do; Fluxion's
   first-come-first-served queue holds every later job behind one waiting for a busy rank);
 - ``ensemble``: ``Ensemble(tasks, backend=FluxBackend()).run()``, start-up included;
+- ``ensemble-ahead``: the same with ``FluxBackend(queue_ahead=True)`` (each slot's next task
+  queued in Flux behind the running one);
 - ``ensemble-k2``, ``ensemble-k4``: the same with ``FluxBackend(partitions=k)``.
 
 Each line gives jobs/s, the driver's CPU per job, and the brokers' CPU per job (the brokers
@@ -52,7 +54,7 @@ from pathlib import Path
 from typing import Any
 
 RAW = ("raw-waitable", "raw-journal", "raw-novalidate")
-METHODS = (*RAW, "raw-ours", "ensemble", "ensemble-k2", "ensemble-k4")
+METHODS = (*RAW, "raw-ours", "ensemble", "ensemble-ahead", "ensemble-k2", "ensemble-k4")
 WINDOW = re.compile(r"raw-window(\d+)(-ranked)?$")
 MARK = "RESULT "
 
@@ -259,12 +261,12 @@ def our_jobspecs(flux: Any, n: int, base: Path) -> list[str]:
     return specs
 
 
-async def ensemble(n: int, run_dir: Path, partitions: int) -> None:
+async def ensemble(n: int, run_dir: Path, partitions: int, ahead: bool = False) -> None:
     from matensemble import Ensemble, Task  # imported before the clock starts, see inner()
     from matensemble.backends.flux import FluxBackend
 
     tasks = [Task(id=f"t{i}", command=("true",)) for i in range(n)]
-    backend = FluxBackend(partitions=partitions) if partitions > 1 else FluxBackend()
+    backend = FluxBackend(partitions=partitions, queue_ahead=ahead)
     summary = await Ensemble(tasks, backend=backend, run_dir=run_dir).run()
     assert summary.counts["succeeded"] == n, summary.counts
 
@@ -287,6 +289,7 @@ def inner(method: str, n: int, profile: str | None) -> None:
             "raw-novalidate": lambda: raw_waitable(flux, n, novalidate=True),
             "raw-ours": lambda: raw_waitable(flux, n, specs, novalidate=True),
             "ensemble": lambda: asyncio.run(ensemble(n, base / "run", 1)),
+            "ensemble-ahead": lambda: asyncio.run(ensemble(n, base / "run", 1, ahead=True)),
             "ensemble-k2": lambda: asyncio.run(ensemble(n, base / "run", 2)),
             "ensemble-k4": lambda: asyncio.run(ensemble(n, base / "run", 4)),
         }

@@ -68,6 +68,9 @@ class FluxBackend(Backend):
             affinity, output appended to the task's files).
         partitions: run the jobs in this many child Flux instances started inside the
             allocation, each with its own scheduler (1: in the enclosing instance itself).
+        queue_ahead: keep each slot's next task queued in Flux behind the running one,
+            constrained to the ranks the engine booked for it (see
+            ``matensemble.queue_ahead``), so that Flux starts it the moment the slot frees.
     """
 
     name = "flux"
@@ -82,6 +85,7 @@ class FluxBackend(Backend):
         queue: str | None = None,
         shell_options: Mapping[str, Any] | None = None,
         partitions: int = 1,
+        queue_ahead: bool = False,
     ) -> None:
         if type(reserve_driver_cores) is not int or reserve_driver_cores < 0:
             raise ValueError(f"reserve_driver_cores must be an int >= 0: {reserve_driver_cores!r}")
@@ -89,6 +93,7 @@ class FluxBackend(Backend):
             raise ValueError(f"partitions must be an int >= 1: {partitions!r}")
         if partitions > 1 and reserve_driver_cores:
             raise ValueError("reserve_driver_cores cannot be combined with partitions > 1")
+        self.queue_ahead = bool(queue_ahead)
         self._uri = uri
         self._options: dict[str, Any] = {
             "pmi": pmi,
