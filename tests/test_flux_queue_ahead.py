@@ -1,0 +1,157 @@
+"""Queue-ahead under a real broker: ``FluxBackend(queue_ahead=True)`` on ``--test-size=2``.
+
+The instance has 2 brokers of 2 cores (this machine's), so 4 slots: each slot's next task is
+queued in Flux behind the running one, on the rank the engine booked for it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+import pytest
+
+from matensemble import Ensemble
+from matensemble.backends.flux import FluxBackend
+from matensemble.events import RunStarted, TaskStarted
+from matensemble.journal import read_journal, replay
+from matensemble.model import Task, TaskState
+
+from flux_instance import active_jobs, flux_python, flux_uri
+
+__all__ = ["flux_python", "flux_uri"]  # fixtures, re-exported so pytest finds them
+
+pytestmark = pytest.mark.flux
+
+
+def sh(task_id: str, script: str) -> Task:
+    return Task(id=task_id, command=("sh", "-c", script))
+
+
+def lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 60) -> None:
+    """Wait (in a thread: the test watches Flux, not the engine) until ``condition()``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def most_jobs_in_flux_at_once(results: list[tuple[float, float]]) -> int:
+    """The largest number of (submit, end) intervals open at one moment."""
+    moments = sorted([(s, 1) for s, _ in results] + [(e, -1) for _, e in results])
+    most = now = 0
+    for _, step in moments:
+        now += step
+        most = max(most, now)
+    return most
+
+
+async def test_queued_ahead_tasks_all_succeed_on_the_nodes_the_engine_booked(
+    flux_uri: str, tmp_path: Path
+) -> None:
+    tasks = [sh(f"t{i:02d}", "sleep 0.2") for i in range(24)]
+    backend = FluxBackend(flux_uri, queue_ahead=True)
+    with anyio.fail_after(90):
+        summary = await Ensemble(tasks, backend=backend, run_dir=tmp_path).run()
+    assert summary.counts["succeeded"] == 24
+    events = list(read_journal(tmp_path / "journal.jsonl"))
+    slots = next(e.cores for e in events if isinstance(e, RunStarted))
+    booked = {e.id: {s.node for s in e.placement} for e in events if isinstance(e, TaskStarted)}
+    results = summary.results.values()
+    for result in results:
+        assert {s.node for s in result.placement} == booked[result.id], result
+    spans = [(r.times["submit"], r.end_time) for r in results if r.end_time is not None]
+    assert most_jobs_in_flux_at_once(spans) > slots  # some waited in Flux behind a running one
+
+
+async def test_cancelling_a_task_queued_ahead_cancels_its_pending_job(
+    flux_uri: str, tmp_path: Path
+) -> None:
+    go, ran = tmp_path / "go", tmp_path / "ran"
+    wait = f'echo "$MATENSEMBLE_TASK_ID" >> {ran}; while [ ! -e {go} ]; do sleep 0.05; done'
+    blockers = [sh(f"b{i}", wait) for i in range(4)]
+    queued = sh("queued", f'echo "$MATENSEMBLE_TASK_ID" >> {ran}')
+    with anyio.fail_after(60):
+        async with Ensemble(
+            backend=FluxBackend(flux_uri, queue_ahead=True), run_dir=tmp_path / "run"
+        ) as ens:
+            ens.submit([*blockers, queued])
+            await anyio.to_thread.run_sync(
+                wait_for, lambda: len(lines(ran)) == 4 and active_jobs(flux_uri, "queued")
+            )
+            assert ens.state("queued") is TaskState.RUNNING  # launched: pending in Flux
+            ens.cancel("queued")
+            async for result in ens.completed():
+                assert result.id == "queued"  # the first result: nothing else has ended
+                break
+            assert not active_jobs(flux_uri, "queued")
+            go.touch()
+            await ens.wait()
+    result = ens.result("queued")
+    assert result is not None and result.state is TaskState.CANCELLED
+    assert result.start_time is None  # it never started
+    assert sorted(lines(ran)) == ["b0", "b1", "b2", "b3"]
+    assert all(ens.state(f"b{i}") is TaskState.SUCCEEDED for i in range(4))
+
+
+DRIVER = """
+import asyncio, sys
+from matensemble import Ensemble, Task
+from matensemble.backends.flux import FluxBackend
+base = sys.argv[1]
+wait = f'echo "$MATENSEMBLE_TASK_ID $FLUX_JOB_ID" >> {base}/ran; '
+wait += f'while [ ! -e {base}/go ]; do sleep 0.05; done'
+tasks = [Task(id=f"w{i}", command=("sh", "-c", wait)) for i in range(5)]
+resume = f"{base}/run" if sys.argv[2] == "resume" else None
+ens = Ensemble(tasks, backend=FluxBackend(queue_ahead=True), run_dir=f"{base}/run", resume=resume)
+summary = asyncio.run(ens.run())
+sys.exit(0 if summary.counts["succeeded"] == 5 else 1)
+"""
+
+
+def test_resume_adopts_a_job_a_killed_driver_left_queued_ahead(
+    flux_uri: str, tmp_path: Path
+) -> None:
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER)
+    env = {**os.environ, "FLUX_URI": flux_uri, "PYTHONPATH": os.pathsep.join(sys.path)}
+    driver = subprocess.Popen([sys.executable, str(script), str(tmp_path), "run"], env=env)
+    ran, journal = tmp_path / "ran", tmp_path / "run" / "journal.jsonl"
+    wait_for(
+        lambda: (
+            len(lines(ran)) == 4
+            and journal.exists()
+            and journal.read_text().count("task_submitted") == 5
+        )
+    )
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    left = [j for i in range(5) for j in active_jobs(flux_uri, f"w{i}")]
+    assert len(left) == 5  # four running, one queued behind them
+    (tmp_path / "go").touch()
+    resumed = subprocess.run(
+        [sys.executable, str(script), str(tmp_path), "resume"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    ran_once = sorted(line.split()[0] for line in lines(ran))
+    assert ran_once == [f"w{i}" for i in range(5)]  # each ran once
+    past = replay(tmp_path / "run")
+    assert set(past.finished) == {f"w{i}" for i in range(5)}
+    jobs = {int(j) for j in left}
+    assert {int(r.job_id or 0) for r in past.finished.values()} == jobs  # adopted, all five
+    assert not [j for i in range(5) for j in active_jobs(flux_uri, f"w{i}")]
