@@ -1,0 +1,61 @@
+"""The second layer of the inventory that queue-ahead books on (no backend needed)."""
+
+from __future__ import annotations
+
+from matensemble.dispatch import Record
+from matensemble.model import Resources, Task
+from matensemble.queue_ahead import QueueAhead
+from matensemble.resources import NodeSpec, ResourcePool
+
+NODES = [NodeSpec("a", (0, 1)), NodeSpec("b", (0, 1))]
+
+
+def started(pool: ResourcePool, task_id: str, cores: int = 1) -> Record:
+    rec = Record(Task(id=task_id, command=("true",), resources=Resources(cores_per_rank=cores)))
+    placement = pool.allocate(rec.task.resources)
+    assert placement is not None
+    rec.attempts, rec.placement = 1, placement
+    return rec
+
+
+def test_booked_tasks_move_in_on_their_node_in_booking_order_as_far_as_they_fit() -> None:
+    pool, ahead = ResourcePool(NODES), QueueAhead(NODES)
+    running = [started(pool, f"r{i}") for i in range(4)]
+    booked = [started(ahead.pool, f"q{i}") for i in range(4)]
+    for rec in booked:
+        ahead.book(rec)
+    on_a = [rec for rec in booked if rec.placement[0].node == "a"]
+    first_on_a = next(rec for rec in running if rec.placement[0].node == "a")
+    pool.release(first_on_a.placement)
+    moved = ahead.move_in(first_on_a.placement, pool)
+    assert moved == on_a[:1]  # one core freed on a: the first booked there, nothing more
+    assert moved[0].placement[0].node == "a" and not ahead.holds(moved[0])
+    assert pool.free_cores == 0 and ahead.pool.free_cores == 1
+    assert all(ahead.holds(rec) for rec in booked if rec is not moved[0])
+
+
+def test_a_large_booked_task_holds_the_smaller_ones_behind_it_on_its_node() -> None:
+    node = [NodeSpec("a", (0, 1, 2, 3))]
+    pool, ahead = ResourcePool(node), QueueAhead(node)
+    running = [started(pool, "r0", cores=2), started(pool, "r1", cores=2)]
+    big, small = started(ahead.pool, "big", cores=3), started(ahead.pool, "small")
+    ahead.book(big)
+    ahead.book(small)
+    pool.release(running[0].placement)
+    assert ahead.move_in(running[0].placement, pool) == []  # two cores free: big waits
+    assert pool.free_cores == 2 and ahead.holds(big) and ahead.holds(small)
+    pool.release(running[1].placement)
+    assert ahead.move_in(running[1].placement, pool) == [big, small]
+    assert pool.free_cores == 0
+
+
+def test_a_booked_task_that_ends_before_moving_in_gives_its_booking_back() -> None:
+    pool, ahead = ResourcePool(NODES[:1]), QueueAhead(NODES[:1])
+    running = [started(pool, "r0"), started(pool, "r1")]
+    first, second = started(ahead.pool, "q0"), started(ahead.pool, "q1")
+    ahead.book(first)
+    ahead.book(second)
+    ahead.drop(first)  # cancelled while queued
+    assert ahead.pool.free_cores == 1 and not ahead.holds(first)
+    pool.release(running[0].placement)
+    assert ahead.move_in(running[0].placement, pool) == [second]
