@@ -153,53 +153,25 @@ def raw_journal(flux: Any, n: int) -> None:
     h.reactor_run()
 
 
-def raw_window(flux: Any, n: int, window: int) -> None:
-    """At most ``window`` jobs in Flux: the next is submitted at each ``finish`` event."""
+def raw_window(flux: Any, n: int, window: int, ranked: bool = False) -> None:
+    """At most ``window`` jobs in Flux: the next is submitted at each ``finish`` event.
+
+    ``ranked``: each job is constrained to a broker rank; the ``window`` jobs are spread
+    evenly over the slots (one core each), and a job that finishes on a rank is replaced by
+    one for the same rank, so each slot has its next jobs queued behind it.
+    """
     h = flux.Flux()
-    spec = flux.job.JobspecV1.from_command(["true"]).dumps()
-    counts = {"sent": 0, "clean": 0}
+    slots = [-1]  # rank -1: no constraint
+    if ranked:
+        from matensemble.backends.flux_inventory import read_inventory
 
-    def submit() -> None:
-        if counts["sent"] < n:
-            counts["sent"] += 1
-            flux.job.submit_async(h, spec, novalidate=True)
-
-    def on_journal(f: Any) -> None:
-        payload = f.get()
-        f.reset()
-        for event in payload["events"]:
-            if event["name"] == "finish":
-                submit()
-            elif event["name"] == "clean":
-                counts["clean"] += 1
-                if counts["clean"] == n:
-                    h.reactor_stop()
-
-    journal = h.rpc(
-        "job-manager.events-journal",
-        {"full": False, "allow": {"finish": 1, "clean": 1}},
-        flags=flux.constants.FLUX_RPC_STREAMING,
-    )
-    journal.then(on_journal)
-    for _ in range(window):
-        submit()
-    h.reactor_run()
-
-
-def raw_window_ranked(flux: Any, n: int, window: int) -> None:
-    """``raw_window`` with each job constrained to a broker rank: the ``window`` jobs are
-    spread evenly over the slots (one core each), and a job that finishes on a rank is
-    replaced by one for the same rank, so each slot has its next jobs queued behind it."""
-    h = flux.Flux()
-    status = h.rpc("sched.resource-status").get()
-    from matensemble.backends.flux_inventory import read_inventory
-
-    nodes, names = read_inventory(status, driver_rank=0)
-    slots = [names.rank(node.name) for node in nodes for _ in node.cores]
+        nodes, names = read_inventory(h.rpc("sched.resource-status").get(), driver_rank=0)
+        slots = [names.rank(node.name) for node in nodes for _ in node.cores]
     specs: dict[int, str] = {}
     for rank in set(slots):
         spec = flux.job.JobspecV1.from_command(["true"])
-        spec.setattr("system.constraints", {"ranks": [str(rank)]})
+        if rank >= 0:
+            spec.setattr("system.constraints", {"ranks": [str(rank)]})
         specs[rank] = spec.dumps()
     counts = {"sent": 0, "clean": 0}
     rank_of: dict[int, int] = {}
@@ -214,19 +186,20 @@ def raw_window_ranked(flux: Any, n: int, window: int) -> None:
         f.reset()
         jobid = payload["id"]
         for event in payload["events"]:
-            if event["name"] == "submit":
+            if event["name"] == "submit" and ranked:
                 ranks = payload["jobspec"]["attributes"]["system"]["constraints"]["ranks"]
                 rank_of[jobid] = int(ranks[0])
             elif event["name"] == "finish":
-                submit(rank_of[jobid])
+                submit(rank_of.pop(jobid, -1))
             elif event["name"] == "clean":
                 counts["clean"] += 1
                 if counts["clean"] == n:
                     h.reactor_stop()
 
+    allow = {"finish": 1, "clean": 1, **({"submit": 1} if ranked else {})}
     journal = h.rpc(
         "job-manager.events-journal",
-        {"full": False, "allow": {"submit": 1, "finish": 1, "clean": 1}},
+        {"full": False, "allow": allow},
         flags=flux.constants.FLUX_RPC_STREAMING,
     )
     journal.then(on_journal)
@@ -295,13 +268,8 @@ def inner(method: str, n: int, profile: str | None) -> None:
         }
         window = WINDOW.match(method)
         if window:
-            width = int(window.group(1))
-            ranked = window.group(2) is not None
-            runs[method] = (
-                (lambda: raw_window_ranked(flux, n, width))
-                if ranked
-                else (lambda: raw_window(flux, n, width))
-            )
+            width, ranked = int(window.group(1)), window.group(2) is not None
+            runs[method] = lambda: raw_window(flux, n, width, ranked)
         cpu0, flux0, t0 = time.process_time(), flux_cpu_seconds(brokers), time.perf_counter()
         if profile:
             import cProfile
