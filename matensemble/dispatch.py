@@ -8,6 +8,7 @@ O(log n) and nothing is ever searched.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import itertools
 import math
@@ -20,6 +21,7 @@ from matensemble.node_drain import NodeDrain
 from matensemble.resources import ResourcePool
 from matensemble.strategies import CompletionPolicy, SubmissionOrder
 from matensemble.strategies.backfill import Reservation
+from matensemble.waiting_line import WaitingLine
 
 __all__ = ["BACKFILL_WINDOW", "Dispatcher", "Record"]
 
@@ -62,7 +64,10 @@ class Dispatcher:
         self._ready: list[tuple[Any, ...]] = []  # heap of (key..., seq, record)
         # Entries the last pass looked at and left waiting, in order: the next pass reads them
         # merged with the heap instead of pushing them back (no O(log n) per waiting entry).
-        self._front: list[tuple[Any, ...]] = []
+        self._front = WaitingLine()
+        # How many entries in the heap or the front may be stale (their task reprioritised or
+        # cancelled since): while none is, a pass puts back a run of a full shape in one slice.
+        self._stale = 0
         self._ends: list[tuple[float, int, int, Record]] = []  # heap of (end, seq, attempt, rec)
         self._gpu_ends: list[tuple[float, int, int, Record]] = []  # those that hold GPUs
         self._gpu_running = 0
@@ -88,9 +93,17 @@ class Dispatcher:
         if rec.entry < 0:  # not queued yet (else reprioritised: the same shape, counted)
             res = rec.task.resources
             self._shapes[res] = self._shapes.get(res, 0) + 1
+        else:
+            self._stale += 1  # its older entry
         seq = next(self._seq)
         rec.entry = seq
         heapq.heappush(self._ready, (*self.strategy.key(rec.task), seq, rec))
+
+    def unqueued(self, rec: Record) -> None:
+        """A queued task left the queue without starting (it was cancelled): its entry is
+        stale from now on (it is dropped when a pass reaches it)."""
+        if rec.entry >= 0:
+            self._stale += 1
 
     def running(self, rec: Record, now: float) -> None:
         """A task started (or was adopted) at ``now``: remember when it should end."""
@@ -132,9 +145,11 @@ class Dispatcher:
         """
         if backfill is None:
             backfill = self.strategy.backfill
-        heap, front = self._ready, self._front
+        heap, line = self._ready, self._front
+        front = line.entries
         at = 0  # next entry of ``front`` to read
-        put_back: list[tuple[Any, ...]] = []
+        put_back = WaitingLine()
+        left = put_back.entries  # what waits, in order (``put_back`` adds their shapes)
         reservation: Reservation | None = None
         head: Record | None = None
         no_room: set[Resources] = set()
@@ -162,10 +177,11 @@ class Dispatcher:
                 if rec.entry == entry[-2]:  # its live entry: it left the queue (cancelled)
                     rec.entry = -1
                     self._forget(rec.task.resources)
+                self._stale -= 1
                 continue  # stale: reprioritised or cancelled since it was queued
             task = rec.task
             if (task.estimate or 0.0) > latest_end:
-                put_back.append(entry)  # cannot finish before the deadline: hold it
+                put_back.add(entry, task.resources)  # cannot finish before the deadline: hold it
                 held = True
                 continue
             res = task.resources
@@ -176,8 +192,8 @@ class Dispatcher:
                 and (reservation.bounded or res in beside_head)
                 and (task.estimate is None or now + task.estimate > reservation.shadow)
             ):
-                put_back.append(entry)
-                if len(put_back) > BACKFILL_WINDOW:
+                put_back.add(entry, res)
+                if len(left) > BACKFILL_WINDOW:
                     break
                 continue
             placement = None if res in no_room else pool.allocate(res)
@@ -185,7 +201,7 @@ class Dispatcher:
                 if res not in no_room:
                     no_room.add(res)  # the same shape will not fit either, in this pass
                     undecided -= 1
-                put_back.append(entry)
+                put_back.add(entry, res)
                 if undecided == 0:
                     break  # every shape that waits failed to fit: nothing more can start
                 if head is None:
@@ -195,11 +211,11 @@ class Dispatcher:
                     kept = self._kept
                     if kept and kept[0] is rec and kept[1] == rec.entry and now < kept[2].shadow:
                         reservation = kept[2]
-                if len(put_back) > BACKFILL_WINDOW or pool.free_cores == 0:
+                if len(left) > BACKFILL_WINDOW or pool.free_cores == 0:
                     break
                 if not gated and deadline is None:
-                    at = self._sweep(front, at, waiting, put_back, no_room)
-                    if len(put_back) > BACKFILL_WINDOW:
+                    at = self._sweep(line, at, waiting, put_back, no_room)
+                    if len(left) > BACKFILL_WINDOW:
                         break
                 continue
             if head is None:
@@ -222,8 +238,8 @@ class Dispatcher:
                 if not reservation.admits(task, placement, pool, now):
                     pool.release(placement)
                     beside_head.add(res)  # the same shape would get the same placement
-                    put_back.append(entry)
-                    if len(put_back) > BACKFILL_WINDOW:
+                    put_back.add(entry, res)
+                    if len(left) > BACKFILL_WINDOW:
                         break
                     continue
             rec.entry = -1
@@ -231,39 +247,71 @@ class Dispatcher:
             start(rec, placement)
         else:
             self.completion.blocked()
-        if put_back:
+        if left:
             self.completion.blocked()
         # What waits, in order: this pass's leftovers, then the front entries it did not read.
-        put_back.extend(front[at:])
+        put_back.add_from(line, at, waiting)
         self._front = put_back
         return held
 
     def _sweep(
         self,
-        front: list[tuple[Any, ...]],
+        line: WaitingLine,
         at: int,
         waiting: int,
-        put_back: list[tuple[Any, ...]],
+        put_back: WaitingLine,
         no_room: set[Resources],
     ) -> int:
         """Put back the front entries from ``at`` on whose shape did not fit in this pass,
         as the pass would one by one (up to the window, before the heap's next entry, and up
-        to the first entry that needs a closer look); return where to read on."""
+        to the first entry that needs a closer look); return where to read on.
+
+        While no queued entry can be stale, a run of one shape goes back in one slice: its
+        entries are in order, so those before the heap's next entry are found by bisection.
+        """
+        if self._stale:
+            return self._sweep_one_by_one(line, at, waiting, put_back, no_room)
         heap = self._ready
-        upto = min(waiting, at + BACKFILL_WINDOW + 1 - len(put_back))
+        front, ends, shapes = line.entries, line.ends, line.shapes
+        upto = min(waiting, at + BACKFILL_WINDOW + 1 - len(put_back.entries))
+        k = bisect.bisect_right(ends, at) if at < upto else 0  # the run that holds ``at``
+        while at < upto and shapes[k] in no_room:
+            stop = min(ends[k], upto)
+            if heap and not front[stop - 1] < heap[0]:
+                stop = bisect.bisect_left(front, heap[0], at, stop)
+                put_back.add_from(line, at, stop)
+                return stop
+            put_back.add_from(line, at, stop)
+            at = stop
+            k += 1
+        return at
+
+    def _sweep_one_by_one(
+        self,
+        line: WaitingLine,
+        at: int,
+        waiting: int,
+        put_back: WaitingLine,
+        no_room: set[Resources],
+    ) -> int:
+        """``_sweep`` when some entries may be stale: each one is looked at."""
+        heap = self._ready
+        front = line.entries
+        upto = min(waiting, at + BACKFILL_WINDOW + 1 - len(put_back.entries))
         bound = heap[0] if heap else None
         ready = TaskState.READY
         while at < upto:
             entry = front[at]
             rec = entry[-1]
+            res = rec.task.resources
             if (
                 rec.entry != entry[-2]
                 or rec.state is not ready
-                or rec.task.resources not in no_room
+                or res not in no_room
                 or (bound is not None and not entry < bound)
             ):
                 break
-            put_back.append(entry)
+            put_back.add(entry, res)
             at += 1
         return at
 

@@ -1,0 +1,74 @@
+"""The queued tasks a dispatch pass looked at and left waiting, in order, as runs of one shape.
+
+A pass of the dispatcher puts back, in the order it read them, the tasks it could not start; the
+next pass reads them again, merged with the ready heap. On a full machine most of them are of a
+shape that cannot fit (under FIFO on Frontier: some fifty whole-node tasks behind a blocked
+one), and once a pass has found that shape full it puts the rest of them back unread. Kept as
+runs of one ``Resources`` shape, such a stretch is put back with one slice, whatever its length,
+instead of one task at a time.
+
+The entries are heap entries ``(key..., seq, record)`` in increasing order; nothing here looks
+inside them except to compare them.
+"""
+
+from __future__ import annotations
+
+import bisect
+from typing import Any
+
+from matensemble.model import Resources
+
+__all__ = ["WaitingLine"]
+
+Entry = tuple[Any, ...]
+
+
+class WaitingLine:
+    """Entries in order, and the runs of one shape they form.
+
+    Run ``k`` holds ``entries[ends[k - 1]:ends[k]]`` (from 0 for the first), all of shape
+    ``shapes[k]``.
+    """
+
+    __slots__ = ("ends", "entries", "shapes")
+
+    def __init__(self) -> None:
+        self.entries: list[Entry] = []
+        self.ends: list[int] = []
+        self.shapes: list[Resources] = []
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def add(self, entry: Entry, shape: Resources) -> None:
+        """Put ``entry`` (of ``shape``) at the end."""
+        self.entries.append(entry)
+        shapes = self.shapes
+        if shapes and (shapes[-1] is shape or shapes[-1] == shape):
+            self.ends[-1] += 1
+        else:
+            shapes.append(shape)
+            self.ends.append(len(self.entries))
+
+    def add_from(self, other: WaitingLine, start: int, stop: int) -> None:
+        """Put ``other.entries[start:stop]`` at the end, with their shapes (one slice per run)."""
+        if start >= stop:
+            return
+        k = bisect.bisect_right(other.ends, start)  # the run that holds ``start``
+        while start < stop:
+            end = min(other.ends[k], stop)
+            shape = other.shapes[k]
+            self.entries.extend(other.entries[start:end])
+            shapes = self.shapes
+            if shapes and (shapes[-1] is shape or shapes[-1] == shape):
+                self.ends[-1] = len(self.entries)
+            else:
+                shapes.append(shape)
+                self.ends.append(len(self.entries))
+            start = end
+            k += 1
+
+    def run_at(self, at: int) -> tuple[Resources, int]:
+        """The shape of the run that holds position ``at``, and where that run ends."""
+        k = bisect.bisect_right(self.ends, at)
+        return self.shapes[k], self.ends[k]
