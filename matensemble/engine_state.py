@@ -216,6 +216,8 @@ class RunState:
         if rec.state is TaskState.RUNNING:
             self._release(rec)
             del self._running[rec.task.id]
+        elif rec.state is TaskState.READY:
+            self._dispatch.unqueued(rec)
         result = TaskResult(
             id=rec.task.id, state=state, attempts=rec.attempts, reason=reason, tags=rec.task.tags
         )
