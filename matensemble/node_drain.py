@@ -8,7 +8,7 @@ and a heap orders the nodes by the latest of them, so the answer is read off the
 
 Costs: a start or an end is O(log N) per node it touches, amortised (when the task with a
 node's latest end ends, the node's new latest is found among its at most c tasks, which happens
-once per task at most); reading the k nodes that empty first is O(k log k) plus the stale heap
+once per task at most); reading the k nodes that empty first is O(k log N) plus the stale heap
 entries dropped on the way, each dropped once.
 """
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterable, Mapping, Sequence
 
 __all__ = ["NodeDrain"]
 
@@ -65,28 +65,31 @@ class NodeDrain:
         """The tasks running on ``node``: key -> (expected end, start order, position)."""
         return self._ends[node]
 
-    def emptying(self) -> Iterator[tuple[float, int, int]]:
+    def emptying(self) -> Generator[tuple[float, int, int], None, None]:
         """``(expected time, start order of the last task, node)`` for every node with running
         tasks, the earliest first.
 
-        Lazy: the heap is walked in order without being changed (a small heap of the
-        positions next in line), so reading k nodes costs O(k log k).
+        Lazy: the nodes are popped off the heap as they are read, and the stale entries met on
+        the way are gone for good (each entry is dropped at most once, so the walks together
+        cost no more than the pushes); the nodes read go back on the heap when the reader
+        closes the iterator (``contextlib.closing``) or drops it. Reading k nodes costs
+        O(k log N) plus the stale entries dropped.
         """
         heap, latest = self._heap, self._latest
-        while heap and heap[0][0] != latest[heap[0][1]]:
-            heapq.heappop(heap)  # stale at the top: gone for good
-        size = len(heap)
+        read: list[tuple[_Latest, int]] = []
         seen: set[int] = set()
-        frontier: list[tuple[tuple[_Latest, int], int]] = [(heap[0], 0)] if size else []
-        while frontier:
-            entry, at = heapq.heappop(frontier)
-            for child in (2 * at + 1, 2 * at + 2):
-                if child < size:
-                    heapq.heappush(frontier, (heap[child], child))
-            mine, i = entry
-            if mine == latest[i] and i not in seen:
+        try:
+            while heap:
+                entry = heapq.heappop(heap)
+                mine, i = entry
+                if mine != latest[i] or i in seen:
+                    continue  # stale, or a second entry of the same latest: gone for good
                 seen.add(i)
+                read.append(entry)
                 yield mine[0], mine[1], i
+        finally:
+            for entry in read:
+                heapq.heappush(heap, entry)
 
     def _push(self, mine: _Latest, node: int) -> None:
         heap = self._heap

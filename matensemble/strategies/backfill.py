@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from contextlib import closing
 
 from matensemble.gpu_shadow import FirstFit
 from matensemble.model import Placement, Resources, Task
@@ -68,14 +69,15 @@ class Reservation:
         total = need.now(pool)
         if drain is not None and need.empty_nodes_only(pool):
             last = None
-            for end, order, i in drain.emptying():
-                # Past the target, only nodes freed by the same task as the last one: the
-                # release that reached the target freed them too.
-                if total >= need.target and (end, order) != last:
-                    break
-                empty = future[i] = list(pool.capacity(i))
-                total += need.value(pool, i, empty)
-                self.shadow, last = end, (end, order)
+            with closing(drain.emptying()) as emptying:  # puts the nodes read back
+                for end, order, i in emptying:
+                    # Past the target, only nodes freed by the same task as the last one:
+                    # the release that reached the target freed them too.
+                    if total >= need.target and (end, order) != last:
+                        break
+                    empty = future[i] = list(pool.capacity(i))
+                    total += need.value(pool, i, empty)
+                    self.shadow, last = end, (end, order)
             if total < need.target:  # cannot happen for a task that fits the empty pool
                 self.shadow = math.inf
                 return
