@@ -26,6 +26,7 @@ class CapacityIndex:
             [{} for _ in range(max_cores + 1)] for _ in range(max_gpus + 1)
         ]
         self._masks = [0] * (max_gpus + 1)  # per GPU level: bit c set if bucket (g, c) is used
+        self._union = 0  # bit c set if some node has exactly c free cores (any GPU level)
         self._where: dict[int, tuple[int, int]] = {}  # node -> (cores, gpus) of its bucket
 
     def __len__(self) -> int:
@@ -44,6 +45,7 @@ class CapacityIndex:
         bucket = self._buckets[gpus][cores]
         bucket[node] = None
         self._masks[gpus] |= 1 << cores
+        self._union |= 1 << cores
         self._where[node] = (cores, gpus)
 
     def discard(self, node: int) -> None:
@@ -56,7 +58,16 @@ class CapacityIndex:
         bucket = self._buckets[gpus][cores]
         del bucket[node]
         if not bucket:
-            self._masks[gpus] &= ~(1 << cores)
+            masks = self._masks
+            masks[gpus] &= ~(1 << cores)
+            union = 0
+            for mask in masks:
+                union |= mask
+            self._union = union
+
+    def has_cores(self, cores: int) -> bool:
+        """Whether some node has at least ``cores`` free (a quick test before a search)."""
+        return self._union >> cores != 0
 
     def best_fit(self, cores: int, gpus: int) -> int | None:
         """A node with at least ``cores`` free cores and ``gpus`` free GPUs, the tightest one."""

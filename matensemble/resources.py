@@ -140,6 +140,8 @@ class ResourcePool:
         chosen: list[int] = []
         if res.nodes is not None:
             per = res.ranks // res.nodes
+            if not index.has_cores(per * cpr):
+                return None  # no node has room for its share (the usual answer on a full pool)
             for i in index.fitting(per * cpr, per * gpr):
                 chosen.append(i)
                 if len(chosen) == res.nodes:

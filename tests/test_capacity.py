@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+from matensemble.capacity import CapacityIndex
 from matensemble.model import Resources, Slot
 from matensemble.resources import NodeSpec, ResourcePool
 
@@ -78,3 +79,19 @@ def test_allocation_succeeds_exactly_when_some_node_has_room_and_never_overcommi
                 assert not taken & set(slot.cores)  # no core granted twice
                 taken |= set(slot.cores)
         assert pool.free_cores == 12 * 8 - sum(len(t) for t in used.values())
+
+
+def test_the_index_knows_whether_any_node_has_so_many_free_cores_as_nodes_come_and_go() -> None:
+    rng = random.Random(8)
+    index = CapacityIndex(8, 2)
+    free: dict[int, tuple[int, int]] = {}
+    for _ in range(3000):
+        node = rng.randrange(20)
+        if rng.random() < 0.3:
+            index.discard(node)
+            free.pop(node, None)
+        else:
+            free[node] = (rng.randrange(9), rng.randrange(3))
+            index.put(node, *free[node])
+        for cores in range(10):
+            assert index.has_cores(cores) == any(c >= cores for c, _ in free.values())
