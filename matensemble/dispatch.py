@@ -341,7 +341,7 @@ class Dispatcher:
         gpu_ends = (
             (e[0], e[1], e[3].placement) for e in _in_order(self._gpu_ends, self._gpu_running)
         )
-        return first_fit(cores, gpus, pool, gpu_ends, drain.tasks_on, held)
+        return first_fit(cores, gpus, pool, gpu_ends, drain.tasks_on, held, drain.first_on)
 
 
 def _in_order(

@@ -34,6 +34,8 @@ _Key = tuple[float, int, int]  # (expected end, start order, position in the pla
 NodeTasks = Callable[[int], Mapping[object, _Key]]
 # The cores and GPUs a task holds at a position of its placement.
 Held = Callable[[object, int], tuple[int, int]]
+# The task on node number i that is expected to end first, and its key (None: none runs there).
+FirstOn = Callable[[int], "tuple[object, _Key] | None"]
 _second = itemgetter(1)
 # (shadow time, node booked, [free cores, free GPUs] there at the shadow), or None: walk.
 FirstFit = tuple[float, int, list[int]] | None
@@ -46,15 +48,23 @@ def first_fit(
     gpu_ends: Iterable[tuple[float, int, Placement]],
     node_tasks: NodeTasks,
     held: Held,
+    first_on: FirstOn | None = None,
 ) -> FirstFit:
     """When a rank of ``cores`` and ``gpus`` (``gpus`` >= 1) first fits a node of ``pool``, if
     tasks end as expected, on which node, and what is free there then.
 
     ``gpu_ends``: the running tasks that hold GPUs, ``(expected end, start order, placement)``,
     earliest first (read lazily, only as far as needed). ``node_tasks``: every running task on
-    a node; ``held``: what one of them holds there. Returns ``None`` when too many nodes have
-    the GPUs already (the caller walks). The pool must have no node that fits the rank now.
+    a node; ``held``: what one of them holds there; ``first_on``: the one that ends first on a
+    node (else found among ``node_tasks``). Returns ``None`` when too many nodes have the GPUs
+    already (the caller walks). The pool must have no node that fits the rank now.
     """
+    if first_on is None:
+
+        def first_on(i: int) -> tuple[object, _Key] | None:
+            tasks = node_tasks(i)
+            return min(tasks.items(), key=_second) if tasks else None
+
     ready = pool.nodes_short_of_cores(cores, gpus, MAX_GPU_READY_NODES)
     if ready is None:
         return None
@@ -64,7 +74,7 @@ def first_fit(
     def plan(i: int) -> None:
         nonlocal best
         seen.add(i)
-        fit = _node_fit(pool, i, cores, gpus, node_tasks(i), held)
+        fit = _node_fit(pool, i, cores, gpus, first_on(i), node_tasks, held)
         if fit is not None and (best is None or fit[:2] < best[:2]):
             best = (fit[0], fit[1], i, fit[2])
 
@@ -84,18 +94,25 @@ def first_fit(
 
 
 def _node_fit(
-    pool: ResourcePool, i: int, cores: int, gpus: int, tasks: Mapping[object, _Key], held: Held
+    pool: ResourcePool,
+    i: int,
+    cores: int,
+    gpus: int,
+    first_task: tuple[object, _Key] | None,
+    node_tasks: NodeTasks,
+    held: Held,
 ) -> tuple[tuple[float, int], _Key, list[int]] | None:
     """Node ``i``'s first fit as its tasks end: the release that makes room, the node's first
-    release (the walk's order among nodes made to fit by one release), and what is free then."""
-    if not tasks:
+    release (the walk's order among nodes made to fit by one release), and what is free then.
+    ``first_task``: the task on it that ends first (``None``: nothing runs there)."""
+    if first_task is None:
         return None
     free_c, free_g = pool.free_count(i)
-    task, first = min(tasks.items(), key=_second)
+    task, first = first_task
     c, g = held(task, first[2])
     if free_c + c >= cores and free_g + g >= gpus:  # the usual case: its first end is enough
         return first[:2], first, [free_c + c, free_g + g]
-    for task, (end, order, pos) in sorted(tasks.items(), key=_second):
+    for task, (end, order, pos) in sorted(node_tasks(i).items(), key=_second):
         c, g = held(task, pos)
         free_c += c
         free_g += g

@@ -35,6 +35,9 @@ class NodeDrain:
         self._latest: list[_Latest] = [_NOTHING] * nodes
         # (latest, node); an entry is stale once it differs from ``_latest[node]``.
         self._heap: list[tuple[_Latest, int]] = []
+        # Per node, a heap of (expected end, task key) of its tasks, for the one that ends
+        # first; an entry is stale once the task's entry in ``_ends`` differs.
+        self._firsts: list[list[tuple[_Latest, object]]] = [[] for _ in range(nodes)]
 
     def started(self, key: object, nodes: Sequence[int], end: float, order: int) -> None:
         """A task (``key``, any hashable; ``order``: the n-th start) started on ``nodes``,
@@ -42,7 +45,13 @@ class NodeDrain:
         latest = self._latest
         for pos, i in enumerate(nodes):
             mine = (end, order, pos)
-            self._ends[i][key] = mine
+            ends = self._ends[i]
+            ends[key] = mine
+            firsts = self._firsts[i]
+            if len(firsts) > 2 * len(ends) + 8:  # mostly stale: rebuild from the truth
+                firsts[:] = [(t, k) for k, t in ends.items() if k is not key]
+                heapq.heapify(firsts)
+            heapq.heappush(firsts, (mine, key))
             if mine > latest[i]:
                 latest[i] = mine
                 self._push(mine, i)
@@ -53,6 +62,9 @@ class NodeDrain:
         for i in nodes:
             ends = self._ends[i]
             mine = ends.pop(key, None)
+            firsts = self._firsts[i]
+            while firsts and ends.get(firsts[0][1]) != firsts[0][0]:
+                heapq.heappop(firsts)  # this task's entry, or others left stale before it
             if mine is None or mine < latest[i]:
                 continue
             new = max(ends.values(), default=_NOTHING)
@@ -64,6 +76,17 @@ class NodeDrain:
     def tasks_on(self, node: int) -> Mapping[object, tuple[float, int, int]]:
         """The tasks running on ``node``: key -> (expected end, start order, position)."""
         return self._ends[node]
+
+    def first_on(self, node: int) -> tuple[object, tuple[float, int, int]] | None:
+        """The task on ``node`` expected to end first, and its (expected end, start order,
+        position); ``None`` if none runs there. O(1) amortised, not a look at every task."""
+        firsts, ends = self._firsts[node], self._ends[node]
+        while firsts and ends.get(firsts[0][1]) != firsts[0][0]:
+            heapq.heappop(firsts)
+        if not firsts:
+            return None
+        mine, key = firsts[0]
+        return key, mine
 
     def emptying(self) -> Generator[tuple[float, int, int], None, None]:
         """``(expected time, start order of the last task, node)`` for every node with running

@@ -65,7 +65,8 @@ class Busy:
             return len(slot.cores), len(slot.gpus)
 
         with_gpus = (item for item in self.running if any(s.gpus for s in item[2]))
-        return first_fit(cores, gpus, pool, with_gpus, self.drain.tasks_on, held)
+        drain = self.drain
+        return first_fit(cores, gpus, pool, with_gpus, drain.tasks_on, held, drain.first_on)
 
 
 def test_a_gpu_head_gets_the_same_reservation_from_the_tasks_with_gpus_as_from_releasing_all() -> (

@@ -22,7 +22,9 @@ def _pool(nodes: int, cores: int, gpus: int = 0) -> ResourcePool:
     )
 
 
-def test_nodes_come_out_in_the_order_their_last_task_is_expected_to_end() -> None:
+def test_nodes_come_out_in_the_order_their_last_task_is_expected_to_end_and_know_their_first() -> (
+    None
+):
     rng = random.Random(5)
     drain = NodeDrain(20)
     running: dict[int, tuple[list[int], float]] = {}
@@ -40,6 +42,10 @@ def test_nodes_come_out_in_the_order_their_last_task_is_expected_to_end() -> Non
                 latest[i] = max(latest.get(i, (-math.inf, -1, -1)), (end_of, k, pos))
         expected = [(end, k, i) for end, k, _, i in sorted((*t, i) for i, t in latest.items())]
         # A reader that stops early leaves every node in place for the next one.
+        for i in range(20):  # the task that ends first on each node, as a look at all says
+            tasks = drain.tasks_on(i)
+            first = min(tasks.items(), key=lambda item: item[1]) if tasks else None
+            assert drain.first_on(i) == first
         some = rng.randrange(4)
         with closing(drain.emptying()) as first:
             assert list(itertools.islice(first, some)) == expected[:some]
