@@ -1,7 +1,11 @@
 """The data model: tasks, their resources and results (the events a run emits: ``events``).
 
 Everything here is a frozen ``msgspec.Struct``: cheap to build, validated the same way whether it
-comes from Python or from a file, and encodable to JSON lines for the journal.
+comes from Python or from a file, and encodable to JSON lines for the journal. A run keeps a
+``Task``, a ``TaskResult`` and its ``Slot``s for every task, a million of them at scale: they
+hold only strings, numbers and containers of them, so they can never be part of a reference
+cycle, and are not tracked by the garbage collector (``gc=False``), whose full collections
+would otherwise walk every one of them again and again.
 """
 
 from __future__ import annotations
@@ -126,7 +130,12 @@ class Resources(
 
 
 class Task(
-    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True
+    msgspec.Struct,
+    frozen=True,
+    kw_only=True,
+    forbid_unknown_fields=True,
+    omit_defaults=True,
+    gc=False,
 ):
     """One unit of work: an argv command and what it needs.
 
@@ -223,7 +232,7 @@ class Task(
         check_utf8(task_id, command, self.env, self.tags, self.cwd)
 
 
-class Slot(msgspec.Struct, frozen=True, array_like=True):
+class Slot(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """The exact resources granted on one node: core ids and GPU ids."""
 
     node: str
@@ -234,7 +243,7 @@ class Slot(msgspec.Struct, frozen=True, array_like=True):
 Placement = tuple[Slot, ...]
 
 
-class TaskResult(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class TaskResult(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
     """The outcome of a task (its last attempt, for a task that was retried).
 
     ``returncode`` is the exit status; ``signal`` the signal that killed it, if one did.

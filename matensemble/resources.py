@@ -50,6 +50,7 @@ class ResourcePool:
         self._by_free = CapacityIndex(self.most_cores, most_gpus)  # nodes with a free core
         self._whole = CapacityIndex(self.most_cores, most_gpus)  # nodes with nothing in use
         self._coreless = CapacityIndex(0, most_gpus)  # nodes with free GPUs and no free core
+        self._filed = [0] * len(nodes)  # per node: _CORELESS | _WHOLE, where it is filed
         for i in range(len(nodes)):
             self._refile(i)
         self.total_cores = sum(len(n.cores) for n in nodes)
@@ -184,20 +185,29 @@ class ResourcePool:
     def _refile(self, i: int) -> None:
         """Move node ``i`` to the buckets of its free capacity now."""
         free_c, free_g = len(self._free_cores[i]), len(self._free_gpus[i])
+        filed = self._filed[i]  # which of the other two indexes hold it (bits, see __init__)
         if free_c:
             self._by_free.put(i, free_c, free_g)
-            self._coreless.discard(i)
+            if filed & _CORELESS:
+                self._coreless.discard(i)
+                filed ^= _CORELESS
         else:
             self._by_free.discard(i)  # no rank fits without a core
             if free_g:
                 self._coreless.put(i, 0, free_g)
-            else:
+                filed |= _CORELESS
+            elif filed & _CORELESS:
                 self._coreless.discard(i)
+                filed ^= _CORELESS
         cap_c, cap_g = self._capacity[i]
         if free_c == cap_c and free_g == cap_g and cap_c:
-            self._whole.put(i, cap_c, cap_g)
-        else:
+            if not filed & _WHOLE:
+                self._whole.put(i, cap_c, cap_g)
+                filed |= _WHOLE
+        elif filed & _WHOLE:
             self._whole.discard(i)
+            filed ^= _WHOLE
+        self._filed[i] = filed
 
     def release(self, placement: Iterable[Slot]) -> None:
         """Credit back exactly the ids of ``placement``."""
@@ -268,6 +278,9 @@ class ResourcePool:
         """The free core and GPU ids of one node (for display and tests)."""
         i = self._index[node]
         return tuple(self._free_cores[i]), tuple(self._free_gpus[i])
+
+
+_CORELESS, _WHOLE = 1, 2  # the node is in ``_coreless``, in ``_whole``
 
 
 def _ranks_fitting(cores: int, gpus: int, cpr: int, gpr: int) -> int:
