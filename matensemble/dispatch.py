@@ -12,7 +12,7 @@ import bisect
 import heapq
 import itertools
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, cast
 
 from matensemble.gpu_shadow import FirstFit, first_fit
@@ -82,10 +82,12 @@ class Dispatcher:
         self._kept: tuple[Record, int, Reservation] | None = None
         self._drain: NodeDrain | None = None  # when each node empties, once the pool is known
         self._pool: ResourcePool | None = None
+        self._numbers: Mapping[str, int] = {}  # node name -> its number in the pool
 
     def use_pool(self, pool: ResourcePool) -> None:
         """Plan on ``pool`` (before any task starts or is adopted as running)."""
         self._pool = pool
+        self._numbers = pool.node_numbers
         self._drain = NodeDrain(len(pool.nodes))
 
     def push(self, rec: Record) -> None:
@@ -107,25 +109,28 @@ class Dispatcher:
 
     def running(self, rec: Record, now: float) -> None:
         """A task started (or was adopted) at ``now``: remember when it should end."""
-        limit = rec.task.estimate if rec.task.estimate is not None else rec.task.timeout
+        task = rec.task
+        limit = task.estimate if task.estimate is not None else task.timeout
         end = now + limit if limit is not None else math.inf
         seq = next(self._seq)
         item = (end, seq, rec.attempts, rec)
         heapq.heappush(self._ends, item)
-        if any(slot.gpus for slot in rec.placement):
+        placement = rec.placement
+        if any(slot.gpus for slot in placement):
             heapq.heappush(self._gpu_ends, item)
             self._gpu_running += 1
-        if self._drain is not None and self._pool is not None:
-            number = self._pool.node_number
-            self._drain.started(rec, [number(slot.node) for slot in rec.placement], end, seq)
+        if self._drain is not None:
+            numbers = self._numbers
+            self._drain.started(rec, [numbers[slot.node] for slot in placement], end, seq)
 
     def ended(self, rec: Record) -> None:
         """A running task ended, or was cancelled (before ``rec.placement`` changes)."""
-        if any(slot.gpus for slot in rec.placement):
+        placement = rec.placement
+        if any(slot.gpus for slot in placement):
             self._gpu_running -= 1
-        if self._drain is not None and self._pool is not None:
-            number = self._pool.node_number
-            self._drain.ended(rec, [number(slot.node) for slot in rec.placement])
+        if self._drain is not None:
+            numbers = self._numbers
+            self._drain.ended(rec, [numbers[slot.node] for slot in placement])
 
     def select(
         self,

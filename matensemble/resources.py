@@ -8,7 +8,7 @@ that were granted, so the counts can never drift from reality.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import msgspec
 
@@ -244,6 +244,11 @@ class ResourcePool:
         return True
 
     # -- what-if questions (for the backfill reservation) ------------------------------------
+
+    @property
+    def node_numbers(self) -> Mapping[str, int]:
+        """Each node's position in ``nodes``, by name (read-only)."""
+        return self._index
 
     def node_number(self, node: str) -> int:
         """The position of ``node`` in ``nodes``."""

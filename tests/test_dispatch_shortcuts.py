@@ -2,9 +2,10 @@
 each pass looked at every task it reaches one by one.
 
 A pass ends early once every ``Resources`` shape that waits has failed to fit, and puts back runs
-of queued tasks of such shapes in one sweep. A walltime makes the pass look at each task
-(any of them might be held back by the deadline), so a run with a walltime far in the future is
-the plain walk; the schedules must be equal.
+of queued tasks of such shapes in one sweep (one slice per run of one shape, unless a queued
+task was cancelled or reprioritised since: then one by one). A walltime makes the pass look at
+each task (any of them might be held back by the deadline), so a run with a walltime far in the
+future is the plain walk; the schedules must be equal.
 """
 
 from __future__ import annotations
@@ -15,8 +16,16 @@ import tempfile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from matensemble import Ensemble, Resources, SimulatedBackend, Task, TaskResult
-from matensemble.strategies import FIFO, GPUFirst, LongestFirst, Priority, SubmissionOrder
+from matensemble import Ensemble, Resources, SimulatedBackend, Task, TaskResult, dispatch
+from matensemble.strategies import (
+    FIFO,
+    CompletionPolicy,
+    EnsembleControl,
+    GPUFirst,
+    LongestFirst,
+    Priority,
+    SubmissionOrder,
+)
 
 SHAPES = [
     Resources(),
@@ -50,8 +59,27 @@ def crowds(draw: st.DrawFn) -> list[Task]:
     return tasks
 
 
+class Steering(CompletionPolicy):
+    """On some results, cancels a task and reprioritises another (queued ones among them):
+    their older entries in the queue go stale, and a pass must step over them one by one."""
+
+    def __init__(self, tasks: list[Task]) -> None:
+        self.ids = [t.id for t in tasks]
+
+    def on_result(self, result: TaskResult, ensemble: EnsembleControl) -> None:
+        i = int(result.id[1:])
+        n = len(self.ids)
+        if i % 4 == 0:
+            ensemble.cancel(self.ids[(7 * i + 3) % n])
+        if i % 3 == 0:
+            ensemble.reprioritise(self.ids[(3 * i + 1) % n], i % 5 - 2)
+
+
 def schedule(
-    tasks: list[Task], order: type[SubmissionOrder], walltime: float | None
+    tasks: list[Task],
+    order: type[SubmissionOrder],
+    walltime: float | None,
+    completion: CompletionPolicy | None = None,
 ) -> dict[str, object]:
     async def main() -> list[TaskResult]:
         with tempfile.TemporaryDirectory() as run_dir:
@@ -59,6 +87,7 @@ def schedule(
                 tasks,
                 backend=SimulatedBackend(2, 8, 2),
                 strategy=order(backfill=True),
+                completion=completion or CompletionPolicy(),
                 run_dir=run_dir,
                 walltime=walltime,
                 console_log=False,
@@ -75,3 +104,64 @@ def test_every_task_starts_when_and_where_the_plain_walk_would_start_it(
     tasks: list[Task], order: type[SubmissionOrder]
 ) -> None:
     assert schedule(tasks, order, None) == schedule(tasks, order, 1e9)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(tasks=crowds(), order=st.sampled_from(ORDERS), window=st.sampled_from([2, 5, 64]))
+def test_tasks_cancelled_or_reprioritised_while_queued_change_nothing_else_about_the_schedule(
+    tasks: list[Task], order: type[SubmissionOrder], window: int
+) -> None:
+    # A narrow window makes every task a pass puts back count: one stale task put back, or
+    # one live task dropped, would change which tasks the pass reaches.
+    saved = dispatch.BACKFILL_WINDOW
+    dispatch.BACKFILL_WINDOW = window
+    try:
+        plain = schedule(tasks, order, 1e9, Steering(tasks))
+        assert schedule(tasks, order, None, Steering(tasks)) == plain
+    finally:
+        dispatch.BACKFILL_WINDOW = saved
+
+
+class CancelOnResult(CompletionPolicy):
+    """Cancels ``victim`` when ``trigger`` ends."""
+
+    def __init__(self, trigger: str, victim: str) -> None:
+        self.trigger, self.victim = trigger, victim
+
+    def on_result(self, result: TaskResult, ensemble: EnsembleControl) -> None:
+        if result.id == self.trigger:
+            ensemble.cancel(self.victim)
+
+
+def test_a_cancelled_task_among_blocked_ones_does_not_count_against_the_backfill_window() -> None:
+    """Two nodes are busy until t=100 but for two cores, one of which frees at t=1; four
+    whole-node tasks wait, then a 2-core task that can backfill then. When the core frees, the
+    third whole-node task is cancelled: with a window of 3, the pass puts back the three left
+    and reaches the 2-core task only if the cancelled one is dropped, not put back."""
+
+    def task(name: str, res: Resources, seconds: float) -> Task:
+        return Task(
+            id=name,
+            command=("sim",),
+            resources=res,
+            estimate=seconds,
+            tags={"sim_duration": str(seconds)},
+        )
+
+    node = Resources(ranks=8, nodes=1)
+    tasks = [
+        task("a", node, 100.0),
+        task("c", Resources(ranks=6), 100.0),
+        task("b", Resources(), 1.0),
+        *(task(f"w{i}", node, 10.0) for i in range(1, 5)),
+        task("s", Resources(ranks=2), 1.0),
+    ]
+    saved = dispatch.BACKFILL_WINDOW
+    dispatch.BACKFILL_WINDOW = 3
+    try:
+        steered = schedule(tasks, FIFO, None, CancelOnResult("b", "w3"))
+        plain = schedule(tasks, FIFO, 1e9, CancelOnResult("b", "w3"))
+    finally:
+        dispatch.BACKFILL_WINDOW = saved
+    assert steered == plain
+    assert steered["s"][1] == 1.0  # started when the core freed

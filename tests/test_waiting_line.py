@@ -1,0 +1,57 @@
+"""The waiting line keeps its entries in order and knows the shape of the run around each one,
+whatever mix of single entries and slices of another line built it."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from matensemble.model import Resources
+from matensemble.waiting_line import WaitingLine
+
+SHAPES = [Resources(), Resources(ranks=8), Resources(gpus_per_rank=1), Resources(ranks=8)]
+
+
+def _line(shapes: list[int]) -> tuple[WaitingLine, list[tuple[tuple[int, str], Resources]]]:
+    line = WaitingLine()
+    plain = []
+    for n, k in enumerate(shapes):
+        entry = (n, f"t{n}")
+        line.add(entry, SHAPES[k])
+        plain.append((entry, SHAPES[k]))
+    return line, plain
+
+
+def _agrees(line: WaitingLine, plain: list[tuple[tuple[int, str], Resources]]) -> None:
+    assert line.entries == [entry for entry, _ in plain]
+    assert len(line) == len(plain)
+    for at, (_, shape) in enumerate(plain):
+        run_shape, end = line.run_at(at)
+        assert run_shape == shape
+        # The run ends where the shape first changes after ``at``: no sooner, no later.
+        assert all(s == shape for _, s in plain[at:end])
+        assert end == len(plain) or plain[end][1] != shape
+    assert len(line.shapes) == len(line.ends)
+    for k in range(1, len(line.shapes)):
+        assert line.shapes[k] != line.shapes[k - 1]  # neighbouring runs differ
+
+
+@given(
+    first=st.lists(st.integers(0, 3), max_size=40),
+    second=st.lists(st.integers(0, 3), max_size=40),
+    cuts=st.lists(st.integers(0, 40), min_size=4, max_size=4),
+)
+def test_entries_added_one_by_one_and_by_slices_keep_their_order_and_runs(
+    first: list[int], second: list[int], cuts: list[int]
+) -> None:
+    line, plain = _line(first)
+    _agrees(line, plain)
+    other, other_plain = _line(second)
+    a, b = sorted(min(c, len(second)) for c in cuts[:2])
+    line.add_from(other, a, b)
+    plain += other_plain[a:b]
+    _agrees(line, plain)
+    c, d = sorted(min(x, len(second)) for x in cuts[2:])
+    line.add_from(other, c, d)
+    plain += other_plain[c:d]
+    _agrees(line, plain)
