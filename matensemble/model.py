@@ -13,6 +13,7 @@ from __future__ import annotations
 import enum
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import msgspec
 
@@ -129,6 +130,12 @@ class Resources(
         return self.ranks * self.gpus_per_rank
 
 
+# The one empty ``env``/``tags``/``times`` of every task and result that has none: a million
+# tasks would otherwise carry a million empty dicts each (64 bytes apiece). Read-only by
+# convention, like the frozen structs that hold it.
+_EMPTY: dict[Any, Any] = {}
+
+
 class Task(
     msgspec.Struct,
     frozen=True,
@@ -155,6 +162,9 @@ class Task(
         priority: larger runs earlier under the ``Priority`` order.
         estimate: expected runtime in seconds (``LongestFirst``, backfill, walltime checks).
         tags: free-form labels, kept in results and the journal.
+
+    ``env`` and ``tags`` are read-only, like the task: a task without them shares one empty
+    dict with every other such task (build a new task with ``msgspec.structs.replace``).
     """
 
     id: str
@@ -230,6 +240,10 @@ class Task(
         if task_id in after:
             raise SpecError(f"task {task_id!r} lists itself as a prerequisite", field="after")
         check_utf8(task_id, command, self.env, self.tags, self.cwd)
+        if not self.env and self.env is not _EMPTY:
+            msgspec.structs.force_setattr(self, "env", _EMPTY)
+        if not self.tags and self.tags is not _EMPTY:
+            msgspec.structs.force_setattr(self, "tags", _EMPTY)
 
 
 class Slot(msgspec.Struct, frozen=True, array_like=True, gc=False):
@@ -264,6 +278,10 @@ class TaskResult(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, 
     tags: dict[str, str] = {}
     times: dict[str, float] = {}
     job_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.times and self.times is not _EMPTY:
+            msgspec.structs.force_setattr(self, "times", _EMPTY)
 
     @property
     def ok(self) -> bool:

@@ -46,6 +46,7 @@ class ResourcePool:
         self._free_gpus: list[list[str]] = [list(n.gpus) for n in nodes]
         self._capacity = [(len(n.cores), len(n.gpus)) for n in nodes]
         self.most_cores = max(c for c, _ in self._capacity)  # on the largest node
+        self._single = {c: (c,) for n in nodes for c in n.cores}
         most_gpus = max(g for _, g in self._capacity)
         self._by_free = CapacityIndex(self.most_cores, most_gpus)  # nodes with a free core
         self._whole = CapacityIndex(self.most_cores, most_gpus)  # nodes with nothing in use
@@ -173,7 +174,8 @@ class ResourcePool:
     def _take(self, i: int, ncores: int, ngpus: int) -> Slot:
         cores = self._free_cores[i]
         gpus = self._free_gpus[i]
-        got_cores = tuple(cores[:ncores])
+        # One tuple per single core id, shared by every 1-core slot on it (most tasks, often).
+        got_cores = self._single[cores[0]] if ncores == 1 else tuple(cores[:ncores])
         del cores[:ncores]
         got_gpus = tuple(gpus[:ngpus])
         del gpus[:ngpus]
