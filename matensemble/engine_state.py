@@ -110,6 +110,7 @@ class RunState:
         self._stop_reason: str | None = None  # why, when the run is stopped before its end
         self._interrupted = False  # stop() was called: tasks cancelled now are run on resume
         self._notify: list[TaskResult] = []  # terminal results not yet committed and told
+        self._unwritten = False  # events emitted since the observers last flushed
         self._deadline: float | None = None
         self._deadline_timer: asyncio.TimerHandle | None = None
         self._t0 = 0.0
@@ -281,13 +282,21 @@ class RunState:
     # -- the event stream ---------------------------------------------------------------------
 
     def _emit(self, event: Event) -> None:
+        self._unwritten = True
         for obs in self._observers:
             obs.on_event(event)
 
     def _write(self) -> None:
-        """Hand the events so far to the OS: from here they survive a crash of the driver."""
+        """Hand the events so far to the OS: from here they survive a crash of the driver.
+
+        Nothing to do when no event came since the last write (half of the calls, on a run
+        of short tasks: the producer's, the consumer's and the commit's writes come in turn).
+        """
+        if not self._unwritten:
+            return
         for obs in self._observers:
             obs.flush()
+        self._unwritten = False  # only once every observer took them (else: again next time)
 
     async def _commit(self) -> None:
         """Make the events durable, then tell the policy and the waiters about new results.
