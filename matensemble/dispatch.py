@@ -26,6 +26,7 @@ from matensemble.waiting_line import WaitingLine
 __all__ = ["BACKFILL_WINDOW", "Dispatcher", "Record"]
 
 BACKFILL_WINDOW = 64  # how many queued tasks one pass looks past a blocked head
+RUN_AT_LEAST = 64  # tasks made ready at once that are sorted into a run instead of the heap
 
 
 class Record:
@@ -62,6 +63,12 @@ class Dispatcher:
         self.strategy = strategy
         self.completion = completion
         self._ready: list[tuple[Any, ...]] = []  # heap of (key..., seq, record)
+        # Entries pushed since the last pass; a pass files them first: a large batch (the
+        # tasks of a submission) is sorted once into ``_run``, read in order from ``_run_at``
+        # on, instead of costing a heap push and a pop each (a heap of 10^6 entries: ~5 us).
+        self._incoming: list[tuple[Any, ...]] = []
+        self._run: list[tuple[Any, ...]] = []
+        self._run_at = 0
         # Entries the last pass looked at and left waiting, in order: the next pass reads them
         # merged with the heap instead of pushing them back (no O(log n) per waiting entry).
         self._front = WaitingLine()
@@ -99,7 +106,21 @@ class Dispatcher:
             self._stale += 1  # its older entry
         seq = next(self._seq)
         rec.entry = seq
-        heapq.heappush(self._ready, (*self.strategy.key(rec.task), seq, rec))
+        self._incoming.append((*self.strategy.key(rec.task), seq, rec))
+
+    def _file_incoming(self) -> None:
+        """Put the entries pushed since the last pass in the heap, or, when they are many
+        against what is left of the sorted run, sort them and merge them into the run."""
+        incoming, self._incoming = self._incoming, []
+        rest = len(self._run) - self._run_at
+        if len(incoming) < RUN_AT_LEAST or 8 * len(incoming) < rest:
+            for entry in incoming:
+                heapq.heappush(self._ready, entry)
+            return
+        incoming.sort()
+        if rest:
+            incoming = list(heapq.merge(self._run[self._run_at :], incoming))
+        self._run, self._run_at = incoming, 0
 
     def unqueued(self, rec: Record) -> None:
         """A queued task left the queue without starting (it was cancelled): its entry is
@@ -150,7 +171,11 @@ class Dispatcher:
         """
         if backfill is None:
             backfill = self.strategy.backfill
+        if self._incoming:
+            self._file_incoming()
         heap, line = self._ready, self._front
+        run, r = self._run, self._run_at  # the sorted run, read from ``r`` on
+        end_of_run = len(run)
         front = line.entries
         at = 0  # next entry of ``front`` to read
         put_back = WaitingLine()
@@ -169,10 +194,18 @@ class Dispatcher:
         # Shapes still waiting that have not failed to fit in this pass; when none is left, the
         # pass ends. With a deadline every entry is looked at (it may be held back).
         undecided = len(shapes) if deadline is None else -1
-        while at < waiting or heap:
+        while at < waiting or heap or r < end_of_run:
             if gated and not self.completion.may_start(in_flight()):
                 break
-            if at < waiting and (not heap or front[at] < heap[0]):
+            # The least of the three ordered sources: the front, the run and the heap.
+            if r < end_of_run and (not heap or run[r] < heap[0]):
+                if at < waiting and front[at] < run[r]:
+                    entry = front[at]
+                    at += 1
+                else:
+                    entry = run[r]
+                    r += 1
+            elif at < waiting and (not heap or front[at] < heap[0]):
                 entry = front[at]
                 at += 1
             else:
@@ -219,7 +252,10 @@ class Dispatcher:
                 if len(left) > BACKFILL_WINDOW or pool.free_cores == 0:
                     break
                 if not gated and deadline is None:
-                    at = self._sweep(line, at, waiting, put_back, no_room)
+                    bound = run[r] if r < end_of_run else None
+                    if heap and (bound is None or heap[0] < bound):
+                        bound = heap[0]
+                    at = self._sweep(line, at, waiting, put_back, no_room, bound)
                     if len(left) > BACKFILL_WINDOW:
                         break
                 continue
@@ -254,6 +290,10 @@ class Dispatcher:
             self.completion.blocked()
         if left:
             self.completion.blocked()
+        if r < end_of_run:
+            self._run_at = r
+        else:  # read to the end: let it go
+            self._run, self._run_at = [], 0
         # What waits, in order: this pass's leftovers, then the front entries it did not read.
         put_back.add_from(line, at, waiting)
         self._front = put_back
@@ -266,24 +306,25 @@ class Dispatcher:
         waiting: int,
         put_back: WaitingLine,
         no_room: set[Resources],
+        bound: tuple[Any, ...] | None,
     ) -> int:
         """Put back the front entries from ``at`` on whose shape did not fit in this pass,
-        as the pass would one by one (up to the window, before the heap's next entry, and up
-        to the first entry that needs a closer look); return where to read on.
+        as the pass would one by one (up to the window, before ``bound``, the least entry of
+        the run and the heap, and up to the first entry that needs a closer look); return
+        where to read on.
 
         While no queued entry can be stale, a run of one shape goes back in one slice: its
         entries are in order, so those before the heap's next entry are found by bisection.
         """
         if self._stale:
-            return self._sweep_one_by_one(line, at, waiting, put_back, no_room)
-        heap = self._ready
+            return self._sweep_one_by_one(line, at, waiting, put_back, no_room, bound)
         front, ends, shapes = line.entries, line.ends, line.shapes
         upto = min(waiting, at + BACKFILL_WINDOW + 1 - len(put_back.entries))
         k = bisect.bisect_right(ends, at) if at < upto else 0  # the run that holds ``at``
         while at < upto and shapes[k] in no_room:
             stop = min(ends[k], upto)
-            if heap and not front[stop - 1] < heap[0]:
-                stop = bisect.bisect_left(front, heap[0], at, stop)
+            if bound is not None and not front[stop - 1] < bound:
+                stop = bisect.bisect_left(front, bound, at, stop)
                 put_back.add_from(line, at, stop)
                 return stop
             put_back.add_from(line, at, stop)
@@ -298,12 +339,11 @@ class Dispatcher:
         waiting: int,
         put_back: WaitingLine,
         no_room: set[Resources],
+        bound: tuple[Any, ...] | None,
     ) -> int:
         """``_sweep`` when some entries may be stale: each one is looked at."""
-        heap = self._ready
         front = line.entries
         upto = min(waiting, at + BACKFILL_WINDOW + 1 - len(put_back.entries))
-        bound = heap[0] if heap else None
         ready = TaskState.READY
         while at < upto:
             entry = front[at]
