@@ -74,7 +74,10 @@ def first_fit(
     def plan(i: int) -> None:
         nonlocal best
         seen.add(i)
-        fit = _node_fit(pool, i, cores, gpus, first_on(i), node_tasks, held)
+        first = first_on(i)
+        if first is None or (best is not None and first[1][:2] > best[0]):
+            return  # nothing runs there, or its first release comes after the best node's fit
+        fit = _node_fit(pool, i, cores, gpus, first, node_tasks, held)
         if fit is not None and (best is None or fit[:2] < best[:2]):
             best = (fit[0], fit[1], i, fit[2])
 
