@@ -314,12 +314,28 @@ class Dispatcher:
         where to read on.
 
         While no queued entry can be stale, a run of one shape goes back in one slice: its
-        entries are in order, so those before the heap's next entry are found by bisection.
+        entries are in order, so those before ``bound`` are found by bisection. Else each
+        entry is looked at (a stale one is for the pass to drop).
         """
-        if self._stale:
-            return self._sweep_one_by_one(line, at, waiting, put_back, no_room, bound)
-        front, ends, shapes = line.entries, line.ends, line.shapes
+        front = line.entries
         upto = min(waiting, at + BACKFILL_WINDOW + 1 - len(put_back.entries))
+        if self._stale:
+            ready = TaskState.READY
+            while at < upto:
+                entry = front[at]
+                rec = entry[-1]
+                res = rec.task.resources
+                if (
+                    rec.entry != entry[-2]
+                    or rec.state is not ready
+                    or res not in no_room
+                    or (bound is not None and not entry < bound)
+                ):
+                    break
+                put_back.add(entry, res)
+                at += 1
+            return at
+        ends, shapes = line.ends, line.shapes
         k = bisect.bisect_right(ends, at) if at < upto else 0  # the run that holds ``at``
         while at < upto and shapes[k] in no_room:
             stop = min(ends[k], upto)
@@ -330,34 +346,6 @@ class Dispatcher:
             put_back.add_from(line, at, stop)
             at = stop
             k += 1
-        return at
-
-    def _sweep_one_by_one(
-        self,
-        line: WaitingLine,
-        at: int,
-        waiting: int,
-        put_back: WaitingLine,
-        no_room: set[Resources],
-        bound: tuple[Any, ...] | None,
-    ) -> int:
-        """``_sweep`` when some entries may be stale: each one is looked at."""
-        front = line.entries
-        upto = min(waiting, at + BACKFILL_WINDOW + 1 - len(put_back.entries))
-        ready = TaskState.READY
-        while at < upto:
-            entry = front[at]
-            rec = entry[-1]
-            res = rec.task.resources
-            if (
-                rec.entry != entry[-2]
-                or rec.state is not ready
-                or res not in no_room
-                or (bound is not None and not entry < bound)
-            ):
-                break
-            put_back.add(entry, res)
-            at += 1
         return at
 
     def _forget(self, res: Resources) -> None:
