@@ -11,6 +11,7 @@ future is the plain walk; the schedules must be equal.
 from __future__ import annotations
 
 import asyncio
+import random
 import tempfile
 
 from hypothesis import HealthCheck, given, settings
@@ -165,3 +166,69 @@ def test_a_cancelled_task_among_blocked_ones_does_not_count_against_the_backfill
         dispatch.BACKFILL_WINDOW = saved
     assert steered == plain
     assert steered["s"][1] == 1.0  # started when the core freed
+
+
+class SubmitBatches(CompletionPolicy):
+    """Every ``every`` results, submits a batch of ``size`` tasks with random priorities."""
+
+    def __init__(self, seed: int, every: int, size: int, batches: int) -> None:
+        self.rng = random.Random(seed)
+        self.every, self.size, self.left = every, size, batches
+        self.seen = 0
+        self.added: list[list[Task]] = []  # per result, in order: what was submitted on it
+
+    def on_result(self, result: TaskResult, ensemble: EnsembleControl) -> None:
+        self.seen += 1
+        batch: list[Task] = []
+        if self.left and self.seen % self.every == 0:
+            self.left -= 1
+            batch = [_one_second(f"n{self.seen}-{k}", self.rng) for k in range(self.size)]
+            ensemble.submit(batch)
+        self.added.append(batch)
+
+
+def _one_second(name: str, rng: random.Random) -> Task:
+    return Task(
+        id=name,
+        command=("sim",),
+        estimate=1.0,
+        priority=rng.randrange(-5, 6),
+        tags={"sim_duration": "1"},
+    )
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 10**6), every=st.integers(1, 40), size=st.sampled_from([3, 64, 150]))
+def test_tasks_submitted_in_batches_large_and_small_start_in_strict_priority_order(
+    seed: int, every: int, size: int
+) -> None:
+    """On one core, each task that starts is the best-ranked of those submitted so far that
+    have not started: whether a batch went to the heap or was sorted into a run, and merged
+    with what was left of the run before it."""
+    rng = random.Random(seed)
+    first = [_one_second(f"t{i}", rng) for i in range(100)]
+    policy = SubmitBatches(seed, every, size, batches=3)
+
+    async def main() -> list[TaskResult]:
+        with tempfile.TemporaryDirectory() as run_dir:
+            ens = Ensemble(
+                first,
+                backend=SimulatedBackend(1, 1),
+                strategy=Priority(backfill=True),
+                completion=policy,
+                run_dir=run_dir,
+                console_log=False,
+            )
+            await ens.run()
+            return list(ens.summary().results.values())
+
+    results = asyncio.run(main())
+    started = [r.id for r in sorted(results, key=lambda r: r.start_time or 0.0)]
+    ready = list(first)  # in submission order
+    expected = []
+    for k in range(len(results)):
+        best = min(ready, key=lambda t: -t.priority)  # the first of the best: submission order
+        ready.remove(best)
+        expected.append(best.id)
+        ready += policy.added[k]
+    assert started == expected
