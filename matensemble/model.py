@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import msgspec
 
@@ -130,10 +130,25 @@ class Resources(
         return self.ranks * self.gpus_per_rank
 
 
-# The one empty ``env``/``tags``/``times`` of every task and result that has none: a million
-# tasks would otherwise carry a million empty dicts each (64 bytes apiece). Read-only by
-# convention, like the frozen structs that hold it.
-_EMPTY: dict[Any, Any] = {}
+class _EmptyReadOnly(dict[Any, Any]):
+    """The one empty ``env``/``tags``/``times`` of every task and result that has none: a
+    million tasks would otherwise carry a million empty dicts each (64 bytes apiece). Shared,
+    so it refuses to change (``dict(task.env)`` makes a copy that can)."""
+
+    __slots__ = ()
+
+    def _refuse(self, *args: object, **kwargs: object) -> NoReturn:
+        raise TypeError(
+            "this empty env/tags/times is shared by every task and result without one and "
+            "cannot change: build the task or result with its own dict "
+            "(msgspec.structs.replace(task, tags={...}))"
+        )
+
+    __setitem__ = __delitem__ = __ior__ = _refuse
+    clear = pop = popitem = setdefault = update = _refuse
+
+
+_EMPTY = _EmptyReadOnly()
 
 
 class Task(
@@ -164,7 +179,8 @@ class Task(
         tags: free-form labels, kept in results and the journal.
 
     ``env`` and ``tags`` are read-only, like the task: a task without them shares one empty
-    dict with every other such task (build a new task with ``msgspec.structs.replace``).
+    dict with every other such task, which raises ``TypeError`` on a change (build a new task
+    with ``msgspec.structs.replace``).
     """
 
     id: str

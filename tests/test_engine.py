@@ -376,3 +376,20 @@ async def test_backfill_on_several_nodes_never_takes_the_node_reserved_for_the_h
         ).run()
         starts[backfill] = summary.results["head"].start_time
     assert starts[True] == starts[False] == pytest.approx(5.0)
+
+
+def test_tasks_without_tags_share_one_empty_dict_that_refuses_to_change() -> None:
+    plain, other = Task(id="a", command=["true"]), Task(id="b", command=["true"])
+    assert plain.tags is other.tags and plain.env is other.env  # one dict for a million tasks
+    with pytest.raises(TypeError, match="shared by every task"):
+        plain.tags["kind"] = "x"  # would otherwise tag every task at once
+    with pytest.raises(TypeError, match="shared by every task"):
+        plain.env.update(A="1")
+    assert other.tags == {} and other.env == {}
+    tagged = msgspec.structs.replace(plain, tags={"kind": "x"})
+    assert tagged.tags == {"kind": "x"} and other.tags == {}
+    result = TaskResult(id="a", state=TaskState.SUCCEEDED, attempts=1)
+    with pytest.raises(TypeError, match="shared by every task"):
+        result.times["start"] = 0.0
+    decoded = msgspec.json.decode(msgspec.json.encode(plain), type=Task)
+    assert decoded == plain and decoded.tags is plain.tags

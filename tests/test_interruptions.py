@@ -30,7 +30,11 @@ from matensemble import Ensemble, LocalBackend, Task
 run_dir, go, mode = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 # Each slow task sleeps until the file `go` exists: the first session never finishes them.
 slow = [
-    Task(id=f"slow{i}", command=["sh", "-c", f"echo $$ > pid; [ -f {go} ] || exec sleep 60"])
+    # The pid file appears whole (renamed into place): a reader never sees it empty.
+    Task(
+        id=f"slow{i}",
+        command=["sh", "-c", f"echo $$ > pid.new; mv pid.new pid; [ -f {go} ] || exec sleep 60"],
+    )
     for i in range(4)
 ]
 last = Task(id="last", command=["true"], after=["slow3"])
