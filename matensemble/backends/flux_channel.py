@@ -267,7 +267,7 @@ class FluxChannel:
             elif not self.closing:
                 self.fail(f"{self.name}Flux stopped sending job events: {exc}")
             return
-        future.reset()
+        self.bridge.next_response(future)
         jobid = payload["id"]
         if jobid == -1:  # the sentinel after the backlog: we are following live events now
             if self._journal_ready is not None and not self._journal_ready.done():

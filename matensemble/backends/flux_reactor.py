@@ -13,15 +13,19 @@ One iteration is not enough, and "no message pending" is the wrong place to stop
 - the pollfd is edge-triggered: once ``flux_pollevents`` has consumed an edge, messages already
   queued inside the handle do not make it readable again.
 
-So ``FluxReactorBridge.run`` repeats iterations until one makes no progress: no message was
-received (the handle's receive counters did not move), no callback of ours ran, and
+So ``FluxReactorBridge.run`` repeats iterations until one leaves nothing behind: it received
+no message (the handle's receive counters did not move; a message received runs its future's
+callback in the next iteration), no callback of ours reset a streaming future that was at once
+fulfilled again by a response already queued in it (``next_response`` tells), and
 ``flux_pollevents`` reports nothing to read. The last thing a drain does is that
 ``flux_pollevents`` call, which re-arms the edge: anything that arrives later makes the pollfd
-readable and asyncio calls us again. Nothing can be left behind, because every way work can
-appear is covered: a message (counted, or pending in ``pollevents``) or a callback of ours
-that may have made another future ready (counted). The one case without any fd activity, a
-``then`` registered on a future that is already fulfilled, is covered by ``kick()``, which
-callers use after touching the handle outside a drain.
+readable and asyncio calls us again. Nothing can be left behind, because every way a callback
+can become due is covered: a message (counted, or pending in ``pollevents``) or a streaming
+future made ready again by its reset (``next_response``). The one case without any fd
+activity, a ``then`` registered on a future that is already fulfilled, is covered by
+``kick()``, which callers use after touching the handle outside a drain. A message's drain
+thus takes two iterations (dispatch, callback), not three: each iteration costs the handle's
+watchers and us several ``epoll_wait``/``poll`` calls.
 
 Input that no iteration consumes (two in a row without progress while ``pollevents`` still
 says POLLIN) means no message handler is active: Flux stops dispatching when no RPC is
@@ -95,6 +99,7 @@ class FluxReactorBridge:
         self._callbacks = 0  # how many wrapped callbacks have run, ever
         self._draining = False
         self._kicked = False
+        self._again = False  # a callback left a streaming future ready (see next_response)
         self._lost = False
         self.wakeups = 0  # statistics for benchmarks: drains, and reactor iterations in them
         self.iterations = 0
@@ -127,6 +132,17 @@ class FluxReactorBridge:
         if self._lib.flux_rpc_get(future.handle, out) < 0:
             raise self._error(future)
         return _decode(self._ffi.string(out[0])) if out[0] != self._ffi.NULL else None
+
+    def next_response(self, future: Any) -> None:
+        """Reset a streaming RPC future for its next response (after reading this one).
+
+        A response already queued in the future fulfils it again at once; its callback then
+        runs in the next reactor iteration, which the drain makes sure to run.
+        """
+        lib = self._lib
+        lib.flux_future_reset(future.handle)
+        if lib.flux_future_is_ready(future.handle):
+            self._again = True
 
     def job_id(self, future: Any) -> int:
         """The job id of a fulfilled ``flux.job.submit_async`` future; ``OSError`` if refused."""
@@ -174,6 +190,7 @@ class FluxReactorBridge:
         self._flux_class.reactor_enter()
         try:
             stalled = 0
+            self._again = False
             received = self._received()
             while True:
                 callbacks = self._callbacks
@@ -186,16 +203,23 @@ class FluxReactorBridge:
                         self._flux_class.raise_if_exception()
                     except Exception as exc:
                         self._on_error(exc)
+                now = self._received()
+                if now != received:  # its future's callback runs in the next iteration
+                    received = now
+                    stalled = 0
+                    continue
+                if self._again:  # a streaming future holds the next response already
+                    self._again = False
+                    stalled = 0
+                    continue
                 events = lib.flux_pollevents(self._raw)
                 if events < 0 or events & lib.FLUX_POLLERR:
                     self._fail_lost()
                     return
-                now = self._received()
-                if now != received or callbacks != self._callbacks:
-                    received = now
-                    stalled = 0
-                elif not events & lib.FLUX_POLLIN:
+                if not events & lib.FLUX_POLLIN:
                     return
+                if callbacks != self._callbacks:
+                    stalled = 0
                 else:
                     # Input but no progress: it may have arrived after this iteration's check
                     # phase (the next one takes it), or no handler is listening (the dispatcher
