@@ -93,6 +93,8 @@ class FluxChannel:
         self._by_id: dict[int, FluxJob] = {}
         self._cleaning = 0  # jobs reported at their finish, not yet clean in Flux
         self._watched = WatchedJobs()  # partitions: jobs of our own that are not launches
+        self._novalidate: int = flux.constants.FLUX_JOB_NOVALIDATE
+        self._submitted = self.bridge.callback(self._on_submitted)  # made once, used per job
 
     # -- opening ------------------------------------------------------------------------------
 
@@ -152,10 +154,10 @@ class FluxChannel:
         Raises:
             OSError: the submit could not be sent.
         """
-        future = self.flux.job.submit_async(self.handle, jobspec, urgency=urgency, novalidate=True)
+        future = self.bridge.submit(jobspec.encode(), urgency, self._novalidate)
         job = FluxJob(launch)
         self._jobs[launch.key] = job
-        future.then(self.bridge.callback(self._on_submitted), job)
+        future.then(self._submitted, job)
         self.bridge.kick()
 
     def submit_watched(self, jobspec: str, tag: str, events: JobEvents) -> None:

@@ -85,14 +85,18 @@ class FluxReactorBridge:
     ) -> None:
         from flux.core.handle import Flux
         from flux.core.inner import ffi, lib
+        from flux.future import Future
 
         self._lib: Any = lib
         self._flux_class: Any = Flux
+        self._future_class: Any = Future
         self._handle = handle
         self._raw: Any = handle.handle  # the flux_t *, for direct calls into libflux
         self._reactor: Any = handle.get_reactor()
         self._ffi: Any = ffi
         self._counters: Any = ffi.new("flux_msgcounters_t *")
+        self._text: Any = ffi.new("char *[1]")  # out-parameters, reused (one thread)
+        self._jobid: Any = ffi.new("flux_jobid_t[1]")
         self._loop = loop
         self._on_error = on_error
         self._fd: int = handle.pollfd()
@@ -128,7 +132,7 @@ class FluxReactorBridge:
 
     def payload(self, future: Any) -> Any:
         """The decoded JSON payload of a fulfilled RPC future; ``OSError`` if it failed."""
-        out = self._ffi.new("char *[1]")
+        out = self._text
         if self._lib.flux_rpc_get(future.handle, out) < 0:
             raise self._error(future)
         return _decode(self._ffi.string(out[0])) if out[0] != self._ffi.NULL else None
@@ -144,9 +148,18 @@ class FluxReactorBridge:
         if lib.flux_future_is_ready(future.handle):
             self._again = True
 
+    def submit(self, jobspec: bytes, urgency: int, flags: int) -> Any:
+        """``flux_job_submit`` on the handle: ``flux.job.submit_async`` without its argument
+        conversions (the jobspec is encoded JSON already); ``OSError`` if it cannot be sent."""
+        raw = self._lib.flux_job_submit(self._raw, jobspec, urgency, flags)
+        if raw == self._ffi.NULL:
+            errno = self._ffi.errno
+            raise OSError(errno, os.strerror(errno))
+        return self._future_class(raw)
+
     def job_id(self, future: Any) -> int:
         """The job id of a fulfilled ``flux.job.submit_async`` future; ``OSError`` if refused."""
-        out = self._ffi.new("flux_jobid_t[1]")
+        out = self._jobid
         if self._lib.flux_job_submit_get_id(future.handle, out) < 0:
             raise self._error(future)
         return int(out[0])
