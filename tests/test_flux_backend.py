@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import importlib.util
 import os
 import signal
@@ -497,6 +498,61 @@ async def test_bridge_runs_a_callback_on_an_already_fulfilled_future_when_kicked
         bridge.kick()
         with anyio.fail_after(5):
             await called.wait()
+
+
+async def test_bridge_delivers_every_response_of_a_stream_that_arrives_at_once(
+    flux_uri: str,
+) -> None:
+    """The broker's log backlog is a burst of responses to one streaming RPC: several wait in
+    the future at each reset, and every one must reach the callback without fd activity."""
+    import flux.constants
+    from flux.core.inner import ffi, lib
+
+    data, size = ffi.new("void **"), ffi.new("size_t *")
+    async with bridged(flux_uri) as (handle, bridge, errors):
+        lines: list[bytes] = []
+        ended: list[int] = []
+        done = asyncio.Event()
+
+        def on_line(future: Any) -> None:
+            # Log entries are raw RFC 5424 text, not JSON: read them as bytes.
+            if lib.flux_rpc_get_raw(future.handle, data, size) < 0:
+                ended.append(ffi.errno)
+                done.set()
+                return
+            lines.append(bytes(ffi.buffer(data[0], size[0])))
+            bridge.next_response(future)
+
+        future = handle.rpc(
+            "log.dmesg",
+            {"follow": False, "nobacklog": False},
+            flags=flux.constants.FLUX_RPC_STREAMING,
+        )
+        future.then(bridge.callback(on_line))
+        # The broker answers while the loop is held: the whole backlog is queued at once.
+        handle.rpc("attr.get", {"name": "size", "flags": 0}).get()
+        bridge.kick()
+        with anyio.fail_after(10):
+            await done.wait()
+        assert ended == [errno.ENODATA]
+        assert len(lines) >= 5 and all(b"broker" in line for line in lines[:3])
+        assert errors == []
+
+
+async def test_bridge_drains_one_answer_in_two_reactor_iterations(flux_uri: str) -> None:
+    """One iteration dispatches the message, the next runs its callback; no third one to
+    find that nothing is left (each costs the handle's watchers several system calls)."""
+    async with bridged(flux_uri) as (handle, bridge, errors):
+        for _ in range(20):
+            answered = asyncio.Event()
+            handle.rpc("attr.get", {"name": "size", "flags": 0}).then(
+                bridge.callback(lambda f, event=answered: event.set())
+            )
+            with anyio.fail_after(5):
+                await answered.wait()
+        assert errors == []
+        assert bridge.wakeups >= 20
+        assert bridge.iterations <= 2 * bridge.wakeups
 
 
 async def test_bridge_hands_over_exceptions_from_callbacks(flux_uri: str) -> None:
