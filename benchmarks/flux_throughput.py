@@ -31,6 +31,10 @@ Methods, all running N ``true`` jobs (``--methods`` picks some):
   queued in Flux behind the running one);
 - ``ensemble-k2``, ``ensemble-k4``: the same with ``FluxBackend(partitions=k)``.
 
+``--baseline DIR`` (a directory holding another ``matensemble`` package, e.g. ``git archive main
+matensemble | tar -x -C DIR``) also runs each ensemble method with that code, as
+``METHOD@baseline``, alternating with the current code in the same run.
+
 Each line gives jobs/s, the driver's CPU per job, and the brokers' CPU per job (the brokers
 and the job shells they reaped). The summary compares the best of each method with the best
 raw method of the same run, and its median with the best raw median.
@@ -292,39 +296,53 @@ def inner(method: str, n: int, profile: str | None) -> None:
 # -- the runs, each in a fresh instance ---------------------------------------------------------
 
 
-def fresh(method: str, n: int, size: int) -> dict[str, Any]:
-    """Start a fresh ``flux start --test-size=SIZE`` and run one method in it."""
+BASELINE = "@baseline"
+
+
+def fresh(method: str, n: int, size: int, baseline: str | None = None) -> dict[str, Any]:
+    """Start a fresh ``flux start --test-size=SIZE`` and run one method in it; a method named
+    ``...@baseline`` imports ``matensemble`` from the ``baseline`` directory instead."""
+    env = None
+    if method.endswith(BASELINE):
+        assert baseline is not None
+        method = method[: -len(BASELINE)]
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([baseline, os.environ.get("PYTHONPATH", "")]),
+        }
     command = ["flux", "start", f"--test-size={size}", sys.executable, __file__]
     command += ["--inner", method, "--tasks", str(n)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=1800, check=False)
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=1800, check=False, env=env
+    )
     for line in done.stdout.splitlines():
         if line.startswith(MARK):
             return dict(json.loads(line[len(MARK) :]))
     raise SystemExit(f"{method} failed (exit {done.returncode}):\n{done.stdout}{done.stderr}")
 
 
-def outer(methods: list[str], n: int, reps: int, size: int) -> None:
+def outer(methods: list[str], n: int, reps: int, size: int, baseline: str | None) -> None:
     flux_version = subprocess.run(["flux", "version"], capture_output=True, text=True).stdout
     print(flux_version.strip())
     print(f"{n} `true` jobs per run, --test-size={size}, {os.cpu_count()} CPUs, {reps} rep(s)\n")
     rates: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
     for rep in range(reps):
         for method in methods if rep % 2 == 0 else methods[::-1]:
-            r = fresh(method, n, size)
+            r = fresh(method, n, size, baseline)
             r["rate"] = n / r["seconds"]
             rates[method].append(r)
             print(
-                f"  rep {rep + 1} {method:<14} {r['rate']:7.1f} jobs/s  driver CPU "
+                f"  rep {rep + 1} {method:<23} {r['rate']:7.1f} jobs/s  driver CPU "
                 f"{r['driver_cpu'] / n * 1000:5.2f} ms/job  brokers+shells CPU "
                 f"{r['flux_cpu'] / n * 1000:6.2f} ms/job",
                 flush=True,
             )
-    print(f"\n{'method':<14} {'best':>8} {'median':>8}  jobs/s; CPU per job of the best run")
+    print(f"\n{'method':<23} {'best':>8} {'median':>8}  jobs/s; CPU per job of the best run")
     best = {m: max(rs, key=lambda r: r["rate"]) for m, rs in rates.items()}
     for m, r in best.items():
         median = statistics.median(x["rate"] for x in rates[m])
         print(
-            f"{m:<14} {r['rate']:8.1f} {median:8.1f}  driver {r['driver_cpu'] / n * 1000:5.2f} ms"
+            f"{m:<23} {r['rate']:8.1f} {median:8.1f}  driver {r['driver_cpu'] / n * 1000:5.2f} ms"
             f"  brokers+shells {r['flux_cpu'] / n * 1000:6.2f} ms"
         )
     raw = [m for m in methods if m in RAW]
@@ -339,7 +357,7 @@ def outer(methods: list[str], n: int, reps: int, size: int) -> None:
         for m in methods:
             if m not in RAW:
                 print(
-                    f"  {m:<14} {best[m]['rate'] / best[top]['rate']:.2f} best"
+                    f"  {m:<23} {best[m]['rate'] / best[top]['rate']:.2f} best"
                     f"  {medians[m] / medians[middle]:.2f} median"
                 )
 
@@ -352,6 +370,12 @@ def main() -> None:
     parser.add_argument("--methods", default="raw-waitable,raw-journal,ensemble")
     parser.add_argument("--inner", help=argparse.SUPPRESS)
     parser.add_argument("--profile", help="inside: cProfile (main thread CPU) to this file")
+    parser.add_argument(
+        "--baseline",
+        help="a directory holding another matensemble package (e.g. `git archive main "
+        "matensemble | tar -x -C DIR`): each ensemble method also runs with it, as "
+        "METHOD@baseline, alternating with the current code",
+    )
     args = parser.parse_args()
     if args.inner:
         inner(args.inner, args.tasks, args.profile)
@@ -359,10 +383,19 @@ def main() -> None:
     if shutil.which("flux") is None:
         raise SystemExit("no `flux` command on PATH")
     methods = args.methods.split(",")
-    unknown = sorted(m for m in set(methods) - set(METHODS) if not WINDOW.match(m))
+    if args.baseline:
+        if not (Path(args.baseline) / "matensemble" / "__init__.py").is_file():
+            raise SystemExit(f"--baseline {args.baseline}: no matensemble package in it")
+        baseline = str(Path(args.baseline).resolve())
+        methods = [x for m in methods for x in (m, m + BASELINE) if x == m or "ensemble" in m]
+    else:
+        baseline = None
+    unknown = sorted(
+        m for m in set(methods) - set(METHODS) if not WINDOW.match(m) and BASELINE not in m
+    )
     if unknown:
         raise SystemExit(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
-    outer(methods, args.tasks, args.reps, args.size)
+    outer(methods, args.tasks, args.reps, args.size, baseline)
 
 
 if __name__ == "__main__":
