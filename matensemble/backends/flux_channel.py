@@ -158,7 +158,14 @@ class FluxChannel:
         job = FluxJob(launch)
         self._jobs[launch.key] = job
         future.then(self._submitted, job)
-        self.bridge.kick()
+        if not self._streaming():
+            # While the journal streams, Flux's dispatcher is active and the answer to this
+            # fresh request can only come as a message, which wakes the bridge: no drain now.
+            self.bridge.kick()
+
+    def _streaming(self) -> bool:
+        """Whether our journal RPC is outstanding (so Flux's message dispatcher is active)."""
+        return self._journal is not None and not self._journal_ended.is_set()
 
     def submit_watched(self, jobspec: str, tag: str, events: JobEvents) -> None:
         """Submit a job of our own (a partition) whose events go to ``events``.
