@@ -143,9 +143,8 @@ class FluxReactorBridge:
         A response already queued in the future fulfils it again at once; its callback then
         runs in the next reactor iteration, which the drain makes sure to run.
         """
-        lib = self._lib
-        lib.flux_future_reset(future.handle)
-        if lib.flux_future_is_ready(future.handle):
+        future.reset()  # the bindings' own: it also keeps the future registered for callbacks
+        if self._lib.flux_future_is_ready(future.handle):
             self._again = True
 
     def submit(self, jobspec: bytes, urgency: int, flags: int) -> Any:
