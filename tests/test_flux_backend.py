@@ -543,16 +543,21 @@ async def test_bridge_drains_one_answer_in_two_reactor_iterations(flux_uri: str)
     """One iteration dispatches the message, the next runs its callback; no third one to
     find that nothing is left (each costs the handle's watchers several system calls)."""
     async with bridged(flux_uri) as (handle, bridge, errors):
-        for _ in range(20):
+        per_answer = []
+        for _ in range(21):
             answered = asyncio.Event()
+            before = bridge.iterations
             handle.rpc("attr.get", {"name": "size", "flags": 0}).then(
                 bridge.callback(lambda f, event=answered: event.set())
             )
             with anyio.fail_after(5):
                 await answered.wait()
+            per_answer.append(bridge.iterations - before)
         assert errors == []
-        assert bridge.wakeups >= 20
-        assert bridge.iterations <= 2 * bridge.wakeups
+        # An answer takes two iterations, or three where it lands in the middle of one (the
+        # stall check takes it; a loaded machine makes that more frequent). A drain that always
+        # ran a further iteration to find nothing left took three or four for every answer.
+        assert min(per_answer) == 2, per_answer
 
 
 async def test_bridge_hands_over_exceptions_from_callbacks(flux_uri: str) -> None:
