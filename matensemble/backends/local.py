@@ -242,6 +242,8 @@ class LocalBackend(Backend):
         self._spawners.hand_over()
         for pidfd, _ in exited:
             run, pid, rank = self._watched.pop(pidfd)
+            # Out of the set before it is closed: a child being started may hold a copy of the
+            # descriptor until its exec, which would keep the closed one registered.
             self._exits.unregister(pidfd)
             os.close(pidfd)
             self._exited(run, pid, rank)
