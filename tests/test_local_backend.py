@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -598,42 +596,3 @@ async def test_a_tasks_outputs_are_opened_for_appending_and_blocking(tmp_path: P
             assert flags & os.O_APPEND, line  # a retry's output follows the first attempt's
             assert not flags & os.O_NONBLOCK, line  # as a program expects of its stdout
             assert flags & os.O_ACCMODE == os.O_WRONLY, line
-
-
-def test_the_event_loop_thread_makes_no_task_directory_and_opens_no_output_file(
-    tmp_path: Path,
-) -> None:
-    # Audit hooks cannot be removed, so they watch a run in a process of its own: every
-    # directory made and file opened below the run directory, and the thread that did it.
-    script = """
-import asyncio, json, sys, threading
-from matensemble import Ensemble, LocalBackend, Task
-
-run_dir = sys.argv[1]
-seen = []
-
-def watch(event, args):
-    if event == "os.mkdir" or (event == "open" and isinstance(args[0], str)):
-        seen.append((event, str(args[0]), threading.get_ident()))
-
-tasks = [Task(id=f"t{i}", command=["sh", "-c", "echo $MATENSEMBLE_TASK_ID"]) for i in range(8)]
-ensemble = Ensemble(tasks, backend=LocalBackend(), run_dir=run_dir)
-sys.addaudithook(watch)
-summary = asyncio.run(ensemble.run())
-print(json.dumps({"loop": threading.get_ident(), "seen": seen, "counts": summary.counts}))
-"""
-    run_dir = tmp_path / "run"
-    done = subprocess.run(
-        [sys.executable, "-c", script, str(run_dir)], capture_output=True, text=True, timeout=60
-    )
-    assert done.returncode == 0, done.stderr
-    report = json.loads(done.stdout.splitlines()[-1])
-    assert report["counts"]["succeeded"] == 8
-    for i in range(8):
-        assert (run_dir / "tasks" / f"t{i}" / "stdout").read_text() == f"t{i}\n"
-    # Made and opened relative to the tasks directory: the paths are bare names.
-    ids = {f"t{i}" for i in range(8)}
-    made = [s for s in report["seen"] if s[0] == "os.mkdir" and Path(s[1]).name in ids]
-    outputs = [s for s in report["seen"] if s[0] == "open" and s[1] in ("stdout", "stderr")]
-    assert len(made) == 8 and len(outputs) == 16  # what it watches did happen
-    assert [s for s in made + outputs if s[2] == report["loop"]] == []

@@ -1,9 +1,8 @@
 """The local backend: every launch is a group of real processes on this machine.
 
-The event loop thread plans a launch; a worker thread makes its task directory, opens its
-output files and starts its processes (``local_spawner``: one ``vfork``/``exec`` each, without
-a ``preexec_fn``), pinned by the worker's own CPU mask, which a child inherits, and hands them
-back to the loop.
+The event loop thread plans a launch and opens its output files; a worker thread starts its
+processes (``local_spawner``: one ``vfork``/``exec`` each, without a ``preexec_fn``), pinned by
+the worker's own CPU mask, which a child inherits, and hands them back to the loop.
 
 Waiting needs no thread, no coroutine and no polling: a ``pidfd`` turns readable when its
 process exits. Every pidfd sits in one ``epoll`` set of the backend's, which the event loop
@@ -46,8 +45,10 @@ from matensemble.backends.local_plan import (
     LaunchError,
     LaunchPlanner,
     describe_exit,
+    open_outputs,
 )
 from matensemble.backends.local_spawner import Spawners, Started
+from matensemble.backends.task_files import TaskOutputs
 from matensemble.errors import BackendError, BackendUnavailable
 from matensemble.model import TaskState
 from matensemble.resources import NodeSpec
@@ -127,6 +128,7 @@ class LocalBackend(Backend):
         self._gpus: tuple[str, ...] = ()
         self._planner: LaunchPlanner | None = None
         self._devnull = -1
+        self._outputs = TaskOutputs()
         self._spawners: Spawners | None = None
         self._exits: select.epoll | None = None  # the pidfds of every unreaped process
         self._watched: dict[int, tuple[_Run, int, int]] = {}  # pidfd -> run, pid, rank
@@ -191,13 +193,14 @@ class LocalBackend(Backend):
             return
         try:
             plan = self._plans.plan(launch)
+            out, err = open_outputs(self._outputs, launch)
         except LaunchError as exc:
             self._reports.soon(Outcome(key=key, state=TaskState.FAILED, reason=str(exc)))
             return
         run = _Run(launch, len(plan))
         self._runs[key] = run
         assert self._spawners is not None
-        self._spawners.submit(run, plan, launch.task.cwd, launch.task_dir)
+        self._spawners.submit(run, plan, launch.task.cwd or str(launch.task_dir), out, err)
         if launch.task.timeout is not None:
             run.timer = loop.call_later(launch.task.timeout, self._time_out, run)
 
@@ -343,6 +346,7 @@ class LocalBackend(Backend):
                 self._release()
 
     def _release(self) -> None:
+        self._outputs.close()
         if self._spawners is not None:
             self._spawners.close()
             self._spawners = None

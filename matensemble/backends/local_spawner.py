@@ -7,10 +7,7 @@ exits and journaling while a launch starts. There is one worker per core (up to
 affinity of its last launch: a child inherits its thread's mask, so pinning a one-core task
 costs no system call once the worker of that core has pinned itself.
 
-A worker makes the launch's task directory and opens its ``stdout`` and ``stderr`` (see
-``task_files``; each worker holds its own handle of the run's ``tasks`` directory), so the
-loop thread makes no file system call for a launch. It then starts every copy of the launch,
-opens a ``pidfd`` for each and adds it to the
+A worker starts every copy of a launch, opens a ``pidfd`` for each and adds it to the
 backend's ``epoll`` set of exits, and leaves the result (``Started``) for the loop, which takes
 it in (``hand_over``) before it looks at exits or stops a launch: a launch that starts well
 costs the loop no wake-up of its own. The loop is woken (``call_soon_threadsafe``, once per
@@ -29,14 +26,12 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from queue import SimpleQueue
 from typing import NamedTuple
 
 from matensemble.backends.local_inventory import CAN_PIN, kill_group
-from matensemble.backends.local_plan import LaunchError, Process, describe_spawn_error, open_outputs
+from matensemble.backends.local_plan import Process, describe_spawn_error
 from matensemble.backends.local_spawn import spawn
-from matensemble.backends.task_files import TaskOutputs
 
 __all__ = ["MAX_WORKERS", "Spawners", "Started"]
 
@@ -52,8 +47,8 @@ class Started(NamedTuple):
     failure: str | None  # why the next copy did not start (the others were started)
 
 
-# token, plan, working directory (None: the task directory), task directory
-_Job = tuple[object, list[Process], str | None, Path]
+# token, plan, working directory, stdout, stderr (closed by the worker)
+_Job = tuple[object, list[Process], str, int, int]
 
 
 class Spawners:
@@ -85,9 +80,9 @@ class Spawners:
         self._wake_pending = False
         self._killed = False
 
-    def submit(self, token: object, plan: list[Process], cwd: str | None, task_dir: Path) -> None:
-        """Make ``task_dir`` and its output files, then start ``plan`` (the copies of one
-        launch) in ``cwd`` (``None``: in ``task_dir``)."""
+    def submit(self, token: object, plan: list[Process], cwd: str, out: int, err: int) -> None:
+        """Start ``plan`` (the copies of one launch) in ``cwd``; the worker closes ``out`` and
+        ``err``."""
         cores = plan[0][3]
         index = self._worker_of.get(cores[0], 0) if cores else 0
         if self._threads[index] is None:
@@ -97,7 +92,7 @@ class Spawners:
             thread.daemon = True  # a stuck exec must not keep the interpreter from exiting
             thread.start()
             self._threads[index] = thread
-        self._queues[index].put((token, plan, cwd, task_dir))
+        self._queues[index].put((token, plan, cwd, out, err))
 
     def kill(self) -> None:
         """From now on, kill what is started; kill what was started but not yet delivered."""
@@ -117,46 +112,28 @@ class Spawners:
 
     def _serve(self, jobs: SimpleQueue[_Job | None]) -> None:
         mask: Sequence[int] = self._all_cores
-        outputs = TaskOutputs()  # this worker's handle of the tasks directory
-        try:
-            while (job := jobs.get()) is not None:
-                mask = self._start_launch(job, outputs, mask)
-        finally:
-            outputs.close()
-
-    def _start_launch(self, job: _Job, outputs: TaskOutputs, mask: Sequence[int]) -> Sequence[int]:
-        """Open the launch's outputs and start its copies; the worker's CPU mask after."""
-        token, plan, cwd, task_dir = job
-        processes: list[tuple[int, int, int]] = []
-        start_time: float | None = None
-        failure: str | None = None
-        try:
-            out, err = open_outputs(outputs, task_dir)
-        except LaunchError as exc:
-            self._post(Started(token, processes, None, str(exc)))
-            return mask
-        except BaseException as exc:  # a bug: fail the launch, keep the worker
-            self._post(Started(token, processes, None, f"cannot open the outputs: {exc!r}"))
-            return mask
-        where = cwd or str(task_dir)
-        try:
-            for rank, process in enumerate(plan):
-                cores = tuple(process[3]) or self._all_cores
-                if CAN_PIN and cores != mask:
-                    os.sched_setaffinity(0, cores)  # this thread only; children inherit it
-                    mask = cores
-                failure, pid, pidfd = _start(process, where, (self._stdin, out, err))
-                if failure is not None:
-                    break
-                start_time = start_time or time.time()
-                processes.append((rank, pid, pidfd))
-        except BaseException as exc:  # a bug: fail the launch, keep the worker
-            failure = f"cannot start {plan[0][0][0]!r}: {exc!r}"
-        finally:
-            os.close(out)
-            os.close(err)
-        self._post(Started(token, processes, start_time, failure))
-        return mask
+        while (job := jobs.get()) is not None:
+            token, plan, cwd, out, err = job
+            processes: list[tuple[int, int, int]] = []
+            start_time: float | None = None
+            failure: str | None = None
+            try:
+                for rank, process in enumerate(plan):
+                    cores = tuple(process[3]) or self._all_cores
+                    if CAN_PIN and cores != mask:
+                        os.sched_setaffinity(0, cores)  # this thread only; children inherit it
+                        mask = cores
+                    failure, pid, pidfd = _start(process, cwd, (self._stdin, out, err))
+                    if failure is not None:
+                        break
+                    start_time = start_time or time.time()
+                    processes.append((rank, pid, pidfd))
+            except BaseException as exc:  # a bug: fail the launch, keep the worker
+                failure = f"cannot start {plan[0][0][0]!r}: {exc!r}"
+            finally:
+                os.close(out)
+                os.close(err)
+            self._post(Started(token, processes, start_time, failure))
 
     def _post(self, started: Started) -> None:
         with self._lock:
