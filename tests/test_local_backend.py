@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -14,6 +16,7 @@ import pytest
 
 from matensemble.backends.base import Launch, Outcome
 from matensemble.backends.local import LocalBackend
+from matensemble.backends.local_spawner import InlineWhileQuick
 from matensemble.errors import BackendError
 from matensemble.model import Resources, Slot, Task, TaskState
 
@@ -596,3 +599,64 @@ async def test_a_tasks_outputs_are_opened_for_appending_and_blocking(tmp_path: P
             assert flags & os.O_APPEND, line  # a retry's output follows the first attempt's
             assert not flags & os.O_NONBLOCK, line  # as a program expects of its stdout
             assert flags & os.O_ACCMODE == os.O_WRONLY, line
+
+
+# -- where the output files are opened ----------------------------------------------------------
+
+
+def test_outputs_are_opened_in_the_loop_while_quick_and_by_the_workers_once_slow() -> None:
+    where = InlineWhileQuick(below=50e-6, probe_every=4)
+    for _ in range(100):  # tmpfs, a disk's cache: stays in the loop
+        assert where.inline()
+        where.took(20e-6)
+    where.took(2e-3)  # one slow mkdir (a loaded disk, a parallel file system)
+    # To the workers; every 4th launch is opened (and timed) in the loop again.
+    assert [where.inline() for _ in range(8)] == [False, False, False, True] * 2
+    probes = 0
+    while where.average >= 50e-6:  # quick probes bring it back, a few of them
+        assert [where.inline() for _ in range(4)] == [False, False, False, True]
+        where.took(20e-6)
+        probes += 1
+    assert 1 < probes < 20
+    assert all(where.inline() for _ in range(8))
+
+
+def test_on_a_slow_file_system_the_loop_thread_makes_no_task_directory_and_opens_no_output(
+    tmp_path: Path,
+) -> None:
+    # Audit hooks cannot be removed, so they watch a run in a process of its own: every
+    # directory made and file opened, and the thread that did it. A threshold of zero
+    # stands for a file system on which every open is slow.
+    script = """
+import asyncio, json, sys, threading
+from matensemble import Ensemble, LocalBackend, Task
+from matensemble.backends import local
+
+local.OPEN_INLINE_BELOW = 0.0
+seen = []
+
+def watch(event, args):
+    if event == "os.mkdir" or (event == "open" and isinstance(args[0], str)):
+        seen.append((event, str(args[0]), threading.get_ident()))
+
+tasks = [Task(id=f"t{i}", command=["sh", "-c", "echo $MATENSEMBLE_TASK_ID"]) for i in range(8)]
+ensemble = Ensemble(tasks, backend=LocalBackend(), run_dir=sys.argv[1])
+sys.addaudithook(watch)
+summary = asyncio.run(ensemble.run())
+print(json.dumps({"loop": threading.get_ident(), "seen": seen, "counts": summary.counts}))
+"""
+    run_dir = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(run_dir)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.splitlines()[-1])
+    assert report["counts"]["succeeded"] == 8
+    for i in range(8):
+        assert (run_dir / "tasks" / f"t{i}" / "stdout").read_text() == f"t{i}\n"
+    # Made and opened relative to the tasks directory: the paths are bare names.
+    ids = {f"t{i}" for i in range(8)}
+    made = [s for s in report["seen"] if s[0] == "os.mkdir" and Path(s[1]).name in ids]
+    outputs = [s for s in report["seen"] if s[0] == "open" and s[1] in ("stdout", "stderr")]
+    assert len(made) == 8 and len(outputs) == 16  # what it watches did happen
+    assert [s for s in made + outputs if s[2] == report["loop"]] == []

@@ -8,6 +8,7 @@ tasks, SIGKILL, symbolic links and files in a temporary directory.
 
 from __future__ import annotations
 
+import math
 import os
 import select
 import signal
@@ -19,6 +20,7 @@ import anyio
 import pytest
 
 from matensemble import Ensemble, LocalBackend, SimulatedBackend, Task, TaskState
+from matensemble.backends import local as local_backend
 from matensemble.backends.task_files import open_task_outputs, prepare_task_outputs
 from matensemble.errors import RunDirectoryTaken, UnsafeTaskPath
 from matensemble.events import RunStarted, TaskFinished
@@ -324,7 +326,13 @@ def test_status_tells_a_sigkilled_driver_from_a_live_one(tmp_path: Path) -> None
 # -- nothing written through a link -------------------------------------------------------------
 
 
-async def test_task_outputs_are_never_written_through_a_symlink(tmp_path: Path) -> None:
+@pytest.mark.parametrize("opened_by", ["the loop", "the workers"])
+async def test_task_outputs_are_never_written_through_a_symlink(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, opened_by: str
+) -> None:
+    # Opened in the event loop while that is quick, by the spawner workers once it is slow.
+    below = math.inf if opened_by == "the loop" else 0.0
+    monkeypatch.setattr(local_backend, "OPEN_INLINE_BELOW", below)
     run_dir = tmp_path / "run"
     outside = tmp_path / "outside"
     outside.mkdir()

@@ -1,8 +1,9 @@
 """The local backend: every launch is a group of real processes on this machine.
 
-The event loop thread plans a launch and opens its output files; a worker thread starts its
-processes (``local_spawner``: one ``vfork``/``exec`` each, without a ``preexec_fn``), pinned by
-the worker's own CPU mask, which a child inherits, and hands them back to the loop.
+The event loop thread plans a launch and opens its output files (a worker does, where the
+file system is slow: see ``local_spawner``); a worker thread starts its processes
+(``local_spawner``: one ``vfork``/``exec`` each, without a ``preexec_fn``), pinned by the
+worker's own CPU mask, which a child inherits, and hands them back to the loop.
 
 Waiting needs no thread, no coroutine and no polling: a ``pidfd`` turns readable when its
 process exits. Every pidfd sits in one ``epoll`` set of the backend's, which the event loop
@@ -47,7 +48,12 @@ from matensemble.backends.local_plan import (
     describe_exit,
     open_outputs,
 )
-from matensemble.backends.local_spawner import Spawners, Started
+from matensemble.backends.local_spawner import (
+    OPEN_INLINE_BELOW,
+    InlineWhileQuick,
+    Spawners,
+    Started,
+)
 from matensemble.backends.task_files import TaskOutputs
 from matensemble.errors import BackendError, BackendUnavailable
 from matensemble.model import TaskState
@@ -129,6 +135,7 @@ class LocalBackend(Backend):
         self._planner: LaunchPlanner | None = None
         self._devnull = -1
         self._outputs = TaskOutputs()
+        self._open_here = InlineWhileQuick(OPEN_INLINE_BELOW)  # where outputs are opened
         self._spawners: Spawners | None = None
         self._exits: select.epoll | None = None  # the pidfds of every unreaped process
         self._watched: dict[int, tuple[_Run, int, int]] = {}  # pidfd -> run, pid, rank
@@ -191,16 +198,22 @@ class LocalBackend(Backend):
         if self._closing:
             self._reports.soon(Outcome(key=key, state=TaskState.CANCELLED, reason="backend closed"))
             return
+        outputs: tuple[int, int] | None = None
         try:
             plan = self._plans.plan(launch)
-            out, err = open_outputs(self._outputs, launch)
+            if self._open_here.inline():
+                began = time.perf_counter()
+                outputs = open_outputs(self._outputs, launch.task_dir)
+                self._open_here.took(time.perf_counter() - began)
         except LaunchError as exc:
             self._reports.soon(Outcome(key=key, state=TaskState.FAILED, reason=str(exc)))
             return
         run = _Run(launch, len(plan))
         self._runs[key] = run
         assert self._spawners is not None
-        self._spawners.submit(run, plan, launch.task.cwd or str(launch.task_dir), out, err)
+        self._spawners.submit(
+            run, plan, launch.task.cwd or str(launch.task_dir), launch.task_dir, outputs
+        )
         if launch.task.timeout is not None:
             run.timer = loop.call_later(launch.task.timeout, self._time_out, run)
 
@@ -245,6 +258,8 @@ class LocalBackend(Backend):
         self._spawners.hand_over()
         for pidfd, _ in exited:
             run, pid, rank = self._watched.pop(pidfd)
+            # Out of the set before it is closed: a child being started may hold a copy of the
+            # descriptor until its exec, which would keep the closed one registered.
             self._exits.unregister(pidfd)
             os.close(pidfd)
             self._exited(run, pid, rank)

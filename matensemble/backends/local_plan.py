@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import sys
+from pathlib import Path
 
 from matensemble.backends.base import Launch, task_variables
 from matensemble.backends.task_files import TaskOutputs
@@ -150,15 +151,15 @@ class LaunchPlanner:
         return found
 
 
-def open_outputs(outputs: TaskOutputs, launch: Launch) -> tuple[int, int]:
+def open_outputs(outputs: TaskOutputs, task_dir: Path) -> tuple[int, int]:
     """Open stdout and stderr for appending, creating the task directory if it is missing,
     without following links (see ``task_files``)."""
     try:
-        return outputs.open(launch.task_dir)
+        return outputs.open(task_dir)
     except UnsafeTaskPath as exc:
         raise LaunchError(str(exc)) from None
     except OSError as exc:
-        where = exc.filename if exc.filename is not None else launch.task_dir
+        where = exc.filename if exc.filename is not None else task_dir
         raise LaunchError(f"cannot open {str(where)!r}: {exc.strerror}") from None
 
 

@@ -7,6 +7,13 @@ exits and journaling while a launch starts. There is one worker per core (up to
 affinity of its last launch: a child inherits its thread's mask, so pinning a one-core task
 costs no system call once the worker of that core has pinned itself.
 
+A launch's task directory and output files (see ``task_files``) are made by the loop thread
+while that is quick (tmpfs, a local disk's cache: about 20 µs) and by the worker otherwise (a
+loaded disk, a parallel file system: milliseconds, which would hold up every other launch and
+exit): each system call a worker makes lets go of the GIL and takes it back from a busy loop
+thread, which costs more than a quick ``mkdir`` and two ``open`` calls save. ``InlineWhileQuick``
+times the loop's opens and decides, as the journal does for its syncs.
+
 A worker starts every copy of a launch, opens a ``pidfd`` for each and adds it to the
 backend's ``epoll`` set of exits, and leaves the result (``Started``) for the loop, which takes
 it in (``hand_over``) before it looks at exits or stops a launch: a launch that starts well
@@ -26,16 +33,46 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from queue import SimpleQueue
 from typing import NamedTuple
 
 from matensemble.backends.local_inventory import CAN_PIN, kill_group
-from matensemble.backends.local_plan import Process, describe_spawn_error
+from matensemble.backends.local_plan import LaunchError, Process, describe_spawn_error, open_outputs
 from matensemble.backends.local_spawn import spawn
+from matensemble.backends.task_files import TaskOutputs
 
-__all__ = ["MAX_WORKERS", "Spawners", "Started"]
+__all__ = ["MAX_WORKERS", "OPEN_INLINE_BELOW", "InlineWhileQuick", "Spawners", "Started"]
 
 MAX_WORKERS = 32
+# Outputs opened this quickly hold up the event loop less than a worker's GIL hand-offs cost.
+OPEN_INLINE_BELOW = 50e-6
+
+
+class InlineWhileQuick:
+    """Whether to make a call in the event loop's thread: while the moving average of the
+    calls timed there stays under ``below`` seconds. Otherwise the call goes to a thread,
+    except every ``probe_every``-th, which is made (and timed) in the loop again, so that a
+    file system that turned quick again is noticed."""
+
+    def __init__(self, below: float, probe_every: int = 64) -> None:
+        self.below = below
+        self.probe_every = probe_every
+        self.average = 0.0  # seconds; the first calls are made in the loop and timed
+        self._skipped = 0
+
+    def inline(self) -> bool:
+        if self.average < self.below:
+            return True
+        self._skipped += 1
+        if self._skipped < self.probe_every:
+            return False
+        self._skipped = 0
+        return True
+
+    def took(self, seconds: float) -> None:
+        """A call made in the loop took ``seconds``."""
+        self.average += (seconds - self.average) / 4
 
 
 class Started(NamedTuple):
@@ -47,8 +84,9 @@ class Started(NamedTuple):
     failure: str | None  # why the next copy did not start (the others were started)
 
 
-# token, plan, working directory, stdout, stderr (closed by the worker)
-_Job = tuple[object, list[Process], str, int, int]
+# token, plan, working directory, task directory, stdout and stderr (None: the worker opens
+# them in the task directory; the worker closes them)
+_Job = tuple[object, list[Process], str, Path, tuple[int, int] | None]
 
 
 class Spawners:
@@ -80,9 +118,17 @@ class Spawners:
         self._wake_pending = False
         self._killed = False
 
-    def submit(self, token: object, plan: list[Process], cwd: str, out: int, err: int) -> None:
-        """Start ``plan`` (the copies of one launch) in ``cwd``; the worker closes ``out`` and
-        ``err``."""
+    def submit(
+        self,
+        token: object,
+        plan: list[Process],
+        cwd: str,
+        task_dir: Path,
+        outputs: tuple[int, int] | None,
+    ) -> None:
+        """Start ``plan`` (the copies of one launch) in ``cwd`` with stdout and stderr on
+        ``outputs`` (the worker closes them); ``None``: the worker makes ``task_dir`` and opens
+        them there first."""
         cores = plan[0][3]
         index = self._worker_of.get(cores[0], 0) if cores else 0
         if self._threads[index] is None:
@@ -92,7 +138,7 @@ class Spawners:
             thread.daemon = True  # a stuck exec must not keep the interpreter from exiting
             thread.start()
             self._threads[index] = thread
-        self._queues[index].put((token, plan, cwd, out, err))
+        self._queues[index].put((token, plan, cwd, task_dir, outputs))
 
     def kill(self) -> None:
         """From now on, kill what is started; kill what was started but not yet delivered."""
@@ -112,28 +158,47 @@ class Spawners:
 
     def _serve(self, jobs: SimpleQueue[_Job | None]) -> None:
         mask: Sequence[int] = self._all_cores
-        while (job := jobs.get()) is not None:
-            token, plan, cwd, out, err = job
-            processes: list[tuple[int, int, int]] = []
-            start_time: float | None = None
-            failure: str | None = None
+        outputs = TaskOutputs()  # this worker's handle of the tasks directory, if it opens
+        try:
+            while (job := jobs.get()) is not None:
+                mask = self._start_launch(job, outputs, mask)
+        finally:
+            outputs.close()
+
+    def _start_launch(self, job: _Job, outputs: TaskOutputs, mask: Sequence[int]) -> Sequence[int]:
+        """Open the launch's outputs if asked to, start its copies; the worker's CPU mask after."""
+        token, plan, cwd, task_dir, fds = job
+        processes: list[tuple[int, int, int]] = []
+        start_time: float | None = None
+        failure: str | None = None
+        if fds is None:
             try:
-                for rank, process in enumerate(plan):
-                    cores = tuple(process[3]) or self._all_cores
-                    if CAN_PIN and cores != mask:
-                        os.sched_setaffinity(0, cores)  # this thread only; children inherit it
-                        mask = cores
-                    failure, pid, pidfd = _start(process, cwd, (self._stdin, out, err))
-                    if failure is not None:
-                        break
-                    start_time = start_time or time.time()
-                    processes.append((rank, pid, pidfd))
+                fds = open_outputs(outputs, task_dir)
+            except LaunchError as exc:
+                self._post(Started(token, processes, None, str(exc)))
+                return mask
             except BaseException as exc:  # a bug: fail the launch, keep the worker
-                failure = f"cannot start {plan[0][0][0]!r}: {exc!r}"
-            finally:
-                os.close(out)
-                os.close(err)
-            self._post(Started(token, processes, start_time, failure))
+                self._post(Started(token, processes, None, f"cannot open the outputs: {exc!r}"))
+                return mask
+        out, err = fds
+        try:
+            for rank, process in enumerate(plan):
+                cores = tuple(process[3]) or self._all_cores
+                if CAN_PIN and cores != mask:
+                    os.sched_setaffinity(0, cores)  # this thread only; children inherit it
+                    mask = cores
+                failure, pid, pidfd = _start(process, cwd, (self._stdin, out, err))
+                if failure is not None:
+                    break
+                start_time = start_time or time.time()
+                processes.append((rank, pid, pidfd))
+        except BaseException as exc:  # a bug: fail the launch, keep the worker
+            failure = f"cannot start {plan[0][0][0]!r}: {exc!r}"
+        finally:
+            os.close(out)
+            os.close(err)
+        self._post(Started(token, processes, start_time, failure))
+        return mask
 
     def _post(self, started: Started) -> None:
         with self._lock:

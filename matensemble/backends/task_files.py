@@ -22,6 +22,7 @@ from matensemble.errors import UnsafeTaskPath
 __all__ = ["TaskOutputs", "open_task_outputs", "prepare_task_outputs"]
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _OUTPUTS = ("stdout", "stderr")
 
@@ -143,6 +144,14 @@ def _is_link(dir_fd: int, name: str) -> bool:
 
 
 def _open_output(dir_fd: int, task_dir: Path, name: str) -> int:
+    try:
+        # The common case, a first attempt: a file this call creates is a plain file with one
+        # link (O_EXCL fails on anything already there, a link or a FIFO included).
+        return os.open(name, _NEW_FILE_FLAGS, 0o644, dir_fd=dir_fd)
+    except FileExistsError:
+        pass  # a retry, a resume, or something planted: opened and checked below
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(task_dir / name)) from None
     try:
         # O_NONBLOCK: a FIFO planted here fails (ENXIO) instead of blocking the driver.
         fd = os.open(name, _FILE_FLAGS, 0o644, dir_fd=dir_fd)
