@@ -230,7 +230,7 @@ def our_jobspecs(flux: Any, n: int, base: Path) -> list[str]:
             task=Task(id=f"r{i}", command=("true",)),
             attempt=1,
             placement=(Slot(node.name, node.cores[:1]),),
-            task_dir=base / "tasks" / f"r{i}",
+            tasks_dir=base / "tasks",
             run_id="bench",
         )
         launch.task_dir.mkdir(parents=True)

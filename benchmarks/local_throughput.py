@@ -119,6 +119,7 @@ async def backend_alone(n: int, cores: int, base: Path) -> tuple[float, DriverCP
         (node,) = await backend.open(outcomes.put_nowait, tg)
         with tempfile.TemporaryDirectory(dir=base) as run_dir:
             free, started = list(node.cores), 0
+            tasks_dir = Path(run_dir, "tasks")
             core_of: dict[tuple[str, int], int] = {}
             cpu, t0 = DriverCPU(), time.perf_counter()
             cpu.start()
@@ -126,9 +127,8 @@ async def backend_alone(n: int, cores: int, base: Path) -> tuple[float, DriverCP
                 while free and started < n:
                     task, core = tasks[started], free.pop()
                     slot = Slot(node.name, (core,), ())
-                    task_dir = Path(run_dir, "tasks", task.id)
                     launch = Launch(
-                        task=task, attempt=1, placement=(slot,), task_dir=task_dir, run_id="b"
+                        task=task, attempt=1, placement=(slot,), tasks_dir=tasks_dir, run_id="b"
                     )
                     core_of[launch.key] = core
                     backend.launch(launch)

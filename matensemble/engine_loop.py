@@ -101,7 +101,7 @@ class EngineLoop(RunState):
             task=task,
             attempt=rec.attempts,
             placement=placement,
-            task_dir=self._tasks_dir / task.id,
+            tasks_dir=self._tasks_dir,
             run_id=self.run_id,
         )
 

@@ -170,7 +170,7 @@ async def adopt_left_running(
             task=past.tasks[task_id],
             attempt=past.attempts[task_id],
             placement=placement,
-            task_dir=tasks_dir / task_id,
+            tasks_dir=tasks_dir,
             run_id=run_id,
         )
         offers.append((launch, job_id))

@@ -55,7 +55,7 @@ class Harness:
             task=task,
             attempt=attempt,
             placement=placement,
-            task_dir=self.task_dir(task.id),
+            tasks_dir=self.task_dir(task.id).parent,
             run_id=RUN_ID,
         )
         self.placements[launch.key] = placement

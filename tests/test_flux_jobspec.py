@@ -76,9 +76,7 @@ def test_each_launch_of_each_shape_gets_the_jobspec_flux_itself_would_build(
     for i, res in enumerate(SHAPES * 2):  # the second round comes from the templates
         task = Task(id=f"t{i}", command=("echo", f"arg {i}"), resources=res, timeout=i or None)
         placement = (Slot("n0", (0,)), Slot("n1", (1,))) if i % 2 else (Slot("n1", (0, 1)),)
-        launch = Launch(
-            task=task, attempt=i, placement=placement, task_dir=tmp_path / f"t{i}", run_id="r1"
-        )
+        launch = Launch(task=task, attempt=i, placement=placement, tasks_dir=tmp_path, run_id="r1")
         ranks = "0-1" if i % 2 else "1"
         assert json.loads(builder.build(launch)) == flux_own_jobspec(launch, environ, ranks)
         unconstrained = json.loads(builder.build(launch, constrain=False))

@@ -241,7 +241,7 @@ async def test_a_launch_spread_over_two_partitions_goes_whole_to_the_one_holding
 
     def launch(*slots: Slot) -> Launch:
         task = sh("t", "true", resources=Resources(ranks=3))
-        return Launch(task=task, attempt=1, placement=slots, task_dir=tmp_path, run_id="r")
+        return Launch(task=task, attempt=1, placement=slots, tasks_dir=tmp_path, run_id="r")
 
     try:
         assert router.route(launch(Slot("n0", (0, 1)), Slot("n1", (0,)))) == (channels[0], True)

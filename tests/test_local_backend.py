@@ -488,9 +488,24 @@ async def test_any_error_starting_a_process_becomes_a_failed_outcome(tmp_path: P
         assert outcome.reason == "cannot start 'echo': Argument list too long"
 
 
+def test_a_launch_s_task_directory_is_its_task_id_under_the_run_s_tasks_directory(
+    tmp_path: Path,
+) -> None:
+    tasks_dir = tmp_path / "tasks"
+    launch = Launch(
+        task=Task(id="t-7", command=["true"]),
+        attempt=2,
+        placement=(),
+        tasks_dir=tasks_dir,
+        run_id="r",
+    )
+    assert launch.task_dir == tasks_dir / "t-7"
+    assert (launch.stdout, launch.stderr) == (tasks_dir / "t-7/stdout", tasks_dir / "t-7/stderr")
+
+
 async def test_launch_before_open_is_an_error(tmp_path: Path) -> None:
     launch = Launch(
-        task=Task(id="t", command=["true"]), attempt=1, placement=(), task_dir=tmp_path, run_id="r"
+        task=Task(id="t", command=["true"]), attempt=1, placement=(), tasks_dir=tmp_path, run_id="r"
     )
     with pytest.raises(BackendError):
         LocalBackend().launch(launch)
@@ -566,7 +581,7 @@ async def test_an_error_in_a_starting_thread_fails_that_launch_only(tmp_path: Pa
             task=task,
             attempt=1,
             placement=(Slot(h.nodes[0].name, (100_000,), ()),),  # a core no machine has
-            task_dir=h.task_dir(task.id),
+            tasks_dir=h.task_dir(task.id).parent,
             run_id="r",
         )
         h.placements[launch.key] = ()  # nothing of the harness's pool to give back

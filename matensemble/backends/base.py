@@ -52,17 +52,27 @@ LaunchKey = tuple[str, int]
 
 
 class Launch(msgspec.Struct, frozen=True, kw_only=True):
-    """One attempt of one task, placed on exact resources by the engine."""
+    """One attempt of one task, placed on exact resources by the engine.
+
+    ``tasks_dir`` is the run's ``tasks/`` directory; the task's own directory, ``task_dir``, is
+    built from it when a backend asks (the simulated backend never does: a million paths made
+    for nothing cost seconds).
+    """
 
     task: Task
     attempt: int
     placement: Placement
-    task_dir: Path
+    tasks_dir: Path
     run_id: str
 
     @property
     def key(self) -> LaunchKey:
         return (self.task.id, self.attempt)
+
+    @property
+    def task_dir(self) -> Path:
+        """The task's own directory, ``tasks_dir / task.id``: its outputs and default cwd."""
+        return self.tasks_dir / self.task.id
 
     @property
     def stdout(self) -> Path:
