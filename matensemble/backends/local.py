@@ -199,11 +199,12 @@ class LocalBackend(Backend):
             self._reports.soon(Outcome(key=key, state=TaskState.CANCELLED, reason="backend closed"))
             return
         outputs: tuple[int, int] | None = None
+        task_dir = launch.task_dir  # built once here (``Launch`` makes it on each read)
         try:
             plan = self._plans.plan(launch)
             if self._open_here.inline():
                 began = time.perf_counter()
-                outputs = open_outputs(self._outputs, launch.task_dir)
+                outputs = open_outputs(self._outputs, task_dir)
                 self._open_here.took(time.perf_counter() - began)
         except LaunchError as exc:
             self._reports.soon(Outcome(key=key, state=TaskState.FAILED, reason=str(exc)))
@@ -211,9 +212,7 @@ class LocalBackend(Backend):
         run = _Run(launch, len(plan))
         self._runs[key] = run
         assert self._spawners is not None
-        self._spawners.submit(
-            run, plan, launch.task.cwd or str(launch.task_dir), launch.task_dir, outputs
-        )
+        self._spawners.submit(run, plan, launch.task.cwd or str(task_dir), task_dir, outputs)
         if launch.task.timeout is not None:
             run.timer = loop.call_later(launch.task.timeout, self._time_out, run)
 
