@@ -15,6 +15,7 @@ from matensemble.dispatch import Record
 from matensemble.engine_state import RunState, why
 from matensemble.events import TaskFinished, TaskStarted, TaskSubmitted
 from matensemble.model import Placement, TaskResult, TaskState
+from matensemble.resources import ResourcePool
 
 __all__ = ["EngineLoop"]
 
@@ -57,28 +58,22 @@ class EngineLoop(RunState):
             return [], False
         starts: list[Launch] = []
         now = self.backend.now()
-        held = self._dispatch.select(
-            self._pool,
-            now,
-            self._deadline,
-            in_flight=lambda: len(self._running),
-            start=lambda rec, placement: starts.append(self._start(rec, placement, now)),
-        )
-        ahead = self._ahead
-        if ahead is not None:  # book each node's next tasks (in order, no backfill)
-            held = (
-                self._dispatch.select(
-                    ahead.pool,
-                    now,
-                    self._deadline,
-                    in_flight=lambda: len(self._running),
-                    start=lambda rec, placement: starts.append(
-                        self._start(rec, placement, now, booked=True)
-                    ),
-                    backfill=False,
-                )
-                or held
+
+        def pick(pool: ResourcePool, booked: bool) -> bool:
+            return self._dispatch.select(
+                pool,
+                now,
+                self._deadline,
+                in_flight=lambda: len(self._running),
+                start=lambda rec, placement: starts.append(
+                    self._start(rec, placement, now, booked)
+                ),
+                backfill=False if booked else None,  # booking: in order, nothing overtakes
             )
+
+        held = pick(self._pool, False)
+        if self._ahead is not None:  # book each node's next tasks behind the running ones
+            held = pick(self._ahead.pool, True) or held
         return starts, held
 
     def _start(self, rec: Record, placement: Placement, now: float, booked: bool = False) -> Launch:
