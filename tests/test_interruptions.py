@@ -28,6 +28,10 @@ from pathlib import Path
 from matensemble import Ensemble, LocalBackend, Task
 
 run_dir, go, mode = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+# Ctrl-C at a terminal reaches Python's default handler. A non-interactive shell that starts
+# pytest in the background (`pytest &` in a script) hands SIGINT down ignored, and os.kill below
+# would then do nothing: the script would wait out its 60 s sleeps.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 # Each slow task sleeps until the file `go` exists: the first session never finishes them.
 slow = [
     # The pid file appears whole (renamed into place): a reader never sees it empty.
