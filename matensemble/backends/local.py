@@ -6,10 +6,9 @@ file system is slow: see ``local_spawner``); a worker thread starts its processe
 worker's own CPU mask, which a child inherits, and hands them back to the loop.
 
 Waiting needs no thread, no coroutine and no polling: a ``pidfd`` turns readable when its
-process exits. Every pidfd sits in one ``epoll`` set of the backend's, which the event loop
-watches (``loop.add_reader``), so a batch of exits costs one callback and no per-process
-bookkeeping of the loop's. Timeouts and the TERM-then-KILL escalation are ``loop.call_later``
-handles. So the engine's task group is not needed here.
+process exits, and every pidfd sits in one ``epoll`` set the event loop watches
+(``local_exits``). Timeouts and the TERM-then-KILL escalation are ``loop.call_later`` handles.
+So the engine's task group is not needed here.
 
 Each process runs in its own session, so ``killpg`` reaches its whole tree, and Ctrl-C at the
 terminal reaches only the driver, which cancels tasks itself. When a leader exits, whatever it
@@ -21,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import select
 import shutil
 import signal
 import socket
@@ -33,6 +31,7 @@ from pathlib import Path
 from anyio.abc import TaskGroup
 
 from matensemble.backends.base import Backend, Launch, LaunchKey, Outcome, Reporter, Sink
+from matensemble.backends.local_exits import ExitWatch
 from matensemble.backends.local_inventory import (
     CAN_PIN,
     detect_gpus,
@@ -137,8 +136,7 @@ class LocalBackend(Backend):
         self._outputs = TaskOutputs()
         self._open_here = InlineWhileQuick(OPEN_INLINE_BELOW)  # where outputs are opened
         self._spawners: Spawners | None = None
-        self._exits: select.epoll | None = None  # the pidfds of every unreaped process
-        self._watched: dict[int, tuple[_Run, int, int]] = {}  # pidfd -> run, pid, rank
+        self._exits: ExitWatch | None = None  # the pidfds of every unreaped process
 
     async def open(self, sink: Sink, task_group: TaskGroup) -> Sequence[NodeSpec]:
         """Read the inventory and take the environment tasks inherit (``os.environ`` now)."""
@@ -171,10 +169,9 @@ class LocalBackend(Backend):
             mpiexec,
         )
         self._devnull = os.open(os.devnull, os.O_RDONLY)
-        self._exits = select.epoll()
-        loop.add_reader(self._exits.fileno(), self._reap_exited)
+        self._exits = ExitWatch(loop, self._exited, self._take_in)
         self._spawners = Spawners(
-            self._cores, self._devnull, self._exits, loop, self._started, _is_stopping
+            self._cores, self._devnull, self._exits.add, loop, self._started, _is_stopping
         )
         self._loop = loop
         self._reporter = Reporter(sink, loop, lambda: len(self._runs))
@@ -232,9 +229,10 @@ class LocalBackend(Backend):
         """A worker started a launch's processes (already in the epoll set), or failed to."""
         run = started.token
         assert isinstance(run, _Run)
+        assert self._exits is not None
         for rank, pid, pidfd in started.processes:
             run.procs.add(pid)
-            self._watched[pidfd] = (run, pid, rank)
+            self._exits.watch(pidfd, run, pid, rank)
         run.start_time = started.start_time
         if started.failure is not None:
             run.failure = run.failure or (None, None, started.failure)
@@ -245,28 +243,16 @@ class LocalBackend(Backend):
             # processes have no work to lose yet.
             self._signal(run, signal.SIGKILL)
 
+    def _take_in(self) -> None:
+        if self._spawners is not None:
+            self._spawners.hand_over()
+
     # -- ending -------------------------------------------------------------------------------
 
-    def _reap_exited(self) -> None:
-        """Some pidfds turned readable: their processes have exited."""
-        assert self._exits is not None
-        assert self._spawners is not None
-        exited = self._exits.poll(0)
-        # Then take in what the workers started: every pidfd in `exited` was registered, and
-        # its launch left for the loop, before the poll.
-        self._spawners.hand_over()
-        for pidfd, _ in exited:
-            run, pid, rank = self._watched.pop(pidfd)
-            # Out of the set before it is closed: a child being started may hold a copy of the
-            # descriptor until its exec, which would keep the closed one registered.
-            self._exits.unregister(pidfd)
-            os.close(pidfd)
-            self._exited(run, pid, rank)
-
-    def _exited(self, run: _Run, pid: int, rank: int) -> None:
-        """``pid`` is a zombie: kill what it left in its group, reap it, account for it."""
-        kill_group(pid, signal.SIGKILL)
-        code = _reap(pid)
+    def _exited(self, token: object, pid: int, rank: int, code: int | None) -> None:
+        """``pid`` of a launch was reaped (what it left in its group killed): account for it."""
+        run = token
+        assert isinstance(run, _Run)
         run.procs.discard(pid)
         if code != 0 and run.failure is None:
             run.failure = describe_exit(code, f"rank {rank} " if run.copies > 1 else "")
@@ -362,8 +348,7 @@ class LocalBackend(Backend):
         if self._spawners is not None:
             self._spawners.close()
             self._spawners = None
-        if self._exits is not None and self._loop is not None:
-            self._loop.remove_reader(self._exits.fileno())
+        if self._exits is not None:
             self._exits.close()
             self._exits = None
         if self._devnull >= 0:
@@ -392,13 +377,3 @@ class LocalBackend(Backend):
 
 def _is_stopping(run: object) -> bool:
     return isinstance(run, _Run) and run.stopping
-
-
-def _reap(pid: int) -> int | None:
-    """Reap the exited ``pid``: its exit code (negative: a signal), or ``None`` if lost (someone
-    else reaped it: a lost status is never taken for a success)."""
-    try:
-        _, status = os.waitpid(pid, 0)
-    except ChildProcessError:
-        return None
-    return os.waitstatus_to_exitcode(status)

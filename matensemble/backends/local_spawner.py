@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import select
 import signal
 import threading
 import time
@@ -90,21 +89,22 @@ _Job = tuple[object, list[Process], str, Path, tuple[int, int] | None]
 
 
 class Spawners:
-    """The worker threads of one backend; ``deliver`` is called on the event loop thread, from
-    ``hand_over``; ``urgent(token)`` (called by a worker, under the lock) says whether the loop
-    must be woken to take in that launch at once."""
+    """The worker threads of one backend; ``watch(pidfd)`` (called by a worker) adds a started
+    process to the set of exits the loop watches; ``deliver`` is called on the event loop
+    thread, from ``hand_over``; ``urgent(token)`` (called by a worker, under the lock) says
+    whether the loop must be woken to take in that launch at once."""
 
     def __init__(
         self,
         cores: Sequence[int],
         stdin: int,
-        exits: select.epoll,
+        watch: Callable[[int], None],
         loop: asyncio.AbstractEventLoop,
         deliver: Callable[[Started], None],
         urgent: Callable[[object], bool],
     ) -> None:
         self._stdin = stdin
-        self._exits = exits
+        self._watch = watch  # adds a pidfd to the set of exits the loop watches
         self._loop = loop
         self._deliver = deliver
         self._urgent = urgent
@@ -207,7 +207,7 @@ class Spawners:
                     kill_group(pid, signal.SIGKILL)
             self._done.append(started)  # before its exit can be seen: the loop takes it first
             for _, _, pidfd in started.processes:
-                self._exits.register(pidfd, select.EPOLLIN)
+                self._watch(pidfd)
             if started.processes and started.failure is None and not self._urgent(started.token):
                 return
             if self._wake_pending:
