@@ -162,17 +162,18 @@ def task_environment(launch: Launch, base: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
-def task_variables(launch: Launch) -> dict[str, str]:
+def task_variables(launch: Launch, task_dir: str | None = None) -> dict[str, str]:
     """What a launch's environment sets over the driver's: the task's ``env``, then
-    ``MATENSEMBLE_TASK_ID``, ``_ATTEMPT``, ``_RUN_ID`` and ``_TASK_DIR``, and
-    ``OMP_NUM_THREADS`` = cores per rank unless the task's own ``env`` sets it (the driver's
-    value was meant for the driver)."""
+    ``MATENSEMBLE_TASK_ID``, ``_ATTEMPT``, ``_RUN_ID`` and ``_TASK_DIR`` (``task_dir``, the
+    absolute task directory, where the caller has it already), and ``OMP_NUM_THREADS`` = cores
+    per rank unless the task's own ``env`` sets it (the driver's value was meant for the
+    driver)."""
     task = launch.task
     env = dict(task.env)
     env["MATENSEMBLE_TASK_ID"] = task.id
     env["MATENSEMBLE_ATTEMPT"] = str(launch.attempt)
     env["MATENSEMBLE_RUN_ID"] = launch.run_id
-    env["MATENSEMBLE_TASK_DIR"] = os.path.abspath(launch.task_dir)
+    env["MATENSEMBLE_TASK_DIR"] = task_dir or os.path.abspath(launch.task_dir)
     if "OMP_NUM_THREADS" not in task.env:
         env["OMP_NUM_THREADS"] = str(task.resources.cores_per_rank)
     return env

@@ -196,9 +196,10 @@ class LocalBackend(Backend):
             self._reports.soon(Outcome(key=key, state=TaskState.CANCELLED, reason="backend closed"))
             return
         outputs: tuple[int, int] | None = None
-        task_dir = launch.task_dir  # built once here (``Launch`` makes it on each read)
+        planner = self._plans
+        task_dir = planner.task_dir(launch)
         try:
-            plan = self._plans.plan(launch)
+            plan = planner.plan(launch, task_dir)
             if self._open_here.inline():
                 began = time.perf_counter()
                 outputs = open_outputs(self._outputs, task_dir)
@@ -209,7 +210,7 @@ class LocalBackend(Backend):
         run = _Run(launch, len(plan))
         self._runs[key] = run
         assert self._spawners is not None
-        self._spawners.submit(run, plan, launch.task.cwd or str(task_dir), task_dir, outputs)
+        self._spawners.submit(run, plan, launch.task.cwd or task_dir, task_dir, outputs)
         if launch.task.timeout is not None:
             run.timer = loop.call_later(launch.task.timeout, self._time_out, run)
 

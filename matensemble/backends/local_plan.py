@@ -53,9 +53,21 @@ class LaunchPlanner:
         self._driver_path = os.environ.get("PATH", os.defpath)
         # (program, PATH) -> its file; None: looked up by the child (a relative PATH entry)
         self._executables: dict[tuple[str, str], str | None] = {}
+        self._tasks_dir: Path | None = None  # the last launch's, and its absolute path:
+        self._tasks_dir_absolute = ""
 
-    def plan(self, launch: Launch) -> list[Process]:
-        """argv, executable, environment and cores of each process to start.
+    def task_dir(self, launch: Launch) -> str:
+        """The launch's task directory, absolute: its outputs, default working directory and
+        ``MATENSEMBLE_TASK_DIR``. (A string, not a ``Path``: a ``Path`` and its ``abspath``
+        per launch cost the event loop several microseconds.)"""
+        tasks_dir = launch.tasks_dir
+        if tasks_dir is not self._tasks_dir:  # the engine hands every launch the same one
+            self._tasks_dir, self._tasks_dir_absolute = tasks_dir, os.path.abspath(tasks_dir)
+        return os.path.join(self._tasks_dir_absolute, launch.task.id)
+
+    def plan(self, launch: Launch, task_dir: str) -> list[Process]:
+        """argv, executable, environment and cores of each process to start; ``task_dir``
+        is ``self.task_dir(launch)``.
 
         Without ``PATH`` in the task's environment (``inherit_env=False``), ``command[0]`` is
         looked up on the driver's ``PATH`` as it was at ``open()``, so ``["env"]`` still runs.
@@ -81,7 +93,7 @@ class LaunchPlanner:
             program = executable or self.resolve_now(argv[0], path)
             argv = [self.mpiexec, "-n", str(res.ranks), program, *argv[1:]]
             executable = None
-        variables = task_variables(launch)
+        variables = task_variables(launch, task_dir)
         # With GPUs to hand out, every task gets the variable (empty: none for it); without,
         # a value inherited from the driver must not leak through either.
         hand_out_gpus = (
@@ -151,7 +163,7 @@ class LaunchPlanner:
         return found
 
 
-def open_outputs(outputs: TaskOutputs, task_dir: Path) -> tuple[int, int]:
+def open_outputs(outputs: TaskOutputs, task_dir: str) -> tuple[int, int]:
     """Open stdout and stderr for appending, creating the task directory if it is missing,
     without following links (see ``task_files``)."""
     try:

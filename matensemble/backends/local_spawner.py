@@ -32,7 +32,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from queue import SimpleQueue
 from typing import NamedTuple
 
@@ -85,7 +84,7 @@ class Started(NamedTuple):
 
 # token, plan, working directory, task directory, stdout and stderr (None: the worker opens
 # them in the task directory; the worker closes them)
-_Job = tuple[object, list[Process], str, Path, tuple[int, int] | None]
+_Job = tuple[object, list[Process], str, str, tuple[int, int] | None]
 
 
 class Spawners:
@@ -123,7 +122,7 @@ class Spawners:
         token: object,
         plan: list[Process],
         cwd: str,
-        task_dir: Path,
+        task_dir: str,
         outputs: tuple[int, int] | None,
     ) -> None:
         """Start ``plan`` (the copies of one launch) in ``cwd`` with stdout and stderr on

@@ -27,7 +27,7 @@ _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOE
 _OUTPUTS = ("stdout", "stderr")
 
 
-def open_task_outputs(task_dir: Path) -> tuple[int, int]:
+def open_task_outputs(task_dir: str | Path) -> tuple[int, int]:
     """Make ``task_dir`` if needed and open its ``stdout`` and ``stderr`` for appending.
 
     Returns the two descriptors (the caller closes them).
@@ -37,6 +37,7 @@ def open_task_outputs(task_dir: Path) -> tuple[int, int]:
             should be (the message names the path); nothing was written through it.
         OSError: the directory or a file cannot be made (permissions, a full disk).
     """
+    task_dir = os.fspath(task_dir)
     return _open_outputs_in(_open_task_dir(task_dir), task_dir)
 
 
@@ -51,16 +52,17 @@ class TaskOutputs:
     def __init__(self) -> None:
         self._tasks: tuple[str, int] | None = None  # the tasks directory and its handle
 
-    def open(self, task_dir: Path) -> tuple[int, int]:
+    def open(self, task_dir: str) -> tuple[int, int]:
         """As ``open_task_outputs(task_dir)``."""
         held = self._tasks
-        if held is not None and held[0] == os.path.dirname(task_dir):
+        tasks = os.path.dirname(task_dir)
+        if held is not None and held[0] == tasks:
             try:
                 return _open_outputs_in(_open_subdir(held[1], task_dir), task_dir)
             except FileNotFoundError:  # the tasks directory was removed: make it again
                 pass
         self.close()
-        held = self._tasks = (os.path.dirname(task_dir), _open_tasks_dir(task_dir.parent))
+        held = self._tasks = (tasks, _open_tasks_dir(Path(tasks)))
         return _open_outputs_in(_open_subdir(held[1], task_dir), task_dir)
 
     def close(self) -> None:
@@ -69,7 +71,7 @@ class TaskOutputs:
             self._tasks = None
 
 
-def _open_outputs_in(dir_fd: int, task_dir: Path) -> tuple[int, int]:
+def _open_outputs_in(dir_fd: int, task_dir: str) -> tuple[int, int]:
     """The task's ``stdout`` and ``stderr`` opened in ``dir_fd`` (closed here)."""
     fds: list[int] = []
     try:
@@ -84,7 +86,7 @@ def _open_outputs_in(dir_fd: int, task_dir: Path) -> tuple[int, int]:
     return fds[0], fds[1]
 
 
-def prepare_task_outputs(task_dir: Path) -> None:
+def prepare_task_outputs(task_dir: str | Path) -> None:
     """Make ``task_dir`` and empty ``stdout``/``stderr`` files in it, safely, for a backend whose
     launcher opens the output files itself (Flux): what it then opens is ours.
 
@@ -95,10 +97,10 @@ def prepare_task_outputs(task_dir: Path) -> None:
         os.close(fd)
 
 
-def _open_task_dir(task_dir: Path) -> int:
+def _open_task_dir(task_dir: str) -> int:
     """An open handle of ``task_dir``, whose last two components are made and opened without
     following links."""
-    tasks_fd = _open_tasks_dir(task_dir.parent)
+    tasks_fd = _open_tasks_dir(Path(os.path.dirname(task_dir)))
     try:
         return _open_subdir(tasks_fd, task_dir)
     finally:
@@ -115,25 +117,26 @@ def _open_tasks_dir(tasks: Path) -> int:
         top.mkdir(parents=True, exist_ok=True)
         top_fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        return _open_subdir(top_fd, tasks)
+        return _open_subdir(top_fd, str(tasks))
     finally:
         os.close(top_fd)
 
 
-def _open_subdir(parent_fd: int, path: Path) -> int:
+def _open_subdir(parent_fd: int, path: str) -> int:
+    name = os.path.basename(path)
     try:
-        os.mkdir(path.name, 0o755, dir_fd=parent_fd)
+        os.mkdir(name, 0o755, dir_fd=parent_fd)
     except FileExistsError:
         pass
     except OSError as exc:
-        raise OSError(exc.errno, exc.strerror, str(path)) from None
+        raise OSError(exc.errno, exc.strerror, path) from None
     try:
-        return os.open(path.name, _DIR_FLAGS, dir_fd=parent_fd)
+        return os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
     except OSError as exc:
         # Linux says ENOTDIR for a link opened with O_DIRECTORY | O_NOFOLLOW, others ELOOP.
-        if exc.errno in (errno.ELOOP, errno.ENOTDIR) and _is_link(parent_fd, path.name):
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR) and _is_link(parent_fd, name):
             raise _refused(path, "it is a symbolic link") from None
-        raise OSError(exc.errno, exc.strerror, str(path)) from None
+        raise OSError(exc.errno, exc.strerror, path) from None
 
 
 def _is_link(dir_fd: int, name: str) -> bool:
@@ -143,7 +146,7 @@ def _is_link(dir_fd: int, name: str) -> bool:
         return False
 
 
-def _open_output(dir_fd: int, task_dir: Path, name: str) -> int:
+def _open_output(dir_fd: int, task_dir: str, name: str) -> int:
     try:
         # The common case, a first attempt: a file this call creates is a plain file with one
         # link (O_EXCL fails on anything already there, a link or a FIFO included).
@@ -151,17 +154,17 @@ def _open_output(dir_fd: int, task_dir: Path, name: str) -> int:
     except FileExistsError:
         pass  # a retry, a resume, or something planted: opened and checked below
     except OSError as exc:
-        raise OSError(exc.errno, exc.strerror, str(task_dir / name)) from None
+        raise OSError(exc.errno, exc.strerror, os.path.join(task_dir, name)) from None
     try:
         # O_NONBLOCK: a FIFO planted here fails (ENXIO) instead of blocking the driver.
         fd = os.open(name, _FILE_FLAGS, 0o644, dir_fd=dir_fd)
     except OSError as exc:
-        path = task_dir / name
+        path = os.path.join(task_dir, name)
         if exc.errno == errno.ELOOP:
             raise _refused(path, "it is a symbolic link") from None
         if exc.errno in (errno.ENXIO, errno.EISDIR):
             raise _refused(path, "it is not a regular file") from None
-        raise OSError(exc.errno, exc.strerror, str(path)) from None
+        raise OSError(exc.errno, exc.strerror, path) from None
     st = os.fstat(fd)
     why = None
     if not stat.S_ISREG(st.st_mode):
@@ -170,14 +173,14 @@ def _open_output(dir_fd: int, task_dir: Path, name: str) -> int:
         why = f"it has {st.st_nlink} hard links (one may lead outside the run directory)"
     if why is not None:
         os.close(fd)
-        raise _refused(task_dir / name, why)
+        raise _refused(os.path.join(task_dir, name), why)
     # F_SETFL sets the file status flags that can change: O_APPEND stays, O_NONBLOCK goes.
     fcntl.fcntl(fd, fcntl.F_SETFL, os.O_APPEND)
     return fd
 
 
-def _refused(path: Path, why: str) -> UnsafeTaskPath:
+def _refused(path: str, why: str) -> UnsafeTaskPath:
     return UnsafeTaskPath(
-        f"refusing to write {str(path)!r}: {why}; task outputs are written only inside "
+        f"refusing to write {path!r}: {why}; task outputs are written only inside "
         "the run directory (remove it, then resume)"
     )
