@@ -2,6 +2,7 @@
 the best raw methods in one run.
 
     python benchmarks/local_throughput.py [--tasks 2000] [--repeat 3] [--cores N] [--profile]
+                                          [--baseline DIR]
 
 For each repetition, alternating, it times N ``true`` commands through
 
@@ -23,6 +24,13 @@ and the engine. The ratio is the
 engine's throughput over the best raw method's in the same repetition. Refill latency is, per
 core, the time from one task's exit being seen to the next task's process existing on that core.
 ``--profile`` runs one engine case under cProfile and prints the top entries.
+
+``--baseline DIR`` (a directory holding another ``matensemble`` package, e.g. ``git archive
+main matensemble | tar -x -C DIR``) compares two versions of the code on the loaded machine
+this runs on: each repetition then also runs the engine on tmpfs in two fresh interpreters,
+one importing this checkout's ``matensemble`` and one the baseline's, in alternating order,
+and prints both lines (``engine@current``, ``engine@baseline``) with the ratio of each to the
+repetition's best raw method. The load average is printed with every repetition.
 """
 
 from __future__ import annotations
@@ -31,11 +39,13 @@ import argparse
 import asyncio
 import cProfile
 import itertools
+import json
 import os
 import pstats
 import resource
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -142,14 +152,68 @@ async def backend_alone(n: int, cores: int, base: Path) -> tuple[float, DriverCP
     return elapsed, cpu
 
 
+MARK = "FIGURES "
+
+
+def engine_line(
+    name: str, n: int, elapsed: float, cpu: DriverCPU, gaps: list[float], best: float
+) -> str:
+    gaps = sorted(gaps)
+    p50 = statistics.median(gaps) * 1e3
+    p99 = gaps[int(0.99 * (len(gaps) - 1))] * 1e3
+    return (
+        f"    {name}: {n / elapsed:6.0f}/s ratio {best / elapsed:4.2f}"
+        f" {cpu.per_task(n)} refill p50 {p50:.2f} ms p99 {p99:.2f} ms"
+    )
+
+
+def engine_elsewhere(
+    n: int, cores: int, matensemble_dir: str | None
+) -> tuple[float, DriverCPU, list[float]]:
+    """One engine run on tmpfs in a fresh interpreter, importing ``matensemble`` from
+    ``matensemble_dir`` (``None``: as this script does)."""
+    env = dict(os.environ)
+    if matensemble_dir is not None:
+        env["PYTHONPATH"] = os.pathsep.join([matensemble_dir, env.get("PYTHONPATH", "")])
+    command = [sys.executable, __file__, "--one-engine", "--tasks", str(n), "--cores", str(cores)]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    for line in done.stdout.splitlines():
+        if line.startswith(MARK):
+            figures = json.loads(line[len(MARK) :])
+            cpu = DriverCPU()
+            cpu.total, cpu.loop = figures["cpu"], figures["loop"]
+            return figures["elapsed"], cpu, figures["gaps"]
+    raise SystemExit(f"the engine run failed (exit {done.returncode}):\n{done.stdout}{done.stderr}")
+
+
+def one_engine(n: int, cores: int) -> None:
+    elapsed, cpu, gaps = asyncio.run(engine(n, cores, Path("/dev/shm")))
+    figures = {"elapsed": elapsed, "cpu": cpu.total, "loop": cpu.loop, "gaps": gaps}
+    print(MARK + json.dumps(figures), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", type=int, default=2000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--cores", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument(
+        "--baseline",
+        metavar="DIR",
+        help="a directory holding another matensemble package: its engine runs too, alternating",
+    )
+    parser.add_argument("--one-engine", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     n, cores = args.tasks, args.cores
+    if args.one_engine:
+        one_engine(n, cores)
+        return
+    baseline: str | None = None
+    if args.baseline:
+        if not (Path(args.baseline) / "matensemble" / "__init__.py").is_file():
+            raise SystemExit(f"--baseline {args.baseline}: no matensemble package in it")
+        baseline = str(Path(args.baseline).resolve())
     if args.profile:
         profile = cProfile.Profile()
         profile.runcall(asyncio.run, engine(n, cores, Path("/dev/shm")))
@@ -161,7 +225,7 @@ def main() -> None:
         raw = {"xargs": xargs(n, cores), "threads": threads(n, cores)}
         best = min(raw, key=raw.__getitem__)
         line = " ".join(f"{name} {n / t:6.0f}/s" for name, t in raw.items())
-        print(f"[{rep}] {line} (best: {best})")
+        print(f"[{rep}] {line} (best: {best}) load {os.getloadavg()[0]:.1f}")
         if places["tmpfs"].is_dir():
             elapsed, cpu = asyncio.run(backend_alone(n, cores, places["tmpfs"]))
             print(f"    backend alone (tmpfs): {n / elapsed:6.0f}/s {cpu.per_task(n)}")
@@ -169,14 +233,12 @@ def main() -> None:
             if not base.is_dir():
                 continue
             elapsed, cpu, gaps = asyncio.run(engine(n, cores, base))
-            gaps.sort()
-            p50 = statistics.median(gaps) * 1e3
-            p99 = gaps[int(0.99 * (len(gaps) - 1))] * 1e3
-            print(
-                f"    engine ({name:5}): {n / elapsed:6.0f}/s ratio {raw[best] / elapsed:4.2f}"
-                f" {cpu.per_task(n)} refill p50 {p50:.2f} ms"
-                f" p99 {p99:.2f} ms"
-            )
+            print(engine_line(f"engine ({name:5})", n, elapsed, cpu, gaps, raw[best]))
+        if baseline is not None and places["tmpfs"].is_dir():
+            versions = {"engine@current": None, "engine@baseline": baseline}
+            for name in list(versions)[:: 1 if rep % 2 == 0 else -1]:
+                elapsed, cpu, gaps = engine_elsewhere(n, cores, versions[name])
+                print(engine_line(f"{name:15}", n, elapsed, cpu, gaps, raw[best]))
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
 
 
