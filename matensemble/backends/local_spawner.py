@@ -205,15 +205,16 @@ class Spawners:
                 for _, pid, _ in started.processes:
                     kill_group(pid, signal.SIGKILL)
             self._done.append(started)  # before its exit can be seen: the loop takes it first
-            for _, _, pidfd in started.processes:
-                self._watch(pidfd)
-            if started.processes and started.failure is None and not self._urgent(started.token):
-                return
-            if self._wake_pending:
-                return
-            self._wake_pending = True
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
-            self._loop.call_soon_threadsafe(self.hand_over)
+            wake = not started.processes or started.failure is not None
+            wake = (wake or self._urgent(started.token)) and not self._wake_pending
+            self._wake_pending = self._wake_pending or wake
+        # Watched once the loop can find the launch, and outside the lock: ``epoll_ctl`` lets
+        # go of the GIL, and the loop must not wait for the lock meanwhile.
+        for _, _, pidfd in started.processes:
+            self._watch(pidfd)
+        if wake:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+                self._loop.call_soon_threadsafe(self.hand_over)
 
     # -- on the event loop --------------------------------------------------------------------
 
