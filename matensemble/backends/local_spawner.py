@@ -14,13 +14,13 @@ exit): each system call a worker makes lets go of the GIL and takes it back from
 thread, which costs more than a quick ``mkdir`` and two ``open`` calls save. ``InlineWhileQuick``
 times the loop's opens and decides, as the journal does for its syncs.
 
-A worker starts every copy of a launch, opens a ``pidfd`` for each and adds it to the
-backend's ``epoll`` set of exits, and leaves the result (``Started``) for the loop, which takes
-it in (``hand_over``) before it looks at exits or stops a launch: a launch that starts well
-costs the loop no wake-up of its own. The loop is woken (``call_soon_threadsafe``, once per
-batch) only for a launch that failed to start or that it is stopping (``urgent``). Every
-failure, even an unexpected one, comes back as a reason, so a launch never hangs. After
-``kill()`` a worker kills what it starts.
+A worker starts every copy of a launch, opens a ``pidfd`` for each, leaves the result
+(``Started``) for the loop and then adds the pidfds to the set of exits the loop watches
+(``local_exits``); the loop takes what the workers started in (``hand_over``) before it looks
+at exits or stops a launch: a launch that starts well costs the loop no wake-up of its own.
+The loop is woken (``call_soon_threadsafe``, once per batch) only for a launch that failed to
+start or that it is stopping (``urgent``). Every failure, even an unexpected one, comes back as
+a reason, so a launch never hangs. After ``kill()`` a worker kills what it starts.
 """
 
 from __future__ import annotations
