@@ -505,7 +505,6 @@ async def test_bridge_delivers_every_response_of_a_stream_that_arrives_at_once(
 ) -> None:
     """The broker's log backlog is a burst of responses to one streaming RPC: several wait in
     the future at each reset, and every one must reach the callback without fd activity."""
-    import flux.constants
     from flux.core.inner import ffi, lib
 
     data, size = ffi.new("void **"), ffi.new("size_t *")
@@ -514,21 +513,16 @@ async def test_bridge_delivers_every_response_of_a_stream_that_arrives_at_once(
         ended: list[int] = []
         done = asyncio.Event()
 
-        def on_line(future: Any) -> None:
+        def on_line(future: Any, _: Any) -> None:
             # Log entries are raw RFC 5424 text, not JSON: read them as bytes.
-            if lib.flux_rpc_get_raw(future.handle, data, size) < 0:
+            if lib.flux_rpc_get_raw(future, data, size) < 0:
                 ended.append(ffi.errno)
                 done.set()
                 return
             lines.append(bytes(ffi.buffer(data[0], size[0])))
             bridge.next_response(future)
 
-        future = handle.rpc(
-            "log.dmesg",
-            {"follow": False, "nobacklog": False},
-            flags=flux.constants.FLUX_RPC_STREAMING,
-        )
-        future.then(bridge.callback(on_line))
+        bridge.stream("log.dmesg", {"follow": False, "nobacklog": False}, on_line)
         # The broker answers while the loop is held: the whole backlog is queued at once.
         handle.rpc("attr.get", {"name": "size", "flags": 0}).get()
         bridge.kick()

@@ -151,14 +151,16 @@ class Reporter:
             await self._drained.wait()
 
 
-def task_environment(launch: Launch, base: Mapping[str, str]) -> dict[str, str]:
+def task_environment(
+    launch: Launch, base: Mapping[str, str], task_dir: str | None = None
+) -> dict[str, str]:
     """The environment every backend gives a launch (before its own variables, e.g. GPUs).
 
     ``base`` (the driver's environment, taken once) when the task inherits it, then
-    ``task_variables(launch)``.
+    ``task_variables(launch, task_dir)``.
     """
     env = dict(base) if launch.task.inherit_env else {}
-    env.update(task_variables(launch))
+    env.update(task_variables(launch, task_dir))
     return env
 
 

@@ -260,8 +260,10 @@ class FluxBackend(Backend):
             return
         try:
             channel, constrain = self._router.route(launch)
-            jobspec = self._builders[id(channel)].build(launch, constrain=constrain)
-            self._task_dirs.prepare(launch.task_dir)  # the shell opens the outputs in it
+            task_dir = self._task_dirs.path(launch)
+            builder = self._builders[id(channel)]
+            jobspec = builder.build(launch, constrain=constrain, task_dir=task_dir)
+            self._task_dirs.prepare(task_dir)  # the shell opens the outputs in it
         except (OSError, ValueError, TypeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             self._reports.soon(

@@ -2,11 +2,11 @@
 
 A channel owns a handle, the ``FluxReactorBridge`` that drives its reactor from the asyncio
 loop, and one streaming ``job-manager.events-journal`` RPC filtered to the events we use. It
-recognises our jobs by the ``attributes.user.matensemble`` tag of their jobspec (so an event
-that overtakes the submit response is never lost), reports each launch at its ``finish`` event
-(every process has exited, its output is written) or at ``clean`` if it never ran, and keeps
-counting the job until it is ``clean``, so that waiting for ``in_flight() == 0`` means nothing
-of ours is left in the instance.
+knows our jobs by the ids their submit answers name (an event that overtakes its job's answer
+is held until the answer comes, see ``flux_unanswered``), reports each launch at its
+``finish`` event (every process has exited, its output is written) or at ``clean`` if it never
+ran, and keeps counting the job until it is ``clean``, so that waiting for ``in_flight() == 0``
+means nothing of ours is left in the instance.
 
 ``FluxBackend`` uses one channel for the enclosing instance, or one per partition (a child
 instance) plus one for the enclosing instance, whose journal then follows the partitions' own
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -25,6 +26,7 @@ from matensemble.backends.base import Launch, LaunchKey, Outcome
 from matensemble.backends.flux_inventory import InventoryMap
 from matensemble.backends.flux_job import FluxJob, ending_from_eventlog, outcome_of
 from matensemble.backends.flux_reactor import FluxReactorBridge
+from matensemble.backends.flux_unanswered import UnansweredSubmits
 from matensemble.backends.flux_watched import JobEvents, WatchedJobs
 from matensemble.errors import BackendError
 from matensemble.model import TaskState
@@ -32,10 +34,11 @@ from matensemble.model import TaskState
 __all__ = ["FluxChannel"]
 
 # Events the journal sends us; the others (validate, depend, priority, release, free, ...) are
-# filtered out in the job manager, before they cost a message. ``memo`` carries a child
-# instance's URI (partitions).
-_EVENTS = {"submit": 1, "alloc": 1, "start": 1, "exception": 1, "finish": 1, "clean": 1}
-_EVENTS_WITH_MEMO = {**_EVENTS, "memo": 1}
+# filtered out in the job manager, before they cost a message. ``submit`` (it carries the
+# jobspec: the largest message of a job) only where jobs are recognised by their tag: the
+# partitions' own jobs, whose ``memo`` carries a child instance's URI.
+_EVENTS = {"alloc": 1, "start": 1, "exception": 1, "finish": 1, "clean": 1}
+_EVENTS_WITH_MEMO = {**_EVENTS, "submit": 1, "memo": 1}
 
 
 class FluxChannel:
@@ -52,7 +55,7 @@ class FluxChannel:
         on_lost: called once with a reason when the connection or the journal fails; every
             launch in flight has been reported failed by then.
         prefix: written before each job id (``"<partition job id>/"`` for a partition).
-        memo: also follow ``memo`` events (for jobs that are child instances).
+        memo: also follow ``submit`` and ``memo`` events (for jobs that are child instances).
     """
 
     def __init__(
@@ -92,9 +95,9 @@ class FluxChannel:
         self._jobs: dict[LaunchKey, FluxJob] = {}
         self._by_id: dict[int, FluxJob] = {}
         self._cleaning = 0  # jobs reported at their finish, not yet clean in Flux
+        self._unanswered = UnansweredSubmits()
         self._watched = WatchedJobs()  # partitions: jobs of our own that are not launches
         self._novalidate: int = flux.constants.FLUX_JOB_NOVALIDATE
-        self._submitted = self.bridge.callback(self._on_submitted)  # made once, used per job
 
     # -- opening ------------------------------------------------------------------------------
 
@@ -106,13 +109,10 @@ class FluxChannel:
         """
         loop = self._loop
         self._journal_ready = ready = loop.create_future()
-        self._journal = self.handle.rpc(
-            "job-manager.events-journal",
-            {"full": False, "allow": self._events},
-            flags=self.flux.constants.FLUX_RPC_STREAMING,
+        self._journal = self.bridge.stream(
+            "job-manager.events-journal", {"full": False, "allow": self._events}, self._on_journal
         )
-        self._journal.then(self.bridge.callback(self._on_journal))
-        status = self.rpc("sched.resource-status")
+        status = self.bridge.request("sched.resource-status")
         try:
             await ready
         except OSError as exc:
@@ -126,22 +126,6 @@ class FluxChannel:
         except OSError as exc:
             raise BackendError(f"cannot read the Flux resources: {exc}") from None
 
-    def rpc(self, topic: str, payload: Any = None) -> asyncio.Future[Any]:
-        """Send an RPC; the returned future gets its decoded response (or ``OSError``)."""
-        done: asyncio.Future[Any] = self._loop.create_future()
-
-        def on_response(future: Any) -> None:
-            if done.done():
-                return
-            try:
-                done.set_result(self.bridge.payload(future))
-            except OSError as exc:
-                done.set_exception(exc)
-
-        self.handle.rpc(topic, payload).then(self.bridge.callback(on_response))
-        self.bridge.kick()
-        return done
-
     def in_flight(self) -> int:
         """Launches not reported yet, and reported jobs that are not ``clean`` yet."""
         return len(self._jobs) + self._cleaning
@@ -154,10 +138,12 @@ class FluxChannel:
         Raises:
             OSError: the submit could not be sent.
         """
-        future = self.bridge.submit(jobspec.encode(), urgency, self._novalidate)
+        sent = time.time()  # Flux's own submit time is in the submit event, not followed
         job = FluxJob(launch)
+        self.bridge.submit(jobspec.encode(), urgency, self._novalidate, self._on_submitted, job)
+        job.times["submit"] = sent
         self._jobs[launch.key] = job
-        future.then(self._submitted, job)
+        self._unanswered.sent()
         if not self._streaming():
             # While the journal streams, Flux's dispatcher is active and the answer to this
             # fresh request can only come as a message, which wakes the bridge: no drain now.
@@ -174,8 +160,7 @@ class FluxChannel:
         "partition": tag, ...}``; its events are routed from its submit event on.
         """
         self._watched.expect(tag, events)
-        future = self.flux.job.submit_async(self.handle, jobspec, novalidate=True)
-        future.then(self.bridge.callback(self._on_watched_submitted), tag)
+        self.bridge.submit(jobspec.encode(), 16, self._novalidate, self._on_watched_submitted, tag)
         self.bridge.kick()
 
     def watch(self, jobid: int, events: JobEvents) -> None:
@@ -208,13 +193,19 @@ class FluxChannel:
         try:
             jobid = self.bridge.job_id(future)
         except OSError as exc:
+            self._unanswered.answered(None)
             if self._jobs.get(job.launch.key) is job:
                 del self._jobs[job.launch.key]
                 reason = f"flux: {exc.strerror}"
                 self._report(Outcome(key=job.launch.key, state=TaskState.FAILED, reason=reason))
             return
+        held = self._unanswered.answered(jobid)
         if job.jobid is None and self._jobs.get(job.launch.key) is job:
             self._known(job, jobid)
+            for name, event, payload in held:
+                if self._by_id.get(jobid) is not job:
+                    break  # it was dropped (the channel failed)
+                self._on_event(jobid, job, name, event, payload)
 
     def _on_watched_submitted(self, future: Any, tag: str) -> None:
         try:
@@ -265,7 +256,7 @@ class FluxChannel:
 
     # -- what Flux tells us -------------------------------------------------------------------
 
-    def _on_journal(self, future: Any) -> None:
+    def _on_journal(self, future: Any, _: Any) -> None:
         try:
             payload = self.bridge.payload(future)
         except OSError as exc:
@@ -294,7 +285,8 @@ class FluxChannel:
                     self._watched.clean(jobid)
                 continue
             if job is None:
-                return  # not ours
+                self._unanswered.hold(jobid, name, event, payload)  # ours, if its answer is due
+                continue
             self._on_event(jobid, job, name, event, payload)
 
     def _on_event(
@@ -371,6 +363,7 @@ class FluxChannel:
         self._jobs.clear()
         self._by_id.clear()
         self._cleaning = 0
+        self._unanswered.clear()
         for job in jobs:
             self._report(Outcome(key=job.launch.key, state=state, reason=reason))
 
@@ -378,9 +371,7 @@ class FluxChannel:
         """Ask the job manager to end our journal stream, and wait until it has."""
         if self._journal is None or self._journal_ended.is_set() or self.bridge.lost:
             return
-        from flux.core.inner import lib
-
-        matchtag = lib.flux_rpc_get_matchtag(self._journal.handle)
+        matchtag = self.bridge.matchtag(self._journal)
         self.handle.rpc(
             "job-manager.events-journal-cancel",
             {"matchtag": matchtag},

@@ -61,6 +61,8 @@ _LOCAL_NAMES = frozenset(
 )
 _RANK_TEMPLATES = {"MATENSEMBLE_RANK": "{{task.rank}}", "MATENSEMBLE_NRANKS": "{{size}}"}
 _ONE_RANK = {"MATENSEMBLE_RANK": "0", "MATENSEMBLE_NRANKS": "1"}
+_STDOUT = os.sep + "stdout"  # as Launch.stdout and .stderr name them
+_STDERR = os.sep + "stderr"
 
 
 def driver_environment(environ: Mapping[str, str]) -> dict[str, str]:
@@ -102,25 +104,30 @@ class JobspecBuilder:
         self._templates: dict[tuple[Any, ...], dict[str, Any]] = {}
         self._encode = msgspec.json.Encoder().encode
 
-    def build(self, launch: Launch, *, constrain: bool = True) -> str:
+    def build(self, launch: Launch, *, constrain: bool = True, task_dir: str | None = None) -> str:
         """The jobspec of ``launch`` as JSON (without the rank constraint if not ``constrain``:
         a launch whose partition is gone runs wherever another partition has room).
+        ``task_dir``: the launch's directory as an absolute path, if the caller has it.
 
         Raises:
             ValueError: the task's ``cwd`` is not a directory, or Flux's jobspec factory
                 refuses the resources.
         """
         task, res = launch.task, launch.task.resources
-        env = task_environment(launch, self._base_env)
+        if task_dir is None:
+            task_dir = os.path.abspath(launch.task_dir)
+        env = task_environment(launch, self._base_env, task_dir)
         if res.ranks == 1 and not res.mpi:
             env.update(_ONE_RANK)  # the same as the shell would expand, without its work
         command = list(task.command)
         if "PATH" not in env and os.sep not in command[0]:
             # As in the local backend: without PATH, look the program up on the driver's.
             command[0] = shutil.which(command[0], path=self._driver_path) or command[0]
-        cwd = os.path.abspath(task.cwd or launch.task_dir)
-        if task.cwd and not os.path.isdir(cwd):
-            raise ValueError(f"working directory {task.cwd!r} does not exist")
+        cwd = task_dir
+        if task.cwd:
+            cwd = os.path.abspath(task.cwd)
+            if not os.path.isdir(cwd):
+                raise ValueError(f"working directory {task.cwd!r} does not exist")
         nodes = res.nodes
         if nodes is None and res.exclusive:
             nodes = len(launch.placement)
@@ -136,8 +143,8 @@ class JobspecBuilder:
         output = options["output"]
         options["output"] = {
             **output,
-            "stdout": {**output["stdout"], "path": os.path.abspath(launch.stdout)},
-            "stderr": {**output["stderr"], "path": os.path.abspath(launch.stderr)},
+            "stdout": {**output["stdout"], "path": task_dir + _STDOUT},
+            "stderr": {**output["stderr"], "path": task_dir + _STDERR},
         }
         system["shell"] = {**system["shell"], "options": options}
         if constrain:

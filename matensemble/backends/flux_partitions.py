@@ -194,7 +194,7 @@ class Partition:
         self.channel = channel = make_channel(handle, f"{self.jobid}/")
         channel.name = f"partition {self.plan.index} (Flux job {self.jobid}): "
         try:
-            await channel.rpc("state-machine.wait")
+            await channel.bridge.request("state-machine.wait")
         except OSError as exc:
             raise BackendError(f"partition {self.plan.index} did not start: {exc}") from None
         await channel.open()

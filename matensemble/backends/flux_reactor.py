@@ -32,9 +32,14 @@ says POLLIN) means no message handler is active: Flux stops dispatching when no 
 outstanding. Spinning on it would burn the CPU, so the drain ends; the next RPC re-activates
 the dispatcher and its caller's ``kick()`` drains again.
 
-The rule holds for plain RPC futures whose callbacks are wrapped by ``callback()``. Flux's
-composite futures (``flux_job_result``, ``flux_future_and_then``) run an internal callback
-between a message and ours; the backend does not use them.
+The rule holds for plain RPC futures whose callbacks are wrapped by ``callback()`` or run by
+``then()``. Flux's composite futures (``flux_job_result``, ``flux_future_and_then``) run an
+internal callback between a message and ours; the backend does not use them.
+
+The futures of every job (its submit, the journal stream) are libflux's own, driven through
+``submit``, ``request`` and ``stream``: one cffi callback runs them all, with no Python wrapper
+object per future (the bindings' ``Future`` costs some sixty Python calls per job between its
+construction, ``then``, its callback trampoline and ``reset``).
 
 A Python exception escaping a Flux callback is caught by the bindings, stored in a
 thread-local slot and the reactor is stopped with an error; ``callback()`` catches ours before
@@ -51,6 +56,7 @@ SIGINT watcher on every call; instead each drain marks the thread as running a r
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 from collections.abc import Callable
 from typing import Any
@@ -65,6 +71,10 @@ class BridgeLost(Exception):
 
 
 _decode = msgspec.json.Decoder().decode  # a few times faster than json.loads
+_encode = msgspec.json.Encoder().encode
+
+RawCallback = Callable[[Any, Any], None]
+"""Called with (the ``flux_future_t *``, the argument given with it) once it is fulfilled."""
 
 
 class FluxReactorBridge:
@@ -85,11 +95,9 @@ class FluxReactorBridge:
     ) -> None:
         from flux.core.handle import Flux
         from flux.core.inner import ffi, lib
-        from flux.future import Future
 
         self._lib: Any = lib
         self._flux_class: Any = Flux
-        self._future_class: Any = Future
         self._handle = handle
         self._raw: Any = handle.handle  # the flux_t *, for direct calls into libflux
         self._reactor: Any = handle.get_reactor()
@@ -107,6 +115,11 @@ class FluxReactorBridge:
         self._lost = False
         self.wakeups = 0  # statistics for benchmarks: drains, and reactor iterations in them
         self.iterations = 0
+        # Futures of ours waiting for a response, by the key their callback is given:
+        # (the flux_future_t *, callback, its argument, whether it streams).
+        self._thens: dict[int, tuple[Any, RawCallback, Any, bool]] = {}
+        self._keys = itertools.count(1)
+        self._on_future = ffi.callback("void(flux_future_t *, void *)", self._fulfilled)
         loop.add_reader(self._fd, self.run)
 
     @property
@@ -131,41 +144,108 @@ class FluxReactorBridge:
     # about 0.2 ms per message under asyncio, where the future is always ready already.
 
     def payload(self, future: Any) -> Any:
-        """The decoded JSON payload of a fulfilled RPC future; ``OSError`` if it failed."""
+        """The decoded JSON payload of a fulfilled RPC future (a ``flux_future_t *`` or the
+        bindings' ``Future``); ``OSError`` if it failed."""
+        raw = getattr(future, "handle", future)
         out = self._text
-        if self._lib.flux_rpc_get(future.handle, out) < 0:
-            raise self._error(future)
+        if self._lib.flux_rpc_get(raw, out) < 0:
+            raise self._error(raw)
         return _decode(self._ffi.string(out[0])) if out[0] != self._ffi.NULL else None
 
     def next_response(self, future: Any) -> None:
-        """Reset a streaming RPC future for its next response (after reading this one).
+        """Reset a streaming RPC future made by ``stream`` for its next response (after
+        reading this one).
 
         A response already queued in the future fulfils it again at once; its callback then
         runs in the next reactor iteration, which the drain makes sure to run.
         """
-        future.reset()  # the bindings' own: it also keeps the future registered for callbacks
-        if self._lib.flux_future_is_ready(future.handle):
+        self._lib.flux_future_reset(future)
+        if self._lib.flux_future_is_ready(future):
             self._again = True
 
-    def submit(self, jobspec: bytes, urgency: int, flags: int) -> Any:
-        """``flux_job_submit`` on the handle: ``flux.job.submit_async`` without its argument
-        conversions (the jobspec is encoded JSON already); ``OSError`` if it cannot be sent."""
-        raw = self._lib.flux_job_submit(self._raw, jobspec, urgency, flags)
-        if raw == self._ffi.NULL:
-            errno = self._ffi.errno
+    def submit(self, jobspec: bytes, urgency: int, flags: int, fn: RawCallback, arg: Any) -> None:
+        """``flux_job_submit`` on the handle; ``fn(future, arg)`` runs with its answer (read it
+        with ``job_id``), after which the future is destroyed. ``OSError`` if it cannot be
+        sent."""
+        self._then(self._lib.flux_job_submit(self._raw, jobspec, urgency, flags), fn, arg)
+
+    def request(self, topic: str, payload: Any = None) -> asyncio.Future[Any]:
+        """Send an RPC to the instance; the returned future gets its decoded response (or
+        ``OSError``)."""
+        done: asyncio.Future[Any] = self._loop.create_future()
+
+        def on_response(future: Any, _: Any) -> None:
+            if done.done():
+                return
+            try:
+                done.set_result(self.payload(future))
+            except OSError as exc:
+                done.set_exception(exc)
+
+        self._then(self._rpc(topic, payload, 0), on_response, None)
+        self.kick()
+        return done
+
+    def stream(self, topic: str, payload: Any, fn: RawCallback) -> Any:
+        """Send a streaming RPC; ``fn(future, None)`` runs with each response, and calls
+        ``next_response`` after reading it. Returns the ``flux_future_t *`` (it lives until
+        ``close``). ``OSError`` if it cannot be sent."""
+        future = self._rpc(topic, payload, self._lib.FLUX_RPC_STREAMING)
+        self._then(future, fn, None, stream=True)
+        self.kick()
+        return future
+
+    def _rpc(self, topic: str, payload: Any, flags: int) -> Any:
+        body = self._ffi.NULL if payload is None else _encode(payload)
+        return self._lib.flux_rpc(self._raw, topic.encode(), body, self._lib.FLUX_NODEID_ANY, flags)
+
+    def _then(self, future: Any, fn: RawCallback, arg: Any, stream: bool = False) -> None:
+        ffi, lib = self._ffi, self._lib
+        if future == ffi.NULL:
+            errno = ffi.errno
             raise OSError(errno, os.strerror(errno))
-        return self._future_class(raw)
+        key = next(self._keys)
+        if lib.flux_future_then(future, -1.0, self._on_future, ffi.cast("void *", key)) < 0:
+            errno = ffi.errno
+            lib.flux_future_destroy(future)
+            raise OSError(errno, os.strerror(errno))
+        self._thens[key] = (future, fn, arg, stream)
+
+    def _fulfilled(self, future: Any, key: Any) -> None:
+        """The one cffi callback of every future made by ``_then`` (no exception may leave
+        it: cffi would only print it)."""
+        self._callbacks += 1
+        try:
+            k = int(self._ffi.cast("intptr_t", key))
+            entry = self._thens.get(k)
+            if entry is None:
+                return
+            _, fn, arg, stream = entry
+            if stream:
+                fn(future, arg)
+                return
+            del self._thens[k]
+            try:
+                fn(future, arg)
+            finally:
+                self._lib.flux_future_destroy(future)
+        except Exception as exc:
+            self._on_error(exc)
 
     def job_id(self, future: Any) -> int:
-        """The job id of a fulfilled ``flux.job.submit_async`` future; ``OSError`` if refused."""
+        """The job id of a fulfilled submit future; ``OSError`` if Flux refused the job."""
         out = self._jobid
-        if self._lib.flux_job_submit_get_id(future.handle, out) < 0:
+        if self._lib.flux_job_submit_get_id(future, out) < 0:
             raise self._error(future)
         return int(out[0])
 
+    def matchtag(self, future: Any) -> int:
+        """The match tag of an RPC sent by ``stream`` (to cancel a streaming RPC by)."""
+        return int(self._lib.flux_rpc_get_matchtag(future))
+
     def _error(self, future: Any) -> OSError:
         errno = self._ffi.errno
-        text = self._lib.flux_future_error_string(future.handle)
+        text = self._lib.flux_future_error_string(future)
         message = self._ffi.string(text).decode() if text != self._ffi.NULL else os.strerror(errno)
         return OSError(errno, message)
 
@@ -250,7 +330,12 @@ class FluxReactorBridge:
         self._on_error(BridgeLost("lost the connection to the Flux broker"))
 
     def close(self) -> None:
-        """Stop watching the handle (idempotent). The handle itself stays open."""
+        """Stop watching the handle and destroy the futures still waiting (idempotent). The
+        handle itself stays open."""
         if self._fd >= 0:
             self._loop.remove_reader(self._fd)
             self._fd = -1
+        thens = list(self._thens.values())
+        self._thens.clear()
+        for future, *_ in thens:
+            self._lib.flux_future_destroy(future)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from matensemble.backends.base import Launch
 from matensemble.backends.task_files import prepare_task_outputs
 
 __all__ = ["TaskDirs"]
@@ -26,25 +27,36 @@ class TaskDirs:
     """Makes each launch's directory under one ``tasks/`` directory, held open."""
 
     def __init__(self) -> None:
-        self._parent: Path | None = None
+        self._parent: str | None = None
         self._fd = -1  # the open tasks/ directory (opened without following a link)
+        self._tasks_path: Path | None = None  # the last launch's tasks_dir, and as a string
+        self._tasks_dir = ""
 
-    def prepare(self, task_dir: Path) -> None:
-        """Make ``task_dir``; if it existed, make sure its output files are safe to open.
+    def path(self, launch: Launch) -> str:
+        """``launch.task_dir`` as an absolute path (without a ``Path`` made per launch)."""
+        if launch.tasks_dir is not self._tasks_path:
+            self._tasks_path = launch.tasks_dir
+            self._tasks_dir = os.path.join(os.path.abspath(launch.tasks_dir), "")
+        return self._tasks_dir + launch.task.id
+
+    def prepare(self, task_dir: str) -> None:
+        """Make ``task_dir`` (an absolute path); if it existed, make sure its output files are
+        safe to open.
 
         Raises:
             UnsafeTaskPath, OSError: as ``prepare_task_outputs``.
         """
-        if self._fd < 0 or task_dir.parent != self._parent:
-            prepare_task_outputs(task_dir)  # makes and checks tasks/ too
+        parent, name = os.path.split(task_dir)
+        if self._fd < 0 or parent != self._parent:
+            prepare_task_outputs(Path(task_dir))  # makes and checks tasks/ too
             self.close()
-            self._fd = os.open(task_dir.parent, _DIR_FLAGS)
-            self._parent = task_dir.parent
+            self._fd = os.open(parent, _DIR_FLAGS)
+            self._parent = parent
             return
         try:
-            os.mkdir(task_dir.name, 0o755, dir_fd=self._fd)
+            os.mkdir(name, 0o755, dir_fd=self._fd)
         except FileExistsError:
-            prepare_task_outputs(task_dir)
+            prepare_task_outputs(Path(task_dir))
 
     def close(self) -> None:
         if self._fd >= 0:
