@@ -573,6 +573,68 @@ async def test_bridge_hands_over_exceptions_from_callbacks(flux_uri: str) -> Non
         assert [str(e) for e in errors] == ["bug in a callback"] * 2
 
 
+async def test_bridge_requests_and_submits_answer_through_its_own_futures(
+    flux_uri: str,
+) -> None:
+    """``request`` and ``submit`` use libflux futures run by one cffi callback: every answer
+    arrives once, a refused job raises from ``job_id``, a callback's exception is handed over,
+    and nothing waits in the bridge afterwards."""
+    import flux.job
+
+    good = flux.job.JobspecV1.from_command(["true"]).dumps().encode()
+    async with bridged(flux_uri) as (_, bridge, errors):
+        sizes = await asyncio.gather(
+            *(bridge.request("attr.get", {"name": "size", "flags": 0}) for _ in range(200))
+        )
+        assert [s["value"] for s in sizes] == ["2"] * 200
+        with pytest.raises(OSError):
+            await bridge.request("no-such-service.nothing")
+
+        answers: list[int | str] = []
+        done = asyncio.Event()
+
+        def submitted(future: Any, name: str) -> None:
+            try:
+                answers.append(bridge.job_id(future))
+            except OSError as exc:
+                answers.append(f"{name}: {exc.strerror}")
+            if len(answers) == 3:
+                done.set()
+                raise RuntimeError("bug in a submit callback")
+
+        bridge.submit(good, 16, 0, submitted, "good")
+        bridge.submit(b'{"version": 1}', 16, 0, submitted, "bad")
+        bridge.submit(good, 16, 0, submitted, "good")
+        with anyio.fail_after(10):
+            await done.wait()
+        assert sum(isinstance(a, int) for a in answers) == 2
+        assert [a for a in answers if isinstance(a, str)][0].startswith("bad: ")
+        assert [str(e) for e in errors] == ["bug in a submit callback"]
+        assert bridge.waiting() == 0  # each answered future was destroyed
+        jobids = [a for a in answers if isinstance(a, int)]
+    for jobid in jobids:
+        flux.job.event_wait(flux.Flux(flux_uri), jobid, "clean")
+
+
+async def test_closing_the_bridge_destroys_a_stream_still_open_and_calls_it_no_more(
+    flux_uri: str,
+) -> None:
+    import flux.constants
+
+    async with bridged(flux_uri) as (handle, bridge, errors):
+        calls: list[Any] = []
+        bridge.stream(
+            "log.dmesg", {"follow": True, "nobacklog": True}, lambda f, _: calls.append(f)
+        )
+        assert bridge.waiting() == 1
+        bridge.close()
+        assert bridge.waiting() == 0
+        handle.rpc("log.append", {"buf": "<13>1 - - - - - - after close"}).get()
+        for _ in range(5):  # whatever the broker sent meanwhile is dispatched: to no one
+            handle.reactor_run(flags=flux.constants.FLUX_REACTOR_NOWAIT)
+        assert calls == [] and errors == []
+
+
 # -- the allocation's end, and a forced exit ----------------------------------------------------
 
 

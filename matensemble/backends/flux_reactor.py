@@ -232,6 +232,10 @@ class FluxReactorBridge:
         except Exception as exc:
             self._on_error(exc)
 
+    def waiting(self) -> int:
+        """How many futures made here wait for an answer (a stream counts until ``close``)."""
+        return len(self._thens)
+
     def job_id(self, future: Any) -> int:
         """The job id of a fulfilled submit future; ``OSError`` if Flux refused the job."""
         out = self._jobid

@@ -49,6 +49,10 @@ class UnansweredSubmits:
             self._held.clear()
         return held
 
+    def held(self) -> int:
+        """How many events are held."""
+        return sum(len(events) for events in self._held.values())
+
     def clear(self) -> None:
         """Drop what is held (the channel stopped following its jobs); the answers still
         due are counted down as they come."""
