@@ -35,15 +35,21 @@ Methods, all running N ``true`` jobs (``--methods`` picks some):
 matensemble | tar -x -C DIR``) also runs each ensemble method with that code, as
 ``METHOD@baseline``, alternating with the current code in the same run.
 
-Each line gives jobs/s, the driver's CPU per job, and the brokers' CPU per job (the brokers
-and the job shells they reaped). The summary compares the best of each method with the best
-raw method of the same run, and its median with the best raw median.
+Each line gives jobs/s, the driver's CPU per job, the brokers' CPU per job (the brokers
+and the job shells they reaped), and the median **slot turnover**: the time from a job's
+``finish`` to the ``start`` of the job that next takes its slot, read from the jobs' eventlogs
+after the clock stopped (the k-th start after the (k - slots)-th finish). Where jobs/s moves
+with the other work on a shared machine, the turnover says how long a slot stands empty
+between two jobs: what a driver that submits only when a slot frees adds to a raw loop that
+has every job queued in Flux already. The summary compares the best of each method with the
+best raw method of the same run, and its median with the best raw median.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import os
 import re
@@ -212,6 +218,28 @@ def raw_window(flux: Any, n: int, window: int, ranked: bool = False) -> None:
     h.reactor_run()
 
 
+def slot_turnover(flux: Any) -> float | None:
+    """Median seconds from a job's ``finish`` to the next ``start`` on the freed slot."""
+    h = flux.Flux()
+    finishes, starts = [], []
+    for job in flux.job.JobList(h, max_entries=0, filters=["inactive"]).jobs():
+        found = flux.job.job_kvs_lookup(h, job.id, keys=["eventlog"], decode=False)
+        for line in str((found or {}).get("eventlog") or "").splitlines():
+            event = json.loads(line)
+            if event["name"] == "start":
+                starts.append(event["timestamp"])
+            elif event["name"] == "finish":
+                finishes.append(event["timestamp"])
+    from matensemble.backends.flux_inventory import read_inventory
+
+    nodes, _ = read_inventory(h.rpc("sched.resource-status").get(), driver_rank=0)
+    slots = sum(len(node.cores) for node in nodes)
+    starts.sort()
+    finishes.sort()
+    gaps = [starts[i] - finishes[i - slots] for i in range(slots, min(len(starts), len(finishes)))]
+    return statistics.median(gaps) if gaps else None
+
+
 def our_jobspecs(flux: Any, n: int, base: Path) -> list[str]:
     """The jobspecs the backend builds for N ``true`` tasks, spread over the ranks."""
     from matensemble import Task
@@ -254,6 +282,10 @@ def inner(method: str, n: int, profile: str | None) -> None:
     import matensemble.backends.flux  # noqa: F401 - a script imports before it runs
     from matensemble import Ensemble  # noqa: F401 - the engine is imported lazily otherwise
 
+    # anyio imports its asyncio backend at the run's first task group: 40 ms on this VM (where
+    # PYTHONDONTWRITEBYTECODE is set), an import a script pays once, not per job.
+    importlib.import_module("anyio._backends._asyncio")
+
     brokers = broker_pids()
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
@@ -290,6 +322,7 @@ def inner(method: str, n: int, profile: str | None) -> None:
         seconds = time.perf_counter() - t0
         cpu, fluxcpu = time.process_time() - cpu0, flux_cpu_seconds(brokers) - flux0
     figures = {"method": method, "n": n, "seconds": seconds, "driver_cpu": cpu, "flux_cpu": fluxcpu}
+    figures["turnover"] = slot_turnover(flux)
     print(MARK + json.dumps(figures), flush=True)
 
 
@@ -334,16 +367,21 @@ def outer(methods: list[str], n: int, reps: int, size: int, baseline: str | None
             print(
                 f"  rep {rep + 1} {method:<23} {r['rate']:7.1f} jobs/s  driver CPU "
                 f"{r['driver_cpu'] / n * 1000:5.2f} ms/job  brokers+shells CPU "
-                f"{r['flux_cpu'] / n * 1000:6.2f} ms/job",
+                f"{r['flux_cpu'] / n * 1000:6.2f} ms/job  turnover {_ms(r.get('turnover'))}",
                 flush=True,
             )
-    print(f"\n{'method':<23} {'best':>8} {'median':>8}  jobs/s; CPU per job of the best run")
+    print(
+        f"\n{'method':<23} {'best':>8} {'median':>8}  jobs/s; CPU per job of the best run;"
+        " median turnover of all runs"
+    )
     best = {m: max(rs, key=lambda r: r["rate"]) for m, rs in rates.items()}
     for m, r in best.items():
         median = statistics.median(x["rate"] for x in rates[m])
+        turnovers = [x["turnover"] for x in rates[m] if x.get("turnover") is not None]
+        turnover = statistics.median(turnovers) if turnovers else None
         print(
             f"{m:<23} {r['rate']:8.1f} {median:8.1f}  driver {r['driver_cpu'] / n * 1000:5.2f} ms"
-            f"  brokers+shells {r['flux_cpu'] / n * 1000:6.2f} ms"
+            f"  brokers+shells {r['flux_cpu'] / n * 1000:6.2f} ms  turnover {_ms(turnover)}"
         )
     raw = [m for m in methods if m in RAW]
     if raw:
@@ -360,6 +398,10 @@ def outer(methods: list[str], n: int, reps: int, size: int, baseline: str | None
                     f"  {m:<23} {best[m]['rate'] / best[top]['rate']:.2f} best"
                     f"  {medians[m] / medians[middle]:.2f} median"
                 )
+
+
+def _ms(seconds: float | None) -> str:
+    return "   -   " if seconds is None else f"{seconds * 1000:5.1f} ms"
 
 
 def main() -> None:
