@@ -475,7 +475,7 @@ async def test_bridge_completes_every_one_of_many_concurrent_rpcs(flux_uri: str)
         done = asyncio.Event()
 
         def answered(future: Any) -> None:
-            answers.append(bridge.payload(future)["value"])
+            answers.append(bridge.payload(future.handle)["value"])
             if len(answers) == 500:
                 done.set()
 

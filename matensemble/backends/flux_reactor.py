@@ -144,12 +144,11 @@ class FluxReactorBridge:
     # about 0.2 ms per message under asyncio, where the future is always ready already.
 
     def payload(self, future: Any) -> Any:
-        """The decoded JSON payload of a fulfilled RPC future (a ``flux_future_t *`` or the
-        bindings' ``Future``); ``OSError`` if it failed."""
-        raw = getattr(future, "handle", future)
+        """The decoded JSON payload of a fulfilled RPC future (a ``flux_future_t *``; the
+        bindings' ``Future`` holds it as ``.handle``); ``OSError`` if it failed."""
         out = self._text
-        if self._lib.flux_rpc_get(raw, out) < 0:
-            raise self._error(raw)
+        if self._lib.flux_rpc_get(future, out) < 0:
+            raise self._error(future)
         return _decode(self._ffi.string(out[0])) if out[0] != self._ffi.NULL else None
 
     def next_response(self, future: Any) -> None:
