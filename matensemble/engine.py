@@ -206,6 +206,8 @@ class Ensemble(EngineStart, FunctionCalls):
         self._stopping = True
         self.backend.kill()
         self._write()
+        if self._journal is not None:
+            self._journal.write_all()  # also what a virtual clock's journal gathers
 
     def cancel(self, *task_ids: str) -> None:
         """Cancel tasks by id (all open tasks when none is given); dependents are skipped."""

@@ -30,6 +30,7 @@ class EngineLoop(RunState):
             while True:
                 self._wake_producer.clear()
                 self._produce()
+                self._before_yield(self._wake_producer.is_set())
                 await self._wake_producer.wait()
         except Exception as exc:  # a bug or a strategy error: stop the run, report it
             self._fail(exc)
@@ -118,6 +119,14 @@ class EngineLoop(RunState):
                 )
             )
 
+    def _before_yield(self, awake: bool) -> None:
+        """A coroutine of the engine waits on its event (``awake``: it is set already, so the
+        loop does not run anyone else yet): what a gathering journal (a virtual clock's) holds
+        goes to the OS before any other coroutine (a reader of the journal) can run."""
+        journal = self._journal
+        if not awake and journal is not None and journal.gather:
+            journal.write_all()
+
     # -- consumer ---------------------------------------------------------------------------------
 
     def _on_job_id(self, key: LaunchKey, job_id: str) -> None:
@@ -133,6 +142,7 @@ class EngineLoop(RunState):
     async def _consumer(self) -> None:
         try:
             while True:
+                self._before_yield(self._wake_consumer.is_set())
                 await self._wake_consumer.wait()
                 self._wake_consumer.clear()
                 if not self._outcomes and not self._notify:

@@ -93,9 +93,11 @@ class EngineStart(EngineStop):
     def _open_run_files(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._logger = make_logger(self.run_dir, self.run_id, console=self._console_log)
+        durable = self._syncs_to_disk()
         self._journal = Journal(
             self.run_dir,
-            durable=self._syncs_to_disk(),
+            durable=durable,
+            gather=self.backend.virtual_clock and not durable,  # nothing runs: no rush
         )
         self._observers = [
             self._journal,

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import selectors
 from pathlib import Path
 
+import pytest
+
 from matensemble import Ensemble, SimulatedBackend, Task, TaskResult
 from matensemble.backends.simulated import INLINE_ADVANCES
+from matensemble.events import TaskFinished, TaskStarted
+from matensemble.journal import JOURNAL_NAME, read_journal
 
 
 class CountingSelector(selectors.DefaultSelector):
@@ -58,3 +63,38 @@ async def test_a_reader_of_completed_sees_each_result_before_the_clock_moves_on(
         assert clock == result.end_time, result.id
     ends = [result.end_time for result, _ in seen]
     assert ends == sorted(ends)
+
+
+def test_a_simulated_batch_writes_its_journal_in_a_few_large_writes_and_keeps_every_event(
+    run_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    n = 2000
+    writes: list[int] = []
+    real_write = os.write
+
+    def counting_write(fd: int, data: bytes) -> int:
+        writes.append(len(data))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", counting_write)
+    summary = asyncio.run(Ensemble(tasks(n), backend=SimulatedBackend(1, 4), run_dir=run_dir).run())
+    monkeypatch.undo()
+    assert summary.counts["succeeded"] == n
+    events = list(read_journal(run_dir / JOURNAL_NAME))
+    assert sum(isinstance(e, TaskStarted) for e in events) == n
+    assert sum(isinstance(e, TaskFinished) for e in events) == n
+    # Each write to the OS carries many events (one or two per end before).
+    assert len(writes) < n / 10, len(writes)
+
+
+async def test_a_reader_of_completed_finds_each_result_it_hears_of_in_the_journal(
+    run_dir: Path,
+) -> None:
+    async with Ensemble(tasks(200), backend=SimulatedBackend(1, 4), run_dir=run_dir) as ens:
+        async for result in ens.completed():
+            finished = {
+                e.result.id
+                for e in read_journal(run_dir / JOURNAL_NAME)
+                if isinstance(e, TaskFinished)
+            }
+            assert result.id in finished
