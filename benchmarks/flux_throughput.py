@@ -33,12 +33,14 @@ Methods, all running N ``true`` jobs (``--methods`` picks some):
 
 ``--baseline DIR`` (a directory holding another ``matensemble`` package, e.g. ``git archive main
 matensemble | tar -x -C DIR``) also runs each ensemble method with that code, as
-``METHOD@baseline``, alternating with the current code in the same run.
+``METHOD@baseline``, alternating with the current code in the same run. ``METHOD+POLICY``
+(e.g. ``ensemble-ahead+easy``) runs METHOD in an instance whose Fluxion queue policy is
+POLICY (``fcfs``, ``easy``, ``hybrid``, ``conservative``; without it, the instance's default).
 
 Each line gives jobs/s, the driver's CPU per job, the brokers' CPU per job (the brokers
 and the job shells they reaped), and the median **slot turnover**: the time from a job's
 ``finish`` to the ``start`` of the job that next takes its slot, read from the jobs' eventlogs
-after the clock stopped (the k-th start after the (k - slots)-th finish). Where jobs/s moves
+and ``R`` after the clock stopped, and where it goes (see ``flux_turnover.py``). Where jobs/s moves
 with the other work on a shared machine, the turnover says how long a slot stands empty
 between two jobs: what a driver that submits only when a slot frees adds to a raw loop that
 has every job queued in Flux already. The summary compares the best of each method with the
@@ -62,6 +64,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from flux_turnover import slot_turnover  # this script's directory is on sys.path
 
 RAW = ("raw-waitable", "raw-journal", "raw-novalidate")
 METHODS = (*RAW, "raw-ours", "ensemble", "ensemble-ahead", "ensemble-k2", "ensemble-k4")
@@ -218,28 +222,6 @@ def raw_window(flux: Any, n: int, window: int, ranked: bool = False) -> None:
     h.reactor_run()
 
 
-def slot_turnover(flux: Any) -> float | None:
-    """Median seconds from a job's ``finish`` to the next ``start`` on the freed slot."""
-    h = flux.Flux()
-    finishes, starts = [], []
-    for job in flux.job.JobList(h, max_entries=0, filters=["inactive"]).jobs():
-        found = flux.job.job_kvs_lookup(h, job.id, keys=["eventlog"], decode=False)
-        for line in str((found or {}).get("eventlog") or "").splitlines():
-            event = json.loads(line)
-            if event["name"] == "start":
-                starts.append(event["timestamp"])
-            elif event["name"] == "finish":
-                finishes.append(event["timestamp"])
-    from matensemble.backends.flux_inventory import read_inventory
-
-    nodes, _ = read_inventory(h.rpc("sched.resource-status").get(), driver_rank=0)
-    slots = sum(len(node.cores) for node in nodes)
-    starts.sort()
-    finishes.sort()
-    gaps = [starts[i] - finishes[i - slots] for i in range(slots, min(len(starts), len(finishes)))]
-    return statistics.median(gaps) if gaps else None
-
-
 def our_jobspecs(flux: Any, n: int, base: Path) -> list[str]:
     """The jobspecs the backend builds for N ``true`` tasks, spread over the ranks."""
     from matensemble import Task
@@ -322,7 +304,7 @@ def inner(method: str, n: int, profile: str | None) -> None:
         seconds = time.perf_counter() - t0
         cpu, fluxcpu = time.process_time() - cpu0, flux_cpu_seconds(brokers) - flux0
     figures = {"method": method, "n": n, "seconds": seconds, "driver_cpu": cpu, "flux_cpu": fluxcpu}
-    figures["turnover"] = slot_turnover(flux)
+    figures.update(slot_turnover(flux))
     print(MARK + json.dumps(figures), flush=True)
 
 
@@ -330,6 +312,8 @@ def inner(method: str, n: int, profile: str | None) -> None:
 
 
 BASELINE = "@baseline"
+POLICY = "+"  # METHOD+POLICY: in an instance whose Fluxion queue policy is POLICY
+POLICIES = ("fcfs", "easy", "hybrid", "conservative")
 
 
 def fresh(method: str, n: int, size: int, baseline: str | None = None) -> dict[str, Any]:
@@ -343,11 +327,18 @@ def fresh(method: str, n: int, size: int, baseline: str | None = None) -> dict[s
             **os.environ,
             "PYTHONPATH": os.pathsep.join([baseline, os.environ.get("PYTHONPATH", "")]),
         }
-    command = ["flux", "start", f"--test-size={size}", sys.executable, __file__]
-    command += ["--inner", method, "--tasks", str(n)]
-    done = subprocess.run(
-        command, capture_output=True, text=True, timeout=1800, check=False, env=env
-    )
+    method, _, policy = method.partition(POLICY)
+    with tempfile.TemporaryDirectory() as conf:
+        command = ["flux", "start", f"--test-size={size}"]
+        if policy:
+            # Fluxion's queue policy, from the instance's configuration (TOML).
+            config = f'[sched-fluxion-qmanager]\nqueue-policy = "{policy}"\n'
+            Path(conf, "sched.toml").write_text(config)
+            command.append(f"-o,--config-path={conf}")
+        command += [sys.executable, __file__, "--inner", method, "--tasks", str(n)]
+        done = subprocess.run(
+            command, capture_output=True, text=True, timeout=1800, check=False, env=env
+        )
     for line in done.stdout.splitlines():
         if line.startswith(MARK):
             return dict(json.loads(line[len(MARK) :]))
@@ -367,7 +358,10 @@ def outer(methods: list[str], n: int, reps: int, size: int, baseline: str | None
             print(
                 f"  rep {rep + 1} {method:<23} {r['rate']:7.1f} jobs/s  driver CPU "
                 f"{r['driver_cpu'] / n * 1000:5.2f} ms/job  brokers+shells CPU "
-                f"{r['flux_cpu'] / n * 1000:6.2f} ms/job  turnover {_ms(r.get('turnover'))}",
+                f"{r['flux_cpu'] / n * 1000:6.2f} ms/job  turnover {_ms(r.get('turnover'))}"
+                f" (at the head {_ms(r.get('turnover_head'))}, behind a waiting job "
+                f"{_ms(r.get('turnover_behind'))} in {r.get('behind', 0):4.0%})  free->alloc "
+                f"{_ms(r.get('alloc'))}  queued {_ms(r.get('lead'))} before free",
                 flush=True,
             )
     print(
@@ -398,6 +392,11 @@ def outer(methods: list[str], n: int, reps: int, size: int, baseline: str | None
                     f"  {m:<23} {best[m]['rate'] / best[top]['rate']:.2f} best"
                     f"  {medians[m] / medians[middle]:.2f} median"
                 )
+
+
+def _known(method: str) -> bool:
+    name, _, policy = method.removesuffix(BASELINE).partition(POLICY)
+    return (name in METHODS or WINDOW.match(name) is not None) and policy in ("", *POLICIES)
 
 
 def _ms(seconds: float | None) -> str:
@@ -432,9 +431,7 @@ def main() -> None:
         methods = [x for m in methods for x in (m, m + BASELINE) if x == m or "ensemble" in m]
     else:
         baseline = None
-    unknown = sorted(
-        m for m in set(methods) - set(METHODS) if not WINDOW.match(m) and BASELINE not in m
-    )
+    unknown = sorted(m for m in set(methods) if not _known(m))
     if unknown:
         raise SystemExit(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
     outer(methods, args.tasks, args.reps, args.size, baseline)
