@@ -19,6 +19,8 @@ Methods, all running N ``true`` jobs (``--methods`` picks some):
   may skip job-ingest's jobspec validator, as the backend does);
 - ``raw-ours``: ``raw-novalidate`` with the jobspecs the backend builds (files, directory,
   environment, rank constraint): the cost of the jobspec alone, without the engine;
+- ``raw-ours-norank``, ``-nooutput``, ``-noaffinity``, ``-noenv``: ``raw-ours`` without the
+  rank constraint, the output files, the CPU affinity or the environment (what each costs);
 - ``raw-windowW`` (e.g. ``raw-window4``): ``raw-journal`` with novalidate that keeps only W
   jobs in Flux, submitting the next at each job's ``finish`` event, as the engine does with W
   slots: how much a bounded queue ahead of the free cores would gain (W = cores: none);
@@ -68,7 +70,9 @@ from typing import Any
 from flux_turnover import slot_turnover  # this script's directory is on sys.path
 
 RAW = ("raw-waitable", "raw-journal", "raw-novalidate")
-METHODS = (*RAW, "raw-ours", "ensemble", "ensemble-ahead", "ensemble-k2", "ensemble-k4")
+OURS_WITHOUT = ("rank", "output", "affinity", "env")
+OURS = ("raw-ours", *(f"raw-ours-no{part}" for part in OURS_WITHOUT))
+METHODS = (*RAW, *OURS, "ensemble", "ensemble-ahead", "ensemble-k2", "ensemble-k4")
 WINDOW = re.compile(r"raw-window(\d+)(-ranked)?$")
 MARK = "RESULT "
 
@@ -222,8 +226,10 @@ def raw_window(flux: Any, n: int, window: int, ranked: bool = False) -> None:
     h.reactor_run()
 
 
-def our_jobspecs(flux: Any, n: int, base: Path) -> list[str]:
-    """The jobspecs the backend builds for N ``true`` tasks, spread over the ranks."""
+def our_jobspecs(flux: Any, n: int, base: Path, without: str = "") -> list[str]:
+    """The jobspecs the backend builds for N ``true`` tasks, spread over the ranks; ``without``
+    one of ``OURS_WITHOUT``: without the rank constraint, the output files, the CPU affinity
+    or the environment (to weigh what each costs)."""
     from matensemble import Task
     from matensemble.backends.base import Launch
     from matensemble.backends.flux_inventory import read_inventory
@@ -244,7 +250,15 @@ def our_jobspecs(flux: Any, n: int, base: Path) -> list[str]:
             run_id="bench",
         )
         launch.task_dir.mkdir(parents=True)
-        specs.append(builder.build(launch))
+        spec = json.loads(builder.build(launch, constrain=without != "rank"))
+        system = spec["attributes"]["system"]
+        if without == "output":
+            del system["shell"]["options"]["output"]
+        elif without == "affinity":
+            del system["shell"]["options"]["cpu-affinity"]
+        elif without == "env":
+            system["environment"] = {}
+        specs.append(json.dumps(spec))
     return specs
 
 
@@ -272,13 +286,13 @@ def inner(method: str, n: int, profile: str | None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
         specs: list[str] = []
-        if method == "raw-ours":
-            specs = our_jobspecs(flux, n, base)
+        if method in OURS:
+            specs = our_jobspecs(flux, n, base, without=method.removeprefix("raw-ours-no"))
         runs: dict[str, Callable[[], Any]] = {
             "raw-waitable": lambda: raw_waitable(flux, n),
             "raw-journal": lambda: raw_journal(flux, n),
             "raw-novalidate": lambda: raw_waitable(flux, n, novalidate=True),
-            "raw-ours": lambda: raw_waitable(flux, n, specs, novalidate=True),
+            **{m: lambda: raw_waitable(flux, n, specs, novalidate=True) for m in OURS},
             "ensemble": lambda: asyncio.run(ensemble(n, base / "run", 1)),
             "ensemble-ahead": lambda: asyncio.run(ensemble(n, base / "run", 1, ahead=True)),
             "ensemble-k2": lambda: asyncio.run(ensemble(n, base / "run", 2)),
