@@ -447,7 +447,10 @@ def main() -> None:
         baseline = None
     unknown = sorted(m for m in set(methods) if not _known(m))
     if unknown:
-        raise SystemExit(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+        raise SystemExit(
+            f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}, raw-windowW[-ranked],"
+            f" each with an optional +POLICY ({', '.join(POLICIES)})"
+        )
     outer(methods, args.tasks, args.reps, args.size, baseline)
 
 
