@@ -15,9 +15,11 @@ import math
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, cast
 
+from matensemble.expected_ends import in_order
 from matensemble.gpu_shadow import FirstFit, first_fit
-from matensemble.model import Placement, Resources, Task, TaskResult, TaskState
+from matensemble.model import Placement, Resources, TaskState
 from matensemble.node_drain import NodeDrain
+from matensemble.record import Record
 from matensemble.resources import ResourcePool
 from matensemble.strategies import CompletionPolicy, SubmissionOrder
 from matensemble.strategies.backfill import Reservation
@@ -27,33 +29,6 @@ __all__ = ["BACKFILL_WINDOW", "Dispatcher", "Record"]
 
 BACKFILL_WINDOW = 64  # how many queued tasks one pass looks past a blocked head
 RUN_AT_LEAST = 64  # tasks made ready at once that are sorted into a run instead of the heap
-
-
-class Record:
-    """Mutable run state of one task (owned by the engine, never shown to users)."""
-
-    __slots__ = (
-        "attempts",
-        "cancel_requested",
-        "entry",
-        "failures",
-        "placement",
-        "result",
-        "start",
-        "state",
-        "task",
-    )
-
-    def __init__(self, task: Task) -> None:
-        self.task = task
-        self.state = TaskState.PENDING
-        self.attempts = 0
-        self.placement: Placement = ()
-        self.result: TaskResult | None = None
-        self.entry: int = -1  # sequence number of its live entry in the ready heap; -1: not queued
-        self.start = 0.0
-        self.cancel_requested = False
-        self.failures = 0  # failed or timed-out attempts, across sessions of the run
 
 
 class Dispatcher:
@@ -86,7 +61,9 @@ class Dispatcher:
         # The last reservation, kept while its head stays blocked at the head of the queue,
         # nothing starts ahead of it and the clock has not passed its shadow time: then every
         # task started since was admitted by it (and booked in it), so it is still right.
+        # Else it is used again only where it is what a new one would be (``same_as_new``).
         self._kept: tuple[Record, int, Reservation] | None = None
+        self._kept_intact = False  # False once a task started ahead of its head
         self._drain: NodeDrain | None = None  # when each node empties, once the pool is known
         self._pool: ResourcePool | None = None
         self._numbers: Mapping[str, int] = {}  # node name -> its number in the pool
@@ -247,7 +224,13 @@ class Dispatcher:
                     if not backfill:
                         break
                     kept = self._kept
-                    if kept and kept[0] is rec and kept[1] == rec.entry and now < kept[2].shadow:
+                    if (
+                        kept
+                        and self._kept_intact
+                        and kept[0] is rec
+                        and kept[1] == rec.entry
+                        and now < kept[2].shadow
+                    ):
                         reservation = kept[2]
                 if len(left) > BACKFILL_WINDOW or pool.free_cores == 0:
                     break
@@ -260,20 +243,29 @@ class Dispatcher:
                         break
                 continue
             if head is None:
-                self._kept = None  # a task ahead of any blocked head changes the plan
+                self._kept_intact = False  # a task ahead of any blocked head changes the plan
             else:
                 if reservation is None:
                     # Plan the head's start on the pool as it was before this candidate.
                     pool.release(placement)
-                    ends = self._expected_ends(in_flight())
-                    reservation = Reservation(
-                        head.task.resources,
-                        pool,
-                        ends,
-                        self._drain,
-                        self._gpu_fit if self._drain is not None else None,
-                    )
-                    self._kept = (head, head.entry, reservation)
+                    kept = self._kept
+                    if (
+                        kept
+                        and kept[0] is head
+                        and kept[1] == head.entry
+                        and kept[2].same_as_new(self._drain)
+                    ):
+                        reservation = kept[2]
+                    else:
+                        reservation = Reservation(
+                            head.task.resources,
+                            pool,
+                            self._expected_ends(in_flight()),
+                            self._drain,
+                            self._gpu_fit if self._drain is not None else None,
+                        )
+                        self._kept = (head, head.entry, reservation)
+                    self._kept_intact = True
                     placement = pool.allocate(res)
                     assert placement is not None
                 if not reservation.admits(task, placement, pool, now):
@@ -358,8 +350,8 @@ class Dispatcher:
 
     def _expected_ends(self, running: int) -> Iterator[tuple[float, Placement]]:
         """Running tasks' expected ends (start + estimate, else timeout, else never), earliest
-        first, lazily (see ``_in_order``)."""
-        for entry in _in_order(self._ends, running):
+        first, lazily (see ``in_order``)."""
+        for entry in in_order(self._ends, running):
             yield entry[0], entry[3].placement
 
     def _gpu_fit(self, cores: int, gpus: int, pool: ResourcePool) -> FirstFit:
@@ -372,35 +364,6 @@ class Dispatcher:
             return len(slot.cores), len(slot.gpus)
 
         gpu_ends = (
-            (e[0], e[1], e[3].placement) for e in _in_order(self._gpu_ends, self._gpu_running)
+            (e[0], e[1], e[3].placement) for e in in_order(self._gpu_ends, self._gpu_running)
         )
         return first_fit(cores, gpus, pool, gpu_ends, drain.tasks_on, held, drain.first_on)
-
-
-def _in_order(
-    heap: list[tuple[float, int, int, Record]], running: int
-) -> Iterator[tuple[float, int, int, Record]]:
-    """The entries of running attempts in ``heap``, earliest first, lazily: the heap is walked
-    in order without copying it (a small heap of the positions next in line), so reading k
-    entries costs O(k log k) however many run. ``running``: how many attempts in it run."""
-    if len(heap) > 2 * running + 64:  # drop the entries of ended attempts
-        heap[:] = [e for e in heap if _still_running(e)]
-        heapq.heapify(heap)
-    while heap and not _still_running(heap[0]):
-        heapq.heappop(heap)  # ended: at the top, every walk would step over it again
-    size = len(heap)
-    frontier: list[tuple[tuple[float, int, int, Record], int]] = []
-    if size:
-        frontier.append((heap[0], 0))
-    while frontier:
-        entry, at = heapq.heappop(frontier)
-        for child in (2 * at + 1, 2 * at + 2):
-            if child < size:
-                heapq.heappush(frontier, (heap[child], child))
-        if _still_running(entry):
-            yield entry
-
-
-def _still_running(entry: tuple[float, int, int, Record]) -> bool:
-    rec = entry[3]
-    return rec.state is TaskState.RUNNING and rec.attempts == entry[2]

@@ -88,6 +88,17 @@ class NodeDrain:
         mine, key = firsts[0]
         return key, mine
 
+    def first(self) -> tuple[float, int, int] | None:
+        """What ``emptying`` would yield first, or ``None``: O(1) amortised (the stale heap
+        entries on top are dropped for good, as a walk would)."""
+        heap, latest = self._heap, self._latest
+        while heap:
+            mine, i = heap[0]
+            if mine == latest[i]:
+                return mine[0], mine[1], i
+            heapq.heappop(heap)
+        return None
+
     def emptying(self) -> Generator[tuple[float, int, int], None, None]:
         """``(expected time, start order of the last task, node)`` for every node with running
         tasks, the earliest first.

@@ -46,6 +46,7 @@ def test_nodes_come_out_in_the_order_their_last_task_is_expected_to_end_and_know
             tasks = drain.tasks_on(i)
             first = min(tasks.items(), key=lambda item: item[1]) if tasks else None
             assert drain.first_on(i) == first
+        assert drain.first() == (expected[0] if expected else None)
         some = rng.randrange(4)
         with closing(drain.emptying()) as first:
             assert list(itertools.islice(first, some)) == expected[:some]
@@ -100,3 +101,39 @@ def test_a_whole_node_reservation_reads_no_running_task() -> None:
     planned = Reservation(Resources(ranks=8, nodes=1), pool, iter(()), drain)
     assert 0 < planned.shadow < math.inf
     assert len(planned.slack) == 1
+
+
+def test_a_kept_whole_node_reservation_is_the_same_as_new_exactly_while_the_first_node_is() -> None:
+    rng = random.Random(8)
+    pool = _pool(12, 8, 2)
+    drain = NodeDrain(len(pool.nodes))
+    running: dict[int, Placement] = {}
+    keys = itertools.count()
+    while (placement := pool.allocate(Resources(ranks=rng.choice((1, 2))))) is not None:
+        key = next(keys)
+        running[key] = placement
+        drain.started(key, [pool.node_number(s.node) for s in placement], rng.random(), key)
+    outcomes = {"the same": 0, "built anew": 0}
+    for head in (Resources(ranks=8, nodes=1), Resources(ranks=1, exclusive=True)):
+        kept = Reservation(head, pool, iter(()), drain)
+        for _ in range(300):  # the pool stays full: one ends, one starts
+            gone = rng.choice(list(running))
+            placement = running.pop(gone)
+            pool.release(placement)
+            drain.ended(gone, [pool.node_number(s.node) for s in placement])
+            placement = pool.allocate(Resources())
+            assert placement is not None
+            key = next(keys)
+            running[key] = placement
+            end = rng.random() * 2
+            drain.started(key, [pool.node_number(s.node) for s in placement], end, key)
+            for room in kept.slack.values():  # what tasks admitted beside the head booked
+                room[1] = 0
+            new = Reservation(head, pool, iter(()), drain)
+            if kept.same_as_new(drain):
+                assert (kept.shadow, kept.slack, kept.bounded) == (new.shadow, new.slack, False)
+                outcomes["the same"] += 1
+            else:
+                kept = new
+                outcomes["built anew"] += 1
+    assert outcomes["the same"] and outcomes["built anew"]
