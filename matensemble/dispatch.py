@@ -15,7 +15,7 @@ import math
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, cast
 
-from matensemble.expected_ends import in_order
+from matensemble.expected_ends import in_order, push
 from matensemble.gpu_shadow import FirstFit, first_fit
 from matensemble.model import Placement, Resources, TaskState
 from matensemble.node_drain import NodeDrain
@@ -53,6 +53,7 @@ class Dispatcher:
         self._ends: list[tuple[float, int, int, Record]] = []  # heap of (end, seq, attempt, rec)
         self._gpu_ends: list[tuple[float, int, int, Record]] = []  # those that hold GPUs
         self._gpu_running = 0
+        self._ends_kept = self._gpu_ends_kept = 0  # entries left by the last drop (``push``)
         self._seq = itertools.count()
         # How many queued tasks have each shape (a record counts from its push until it starts,
         # or until a pass finds it no longer ready). A pass stops as soon as every shape that
@@ -112,10 +113,10 @@ class Dispatcher:
         end = now + limit if limit is not None else math.inf
         seq = next(self._seq)
         item = (end, seq, rec.attempts, rec)
-        heapq.heappush(self._ends, item)
+        self._ends_kept = push(self._ends, item, self._ends_kept)
         placement = rec.placement
         if any(slot.gpus for slot in placement):
-            heapq.heappush(self._gpu_ends, item)
+            self._gpu_ends_kept = push(self._gpu_ends, item, self._gpu_ends_kept)
             self._gpu_running += 1
         if self._drain is not None:
             numbers = self._numbers

@@ -13,7 +13,26 @@ from collections.abc import Iterator
 from matensemble.model import TaskState
 from matensemble.record import Record
 
-__all__ = ["in_order", "still_running"]
+__all__ = ["in_order", "push", "still_running"]
+
+
+def push(
+    heap: list[tuple[float, int, int, Record]], entry: tuple[float, int, int, Record], kept: int
+) -> int:
+    """Push ``entry`` on ``heap``; first, when the heap holds more than twice the ``kept``
+    entries left by the last such drop (and 64), drop the entries of ended attempts. Returns
+    how many are left after the latest drop (``kept`` when there was none).
+
+    Without this the entries of every attempt that ever ran would stay until a reservation
+    walks the heap (with whole-node heads, it never does): a heap, and memory, that grow with
+    the run instead of with what runs. Each drop costs O(h) after at least h/2 pushes.
+    """
+    if len(heap) > 2 * kept + 64:
+        heap[:] = [e for e in heap if still_running(e)]
+        heapq.heapify(heap)
+        kept = len(heap)
+    heapq.heappush(heap, entry)
+    return kept
 
 
 def in_order(
