@@ -284,6 +284,9 @@ class Dispatcher:
         if left:
             self.completion.blocked()
         if r < end_of_run:
+            if r >= 2 * (end_of_run - r) and r > 4096:
+                del run[:r]  # the entries read: the run would keep them until its end
+                r = 0
             self._run_at = r
         else:  # read to the end: let it go
             self._run, self._run_at = [], 0
