@@ -43,6 +43,7 @@ __all__ = [
     "Outcome",
     "Reporter",
     "Sink",
+    "TaskDirPaths",
     "task_environment",
     "task_variables",
 ]
@@ -149,6 +150,28 @@ class Reporter:
         while self._pending or self._in_flight():
             self._drained.clear()
             await self._drained.wait()
+
+
+class TaskDirPaths:
+    """Each launch's task directory as an absolute string, for a backend's launch path.
+
+    The run's ``tasks/`` directory is made absolute once (the engine hands every launch the same
+    one), not a ``Path`` and an ``abspath`` per launch, which cost the event loop several
+    microseconds.
+    """
+
+    __slots__ = ("_prefix", "_tasks_dir")
+
+    def __init__(self) -> None:
+        self._tasks_dir: Path | None = None  # the last launch's, and its absolute path + "/"
+        self._prefix = ""
+
+    def __call__(self, launch: Launch) -> str:
+        tasks_dir = launch.tasks_dir
+        if tasks_dir is not self._tasks_dir:
+            self._tasks_dir = tasks_dir
+            self._prefix = os.path.join(os.path.abspath(tasks_dir), "")
+        return self._prefix + launch.task.id
 
 
 def task_environment(

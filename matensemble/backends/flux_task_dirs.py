@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from matensemble.backends.base import Launch
+from matensemble.backends.base import TaskDirPaths
 from matensemble.backends.task_files import prepare_task_outputs
 
 __all__ = ["TaskDirs"]
@@ -29,15 +29,7 @@ class TaskDirs:
     def __init__(self) -> None:
         self._parent: str | None = None
         self._fd = -1  # the open tasks/ directory (opened without following a link)
-        self._tasks_path: Path | None = None  # the last launch's tasks_dir, and as a string
-        self._tasks_dir = ""
-
-    def path(self, launch: Launch) -> str:
-        """``launch.task_dir`` as an absolute path (without a ``Path`` made per launch)."""
-        if launch.tasks_dir is not self._tasks_path:
-            self._tasks_path = launch.tasks_dir
-            self._tasks_dir = os.path.join(os.path.abspath(launch.tasks_dir), "")
-        return self._tasks_dir + launch.task.id
+        self.path = TaskDirPaths()  # ``launch.task_dir`` as an absolute path
 
     def prepare(self, task_dir: str) -> None:
         """Make ``task_dir`` (an absolute path); if it existed, make sure its output files are

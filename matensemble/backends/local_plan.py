@@ -12,9 +12,8 @@ import os
 import shutil
 import signal
 import sys
-from pathlib import Path
 
-from matensemble.backends.base import Launch, task_variables
+from matensemble.backends.base import Launch, TaskDirPaths, task_variables
 from matensemble.backends.task_files import TaskOutputs
 from matensemble.errors import UnsafeTaskPath
 
@@ -53,17 +52,9 @@ class LaunchPlanner:
         self._driver_path = os.environ.get("PATH", os.defpath)
         # (program, PATH) -> its file; None: looked up by the child (a relative PATH entry)
         self._executables: dict[tuple[str, str], str | None] = {}
-        self._tasks_dir: Path | None = None  # the last launch's, and its absolute path:
-        self._tasks_dir_absolute = ""
-
-    def task_dir(self, launch: Launch) -> str:
-        """The launch's task directory, absolute: its outputs, default working directory and
-        ``MATENSEMBLE_TASK_DIR``. (A string, not a ``Path``: a ``Path`` and its ``abspath``
-        per launch cost the event loop several microseconds.)"""
-        tasks_dir = launch.tasks_dir
-        if tasks_dir is not self._tasks_dir:  # the engine hands every launch the same one
-            self._tasks_dir, self._tasks_dir_absolute = tasks_dir, os.path.abspath(tasks_dir)
-        return os.path.join(self._tasks_dir_absolute, launch.task.id)
+        # The launch's task directory, absolute: its outputs, default working directory and
+        # ``MATENSEMBLE_TASK_DIR``.
+        self.task_dir = TaskDirPaths()
 
     def plan(self, launch: Launch, task_dir: str) -> list[Process]:
         """argv, executable, environment and cores of each process to start; ``task_dir``
