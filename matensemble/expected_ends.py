@@ -28,9 +28,7 @@ def push(
     the run instead of with what runs. Each drop costs O(h) after at least h/2 pushes.
     """
     if len(heap) > 2 * kept + 64:
-        heap[:] = [e for e in heap if still_running(e)]
-        heapq.heapify(heap)
-        kept = len(heap)
+        kept = _drop_ended(heap)
     heapq.heappush(heap, entry)
     return kept
 
@@ -41,9 +39,8 @@ def in_order(
     """The entries of running attempts in ``heap``, earliest first, lazily: the heap is walked
     in order without copying it (a small heap of the positions next in line), so reading k
     entries costs O(k log k) however many run. ``running``: how many attempts in it run."""
-    if len(heap) > 2 * running + 64:  # drop the entries of ended attempts
-        heap[:] = [e for e in heap if still_running(e)]
-        heapq.heapify(heap)
+    if len(heap) > 2 * running + 64:
+        _drop_ended(heap)
     while heap and not still_running(heap[0]):
         heapq.heappop(heap)  # ended: at the top, every walk would step over it again
     size = len(heap)
@@ -57,6 +54,13 @@ def in_order(
                 heapq.heappush(frontier, (heap[child], child))
         if still_running(entry):
             yield entry
+
+
+def _drop_ended(heap: list[tuple[float, int, int, Record]]) -> int:
+    """Drop the entries of ended attempts from ``heap`` (O(h)); how many are left."""
+    heap[:] = [e for e in heap if still_running(e)]
+    heapq.heapify(heap)
+    return len(heap)
 
 
 def still_running(entry: tuple[float, int, int, Record]) -> bool:
