@@ -119,7 +119,11 @@ class FluxReactorBridge:
         # (the flux_future_t *, callback, its argument, whether it streams).
         self._thens: dict[int, tuple[Any, RawCallback, Any, bool]] = {}
         self._keys = itertools.count(1)
-        self._on_future = ffi.callback("void(flux_future_t *, void *)", self._fulfilled)
+        try:
+            self._on_future: Any = ffi.callback("void(flux_future_t *, void *)", self._fulfilled)
+        except MemoryError:  # no write+execute memory here: see ``_then_through_bindings``
+            self._on_future = None
+        self._wrappers: dict[int, Any] = {}  # the bindings' futures of that fallback, by key
         loop.add_reader(self._fd, self.run)
 
     @property
@@ -204,26 +208,52 @@ class FluxReactorBridge:
             errno = ffi.errno
             raise OSError(errno, os.strerror(errno))
         key = next(self._keys)
-        if lib.flux_future_then(future, -1.0, self._on_future, ffi.cast("void *", key)) < 0:
+        if self._on_future is None:
+            self._then_through_bindings(future, key)
+        elif lib.flux_future_then(future, -1.0, self._on_future, ffi.cast("void *", key)) < 0:
             errno = ffi.errno
             lib.flux_future_destroy(future)
             raise OSError(errno, os.strerror(errno))
         self._thens[key] = (future, fn, arg, stream)
 
+    def _then_through_bindings(self, future: Any, key: int) -> None:
+        """Where ``ffi.callback`` cannot get write+execute memory for its closure (SELinux's
+        ``deny_execmem``, a process with ``PR_SET_MDWE``), run the future's callback through
+        the bindings' ``Future.then``: its trampoline is compiled into the bindings. The
+        bindings' ``Future`` owns a reference of its own (``incref``), dropped when it is
+        collected, so ``_fulfilled`` and ``close`` destroy the future as on the fast path; the
+        cost is that wrapper per future (some sixty Python calls per job)."""
+        from flux.future import Future
+
+        self._lib.flux_future_incref(future)
+        wrapper = Future(future)
+        try:
+            wrapper.then(self._wrapper_fulfilled, key)
+        except OSError:
+            self._lib.flux_future_destroy(future)  # ours; the wrapper drops its own
+            raise
+        self._wrappers[key] = wrapper
+
+    def _wrapper_fulfilled(self, wrapper: Any, key: int) -> None:
+        self._answered(wrapper.pimpl.handle, key)
+
     def _fulfilled(self, future: Any, key: Any) -> None:
         """The one cffi callback of every future made by ``_then`` (no exception may leave
         it: cffi would only print it)."""
+        self._answered(future, int(self._ffi.cast("intptr_t", key)))
+
+    def _answered(self, future: Any, key: int) -> None:
         self._callbacks += 1
         try:
-            k = int(self._ffi.cast("intptr_t", key))
-            entry = self._thens.get(k)
+            entry = self._thens.get(key)
             if entry is None:
                 return
             _, fn, arg, stream = entry
             if stream:
                 fn(future, arg)
                 return
-            del self._thens[k]
+            del self._thens[key]
+            self._wrappers.pop(key, None)
             try:
                 fn(future, arg)
             finally:
@@ -340,5 +370,6 @@ class FluxReactorBridge:
             self._fd = -1
         thens = list(self._thens.values())
         self._thens.clear()
+        self._wrappers.clear()
         for future, *_ in thens:
             self._lib.flux_future_destroy(future)
