@@ -156,8 +156,10 @@ class Dispatcher:
         end_of_run = len(run)
         front = line.entries
         at = 0  # next entry of ``front`` to read
-        put_back = WaitingLine()
-        left = put_back.entries  # what waits, in order (``put_back`` adds their shapes)
+        # What waits, in order (with their shapes): while that is the front's first entries,
+        # it borrows them, and a pass that only puts back what it read from the front leaves
+        # the front as it was, uncopied.
+        put_back = WaitingLine(borrowing=line)
         reservation: Reservation | None = None
         head: Record | None = None
         no_room: set[Resources] = set()
@@ -209,7 +211,7 @@ class Dispatcher:
                 and (task.estimate is None or now + task.estimate > reservation.shadow)
             ):
                 put_back.add(entry, res)
-                if len(left) > BACKFILL_WINDOW:
+                if len(put_back) > BACKFILL_WINDOW:
                     break
                 continue
             placement = None if res in no_room else pool.allocate(res)
@@ -233,14 +235,14 @@ class Dispatcher:
                         and now < kept[2].shadow
                     ):
                         reservation = kept[2]
-                if len(left) > BACKFILL_WINDOW or pool.free_cores == 0:
+                if len(put_back) > BACKFILL_WINDOW or pool.free_cores == 0:
                     break
                 if not gated and deadline is None:
                     bound = run[r] if r < end_of_run else None
                     if heap and (bound is None or heap[0] < bound):
                         bound = heap[0]
                     at = self._sweep(line, at, waiting, put_back, no_room, bound)
-                    if len(left) > BACKFILL_WINDOW:
+                    if len(put_back) > BACKFILL_WINDOW:
                         break
                 continue
             if head is None:
@@ -273,7 +275,7 @@ class Dispatcher:
                     pool.release(placement)
                     beside_head.add(res)  # the same shape would get the same placement
                     put_back.add(entry, res)
-                    if len(left) > BACKFILL_WINDOW:
+                    if len(put_back) > BACKFILL_WINDOW:
                         break
                     continue
             rec.entry = -1
@@ -281,7 +283,7 @@ class Dispatcher:
             start(rec, placement)
         else:
             self.completion.blocked()
-        if left:
+        if len(put_back):
             self.completion.blocked()
         if r < end_of_run:
             if r >= 2 * (end_of_run - r) and r > 4096:
@@ -292,7 +294,7 @@ class Dispatcher:
             self._run, self._run_at = [], 0
         # What waits, in order: this pass's leftovers, then the front entries it did not read.
         put_back.add_from(line, at, waiting)
-        self._front = put_back
+        self._front = put_back.settled()
         return held
 
     def _sweep(
@@ -314,7 +316,7 @@ class Dispatcher:
         entry is looked at (a stale one is for the pass to drop).
         """
         front = line.entries
-        upto = min(waiting, at + BACKFILL_WINDOW + 1 - len(put_back.entries))
+        upto = min(waiting, at + BACKFILL_WINDOW + 1 - len(put_back))
         if self._stale:
             ready = TaskState.READY
             while at < upto:

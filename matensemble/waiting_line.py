@@ -28,20 +28,35 @@ class WaitingLine:
 
     Run ``k`` holds ``entries[ends[k - 1]:ends[k]]`` (from 0 for the first), all of shape
     ``shapes[k]``.
+
+    A line built ``borrowing`` another (the next pass's line, borrowing the last one's) holds
+    the other's first entries without copying them, as long as what is put in it is exactly
+    the other's entries from the start, in order: on a full machine a pass mostly puts back
+    the same blocked tasks it read (some fifty whole-node tasks under FIFO on Frontier), and
+    then the line it leaves is the one it read (``settled``), not a copy of it per pass.
     """
 
-    __slots__ = ("ends", "entries", "shapes")
+    __slots__ = ("_borrowed", "_source", "ends", "entries", "shapes")
 
-    def __init__(self) -> None:
+    def __init__(self, borrowing: WaitingLine | None = None) -> None:
         self.entries: list[Entry] = []
         self.ends: list[int] = []
         self.shapes: list[Resources] = []
+        self._source = borrowing  # the line whose first ``_borrowed`` entries are ours
+        self._borrowed = 0
 
     def __len__(self) -> int:
-        return len(self.entries)
+        return len(self.entries) + self._borrowed
 
     def add(self, entry: Entry, shape: Resources) -> None:
         """Put ``entry`` (of ``shape``) at the end."""
+        source = self._source
+        if source is not None:
+            n = self._borrowed
+            if n < len(source.entries) and source.entries[n] is entry:
+                self._borrowed = n + 1
+                return
+            self._copy_borrowed()
         self.entries.append(entry)
         shapes = self.shapes
         if shapes and (shapes[-1] is shape or shapes[-1] == shape):
@@ -54,6 +69,11 @@ class WaitingLine:
         """Put ``other.entries[start:stop]`` at the end, with their shapes (one slice per run)."""
         if start >= stop:
             return
+        if self._source is not None:
+            if other is self._source and start == self._borrowed:
+                self._borrowed = stop
+                return
+            self._copy_borrowed()
         k = bisect.bisect_right(other.ends, start)  # the run that holds ``start``
         while start < stop:
             end = min(other.ends[k], stop)
@@ -67,6 +87,23 @@ class WaitingLine:
                 self.ends.append(len(self.entries))
             start = end
             k += 1
+
+    def settled(self) -> WaitingLine:
+        """This line as one that borrows nothing: the line it borrows from, when it holds all
+        of that one's entries and nothing else; else a copy of what it borrowed, and the rest."""
+        source = self._source
+        if source is not None:
+            if self._borrowed == len(source.entries):
+                return source
+            self._copy_borrowed()
+        return self
+
+    def _copy_borrowed(self) -> None:
+        source, n = self._source, self._borrowed
+        assert source is not None
+        assert not self.entries
+        self._source, self._borrowed = None, 0
+        self.add_from(source, 0, n)
 
     def run_at(self, at: int) -> tuple[Resources, int]:
         """The shape of the run that holds position ``at``, and where that run ends."""

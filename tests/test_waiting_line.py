@@ -55,3 +55,50 @@ def test_entries_added_one_by_one_and_by_slices_keep_their_order_and_runs(
     line.add_from(other, c, d)
     plain += other_plain[c:d]
     _agrees(line, plain)
+
+
+@given(
+    source_shapes=st.lists(st.integers(0, 3), max_size=30),
+    steps=st.lists(
+        st.tuples(st.sampled_from(["read", "skip", "slice", "other"]), st.integers(0, 3)),
+        max_size=40,
+    ),
+)
+def test_a_borrowing_line_holds_what_was_put_in_it_and_is_the_other_when_that_is_all(
+    source_shapes: list[int], steps: list[tuple[str, int]]
+) -> None:
+    """A dispatch pass reads the front in order and puts back some of what it read (one by
+    one or by slices), skips others (started), and adds entries from elsewhere: the line it
+    builds borrowing the front must be exactly what a plain line would be."""
+    source, source_plain = _line(source_shapes)
+    line = WaitingLine(borrowing=source)
+    plain: list[tuple[tuple[int, str], Resources]] = []
+    at = 0
+    extra = 1000
+    for kind, k in steps:
+        if kind == "other":  # an entry from the heap or the sorted run, left waiting
+            entry = (extra, f"x{extra}")
+            extra += 1
+            line.add(entry, SHAPES[k])
+            plain.append((entry, SHAPES[k]))
+        elif at < len(source_plain):
+            if kind == "read":  # read and put back
+                line.add(*source_plain[at])
+                plain.append(source_plain[at])
+                at += 1
+            elif kind == "skip":  # read and started: not put back
+                at += 1
+            else:  # a run put back in one slice
+                stop = min(len(source_plain), at + k + 1)
+                line.add_from(source, at, stop)
+                plain += source_plain[at:stop]
+                at = stop
+        assert len(line) == len(plain)
+    line.add_from(source, at, len(source_plain))  # the rest of the front, unread
+    plain += source_plain[at:]
+    settled = line.settled()
+    _agrees(settled, plain)
+    if plain == source_plain:
+        assert settled is source  # nothing changed: the same line, not a copy
+    else:
+        assert settled is line
