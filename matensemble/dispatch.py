@@ -115,7 +115,7 @@ class Dispatcher:
         item = (end, seq, rec.attempts, rec)
         self._ends_kept = push(self._ends, item, self._ends_kept)
         placement = rec.placement
-        if any(slot.gpus for slot in placement):
+        if _holds_gpus(placement):
             self._gpu_ends_kept = push(self._gpu_ends, item, self._gpu_ends_kept)
             self._gpu_running += 1
         if self._drain is not None:
@@ -125,7 +125,7 @@ class Dispatcher:
     def ended(self, rec: Record) -> None:
         """A running task ended, or was cancelled (before ``rec.placement`` changes)."""
         placement = rec.placement
-        if any(slot.gpus for slot in placement):
+        if _holds_gpus(placement):
             self._gpu_running -= 1
         if self._drain is not None:
             numbers = self._numbers
@@ -373,3 +373,12 @@ class Dispatcher:
             (e[0], e[1], e[3].placement) for e in in_order(self._gpu_ends, self._gpu_running)
         )
         return first_fit(cores, gpus, pool, gpu_ends, drain.tasks_on, held, drain.first_on)
+
+
+def _holds_gpus(placement: Placement) -> bool:
+    """Whether any slot of ``placement`` holds a GPU (a loop: a generator costs more than the
+    one slot most placements have)."""
+    for slot in placement:  # noqa: SIM110
+        if slot.gpus:
+            return True
+    return False

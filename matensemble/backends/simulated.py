@@ -28,6 +28,7 @@ DurationFn = Callable[[Task, int], float]
 # its timers, signals and I/O (status.json's timer, SIGTERM) still come in on a long run.
 INLINE_ADVANCES = 64
 ReturncodeFn = Callable[[Task, int], int]
+_Entry = tuple[float, int, LaunchKey | None, float, int, float | None]
 
 
 def _from_tags(task: Task, attempt: int) -> float:
@@ -86,9 +87,11 @@ class SimulatedBackend(Backend):
         self._returncode = returncode
         self._now = start
         self._sink: Sink | None = None
-        self._heap: list[tuple[float, int, LaunchKey | None]] = []  # None: a timer
+        # (end, seq, key, start, code, timeout) per launch, (time, seq, None, ...) per timer.
+        self._heap: list[_Entry] = []
         self._timers: dict[int, Callable[[], None]] = {}  # heap sequence number -> callback
-        self._live: dict[LaunchKey, tuple[float, int, float | None]] = {}  # start, code, timeout
+        # Each running launch's own heap entry (one tuple per launch, not a second one).
+        self._live: dict[LaunchKey, _Entry] = {}
         self._seq = itertools.count()
         self._advance_scheduled = False
         self._inline = 0  # clock advances made inside idle() since the loop last ran one
@@ -122,8 +125,9 @@ class SimulatedBackend(Backend):
         end = start + (timeout if timeout is not None else max(0.0, runtime))
         key = launch.key
         # Only what the outcome is made of, while it runs: a million in flight add up.
-        self._live[key] = (start, code, timeout)
-        heapq.heappush(self._heap, (end, next(self._seq), key))
+        entry = (end, next(self._seq), key, start, code, timeout)
+        self._live[key] = entry
+        heapq.heappush(self._heap, entry)
 
     @staticmethod
     def _outcome(
@@ -148,14 +152,14 @@ class SimulatedBackend(Backend):
         )
 
     def cancel(self, key: LaunchKey) -> None:
-        item = self._live.pop(key, None)
-        if item is not None:
+        entry = self._live.pop(key, None)
+        if entry is not None:
             self._deliver(
                 Outcome(
                     key=key,
                     state=TaskState.CANCELLED,
                     reason="cancelled",
-                    start_time=item[0],
+                    start_time=entry[3],
                     end_time=self._now,
                 )
             )
@@ -164,7 +168,7 @@ class SimulatedBackend(Backend):
         """Call ``callback`` when the virtual clock reaches ``now() + delay``."""
         seq = next(self._seq)
         self._timers[seq] = callback
-        heapq.heappush(self._heap, (self._now + max(0.0, delay), seq, None))
+        heapq.heappush(self._heap, (self._now + max(0.0, delay), seq, None, 0.0, 0, None))
 
     def idle(self) -> None:
         """Advance the clock on the event loop's next turn, or at once where that turn would
@@ -185,19 +189,23 @@ class SimulatedBackend(Backend):
         every timer that is due."""
         self._advance_scheduled = False
         heap, live, timers = self._heap, self._live, self._timers
-        while heap and heap[0][1] not in timers and heap[0][2] not in live:
+        while heap:
+            top = heap[0]
+            if top[1] in timers or (top[2] is not None and live.get(top[2]) is top):
+                break
             heapq.heappop(heap)  # cancelled
         if not heap:
             return
         self._now = max(self._now, heap[0][0])
         while heap and heap[0][0] <= self._now:
-            end, seq, key = heapq.heappop(heap)
+            entry = heapq.heappop(heap)
+            end, seq, key, start, code, timeout = entry
             if key is None:
                 timers.pop(seq)()
                 continue
-            item = live.pop(key, None)
-            if item is not None:
-                self._deliver(self._outcome(key, end, *item))
+            if live.get(key) is entry:  # else cancelled (a later attempt has its own entry)
+                del live[key]
+                self._deliver(self._outcome(key, end, start, code, timeout))
 
     def _deliver(self, outcome: Outcome) -> None:
         assert self._sink is not None, "launch() before open()"
