@@ -19,8 +19,8 @@ Methods, all running N ``true`` jobs (``--methods`` picks some):
   may skip job-ingest's jobspec validator, as the backend does);
 - ``raw-ours``: ``raw-novalidate`` with the jobspecs the backend builds (files, directory,
   environment, rank constraint): the cost of the jobspec alone, without the engine;
-- ``raw-ours-norank``, ``-nooutput``, ``-noaffinity``, ``-noenv``: ``raw-ours`` without the
-  rank constraint, the output files, the CPU affinity or the environment (what each costs);
+- ``raw-ours-noPART`` (e.g. ``raw-ours-nooutput``, ``raw-ours-norank-nocwd``): ``raw-ours``
+  without one or more of its parts (what each costs; see ``our_jobspecs``);
 - ``raw-windowW`` (e.g. ``raw-window4``): ``raw-journal`` with novalidate that keeps only W
   jobs in Flux, submitting the next at each job's ``finish`` event, as the engine does with W
   slots: how much a bounded queue ahead of the free cores would gain (W = cores: none);
@@ -70,9 +70,9 @@ from typing import Any
 from flux_turnover import slot_turnover  # this script's directory is on sys.path
 
 RAW = ("raw-waitable", "raw-journal", "raw-novalidate")
-OURS_WITHOUT = ("rank", "output", "affinity", "env")
-OURS = ("raw-ours", *(f"raw-ours-no{part}" for part in OURS_WITHOUT))
-METHODS = (*RAW, *OURS, "ensemble", "ensemble-ahead", "ensemble-k2", "ensemble-k4")
+OURS_WITHOUT = ("rank", "output", "append", "affinity", "pinning", "cwd", "tag", "env", "environ")
+OURS = re.compile(r"raw-ours((?:-no(?:" + "|".join((*OURS_WITHOUT, "all")) + r"))*)$")
+METHODS = (*RAW, "raw-ours", "ensemble", "ensemble-ahead", "ensemble-k2", "ensemble-k4")
 WINDOW = re.compile(r"raw-window(\d+)(-ranked)?$")
 MARK = "RESULT "
 
@@ -107,16 +107,19 @@ def broker_pids() -> list[int]:
         return [rank0]
 
 
-def flux_cpu_seconds(pids: list[int]) -> float:
-    """CPU of the brokers and of the job shells they reaped (utime+stime+cutime+cstime)."""
-    ticks = 0
+def flux_cpu_seconds(pids: list[int]) -> tuple[float, float]:
+    """CPU of the brokers themselves (utime+stime) and of the job shells (and their tasks)
+    they reaped (cutime+cstime)."""
+    own = reaped = 0
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        ticks += sum(int(f) for f in fields[11:15])
-    return ticks / os.sysconf("SC_CLK_TCK")
+        own += int(fields[11]) + int(fields[12])
+        reaped += int(fields[13]) + int(fields[14])
+    tick = os.sysconf("SC_CLK_TCK")
+    return own / tick, reaped / tick
 
 
 def raw_waitable(
@@ -228,14 +231,22 @@ def raw_window(flux: Any, n: int, window: int, ranked: bool = False) -> None:
 
 def our_jobspecs(flux: Any, n: int, base: Path, without: str = "") -> list[str]:
     """The jobspecs the backend builds for N ``true`` tasks, spread over the ranks; ``without``
-    one of ``OURS_WITHOUT``: without the rank constraint, the output files, the CPU affinity
-    or the environment (to weigh what each costs)."""
+    parts of ``OURS_WITHOUT``, each after ``-no`` (e.g. ``-norank-nooutput``): without the
+    rank constraint, the output files (``output``: to the KVS, as a bare jobspec's;
+    ``append``: files truncated, not appended to), the CPU affinity option (``affinity``:
+    Flux's default, ``on``; ``pinning``: ``off``, no hwloc topology in the shell), the working
+    directory (``cwd``), the job name and tag (``tag``), the variables the backend adds to the
+    environment (``env``) or the whole environment (``environ``); ``all``: every part a bare
+    ``from_command(["true"])`` jobspec lacks (to weigh what each costs)."""
     from matensemble import Task
     from matensemble.backends.base import Launch
     from matensemble.backends.flux_inventory import read_inventory
     from matensemble.backends.flux_jobspec import JobspecBuilder
     from matensemble.model import Slot
 
+    parts = set(without.split("-no")) - {""}
+    if "all" in parts:
+        parts = {"rank", "output", "affinity", "cwd", "tag", "env"}
     h = flux.Flux()
     nodes, names = read_inventory(h.rpc("sched.resource-status").get(), driver_rank=0)
     builder = JobspecBuilder(flux.job.JobspecV1, names, token="bench", environ=os.environ)
@@ -250,13 +261,27 @@ def our_jobspecs(flux: Any, n: int, base: Path, without: str = "") -> list[str]:
             run_id="bench",
         )
         launch.task_dir.mkdir(parents=True)
-        spec = json.loads(builder.build(launch, constrain=without != "rank"))
+        spec = json.loads(builder.build(launch, constrain="rank" not in parts))
         system = spec["attributes"]["system"]
-        if without == "output":
-            del system["shell"]["options"]["output"]
-        elif without == "affinity":
-            del system["shell"]["options"]["cpu-affinity"]
-        elif without == "env":
+        options = system["shell"]["options"]
+        if "output" in parts:
+            del options["output"]
+        if "append" in parts:
+            del options["output"]["mode"]
+        if "affinity" in parts:
+            del options["cpu-affinity"]
+        if "pinning" in parts:
+            options["cpu-affinity"] = "off"
+        if not options:
+            del system["shell"]
+        if "cwd" in parts:
+            del system["cwd"]
+        if "tag" in parts:
+            del system["job"]
+            del spec["attributes"]["user"]
+        if "env" in parts:
+            system["environment"] = dict(os.environ)
+        if "environ" in parts:
             system["environment"] = {}
         specs.append(json.dumps(spec))
     return specs
@@ -286,23 +311,26 @@ def inner(method: str, n: int, profile: str | None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
         specs: list[str] = []
-        if method in OURS:
-            specs = our_jobspecs(flux, n, base, without=method.removeprefix("raw-ours-no"))
+        ours = OURS.match(method)
+        if ours:
+            specs = our_jobspecs(flux, n, base, without=ours.group(1))
         runs: dict[str, Callable[[], Any]] = {
             "raw-waitable": lambda: raw_waitable(flux, n),
             "raw-journal": lambda: raw_journal(flux, n),
             "raw-novalidate": lambda: raw_waitable(flux, n, novalidate=True),
-            **{m: lambda: raw_waitable(flux, n, specs, novalidate=True) for m in OURS},
             "ensemble": lambda: asyncio.run(ensemble(n, base / "run", 1)),
             "ensemble-ahead": lambda: asyncio.run(ensemble(n, base / "run", 1, ahead=True)),
             "ensemble-k2": lambda: asyncio.run(ensemble(n, base / "run", 2)),
             "ensemble-k4": lambda: asyncio.run(ensemble(n, base / "run", 4)),
         }
+        if ours:
+            runs[method] = lambda: raw_waitable(flux, n, specs, novalidate=True)
         window = WINDOW.match(method)
         if window:
             width, ranked = int(window.group(1)), window.group(2) is not None
             runs[method] = lambda: raw_window(flux, n, width, ranked)
-        cpu0, flux0, t0 = time.process_time(), flux_cpu_seconds(brokers), time.perf_counter()
+        cpu0, (own0, shells0) = time.process_time(), flux_cpu_seconds(brokers)
+        t0 = time.perf_counter()
         if profile:
             import cProfile
 
@@ -316,8 +344,16 @@ def inner(method: str, n: int, profile: str | None) -> None:
         else:
             runs[method]()
         seconds = time.perf_counter() - t0
-        cpu, fluxcpu = time.process_time() - cpu0, flux_cpu_seconds(brokers) - flux0
-    figures = {"method": method, "n": n, "seconds": seconds, "driver_cpu": cpu, "flux_cpu": fluxcpu}
+        cpu, (own, shells) = time.process_time() - cpu0, flux_cpu_seconds(brokers)
+    figures = {
+        "method": method,
+        "n": n,
+        "seconds": seconds,
+        "driver_cpu": cpu,
+        "flux_cpu": own - own0 + shells - shells0,
+        "broker_cpu": own - own0,
+        "shell_cpu": shells - shells0,
+    }
     figures.update(slot_turnover(flux))
     print(MARK + json.dumps(figures), flush=True)
 
@@ -375,7 +411,9 @@ def outer(methods: list[str], n: int, reps: int, size: int, baseline: str | None
                 f"{r['flux_cpu'] / n * 1000:6.2f} ms/job  turnover {_ms(r.get('turnover'))}"
                 f" (at the head {_ms(r.get('turnover_head'))}, behind a waiting job "
                 f"{_ms(r.get('turnover_behind'))} in {r.get('behind', 0):4.0%})  free->alloc "
-                f"{_ms(r.get('alloc'))}  queued {_ms(r.get('lead'))} before free",
+                f"{_ms(r.get('alloc'))}  queued {_ms(r.get('lead'))} before free  (brokers "
+                f"{r['broker_cpu'] / n * 1000:5.2f}, shells {r['shell_cpu'] / n * 1000:5.2f} "
+                f"ms/job; load {os.getloadavg()[0]:.1f})",
                 flush=True,
             )
     print(
@@ -390,6 +428,15 @@ def outer(methods: list[str], n: int, reps: int, size: int, baseline: str | None
         print(
             f"{m:<23} {r['rate']:8.1f} {median:8.1f}  driver {r['driver_cpu'] / n * 1000:5.2f} ms"
             f"  brokers+shells {r['flux_cpu'] / n * 1000:6.2f} ms  turnover {_ms(turnover)}"
+        )
+    print(
+        f"\n{'method':<23} CPU per job, median (lowest-highest) of all runs: brokers + job"
+        " shells (= the brokers' own + the shells' and their tasks'), the driver"
+    )
+    for m, rs in rates.items():
+        print(
+            f"{m:<23} {_spread(rs, 'flux_cpu', n)} = {_spread(rs, 'broker_cpu', n)} + "
+            f"{_spread(rs, 'shell_cpu', n)}; driver {_spread(rs, 'driver_cpu', n)}"
         )
     raw = [m for m in methods if m in RAW]
     if raw:
@@ -410,7 +457,14 @@ def outer(methods: list[str], n: int, reps: int, size: int, baseline: str | None
 
 def _known(method: str) -> bool:
     name, _, policy = method.removesuffix(BASELINE).partition(POLICY)
-    return (name in METHODS or WINDOW.match(name) is not None) and policy in ("", *POLICIES)
+    known = name in METHODS or WINDOW.match(name) or OURS.match(name)
+    return bool(known) and policy in ("", *POLICIES)
+
+
+def _spread(runs: list[dict[str, Any]], key: str, n: int) -> str:
+    """The median (lowest-highest) of ``key`` per job over ``runs``, in ms."""
+    values = [r[key] / n * 1000 for r in runs]
+    return f"{statistics.median(values):5.2f} ({min(values):.2f}-{max(values):.2f}) ms"
 
 
 def _ms(seconds: float | None) -> str:
