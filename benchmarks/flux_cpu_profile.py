@@ -36,7 +36,7 @@ HERE = Path(__file__).resolve().parent
 def group_of(comm: str) -> str | None:
     """The part of the instance a thread name belongs to (None: the driver, rc scripts)."""
     for name, prefixes in GROUPS:
-        if comm.startswith(prefixes) and not comm.startswith("kvs-watch"):
+        if comm.startswith(prefixes):
             return name
     if comm.startswith("python") or comm in ("flux", "bash", "flux-broker"):
         return None  # the driver, the instance's rc scripts, flux start
@@ -86,7 +86,7 @@ def main() -> None:
         cells = []
         for p in parts:
             values = [r.get(p, 0.0) for r in found]
-            cells.append(f"{min(values):10.2f}-{max(values):<11.2f}")
+            cells.append(f"{min(values):.2f}-{max(values):.2f}".rjust(22))
         print(f"{method:<24} " + "  ".join(cells))
 
 
