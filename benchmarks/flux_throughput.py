@@ -264,10 +264,10 @@ def our_jobspecs(flux: Any, n: int, base: Path, without: str = "") -> list[str]:
         spec = json.loads(builder.build(launch, constrain="rank" not in parts))
         system = spec["attributes"]["system"]
         options = system["shell"]["options"]
+        if "append" in parts:  # before ``output``, which takes the whole table away
+            del options["output"]["mode"]
         if "output" in parts:
             del options["output"]
-        if "append" in parts:
-            del options["output"]["mode"]
         if "affinity" in parts:
             del options["cpu-affinity"]
         if "pinning" in parts:
