@@ -16,6 +16,12 @@ accounted on that layer:
   the same nodes there, and from then on count for the backfill reservation and the node drain
   like any task that started. The backend starts them there (Flux frees the ranks, its queue
   starts the next job on them).
+- **The same ids** (``exact``, for a backend that pins what it queues: the local backend). A
+  booked task moves in on exactly the ids it was booked on, as soon as every one of them is
+  free in the pool, whatever else waits in its node's line (tasks booked there hold disjoint
+  ids, so none can take another's); one booked on ids all free already moves in at once. The
+  backend starts it on those ids when the processes holding them have ended, so its accounts
+  and the engine's agree.
 - **Ending early.** A booked task that ends before it moved in (cancelled while queued, or
   refused) gives its booking back.
 
@@ -40,8 +46,9 @@ __all__ = ["QueueAhead"]
 class QueueAhead:
     """The second layer of the inventory, and the tasks booked on it, per node in order."""
 
-    def __init__(self, nodes: Sequence[NodeSpec]) -> None:
+    def __init__(self, nodes: Sequence[NodeSpec], exact: bool = False) -> None:
         self.pool = ResourcePool(nodes)
+        self.exact = exact  # move in on the booked ids themselves
         self._booked: dict[str, int] = {}  # task id -> attempt, while booked
         self._lines: dict[str, deque[tuple[Record, int]]] = {n.name: deque() for n in nodes}
 
@@ -53,6 +60,14 @@ class QueueAhead:
         self._booked[rec.task.id] = rec.attempts
         for slot in rec.placement:
             self._lines[slot.node].append((rec, rec.attempts))
+
+    def claim_at_once(self, placement: Placement, pool: ResourcePool) -> bool:
+        """With ``exact``: ``placement`` (just allocated on this layer) is free in ``pool``
+        too: claim it there instead, and ``True`` (the task starts, it is not booked)."""
+        if not self.exact or not pool.claim(placement):
+            return False
+        self.pool.release(placement)
+        return True
 
     def holds(self, rec: Record) -> bool:
         """Whether ``rec``'s running attempt is booked here (it has not moved in)."""
@@ -67,6 +82,8 @@ class QueueAhead:
     def move_in(self, freed: Iterable[Slot], pool: ResourcePool) -> list[Record]:
         """Move the tasks booked on the nodes of ``freed`` into ``pool``, each line in order,
         while they fit there; return them (``placement`` now in ``pool``)."""
+        if self.exact:
+            return self._move_in_exact(freed, pool)
         moved: list[Record] = []
         for slot in freed:
             line = self._lines[slot.node]
@@ -83,6 +100,25 @@ class QueueAhead:
                 self.pool.release(rec.placement)
                 rec.placement = placement
                 moved.append(rec)
+        return moved
+
+    def _move_in_exact(self, freed: Iterable[Slot], pool: ResourcePool) -> list[Record]:
+        """Each booked task of the nodes of ``freed`` whose booked ids are all free in ``pool``."""
+        moved: list[Record] = []
+        for node in {slot.node for slot in freed}:
+            line = self._lines[node]
+            kept: deque[tuple[Record, int]] = deque()
+            while line:
+                rec, attempt = entry = line.popleft()
+                if self._booked.get(rec.task.id) != attempt:
+                    continue  # ended, or moved in through another of its nodes
+                if not pool.claim(rec.placement):
+                    kept.append(entry)
+                    continue
+                del self._booked[rec.task.id]
+                self.pool.release(rec.placement)
+                moved.append(rec)
+            self._lines[node] = kept
         return moved
 
 

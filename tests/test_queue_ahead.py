@@ -59,3 +59,33 @@ def test_a_booked_task_that_ends_before_moving_in_gives_its_booking_back() -> No
     assert ahead.pool.free_cores == 1 and not ahead.holds(first)
     pool.release(running[0].placement)
     assert ahead.move_in(running[0].placement, pool) == [second]
+
+
+def test_exact_booked_tasks_move_in_on_their_own_ids_and_none_waits_for_another() -> None:
+    node = [NodeSpec("a", (0, 1, 2, 3))]
+    pool, ahead = ResourcePool(node), QueueAhead(node, exact=True)
+    running = [started(pool, f"r{i}") for i in range(4)]  # cores 0, 1, 2, 3
+    big = started(ahead.pool, "big", cores=2)  # booked on 0 and 1
+    small = started(ahead.pool, "small")  # booked on 2
+    ahead.book(big)
+    ahead.book(small)
+    pool.release(running[2].placement)  # core 2 frees: small moves in there, past big
+    assert ahead.move_in(running[2].placement, pool) == [small]
+    assert small.placement[0].cores == (2,) and pool.free_cores == 0
+    pool.release(running[0].placement)  # core 0 alone: big waits for core 1
+    assert ahead.move_in(running[0].placement, pool) == [] and ahead.holds(big)
+    pool.release(running[1].placement)
+    assert ahead.move_in(running[1].placement, pool) == [big]
+    assert big.placement[0].cores == (0, 1) and pool.free_cores == 0
+
+
+def test_exact_booking_on_ids_free_in_the_pool_claims_them_there_at_once() -> None:
+    node = [NodeSpec("a", (0, 1))]
+    pool, ahead = ResourcePool(node), QueueAhead(node, exact=True)
+    started(pool, "r0")  # core 0
+    booked = started(ahead.pool, "q0")  # core 0 on the second layer: busy in the pool
+    assert not ahead.claim_at_once(booked.placement, pool)
+    free = started(ahead.pool, "q1")  # core 1: free in the pool too
+    assert ahead.claim_at_once(free.placement, pool)
+    assert pool.free_cores == 0 and ahead.pool.free_cores == 1
+    assert not QueueAhead(node).claim_at_once(booked.placement, ResourcePool(node))

@@ -235,6 +235,10 @@ class Backend(abc.ABC):
     each node's next tasks behind the running ones and launches them early (see
     ``matensemble.queue_ahead``)."""
 
+    queue_ahead_same_ids: bool = False
+    """With ``queue_ahead``: True when the backend starts a queued launch on exactly the ids
+    of its placement (the local backend pins them), so a booked task moves in on those ids."""
+
     virtual_clock: bool = False
     """True when ``now()`` is not wall-clock time (the engine then sets no real timers)."""
 
