@@ -95,11 +95,14 @@ class DriverCPU:
         return f"driver CPU/task {self.total / n * 1e3:.3f} ms (loop {self.loop / n * 1e3:.3f})"
 
 
-async def engine(n: int, cores: int, base: Path) -> tuple[float, DriverCPU, list[float]]:
+async def engine(
+    n: int, cores: int, base: Path, queue_ahead: bool = False
+) -> tuple[float, DriverCPU, list[float]]:
     """Wall seconds, driver CPU and the refill gaps of one engine run."""
     tasks = [Task(id=f"t{i}", command=("true",)) for i in range(n)]
     with tempfile.TemporaryDirectory(dir=base) as run_dir:
-        ensemble = Ensemble(tasks, backend=LocalBackend(cores=cores), run_dir=run_dir)
+        backend = LocalBackend(cores=cores, queue_ahead=queue_ahead)
+        ensemble = Ensemble(tasks, backend=backend, run_dir=run_dir)
         cpu, t0 = DriverCPU(), time.perf_counter()
         cpu.start()
         summary = await ensemble.run()
@@ -232,8 +235,11 @@ def main() -> None:
         for name, base in places.items():
             if not base.is_dir():
                 continue
-            elapsed, cpu, gaps = asyncio.run(engine(n, cores, base))
-            print(engine_line(f"engine ({name:5})", n, elapsed, cpu, gaps, raw[best]))
+            ahead = (False, True) if name == "tmpfs" else (False,)  # alternating on tmpfs
+            for queue_ahead in ahead[:: 1 if rep % 2 == 0 else -1]:
+                elapsed, cpu, gaps = asyncio.run(engine(n, cores, base, queue_ahead))
+                label = f"engine{'+ahead' if queue_ahead else ''} ({name:5})"
+                print(engine_line(f"{label:20}", n, elapsed, cpu, gaps, raw[best]))
         if baseline is not None and places["tmpfs"].is_dir():
             versions = {"engine@current": None, "engine@baseline": baseline}
             for name in list(versions)[:: 1 if rep % 2 == 0 else -1]:

@@ -84,7 +84,8 @@ class EngineLoop(RunState):
         rec.placement = placement
         rec.start = now
         if booked:
-            assert self._ahead is not None and self._pool is not None
+            assert self._ahead is not None
+            assert self._pool is not None
             booked = not self._ahead.claim_at_once(placement, self._pool)
         if booked:
             assert self._ahead is not None

@@ -31,6 +31,7 @@ from pathlib import Path
 from anyio.abc import TaskGroup
 
 from matensemble.backends.base import Backend, Launch, LaunchKey, Outcome, Reporter, Sink
+from matensemble.backends.local_ahead import CoreHolders
 from matensemble.backends.local_exits import ExitWatch
 from matensemble.backends.local_inventory import (
     CAN_PIN,
@@ -44,6 +45,7 @@ from matensemble.backends.local_plan import (
     Exit,
     LaunchError,
     LaunchPlanner,
+    Process,
     describe_exit,
     open_outputs,
 )
@@ -74,6 +76,9 @@ class _Run:
         self.verdict: tuple[TaskState, str] | None = None  # TIMED_OUT or CANCELLED, and why
         self.stopping = False  # set before the loop takes in what the workers started
         self.failure: Exit | None = None  # the first copy that failed, or could not start
+        self.cores: tuple[int, ...] = ()  # queueing ahead: the cores it holds or waits for
+        self.queued = False  # queueing ahead: it waited, or waits, for its cores
+        self.waiting: tuple[list[Process], str, str, tuple[int, int] | None] | None = None
 
 
 class LocalBackend(Backend):
@@ -100,6 +105,10 @@ class LocalBackend(Backend):
         LimitExceeded: (a ``ValueError``) ``gpus`` is more than ``matensemble.limits``
             allows per node (1,024 unless ``MATENSEMBLE_MAX_GPUS_PER_NODE`` says otherwise).
 
+    With ``queue_ahead=True`` the engine launches each core's next task while the one before
+    it still runs there, and a worker starts it the moment that one exits (see
+    ``local_ahead``): its ``task_started`` is written when it was queued.
+
     Outcomes: a process killed by a signal has ``returncode=None`` and ``signal`` set; a
     non-MPI task with ``ranks > 1`` runs one copy per rank and fails as soon as one copy fails
     (the others are stopped). A launch that was timed out or cancelled keeps that state even
@@ -107,6 +116,7 @@ class LocalBackend(Backend):
     """
 
     name = "local"
+    queue_ahead_same_ids = True  # a queued launch is pinned to the cores it was booked on
 
     def __init__(
         self,
@@ -117,6 +127,7 @@ class LocalBackend(Backend):
         mpiexec: str | None = None,
         kill_grace: float = 5.0,
         node_name: str | None = None,
+        queue_ahead: bool = False,
     ) -> None:
         if kill_grace < 0:
             raise ValueError(f"kill_grace must be >= 0, got {kill_grace!r}")
@@ -126,6 +137,8 @@ class LocalBackend(Backend):
         self._mpiexec_given = mpiexec
         self._kill_grace = kill_grace
         self._node_name = node_name
+        self.queue_ahead = bool(queue_ahead)
+        self._holders = CoreHolders() if queue_ahead else None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runs: dict[LaunchKey, _Run] = {}
         self._closing = False
@@ -171,7 +184,13 @@ class LocalBackend(Backend):
         self._devnull = os.open(os.devnull, os.O_RDONLY)
         self._exits = ExitWatch(loop, self._exited, self._take_in)
         self._spawners = Spawners(
-            self._cores, self._devnull, self._exits.add, loop, self._started, _is_stopping
+            self._cores,
+            self._devnull,
+            self._exits.add,
+            loop,
+            self._started,
+            _is_stopping,
+            self.queue_ahead,
         )
         self._loop = loop
         self._reporter = Reporter(sink, loop, lambda: len(self._runs))
@@ -210,9 +229,33 @@ class LocalBackend(Backend):
         run = _Run(launch, len(plan))
         self._runs[key] = run
         assert self._spawners is not None
-        self._spawners.submit(run, plan, launch.task.cwd or task_dir, task_dir, outputs)
+        cwd = launch.task.cwd or task_dir
+        if self._holders is not None and self._queue(run, (plan, cwd, task_dir, outputs)):
+            return  # its timeout is set once it has started
+        self._spawners.submit(run, plan, cwd, task_dir, outputs)
         if launch.task.timeout is not None:
             run.timer = loop.call_later(launch.task.timeout, self._time_out, run)
+
+    def _queue(
+        self, run: _Run, job: tuple[list[Process], str, str, tuple[int, int] | None]
+    ) -> bool:
+        """Queueing ahead: ``run`` holds its cores (``False``: start it), or waits for them
+        (``True``): in the worker that started the one launch holding them, or here."""
+        assert self._holders is not None
+        assert self._spawners is not None
+        run.cores = tuple(core for slot in run.launch.placement for core in slot.cores)
+        blockers = self._holders.blockers(run.cores)
+        if not blockers:
+            self._holders.hold(run, run.cores)
+            return False
+        run.queued = True
+        self._holders.wait(run, run.cores)
+        before = blockers[0]
+        assert isinstance(before, _Run)
+        alone = len(blockers) == 1 and run.copies == before.copies == 1
+        if not (alone and self._spawners.submit(run, *job, after=before)):
+            run.waiting = job  # it waits here
+        return True
 
     def _time_out(self, run: _Run) -> None:
         """The timeout, counted from the start (the timer was set at launch)."""
@@ -235,6 +278,10 @@ class LocalBackend(Backend):
             run.procs.add(pid)
             self._exits.watch(pidfd, run, pid, rank)
         run.start_time = started.start_time
+        timeout = run.launch.task.timeout
+        if run.queued and timeout is not None and run.procs and run.kill_timer is None:
+            assert self._loop is not None
+            run.timer = self._loop.call_later(timeout, self._time_out, run)
         if started.failure is not None:
             run.failure = run.failure or (None, None, started.failure)
         if not run.procs:
@@ -268,6 +315,13 @@ class LocalBackend(Backend):
                 timer.cancel()
         key = run.launch.key
         del self._runs[key]
+        if self._holders is not None:
+            for ready in self._holders.forget(run, run.cores):
+                assert isinstance(ready, _Run)
+                assert self._spawners is not None
+                if ready.waiting is not None:  # it waited here: start it now
+                    job, ready.waiting = ready.waiting, None
+                    self._spawners.submit(ready, *job)
         returncode, signum, reason = run.failure or (0, None, None)
         state = TaskState.FAILED if run.failure else TaskState.SUCCEEDED
         if run.verdict is not None:
@@ -305,8 +359,18 @@ class LocalBackend(Backend):
         if run.verdict is None and run.failure is None:  # the first verdict stands
             run.verdict = (state, reason)
         run.stopping = True  # a worker that starts it from now on wakes the loop
+        if run.waiting is not None:  # queued here, never started: it ends now
+            _, _, _, outputs = run.waiting
+            run.waiting = None
+            for fd in outputs or ():
+                os.close(fd)
+            assert self._loop is not None
+            self._loop.call_soon(self._finish, run)
+            return
         if self._spawners is not None:
             self._spawners.hand_over()  # what the workers started before
+            if run.queued and not run.procs and run.cores:
+                self._spawners.wake(run.cores[0])  # it may wait in a worker: it never starts
         self._terminate(run)
 
     def _terminate(self, run: _Run) -> None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import select
 import signal
 import threading
 import time
@@ -83,8 +84,8 @@ class Started(NamedTuple):
 
 
 # token, plan, working directory, task directory, stdout and stderr (None: the worker opens
-# them in the task directory; the worker closes them)
-_Job = tuple[object, list[Process], str, str, tuple[int, int] | None]
+# them in the task directory; the worker closes them), and the launch it waits for, if any
+_Job = tuple[object, list[Process], str, str, tuple[int, int] | None, object]
 
 
 class Spawners:
@@ -101,6 +102,7 @@ class Spawners:
         loop: asyncio.AbstractEventLoop,
         deliver: Callable[[Started], None],
         urgent: Callable[[object], bool],
+        queue_ahead: bool = False,
     ) -> None:
         self._stdin = stdin
         self._watch = watch  # adds a pidfd to the set of exits the loop watches
@@ -112,6 +114,10 @@ class Spawners:
         self._worker_of = {core: i % count for i, core in enumerate(cores)}
         self._queues: list[SimpleQueue[_Job | None]] = [SimpleQueue() for _ in range(count)]
         self._threads: list[threading.Thread | None] = [None] * count
+        # Queueing ahead (``local_ahead``): the launch each worker was given last, and an
+        # eventfd per worker that wakes it from waiting for a launch's exit (a cancel).
+        self._last: list[object] = [None] * count
+        self._wake = [os.eventfd(0, os.EFD_NONBLOCK) for _ in range(count)] if queue_ahead else []
         self._lock = threading.Lock()
         self._done: list[Started] = []  # started, not yet delivered
         self._wake_pending = False
@@ -124,20 +130,33 @@ class Spawners:
         cwd: str,
         task_dir: str,
         outputs: tuple[int, int] | None,
-    ) -> None:
+        after: object = None,
+    ) -> bool:
         """Start ``plan`` (the copies of one launch) in ``cwd`` with stdout and stderr on
         ``outputs`` (the worker closes them); ``None``: the worker makes ``task_dir`` and opens
-        them there first."""
+        them there first.
+
+        ``after`` (queueing ahead, one process): start it the moment the one process of the
+        launch ``after`` exits, if this worker was given ``after`` last; else nothing is
+        submitted, and ``False``."""
         cores = plan[0][3]
         index = self._worker_of.get(cores[0], 0) if cores else 0
+        if after is not None and (self._last[index] is not after or not self._wake):
+            return False
+        if self._wake:
+            self._last[index] = token
         if self._threads[index] is None:
-            thread = threading.Thread(
-                target=self._serve, args=(self._queues[index],), name=f"spawner-{index}"
-            )
+            thread = threading.Thread(target=self._serve, args=(index,), name=f"spawner-{index}")
             thread.daemon = True  # a stuck exec must not keep the interpreter from exiting
             thread.start()
             self._threads[index] = thread
-        self._queues[index].put((token, plan, cwd, task_dir, outputs))
+        self._queues[index].put((token, plan, cwd, task_dir, outputs, after))
+        return True
+
+    def wake(self, core: int) -> None:
+        """Wake the worker of ``core`` if it waits for an exit: a launch queued there stops."""
+        if self._wake:
+            os.eventfd_write(self._wake[self._worker_of.get(core, 0)], 1)
 
     def kill(self) -> None:
         """From now on, kill what is started; kill what was started but not yet delivered."""
@@ -149,24 +168,70 @@ class Spawners:
 
     def close(self) -> None:
         """Let the workers end once their queued launches are started."""
-        for queue, thread in zip(self._queues, self._threads, strict=True):
+        for index, (queue, thread) in enumerate(zip(self._queues, self._threads, strict=True)):
             if thread is not None:
-                queue.put(None)
+                queue.put(None)  # the worker closes its eventfd
+            elif self._wake:
+                os.close(self._wake[index])
 
     # -- in a worker --------------------------------------------------------------------------
 
-    def _serve(self, jobs: SimpleQueue[_Job | None]) -> None:
+    def _serve(self, index: int) -> None:
+        jobs = self._queues[index]
         mask: Sequence[int] = self._all_cores
         outputs = TaskOutputs()  # this worker's handle of the tasks directory, if it opens
+        wake = self._wake[index] if self._wake else -1
+        poller = select.poll()
+        if wake >= 0:
+            poller.register(wake, select.POLLIN)
+        last: tuple[object, int] = (None, -1)  # the launch started last, a pidfd of its process
         try:
             while (job := jobs.get()) is not None:
-                mask = self._start_launch(job, outputs, mask)
+                token, after = job[0], job[5]
+                if after is not None and after is last[0]:
+                    stopped = not self._wait_for_exit(poller, last[1], wake, token)
+                elif after is not None:  # it did not start: its cores are free
+                    stopped = self._urgent(token)
+                else:
+                    stopped = False
+                if last[1] >= 0:
+                    os.close(last[1])
+                    last = (None, -1)
+                if stopped:  # cancelled while it waited: it never starts
+                    for fd in job[4] or ():
+                        os.close(fd)
+                    self._post(Started(token, [], None, None))
+                    continue
+                mask, pidfd = self._start_launch(job, outputs, mask)
+                if wake >= 0 and pidfd >= 0:
+                    last = (token, pidfd)
         finally:
             outputs.close()
+            for fd in (last[1], wake):
+                if fd >= 0:
+                    os.close(fd)
 
-    def _start_launch(self, job: _Job, outputs: TaskOutputs, mask: Sequence[int]) -> Sequence[int]:
-        """Open the launch's outputs if asked to, start its copies; the worker's CPU mask after."""
-        token, plan, cwd, task_dir, fds = job
+    def _wait_for_exit(self, poller: select.poll, pidfd: int, wake: int, token: object) -> bool:
+        """Wait until ``pidfd``'s process exits (``True``) or ``token`` is stopped (``False``)."""
+        poller.register(pidfd, select.POLLIN)
+        try:
+            while not self._urgent(token):
+                ready = [fd for fd, _ in poller.poll()]
+                if wake in ready:
+                    with contextlib.suppress(BlockingIOError):
+                        os.eventfd_read(wake)
+                if pidfd in ready:
+                    return not self._urgent(token)
+            return False
+        finally:
+            poller.unregister(pidfd)
+
+    def _start_launch(
+        self, job: _Job, outputs: TaskOutputs, mask: Sequence[int]
+    ) -> tuple[Sequence[int], int]:
+        """Open the launch's outputs if asked to, start its copies; the worker's CPU mask after,
+        and (queueing ahead) a pidfd of its one process, else -1."""
+        token, plan, cwd, task_dir, fds, _ = job
         processes: list[tuple[int, int, int]] = []
         start_time: float | None = None
         failure: str | None = None
@@ -175,10 +240,10 @@ class Spawners:
                 fds = open_outputs(outputs, task_dir)
             except LaunchError as exc:
                 self._post(Started(token, processes, None, str(exc)))
-                return mask
+                return mask, -1
             except BaseException as exc:  # a bug: fail the launch, keep the worker
                 self._post(Started(token, processes, None, f"cannot open the outputs: {exc!r}"))
-                return mask
+                return mask, -1
         out, err = fds
         try:
             for rank, process in enumerate(plan):
@@ -196,8 +261,10 @@ class Spawners:
         finally:
             os.close(out)
             os.close(err)
+        # Its own copy: the loop closes the pidfd it is given once the process is reaped.
+        kept = os.dup(processes[0][2]) if self._wake and len(processes) == 1 else -1
         self._post(Started(token, processes, start_time, failure))
-        return mask
+        return mask, kept
 
     def _post(self, started: Started) -> None:
         with self._lock:

@@ -1,0 +1,66 @@
+"""Queueing ahead in the local backend: which launch holds each core, and who waits for it.
+
+With ``LocalBackend(queue_ahead=True)`` the engine launches each core's next task while the
+one before it still runs there (booked on the same core ids: see ``matensemble.queue_ahead``).
+The backend keeps its own account of the cores: a launch *holds* its cores from ``launch()``
+until it has been reaped, and a launch that arrives on cores someone holds *waits* until all
+of them are free, whatever else waits (the engine books waiting launches on disjoint ids, and
+moves one in, on the same ids, at the same moment: when the last holder's outcome comes in).
+
+Two ways to wait. A one-process launch behind exactly one one-process holder that the same
+worker started last waits in that worker (``Spawners.submit(after=...)``): the worker watches
+the holder's ``pidfd``, which turns readable when it exits, before the loop has seen the exit,
+and starts the next process at once. Any other waits in the loop and is handed to a worker
+when the loop has reaped the last holder. Either way it holds its cores from then on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = ["CoreHolders"]
+
+
+class CoreHolders:
+    """The launch holding each core, and the launches waiting for theirs, in arrival order."""
+
+    def __init__(self) -> None:
+        self._holder: dict[int, object] = {}
+        self._waiting: dict[object, Sequence[int]] = {}  # in arrival order
+
+    def blockers(self, cores: Sequence[int]) -> list[object]:
+        """The launches holding any of ``cores``, each once."""
+        holder = self._holder
+        found: list[object] = []
+        for core in cores:
+            run = holder.get(core)
+            if run is not None and run not in found:
+                found.append(run)
+        return found
+
+    def hold(self, run: object, cores: Sequence[int]) -> None:
+        for core in cores:
+            self._holder[core] = run
+
+    def wait(self, run: object, cores: Sequence[int]) -> None:
+        """``run`` takes ``cores`` once nobody holds any of them (see ``release``)."""
+        self._waiting[run] = cores
+
+    def forget(self, run: object, cores: Sequence[int]) -> list[object]:
+        """``run`` ended: it holds and waits for nothing any more. Returns the waiting launches
+        that now hold their cores (they were waiting for these), in arrival order."""
+        if self._waiting.pop(run, None) is not None:
+            return []
+        holder = self._holder
+        for core in cores:
+            if holder.get(core) is run:
+                del holder[core]
+        if not self._waiting:
+            return []
+        now_holding: list[object] = []
+        for waiting, wanted in list(self._waiting.items()):
+            if not any(core in holder for core in wanted):
+                del self._waiting[waiting]
+                self.hold(waiting, wanted)
+                now_holding.append(waiting)
+        return now_holding
