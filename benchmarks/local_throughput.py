@@ -201,6 +201,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--cores", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--tmpfs-only", action="store_true", help="no engine run on the disk")
     parser.add_argument(
         "--baseline",
         metavar="DIR",
@@ -223,6 +224,8 @@ def main() -> None:
         pstats.Stats(profile).sort_stats("tottime").print_stats(25)
         return
     places = {"tmpfs": Path("/dev/shm"), "disk": Path.cwd()}
+    if args.tmpfs_only:
+        del places["disk"]
     print(f"{n} `true` tasks on {cores} cores; load average {os.getloadavg()[0]:.1f}")
     for rep in range(args.repeat):
         raw = {"xargs": xargs(n, cores), "threads": threads(n, cores)}
