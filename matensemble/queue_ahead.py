@@ -64,7 +64,9 @@ class QueueAhead:
     def claim_at_once(self, placement: Placement, pool: ResourcePool) -> bool:
         """With ``exact``: ``placement`` (just allocated on this layer) is free in ``pool``
         too: claim it there instead, and ``True`` (the task starts, it is not booked)."""
-        if not self.exact or not pool.claim(placement):
+        if not self.exact or pool.free_cores < sum(len(slot.cores) for slot in placement):
+            return False  # the common case: the pool is full, that is why it was booked
+        if not pool.claim(placement):
             return False
         self.pool.release(placement)
         return True
@@ -105,20 +107,19 @@ class QueueAhead:
     def _move_in_exact(self, freed: Iterable[Slot], pool: ResourcePool) -> list[Record]:
         """Each booked task of the nodes of ``freed`` whose booked ids are all free in ``pool``."""
         moved: list[Record] = []
+        booked = self._booked
         for node in {slot.node for slot in freed}:
             line = self._lines[node]
-            kept: deque[tuple[Record, int]] = deque()
-            while line:
+            for _ in range(len(line)):
                 rec, attempt = entry = line.popleft()
-                if self._booked.get(rec.task.id) != attempt:
+                if booked.get(rec.task.id) != attempt:
                     continue  # ended, or moved in through another of its nodes
                 if not pool.claim(rec.placement):
-                    kept.append(entry)
+                    line.append(entry)  # its ids are not all free yet
                     continue
-                del self._booked[rec.task.id]
+                del booked[rec.task.id]
                 self.pool.release(rec.placement)
                 moved.append(rec)
-            self._lines[node] = kept
         return moved
 
 

@@ -33,6 +33,7 @@ BackendFactory = Callable[[], Backend]
 @pytest.fixture(
     params=[
         "local",
+        "local-queue-ahead",
         "simulated",
         pytest.param("flux", marks=pytest.mark.flux),
         pytest.param("flux-partitions", marks=pytest.mark.flux),
@@ -40,12 +41,13 @@ BackendFactory = Callable[[], Backend]
 )
 def make_backend(request: pytest.FixtureRequest) -> BackendFactory:
     """A factory of fresh backends of one kind (an Ensemble opens its backend once)."""
-    if request.param == "local":
+    if request.param in ("local", "local-queue-ahead"):
         if len(os.sched_getaffinity(0)) < 2:
             pytest.skip("the contract needs at least 2 cores")
         from matensemble.backends.local import LocalBackend
 
-        return lambda: LocalBackend(cores=2)
+        ahead = request.param == "local-queue-ahead"
+        return lambda: LocalBackend(cores=2, queue_ahead=ahead)
     if request.param == "simulated":
         return lambda: SimulatedBackend(nodes=2, cores_per_node=2)
     uri = request.getfixturevalue("flux_uri")

@@ -1,0 +1,148 @@
+"""``LocalBackend(queue_ahead=True)``: each core's next task launched while the one before it
+runs there, started by the worker the moment that one exits. Real processes, real files."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+
+from matensemble import Ensemble, LocalBackend, Resources, Task, TaskState
+from matensemble.events import TaskFinished, TaskStarted
+from matensemble.journal import read_journal
+
+from conftest import alive
+
+pytestmark = pytest.mark.skipif(
+    len(os.sched_getaffinity(0)) < 2 or not sys.platform.startswith("linux"),
+    reason="needs two cores on Linux",
+)
+
+
+def sh(task_id: str, script: str, **kw: object) -> Task:
+    return Task(id=task_id, command=("sh", "-c", script), **kw)  # type: ignore[arg-type]
+
+
+def journal(run_dir: Path) -> list[object]:
+    path = run_dir / "journal.jsonl"
+    return list(read_journal(path)) if path.exists() else []
+
+
+def started_ids(run_dir: Path) -> set[str]:
+    return {e.id for e in journal(run_dir) if isinstance(e, TaskStarted)}
+
+
+async def until_started(run_dir: Path, *task_ids: str) -> None:
+    """Wait (test side: there is no event to wait on) until the journal has their starts."""
+    deadline = time.monotonic() + 20
+    while not set(task_ids) <= started_ids(run_dir):  # noqa: ASYNC110
+        assert time.monotonic() < deadline, f"{task_ids} not started: {started_ids(run_dir)}"
+        await anyio.sleep(0.01)
+
+
+async def pid_of(run_dir: Path, task_id: str) -> int:
+    pid_file = run_dir / "tasks" / task_id / "pid"
+    deadline = time.monotonic() + 20
+    while not (pid_file.exists() and pid_file.read_text().strip()):  # noqa: ASYNC110
+        assert time.monotonic() < deadline, f"{task_id} wrote no pid"
+        await anyio.sleep(0.01)
+    return int(pid_file.read_text())
+
+
+HOLD = "echo $$ > pid; exec sleep 60"
+
+
+async def test_booked_tasks_run_pinned_to_the_cores_they_were_booked_on(run_dir: Path) -> None:
+    show = "grep Cpus_allowed_list /proc/self/status; sleep 0.3"
+    tasks = [sh(f"a{i}", show) for i in range(6)]
+    tasks.insert(4, sh("wide", show, resources=Resources(cores_per_rank=2)))  # waits for both
+    backend = LocalBackend(cores=2, queue_ahead=True)
+    summary = await Ensemble(tasks, backend=backend, run_dir=run_dir).run()
+    assert summary.counts["succeeded"] == len(tasks)
+    events = journal(run_dir)
+    order = [
+        ("started", e.id) if isinstance(e, TaskStarted) else ("finished", e.result.id)
+        for e in events
+        if isinstance(e, TaskStarted | TaskFinished)
+    ]
+    # a2 and a3 were launched (booked) while a0 and a1 still ran on both cores
+    assert order.index(("started", "a2")) < order.index(("finished", "a0"))
+    assert order.index(("started", "a3")) < order.index(("finished", "a1"))
+    booked_on = {e.id: e.placement for e in events if isinstance(e, TaskStarted)}
+    for t in tasks:
+        text = (run_dir / "tasks" / t.id / "stdout").read_text()
+        allowed = text.split(":")[1].strip()
+        (slot,) = summary.results[t.id].placement
+        assert summary.results[t.id].placement == booked_on[t.id]  # moved in on the same ids
+        expected = (
+            f"{slot.cores[0]}-{slot.cores[-1]}" if len(slot.cores) > 1 else f"{slot.cores[0]}"
+        )
+        assert allowed == expected, (t.id, allowed, slot)
+
+
+async def test_a_booked_task_cancelled_before_it_starts_never_runs(run_dir: Path) -> None:
+    tasks = [sh("h0", HOLD), sh("h1", HOLD), sh("booked", "touch ran; sleep 60")]
+    backend = LocalBackend(cores=2, queue_ahead=True, kill_grace=0.5)
+    async with Ensemble(tasks, backend=backend, run_dir=run_dir) as ens:
+        holders = [await pid_of(run_dir, "h0"), await pid_of(run_dir, "h1")]
+        await until_started(run_dir, "booked")
+        began = time.monotonic()
+        ens.cancel("booked")
+        while ens.summary().results.get("booked") is None:  # noqa: ASYNC110
+            assert time.monotonic() - began < 10, "the booked task did not end"
+            await anyio.sleep(0.01)
+        assert all(alive(pid, grace=0) for pid in holders)  # the tasks before it run on
+        ens.cancel()
+    results = ens.summary().results
+    assert results["booked"].state is TaskState.CANCELLED
+    assert results["booked"].start_time is None
+    assert not (run_dir / "tasks" / "booked" / "ran").exists()
+    assert not any(alive(pid) for pid in holders)
+
+
+async def test_a_booked_task_times_out_counting_from_its_own_start(run_dir: Path) -> None:
+    tasks = [
+        sh("h0", "sleep 1.5"),
+        sh("h1", "sleep 1.5"),
+        sh("late", "sleep 0.2", timeout=1.0),  # booked behind a 1.5 s task: it still succeeds
+        sh("slow", "sleep 30", timeout=0.5),
+    ]
+    backend = LocalBackend(cores=2, queue_ahead=True, kill_grace=0.5)
+    summary = await Ensemble(tasks, backend=backend, run_dir=run_dir).run()
+    assert summary.results["late"].state is TaskState.SUCCEEDED
+    assert summary.results["slow"].state is TaskState.TIMED_OUT
+
+
+async def test_a_stopped_run_leaves_its_booked_tasks_to_resume(
+    run_dir: Path, tmp_path: Path
+) -> None:
+    go = tmp_path / "go"
+    hold = f"test -e {go} && exit 0; {HOLD}"
+    tasks = [sh("h0", hold), sh("h1", hold), sh("b0", "touch ran"), sh("b1", "touch ran")]
+    backend = LocalBackend(cores=2, queue_ahead=True, kill_grace=0.5)
+    async with Ensemble(tasks, backend=backend, run_dir=run_dir) as ens:
+        holders = [await pid_of(run_dir, "h0"), await pid_of(run_dir, "h1")]
+        await until_started(run_dir, "b0", "b1")
+        ens.stop("walltime")
+    assert not any(alive(pid) for pid in holders)
+    for task_id in ("b0", "b1"):
+        assert ens.summary().results[task_id].state is TaskState.CANCELLED
+        assert not (run_dir / "tasks" / task_id / "ran").exists()
+    go.touch()
+    backend = LocalBackend(cores=2, queue_ahead=True)
+    summary = await Ensemble(tasks, backend=backend, resume=run_dir).run()
+    assert summary.counts["succeeded"] == 4
+    for task_id in ("b0", "b1"):
+        assert (run_dir / "tasks" / task_id / "ran").exists()
+
+
+async def test_many_short_tasks_queued_ahead_all_succeed(run_dir: Path) -> None:
+    tasks = [Task(id=f"t{i}", command=("true",)) for i in range(400)]
+    backend = LocalBackend(cores=2, queue_ahead=True)
+    summary = await Ensemble(tasks, backend=backend, run_dir=run_dir).run()
+    assert summary.counts["succeeded"] == 400
+    assert len(list((run_dir / "tasks").iterdir())) == 400
