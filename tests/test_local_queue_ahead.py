@@ -39,7 +39,7 @@ def started_ids(run_dir: Path) -> set[str]:
 async def until_started(run_dir: Path, *task_ids: str) -> None:
     """Wait (test side: there is no event to wait on) until the journal has their starts."""
     deadline = time.monotonic() + 20
-    while not set(task_ids) <= started_ids(run_dir):  # noqa: ASYNC110
+    while not set(task_ids) <= started_ids(run_dir):
         assert time.monotonic() < deadline, f"{task_ids} not started: {started_ids(run_dir)}"
         await anyio.sleep(0.01)
 
@@ -47,7 +47,7 @@ async def until_started(run_dir: Path, *task_ids: str) -> None:
 async def pid_of(run_dir: Path, task_id: str) -> int:
     pid_file = run_dir / "tasks" / task_id / "pid"
     deadline = time.monotonic() + 20
-    while not (pid_file.exists() and pid_file.read_text().strip()):  # noqa: ASYNC110
+    while not (pid_file.exists() and pid_file.read_text().strip()):
         assert time.monotonic() < deadline, f"{task_id} wrote no pid"
         await anyio.sleep(0.01)
     return int(pid_file.read_text())
@@ -92,7 +92,7 @@ async def test_a_booked_task_cancelled_before_it_starts_never_runs(run_dir: Path
         await until_started(run_dir, "booked")
         began = time.monotonic()
         ens.cancel("booked")
-        while ens.summary().results.get("booked") is None:  # noqa: ASYNC110
+        while ens.summary().results.get("booked") is None:
             assert time.monotonic() - began < 10, "the booked task did not end"
             await anyio.sleep(0.01)
         assert all(alive(pid, grace=0) for pid in holders)  # the tasks before it run on

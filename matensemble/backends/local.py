@@ -79,6 +79,7 @@ class _Run:
         self.cores: tuple[int, ...] = ()  # queueing ahead: the cores it holds or waits for
         self.queued = False  # queueing ahead: it waited, or waits, for its cores
         self.waiting: tuple[list[Process], str, str, tuple[int, int] | None] | None = None
+        self.exit_seen: float | None = None  # when a worker saw it exit (its end_time)
 
 
 class LocalBackend(Backend):
@@ -190,7 +191,7 @@ class LocalBackend(Backend):
             loop,
             self._started,
             _is_stopping,
-            self.queue_ahead,
+            _exit_seen if self.queue_ahead else None,
         )
         self._loop = loop
         self._reporter = Reporter(sink, loop, lambda: len(self._runs))
@@ -333,7 +334,7 @@ class LocalBackend(Backend):
             signal=signum,
             reason=reason,
             start_time=run.start_time,
-            end_time=time.time(),
+            end_time=run.exit_seen or time.time(),
         )
         self._reports.now(outcome)
 
@@ -442,3 +443,10 @@ class LocalBackend(Backend):
 
 def _is_stopping(run: object) -> bool:
     return isinstance(run, _Run) and run.stopping
+
+
+def _exit_seen(run: object, when: float) -> None:
+    """A worker saw ``run``'s one process exit at ``when`` (before the loop reaps it): that is
+    its end, before the start of the launch that worker starts next on its cores."""
+    if isinstance(run, _Run):
+        run.exit_seen = when

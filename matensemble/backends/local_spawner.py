@@ -102,7 +102,7 @@ class Spawners:
         loop: asyncio.AbstractEventLoop,
         deliver: Callable[[Started], None],
         urgent: Callable[[object], bool],
-        queue_ahead: bool = False,
+        exit_seen: Callable[[object, float], None] | None = None,
     ) -> None:
         self._stdin = stdin
         self._watch = watch  # adds a pidfd to the set of exits the loop watches
@@ -117,7 +117,10 @@ class Spawners:
         # Queueing ahead (``local_ahead``): the launch each worker was given last, and an
         # eventfd per worker that wakes it from waiting for a launch's exit (a cancel).
         self._last: list[object] = [None] * count
-        self._wake = [os.eventfd(0, os.EFD_NONBLOCK) for _ in range(count)] if queue_ahead else []
+        # ``exit_seen(token, t)``: a worker saw the launch ``token`` exit at ``t`` (queueing ahead
+        # is on).
+        self._exit_seen = exit_seen or (lambda token, t: None)
+        self._wake = [os.eventfd(0, os.EFD_NONBLOCK) for _ in range(count)] if exit_seen else []
         self._lock = threading.Lock()
         self._done: list[Started] = []  # started, not yet delivered
         self._wake_pending = False
@@ -190,6 +193,8 @@ class Spawners:
                 token, after = job[0], job[5]
                 if after is not None and after is last[0]:
                     stopped = not self._wait_for_exit(poller, last[1], wake, token)
+                    if not stopped:
+                        self._exit_seen(after, time.time())  # before its successor starts
                 elif after is not None:  # it did not start: its cores are free
                     stopped = self._urgent(token)
                 else:
