@@ -31,7 +31,7 @@ from pathlib import Path
 from anyio.abc import TaskGroup
 
 from matensemble.backends.base import Backend, Launch, LaunchKey, Outcome, Reporter, Sink
-from matensemble.backends.local_ahead import CoreHolders
+from matensemble.backends.local_ahead import QueuedLaunches
 from matensemble.backends.local_exits import ExitWatch
 from matensemble.backends.local_inventory import (
     CAN_PIN,
@@ -42,13 +42,12 @@ from matensemble.backends.local_inventory import (
     select_gpus,
 )
 from matensemble.backends.local_plan import (
-    Exit,
     LaunchError,
     LaunchPlanner,
-    Process,
     describe_exit,
     open_outputs,
 )
+from matensemble.backends.local_run import Run, exit_seen, is_stopping
 from matensemble.backends.local_spawner import (
     OPEN_INLINE_BELOW,
     InlineWhileQuick,
@@ -61,25 +60,6 @@ from matensemble.model import TaskState
 from matensemble.resources import NodeSpec
 
 __all__ = ["LocalBackend"]
-
-
-class _Run:
-    """One launch in flight: its unreaped processes, its timers, and how it is ending."""
-
-    def __init__(self, launch: Launch, copies: int) -> None:
-        self.launch = launch
-        self.copies = copies
-        self.procs: set[int] = set()  # pids of the unreaped processes
-        self.start_time: float | None = None
-        self.timer: asyncio.TimerHandle | None = None  # the timeout
-        self.kill_timer: asyncio.TimerHandle | None = None  # set once termination has begun
-        self.verdict: tuple[TaskState, str] | None = None  # TIMED_OUT or CANCELLED, and why
-        self.stopping = False  # set before the loop takes in what the workers started
-        self.failure: Exit | None = None  # the first copy that failed, or could not start
-        self.cores: tuple[int, ...] = ()  # queueing ahead: the cores it holds or waits for
-        self.queued = False  # queueing ahead: it waited, or waits, for its cores
-        self.waiting: tuple[list[Process], str, str, tuple[int, int] | None] | None = None
-        self.exit_seen: float | None = None  # when a worker saw it exit (its end_time)
 
 
 class LocalBackend(Backend):
@@ -139,9 +119,9 @@ class LocalBackend(Backend):
         self._kill_grace = kill_grace
         self._node_name = node_name
         self.queue_ahead = bool(queue_ahead)
-        self._holders = CoreHolders() if queue_ahead else None
+        self._ahead: QueuedLaunches | None = None  # with queue_ahead, once open
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._runs: dict[LaunchKey, _Run] = {}
+        self._runs: dict[LaunchKey, Run] = {}
         self._closing = False
         self._reporter: Reporter | None = None
         self._gpus: tuple[str, ...] = ()
@@ -190,9 +170,11 @@ class LocalBackend(Backend):
             self._exits.add,
             loop,
             self._started,
-            _is_stopping,
-            _exit_seen if self.queue_ahead else None,
+            is_stopping,
+            exit_seen if self.queue_ahead else None,
         )
+        if self.queue_ahead:
+            self._ahead = QueuedLaunches(self._spawners)
         self._loop = loop
         self._reporter = Reporter(sink, loop, lambda: len(self._runs))
         return [NodeSpec(self._node_name or socket.gethostname(), tuple(self._cores), self._gpus)]
@@ -227,38 +209,17 @@ class LocalBackend(Backend):
         except LaunchError as exc:
             self._reports.soon(Outcome(key=key, state=TaskState.FAILED, reason=str(exc)))
             return
-        run = _Run(launch, len(plan))
+        run = Run(launch, len(plan))
         self._runs[key] = run
         assert self._spawners is not None
         cwd = launch.task.cwd or task_dir
-        if self._holders is not None and self._queue(run, (plan, cwd, task_dir, outputs)):
+        if self._ahead is not None and self._ahead.queue(run, (plan, cwd, task_dir, outputs)):
             return  # its timeout is set once it has started
         self._spawners.submit(run, plan, cwd, task_dir, outputs)
         if launch.task.timeout is not None:
             run.timer = loop.call_later(launch.task.timeout, self._time_out, run)
 
-    def _queue(
-        self, run: _Run, job: tuple[list[Process], str, str, tuple[int, int] | None]
-    ) -> bool:
-        """Queueing ahead: ``run`` holds its cores (``False``: start it), or waits for them
-        (``True``): in the worker that started the one launch holding them, or here."""
-        assert self._holders is not None
-        assert self._spawners is not None
-        run.cores = tuple(core for slot in run.launch.placement for core in slot.cores)
-        blockers = self._holders.blockers(run.cores)
-        if not blockers:
-            self._holders.hold(run, run.cores)
-            return False
-        run.queued = True
-        self._holders.wait(run, run.cores)
-        before = blockers[0]
-        assert isinstance(before, _Run)
-        alone = len(blockers) == 1 and run.copies == before.copies == 1
-        if not (alone and self._spawners.submit(run, *job, after=before)):
-            run.waiting = job  # it waits here
-        return True
-
-    def _time_out(self, run: _Run) -> None:
+    def _time_out(self, run: Run) -> None:
         """The timeout, counted from the start (the timer was set at launch)."""
         assert self._spawners is not None
         assert self._loop is not None
@@ -273,7 +234,7 @@ class LocalBackend(Backend):
     def _started(self, started: Started) -> None:
         """A worker started a launch's processes (already in the epoll set), or failed to."""
         run = started.token
-        assert isinstance(run, _Run)
+        assert isinstance(run, Run)
         assert self._exits is not None
         for rank, pid, pidfd in started.processes:
             run.procs.add(pid)
@@ -301,7 +262,7 @@ class LocalBackend(Backend):
     def _exited(self, token: object, pid: int, rank: int, code: int | None) -> None:
         """``pid`` of a launch was reaped (what it left in its group killed): account for it."""
         run = token
-        assert isinstance(run, _Run)
+        assert isinstance(run, Run)
         run.procs.discard(pid)
         if code != 0 and run.failure is None:
             run.failure = describe_exit(code, f"rank {rank} " if run.copies > 1 else "")
@@ -310,19 +271,14 @@ class LocalBackend(Backend):
         if not run.procs:
             self._finish(run)
 
-    def _finish(self, run: _Run) -> None:
+    def _finish(self, run: Run) -> None:
         for timer in (run.timer, run.kill_timer):
             if timer is not None:
                 timer.cancel()
         key = run.launch.key
         del self._runs[key]
-        if self._holders is not None:
-            for ready in self._holders.forget(run, run.cores):
-                assert isinstance(ready, _Run)
-                assert self._spawners is not None
-                if ready.waiting is not None:  # it waited here: start it now
-                    job, ready.waiting = ready.waiting, None
-                    self._spawners.submit(ready, *job)
+        if self._ahead is not None:
+            self._ahead.ended(run)
         returncode, signum, reason = run.failure or (0, None, None)
         state = TaskState.FAILED if run.failure else TaskState.SUCCEEDED
         if run.verdict is not None:
@@ -356,25 +312,21 @@ class LocalBackend(Backend):
         if run is not None:
             self._stop(run, TaskState.CANCELLED, "cancelled")
 
-    def _stop(self, run: _Run, state: TaskState, reason: str) -> None:
+    def _stop(self, run: Run, state: TaskState, reason: str) -> None:
         if run.verdict is None and run.failure is None:  # the first verdict stands
             run.verdict = (state, reason)
         run.stopping = True  # a worker that starts it from now on wakes the loop
-        if run.waiting is not None:  # queued here, never started: it ends now
-            _, _, _, outputs = run.waiting
-            run.waiting = None
-            for fd in outputs or ():
-                os.close(fd)
+        if self._ahead is not None and self._ahead.drop_waiting(run):
             assert self._loop is not None
-            self._loop.call_soon(self._finish, run)
+            self._loop.call_soon(self._finish, run)  # it never started: it ends now
             return
         if self._spawners is not None:
             self._spawners.hand_over()  # what the workers started before
-            if run.queued and not run.procs and run.cores:
-                self._spawners.wake(run.cores[0])  # it may wait in a worker: it never starts
+            if self._ahead is not None:
+                self._ahead.stop(run)
         self._terminate(run)
 
-    def _terminate(self, run: _Run) -> None:
+    def _terminate(self, run: Run) -> None:
         if run.kill_timer is not None or self._loop is None:
             return
         if run.timer is not None:
@@ -384,7 +336,7 @@ class LocalBackend(Backend):
         run.kill_timer = self._loop.call_later(self._kill_grace, self._signal, run, signal.SIGKILL)
 
     @staticmethod
-    def _signal(run: _Run, signum: int) -> None:
+    def _signal(run: Run, signum: int) -> None:
         for pid in run.procs:  # unreaped leaders only, so each group id is still theirs
             kill_group(pid, signum)
 
@@ -439,14 +391,3 @@ class LocalBackend(Backend):
         """
         if keys:
             await kill_leftovers(run_id, within=self._kill_grace + 5.0)
-
-
-def _is_stopping(run: object) -> bool:
-    return isinstance(run, _Run) and run.stopping
-
-
-def _exit_seen(run: object, when: float) -> None:
-    """A worker saw ``run``'s one process exit at ``when`` (before the loop reaps it): that is
-    its end, before the start of the launch that worker starts next on its cores."""
-    if isinstance(run, _Run):
-        run.exit_seen = when

@@ -16,9 +16,13 @@ when the loop has reaped the last holder. Either way it holds its cores from the
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
-__all__ = ["CoreHolders"]
+from matensemble.backends.local_run import Job, Run
+from matensemble.backends.local_spawner import Spawners
+
+__all__ = ["CoreHolders", "QueuedLaunches"]
 
 
 class CoreHolders:
@@ -64,3 +68,52 @@ class CoreHolders:
                 self.hold(waiting, wanted)
                 now_holding.append(waiting)
         return now_holding
+
+
+class QueuedLaunches:
+    """The launches of a backend with ``queue_ahead``: each holds its cores or waits for them."""
+
+    def __init__(self, spawners: Spawners) -> None:
+        self._holders = CoreHolders()
+        self._spawners = spawners
+
+    def queue(self, run: Run, job: Job) -> bool:
+        """``run`` holds its cores (``False``: start it now), or waits for them (``True``): in
+        the worker that started the one launch holding them, or here."""
+        run.cores = tuple(core for slot in run.launch.placement for core in slot.cores)
+        blockers = self._holders.blockers(run.cores)
+        if not blockers:
+            self._holders.hold(run, run.cores)
+            return False
+        run.queued = True
+        self._holders.wait(run, run.cores)
+        before = blockers[0]
+        assert isinstance(before, Run)
+        alone = len(blockers) == 1 and run.copies == before.copies == 1
+        if not (alone and self._spawners.submit(run, *job, after=before)):
+            run.waiting = job  # it waits here
+        return True
+
+    def ended(self, run: Run) -> None:
+        """``run`` was reaped (or never started): the launches waiting here for its cores that
+        now have all of theirs are given to the workers."""
+        for ready in self._holders.forget(run, run.cores):
+            assert isinstance(ready, Run)
+            if ready.waiting is not None:
+                job, ready.waiting = ready.waiting, None
+                self._spawners.submit(ready, *job)
+
+    def drop_waiting(self, run: Run) -> bool:
+        """``run`` is stopped: if it waits here, it never starts (``True``)."""
+        if run.waiting is None:
+            return False
+        outputs = run.waiting[3]
+        run.waiting = None
+        for fd in outputs or ():
+            os.close(fd)
+        return True
+
+    def stop(self, run: Run) -> None:
+        """``run`` is stopped: if it waits in a worker, that worker lets it go."""
+        if run.queued and not run.procs and run.cores:
+            self._spawners.wake(run.cores[0])

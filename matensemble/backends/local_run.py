@@ -1,0 +1,46 @@
+"""One launch of the local backend in flight, as the event loop and the workers see it."""
+
+from __future__ import annotations
+
+import asyncio
+
+from matensemble.backends.base import Launch
+from matensemble.backends.local_plan import Exit, Process
+from matensemble.model import TaskState
+
+__all__ = ["Job", "Run", "exit_seen", "is_stopping"]
+
+# What a worker needs to start a launch: its copies, the working directory, the task
+# directory, and its stdout and stderr if already open (``local_spawner``).
+Job = tuple[list[Process], str, str, tuple[int, int] | None]
+
+
+class Run:
+    """One launch in flight: its unreaped processes, its timers, and how it is ending."""
+
+    def __init__(self, launch: Launch, copies: int) -> None:
+        self.launch = launch
+        self.copies = copies
+        self.procs: set[int] = set()  # pids of the unreaped processes
+        self.start_time: float | None = None
+        self.timer: asyncio.TimerHandle | None = None  # the timeout
+        self.kill_timer: asyncio.TimerHandle | None = None  # set once termination has begun
+        self.verdict: tuple[TaskState, str] | None = None  # TIMED_OUT or CANCELLED, and why
+        self.stopping = False  # set before the loop takes in what the workers started
+        self.failure: Exit | None = None  # the first copy that failed, or could not start
+        self.cores: tuple[int, ...] = ()  # queueing ahead: the cores it holds or waits for
+        self.queued = False  # queueing ahead: it waited, or waits, for its cores
+        self.waiting: Job | None = None  # queueing ahead: it waits in the loop, not yet given
+        self.exit_seen: float | None = None  # when a worker saw it exit (its end_time)
+
+
+def is_stopping(run: object) -> bool:
+    """Whether the launch is being stopped (a worker then wakes the loop for it)."""
+    return isinstance(run, Run) and run.stopping
+
+
+def exit_seen(run: object, when: float) -> None:
+    """A worker saw ``run``'s one process exit at ``when`` (before the loop reaps it): that is
+    its end, before the start of the launch that worker starts next on its cores."""
+    if isinstance(run, Run):
+        run.exit_seen = when
