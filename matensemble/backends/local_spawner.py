@@ -199,17 +199,17 @@ class Spawners:
                     stopped = self._urgent(token)
                 else:
                     stopped = False
-                if last[1] >= 0:
-                    os.close(last[1])
-                    last = (None, -1)
+                done, last = last[1], (None, -1)  # closed after the start: no GIL hand-off first
                 if stopped:  # cancelled while it waited: it never starts
                     for fd in job[4] or ():
                         os.close(fd)
                     self._post(Started(token, [], None, None))
-                    continue
-                mask, pidfd = self._start_launch(job, outputs, mask)
-                if wake >= 0 and pidfd >= 0:
-                    last = (token, pidfd)
+                else:
+                    mask, pidfd = self._start_launch(job, outputs, mask)
+                    if pidfd >= 0:
+                        last = (token, pidfd)
+                if done >= 0:
+                    os.close(done)
         finally:
             outputs.close()
             for fd in (last[1], wake):
