@@ -2,17 +2,19 @@
 the best raw methods in one run.
 
     python benchmarks/local_throughput.py [--tasks 2000] [--repeat 3] [--cores N] [--profile]
-                                          [--baseline DIR]
+                                          [--baseline DIR] [--tmpfs-only] [--sleep S]
 
-For each repetition, alternating, it times N ``true`` commands through
+For each repetition, alternating, it times N ``true`` commands (``sleep S`` with ``--sleep S``)
+through
 
-- ``xargs -P <cores> -n1 true`` (``seq N | xargs ...``);
+- ``xargs -P <cores> -I@ true`` (``seq N | xargs ...``: one command per line);
 - ``threads``: a ``ThreadPoolExecutor(<cores>)`` calling ``subprocess.run(["true"])`` (fork/exec
   releases the GIL, so this is what Python itself can spawn on the machine);
 - the engine: N tasks through ``Ensemble`` + ``LocalBackend(cores=<cores>)`` (each task with its
   own directory, stdout/stderr files, CPU pinning, process group, pidfd and journal), once with
   the run directory on tmpfs (/dev/shm: the engine and spawn path alone) and once on the disk
-  under the current directory (adds the file system's metadata cost).
+  under the current directory (adds the file system's metadata cost, unless ``--tmpfs-only``);
+  on tmpfs also with ``LocalBackend(queue_ahead=True)`` (``engine+ahead``), in alternating order.
 
 "driver CPU/task" is the engine process's own user+system CPU (``RUSAGE_SELF``: its threads,
 not its children) over the run, per task: launch, reap, journal and status; "loop" is the part
@@ -57,11 +59,16 @@ from matensemble import Ensemble, LocalBackend, Task
 from matensemble.backends.base import Launch, Outcome
 from matensemble.model import Slot, TaskState
 
+COMMAND = ["true"]  # what every task runs (``--sleep S``: ``sleep S``)
+
 
 def xargs(n: int, cores: int) -> float:
     t0 = time.perf_counter()
     subprocess.run(
-        f"seq {n} | xargs -P {cores} -n1 true", shell=True, check=True, executable="/bin/sh"
+        f"seq {n} | xargs -P {cores} -I@ {' '.join(COMMAND)}",
+        shell=True,
+        check=True,
+        executable="/bin/sh",
     )
     return time.perf_counter() - t0
 
@@ -69,7 +76,7 @@ def xargs(n: int, cores: int) -> float:
 def threads(n: int, cores: int) -> float:
     t0 = time.perf_counter()
     with ThreadPoolExecutor(cores) as pool:
-        codes = list(pool.map(lambda _: subprocess.run(["true"], check=False).returncode, range(n)))
+        codes = list(pool.map(lambda _: subprocess.run(COMMAND, check=False).returncode, range(n)))
     elapsed = time.perf_counter() - t0
     assert not any(codes)
     return elapsed
@@ -99,7 +106,7 @@ async def engine(
     n: int, cores: int, base: Path, queue_ahead: bool = False
 ) -> tuple[float, DriverCPU, list[float]]:
     """Wall seconds, driver CPU and the refill gaps of one engine run."""
-    tasks = [Task(id=f"t{i}", command=("true",)) for i in range(n)]
+    tasks = [Task(id=f"t{i}", command=tuple(COMMAND)) for i in range(n)]
     with tempfile.TemporaryDirectory(dir=base) as run_dir:
         backend = LocalBackend(cores=cores, queue_ahead=queue_ahead)
         ensemble = Ensemble(tasks, backend=backend, run_dir=run_dir)
@@ -127,7 +134,7 @@ async def backend_alone(n: int, cores: int, base: Path) -> tuple[float, DriverCP
     """Wall seconds and driver CPU of n tasks through LocalBackend, without the engine."""
     outcomes: asyncio.Queue[Outcome] = asyncio.Queue()
     backend = LocalBackend(cores=cores)
-    tasks = [Task(id=f"t{i}", command=("true",)) for i in range(n)]
+    tasks = [Task(id=f"t{i}", command=tuple(COMMAND)) for i in range(n)]
     async with anyio.create_task_group() as tg:
         (node,) = await backend.open(outcomes.put_nowait, tg)
         with tempfile.TemporaryDirectory(dir=base) as run_dir:
@@ -179,6 +186,8 @@ def engine_elsewhere(
     if matensemble_dir is not None:
         env["PYTHONPATH"] = os.pathsep.join([matensemble_dir, env.get("PYTHONPATH", "")])
     command = [sys.executable, __file__, "--one-engine", "--tasks", str(n), "--cores", str(cores)]
+    if COMMAND[0] == "sleep":
+        command += ["--sleep", COMMAND[1]]
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     for line in done.stdout.splitlines():
         if line.startswith(MARK):
@@ -202,6 +211,7 @@ def main() -> None:
     parser.add_argument("--cores", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--tmpfs-only", action="store_true", help="no engine run on the disk")
+    parser.add_argument("--sleep", type=float, help="every task runs `sleep SLEEP`, not `true`")
     parser.add_argument(
         "--baseline",
         metavar="DIR",
@@ -210,6 +220,8 @@ def main() -> None:
     parser.add_argument("--one-engine", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     n, cores = args.tasks, args.cores
+    if args.sleep is not None:
+        COMMAND[:] = ["sleep", f"{args.sleep:g}"]
     if args.one_engine:
         one_engine(n, cores)
         return
@@ -226,7 +238,7 @@ def main() -> None:
     places = {"tmpfs": Path("/dev/shm"), "disk": Path.cwd()}
     if args.tmpfs_only:
         del places["disk"]
-    print(f"{n} `true` tasks on {cores} cores; load average {os.getloadavg()[0]:.1f}")
+    print(f"{n} `{' '.join(COMMAND)}` tasks on {cores} cores; load {os.getloadavg()[0]:.1f}")
     for rep in range(args.repeat):
         raw = {"xargs": xargs(n, cores), "threads": threads(n, cores)}
         best = min(raw, key=raw.__getitem__)
