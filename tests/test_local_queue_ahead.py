@@ -104,6 +104,26 @@ async def test_a_booked_task_cancelled_before_it_starts_never_runs(run_dir: Path
     assert not any(alive(pid) for pid in holders)
 
 
+async def test_a_booked_two_core_task_cancelled_while_it_waits_for_both_never_runs(
+    run_dir: Path,
+) -> None:
+    wide = sh("wide", "touch ran; sleep 60", resources=Resources(cores_per_rank=2))
+    tasks = [sh("h0", HOLD), sh("h1", HOLD), wide]  # wide waits for two tasks: in the loop
+    backend = LocalBackend(cores=2, queue_ahead=True, kill_grace=0.5)
+    async with Ensemble(tasks, backend=backend, run_dir=run_dir) as ens:
+        holders = [await pid_of(run_dir, "h0"), await pid_of(run_dir, "h1")]
+        await until_started(run_dir, "wide")
+        ens.cancel("wide")
+        began = time.monotonic()
+        while ens.summary().results.get("wide") is None:
+            assert time.monotonic() - began < 10, "the booked task did not end"
+            await anyio.sleep(0.01)
+        assert all(alive(pid, grace=0) for pid in holders)
+        ens.cancel()
+    assert ens.summary().results["wide"].state is TaskState.CANCELLED
+    assert not (run_dir / "tasks" / "wide" / "ran").exists()
+
+
 async def test_a_booked_task_times_out_counting_from_its_own_start(run_dir: Path) -> None:
     tasks = [
         sh("h0", "sleep 1.5"),
