@@ -166,3 +166,20 @@ async def test_many_short_tasks_queued_ahead_all_succeed(run_dir: Path) -> None:
     summary = await Ensemble(tasks, backend=backend, run_dir=run_dir).run()
     assert summary.counts["succeeded"] == 400
     assert len(list((run_dir / "tasks").iterdir())) == 400
+
+
+async def test_an_aborted_run_starts_none_of_its_booked_tasks(run_dir: Path) -> None:
+    tasks = [sh("h0", HOLD), sh("h1", HOLD), sh("b0", "touch ran"), sh("b1", "touch ran")]
+    backend = LocalBackend(cores=2, queue_ahead=True, kill_grace=0.5)
+    async with Ensemble(tasks, backend=backend, run_dir=run_dir) as ens:
+        holders = [await pid_of(run_dir, "h0"), await pid_of(run_dir, "h1")]
+        await until_started(run_dir, "b0", "b1")
+        ens.abort()  # the holders are killed: their workers must not start what waits behind
+        deadline = time.monotonic() + 20
+        while any(alive(pid, grace=0) for pid in holders):
+            assert time.monotonic() < deadline, "the holders outlived the abort"
+            await anyio.sleep(0.01)
+        ens.stop("aborted")
+    for task_id in ("b0", "b1"):
+        assert ens.summary().results[task_id].start_time is None, task_id
+        assert not (run_dir / "tasks" / task_id / "ran").exists()

@@ -196,7 +196,7 @@ class Spawners:
                     if not stopped:
                         self._exit_seen(after, time.time())  # before its successor starts
                 elif after is not None:  # it did not start: its cores are free
-                    stopped = self._urgent(token)
+                    stopped = self._urgent(token) or self._killed
                 else:
                     stopped = False
                 done, last = last[1], (None, -1)  # closed after the start: no GIL hand-off first
@@ -225,8 +225,8 @@ class Spawners:
                 if wake in ready:
                     with contextlib.suppress(BlockingIOError):
                         os.eventfd_read(wake)
-                if pidfd in ready:
-                    return not self._urgent(token)
+                if pidfd in ready:  # after ``kill()`` (the holder was killed) it stays unstarted
+                    return not (self._urgent(token) or self._killed)
             return False
         finally:
             poller.unregister(pidfd)
