@@ -73,7 +73,7 @@ RAW = ("raw-waitable", "raw-journal", "raw-novalidate")
 OURS_WITHOUT = ("rank", "output", "append", "affinity", "pinning", "cwd", "tag", "env", "environ")
 OURS = re.compile(r"raw-ours((?:-no(?:" + "|".join((*OURS_WITHOUT, "all")) + r"))*)$")
 METHODS = (*RAW, "raw-ours", "ensemble", "ensemble-ahead", "ensemble-k2", "ensemble-k4")
-WINDOW = re.compile(r"raw-window(\d+)(-ranked)?$")
+WINDOW = re.compile(r"raw-window(\d+)(-ranked|-after|-held)?$")
 MARK = "RESULT "
 
 
@@ -174,6 +174,14 @@ def raw_journal(flux: Any, n: int) -> None:
     h.reactor_run()
 
 
+def raw_slots(flux: Any, h: Any) -> list[int]:
+    """One broker rank per core of the instance (each core a slot)."""
+    from matensemble.backends.flux_inventory import read_inventory
+
+    nodes, names = read_inventory(h.rpc("sched.resource-status").get(), driver_rank=0)
+    return [names.rank(node.name) for node in nodes for _ in node.cores]
+
+
 def raw_window(flux: Any, n: int, window: int, ranked: bool = False) -> None:
     """At most ``window`` jobs in Flux: the next is submitted at each ``finish`` event.
 
@@ -182,12 +190,7 @@ def raw_window(flux: Any, n: int, window: int, ranked: bool = False) -> None:
     one for the same rank, so each slot has its next jobs queued behind it.
     """
     h = flux.Flux()
-    slots = [-1]  # rank -1: no constraint
-    if ranked:
-        from matensemble.backends.flux_inventory import read_inventory
-
-        nodes, names = read_inventory(h.rpc("sched.resource-status").get(), driver_rank=0)
-        slots = [names.rank(node.name) for node in nodes for _ in node.cores]
+    slots = raw_slots(flux, h) if ranked else [-1]  # rank -1: no constraint
     specs: dict[int, str] = {}
     for rank in set(slots):
         spec = flux.job.JobspecV1.from_command(["true"])
@@ -226,6 +229,98 @@ def raw_window(flux: Any, n: int, window: int, ranked: bool = False) -> None:
     journal.then(on_journal)
     for i in range(window):
         submit(slots[i % len(slots)])
+    h.reactor_run()
+
+
+def raw_window_chained(flux: Any, n: int, window: int, mode: str) -> None:
+    """``window`` jobs per instance, ``window / slots`` per slot, each constrained to its
+    slot's rank; a slot's jobs behind its running one are kept out of the scheduler's queue:
+
+    - ``after``: each depends (``afterany``) on the slot's job before it, so it waits in
+      DEPEND and enters the scheduler's queue when that job is inactive;
+    - ``held``: each is submitted held (urgency 0); at the ``finish`` of the slot's running
+      job the driver raises the next one's urgency (one small RPC) and submits a held one.
+    """
+    h = flux.Flux()
+    slots = raw_slots(flux, h)
+    depth = max(1, window // len(slots))
+    specs = {}
+    for rank in set(slots):
+        spec = flux.job.JobspecV1.from_command(["true"])
+        spec.setattr("system.constraints", {"ranks": [str(rank)]})
+        specs[rank] = spec.jobspec
+    counts = {"sent": 0, "clean": 0}
+    lines: list[list[int | None]] = [[] for _ in slots]  # per slot: its jobs in Flux, in order
+    slot_of: dict[int, int] = {}
+    waiting: list[int] = [0] * len(slots)  # per slot: submits waiting for an unanswered id
+    release: list[bool] = [False] * len(slots)  # per slot: its first job to raise when answered
+
+    def raise_urgency(jobid: int) -> None:
+        h.rpc("job-manager.urgency", {"id": jobid, "urgency": 16})
+
+    def submit(s: int) -> None:
+        if counts["sent"] >= n:
+            return
+        line = lines[s]
+        if line and line[-1] is None:
+            waiting[s] += 1  # the id to depend on is not known yet
+            return
+        counts["sent"] += 1
+        urgency = 16
+        if mode == "after" and line:
+            spec = dict(specs[slots[s]])
+            attrs = spec["attributes"] = dict(spec["attributes"])
+            system = attrs["system"] = dict(attrs["system"])
+            system["dependencies"] = [{"scheme": "afterany", "value": str(line[-1])}]
+            body = json.dumps(spec)
+        else:
+            body = json.dumps(specs[slots[s]])
+            if mode == "held" and line:
+                urgency = 0
+        line.append(None)
+        f = flux.job.submit_async(h, body, urgency=urgency, novalidate=True)
+        f.then(lambda f: answered(s, f))
+
+    def answered(s: int, f: Any) -> None:
+        jobid = int(f.get_id())
+        line = lines[s]
+        line[line.index(None)] = jobid
+        slot_of[jobid] = s
+        if release[s] and line[0] == jobid:
+            release[s] = False
+            raise_urgency(jobid)
+        if waiting[s]:
+            waiting[s] -= 1
+            submit(s)
+
+    def on_journal(f: Any) -> None:
+        payload = f.get()
+        f.reset()
+        jobid = payload["id"]
+        for event in payload["events"]:
+            if event["name"] == "finish":
+                s = slot_of[jobid]
+                lines[s].remove(jobid)
+                if mode == "held" and lines[s]:
+                    if lines[s][0] is None:
+                        release[s] = True
+                    else:
+                        raise_urgency(lines[s][0])
+                submit(s)
+            elif event["name"] == "clean":
+                counts["clean"] += 1
+                if counts["clean"] == n:
+                    h.reactor_stop()
+
+    journal = h.rpc(
+        "job-manager.events-journal",
+        {"full": False, "allow": {"finish": 1, "clean": 1}},
+        flags=flux.constants.FLUX_RPC_STREAMING,
+    )
+    journal.then(on_journal)
+    for _ in range(depth):
+        for s in range(len(slots)):
+            submit(s)
     h.reactor_run()
 
 
@@ -327,8 +422,11 @@ def inner(method: str, n: int, profile: str | None) -> None:
             runs[method] = lambda: raw_waitable(flux, n, specs, novalidate=True)
         window = WINDOW.match(method)
         if window:
-            width, ranked = int(window.group(1)), window.group(2) is not None
-            runs[method] = lambda: raw_window(flux, n, width, ranked)
+            width, mode = int(window.group(1)), (window.group(2) or "-")[1:]
+            if mode in ("after", "held"):
+                runs[method] = lambda: raw_window_chained(flux, n, width, mode)
+            else:
+                runs[method] = lambda: raw_window(flux, n, width, mode == "ranked")
         cpu0, (own0, shells0) = time.process_time(), flux_cpu_seconds(brokers)
         t0 = time.perf_counter()
         if profile:
