@@ -28,6 +28,11 @@ Methods, all running N ``true`` jobs (``--methods`` picks some):
   broker rank, W / (slots) jobs per slot: a slot's next jobs wait in Flux's queue for that
   rank (what queueing ahead with a placement the engine accounted would do; Fluxion's
   first-come-first-served queue holds every later job behind one waiting for a busy rank);
+- ``raw-windowW-after``: ``raw-windowW-ranked`` whose queued jobs each depend
+  (``afterany``) on the slot's job before them: they wait in DEPEND, out of Fluxion's queue,
+  and enter it when that job is inactive (queueing ahead through Flux's dependencies);
+- ``raw-windowW-held``: the same, the queued jobs submitted held (urgency 0) instead and
+  raised to 16 by a ``job-manager.urgency`` RPC at the ``finish`` of the slot's running job;
 - ``ensemble``: ``Ensemble(tasks, backend=FluxBackend()).run()``, start-up included;
 - ``ensemble-ahead``: the same with ``FluxBackend(queue_ahead=True)`` (each slot's next task
   queued in Flux behind the running one);
@@ -600,7 +605,7 @@ def main() -> None:
     unknown = sorted(m for m in set(methods) if not _known(m))
     if unknown:
         raise SystemExit(
-            f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}, raw-windowW[-ranked],"
+            f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}, raw-windowW[-ranked|-after|-held],"
             f" each with an optional +POLICY ({', '.join(POLICIES)})"
         )
     outer(methods, args.tasks, args.reps, args.size, baseline)
