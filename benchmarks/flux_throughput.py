@@ -605,8 +605,8 @@ def main() -> None:
     unknown = sorted(m for m in set(methods) if not _known(m))
     if unknown:
         raise SystemExit(
-            f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}, raw-windowW[-ranked|-after|-held],"
-            f" each with an optional +POLICY ({', '.join(POLICIES)})"
+            f"unknown method(s) {unknown}; choose from {', '.join(METHODS)},"
+            " raw-windowW[-ranked|-after|-held], each with an optional +POLICY ({', '.join(POLICIES)})"
         )
     outer(methods, args.tasks, args.reps, args.size, baseline)
 
