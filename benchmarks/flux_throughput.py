@@ -606,7 +606,8 @@ def main() -> None:
     if unknown:
         raise SystemExit(
             f"unknown method(s) {unknown}; choose from {', '.join(METHODS)},"
-            " raw-windowW[-ranked|-after|-held], each with an optional +POLICY ({', '.join(POLICIES)})"
+            " raw-windowW[-ranked|-after|-held],"
+            f" each with an optional +POLICY ({', '.join(POLICIES)})"
         )
     outer(methods, args.tasks, args.reps, args.size, baseline)
 
