@@ -36,6 +36,8 @@ Methods, all running N ``true`` jobs (``--methods`` picks some):
 - ``ensemble``: ``Ensemble(tasks, backend=FluxBackend()).run()``, start-up included;
 - ``ensemble-ahead``: the same with ``FluxBackend(queue_ahead=True)`` (each slot's next task
   queued in Flux behind the running one);
+- ``ensemble-depend``: the same with ``FluxBackend(queue_ahead="depend")`` (each queued task
+  also depends on the running job it waits for: see ``flux_chains``);
 - ``ensemble-k2``, ``ensemble-k4``: the same with ``FluxBackend(partitions=k)``.
 
 ``--baseline DIR`` (a directory holding another ``matensemble`` package, e.g. ``git archive main
@@ -77,7 +79,8 @@ from flux_turnover import slot_turnover  # this script's directory is on sys.pat
 RAW = ("raw-waitable", "raw-journal", "raw-novalidate")
 OURS_WITHOUT = ("rank", "output", "append", "affinity", "pinning", "cwd", "tag", "env", "environ")
 OURS = re.compile(r"raw-ours((?:-no(?:" + "|".join((*OURS_WITHOUT, "all")) + r"))*)$")
-METHODS = (*RAW, "raw-ours", "ensemble", "ensemble-ahead", "ensemble-k2", "ensemble-k4")
+METHODS = (*RAW, "raw-ours", "ensemble", "ensemble-ahead", "ensemble-depend")
+METHODS += ("ensemble-k2", "ensemble-k4")
 WINDOW = re.compile(r"raw-window(\d+)(-ranked|-after|-held)?$")
 MARK = "RESULT "
 
@@ -387,7 +390,7 @@ def our_jobspecs(flux: Any, n: int, base: Path, without: str = "") -> list[str]:
     return specs
 
 
-async def ensemble(n: int, run_dir: Path, partitions: int, ahead: bool = False) -> None:
+async def ensemble(n: int, run_dir: Path, partitions: int, ahead: bool | str = False) -> None:
     from matensemble import Ensemble, Task  # imported before the clock starts, see inner()
     from matensemble.backends.flux import FluxBackend
 
@@ -420,6 +423,7 @@ def inner(method: str, n: int, profile: str | None) -> None:
             "raw-novalidate": lambda: raw_waitable(flux, n, novalidate=True),
             "ensemble": lambda: asyncio.run(ensemble(n, base / "run", 1)),
             "ensemble-ahead": lambda: asyncio.run(ensemble(n, base / "run", 1, ahead=True)),
+            "ensemble-depend": lambda: asyncio.run(ensemble(n, base / "run", 1, ahead="depend")),
             "ensemble-k2": lambda: asyncio.run(ensemble(n, base / "run", 2)),
             "ensemble-k4": lambda: asyncio.run(ensemble(n, base / "run", 4)),
         }

@@ -32,6 +32,7 @@ from typing import Any
 from anyio.abc import TaskGroup
 
 from matensemble.backends.base import Backend, Launch, LaunchKey, Outcome, Reporter, Sink
+from matensemble.backends.flux_chains import DependencyChains
 from matensemble.backends.flux_channel import FluxChannel
 from matensemble.backends.flux_connect import allocation_end, connect
 from matensemble.backends.flux_inventory import read_inventory
@@ -70,7 +71,9 @@ class FluxBackend(Backend):
             allocation, each with its own scheduler (1: in the enclosing instance itself).
         queue_ahead: keep each slot's next task queued in Flux behind the running one,
             constrained to the ranks the engine booked for it (see
-            ``matensemble.queue_ahead``), so that Flux starts it the moment the slot frees.
+            ``matensemble.queue_ahead``), so that Flux starts it the moment the slot frees;
+            ``"depend"``: the same, each queued job also depending (``afterany``) on the
+            running job it waits for (see ``flux_chains``).
     """
 
     name = "flux"
@@ -85,7 +88,7 @@ class FluxBackend(Backend):
         queue: str | None = None,
         shell_options: Mapping[str, Any] | None = None,
         partitions: int = 1,
-        queue_ahead: bool = False,
+        queue_ahead: bool | str = False,
     ) -> None:
         if type(reserve_driver_cores) is not int or reserve_driver_cores < 0:
             raise ValueError(f"reserve_driver_cores must be an int >= 0: {reserve_driver_cores!r}")
@@ -93,7 +96,10 @@ class FluxBackend(Backend):
             raise ValueError(f"partitions must be an int >= 1: {partitions!r}")
         if partitions > 1 and reserve_driver_cores:
             raise ValueError("reserve_driver_cores cannot be combined with partitions > 1")
+        if queue_ahead not in (False, True, "depend"):
+            raise ValueError(f"queue_ahead must be True, False or 'depend': {queue_ahead!r}")
         self.queue_ahead = bool(queue_ahead)
+        self._depend = queue_ahead == "depend"
         self._uri = uri
         self._options: dict[str, Any] = {
             "pmi": pmi,
@@ -170,6 +176,10 @@ class FluxBackend(Backend):
     def _use(self, channel: FluxChannel, nodes: Sequence[NodeSpec]) -> None:
         """Run the jobs of ``nodes`` through ``channel``."""
         self._router.add(channel, nodes)
+        if self._depend:
+            if channel.chains is None:
+                channel.chains = DependencyChains()
+            channel.chains.add_nodes(nodes)
         self._builders[id(channel)] = JobspecBuilder(
             self._flux.job.JobspecV1,
             channel.map,
@@ -262,7 +272,14 @@ class FluxBackend(Backend):
             channel, constrain = self._router.route(launch)
             task_dir = self._task_dirs.path(launch)
             builder = self._builders[id(channel)]
-            jobspec = builder.build(launch, constrain=constrain, task_dir=task_dir)
+            chains = channel.chains if constrain else None
+            after = chains.predecessor(launch) if chains is not None else None
+            jobspec = builder.build(
+                launch,
+                constrain=constrain,
+                task_dir=task_dir,
+                after=None if after is None else after.jobid,
+            )
             self._task_dirs.prepare(task_dir)  # the shell opens the outputs in it
         except (OSError, ValueError, TypeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
@@ -274,7 +291,7 @@ class FluxBackend(Backend):
         if self._urgency:
             urgency = max(0, min(31, 16 + launch.task.priority))
         try:
-            channel.submit(launch, jobspec, urgency)
+            channel.submit(launch, jobspec, urgency, after)
         except OSError as exc:
             self._reports.soon(
                 Outcome(key=key, state=TaskState.FAILED, reason=f"flux submit: {exc}")

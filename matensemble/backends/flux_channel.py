@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from matensemble.backends.base import Launch, LaunchKey, Outcome
+from matensemble.backends.flux_chains import DependencyChains
 from matensemble.backends.flux_inventory import InventoryMap
 from matensemble.backends.flux_job import FluxJob, ending_from_eventlog, outcome_of
 from matensemble.backends.flux_reactor import FluxReactorBridge
@@ -98,6 +99,7 @@ class FluxChannel:
         self._unanswered = UnansweredSubmits()
         self._watched = WatchedJobs()  # partitions: jobs of our own that are not launches
         self._novalidate: int = flux.constants.FLUX_JOB_NOVALIDATE
+        self.chains: DependencyChains | None = None  # queueing ahead by dependencies
 
     # -- opening ------------------------------------------------------------------------------
 
@@ -132,8 +134,11 @@ class FluxChannel:
 
     # -- submitting ---------------------------------------------------------------------------
 
-    def submit(self, launch: Launch, jobspec: str, urgency: int) -> None:
-        """Submit one launch's job; its outcome comes through ``report``.
+    def submit(
+        self, launch: Launch, jobspec: str, urgency: int, after: FluxJob | None = None
+    ) -> None:
+        """Submit one launch's job (whose jobspec depends on ``after``'s job, if given); its
+        outcome comes through ``report``.
 
         Raises:
             OSError: the submit could not be sent.
@@ -143,6 +148,8 @@ class FluxChannel:
         self.bridge.submit(jobspec.encode(), urgency, self._novalidate, self._on_submitted, job)
         job.times["submit"] = sent
         self._jobs[launch.key] = job
+        if self.chains is not None:
+            self.chains.add(job, after)
         self._unanswered.sent()
         if not self._streaming():
             # While the journal streams, Flux's dispatcher is active and the answer to this
@@ -299,11 +306,15 @@ class FluxChannel:
                 # while Flux frees the resources, so the next job is already on its way.
                 del self._jobs[job.launch.key]
                 self._cleaning += 1
+                if self.chains is not None:
+                    self.chains.ended(job)
                 self._report(outcome_of(job, self.prefix + str(jobid)))
         elif name == "clean":
             del self._by_id[jobid]
             if self._jobs.get(job.launch.key) is job:  # it never ran, or we missed its end
                 del self._jobs[job.launch.key]
+                if self.chains is not None:
+                    self.chains.ended(job)
                 if job.status is None and job.exception is None:
                     # Neither a finish nor an exception seen: an adopted job that ended
                     # before it was followed (job-list lags behind); its eventlog knows.
@@ -364,6 +375,8 @@ class FluxChannel:
         self._by_id.clear()
         self._cleaning = 0
         self._unanswered.clear()
+        if self.chains is not None:
+            self.chains.clear()
         for job in jobs:
             self._report(Outcome(key=job.launch.key, state=state, reason=reason))
 

@@ -104,10 +104,19 @@ class JobspecBuilder:
         self._templates: dict[tuple[Any, ...], dict[str, Any]] = {}
         self._encode = msgspec.json.Encoder().encode
 
-    def build(self, launch: Launch, *, constrain: bool = True, task_dir: str | None = None) -> str:
+    def build(
+        self,
+        launch: Launch,
+        *,
+        constrain: bool = True,
+        task_dir: str | None = None,
+        after: int | None = None,
+    ) -> str:
         """The jobspec of ``launch`` as JSON (without the rank constraint if not ``constrain``:
         a launch whose partition is gone runs wherever another partition has room).
         ``task_dir``: the launch's directory as an absolute path, if the caller has it.
+        ``after``: a job id the job depends on (``afterany``: it waits until that job is
+        inactive).
 
         Raises:
             ValueError: the task's ``cwd`` is not a directory, or Flux's jobspec factory
@@ -149,6 +158,8 @@ class JobspecBuilder:
         system["shell"] = {**system["shell"], "options": options}
         if constrain:
             system["constraints"] = {"ranks": [self._inventory.ranks(launch.placement)]}
+        if after is not None:
+            system["dependencies"] = [{"scheme": "afterany", "value": str(after)}]
         tag = {
             "task_id": task.id,
             "attempt": launch.attempt,

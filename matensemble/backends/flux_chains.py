@@ -1,0 +1,92 @@
+"""Queueing ahead through Flux's job dependencies: which job a queued launch waits for.
+
+With ``FluxBackend(queue_ahead="depend")`` a launch that the engine booked behind running
+tasks (its node's cores are all held by jobs of ours that have not finished) is submitted with
+an ``afterany`` dependency on one of those jobs, besides its rank constraint: it waits in
+Flux's DEPEND state, out of the scheduler's queue, and enters that queue when the job it
+depends on is inactive (flux-core's ``dependency-after`` plugin releases ``afterany`` in the
+INACTIVE state). The scheduler then never tries it while its ranks are busy (no failed match
+at the head of a first-come-first-served queue), and the job's ingest is done before its slot
+frees.
+
+The job to depend on, per node, in submit order: the oldest job of ours there, with a known
+id, no dependent yet, and the same number of cores on that node, so each running job has at
+most one launch waiting for it (chains, one per slot). A launch over several nodes, one with
+GPUs, or one with no such job is submitted without a dependency (as with ``queue_ahead=True``).
+
+What it does not promise (why it is not the default): ``afterany`` waits for *that* job, so
+when another job on the node ends first and fewer launches wait than jobs run there, the
+waiting launch does not take the freed cores, which stand empty until its own job ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from matensemble.backends.base import Launch
+from matensemble.backends.flux_job import FluxJob
+from matensemble.resources import NodeSpec
+
+__all__ = ["DependencyChains"]
+
+
+class DependencyChains:
+    """Per node: the jobs of ours holding or waiting for its cores, oldest first."""
+
+    def __init__(self) -> None:
+        self._cores: dict[str, int] = {}
+        self._jobs: dict[str, list[FluxJob]] = {}
+        self._held: dict[str, int] = {}  # cores asked for by the unfinished jobs, per node
+        self._awaited: set[int] = set()  # id() of the jobs a launch depends on
+
+    def add_nodes(self, nodes: Sequence[NodeSpec]) -> None:
+        for node in nodes:
+            self._cores[node.name] = len(node.cores)
+            self._jobs[node.name] = []
+            self._held[node.name] = 0
+
+    def predecessor(self, launch: Launch) -> FluxJob | None:
+        """The job ``launch`` should depend on, or ``None`` (it runs at once, or no chain)."""
+        if len(launch.placement) != 1:
+            return None
+        slot = launch.placement[0]
+        node, need = slot.node, len(slot.cores)
+        if slot.gpus or node not in self._cores:
+            return None
+        if self._held[node] + need <= self._cores[node]:
+            return None  # there is room: it runs at once
+        for job in self._jobs[node]:
+            placed = job.launch.placement
+            if (
+                job.jobid is not None
+                and id(job) not in self._awaited
+                and len(placed) == 1
+                and len(placed[0].cores) == need
+                and not placed[0].gpus
+            ):
+                return job
+        return None
+
+    def add(self, job: FluxJob, after: FluxJob | None) -> None:
+        """``job`` was submitted (depending on ``after``, if given)."""
+        if after is not None:
+            self._awaited.add(id(after))
+        for slot in job.launch.placement:
+            if slot.node in self._jobs:
+                self._jobs[slot.node].append(job)
+                self._held[slot.node] += len(slot.cores)
+
+    def ended(self, job: FluxJob) -> None:
+        """``job`` finished (or ended without running): its cores are no longer asked for."""
+        self._awaited.discard(id(job))
+        for slot in job.launch.placement:
+            jobs = self._jobs.get(slot.node)
+            if jobs is not None and job in jobs:
+                jobs.remove(job)
+                self._held[slot.node] -= len(slot.cores)
+
+    def clear(self) -> None:
+        for node in self._jobs:
+            self._jobs[node].clear()
+            self._held[node] = 0
+        self._awaited.clear()
