@@ -56,11 +56,21 @@ def most_jobs_in_flux_at_once(results: list[tuple[float, float]]) -> int:
     return most
 
 
+def dependencies_of(uri: str, job_id: str) -> list[dict[str, str]]:
+    """The ``dependencies`` of a job's jobspec, as Flux holds it."""
+    import flux
+    import flux.job
+
+    spec = flux.job.job_kvs_lookup(flux.Flux(uri), int(job_id), keys=["jobspec"])["jobspec"]
+    return list(spec["attributes"]["system"].get("dependencies", []))
+
+
+@pytest.mark.parametrize("ahead", [True, "depend"])
 async def test_queued_ahead_tasks_all_succeed_on_the_nodes_the_engine_booked(
-    flux_uri: str, tmp_path: Path
+    flux_uri: str, tmp_path: Path, ahead: bool | str
 ) -> None:
     tasks = [sh(f"t{i:02d}", "sleep 0.2") for i in range(24)]
-    backend = FluxBackend(flux_uri, queue_ahead=True)
+    backend = FluxBackend(flux_uri, queue_ahead=ahead)
     with anyio.fail_after(90):
         summary = await Ensemble(tasks, backend=backend, run_dir=tmp_path).run()
     assert summary.counts["succeeded"] == 24
@@ -74,8 +84,39 @@ async def test_queued_ahead_tasks_all_succeed_on_the_nodes_the_engine_booked(
     assert most_jobs_in_flux_at_once(spans) > slots  # some waited in Flux behind a running one
 
 
-async def test_cancelling_a_task_queued_ahead_cancels_its_pending_job(
+async def test_queued_ahead_by_dependency_each_waiting_job_depends_on_one_on_its_node(
     flux_uri: str, tmp_path: Path
+) -> None:
+    tasks = [sh(f"t{i:02d}", "sleep 0.2") for i in range(24)]
+    backend = FluxBackend(flux_uri, queue_ahead="depend")
+    with anyio.fail_after(90):
+        summary = await Ensemble(tasks, backend=backend, run_dir=tmp_path).run()
+    assert summary.counts["succeeded"] == 24
+    results = {r.job_id: r for r in summary.results.values()}
+    awaited: list[str] = []
+    for job_id, result in results.items():
+        assert job_id is not None
+        for dependency in dependencies_of(flux_uri, job_id):
+            assert dependency["scheme"] == "afterany"
+            before = results[dependency["value"]]  # a job of this run ...
+            assert before.placement[0].node == result.placement[0].node  # ... on its node
+            assert before.end_time is not None and result.start_time is not None
+            assert result.start_time >= before.end_time  # it started after that one ended
+            awaited.append(dependency["value"])
+    # The first four are booked before any job id is known (they wait in Fluxion's queue);
+    # the later ones, booked when a task moves in, depend on one running on their node.
+    assert len(awaited) >= 8
+    assert len(set(awaited)) == len(awaited)  # no job had two waiting for it
+
+
+def test_queue_ahead_accepts_only_true_false_or_depend() -> None:
+    with pytest.raises(ValueError, match="queue_ahead must be True, False or 'depend'"):
+        FluxBackend(queue_ahead="yes")
+
+
+@pytest.mark.parametrize("ahead", [True, "depend"])
+async def test_cancelling_a_task_queued_ahead_cancels_its_pending_job(
+    flux_uri: str, tmp_path: Path, ahead: bool | str
 ) -> None:
     go, ran = tmp_path / "go", tmp_path / "ran"
     wait = f'echo "$MATENSEMBLE_TASK_ID" >> {ran}; while [ ! -e {go} ]; do sleep 0.05; done'
@@ -83,7 +124,7 @@ async def test_cancelling_a_task_queued_ahead_cancels_its_pending_job(
     queued = sh("queued", f'echo "$MATENSEMBLE_TASK_ID" >> {ran}')
     with anyio.fail_after(60):
         async with Ensemble(
-            backend=FluxBackend(flux_uri, queue_ahead=True), run_dir=tmp_path / "run"
+            backend=FluxBackend(flux_uri, queue_ahead=ahead), run_dir=tmp_path / "run"
         ) as ens:
             ens.submit([*blockers, queued])
             await anyio.to_thread.run_sync(
