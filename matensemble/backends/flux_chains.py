@@ -38,6 +38,7 @@ class DependencyChains:
         self._jobs: dict[str, list[FluxJob]] = {}
         self._held: dict[str, int] = {}  # cores asked for by the unfinished jobs, per node
         self._awaited: set[int] = set()  # id() of the jobs a launch depends on
+        self._after: dict[int, FluxJob] = {}  # id() of a dependent job -> the job it awaits
 
     def add_nodes(self, nodes: Sequence[NodeSpec]) -> None:
         for node in nodes:
@@ -71,14 +72,19 @@ class DependencyChains:
         """``job`` was submitted (depending on ``after``, if given)."""
         if after is not None:
             self._awaited.add(id(after))
+            self._after[id(job)] = after
         for slot in job.launch.placement:
             if slot.node in self._jobs:
                 self._jobs[slot.node].append(job)
                 self._held[slot.node] += len(slot.cores)
 
     def ended(self, job: FluxJob) -> None:
-        """``job`` finished (or ended without running): its cores are no longer asked for."""
+        """``job`` finished (or ended without running: refused, cancelled while waiting): its
+        cores are no longer asked for, and the job it waited for may have another waiting."""
         self._awaited.discard(id(job))
+        after = self._after.pop(id(job), None)
+        if after is not None:
+            self._awaited.discard(id(after))
         for slot in job.launch.placement:
             jobs = self._jobs.get(slot.node)
             if jobs is not None and job in jobs:
@@ -90,3 +96,4 @@ class DependencyChains:
             self._jobs[node].clear()
             self._held[node] = 0
         self._awaited.clear()
+        self._after.clear()

@@ -201,6 +201,8 @@ class FluxChannel:
             jobid = self.bridge.job_id(future)
         except OSError as exc:
             self._unanswered.answered(None)
+            if self.chains is not None:
+                self.chains.ended(job)  # refused: it holds no cores
             if self._jobs.get(job.launch.key) is job:
                 del self._jobs[job.launch.key]
                 reason = f"flux: {exc.strerror}"

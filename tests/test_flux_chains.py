@@ -1,0 +1,86 @@
+"""Which running job a launch queued ahead depends on (``queue_ahead="depend"``).
+
+``DependencyChains`` is plain bookkeeping over the jobs a channel submitted; here it is fed
+real launches and jobs, without a broker (the broker side is in test_flux_queue_ahead.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from matensemble.backends.base import Launch
+from matensemble.backends.flux_chains import DependencyChains
+from matensemble.backends.flux_job import FluxJob
+from matensemble.model import Resources, Slot, Task
+from matensemble.resources import NodeSpec
+
+NODES = [NodeSpec("a", (0, 1)), NodeSpec("b", (0, 1))]
+
+
+def launch(task_id: str, *slots: Slot, cores: int = 1) -> Launch:
+    task = Task(id=task_id, command=("true",), resources=Resources(cores_per_rank=cores))
+    return Launch(task=task, attempt=1, placement=slots, tasks_dir=Path("/tmp"), run_id="r")
+
+
+def submitted(chains: DependencyChains, job_launch: Launch, jobid: int | None) -> FluxJob:
+    after = chains.predecessor(job_launch)
+    job = FluxJob(job_launch)
+    job.jobid = jobid
+    chains.add(job, after)
+    return job
+
+
+def chains_with_two_running_on_a() -> tuple[DependencyChains, FluxJob, FluxJob]:
+    chains = DependencyChains()
+    chains.add_nodes(NODES)
+    first = submitted(chains, launch("t1", Slot("a", (0,))), 101)
+    second = submitted(chains, launch("t2", Slot("a", (1,))), 102)
+    return chains, first, second
+
+
+def test_a_launch_that_fits_beside_the_running_jobs_depends_on_none() -> None:
+    chains = DependencyChains()
+    chains.add_nodes(NODES)
+    submitted(chains, launch("t1", Slot("a", (0,))), 101)
+    assert chains.predecessor(launch("t2", Slot("a", (1,)))) is None
+    assert chains.predecessor(launch("t3", Slot("b", (0,)))) is None
+
+
+def test_a_launch_behind_a_full_node_depends_on_its_oldest_job_nobody_waits_for() -> None:
+    chains, first, second = chains_with_two_running_on_a()
+    queued = launch("t3", Slot("a", (0,)))
+    assert chains.predecessor(queued) is first
+    submitted(chains, queued, 103)
+    assert chains.predecessor(launch("t4", Slot("a", (1,)))) is second  # first is awaited
+
+
+def test_a_job_whose_id_is_not_known_yet_is_not_depended_on() -> None:
+    chains = DependencyChains()
+    chains.add_nodes(NODES)
+    submitted(chains, launch("t1", Slot("a", (0,))), None)  # its submit is unanswered
+    second = submitted(chains, launch("t2", Slot("a", (1,))), 102)
+    assert chains.predecessor(launch("t3", Slot("a", (0,)))) is second
+
+
+def test_launches_over_two_nodes_or_of_another_size_get_no_dependency() -> None:
+    chains, _, _ = chains_with_two_running_on_a()
+    both = submitted(chains, launch("t3", Slot("b", (0, 1)), cores=2), 103)
+    assert chains.predecessor(launch("t4", Slot("a", (0,)), Slot("b", (0,)))) is None
+    wide = launch("t5", Slot("a", (0, 1)), cores=2)
+    assert chains.predecessor(wide) is None  # the jobs on a hold one core each
+    assert chains.predecessor(launch("t6", Slot("b", (0, 1)), cores=2)) is both  # same size
+
+
+def test_an_ended_job_frees_its_cores_and_its_place_in_the_chain() -> None:
+    chains, first, second = chains_with_two_running_on_a()
+    chains.ended(first)
+    assert chains.predecessor(launch("t3", Slot("a", (0,)))) is None  # room again
+    submitted(chains, launch("t3", Slot("a", (0,))), 103)
+    assert chains.predecessor(launch("t4", Slot("a", (1,)))) is second
+
+
+def test_a_refused_or_cancelled_waiting_job_leaves_its_job_free_to_be_waited_for() -> None:
+    chains, first, _ = chains_with_two_running_on_a()
+    refused = submitted(chains, launch("t3", Slot("a", (0,))), None)  # waits for first
+    chains.ended(refused)  # its submit was refused: it held nothing and waits for nothing
+    assert chains.predecessor(launch("t4", Slot("a", (0,)))) is first
