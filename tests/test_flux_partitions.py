@@ -106,6 +106,24 @@ async def test_tasks_spread_over_the_partitions_all_succeed_and_teardown_leaves_
     assert not active_jobs(uri4)  # no job, and no child instance, is left
 
 
+@pytest.mark.flux
+async def test_queueing_ahead_by_dependency_runs_every_task_in_the_partitions(
+    uri4: str, tmp_path: Path
+) -> None:
+    tasks = [sh(f"t{i:02d}", 'echo "$FLUX_URI"; sleep 0.2') for i in range(24)]  # 8 slots
+    backend = FluxBackend(uri4, partitions=2, queue_ahead="depend")
+    with anyio.fail_after(120):
+        summary = await Ensemble(tasks, backend=backend, run_dir=tmp_path / "run").run()
+    assert summary.counts["succeeded"] == len(tasks)
+    partitions = {r.job_id.split("/")[0] for r in summary.results.values() if r.job_id}
+    assert len(partitions) == 2
+    spans = [(r.times["submit"], r.end_time) for r in summary.results.values() if r.end_time]
+    moments = sorted([(a, 1) for a, _ in spans] + [(b, -1) for _, b in spans])
+    in_flux = [sum(step for _, step in moments[: i + 1]) for i in range(len(moments))]
+    assert max(in_flux) > 8  # some were queued behind running ones
+    assert not active_jobs(uri4)
+
+
 def broker_attr(uri: str, jobid: int, name: str) -> str:
     """A broker attribute of the rank-0 broker of the child instance that is job ``jobid``."""
     assert FLUX is not None
