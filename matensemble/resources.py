@@ -264,10 +264,13 @@ class ResourcePool:
         """How many cores and GPUs node number ``i`` has."""
         return self._capacity[i]
 
-    def occupancy(self, *, whole: bool = False) -> Iterator[tuple[int, int, int]]:
-        """``(free cores, free GPUs, nodes)`` for each non-empty capacity bucket; with
-        ``whole``, the nodes that are entirely free, by their capacity."""
-        return (self._whole if whole else self._by_free).occupancy()
+    def occupancy(
+        self, cores: int = 0, gpus: int = 0, *, whole: bool = False
+    ) -> Iterator[tuple[int, int, int]]:
+        """``(free cores, free GPUs, nodes)`` for each non-empty capacity bucket with at least
+        ``cores`` and ``gpus`` free; with ``whole``, the nodes that are entirely free, by their
+        capacity."""
+        return (self._whole if whole else self._by_free).occupancy(cores, gpus)
 
     def nodes_fitting(self, cores: int, gpus: int, *, whole: bool = False) -> Iterator[int]:
         """Node numbers with at least ``cores`` and ``gpus`` free (entirely free: ``whole``)."""

@@ -95,3 +95,24 @@ def test_the_index_knows_whether_any_node_has_so_many_free_cores_as_nodes_come_a
             index.put(node, *free[node])
         for cores in range(10):
             assert index.has_cores(cores) == any(c >= cores for c, _ in free.values())
+
+
+def test_the_occupancy_above_a_floor_counts_exactly_the_nodes_with_that_much_room() -> None:
+    rng = random.Random(5)
+    index = CapacityIndex(8, 2)
+    free: dict[int, tuple[int, int]] = {}
+    for _ in range(2000):
+        node = rng.randrange(20)
+        if rng.random() < 0.3:
+            index.discard(node)
+            free.pop(node, None)
+        else:
+            free[node] = (rng.randrange(9), rng.randrange(3))
+            index.put(node, *free[node])
+        cores, gpus = rng.randrange(10), rng.randrange(4)
+        expected: dict[tuple[int, int], int] = {}
+        for c, g in free.values():
+            if c >= cores and g >= gpus:
+                expected[c, g] = expected.get((c, g), 0) + 1
+        got = {(c, g): n for c, g, n in index.occupancy(cores, gpus)}
+        assert got == expected
