@@ -151,6 +151,11 @@ class Dispatcher:
             backfill = self.strategy.backfill
         if self._incoming:
             self._file_incoming()
+        # The default policy lets every task start: then ask neither it nor the count.
+        gated = type(self.completion).may_start is not CompletionPolicy.may_start
+        if not gated and deadline is None and self._front_stays_blocked(pool):
+            self.completion.blocked()  # as the pass would: it puts back what it read
+            return False
         heap, line = self._ready, self._front
         run, r = self._run, self._run_at  # the sorted run, read from ``r`` on
         end_of_run = len(run)
@@ -166,8 +171,6 @@ class Dispatcher:
         beside_head: set[Resources] = set()  # shapes whose placement the reservation refused
         latest_end = math.inf if deadline is None else deadline - now
         held = False
-        # The default policy lets every task start: then ask neither it nor the count.
-        gated = type(self.completion).may_start is not CompletionPolicy.may_start
         waiting = len(front)  # ``front`` does not change during the pass
         pop = heapq.heappop
         shapes = self._shapes
@@ -296,6 +299,30 @@ class Dispatcher:
         put_back.add_from(line, at, waiting)
         self._front = put_back.settled()
         return held
+
+    def _front_stays_blocked(self, pool: ResourcePool) -> bool:
+        """Would a pass (with no deadline and no gate) start nothing and leave the queue as it
+        is, because the entries it would read before it ends are all of one shape that
+        cannot fit now? Answered in O(1), without reading them.
+
+        That is the usual pass on a full machine under FIFO: some fifty whole-node tasks wait
+        behind one that waits for a node to empty, and most ends free a core or a few, not a
+        node. The pass would read the head, find that it does not fit, and put back the run of
+        its shape behind it (up to the backfill window, or all of the queue if that is all);
+        every entry must be live (none stale) for that to hold without looking at them.
+        """
+        line = self._front
+        if not line.ends or self._stale or self._incoming:
+            return False
+        first = line.ends[0]  # the first run of one shape: entries[:first]
+        heap, run, r = self._ready, self._run, self._run_at
+        if first > BACKFILL_WINDOW:  # the pass would stop at the window, within this run
+            last = line.entries[BACKFILL_WINDOW]
+            if (heap and not last < heap[0]) or (r < len(run) and not last < run[r]):
+                return False  # something else comes before the window's end
+        elif first < len(line.entries) or heap or r < len(run):
+            return False  # the pass would read on past the run
+        return pool.surely_full_for(line.shapes[0])
 
     def _sweep(
         self,

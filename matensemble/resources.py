@@ -102,6 +102,17 @@ class ResourcePool:
         """Cheap necessary condition: are there enough free cores and GPUs in total?"""
         return self.free_cores >= res.cores and self.free_gpus >= res.gpus
 
+    def surely_full_for(self, res: Resources) -> bool:
+        """Whether ``allocate(res)`` would surely return ``None`` now, known in O(GPU levels)
+        from the counts and the index (``False`` where finding out needs a search): too few
+        free cores or GPUs in all, or no node with room for its share of a node count."""
+        if not self.fits_now(res):
+            return True
+        if res.nodes is None:
+            return False
+        index = self._whole if res.exclusive else self._by_free
+        return not index.has_cores(res.ranks // res.nodes * res.cores_per_rank)
+
     # -- allocation -----------------------------------------------------------------------------
 
     def allocate(self, res: Resources) -> Placement | None:

@@ -65,7 +65,11 @@ def test_allocation_succeeds_exactly_when_some_node_has_room_and_never_overcommi
             for cores, gpus in frees
             if len(cores) >= per * res.cores_per_rank and len(gpus) >= per * res.gpus_per_rank
         )
+        full = pool.surely_full_for(res)
         placement = pool.allocate(res)
+        assert not (full and placement is not None)  # "surely full" is never wrong
+        if res.nodes == 1 and not res.gpus_per_rank:
+            assert full == (placement is None)  # known at once: no node has the cores
         if res.nodes is not None:
             assert (placement is not None) == (fitting >= res.nodes)
         elif fitting:
