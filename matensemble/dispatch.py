@@ -305,23 +305,27 @@ class Dispatcher:
         is, because the entries it would read before it ends are all of one shape that
         cannot fit now? Answered in O(1), without reading them.
 
-        That is the usual pass on a full machine under FIFO: some fifty whole-node tasks wait
-        behind one that waits for a node to empty, and most ends free a core or a few, not a
-        node. The pass would read the head, find that it does not fit, and put back the run of
-        its shape behind it (up to the backfill window, or all of the queue if that is all);
-        every entry must be live (none stale) for that to hold without looking at them.
+        That is the usual pass on a full machine under FIFO: whole-node tasks wait behind one
+        that waits for a node to empty, and most ends free a core or a few, not a node. The
+        pass would read the head, find that it does not fit, and end there if no other shape
+        waits; else put back the run of its shape behind it up to the backfill window, and
+        end there if the run is that long. Every entry must be live (none stale, so the head
+        is of a shape that waits) for that to hold without looking at them.
         """
-        line = self._front
-        if not line.ends or self._stale or self._incoming:
+        if self._stale:
             return False
-        first = line.ends[0]  # the first run of one shape: entries[:first]
+        shapes = self._shapes
+        if len(shapes) == 1:  # the head is of this shape, and the pass ends where it fails
+            return pool.surely_full_for(next(iter(shapes)))
+        line = self._front
+        if not line.ends or line.ends[0] <= BACKFILL_WINDOW:
+            return False
+        # The front's first run of one shape reaches past the window: the pass would stop
+        # there, unless an entry of the heap or the run comes before the window's end.
+        last = line.entries[BACKFILL_WINDOW]
         heap, run, r = self._ready, self._run, self._run_at
-        if first > BACKFILL_WINDOW:  # the pass would stop at the window, within this run
-            last = line.entries[BACKFILL_WINDOW]
-            if (heap and not last < heap[0]) or (r < len(run) and not last < run[r]):
-                return False  # something else comes before the window's end
-        elif first < len(line.entries) or heap or r < len(run):
-            return False  # the pass would read on past the run
+        if (heap and not last < heap[0]) or (r < len(run) and not last < run[r]):
+            return False
         return pool.surely_full_for(line.shapes[0])
 
     def _sweep(
