@@ -105,13 +105,16 @@ class ResourcePool:
     def surely_full_for(self, res: Resources) -> bool:
         """Whether ``allocate(res)`` would surely return ``None`` now, known in O(GPU levels)
         from the counts and the index (``False`` where finding out needs a search): too few
-        free cores or GPUs in all, or no node with room for its share of a node count."""
+        free cores or GPUs in all, no node with the cores for its share of a node count, or
+        no node with room for one of its ranks (exact for a task of one rank)."""
         if not self.fits_now(res):
             return True
-        if res.nodes is None:
+        if res.nodes is not None:
+            index = self._whole if res.exclusive else self._by_free
+            return not index.has_cores(res.ranks // res.nodes * res.cores_per_rank)
+        if res.exclusive:
             return False
-        index = self._whole if res.exclusive else self._by_free
-        return not index.has_cores(res.ranks // res.nodes * res.cores_per_rank)
+        return self._by_free.best_fit(res.cores_per_rank, res.gpus_per_rank) is None
 
     # -- allocation -----------------------------------------------------------------------------
 

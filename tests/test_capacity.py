@@ -68,8 +68,8 @@ def test_allocation_succeeds_exactly_when_some_node_has_room_and_never_overcommi
         full = pool.surely_full_for(res)
         placement = pool.allocate(res)
         assert not (full and placement is not None)  # "surely full" is never wrong
-        if res.nodes == 1 and not res.gpus_per_rank:
-            assert full == (placement is None)  # known at once: no node has the cores
+        if (res.nodes == 1 and not res.gpus_per_rank) or (res.ranks == 1 and not res.exclusive):
+            assert full == (placement is None)  # known at once: no node has the room
         if res.nodes is not None:
             assert (placement is not None) == (fitting >= res.nodes)
         elif fitting:
