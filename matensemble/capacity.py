@@ -118,12 +118,15 @@ class CapacityIndex:
                 mask >>= 1
                 c += 1
 
-    def occupancy(self) -> Iterator[tuple[int, int, int]]:
-        """``(free cores, free GPUs, number of nodes)`` for every non-empty bucket."""
-        for g, mask in enumerate(self._masks):
-            c = 0
+    def occupancy(self, cores: int = 0, gpus: int = 0) -> Iterator[tuple[int, int, int]]:
+        """``(free cores, free GPUs, number of nodes)`` for every non-empty bucket with at
+        least ``cores`` and ``gpus`` free (only the used buckets are visited: a full machine
+        asked for whole nodes' worth of cores visits none)."""
+        buckets = self._buckets
+        for g in range(gpus, len(self._masks)):
+            mask = self._masks[g] >> cores
             while mask:
-                if mask & 1:
-                    yield c, g, len(self._buckets[g][c])
-                mask >>= 1
-                c += 1
+                low = mask & -mask
+                c = cores + low.bit_length() - 1
+                yield c, g, len(buckets[g][c])
+                mask ^= low

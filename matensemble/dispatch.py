@@ -151,6 +151,11 @@ class Dispatcher:
             backfill = self.strategy.backfill
         if self._incoming:
             self._file_incoming()
+        # The default policy lets every task start: then ask neither it nor the count.
+        gated = type(self.completion).may_start is not CompletionPolicy.may_start
+        if not gated and deadline is None and self._front_stays_blocked(pool):
+            self.completion.blocked()  # as the pass would: it puts back what it read
+            return False
         heap, line = self._ready, self._front
         run, r = self._run, self._run_at  # the sorted run, read from ``r`` on
         end_of_run = len(run)
@@ -166,8 +171,6 @@ class Dispatcher:
         beside_head: set[Resources] = set()  # shapes whose placement the reservation refused
         latest_end = math.inf if deadline is None else deadline - now
         held = False
-        # The default policy lets every task start: then ask neither it nor the count.
-        gated = type(self.completion).may_start is not CompletionPolicy.may_start
         waiting = len(front)  # ``front`` does not change during the pass
         pop = heapq.heappop
         shapes = self._shapes
@@ -296,6 +299,34 @@ class Dispatcher:
         put_back.add_from(line, at, waiting)
         self._front = put_back.settled()
         return held
+
+    def _front_stays_blocked(self, pool: ResourcePool) -> bool:
+        """Would a pass (with no deadline and no gate) start nothing and leave the queue as it
+        is, because the entries it would read before it ends are all of one shape that
+        cannot fit now? Answered in O(1), without reading them.
+
+        That is the usual pass on a full machine under FIFO: whole-node tasks wait behind one
+        that waits for a node to empty, and most ends free a core or a few, not a node. The
+        pass would read the head, find that it does not fit, and end there if no other shape
+        waits; else put back the run of its shape behind it up to the backfill window, and
+        end there if the run is that long. Every entry must be live (none stale, so the head
+        is of a shape that waits) for that to hold without looking at them.
+        """
+        if self._stale:
+            return False
+        shapes = self._shapes
+        if len(shapes) == 1:  # the head is of this shape, and the pass ends where it fails
+            return pool.surely_full_for(next(iter(shapes)))
+        line = self._front
+        if not line.ends or line.ends[0] <= BACKFILL_WINDOW:
+            return False
+        # The front's first run of one shape reaches past the window: the pass would stop
+        # there, unless an entry of the heap or the run comes before the window's end.
+        last = line.entries[BACKFILL_WINDOW]
+        heap, run, r = self._ready, self._run, self._run_at
+        if (heap and not last < heap[0]) or (r < len(run) and not last < run[r]):
+            return False
+        return pool.surely_full_for(line.shapes[0])
 
     def _sweep(
         self,

@@ -62,9 +62,9 @@ class NodeDrain:
         for i in nodes:
             ends = self._ends[i]
             mine = ends.pop(key, None)
-            firsts = self._firsts[i]
-            while firsts and ends.get(firsts[0][1]) != firsts[0][0]:
-                heapq.heappop(firsts)  # this task's entry, or others left stale before it
+            # Its entry in ``_firsts[i]`` is stale from now on: dropped by the next reader
+            # that meets it on top (``first_on``), or when the heap is rebuilt (``started``);
+            # most runs (those with no GPU head to plan) never read the heap at all.
             if mine is None or mine < latest[i]:
                 continue
             new = max(ends.values(), default=_NOTHING)

@@ -102,6 +102,20 @@ class ResourcePool:
         """Cheap necessary condition: are there enough free cores and GPUs in total?"""
         return self.free_cores >= res.cores and self.free_gpus >= res.gpus
 
+    def surely_full_for(self, res: Resources) -> bool:
+        """Whether ``allocate(res)`` would surely return ``None`` now, known in O(GPU levels)
+        from the counts and the index (``False`` where finding out needs a search): too few
+        free cores or GPUs in all, no node with the cores for its share of a node count, or
+        no node with room for one of its ranks (exact for a task of one rank)."""
+        if not self.fits_now(res):
+            return True
+        if res.nodes is not None:
+            index = self._whole if res.exclusive else self._by_free
+            return not index.has_cores(res.ranks // res.nodes * res.cores_per_rank)
+        if res.exclusive:
+            return False
+        return self._by_free.best_fit(res.cores_per_rank, res.gpus_per_rank) is None
+
     # -- allocation -----------------------------------------------------------------------------
 
     def allocate(self, res: Resources) -> Placement | None:
@@ -264,10 +278,13 @@ class ResourcePool:
         """How many cores and GPUs node number ``i`` has."""
         return self._capacity[i]
 
-    def occupancy(self, *, whole: bool = False) -> Iterator[tuple[int, int, int]]:
-        """``(free cores, free GPUs, nodes)`` for each non-empty capacity bucket; with
-        ``whole``, the nodes that are entirely free, by their capacity."""
-        return (self._whole if whole else self._by_free).occupancy()
+    def occupancy(
+        self, cores: int = 0, gpus: int = 0, *, whole: bool = False
+    ) -> Iterator[tuple[int, int, int]]:
+        """``(free cores, free GPUs, nodes)`` for each non-empty capacity bucket with at least
+        ``cores`` and ``gpus`` free; with ``whole``, the nodes that are entirely free, by their
+        capacity."""
+        return (self._whole if whole else self._by_free).occupancy(cores, gpus)
 
     def nodes_fitting(self, cores: int, gpus: int, *, whole: bool = False) -> Iterator[int]:
         """Node numbers with at least ``cores`` and ``gpus`` free (entirely free: ``whole``)."""

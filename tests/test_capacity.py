@@ -65,7 +65,11 @@ def test_allocation_succeeds_exactly_when_some_node_has_room_and_never_overcommi
             for cores, gpus in frees
             if len(cores) >= per * res.cores_per_rank and len(gpus) >= per * res.gpus_per_rank
         )
+        full = pool.surely_full_for(res)
         placement = pool.allocate(res)
+        assert not (full and placement is not None)  # "surely full" is never wrong
+        if (res.nodes == 1 and not res.gpus_per_rank) or (res.ranks == 1 and not res.exclusive):
+            assert full == (placement is None)  # known at once: no node has the room
         if res.nodes is not None:
             assert (placement is not None) == (fitting >= res.nodes)
         elif fitting:
@@ -95,3 +99,24 @@ def test_the_index_knows_whether_any_node_has_so_many_free_cores_as_nodes_come_a
             index.put(node, *free[node])
         for cores in range(10):
             assert index.has_cores(cores) == any(c >= cores for c, _ in free.values())
+
+
+def test_the_occupancy_above_a_floor_counts_exactly_the_nodes_with_that_much_room() -> None:
+    rng = random.Random(5)
+    index = CapacityIndex(8, 2)
+    free: dict[int, tuple[int, int]] = {}
+    for _ in range(2000):
+        node = rng.randrange(20)
+        if rng.random() < 0.3:
+            index.discard(node)
+            free.pop(node, None)
+        else:
+            free[node] = (rng.randrange(9), rng.randrange(3))
+            index.put(node, *free[node])
+        cores, gpus = rng.randrange(10), rng.randrange(4)
+        expected: dict[tuple[int, int], int] = {}
+        for c, g in free.values():
+            if c >= cores and g >= gpus:
+                expected[c, g] = expected.get((c, g), 0) + 1
+        got = {(c, g): n for c, g, n in index.occupancy(cores, gpus)}
+        assert got == expected

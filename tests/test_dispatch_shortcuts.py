@@ -14,11 +14,14 @@ import asyncio
 import random
 import tempfile
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from matensemble import Ensemble, Resources, SimulatedBackend, Task, TaskResult, dispatch
+from matensemble.model import Placement
 from matensemble.node_drain import NodeDrain
+from matensemble.resources import ResourcePool
 from matensemble.strategies import (
     FIFO,
     CompletionPolicy,
@@ -287,3 +290,65 @@ def test_a_crowd_of_whole_node_heads_uses_kept_reservations_and_keeps_the_schedu
     kept, built, used_again = kept_and_built(tasks, FIFO)
     assert used_again > 0
     assert kept == built
+
+
+@pytest.mark.parametrize(("behind", "spared"), [(0, 30), (10, 28)])
+def test_ends_that_free_less_than_a_node_try_no_allocation_for_a_line_of_whole_node_tasks(
+    behind: int, spared: int
+) -> None:
+    """Two nodes of 16 cores full of 1-core tasks (the i-th ending at i + 1 s), then, under
+    FIFO, a line of 70 whole-node tasks, longer than the backfill window, and ``behind``
+    1-core tasks. Of the 32 ends, 30 free a core but not a node: the pass each of them makes
+    must not try to place the head again (nor read the line behind it), as the plain walk
+    does. With tasks of another shape behind the line, a pass must read the line up to the
+    window to know that they are out of its reach: the first end after the head changed
+    does (the pass before stopped on a full machine), the 14 others on its node do not.
+    The schedule is the plain walk's."""
+
+    def task(i: int, res: Resources, seconds: float) -> Task:
+        return Task(
+            id=f"t{i}",
+            command=("sim",),
+            resources=res,
+            estimate=seconds,
+            tags={"sim_duration": str(seconds)},
+        )
+
+    tasks = [task(i, Resources(), i + 1.0) for i in range(32)]
+    tasks += [task(i, Resources(ranks=16, nodes=1), 100.0) for i in range(32, 32 + 70)]
+    tasks += [task(i, Resources(), 1.0) for i in range(102, 102 + behind)]
+    tried = 0
+    allocate = ResourcePool.allocate
+
+    def counted(self: ResourcePool, res: Resources) -> Placement | None:
+        nonlocal tried
+        tried += 1
+        return allocate(self, res)
+
+    def run(walltime: float | None) -> dict[str, object]:
+        async def main() -> dict[str, object]:
+            with tempfile.TemporaryDirectory() as run_dir:
+                ens = Ensemble(
+                    tasks,
+                    backend=SimulatedBackend(2, 16),
+                    strategy=FIFO(backfill=True),
+                    run_dir=run_dir,
+                    walltime=walltime,
+                    console_log=False,
+                )
+                await ens.run()
+                return {
+                    t.id: (ens.result(t.id).start_time, ens.result(t.id).placement) for t in tasks
+                }
+
+        return asyncio.run(main())
+
+    try:
+        ResourcePool.allocate = counted  # type: ignore[method-assign]
+        fast = run(None)
+        fast_tried, tried = tried, 0
+        plain = run(1e9)  # a walltime: every pass looks at what it reaches
+    finally:
+        ResourcePool.allocate = allocate  # type: ignore[method-assign]
+    assert fast == plain
+    assert tried - fast_tried == spared

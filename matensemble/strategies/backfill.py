@@ -210,9 +210,10 @@ class _Need:
         return ranks
 
     def now(self, pool: ResourcePool) -> int:
-        """The sum of ``value`` over the pool as it is, from its capacity buckets."""
+        """The sum of ``value`` over the pool as it is, from its capacity buckets (those with
+        room for less than a unit of the need count nothing, and are not read)."""
         total = 0
-        for cores, gpus, count in pool.occupancy(whole=self.whole):
+        for cores, gpus, count in pool.occupancy(*self.per_node, whole=self.whole):
             ranks = _ranks_fitting(cores, gpus, self.cpr, self.gpr)
             total += count * ((1 if ranks >= self.per else 0) if self.per else ranks)
         return total
