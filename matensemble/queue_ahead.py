@@ -108,7 +108,7 @@ class QueueAhead:
         """Each booked task of the nodes of ``freed`` whose booked ids are all free in ``pool``."""
         moved: list[Record] = []
         booked = self._booked
-        for node in {slot.node for slot in freed}:
+        for node in dict.fromkeys(slot.node for slot in freed):  # in order: deterministic
             line = self._lines[node]
             for _ in range(len(line)):
                 rec, attempt = entry = line.popleft()
