@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 
 from matensemble.capacity import CapacityIndex
 from matensemble.model import Resources, Slot
@@ -85,11 +86,14 @@ def test_allocation_succeeds_exactly_when_some_node_has_room_and_never_overcommi
         assert pool.free_cores == 12 * 8 - sum(len(t) for t in used.values())
 
 
-def test_the_index_knows_whether_any_node_has_so_many_free_cores_as_nodes_come_and_go() -> None:
-    rng = random.Random(8)
+def churn(
+    rng: random.Random, steps: int
+) -> Iterator[tuple[CapacityIndex, dict[int, tuple[int, int]]]]:
+    """An index of 20 nodes (8 cores, 2 GPUs) that come, go and change, and what it should
+    hold, after each of ``steps`` random changes."""
     index = CapacityIndex(8, 2)
     free: dict[int, tuple[int, int]] = {}
-    for _ in range(3000):
+    for _ in range(steps):
         node = rng.randrange(20)
         if rng.random() < 0.3:
             index.discard(node)
@@ -97,22 +101,18 @@ def test_the_index_knows_whether_any_node_has_so_many_free_cores_as_nodes_come_a
         else:
             free[node] = (rng.randrange(9), rng.randrange(3))
             index.put(node, *free[node])
+        yield index, free
+
+
+def test_the_index_knows_whether_any_node_has_so_many_free_cores_as_nodes_come_and_go() -> None:
+    for index, free in churn(random.Random(8), 3000):
         for cores in range(10):
             assert index.has_cores(cores) == any(c >= cores for c, _ in free.values())
 
 
 def test_the_occupancy_above_a_floor_counts_exactly_the_nodes_with_that_much_room() -> None:
     rng = random.Random(5)
-    index = CapacityIndex(8, 2)
-    free: dict[int, tuple[int, int]] = {}
-    for _ in range(2000):
-        node = rng.randrange(20)
-        if rng.random() < 0.3:
-            index.discard(node)
-            free.pop(node, None)
-        else:
-            free[node] = (rng.randrange(9), rng.randrange(3))
-            index.put(node, *free[node])
+    for index, free in churn(rng, 2000):
         cores, gpus = rng.randrange(10), rng.randrange(4)
         expected: dict[tuple[int, int], int] = {}
         for c, g in free.values():
