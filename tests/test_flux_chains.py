@@ -17,8 +17,13 @@ from matensemble.resources import NodeSpec
 NODES = [NodeSpec("a", (0, 1)), NodeSpec("b", (0, 1))]
 
 
-def launch(task_id: str, *slots: Slot, cores: int = 1) -> Launch:
-    task = Task(id=task_id, command=("true",), resources=Resources(cores_per_rank=cores))
+def launch(task_id: str, *slots: Slot, cores: int = 1, estimate: float | None = None) -> Launch:
+    task = Task(
+        id=task_id,
+        command=("true",),
+        resources=Resources(cores_per_rank=cores),
+        estimate=estimate,
+    )
     return Launch(task=task, attempt=1, placement=slots, tasks_dir=Path("/tmp"), run_id="r")
 
 
@@ -84,3 +89,32 @@ def test_a_refused_or_cancelled_waiting_job_leaves_its_job_free_to_be_waited_for
     refused = submitted(chains, launch("t3", Slot("a", (0,))), None)  # waits for first
     chains.ended(refused)  # its submit was refused: it held nothing and waits for nothing
     assert chains.predecessor(launch("t4", Slot("a", (0,)))) is first
+
+
+def test_with_estimates_a_launch_waits_for_the_job_expected_to_end_first() -> None:
+    chains = DependencyChains()
+    chains.add_nodes(NODES)
+    long = submitted(chains, launch("long", Slot("a", (0,)), estimate=100.0), 101)
+    short = submitted(chains, launch("short", Slot("a", (1,)), estimate=10.0), 102)
+    long.t_start = short.t_start = 1000.0  # the older ends at 1100, the younger at 1010
+    assert chains.predecessor(launch("t3", Slot("a", (0,)), estimate=50.0)) is short
+    unknown = submitted(chains, launch("unknown", Slot("b", (0,))), 103)  # no estimate
+    known = submitted(chains, launch("known", Slot("b", (1,)), estimate=500.0), 104)
+    unknown.t_start = known.t_start = 1000.0
+    assert chains.predecessor(launch("t4", Slot("b", (0,)))) is known  # an end is known
+
+
+def test_a_waiting_job_is_expected_to_end_an_estimate_after_the_job_it_waits_for() -> None:
+    chains = DependencyChains()
+    chains.add_nodes([NodeSpec("a", (0, 1, 2))])
+    slow = submitted(chains, launch("slow", Slot("a", (0,)), estimate=100.0), 101)
+    fast = submitted(chains, launch("fast", Slot("a", (1,)), estimate=10.0), 102)
+    middle = submitted(chains, launch("middle", Slot("a", (2,)), estimate=40.0), 103)
+    for job in (slow, fast, middle):
+        job.t_start = 1000.0
+    queued = submitted(chains, launch("next", Slot("a", (0,)), estimate=20.0), 104)
+    assert chains._after[id(queued)] is fast  # fast ends first (1010)
+    # ``queued`` (not started) is expected to end at 1010 + 20 = 1030, before ``middle``
+    # (1040) and ``slow`` (1100): once nothing waits for it, it is the one to wait for.
+    chains.ended(fast)
+    assert chains.predecessor(launch("after", Slot("a", (1,)), estimate=5.0)) is queued

@@ -9,10 +9,12 @@ INACTIVE state). The scheduler then never tries it while its ranks are busy (no 
 at the head of a first-come-first-served queue), and the job's ingest is done before its slot
 frees.
 
-The job to depend on, per node, in submit order: the oldest job of ours there, with a known
-id, no dependent yet, and the same number of cores on that node, so each running job has at
-most one launch waiting for it (chains, one per slot). A launch over several nodes, one with
-GPUs, or one with no such job is submitted without a dependency (as with ``queue_ahead=True``).
+The job to depend on, per node: among our jobs there with a known id, no dependent yet, and
+the same number of cores on that node (so each running job has at most one launch waiting for
+it: chains, one per slot), the one expected to end first (its start, or the expected end of
+the job it waits for, plus its task's ``estimate``), else the oldest (tasks without an
+estimate). A launch over several nodes, one with GPUs, or one with no such job is submitted
+without a dependency (as with ``queue_ahead=True``).
 
 What it does not promise (why it is not the default): ``afterany`` waits for *that* job, so
 when another job on the node ends first and fewer launches wait than jobs run there, the
@@ -21,6 +23,7 @@ waiting launch does not take the freed cores, which stand empty until its own jo
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from matensemble.backends.base import Launch
@@ -56,7 +59,9 @@ class DependencyChains:
             return None
         if self._held[node] + need <= self._cores[node]:
             return None  # there is room: it runs at once
-        for job in self._jobs[node]:
+        chosen: FluxJob | None = None
+        chosen_end = math.inf
+        for job in self._jobs[node]:  # oldest first: the first of equal ends is kept
             placed = job.launch.placement
             if (
                 job.jobid is not None
@@ -65,8 +70,23 @@ class DependencyChains:
                 and len(placed[0].cores) == need
                 and not placed[0].gpus
             ):
-                return job
-        return None
+                end = self._expected_end(job)
+                if chosen is None or end < chosen_end:
+                    chosen, chosen_end = job, end
+        return chosen
+
+    def _expected_end(self, job: FluxJob) -> float:
+        """When ``job`` should end: its start (that of the job it waits for, else its submit)
+        plus its task's estimate; infinite without an estimate."""
+        estimate = job.launch.task.estimate
+        if estimate is None:
+            return math.inf
+        if job.t_start is not None:
+            return job.t_start + estimate
+        after = self._after.get(id(job))
+        if after is not None:
+            return self._expected_end(after) + estimate
+        return job.times.get("submit", 0.0) + estimate
 
     def add(self, job: FluxJob, after: FluxJob | None) -> None:
         """``job`` was submitted (depending on ``after``, if given)."""
