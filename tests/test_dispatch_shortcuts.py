@@ -86,12 +86,16 @@ def schedule(
     order: type[SubmissionOrder],
     walltime: float | None,
     completion: CompletionPolicy | None = None,
+    machine: tuple[int, ...] = (2, 8, 2),
 ) -> dict[str, object]:
+    """Each task's state, start and placement after a run on a simulated ``machine`` (nodes,
+    cores per node, GPUs per node)."""
+
     async def main() -> list[TaskResult]:
         with tempfile.TemporaryDirectory() as run_dir:
             ens = Ensemble(
                 tasks,
-                backend=SimulatedBackend(2, 8, 2),
+                backend=SimulatedBackend(*machine),
                 strategy=order(backfill=True),
                 completion=completion or CompletionPolicy(),
                 run_dir=run_dir,
@@ -294,7 +298,7 @@ def test_a_crowd_of_whole_node_heads_uses_kept_reservations_and_keeps_the_schedu
 
 @pytest.mark.parametrize(("behind", "spared"), [(0, 30), (10, 28)])
 def test_ends_that_free_less_than_a_node_try_no_allocation_for_a_line_of_whole_node_tasks(
-    behind: int, spared: int
+    behind: int, spared: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two nodes of 16 cores full of 1-core tasks (the i-th ending at i + 1 s), then, under
     FIFO, a line of 70 whole-node tasks, longer than the backfill window, and ``behind``
@@ -325,30 +329,9 @@ def test_ends_that_free_less_than_a_node_try_no_allocation_for_a_line_of_whole_n
         tried += 1
         return allocate(self, res)
 
-    def run(walltime: float | None) -> dict[str, object]:
-        async def main() -> dict[str, object]:
-            with tempfile.TemporaryDirectory() as run_dir:
-                ens = Ensemble(
-                    tasks,
-                    backend=SimulatedBackend(2, 16),
-                    strategy=FIFO(backfill=True),
-                    run_dir=run_dir,
-                    walltime=walltime,
-                    console_log=False,
-                )
-                await ens.run()
-                return {
-                    t.id: (ens.result(t.id).start_time, ens.result(t.id).placement) for t in tasks
-                }
-
-        return asyncio.run(main())
-
-    try:
-        ResourcePool.allocate = counted  # type: ignore[method-assign]
-        fast = run(None)
-        fast_tried, tried = tried, 0
-        plain = run(1e9)  # a walltime: every pass looks at what it reaches
-    finally:
-        ResourcePool.allocate = allocate  # type: ignore[method-assign]
+    monkeypatch.setattr(ResourcePool, "allocate", counted)
+    fast = schedule(tasks, FIFO, None, machine=(2, 16))
+    fast_tried, tried = tried, 0
+    plain = schedule(tasks, FIFO, 1e9, machine=(2, 16))  # a walltime: every pass looks at all
     assert fast == plain
     assert tried - fast_tried == spared
