@@ -87,10 +87,9 @@ class EngineLoop(RunState):
             assert self._ahead is not None
             assert self._pool is not None
             booked = not self._ahead.claim_at_once(placement, self._pool)
-        if booked:
-            assert self._ahead is not None
-            self._ahead.book(rec)
-        else:
+            if booked:
+                self._ahead.book(rec)
+        if not booked:
             self._dispatch.running(rec, now)
         counts = self._counts
         counts[TaskState.READY] -= 1
