@@ -106,10 +106,11 @@ class DependencyChains:
         if after is not None:
             self._awaited.discard(id(after))
         for slot in job.launch.placement:
-            jobs = self._jobs.get(slot.node)
-            if jobs is not None and job in jobs:
-                jobs.remove(job)
-                self._held[slot.node] -= len(slot.cores)
+            try:
+                self._jobs[slot.node].remove(job)
+            except (KeyError, ValueError):
+                continue  # not a node of this channel, or already ended
+            self._held[slot.node] -= len(slot.cores)
 
     def clear(self) -> None:
         for node in self._jobs:
