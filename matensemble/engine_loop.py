@@ -37,16 +37,21 @@ class EngineLoop(RunState):
 
     def _produce(self) -> None:
         """One pass of the producer: start what fits, then say what the engine waits for."""
+        self._refill()
+        if self._notify:
+            self._wake_consumer.set()  # results to commit and tell (skips, cancels)
+        elif not self._outcomes:  # running tasks or retry backoffs
+            self.backend.idle()
+
+    def _refill(self) -> None:
+        """Start what fits: record the starts, write them (with any other events so far), and
+        hand them to the backend."""
         starts, held = self._fill()
         self._write()  # the starts are on record (in the OS) before anything runs
         for launch in starts:
             self._launch(launch)
         if held and not starts and not self._running and self._deadline is not None:
             self._interrupt("walltime: no queued task can finish before the deadline")
-        if self._notify:
-            self._wake_consumer.set()  # results to commit and tell (skips, cancels)
-        elif not self._outcomes:  # running tasks or retry backoffs
-            self.backend.idle()
 
     def _fill(self) -> tuple[list[Launch], bool]:
         """Pick what starts now (see ``Dispatcher.select``) and record the starts.
@@ -154,7 +159,20 @@ class EngineLoop(RunState):
                     self._write()
                     continue
                 self._drain_outcomes()
-                self._write()
+                if self._results_steer or self._wake_producer.is_set():
+                    self._write()
+                else:
+                    # The completion policy ignores results (the default): telling it first
+                    # would change nothing the producer decides, so the freed slots are
+                    # refilled now, the starts written with the results in one write, and
+                    # the journal syncs while the new tasks start.
+                    if self._deadline is not None and self.backend.now() >= self._deadline:
+                        self._interrupt("walltime reached")
+                    self._refill()
+                    await self._commit()
+                    if not self._outcomes and not self._notify:
+                        self.backend.idle()
+                    continue
                 journal = self._journal
                 syncing = journal is not None and journal.sync_waits()
                 if syncing:

@@ -143,6 +143,11 @@ class Journal(Observer):
         self._buffer.clear()
         self._written += 1
 
+    @property
+    def writes(self) -> int:
+        """How many writes handed events to the OS so far (one per batch, not per event)."""
+        return self._written
+
     def sync_waits(self) -> bool:
         """Whether ``sync`` would now wait for a thread (else it returns without suspending)."""
         return self.durable and (

@@ -393,3 +393,27 @@ def test_tasks_without_tags_share_one_empty_dict_that_refuses_to_change() -> Non
         result.times["start"] = 0.0
     decoded = msgspec.json.decode(msgspec.json.encode(plain), type=Task)
     assert decoded == plain and decoded.tags is plain.tags
+
+
+async def test_a_policy_that_steers_hears_of_a_result_before_its_freed_core_is_refilled(
+    run_dir: Path,
+) -> None:
+    """The default policy ignores results, so the engine refills a freed core before telling
+    it; a policy that reacts is told first, and what it submits competes for that core."""
+
+    class Urgent(CompletionPolicy):
+        def on_result(self, result: TaskResult, ensemble: EnsembleControl) -> None:
+            if result.id == "a0":
+                ensemble.submit([t("urgent", priority=10)])
+
+    checker = InvariantChecker(1, 0)
+    tasks = [t(f"a{i}") for i in range(3)]
+    await Ensemble(
+        tasks,
+        backend=sim(1),
+        strategy=Priority(),
+        completion=Urgent(),
+        run_dir=run_dir,
+        observers=[checker],
+    ).run()
+    assert checker.started == ["a0", "urgent", "a1", "a2"]

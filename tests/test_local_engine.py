@@ -198,3 +198,27 @@ async def test_with_gpus_set_to_zero_tasks_see_no_gpu_of_the_driver(run_dir: Pat
         else:
             os.environ["CUDA_VISIBLE_DEVICES"] = old
     assert (run_dir / "tasks" / "cpu-only" / "stdout").read_text() == "[]\n"
+
+
+async def test_each_end_reaches_the_journal_in_one_write_with_the_start_that_refills_its_core(
+    run_dir: Path,
+) -> None:
+    """On one core every end frees the slot for the next task: the end and that start are
+    handed to the OS together (one journal write per end, not one for each), the end first."""
+    n = 20
+    tasks = [Task(id=f"t{i}", command=("true",)) for i in range(n)]
+    ensemble = Ensemble(tasks, backend=LocalBackend(cores=1), run_dir=run_dir)
+    async with ensemble:
+        journal = ensemble._journal
+        assert journal is not None
+        await ensemble.wait()
+    assert journal.writes <= n + 3  # the start-up, the first start, one per end, the close
+    order = [
+        (type(e).__name__, e.result.id if isinstance(e, TaskFinished) else getattr(e, "id", None))
+        for e in read_journal(run_dir / "journal.jsonl")
+        if type(e).__name__ in ("TaskStarted", "TaskFinished")
+    ]
+    expected = [("TaskStarted", "t0")]
+    for i in range(1, n):
+        expected += [("TaskFinished", f"t{i - 1}"), ("TaskStarted", f"t{i}")]
+    assert order == [*expected, ("TaskFinished", f"t{n - 1}")]
