@@ -37,17 +37,17 @@ class EngineLoop(RunState):
 
     def _produce(self) -> None:
         """One pass of the producer: start what fits, then say what the engine waits for."""
-        self._refill()
+        starts, held = self._fill()
+        self._write()  # the starts are on record (in the OS) before anything runs
+        self._launch_all(starts, held)
         if self._notify:
             self._wake_consumer.set()  # results to commit and tell (skips, cancels)
         elif not self._outcomes:  # running tasks or retry backoffs
             self.backend.idle()
 
-    def _refill(self) -> None:
-        """Start what fits: record the starts, write them (with any other events so far), and
-        hand them to the backend."""
-        starts, held = self._fill()
-        self._write()  # the starts are on record (in the OS) before anything runs
+    def _launch_all(self, starts: list[Launch], held: bool) -> None:
+        """Hand the starts (written already) to the backend; stop the run if the deadline
+        holds back every queued task and nothing runs."""
         for launch in starts:
             self._launch(launch)
         if held and not starts and not self._running and self._deadline is not None:
@@ -159,20 +159,10 @@ class EngineLoop(RunState):
                     self._write()
                     continue
                 self._drain_outcomes()
-                if self._results_steer or self._wake_producer.is_set():
-                    self._write()
-                else:
-                    # The completion policy ignores results (the default): telling it first
-                    # would change nothing the producer decides, so the freed slots are
-                    # refilled now, the starts written with the results in one write, and
-                    # the journal syncs while the new tasks start.
-                    if self._deadline is not None and self.backend.now() >= self._deadline:
-                        self._interrupt("walltime reached")
-                    self._refill()
-                    await self._commit()
-                    if not self._outcomes and not self._notify:
-                        self.backend.idle()
+                if not self._results_steer and not self._wake_producer.is_set():
+                    await self._refill_then_commit()
                     continue
+                self._write()
                 journal = self._journal
                 syncing = journal is not None and journal.sync_waits()
                 if syncing:
@@ -186,6 +176,27 @@ class EngineLoop(RunState):
                     self._produce()
         except Exception as exc:
             self._fail(exc)
+
+    async def _refill_then_commit(self) -> None:
+        """Refill the slots the outcomes just freed, then commit and tell.
+
+        For a completion policy that ignores results (the default): telling it first would
+        change nothing the producer decides. The starts reach the OS in the same write as the
+        results; a slow sync (in its thread) runs while the new tasks start.
+        """
+        if self._deadline is not None and self.backend.now() >= self._deadline:
+            self._interrupt("walltime reached")
+        starts, held = self._fill()
+        self._write()
+        journal = self._journal
+        if journal is not None and not journal.sync_waits():
+            # A quick sync (tmpfs, a disk's cache) goes first: made after the launches, it
+            # would wait for the GIL while their workers start them, and look slow.
+            await journal.sync()  # in this thread: returns without suspending
+        self._launch_all(starts, held)
+        await self._commit()
+        if not self._outcomes and not self._notify:
+            self.backend.idle()
 
     def _drain_outcomes(self) -> None:
         outcomes = self._outcomes
