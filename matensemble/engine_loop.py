@@ -15,7 +15,6 @@ from matensemble.dispatch import Record
 from matensemble.engine_state import RunState, why
 from matensemble.events import TaskFinished, TaskStarted, TaskSubmitted
 from matensemble.model import Placement, TaskResult, TaskState
-from matensemble.resources import ResourcePool
 
 __all__ = ["EngineLoop"]
 
@@ -64,23 +63,26 @@ class EngineLoop(RunState):
             return [], False
         starts: list[Launch] = []
         now = self.backend.now()
+        dispatch = self._dispatch
 
-        def pick(pool: ResourcePool, booked: bool) -> bool:
-            return self._dispatch.select(
-                pool,
-                now,
-                self._deadline,
-                in_flight=lambda: len(self._running),
-                start=lambda rec, placement: starts.append(
-                    self._start(rec, placement, now, booked)
-                ),
-                backfill=False if booked else None,  # booking: in order, nothing overtakes
-            )
+        def start(rec: Record, placement: Placement) -> None:
+            starts.append(self._start(rec, placement, now))
 
-        held = pick(self._pool, False)
+        held = dispatch.select(self._pool, now, self._deadline, self._in_flight, start)
         if self._ahead is not None:  # book each node's next tasks behind the running ones
-            held = pick(self._ahead.pool, True) or held
+
+            def book(rec: Record, placement: Placement) -> None:
+                starts.append(self._start(rec, placement, now, True))
+
+            # Booking goes in order: nothing overtakes (no backfill).
+            booked = dispatch.select(
+                self._ahead.pool, now, self._deadline, self._in_flight, book, backfill=False
+            )
+            held = booked or held
         return starts, held
+
+    def _in_flight(self) -> int:
+        return len(self._running)
 
     def _start(self, rec: Record, placement: Placement, now: float, booked: bool = False) -> Launch:
         task = rec.task
@@ -211,13 +213,18 @@ class EngineLoop(RunState):
             return
         self._release(rec)
         del self._running[task_id]
-        self._counts[TaskState.RUNNING] -= 1
-        self._counts[TaskState.PENDING] += 1
+        counts = self._counts
+        counts[TaskState.RUNNING] -= 1
+        counts[TaskState.PENDING] += 1
         rec.state = TaskState.PENDING
         if outcome.start_time is not None and outcome.end_time is not None:
             used = outcome.end_time - outcome.start_time
-            self._core_seconds += used * sum(len(s.cores) for s in rec.placement)
-            self._gpu_seconds += used * sum(len(s.gpus) for s in rec.placement)
+            cores = gpus = 0
+            for slot in rec.placement:  # mostly one: a loop costs less than two generators
+                cores += len(slot.cores)
+                gpus += len(slot.gpus)
+            self._core_seconds += used * cores
+            self._gpu_seconds += used * gpus
         result = TaskResult(
             id=task_id,
             state=outcome.state,
