@@ -308,15 +308,17 @@ class RunState:
         the user never hears of a result before it is on stable storage. Policy hooks may
         submit or cancel (new events, new results), hence the loop.
         """
+        journal = self._journal
         while True:
             self._write()
-            if self._journal is not None:
-                await self._journal.sync()
+            if journal is not None and journal.unsynced():
+                await journal.sync()
             if not self._notify:
                 return
             told, self._notify = self._notify, []
-            for result in told:
-                self._tell_policy(result)
+            if self._results_steer:  # the default policy ignores them: no call per result
+                for result in told:
+                    self._tell_policy(result)
             self._wake_waiters()
 
     def _wake_waiters(self) -> None:

@@ -126,11 +126,12 @@ class Journal(Observer):
             self._buffer.clear()
             return
         fd = self._file.fileno()
-        written = 0
         try:
-            with memoryview(self._buffer) as data:
-                while written < len(data):
-                    written += os.write(fd, data[written:])
+            written = os.write(fd, self._buffer)  # all of it, but for a signal or a full disk
+            if written < len(self._buffer):
+                with memoryview(self._buffer) as data:
+                    while written < len(data):
+                        written += os.write(fd, data[written:])
         except OSError as exc:
             os.ftruncate(fd, self._size)  # frees space, so it works on a full device too
             self._file.close()
@@ -147,6 +148,10 @@ class Journal(Observer):
     def writes(self) -> int:
         """How many writes handed events to the OS so far (one per batch, not per event)."""
         return self._written
+
+    def unsynced(self) -> bool:
+        """Whether ``sync`` has anything to do (a durable journal wrote since its last sync)."""
+        return self.durable and self._synced < self._written and self._file is not None
 
     def sync_waits(self) -> bool:
         """Whether ``sync`` would now wait for a thread (else it returns without suspending)."""
