@@ -93,7 +93,10 @@ class RunState:
         self._dispatch = Dispatcher(self.strategy, self.completion)
         # Whether the completion policy reacts to results (the default ignores them): then
         # the producer refills freed slots only after the policy was told (see ``_consumer``).
-        self._results_steer = type(completion).on_result is not CompletionPolicy.on_result
+        self._results_steer = (
+            type(completion).on_result is not CompletionPolicy.on_result
+            or "on_result" in getattr(completion, "__dict__", ())  # set on the instance
+        )
         self._running: dict[str, Record] = {}
         self._counts = dict.fromkeys(TaskState, 0)
         self._open = 0  # tasks not yet terminal
