@@ -102,3 +102,25 @@ async def test_cheap_syncs_are_made_in_the_loop_and_a_slow_one_sends_them_to_the
         journal.close()
         events = list(read_journal(Path(where) / JOURNAL_NAME))
         assert len(events) == 51 and isinstance(events[-1], RunFinished)
+
+
+async def test_a_journal_is_unsynced_from_a_write_until_the_sync_that_covers_it(
+    tmp_path: Path,
+) -> None:
+    """``unsynced`` says whether ``sync`` has work: the engine skips the call otherwise. A
+    journal that does not sync (``durable=False``) never has any."""
+    journal = Journal(tmp_path)
+    assert journal.writes == 0 and not journal.unsynced()
+    journal.on_event(TaskSubmitted(t=1.0, id="a", attempt=1, job_id="f1"))
+    assert not journal.unsynced()  # buffered, not written yet
+    journal.flush()
+    assert journal.writes == 1 and journal.unsynced()
+    await journal.sync()
+    assert not journal.unsynced() and journal.syncs == 1
+    journal.close()
+    (tmp_path / "loose").mkdir()
+    loose = Journal(tmp_path / "loose", durable=False)
+    loose.on_event(TaskSubmitted(t=1.0, id="a", attempt=1, job_id="f1"))
+    loose.flush()
+    assert loose.writes == 1 and not loose.unsynced()
+    loose.close()
