@@ -9,7 +9,8 @@ local run of short tasks does: one outcome per consumer wake-up, a durable journ
 asyncio wake-ups. What it prints is ``time.thread_time()`` of the run per task (the loop's
 CPU, which a loaded machine disturbs far less than a throughput), less the microsecond or two
 this backend costs itself: the part of ``benchmarks/local_throughput.py``'s "loop" figure that
-is the engine's, not the local backend's.
+is the engine's, not the local backend's. Each interpreter makes a smaller run first (imports,
+the journal's sync thread), which is not counted.
 
 ``--baseline DIR`` (a directory holding another ``matensemble`` package, e.g. ``git archive
 main matensemble | tar -x -C DIR``) runs each repetition in two fresh interpreters, this
@@ -98,6 +99,7 @@ def main() -> None:
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     n = args.tasks
+    asyncio.run(loop_cpu_per_task(max(100, n // 10)))  # warm up: imports, the sync thread
     if args.one:
         print(MARK + json.dumps(asyncio.run(loop_cpu_per_task(n))), flush=True)
         return
