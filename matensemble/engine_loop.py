@@ -191,7 +191,7 @@ class EngineLoop(RunState):
         starts, held = self._fill()
         self._write()
         journal = self._journal
-        if journal is not None and not journal.sync_waits():
+        if journal is not None and journal.unsynced() and not journal.sync_waits():
             # A quick sync (tmpfs, a disk's cache) goes first: made after the launches, it
             # would wait for the GIL while their workers start them, and look slow.
             await journal.sync()  # in this thread: returns without suspending
