@@ -1,9 +1,9 @@
 """Which ready task starts next, and where: strategy order, EASY backfill, the deadline.
 
-The engine owns run state; this module owns the two queues the producer needs to decide: the
-ready tasks in strategy order, and the running tasks by expected end (for the backfill
-reservation). Both are heaps with lazy deletion, so queueing, re-prioritising and ending cost
-O(log n) and nothing is ever searched.
+The engine owns run state; this module owns the ready queue in strategy order (a heap with
+lazy deletion, so queueing and re-prioritising cost O(log n) and nothing is ever searched) and
+the pass that reads it. The running tasks by expected end, and the reservation of a blocked head
+planned from them, are ``reservation_planner``'s.
 """
 
 from __future__ import annotations
@@ -12,14 +12,12 @@ import bisect
 import heapq
 import itertools
 import math
-from collections.abc import Callable, Iterator, Mapping
-from typing import Any, cast
+from collections.abc import Callable
+from typing import Any
 
-from matensemble.expected_ends import in_order, push
-from matensemble.gpu_shadow import FirstFit, first_fit
 from matensemble.model import Placement, Resources, TaskState
-from matensemble.node_drain import NodeDrain
 from matensemble.record import Record
+from matensemble.reservation_planner import ReservationPlanner
 from matensemble.resources import ResourcePool
 from matensemble.strategies import CompletionPolicy, SubmissionOrder
 from matensemble.strategies.backfill import Reservation
@@ -32,7 +30,7 @@ RUN_AT_LEAST = 64  # tasks made ready at once that are sorted into a run instead
 
 
 class Dispatcher:
-    """The ready queue in strategy order and the running tasks by expected end."""
+    """The ready queue in strategy order, and the pass that starts what fits."""
 
     def __init__(self, strategy: SubmissionOrder, completion: CompletionPolicy) -> None:
         self.strategy = strategy
@@ -50,30 +48,16 @@ class Dispatcher:
         # How many entries in the heap or the front may be stale (their task reprioritised or
         # cancelled since): while none is, a pass puts back a run of a full shape in one slice.
         self._stale = 0
-        self._ends: list[tuple[float, int, int, Record]] = []  # heap of (end, seq, attempt, rec)
-        self._gpu_ends: list[tuple[float, int, int, Record]] = []  # those that hold GPUs
-        self._gpu_running = 0
-        self._ends_kept = self._gpu_ends_kept = 0  # entries left by the last drop (``push``)
         self._seq = itertools.count()
         # How many queued tasks have each shape (a record counts from its push until it starts,
         # or until a pass finds it no longer ready). A pass stops as soon as every shape that
         # waits has failed to fit: nothing behind could start, so looking further is waste.
         self._shapes: dict[Resources, int] = {}
-        # The last reservation, kept while its head stays blocked at the head of the queue,
-        # nothing starts ahead of it and the clock has not passed its shadow time: then every
-        # task started since was admitted by it (and booked in it), so it is still right.
-        # Else it is used again only where it is what a new one would be (``same_as_new``).
-        self._kept: tuple[Record, int, Reservation] | None = None
-        self._kept_intact = False  # False once a task started ahead of its head
-        self._drain: NodeDrain | None = None  # when each node empties, once the pool is known
-        self._pool: ResourcePool | None = None
-        self._numbers: Mapping[str, int] = {}  # node name -> its number in the pool
+        self._planner = ReservationPlanner()  # the running tasks, for the reservation
 
     def use_pool(self, pool: ResourcePool) -> None:
         """Plan on ``pool`` (before any task starts or is adopted as running)."""
-        self._pool = pool
-        self._numbers = pool.node_numbers
-        self._drain = NodeDrain(len(pool.nodes))
+        self._planner.use_pool(pool)
 
     def push(self, rec: Record) -> None:
         """Queue a ready task (again: an older entry of it becomes stale and is skipped)."""
@@ -108,28 +92,11 @@ class Dispatcher:
 
     def running(self, rec: Record, now: float) -> None:
         """A task started (or was adopted) at ``now``: remember when it should end."""
-        task = rec.task
-        limit = task.estimate if task.estimate is not None else task.timeout
-        end = now + limit if limit is not None else math.inf
-        seq = next(self._seq)
-        item = (end, seq, rec.attempts, rec)
-        self._ends_kept = push(self._ends, item, self._ends_kept)
-        placement = rec.placement
-        if _holds_gpus(placement):
-            self._gpu_ends_kept = push(self._gpu_ends, item, self._gpu_ends_kept)
-            self._gpu_running += 1
-        if self._drain is not None:
-            numbers = self._numbers
-            self._drain.started(rec, [numbers[slot.node] for slot in placement], end, seq)
+        self._planner.running(rec, now)
 
     def ended(self, rec: Record) -> None:
         """A running task ended, or was cancelled (before ``rec.placement`` changes)."""
-        placement = rec.placement
-        if _holds_gpus(placement):
-            self._gpu_running -= 1
-        if self._drain is not None:
-            numbers = self._numbers
-            self._drain.ended(rec, [numbers[slot.node] for slot in placement])
+        self._planner.ended(rec)
 
     def select(
         self,
@@ -229,15 +196,7 @@ class Dispatcher:
                     head = rec
                     if not backfill:
                         break
-                    kept = self._kept
-                    if (
-                        kept
-                        and self._kept_intact
-                        and kept[0] is rec
-                        and kept[1] == rec.entry
-                        and now < kept[2].shadow
-                    ):
-                        reservation = kept[2]
+                    reservation = self._planner.still_kept(rec, now)
                 if len(put_back) > BACKFILL_WINDOW or pool.free_cores == 0:
                     break
                 if not gated and deadline is None:
@@ -249,29 +208,12 @@ class Dispatcher:
                         break
                 continue
             if head is None:
-                self._kept_intact = False  # a task ahead of any blocked head changes the plan
+                self._planner.ahead_of_head()  # a task ahead of any blocked head changes the plan
             else:
                 if reservation is None:
                     # Plan the head's start on the pool as it was before this candidate.
                     pool.release(placement)
-                    kept = self._kept
-                    if (
-                        kept
-                        and kept[0] is head
-                        and kept[1] == head.entry
-                        and kept[2].same_as_new(self._drain)
-                    ):
-                        reservation = kept[2]
-                    else:
-                        reservation = Reservation(
-                            head.task.resources,
-                            pool,
-                            self._expected_ends(in_flight()),
-                            self._drain,
-                            self._gpu_fit if self._drain is not None else None,
-                        )
-                        self._kept = (head, head.entry, reservation)
-                    self._kept_intact = True
+                    reservation = self._planner.plan(head, pool, in_flight())
                     placement = pool.allocate(res)
                     assert placement is not None
                 if not reservation.admits(task, placement, pool, now):
@@ -384,32 +326,3 @@ class Dispatcher:
             self._shapes[res] = left
         else:
             del self._shapes[res]
-
-    def _expected_ends(self, running: int) -> Iterator[tuple[float, Placement]]:
-        """Running tasks' expected ends (start + estimate, else timeout, else never), earliest
-        first, lazily (see ``in_order``)."""
-        for entry in in_order(self._ends, running):
-            yield entry[0], entry[3].placement
-
-    def _gpu_fit(self, cores: int, gpus: int, pool: ResourcePool) -> FirstFit:
-        """When a node first holds ``cores`` and ``gpus``, from the tasks that hold GPUs."""
-        drain = self._drain
-        assert drain is not None
-
-        def held(rec: object, pos: int) -> tuple[int, int]:
-            slot = cast(Record, rec).placement[pos]
-            return len(slot.cores), len(slot.gpus)
-
-        gpu_ends = (
-            (e[0], e[1], e[3].placement) for e in in_order(self._gpu_ends, self._gpu_running)
-        )
-        return first_fit(cores, gpus, pool, gpu_ends, drain.tasks_on, held, drain.first_on)
-
-
-def _holds_gpus(placement: Placement) -> bool:
-    """Whether any slot of ``placement`` holds a GPU (a loop: a generator costs more than the
-    one slot most placements have)."""
-    for slot in placement:  # noqa: SIM110
-        if slot.gpus:
-            return True
-    return False

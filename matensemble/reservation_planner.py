@@ -1,0 +1,144 @@
+"""When the running tasks should end, and the backfill reservation planned from that.
+
+The dispatcher decides which ready task starts next; when the first task of a pass does not fit,
+it asks this module for that head's reservation (``strategies.backfill.Reservation``). The
+reservation needs the running tasks by expected end: all of them (a heap with lazy deletion,
+walked in order by ``expected_ends``), those that hold GPUs (for ``gpu_shadow.first_fit``), and
+per node (``NodeDrain``). This module keeps them as tasks start and end, and keeps the last
+reservation while it is still what a new one would be, so that a head blocked for many passes is
+not planned again on each.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterator, Mapping
+from typing import cast
+
+from matensemble.expected_ends import in_order, push
+from matensemble.gpu_shadow import FirstFit, first_fit
+from matensemble.model import Placement
+from matensemble.node_drain import NodeDrain
+from matensemble.record import Record
+from matensemble.resources import ResourcePool
+from matensemble.strategies.backfill import Reservation
+
+__all__ = ["ReservationPlanner"]
+
+
+class ReservationPlanner:
+    """The running tasks by expected end, and the reservation of the blocked head."""
+
+    def __init__(self) -> None:
+        self._ends: list[tuple[float, int, int, Record]] = []  # heap of (end, seq, attempt, rec)
+        self._gpu_ends: list[tuple[float, int, int, Record]] = []  # those that hold GPUs
+        self._gpu_running = 0
+        self._ends_kept = self._gpu_ends_kept = 0  # entries left by the last drop (``push``)
+        self._starts = itertools.count()  # the order of starts (ties between equal ends)
+        # The last reservation, kept while its head stays blocked at the head of the queue,
+        # nothing starts ahead of it and the clock has not passed its shadow time: then every
+        # task started since was admitted by it (and booked in it), so it is still right.
+        # Else it is used again only where it is what a new one would be (``same_as_new``).
+        self._kept: tuple[Record, int, Reservation] | None = None
+        self._kept_intact = False  # False once a task started ahead of its head
+        self._drain: NodeDrain | None = None  # when each node empties, once the pool is known
+        self._numbers: Mapping[str, int] = {}  # node name -> its number in the pool
+
+    def use_pool(self, pool: ResourcePool) -> None:
+        """Plan on ``pool`` (before any task starts or is adopted as running)."""
+        self._numbers = pool.node_numbers
+        self._drain = NodeDrain(len(pool.nodes))
+
+    def running(self, rec: Record, now: float) -> None:
+        """A task started (or was adopted) at ``now``: remember when it should end."""
+        task = rec.task
+        limit = task.estimate if task.estimate is not None else task.timeout
+        end = now + limit if limit is not None else math.inf
+        seq = next(self._starts)
+        item = (end, seq, rec.attempts, rec)
+        self._ends_kept = push(self._ends, item, self._ends_kept)
+        placement = rec.placement
+        if _holds_gpus(placement):
+            self._gpu_ends_kept = push(self._gpu_ends, item, self._gpu_ends_kept)
+            self._gpu_running += 1
+        if self._drain is not None:
+            numbers = self._numbers
+            self._drain.started(rec, [numbers[slot.node] for slot in placement], end, seq)
+
+    def ended(self, rec: Record) -> None:
+        """A running task ended, or was cancelled (before ``rec.placement`` changes)."""
+        placement = rec.placement
+        if _holds_gpus(placement):
+            self._gpu_running -= 1
+        if self._drain is not None:
+            numbers = self._numbers
+            self._drain.ended(rec, [numbers[slot.node] for slot in placement])
+
+    def ahead_of_head(self) -> None:
+        """A task started ahead of any blocked head in a pass: the kept reservation may no
+        longer hold as it is (it is used again only if it is what a new one would be)."""
+        self._kept_intact = False
+
+    def still_kept(self, head: Record, now: float) -> Reservation | None:
+        """The kept reservation of ``head`` if it is surely still right: ``head`` (the same
+        queue entry) stayed blocked at the head, nothing started ahead of it, and the clock
+        has not passed its shadow time."""
+        kept = self._kept
+        if (
+            kept
+            and self._kept_intact
+            and kept[0] is head
+            and kept[1] == head.entry
+            and now < kept[2].shadow
+        ):
+            return kept[2]
+        return None
+
+    def plan(self, head: Record, pool: ResourcePool, running: int) -> Reservation:
+        """The reservation of the blocked ``head`` on ``pool`` as it is (``running``: how
+        many tasks run): the kept one when it is what a new one would be, else a new one,
+        kept from now on."""
+        kept = self._kept
+        if kept and kept[0] is head and kept[1] == head.entry and kept[2].same_as_new(self._drain):
+            reservation = kept[2]
+        else:
+            reservation = Reservation(
+                head.task.resources,
+                pool,
+                self._expected_ends(running),
+                self._drain,
+                self._gpu_fit if self._drain is not None else None,
+            )
+            self._kept = (head, head.entry, reservation)
+        self._kept_intact = True
+        return reservation
+
+    def _expected_ends(self, running: int) -> Iterator[tuple[float, Placement]]:
+        """Running tasks' expected ends (start + estimate, else timeout, else never), earliest
+        first, lazily (see ``in_order``)."""
+        for entry in in_order(self._ends, running):
+            yield entry[0], entry[3].placement
+
+    def _gpu_fit(self, cores: int, gpus: int, pool: ResourcePool) -> FirstFit:
+        """When a node first holds ``cores`` and ``gpus``, from the tasks that hold GPUs."""
+        drain = self._drain
+        assert drain is not None
+
+        def held(rec: object, pos: int) -> tuple[int, int]:
+            slot = cast(Record, rec).placement[pos]
+            return len(slot.cores), len(slot.gpus)
+
+        gpu_ends = (
+            (e[0], e[1], e[3].placement) for e in in_order(self._gpu_ends, self._gpu_running)
+        )
+        return first_fit(cores, gpus, pool, gpu_ends, drain.tasks_on, held, drain.first_on)
+
+
+def _holds_gpus(placement: Placement) -> bool:
+    """Whether any slot of ``placement`` holds a GPU (a loop: a generator costs more than the
+    one slot most placements have)."""
+    for slot in placement:  # noqa: SIM110
+        if slot.gpus:
+            return True
+    return False
