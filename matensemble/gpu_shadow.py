@@ -25,7 +25,7 @@ from operator import itemgetter
 from matensemble.model import Placement
 from matensemble.resources import ResourcePool
 
-__all__ = ["MAX_GPU_READY_NODES", "FirstFit", "NodeTasks", "first_fit"]
+__all__ = ["MAX_GPU_READY_NODES", "FirstFit", "FitRank", "NodeTasks", "first_fit", "node_fit"]
 
 MAX_GPU_READY_NODES = 2048  # nodes with the GPUs but not the cores worth planning one by one
 
@@ -37,8 +37,12 @@ Held = Callable[[object, int], tuple[int, int]]
 # The task on node number i that is expected to end first, and its key (None: none runs there).
 FirstOn = Callable[[int], "tuple[object, _Key] | None"]
 _second = itemgetter(1)
-# (shadow time, node booked, [free cores, free GPUs] there at the shadow), or None: walk.
-FirstFit = tuple[float, int, list[int]] | None
+# Where a node stands among the others: the release that makes room there (expected end, start
+# order), then its first release (the walk's order among nodes made to fit by one release).
+FitRank = tuple[tuple[float, int], _Key]
+# (shadow time, node booked, [free cores, free GPUs] there at the shadow, the node's rank), or
+# None: walk.
+FirstFit = tuple[float, int, list[int], FitRank | None] | None
 
 
 def first_fit(
@@ -92,8 +96,24 @@ def first_fit(
                 if i not in seen:
                     plan(i)
     if best is None:
-        return (float("inf"), -1, [])
-    return best[0][0], best[2], best[3]
+        return (float("inf"), -1, [], None)
+    return best[0][0], best[2], best[3], (best[0], best[1])
+
+
+def node_fit(
+    pool: ResourcePool,
+    i: int,
+    cores: int,
+    gpus: int,
+    node_tasks: NodeTasks,
+    held: Held,
+    first_on: FirstOn,
+) -> FitRank | None:
+    """Node ``i``'s rank among the nodes for a rank of ``cores`` and ``gpus`` as ``first_fit``
+    orders them (the lesser, the earlier it fits), or ``None`` if it never fits as its tasks
+    end. O(1) when the node's first release is enough (the usual case); else O(c log c)."""
+    fit = _node_fit(pool, i, cores, gpus, first_on(i), node_tasks, held)
+    return None if fit is None else (fit[0], fit[1])
 
 
 def _node_fit(

@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping
 from typing import cast
 
 from matensemble.expected_ends import in_order, push
-from matensemble.gpu_shadow import FirstFit, first_fit
+from matensemble.gpu_shadow import MAX_GPU_READY_NODES, FirstFit, FitRank, first_fit, node_fit
 from matensemble.model import Placement
 from matensemble.node_drain import NodeDrain
 from matensemble.record import Record
@@ -42,6 +42,11 @@ class ReservationPlanner:
         # Else it is used again only where it is what a new one would be (``same_as_new``).
         self._kept: tuple[Record, int, Reservation] | None = None
         self._kept_intact = False  # False once a task started ahead of its head
+        # When the kept reservation is a GPU head's first fit (``gpu_shadow``): what keeps it
+        # right while the head stays blocked (see ``_KeptGpuFit``); None once something may
+        # have changed it (then a new one is planned).
+        self._gpu_kept: _KeptGpuFit | None = None
+        self._gpu_asked: tuple[int, int, FirstFit] | None = None  # the last ``_gpu_fit``
         self._drain: NodeDrain | None = None  # when each node empties, once the pool is known
         self._numbers: Mapping[str, int] = {}  # node name -> its number in the pool
 
@@ -64,16 +69,30 @@ class ReservationPlanner:
             self._gpu_running += 1
         if self._drain is not None:
             numbers = self._numbers
-            self._drain.started(rec, [numbers[slot.node] for slot in placement], end, seq)
+            nodes = [numbers[slot.node] for slot in placement]
+            self._drain.started(rec, nodes, end, seq)
+            gpu_kept = self._gpu_kept
+            if gpu_kept is not None and gpu_kept.node in nodes:
+                self._gpu_kept = None  # less room on the node booked: plan again
 
     def ended(self, rec: Record) -> None:
         """A running task ended, or was cancelled (before ``rec.placement`` changes)."""
         placement = rec.placement
         if _holds_gpus(placement):
             self._gpu_running -= 1
-        if self._drain is not None:
+        drain = self._drain
+        if drain is not None:
             numbers = self._numbers
-            self._drain.ended(rec, [numbers[slot.node] for slot in placement])
+            nodes = [numbers[slot.node] for slot in placement]
+            gpu_kept = self._gpu_kept
+            if gpu_kept is not None:
+                if gpu_kept.node in nodes:
+                    self._gpu_kept = None  # the node booked changed: plan again
+                else:
+                    mine = drain.tasks_on(nodes[0]).get(rec)
+                    if mine is not None and mine[:2] > gpu_kept.rank[0]:
+                        gpu_kept.suspects.extend(nodes)  # ended before it was expected to
+            drain.ended(rec, nodes)
 
     def ahead_of_head(self) -> None:
         """A task started ahead of any blocked head in a pass: the kept reservation may no
@@ -100,9 +119,15 @@ class ReservationPlanner:
         many tasks run): the kept one when it is what a new one would be, else a new one,
         kept from now on."""
         kept = self._kept
-        if kept and kept[0] is head and kept[1] == head.entry and kept[2].same_as_new(self._drain):
+        if (
+            kept
+            and kept[0] is head
+            and kept[1] == head.entry
+            and (kept[2].same_as_new(self._drain) or self._gpu_fit_holds(kept[2], pool))
+        ):
             reservation = kept[2]
         else:
+            self._gpu_kept = self._gpu_asked = None
             reservation = Reservation(
                 head.task.resources,
                 pool,
@@ -111,8 +136,60 @@ class ReservationPlanner:
                 self._gpu_fit if self._drain is not None else None,
             )
             self._kept = (head, head.entry, reservation)
+            asked = self._last_gpu_fit()
+            if asked is not None:  # planned from the tasks with GPUs
+                self._gpu_kept = self._keep_gpu_fit(reservation, *asked)
         self._kept_intact = True
         return reservation
+
+    def _last_gpu_fit(self) -> tuple[int, int, FirstFit] | None:
+        """What ``_gpu_fit`` was asked and answered last (None: not since ``plan`` reset it)."""
+        return self._gpu_asked
+
+    def _keep_gpu_fit(
+        self, reservation: Reservation, cores: int, gpus: int, fit: FirstFit
+    ) -> _KeptGpuFit | None:
+        """What keeps a GPU head's new reservation (from ``fit``) right, or ``None`` where
+        it is not worth keeping: no node fits, or the release that makes room there is a
+        task on several nodes (another of them may tie with it once a task starts there)."""
+        if fit is None or fit[1] < 0 or fit[3] is None or reservation.shadow != fit[0]:
+            return None
+        node, rank = fit[1], fit[3]
+        drain = self._drain
+        assert drain is not None
+        for rec, mine in drain.tasks_on(node).items():
+            if mine[:2] == rank[0]:
+                if len(cast(Record, rec).placement) > 1:
+                    return None
+                break
+        return _KeptGpuFit(cores, gpus, node, rank, list(reservation.slack[node]))
+
+    def _gpu_fit_holds(self, reservation: Reservation, pool: ResourcePool) -> bool:
+        """Would a reservation planned now for the kept GPU head be ``reservation``? Then its
+        room is booked anew and ``True``.
+
+        Since it was planned, no task started or ended on the node it booked, so that node
+        fits no sooner or later; a start elsewhere makes its node fit later, if anything; an
+        end makes its node fit sooner only if the task was expected to end after the release
+        that makes room on the node booked (else that node's rank stays what it was): those
+        nodes are ranked again here, O(1) each in the usual case. And ``first_fit`` must not
+        give up (too many nodes with the GPUs but not the cores), as it would on a new plan.
+        """
+        kept = self._gpu_kept
+        drain = self._drain
+        if kept is None or drain is None:
+            return False
+        if pool.count_short_of_cores(kept.cores, kept.gpus) > MAX_GPU_READY_NODES:
+            self._gpu_kept = None
+            return False
+        for i in kept.suspects:
+            rank = node_fit(pool, i, kept.cores, kept.gpus, drain.tasks_on, _held, drain.first_on)
+            if rank is not None and rank < kept.rank:
+                self._gpu_kept = None
+                return False
+        kept.suspects.clear()
+        reservation.slack[kept.node][:] = kept.booked
+        return True
 
     def _expected_ends(self, running: int) -> Iterator[tuple[float, Placement]]:
         """Running tasks' expected ends (start + estimate, else timeout, else never), earliest
@@ -124,15 +201,31 @@ class ReservationPlanner:
         """When a node first holds ``cores`` and ``gpus``, from the tasks that hold GPUs."""
         drain = self._drain
         assert drain is not None
-
-        def held(rec: object, pos: int) -> tuple[int, int]:
-            slot = cast(Record, rec).placement[pos]
-            return len(slot.cores), len(slot.gpus)
-
         gpu_ends = (
             (e[0], e[1], e[3].placement) for e in in_order(self._gpu_ends, self._gpu_running)
         )
-        return first_fit(cores, gpus, pool, gpu_ends, drain.tasks_on, held, drain.first_on)
+        fit = first_fit(cores, gpus, pool, gpu_ends, drain.tasks_on, _held, drain.first_on)
+        self._gpu_asked = (cores, gpus, fit)
+        return fit
+
+
+class _KeptGpuFit:
+    """A GPU head's reservation as planned: the rank (cores, GPUs) asked, the node booked,
+    its rank among the nodes (``gpu_shadow.FitRank``), the room booked beside the head there,
+    and the nodes to rank again before it is used again (where a task ended early)."""
+
+    __slots__ = ("booked", "cores", "gpus", "node", "rank", "suspects")
+
+    def __init__(self, cores: int, gpus: int, node: int, rank: FitRank, booked: list[int]):
+        self.cores, self.gpus, self.node, self.rank = cores, gpus, node, rank
+        self.booked = booked
+        self.suspects: list[int] = []
+
+
+def _held(rec: object, pos: int) -> tuple[int, int]:
+    """The cores and GPUs a running task holds at position ``pos`` of its placement."""
+    slot = cast(Record, rec).placement[pos]
+    return len(slot.cores), len(slot.gpus)
 
 
 def _holds_gpus(placement: Placement) -> bool:

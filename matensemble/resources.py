@@ -293,10 +293,17 @@ class ResourcePool:
     def nodes_short_of_cores(self, cores: int, gpus: int, limit: int) -> list[int] | None:
         """Node numbers with at least ``gpus`` free GPUs but fewer than ``cores`` free cores;
         ``None`` if there are more than ``limit`` (counted from the buckets, not listed)."""
-        indexes = (self._coreless, self._by_free)
-        if sum(index.count_short_of(cores, gpus) for index in indexes) > limit:
+        if self.count_short_of_cores(cores, gpus) > limit:
             return None
+        indexes = (self._coreless, self._by_free)
         return [i for index in indexes for i in index.short_of(cores, gpus)]
+
+    def count_short_of_cores(self, cores: int, gpus: int) -> int:
+        """How many nodes have at least ``gpus`` free GPUs but fewer than ``cores`` free
+        cores (from the bucket sizes, in O(buckets))."""
+        return self._coreless.count_short_of(cores, gpus) + self._by_free.count_short_of(
+            cores, gpus
+        )
 
     def free_on(self, node: str) -> tuple[tuple[int, ...], tuple[str, ...]]:
         """The free core and GPU ids of one node (for display and tests)."""

@@ -45,7 +45,7 @@ ORDERS = [FIFO, Priority, LongestFirst, GPUFirst]
 
 
 @st.composite
-def crowds(draw: st.DrawFn) -> list[Task]:
+def crowds(draw: st.DrawFn, shapes: list[Resources] = SHAPES) -> list[Task]:
     """More tasks than fit at once, of a few shapes, with estimates that are off."""
     n = draw(st.integers(20, 120))
     tasks = []
@@ -55,7 +55,7 @@ def crowds(draw: st.DrawFn) -> list[Task]:
             Task(
                 id=f"t{i}",
                 command=("sim",),
-                resources=draw(st.sampled_from(SHAPES)),
+                resources=draw(st.sampled_from(shapes)),
                 estimate=estimate,
                 priority=draw(st.integers(-2, 2)),
                 after=(f"t{i - 1}",) if i and draw(st.integers(0, 9)) == 0 else (),

@@ -130,5 +130,6 @@ def test_the_tasks_with_gpus_are_read_only_up_to_the_first_node_that_fits() -> N
         return len(slot.cores), len(slot.gpus)
 
     # The first GPU to come free is on n0 at 5.0, which has a free core by then (1.0).
-    assert first_fit(1, 1, pool, gpu_ends(), node_tasks, held) == (5.0, 0, [2, 1])
+    fit = first_fit(1, 1, pool, gpu_ends(), node_tasks, held)
+    assert fit is not None and fit[:3] == (5.0, 0, [2, 1])
     assert read == [5.0, 7.0]  # 9.0, after the answer, is never read

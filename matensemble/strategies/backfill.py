@@ -98,7 +98,7 @@ class Reservation:
         if gpu_fit is not None and need.gpr and not need.whole and need.target == 1 and total == 0:
             fit = gpu_fit(*need.per_node, pool)
             if fit is not None:
-                self.shadow, node, room = fit
+                self.shadow, node, room, _ = fit
                 if node >= 0:
                     self.slack[node] = need.book(room, 1)
                 return
