@@ -18,7 +18,7 @@ from typing import cast
 
 from matensemble.expected_ends import in_order, push
 from matensemble.gpu_shadow import MAX_GPU_READY_NODES, FirstFit, FitRank, first_fit, node_fit
-from matensemble.model import Placement
+from matensemble.model import Placement, Resources
 from matensemble.node_drain import NodeDrain
 from matensemble.record import Record
 from matensemble.resources import ResourcePool
@@ -91,7 +91,7 @@ class ReservationPlanner:
                 else:
                     mine = drain.tasks_on(nodes[0]).get(rec)
                     if mine is not None and mine[:2] > gpu_kept.rank[0]:
-                        gpu_kept.suspects.extend(nodes)  # ended before it was expected to
+                        gpu_kept.suspects.update(nodes)  # ended before it was expected to
             drain.ended(rec, nodes)
 
     def ahead_of_head(self) -> None:
@@ -116,29 +116,31 @@ class ReservationPlanner:
 
     def plan(self, head: Record, pool: ResourcePool, running: int) -> Reservation:
         """The reservation of the blocked ``head`` on ``pool`` as it is (``running``: how
-        many tasks run): the kept one when it is what a new one would be, else a new one,
+        many tasks run): a kept one when it is what a new one would be, else a new one,
         kept from now on."""
         kept = self._kept
-        if (
-            kept
-            and kept[0] is head
-            and kept[1] == head.entry
-            and (kept[2].same_as_new(self._drain) or self._gpu_fit_holds(kept[2], pool))
-        ):
+        res = head.task.resources
+        if kept and kept[0] is head and kept[1] == head.entry and kept[2].same_as_new(self._drain):
             reservation = kept[2]
         else:
-            self._gpu_kept = self._gpu_asked = None
-            reservation = Reservation(
-                head.task.resources,
-                pool,
-                self._expected_ends(running),
-                self._drain,
-                self._gpu_fit if self._drain is not None else None,
-            )
+            # A GPU head's plan depends on its shape, not on which task it is: under
+            # longest-first, the next 1-GPU task takes the head as soon as one starts.
+            again = self._kept_gpu_fit(res, pool)
+            if again is not None:
+                reservation = again
+            else:
+                self._gpu_asked = None
+                reservation = Reservation(
+                    res,
+                    pool,
+                    self._expected_ends(running),
+                    self._drain,
+                    self._gpu_fit if self._drain is not None else None,
+                )
+                asked = self._last_gpu_fit()
+                if asked is not None:  # planned from the tasks with GPUs
+                    self._gpu_kept = self._keep_gpu_fit(reservation, res, *asked)
             self._kept = (head, head.entry, reservation)
-            asked = self._last_gpu_fit()
-            if asked is not None:  # planned from the tasks with GPUs
-                self._gpu_kept = self._keep_gpu_fit(reservation, *asked)
         self._kept_intact = True
         return reservation
 
@@ -147,11 +149,12 @@ class ReservationPlanner:
         return self._gpu_asked
 
     def _keep_gpu_fit(
-        self, reservation: Reservation, cores: int, gpus: int, fit: FirstFit
+        self, reservation: Reservation, shape: Resources, cores: int, gpus: int, fit: FirstFit
     ) -> _KeptGpuFit | None:
-        """What keeps a GPU head's new reservation (from ``fit``) right, or ``None`` where
-        it is not worth keeping: no node fits, or the release that makes room there is a
-        task on several nodes (another of them may tie with it once a task starts there)."""
+        """What keeps a new reservation for a head of ``shape`` (from ``fit``, for a rank of
+        ``cores`` and ``gpus``) right, or ``None`` where it is not worth keeping: no node fits,
+        or the release that makes room there is a task on several nodes (another of them may
+        tie with it once a task starts there)."""
         if fit is None or fit[1] < 0 or fit[3] is None or reservation.shadow != fit[0]:
             return None
         node, rank = fit[1], fit[3]
@@ -162,34 +165,37 @@ class ReservationPlanner:
                 if len(cast(Record, rec).placement) > 1:
                     return None
                 break
-        return _KeptGpuFit(cores, gpus, node, rank, list(reservation.slack[node]))
+        booked = list(reservation.slack[node])
+        return _KeptGpuFit(reservation, shape, cores, gpus, node, rank, booked)
 
-    def _gpu_fit_holds(self, reservation: Reservation, pool: ResourcePool) -> bool:
-        """Would a reservation planned now for the kept GPU head be ``reservation``? Then its
-        room is booked anew and ``True``.
+    def _kept_gpu_fit(self, shape: Resources, pool: ResourcePool) -> Reservation | None:
+        """The kept GPU head's reservation if one planned now for a head of ``shape`` would
+        be the same (its room booked anew), else ``None``.
 
         Since it was planned, no task started or ended on the node it booked, so that node
         fits no sooner or later; a start elsewhere makes its node fit later, if anything; an
         end makes its node fit sooner only if the task was expected to end after the release
         that makes room on the node booked (else that node's rank stays what it was): those
-        nodes are ranked again here, O(1) each in the usual case. And ``first_fit`` must not
-        give up (too many nodes with the GPUs but not the cores), as it would on a new plan.
+        nodes are ranked again here, O(1) each in the usual case, each once per such end.
+        And ``first_fit`` must not give up (too many nodes with the GPUs but not the cores),
+        as it would on a new plan.
         """
         kept = self._gpu_kept
         drain = self._drain
-        if kept is None or drain is None:
-            return False
+        if kept is None or drain is None or kept.shape != shape:
+            return None
         if pool.count_short_of_cores(kept.cores, kept.gpus) > MAX_GPU_READY_NODES:
             self._gpu_kept = None
-            return False
+            return None
         for i in kept.suspects:
             rank = node_fit(pool, i, kept.cores, kept.gpus, drain.tasks_on, _held, drain.first_on)
             if rank is not None and rank < kept.rank:
                 self._gpu_kept = None
-                return False
+                return None
         kept.suspects.clear()
+        reservation = kept.reservation
         reservation.slack[kept.node][:] = kept.booked
-        return True
+        return reservation
 
     def _expected_ends(self, running: int) -> Iterator[tuple[float, Placement]]:
         """Running tasks' expected ends (start + estimate, else timeout, else never), earliest
@@ -210,16 +216,27 @@ class ReservationPlanner:
 
 
 class _KeptGpuFit:
-    """A GPU head's reservation as planned: the rank (cores, GPUs) asked, the node booked,
-    its rank among the nodes (``gpu_shadow.FitRank``), the room booked beside the head there,
-    and the nodes to rank again before it is used again (where a task ended early)."""
+    """A GPU head's reservation as planned, and what tells whether it still holds: the head's
+    shape and the rank (cores, GPUs) asked, the node booked, its rank among the nodes
+    (``gpu_shadow.FitRank``), the room booked beside the head there, and the nodes to rank
+    again before it is used again (where a task ended early; a set, so at most every node)."""
 
-    __slots__ = ("booked", "cores", "gpus", "node", "rank", "suspects")
+    __slots__ = ("booked", "cores", "gpus", "node", "rank", "reservation", "shape", "suspects")
 
-    def __init__(self, cores: int, gpus: int, node: int, rank: FitRank, booked: list[int]):
+    def __init__(
+        self,
+        reservation: Reservation,
+        shape: Resources,
+        cores: int,
+        gpus: int,
+        node: int,
+        rank: FitRank,
+        booked: list[int],
+    ) -> None:
+        self.reservation, self.shape = reservation, shape
         self.cores, self.gpus, self.node, self.rank = cores, gpus, node, rank
         self.booked = booked
-        self.suspects: list[int] = []
+        self.suspects: set[int] = set()
 
 
 def _held(rec: object, pos: int) -> tuple[int, int]:

@@ -67,7 +67,7 @@ def test_a_gpu_heads_reservation_is_not_planned_again_while_only_other_nodes_cha
     # before t=10) finds it still the plan a new one would be.
     assert planned.count(gpu_head) == 1
     # Planned anew on each pass, the schedule is the same.
-    monkeypatch.setattr(ReservationPlanner, "_gpu_fit_holds", lambda self, kept, pool: False)
+    monkeypatch.setattr(ReservationPlanner, "_kept_gpu_fit", lambda self, shape, pool: None)
     planned.clear()
     assert schedule(_overdue_gpu_head(), FIFO, None, machine=(2, 4, 1)) == kept
     assert planned.count(gpu_head) > 80
@@ -94,7 +94,7 @@ def test_an_early_end_that_makes_another_node_fit_sooner_makes_the_reservation_p
     kept = schedule(tasks, FIFO, None, machine=(2, 4, 1))
     assert kept["head"][1] == 51.0
     assert not any(start == 50.5 for _, start, _ in kept.values())  # B's free core waited
-    monkeypatch.setattr(ReservationPlanner, "_gpu_fit_holds", lambda self, kept, pool: False)
+    monkeypatch.setattr(ReservationPlanner, "_kept_gpu_fit", lambda self, shape, pool: None)
     assert schedule(tasks, FIFO, None, machine=(2, 4, 1)) == kept
 
 
@@ -135,13 +135,13 @@ def test_every_reservation_used_again_is_the_one_a_new_plan_would_give(
         assert (got.shadow, got.bounded, got.slack) == (fresh.shadow, fresh.bounded, fresh.slack)
         return got
 
-    saved = ReservationPlanner.plan, ReservationPlanner._gpu_fit_holds
+    saved = ReservationPlanner.plan, ReservationPlanner._kept_gpu_fit
     try:
         ReservationPlanner.plan = checked  # type: ignore[assignment,method-assign]
         kept = schedule(tasks, order, None, Steering(tasks), machine=machine)
         ReservationPlanner.plan = plan  # type: ignore[method-assign]
-        ReservationPlanner._gpu_fit_holds = lambda self, kept, pool: False  # type: ignore[assignment,method-assign]
+        ReservationPlanner._kept_gpu_fit = lambda self, shape, pool: None  # type: ignore[assignment,method-assign]
         built = schedule(tasks, order, None, Steering(tasks), machine=machine)
     finally:
-        ReservationPlanner.plan, ReservationPlanner._gpu_fit_holds = saved  # type: ignore[method-assign]
+        ReservationPlanner.plan, ReservationPlanner._kept_gpu_fit = saved  # type: ignore[method-assign]
     assert kept == built
