@@ -98,6 +98,34 @@ def test_an_early_end_that_makes_another_node_fit_sooner_makes_the_reservation_p
     assert schedule(tasks, FIFO, None, machine=(2, 4, 1)) == kept
 
 
+def test_the_next_gpu_head_of_the_same_shape_takes_over_the_reservation_where_it_still_holds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two nodes of 4 cores and 2 GPUs. Node A is full until t=1000 (two GPU tasks expected to
+    end at t=10): both 1-GPU heads are planned on A. Node B: two GPU tasks expected to end at
+    t=500 end at t=20 and t=40, and 1-core tasks of one second. At t=20 the first head starts
+    on B's GPU; the second head's plan would be A's again (B's next GPU is expected back
+    when the first head should end, t=25), so the one kept is used, not planned anew."""
+    tasks = [
+        _task("hog", Resources(ranks=2), 1000.0, 1000.0),
+        _task("late1", Resources(gpus_per_rank=1), 10.0, 1000.0),
+        _task("late2", Resources(gpus_per_rank=1), 10.0, 1000.0),
+        _task("early1", Resources(gpus_per_rank=1), 500.0, 20.0),
+        _task("early2", Resources(gpus_per_rank=1), 500.0, 40.0),
+        _task("head1", Resources(gpus_per_rank=1), 5.0, 100.0),
+        _task("head2", Resources(gpus_per_rank=1), 5.0, 100.0),
+    ]
+    tasks += [_task(f"s{i}", Resources(), 1.0, 1.0) for i in range(150)]
+    planned = _count_plans(monkeypatch)
+    kept = schedule(tasks, FIFO, None, machine=(2, 4, 2))
+    assert (kept["head1"][1], kept["head2"][1]) == (20.0, 40.0)
+    assert planned.count(Resources(gpus_per_rank=1)) == 1
+    monkeypatch.setattr(ReservationPlanner, "_kept_gpu_fit", lambda self, shape, pool: None)
+    planned.clear()
+    assert schedule(tasks, FIFO, None, machine=(2, 4, 2)) == kept
+    assert planned.count(Resources(gpus_per_rank=1)) > 20
+
+
 GPU_SHAPES = [
     Resources(),
     Resources(),
