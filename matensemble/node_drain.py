@@ -36,8 +36,11 @@ class NodeDrain:
         # (latest, node); an entry is stale once it differs from ``_latest[node]``.
         self._heap: list[tuple[_Latest, int]] = []
         # Per node, a heap of (expected end, task key) of its tasks, for the one that ends
-        # first; an entry is stale once the task's entry in ``_ends`` differs.
-        self._firsts: list[list[tuple[_Latest, object]]] = [[] for _ in range(nodes)]
+        # first; an entry is stale once the task's entry in ``_ends`` differs. Built for a
+        # node the first time ``first_on`` asks about it (only a GPU head's plan does), kept
+        # from then on: a run that never asks (no GPU head, as under FIFO behind whole-node
+        # heads) pays nothing per start for it.
+        self._firsts: list[list[tuple[_Latest, object]] | None] = [None] * nodes
 
     def started(self, key: object, nodes: Sequence[int], end: float, order: int) -> None:
         """A task (``key``, any hashable; ``order``: the n-th start) started on ``nodes``,
@@ -48,10 +51,11 @@ class NodeDrain:
             ends = self._ends[i]
             ends[key] = mine
             firsts = self._firsts[i]
-            if len(firsts) > 2 * len(ends) + 8:  # mostly stale: rebuild from the truth
-                firsts[:] = [(t, k) for k, t in ends.items() if k is not key]
-                heapq.heapify(firsts)
-            heapq.heappush(firsts, (mine, key))
+            if firsts is not None:
+                if len(firsts) > 2 * len(ends) + 8:  # mostly stale: rebuild from the truth
+                    firsts[:] = [(t, k) for k, t in ends.items() if k is not key]
+                    heapq.heapify(firsts)
+                heapq.heappush(firsts, (mine, key))
             if mine > latest[i]:
                 latest[i] = mine
                 self._push(mine, i)
@@ -81,6 +85,9 @@ class NodeDrain:
         """The task on ``node`` expected to end first, and its (expected end, start order,
         position); ``None`` if none runs there. O(1) amortised, not a look at every task."""
         firsts, ends = self._firsts[node], self._ends[node]
+        if firsts is None:  # first asked: from now on kept as tasks start (O(c) once)
+            firsts = self._firsts[node] = [(t, k) for k, t in ends.items()]
+            heapq.heapify(firsts)
         while firsts and ends.get(firsts[0][1]) != firsts[0][0]:
             heapq.heappop(firsts)
         if not firsts:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import math
 import random
 from contextlib import closing
+from typing import Any
+
+import pytest
 
 from matensemble.model import Placement, Resources
 from matensemble.node_drain import NodeDrain
@@ -42,7 +46,9 @@ def test_nodes_come_out_in_the_order_their_last_task_is_expected_to_end_and_know
                 latest[i] = max(latest.get(i, (-math.inf, -1, -1)), (end_of, k, pos))
         expected = [(end, k, i) for end, k, _, i in sorted((*t, i) for i, t in latest.items())]
         # A reader that stops early leaves every node in place for the next one.
-        for i in range(20):  # the task that ends first on each node, as a look at all says
+        # The task that ends first on a node, as a look at all says: asked of some nodes now
+        # and then (a node's heap of first ends is built when it is first asked about).
+        for i in rng.sample(range(20), rng.randrange(21)):
             tasks = drain.tasks_on(i)
             first = min(tasks.items(), key=lambda item: item[1]) if tasks else None
             assert drain.first_on(i) == first
@@ -137,3 +143,33 @@ def test_a_kept_whole_node_reservation_is_the_same_as_new_exactly_while_the_firs
                 kept = new
                 outcomes["built anew"] += 1
     assert outcomes["the same"] and outcomes["built anew"]
+
+
+def test_a_start_pushes_on_a_nodes_heap_of_first_ends_only_once_that_node_was_asked_about(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Only a GPU head's plan asks which task ends first on a node; a run without one (FIFO
+    behind whole-node heads) should pay nothing per start for it."""
+    pushes = 0
+    push = heapq.heappush
+
+    def counted(heap: list[Any], item: Any) -> None:
+        nonlocal pushes
+        pushes += 1
+        push(heap, item)
+
+    monkeypatch.setattr(heapq, "heappush", counted)
+
+    def run(ask: bool) -> int:
+        nonlocal pushes
+        pushes = 0
+        drain = NodeDrain(4)
+        if ask:
+            assert drain.first_on(0) is None
+        for key in range(40):  # ten tasks per node, the later ones ending earlier
+            drain.started(key, [key % 4], 100.0 - key, key)
+        if ask:
+            assert drain.first_on(0) == (36, (64.0, 36, 0))
+        return pushes
+
+    assert run(ask=True) - run(ask=False) == 10  # one per start on node 0
