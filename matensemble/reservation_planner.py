@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping
 from typing import cast
 
 from matensemble.expected_ends import in_order, push
-from matensemble.gpu_shadow import MAX_GPU_READY_NODES, FirstFit, FitRank, first_fit, node_fit
+from matensemble.gpu_shadow import MAX_GPU_READY_NODES, FirstFit, FitRank, first_fit
 from matensemble.model import Placement, Resources
 from matensemble.node_drain import NodeDrain
 from matensemble.record import Record
@@ -187,15 +187,36 @@ class ReservationPlanner:
         if pool.count_short_of_cores(kept.cores, kept.gpus) > MAX_GPU_READY_NODES:
             self._gpu_kept = None
             return None
+        release = kept.rank[0]
         for i in kept.suspects:
-            rank = node_fit(pool, i, kept.cores, kept.gpus, drain.tasks_on, _held, drain.first_on)
-            if rank is not None and rank < kept.rank:
+            if self._fits_before(pool, i, kept, release):
                 self._gpu_kept = None
                 return None
         kept.suspects.clear()
         reservation = kept.reservation
         reservation.slack[kept.node][:] = kept.booked
         return reservation
+
+    def _fits_before(
+        self, pool: ResourcePool, i: int, kept: _KeptGpuFit, release: tuple[float, int]
+    ) -> bool:
+        """Would node ``i`` (not the node booked) hold the kept head's rank once the tasks on
+        it expected to end before ``release`` (the one that makes room on the node booked)
+        have ended, so that it would rank first? (No other task ends at ``release``: that
+        one holds a single node.) O(1) when no task on it is expected to end that early
+        (its first end, off its heap, says so), else O(c) for its c tasks."""
+        drain = self._drain
+        assert drain is not None
+        first = drain.first_on(i)
+        if first is None or first[1][:2] > release:
+            return False
+        free_c, free_g = pool.free_count(i)
+        for rec, mine in drain.tasks_on(i).items():
+            if mine[:2] < release:
+                c, g = _held(rec, mine[2])
+                free_c += c
+                free_g += g
+        return free_c >= kept.cores and free_g >= kept.gpus
 
     def _expected_ends(self, running: int) -> Iterator[tuple[float, Placement]]:
         """Running tasks' expected ends (start + estimate, else timeout, else never), earliest
