@@ -25,7 +25,7 @@ from operator import itemgetter
 from matensemble.model import Placement
 from matensemble.resources import ResourcePool
 
-__all__ = ["MAX_GPU_READY_NODES", "FirstFit", "FitRank", "NodeTasks", "first_fit", "node_fit"]
+__all__ = ["MAX_GPU_READY_NODES", "FirstFit", "FitRank", "NodeTasks", "first_fit"]
 
 MAX_GPU_READY_NODES = 2048  # nodes with the GPUs but not the cores worth planning one by one
 
@@ -98,22 +98,6 @@ def first_fit(
     if best is None:
         return (float("inf"), -1, [], None)
     return best[0][0], best[2], best[3], (best[0], best[1])
-
-
-def node_fit(
-    pool: ResourcePool,
-    i: int,
-    cores: int,
-    gpus: int,
-    node_tasks: NodeTasks,
-    held: Held,
-    first_on: FirstOn,
-) -> FitRank | None:
-    """Node ``i``'s rank among the nodes for a rank of ``cores`` and ``gpus`` as ``first_fit``
-    orders them (the lesser, the earlier it fits), or ``None`` if it never fits as its tasks
-    end. O(1) when the node's first release is enough (the usual case); else O(c log c)."""
-    fit = _node_fit(pool, i, cores, gpus, first_on(i), node_tasks, held)
-    return None if fit is None else (fit[0], fit[1])
 
 
 def _node_fit(

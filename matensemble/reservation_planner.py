@@ -42,9 +42,9 @@ class ReservationPlanner:
         # Else it is used again only where it is what a new one would be (``same_as_new``).
         self._kept: tuple[Record, int, Reservation] | None = None
         self._kept_intact = False  # False once a task started ahead of its head
-        # When the kept reservation is a GPU head's first fit (``gpu_shadow``): what keeps it
-        # right while the head stays blocked (see ``_KeptGpuFit``); None once something may
-        # have changed it (then a new one is planned).
+        # The last GPU head's reservation (a first fit, ``gpu_shadow``) and what tells whether
+        # a new plan for a head of its shape would be the same (see ``_KeptGpuFit``); None
+        # once something may have changed it (then a new one is planned).
         self._gpu_kept: _KeptGpuFit | None = None
         self._gpu_asked: tuple[int, int, FirstFit] | None = None  # the last ``_gpu_fit``
         self._drain: NodeDrain | None = None  # when each node empties, once the pool is known
