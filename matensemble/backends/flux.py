@@ -38,7 +38,7 @@ from matensemble.backends.flux_connect import allocation_end, connect
 from matensemble.backends.flux_inventory import read_inventory
 from matensemble.backends.flux_jobspec import JobspecBuilder
 from matensemble.backends.flux_partitions import Partition, prepare_partitions
-from matensemble.backends.flux_recovery import adopt_job, cancel_and_wait, leftover_jobs
+from matensemble.backends.flux_recovery import adopt_launches, cancel_leftovers, sweep_leftovers
 from matensemble.backends.flux_routing import FluxRouter
 from matensemble.backends.flux_task_dirs import TaskDirs
 from matensemble.errors import BackendError
@@ -221,17 +221,9 @@ class FluxBackend(Backend):
         the job list. A job in a partition is found if that partition still lives (``open()``
         took it over). Blocking RPCs, once, before anything is launched.
         """
-        taken: set[LaunchKey] = set()
-        for launch, job_id in launches:
-            channel, jobid = self._router.owner_of(job_id)
-            if channel is None or jobid is None:
-                continue
-            found = adopt_job(channel, launch, jobid)
-            if found is False:
-                continue
-            taken.add(launch.key)
-            if isinstance(found, Outcome):
-                self._reports.soon(found)
+        taken, ended = adopt_launches(self._router, launches)
+        for outcome in ended:
+            self._reports.soon(outcome)
         return taken
 
     async def recover(self, run_id: str, keys: Sequence[LaunchKey]) -> None:
@@ -242,13 +234,7 @@ class FluxBackend(Backend):
         partition taken over from a crashed driver, every job of ours not adopted goes.
         Blocking RPCs, once, before anything is launched.
         """
-        names = {task_id for task_id, _ in keys}
-        for channel in self._router.channels:
-            swept = channel in self._sweep
-            if not names and not swept:
-                continue
-            stale = leftover_jobs(channel, None if swept else run_id, None if swept else names)
-            cancel_and_wait(channel, stale, "left by a crashed matensemble driver")
+        cancel_leftovers(self._router.channels, self._sweep, run_id, keys)
         self._sweep.clear()
 
     # -- launching ----------------------------------------------------------------------------
@@ -261,7 +247,8 @@ class FluxBackend(Backend):
         if any(channel.has(key) for channel in self._router.channels):
             raise ValueError(f"launch {key} is already running")
         if self._sweep:
-            self._sweep_leftovers()
+            sweep_leftovers(self._sweep)
+            self._sweep.clear()
         if self._closing:
             self._reports.soon(Outcome(key=key, state=TaskState.CANCELLED, reason="backend closed"))
             return
@@ -300,13 +287,6 @@ class FluxBackend(Backend):
     def why_never_fits(self, resources: Resources) -> str | None:
         """With partitions: why a task fits none of them (a job runs in one instance)."""
         return self._router.why_never_fits(resources)
-
-    def _sweep_leftovers(self) -> None:
-        """Cancel the jobs a crashed driver left in partitions we took over, unless adopted."""
-        for channel in self._sweep:
-            for jobid in leftover_jobs(channel, None, None):
-                channel.cancel_job(jobid, "left by a crashed matensemble driver")
-        self._sweep.clear()
 
     # -- cancelling ---------------------------------------------------------------------------
 

@@ -1,18 +1,29 @@
 """After a crashed driver: find its jobs in a Flux instance, adopt them, or cancel them.
 
+``FluxBackend.adopt`` and ``.recover`` (the engine's resume hooks) come here: a journaled job
+id names its instance (``"<partition job id>/<job id>"`` in a partition, see ``FluxRouter``).
+
 Blocking RPCs (job list, KVS lookups), made once, before anything is launched.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
-from matensemble.backends.base import Launch, Outcome
+from matensemble.backends.base import Launch, LaunchKey, Outcome
 from matensemble.backends.flux_channel import FluxChannel
 from matensemble.backends.flux_job import ending_from_eventlog, outcome_of
+from matensemble.backends.flux_routing import FluxRouter
 
-__all__ = ["adopt_job", "cancel_and_wait", "leftover_jobs"]
+__all__ = [
+    "adopt_job",
+    "adopt_launches",
+    "cancel_and_wait",
+    "cancel_leftovers",
+    "leftover_jobs",
+    "sweep_leftovers",
+]
 
 _INACTIVE = 64  # FLUX_JOB_STATE_INACTIVE
 _ADOPT_ATTRS = [
@@ -27,6 +38,54 @@ _ADOPT_ATTRS = [
     "exception_type",
     "exception_note",
 ]
+
+
+def adopt_launches(
+    router: FluxRouter, launches: Sequence[tuple[Launch, str]]
+) -> tuple[set[LaunchKey], list[Outcome]]:
+    """Take over the jobs a crashed driver of this run submitted, by their journaled ids.
+
+    Returns the keys taken over, and the outcomes of those among them whose job has ended
+    meanwhile (read from the job list); the others are followed from now on.
+    """
+    taken: set[LaunchKey] = set()
+    ended: list[Outcome] = []
+    for launch, job_id in launches:
+        channel, jobid = router.owner_of(job_id)
+        if channel is None or jobid is None:
+            continue
+        found = adopt_job(channel, launch, jobid)
+        if found is False:
+            continue
+        taken.add(launch.key)
+        if isinstance(found, Outcome):
+            ended.append(found)
+    return taken, ended
+
+
+def cancel_leftovers(
+    channels: Iterable[FluxChannel],
+    swept: Sequence[FluxChannel],
+    run_id: str,
+    keys: Sequence[LaunchKey],
+) -> None:
+    """Cancel, and wait for, the active jobs of ``run_id`` named after a task of ``keys`` that
+    no driver follows; in the ``swept`` channels (partitions taken over from a crashed
+    driver), every job of ours that is not followed."""
+    names = {task_id for task_id, _ in keys}
+    for channel in channels:
+        sweep = channel in swept
+        if not names and not sweep:
+            continue
+        stale = leftover_jobs(channel, None if sweep else run_id, None if sweep else names)
+        cancel_and_wait(channel, stale, "left by a crashed matensemble driver")
+
+
+def sweep_leftovers(swept: Iterable[FluxChannel]) -> None:
+    """Cancel, without waiting, every job of ours that no driver follows in ``swept``."""
+    for channel in swept:
+        for jobid in leftover_jobs(channel, None, None):
+            channel.cancel_job(jobid, "left by a crashed matensemble driver")
 
 
 def adopt_job(channel: FluxChannel, launch: Launch, jobid: int) -> bool | Outcome:
