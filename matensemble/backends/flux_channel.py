@@ -11,7 +11,7 @@ means nothing of ours is left in the instance.
 ``FluxBackend`` uses one channel for the enclosing instance, or one per partition (a child
 instance) plus one for the enclosing instance, whose journal then follows the partitions' own
 jobs through ``watch`` (see ``flux_watched``). What each event tells about a launch is taken in
-by ``FluxJob.record``.
+by ``FluxJob.record``; where each launch stands (open, reported, clean), by ``FluxLaunches``.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from matensemble.backends.base import Launch, LaunchKey, Outcome
 from matensemble.backends.flux_chains import DependencyChains
 from matensemble.backends.flux_inventory import InventoryMap
 from matensemble.backends.flux_job import FluxJob, ending_from_eventlog, outcome_of
+from matensemble.backends.flux_launches import FluxLaunches
 from matensemble.backends.flux_reactor import FluxReactorBridge
 from matensemble.backends.flux_unanswered import UnansweredSubmits
 from matensemble.backends.flux_watched import JobEvents, WatchedJobs
@@ -93,13 +94,10 @@ class FluxChannel:
         self._journal: Any = None
         self._journal_ready: asyncio.Future[None] | None = None
         self._journal_ended = asyncio.Event()
-        self._jobs: dict[LaunchKey, FluxJob] = {}
-        self._by_id: dict[int, FluxJob] = {}
-        self._cleaning = 0  # jobs reported at their finish, not yet clean in Flux
+        self._launches = FluxLaunches()
         self._unanswered = UnansweredSubmits()
         self._watched = WatchedJobs()  # partitions: jobs of our own that are not launches
         self._novalidate: int = flux.constants.FLUX_JOB_NOVALIDATE
-        self.chains: DependencyChains | None = None  # queueing ahead by dependencies
 
     # -- opening ------------------------------------------------------------------------------
 
@@ -130,7 +128,16 @@ class FluxChannel:
 
     def in_flight(self) -> int:
         """Launches not reported yet, and reported jobs that are not ``clean`` yet."""
-        return len(self._jobs) + self._cleaning
+        return self._launches.in_flight()
+
+    @property
+    def chains(self) -> DependencyChains | None:
+        """With ``queue_ahead="depend"``: the jobs a queued job may depend on, per node."""
+        return self._launches.chains
+
+    @chains.setter
+    def chains(self, chains: DependencyChains | None) -> None:
+        self._launches.chains = chains
 
     # -- submitting ---------------------------------------------------------------------------
 
@@ -147,9 +154,7 @@ class FluxChannel:
         job = FluxJob(launch)
         self.bridge.submit(jobspec.encode(), urgency, self._novalidate, self._on_submitted, job)
         job.times["submit"] = sent
-        self._jobs[launch.key] = job
-        if self.chains is not None:
-            self.chains.add(job, after)
+        self._launches.submitted(job, after)
         self._unanswered.sent()
         if not self._streaming():
             # While the journal streams, Flux's dispatcher is active and the answer to this
@@ -175,44 +180,34 @@ class FluxChannel:
         self._watched.watch(jobid, events)
 
     def has(self, key: LaunchKey) -> bool:
-        return key in self._jobs
+        return key in self._launches.open
 
     def follow(self, launch: Launch, jobid: int) -> FluxJob:
         """Follow an existing job as this launch's (registered before any lookup, so that
         no event after this is missed)."""
-        job = FluxJob(launch)
-        job.jobid = jobid
-        self._jobs[launch.key] = job
-        self._by_id[jobid] = job
-        return job
+        return self._launches.follow(launch, jobid)
 
     def unfollow(self, job: FluxJob) -> bool:
         """Stop following a job taken by ``follow``; ``False`` if it already reported."""
-        if job.jobid is None or self._by_id.get(job.jobid) is not job:
-            return False
-        del self._jobs[job.launch.key], self._by_id[job.jobid]
-        return True
+        return self._launches.unfollow(job)
 
     def follows(self, jobid: int) -> bool:
-        return jobid in self._by_id
+        return jobid in self._launches.by_id
 
     def _on_submitted(self, future: Any, job: FluxJob) -> None:
         try:
             jobid = self.bridge.job_id(future)
         except OSError as exc:
             self._unanswered.answered(None)
-            if self.chains is not None:
-                self.chains.ended(job)  # refused: it holds no cores
-            if self._jobs.get(job.launch.key) is job:
-                del self._jobs[job.launch.key]
+            if self._launches.refused(job):
                 reason = f"flux: {exc.strerror}"
                 self._report(Outcome(key=job.launch.key, state=TaskState.FAILED, reason=reason))
             return
         held = self._unanswered.answered(jobid)
-        if job.jobid is None and self._jobs.get(job.launch.key) is job:
+        if job.jobid is None and self._launches.is_open(job):
             self._known(job, jobid)
             for name, event, payload in held:
-                if self._by_id.get(jobid) is not job:
+                if self._launches.by_id.get(jobid) is not job:
                     break  # it was dropped (the channel failed)
                 self._on_event(jobid, job, name, event, payload)
 
@@ -228,7 +223,7 @@ class FluxChannel:
 
     def cancel(self, key: LaunchKey) -> None:
         """Cancel the launch's job; if its id is not known yet, as soon as it is."""
-        job = self._jobs.get(key)
+        job = self._launches.open.get(key)
         if job is not None and not job.cancel_requested:
             job.cancel_requested = True
             self._send_cancel(job)
@@ -245,14 +240,14 @@ class FluxChannel:
         self.bridge.kick()
 
     def cancel_all(self) -> None:
-        for job in list(self._jobs.values()):
+        for job in list(self._launches.open.values()):
             self.cancel(job.launch.key)
 
     def kill(self, reason: str) -> None:
         """Send a cancel for every job in flight, without waiting (the driver exits next)."""
         if self.bridge.lost:
             return
-        for job in list(self._jobs.values()):
+        for job in list(self._launches.open.values()):
             if job.jobid is not None:
                 with contextlib.suppress(OSError):
                     self.flux.job.cancel_async(self.handle, job.jobid, reason)
@@ -283,7 +278,7 @@ class FluxChannel:
                 self._journal_ready.set_result(None)
             return
         watched = self._watched.get(jobid)
-        job = self._by_id.get(jobid)
+        job = self._launches.by_id.get(jobid)
         for event in payload["events"]:
             name = event["name"]
             if name == "submit" and watched is None and job is None:
@@ -303,27 +298,18 @@ class FluxChannel:
     ) -> None:
         job.record(name, event, payload, self.map)
         if name == "finish":
-            if self._jobs.get(job.launch.key) is job:
+            if self._launches.finished(job):
                 # Every process of the job is gone and its output is written: report now,
                 # while Flux frees the resources, so the next job is already on its way.
-                del self._jobs[job.launch.key]
-                self._cleaning += 1
-                if self.chains is not None:
-                    self.chains.ended(job)
                 self._report(outcome_of(job, self.prefix + str(jobid)))
         elif name == "clean":
-            del self._by_id[jobid]
-            if self._jobs.get(job.launch.key) is job:  # it never ran, or we missed its end
-                del self._jobs[job.launch.key]
-                if self.chains is not None:
-                    self.chains.ended(job)
+            if self._launches.cleaned(job, jobid):  # it never ran, or we missed its end
                 if job.status is None and job.exception is None:
                     # Neither a finish nor an exception seen: an adopted job that ended
                     # before it was followed (job-list lags behind); its eventlog knows.
                     job.status, job.exception = ending_from_eventlog(self.flux, self.handle, jobid)
                 self._report(outcome_of(job, self.prefix + str(jobid)))
             else:
-                self._cleaning -= 1
                 self._settled()
 
     def _claim(self, jobid: int, jobspec: Any) -> tuple[FluxJob | None, JobEvents | None]:
@@ -334,7 +320,7 @@ class FluxChannel:
                 return None, None
             if "partition" in tag:
                 return None, self._watched.claim(jobid, str(tag["partition"]))
-            job = self._jobs.get((tag["task_id"], tag["attempt"]))
+            job = self._launches.open.get((tag["task_id"], tag["attempt"]))
         except (KeyError, TypeError):
             return None, None
         if job is not None and job.jobid is None:
@@ -343,8 +329,7 @@ class FluxChannel:
 
     def _known(self, job: FluxJob, jobid: int) -> None:
         """The job id of a launch is known: follow it, journal it, send a pending cancel."""
-        job.jobid = jobid
-        self._by_id[jobid] = job
+        self._launches.known(job, jobid)
         self._job_ids(job.launch.key, self.prefix + str(jobid))
         self._send_cancel(job)
 
@@ -357,7 +342,7 @@ class FluxChannel:
             self.broken = reason
         if self._journal_ready is not None and not self._journal_ready.done():
             self._journal_ready.set_exception(BackendError(reason))
-        for job in list(self._jobs.values()):
+        for job in list(self._launches.open.values()):
             job.cancel_requested = True
             if not self.bridge.lost:
                 self._send_cancel(job)
@@ -372,14 +357,8 @@ class FluxChannel:
 
     def _drop_jobs(self, state: TaskState, reason: str) -> None:
         """Stop following every job, and report each launch still open as ``state``."""
-        jobs = list(self._jobs.values())
-        self._jobs.clear()
-        self._by_id.clear()
-        self._cleaning = 0
         self._unanswered.clear()
-        if self.chains is not None:
-            self.chains.clear()
-        for job in jobs:
+        for job in self._launches.drop_all():
             self._report(Outcome(key=job.launch.key, state=state, reason=reason))
 
     async def end_journal(self) -> None:
