@@ -554,6 +554,64 @@ async def test_bridge_drains_one_answer_in_two_reactor_iterations(flux_uri: str)
         assert min(per_answer) == 2, per_answer
 
 
+async def test_bridge_runs_the_callback_of_its_own_future_in_the_iteration_that_answers_it(
+    flux_uri: str,
+) -> None:
+    """A future made by the bridge (a submit, a request, the journal stream) gets its callback
+    as soon as the iteration that dispatched its answer returns: one iteration per answer,
+    not a second one for the callback, and the callback runs once."""
+    async with bridged(flux_uri) as (_, bridge, errors):
+        per_answer = []
+        refused: list[int] = []
+        for _ in range(21):
+            answered = asyncio.Event()
+
+            def on_answer(future: Any, event: asyncio.Event) -> None:
+                try:
+                    bridge.job_id(future)
+                except OSError as exc:
+                    refused.append(exc.errno)
+                event.set()
+
+            before = bridge.iterations - bridge.wakeups
+            bridge.submit(b'{"version": 1}', 16, 0, on_answer, answered)
+            with anyio.fail_after(5):
+                await answered.wait()
+            # Iterations beyond the first of each drain (the send itself may wake the bridge
+            # once, for a drain of one iteration that finds nothing).
+            per_answer.append(bridge.iterations - bridge.wakeups - before)
+        assert errors == []
+        assert len(refused) == 21  # each callback ran once
+        assert bridge.waiting() == 0
+        # None, or one where the answer lands in the middle of an iteration (the stall check
+        # takes it); a drain that left the callback to the reactor took one for every answer.
+        assert min(per_answer) == 0, per_answer
+
+
+async def test_bridge_runs_a_failed_stream_callback_once(flux_uri: str) -> None:
+    """A stream that ends with an error is not reset for a next response; its callback runs
+    once, however many messages arrive afterwards for other futures."""
+    async with bridged(flux_uri) as (_, bridge, errors):
+        failures: list[int] = []
+
+        def on_response(future: Any, _: Any) -> None:
+            try:
+                bridge.payload(future)
+            except OSError as exc:
+                failures.append(exc.errno)
+                return
+            bridge.next_response(future)
+
+        bridge.stream("no-such-service.stream", None, on_response)
+        with anyio.fail_after(5):
+            while not failures:
+                await bridge.request("attr.get", {"name": "size", "flags": 0})
+            for _ in range(5):  # more answers, each looked for among the bridge's futures
+                await bridge.request("attr.get", {"name": "size", "flags": 0})
+        assert failures == [errno.ENOSYS]
+        assert errors == []
+
+
 async def test_bridge_hands_over_exceptions_from_callbacks(flux_uri: str) -> None:
     async with bridged(flux_uri) as (handle, bridge, errors):
 

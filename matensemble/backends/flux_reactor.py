@@ -23,9 +23,16 @@ readable and asyncio calls us again. Nothing can be left behind, because every w
 can become due is covered: a message (counted, or pending in ``pollevents``) or a streaming
 future made ready again by its reset (``next_response``). The one case without any fd
 activity, a ``then`` registered on a future that is already fulfilled, is covered by
-``kick()``, which callers use after touching the handle outside a drain. A message's drain
-thus takes two iterations (dispatch, callback), not three: each iteration costs the handle's
-watchers and us several ``epoll_wait``/``poll`` calls.
+``kick()``, which callers use after touching the handle outside a drain.
+
+Each iteration costs the handle's watchers and us several ``epoll_wait``/``poll`` calls, so a
+message for a future of our own does not wait for the next one: when an iteration received one
+message, the drain looks for the future of ours it fulfilled (the streams, then the oldest few
+others: submits are answered in order) and runs its callback at once, which stops the future's
+reactor watchers (a stream is reset for its next response, any other future is destroyed). If
+``flux_pollevents`` then reports nothing to read, that message was all and the drain ends: one
+iteration per message instead of two (dispatch, callback). A message for a future of the
+bindings' (a cancel's answer), or one the look finds nothing for, takes the two as before.
 
 Input that no iteration consumes (two in a row without progress while ``pollevents`` still
 says POLLIN) means no message handler is active: Flux stops dispatching when no RPC is
@@ -73,6 +80,8 @@ class BridgeLost(Exception):
 _decode = msgspec.json.Decoder().decode  # a few times faster than json.loads
 _encode = msgspec.json.Encoder().encode
 
+_LOOK_AHEAD = 8  # futures looked at for the one a message answered (answers come in order)
+
 RawCallback = Callable[[Any, Any], None]
 """Called with (the ``flux_future_t *``, the argument given with it) once it is fulfilled."""
 
@@ -112,12 +121,14 @@ class FluxReactorBridge:
         self._draining = False
         self._kicked = False
         self._again = False  # a callback left a streaming future ready (see next_response)
+        self._resets = 0  # how many times next_response was called, ever
         self._lost = False
         self.wakeups = 0  # statistics for benchmarks: drains, and reactor iterations in them
         self.iterations = 0
         # Futures of ours waiting for a response, by the key their callback is given:
         # (the flux_future_t *, callback, its argument, whether it streams).
         self._thens: dict[int, tuple[Any, RawCallback, Any, bool]] = {}
+        self._streams: list[int] = []  # keys of the streams still answering, looked at first
         self._keys = itertools.count(1)
         try:
             self._on_future: Any = ffi.callback("void(flux_future_t *, void *)", self._fulfilled)
@@ -162,6 +173,7 @@ class FluxReactorBridge:
         A response already queued in the future fulfils it again at once; its callback then
         runs in the next reactor iteration, which the drain makes sure to run.
         """
+        self._resets += 1
         self._lib.flux_future_reset(future)
         if self._lib.flux_future_is_ready(future):
             self._again = True
@@ -215,6 +227,8 @@ class FluxReactorBridge:
             lib.flux_future_destroy(future)
             raise OSError(errno, os.strerror(errno))
         self._thens[key] = (future, fn, arg, stream)
+        if stream:
+            self._streams.append(key)
 
     def _then_through_bindings(self, future: Any, key: int) -> None:
         """Where ``ffi.callback`` cannot get write+execute memory for its closure (SELinux's
@@ -250,7 +264,16 @@ class FluxReactorBridge:
                 return
             _, fn, arg, stream = entry
             if stream:
-                fn(future, arg)
+                resets = self._resets
+                try:
+                    fn(future, arg)
+                finally:
+                    if self._resets == resets and key in self._streams:
+                        # Not reset for a next response: the stream has ended (an error ends
+                        # it). Unfulfilled, its callback cannot run again, from the reactor
+                        # (a call from ``_take_answer`` left it due there) or from us.
+                        self._streams.remove(key)
+                        self._lib.flux_future_reset(future)
                 return
             del self._thens[key]
             self._wrappers.pop(key, None)
@@ -329,9 +352,20 @@ class FluxReactorBridge:
                     except Exception as exc:
                         self._on_error(exc)
                 now = self._received()
-                if now != received:  # its future's callback runs in the next iteration
-                    received = now
+                if now != received:
+                    took = now == received + 1 and self._take_answer()
+                    received = self._received()
                     stalled = 0
+                    if not took or self._again:
+                        continue  # its future's callback runs in the next iteration
+                    # The one message this iteration dispatched has been answered: another
+                    # iteration only if more input waits (checked, and the edge re-armed, here).
+                    events = lib.flux_pollevents(self._raw)
+                    if events < 0 or events & lib.FLUX_POLLERR:
+                        self._fail_lost()
+                        return
+                    if not events & lib.FLUX_POLLIN:
+                        return
                     continue
                 if self._again:  # a streaming future holds the next response already
                     self._again = False
@@ -357,6 +391,29 @@ class FluxReactorBridge:
             self._flux_class.reactor_exit()
             self._draining = False
 
+    def _take_answer(self) -> bool:
+        """Run now, not in the next reactor iteration, the callback of the future of ours that
+        the message just dispatched has fulfilled; ``False`` if none was found among the
+        streams and the oldest few others (the message was for a future of the bindings').
+
+        Its reactor watchers are stopped as the callback resets the future (a stream) or as
+        the future is destroyed (any other), so the reactor does not run it a second time.
+        """
+        is_ready = self._lib.flux_future_is_ready
+        thens = self._thens
+        for key in self._streams:
+            future = thens[key][0]
+            if is_ready(future):
+                self._answered(future, key)
+                return True
+        for looked, (key, (future, _, _, stream)) in enumerate(thens.items()):
+            if looked == _LOOK_AHEAD:
+                break
+            if not stream and is_ready(future):
+                self._answered(future, key)
+                return True
+        return False
+
     def _fail_lost(self) -> None:
         self._lost = True
         self.close()
@@ -370,6 +427,7 @@ class FluxReactorBridge:
             self._fd = -1
         thens = list(self._thens.values())
         self._thens.clear()
+        self._streams.clear()
         self._wrappers.clear()
         for future, *_ in thens:
             self._lib.flux_future_destroy(future)
