@@ -146,6 +146,26 @@ def test_heterogeneous_resource_sets_become_nodes_with_their_own_cores_and_gpus(
     assert names.slots(allocated) == (Slot("gpu01", (2,), ("1",)),)
 
 
+def test_the_placement_of_an_allocation_is_decoded_once_for_every_job_with_the_same_R(
+    flux_python: None,
+) -> None:
+    """Each job's alloc event brings its R; the jobs of one slot all bring the same one."""
+    from matensemble.backends.flux_inventory import InventoryMap
+
+    def r(rank: str, cores: str) -> dict:
+        entry = {"rank": rank, "children": {"core": cores}}
+        return {"version": 1, "execution": {"R_lite": [entry], "nodelist": ["vm"]}}
+
+    names = InventoryMap({0: "n0", 1: "n1"})
+    first = names.slots(r("1", "0-1"))
+    assert first == (Slot("n1", (0, 1)),)
+    assert names.slots(r("1", "0-1")) is first  # the same R: not decoded again
+    assert names.slots(r("0", "0-1")) == (Slot("n0", (0, 1)),)  # another R: its own
+    assert names.slots(r("x", "0")) == ()  # malformed: nothing, and nothing remembered
+    assert names.slots({"execution": {}}) == ()
+    assert names.slots(None) == ()
+
+
 async def test_a_uri_that_leads_nowhere_is_backend_unavailable_saying_how_to_get_an_instance(
     flux_python: None, tmp_path: Path
 ) -> None:

@@ -21,12 +21,18 @@ from matensemble.resources import NodeSpec
 __all__ = ["InventoryMap", "read_inventory"]
 
 
+_REMEMBERED = 4096  # placements decoded from R, kept for the next job with the same R
+
+
 class InventoryMap:
-    """Names of broker ranks, both ways."""
+    """Names of broker ranks, both ways; the placement each ``R`` seen names."""
 
     def __init__(self, names: Mapping[int, str]) -> None:
         self._names = dict(names)
         self._ranks = {name: rank for rank, name in names.items()}
+        # A job's R is one of few on a node (its ranks and core ids), and every job's alloc
+        # event brings one: decode each once.
+        self._placements: dict[tuple[tuple[str, str, str], ...], Placement] = {}
 
     def name(self, rank: int) -> str:
         return self._names.get(rank) or f"rank{rank}"
@@ -41,9 +47,30 @@ class InventoryMap:
     def slots(self, R: Any) -> Placement:
         """The slots of an allocated job's ``R`` (empty if ``R`` is missing or malformed)."""
         try:
-            return tuple(Slot(self.name(rank), cores, gpus) for rank, cores, gpus in _ranks_of(R))
+            key = tuple(
+                (
+                    str(entry["rank"]),
+                    str(entry["children"].get("core", "")),
+                    str(entry["children"].get("gpu", "")),
+                )
+                for entry in R["execution"]["R_lite"]
+            )
+        except (KeyError, TypeError, AttributeError):
+            key = None
+        found = self._placements.get(key) if key is not None else None
+        if found is not None:
+            return found
+        try:
+            placement = tuple(
+                Slot(self.name(rank), cores, gpus) for rank, cores, gpus in _ranks_of(R)
+            )
         except (KeyError, TypeError, ValueError):
             return ()
+        if key is not None:
+            if len(self._placements) >= _REMEMBERED:
+                self._placements.clear()
+            self._placements[key] = placement
+        return placement
 
 
 def read_inventory(
