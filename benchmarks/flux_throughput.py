@@ -40,6 +40,9 @@ Methods, all running N ``true`` jobs (``--methods`` picks some):
   also depends on the running job it waits for: see ``flux_chains``);
 - ``ensemble-k2``, ``ensemble-k4``: the same with ``FluxBackend(partitions=k)``.
 
+For the ensemble methods a line also gives the reactor bridges' drains (wake-ups) and
+``flux_reactor_run`` iterations per job, which the load moves much less than CPU time.
+
 ``--baseline DIR`` (a directory holding another ``matensemble`` package, e.g. ``git archive main
 matensemble | tar -x -C DIR``) also runs each ensemble method with that code, as
 ``METHOD@baseline``, alternating with the current code in the same run. ``METHOD+POLICY``
@@ -390,6 +393,9 @@ def our_jobspecs(flux: Any, n: int, base: Path, without: str = "") -> list[str]:
     return specs
 
 
+REACTOR: dict[str, int] = {}  # the ensemble methods' reactor bridges: drains, iterations
+
+
 async def ensemble(n: int, run_dir: Path, partitions: int, ahead: bool | str = False) -> None:
     from matensemble import Ensemble, Task  # imported before the clock starts, see inner()
     from matensemble.backends.flux import FluxBackend
@@ -398,6 +404,12 @@ async def ensemble(n: int, run_dir: Path, partitions: int, ahead: bool | str = F
     backend = FluxBackend(partitions=partitions, queue_ahead=ahead)
     summary = await Ensemble(tasks, backend=backend, run_dir=run_dir).run()
     assert summary.counts["succeeded"] == n, summary.counts
+    # The bridges' own counters (statistics kept for benchmarks), read through the backend's
+    # private fields: the enclosing instance's channel and each partition's.
+    channels = [backend._parent] + [p.channel for p in backend._partitions]
+    bridges = [c.bridge for c in channels if c is not None]
+    REACTOR["wakeups"] = sum(b.wakeups for b in bridges)
+    REACTOR["iterations"] = sum(b.iterations for b in bridges)
 
 
 def inner(method: str, n: int, profile: str | None) -> None:
@@ -461,6 +473,7 @@ def inner(method: str, n: int, profile: str | None) -> None:
         "broker_cpu": own - own0,
         "shell_cpu": shells - shells0,
     }
+    figures.update(REACTOR)
     figures.update(slot_turnover(flux))
     print(MARK + json.dumps(figures), flush=True)
 
@@ -520,7 +533,13 @@ def outer(methods: list[str], n: int, reps: int, size: int, baseline: str | None
                 f"{_ms(r.get('turnover_behind'))} in {r.get('behind', 0):4.0%})  free->alloc "
                 f"{_ms(r.get('alloc'))}  queued {_ms(r.get('lead'))} before free  (brokers "
                 f"{r['broker_cpu'] / n * 1000:5.2f}, shells {r['shell_cpu'] / n * 1000:5.2f} "
-                f"ms/job; load {os.getloadavg()[0]:.1f})",
+                f"ms/job; load {os.getloadavg()[0]:.1f})"
+                + (
+                    f"  reactor: {r['wakeups'] / n:.2f} drains, {r['iterations'] / n:.2f} "
+                    "iterations per job"
+                    if "iterations" in r
+                    else ""
+                ),
                 flush=True,
             )
     print(
