@@ -358,16 +358,9 @@ class FluxReactorBridge:
                     stalled = 0
                     if not took or self._again:
                         continue  # its future's callback runs in the next iteration
-                    # The one message this iteration dispatched has been answered: another
-                    # iteration only if more input waits (checked, and the edge re-armed, here).
-                    events = lib.flux_pollevents(self._raw)
-                    if events < 0 or events & lib.FLUX_POLLERR:
-                        self._fail_lost()
-                        return
-                    if not events & lib.FLUX_POLLIN:
-                        return
-                    continue
-                if self._again:  # a streaming future holds the next response already
+                    # The one message this iteration dispatched has been answered (a callback
+                    # that counts as progress below): another iteration only if input waits.
+                elif self._again:  # a streaming future holds the next response already
                     self._again = False
                     stalled = 0
                     continue
