@@ -27,8 +27,9 @@ activity, a ``then`` registered on a future that is already fulfilled, is covere
 
 Each iteration costs the handle's watchers and us several ``epoll_wait``/``poll`` calls, so a
 message for a future of our own does not wait for the next one: when an iteration received one
-message, the drain looks for the future of ours it fulfilled (the streams, then the oldest few
-others: submits are answered in order) and runs its callback at once, which stops the future's
+message, the drain looks for the future of ours it fulfilled (``OwnFutures.take_answer``: the
+streams, then the oldest few others, as submits are answered in order) and runs its callback
+at once, which stops the future's
 reactor watchers (a stream is reset for its next response, any other future is destroyed). If
 ``flux_pollevents`` then reports nothing to read, that message was all and the drain ends: one
 iteration per message instead of two (dispatch, callback). A message for a future of the
@@ -43,10 +44,8 @@ The rule holds for plain RPC futures whose callbacks are wrapped by ``callback()
 ``then()``. Flux's composite futures (``flux_job_result``, ``flux_future_and_then``) run an
 internal callback between a message and ours; the backend does not use them.
 
-The futures of every job (its submit, the journal stream) are libflux's own, driven through
-``submit``, ``request`` and ``stream``: one cffi callback runs them all, with no Python wrapper
-object per future (the bindings' ``Future`` costs some sixty Python calls per job between its
-construction, ``then``, its callback trampoline and ``reset``).
+The futures of every job (its submit, the journal stream) are libflux's own, made through
+``submit``, ``request`` and ``stream`` and run by one cffi callback (``flux_futures``).
 
 A Python exception escaping a Flux callback is caught by the bindings, stored in a
 thread-local slot and the reactor is stopped with an error; ``callback()`` catches ours before
@@ -63,12 +62,12 @@ SIGINT watcher on every call; instead each drain marks the thread as running a r
 from __future__ import annotations
 
 import asyncio
-import itertools
-import os
 from collections.abc import Callable
 from typing import Any
 
 import msgspec
+
+from matensemble.backends.flux_futures import OwnFutures, RawCallback
 
 __all__ = ["BridgeLost", "FluxReactorBridge"]
 
@@ -77,13 +76,7 @@ class BridgeLost(Exception):
     """The connection to the broker failed (``FLUX_POLLERR``); the handle is unusable."""
 
 
-_decode = msgspec.json.Decoder().decode  # a few times faster than json.loads
 _encode = msgspec.json.Encoder().encode
-
-_LOOK_AHEAD = 8  # futures looked at for the one a message answered (answers come in order)
-
-RawCallback = Callable[[Any, Any], None]
-"""Called with (the ``flux_future_t *``, the argument given with it) once it is fulfilled."""
 
 
 class FluxReactorBridge:
@@ -112,29 +105,23 @@ class FluxReactorBridge:
         self._reactor: Any = handle.get_reactor()
         self._ffi: Any = ffi
         self._counters: Any = ffi.new("flux_msgcounters_t *")
-        self._text: Any = ffi.new("char *[1]")  # out-parameters, reused (one thread)
-        self._jobid: Any = ffi.new("flux_jobid_t[1]")
         self._loop = loop
         self._on_error = on_error
         self._fd: int = handle.pollfd()
         self._callbacks = 0  # how many wrapped callbacks have run, ever
         self._draining = False
         self._kicked = False
-        self._again = False  # a callback left a streaming future ready (see next_response)
-        self._resets = 0  # how many times next_response was called, ever
         self._lost = False
         self.wakeups = 0  # statistics for benchmarks: drains, and reactor iterations in them
         self.iterations = 0
-        # Futures of ours waiting for a response, by the key their callback is given:
-        # (the flux_future_t *, callback, its argument, whether it streams).
-        self._thens: dict[int, tuple[Any, RawCallback, Any, bool]] = {}
-        self._streams: list[int] = []  # keys of the streams still answering, looked at first
-        self._keys = itertools.count(1)
-        try:
-            self._on_future: Any = ffi.callback("void(flux_future_t *, void *)", self._fulfilled)
-        except MemoryError:  # no write+execute memory here: see ``_then_through_bindings``
-            self._on_future = None
-        self._wrappers: dict[int, Any] = {}  # the bindings' futures of that fallback, by key
+        self._futures = futures = OwnFutures(ffi, lib, on_error)
+        # Reading fulfilled futures (see ``OwnFutures``): ``payload`` and ``next_response`` for
+        # ``stream``'s responses, ``job_id`` for ``submit``'s answer, ``matchtag``.
+        self.payload = futures.payload
+        self.next_response = futures.next_response
+        self.job_id = futures.job_id
+        self.matchtag = futures.matchtag
+        self.waiting = futures.waiting
         loop.add_reader(self._fd, self.run)
 
     @property
@@ -154,35 +141,11 @@ class FluxReactorBridge:
 
         return wrapped
 
-    # Reading fulfilled futures straight from libflux. The bindings' own getters wrap each
-    # call in a blocking-wait guard (a new handle object and two signal() calls per get):
-    # about 0.2 ms per message under asyncio, where the future is always ready already.
-
-    def payload(self, future: Any) -> Any:
-        """The decoded JSON payload of a fulfilled RPC future (a ``flux_future_t *``; the
-        bindings' ``Future`` holds it as ``.handle``); ``OSError`` if it failed."""
-        out = self._text
-        if self._lib.flux_rpc_get(future, out) < 0:
-            raise self._error(future)
-        return _decode(self._ffi.string(out[0])) if out[0] != self._ffi.NULL else None
-
-    def next_response(self, future: Any) -> None:
-        """Reset a streaming RPC future made by ``stream`` for its next response (after
-        reading this one).
-
-        A response already queued in the future fulfils it again at once; its callback then
-        runs in the next reactor iteration, which the drain makes sure to run.
-        """
-        self._resets += 1
-        self._lib.flux_future_reset(future)
-        if self._lib.flux_future_is_ready(future):
-            self._again = True
-
     def submit(self, jobspec: bytes, urgency: int, flags: int, fn: RawCallback, arg: Any) -> None:
         """``flux_job_submit`` on the handle; ``fn(future, arg)`` runs with its answer (read it
         with ``job_id``), after which the future is destroyed. ``OSError`` if it cannot be
         sent."""
-        self._then(self._lib.flux_job_submit(self._raw, jobspec, urgency, flags), fn, arg)
+        self._futures.then(self._lib.flux_job_submit(self._raw, jobspec, urgency, flags), fn, arg)
 
     def request(self, topic: str, payload: Any = None) -> asyncio.Future[Any]:
         """Send an RPC to the instance; the returned future gets its decoded response (or
@@ -197,7 +160,7 @@ class FluxReactorBridge:
             except OSError as exc:
                 done.set_exception(exc)
 
-        self._then(self._rpc(topic, payload, 0), on_response, None)
+        self._futures.then(self._rpc(topic, payload, 0), on_response, None)
         self.kick()
         return done
 
@@ -206,104 +169,13 @@ class FluxReactorBridge:
         ``next_response`` after reading it. Returns the ``flux_future_t *`` (it lives until
         ``close``). ``OSError`` if it cannot be sent."""
         future = self._rpc(topic, payload, self._lib.FLUX_RPC_STREAMING)
-        self._then(future, fn, None, stream=True)
+        self._futures.then(future, fn, None, stream=True)
         self.kick()
         return future
 
     def _rpc(self, topic: str, payload: Any, flags: int) -> Any:
         body = self._ffi.NULL if payload is None else _encode(payload)
         return self._lib.flux_rpc(self._raw, topic.encode(), body, self._lib.FLUX_NODEID_ANY, flags)
-
-    def _then(self, future: Any, fn: RawCallback, arg: Any, stream: bool = False) -> None:
-        ffi, lib = self._ffi, self._lib
-        if future == ffi.NULL:
-            errno = ffi.errno
-            raise OSError(errno, os.strerror(errno))
-        key = next(self._keys)
-        if self._on_future is None:
-            self._then_through_bindings(future, key)
-        elif lib.flux_future_then(future, -1.0, self._on_future, ffi.cast("void *", key)) < 0:
-            errno = ffi.errno
-            lib.flux_future_destroy(future)
-            raise OSError(errno, os.strerror(errno))
-        self._thens[key] = (future, fn, arg, stream)
-        if stream:
-            self._streams.append(key)
-
-    def _then_through_bindings(self, future: Any, key: int) -> None:
-        """Where ``ffi.callback`` cannot get write+execute memory for its closure (SELinux's
-        ``deny_execmem``, a process with ``PR_SET_MDWE``), run the future's callback through
-        the bindings' ``Future.then``: its trampoline is compiled into the bindings. The
-        bindings' ``Future`` owns a reference of its own (``incref``), dropped when it is
-        collected, so ``_fulfilled`` and ``close`` destroy the future as on the fast path; the
-        cost is that wrapper per future (some sixty Python calls per job)."""
-        from flux.future import Future
-
-        self._lib.flux_future_incref(future)
-        wrapper = Future(future)
-        try:
-            wrapper.then(self._wrapper_fulfilled, key)
-        except OSError:
-            self._lib.flux_future_destroy(future)  # ours; the wrapper drops its own
-            raise
-        self._wrappers[key] = wrapper
-
-    def _wrapper_fulfilled(self, wrapper: Any, key: int) -> None:
-        self._answered(wrapper.pimpl.handle, key)
-
-    def _fulfilled(self, future: Any, key: Any) -> None:
-        """The one cffi callback of every future made by ``_then`` (no exception may leave
-        it: cffi would only print it)."""
-        self._answered(future, int(self._ffi.cast("intptr_t", key)))
-
-    def _answered(self, future: Any, key: int) -> None:
-        self._callbacks += 1
-        try:
-            entry = self._thens.get(key)
-            if entry is None:
-                return
-            _, fn, arg, stream = entry
-            if stream:
-                resets = self._resets
-                try:
-                    fn(future, arg)
-                finally:
-                    if self._resets == resets and key in self._streams:
-                        # Not reset for a next response: the stream has ended (an error ends
-                        # it). Unfulfilled, its callback cannot run again, from the reactor
-                        # (a call from ``_take_answer`` left it due there) or from us.
-                        self._streams.remove(key)
-                        self._lib.flux_future_reset(future)
-                return
-            del self._thens[key]
-            self._wrappers.pop(key, None)
-            try:
-                fn(future, arg)
-            finally:
-                self._lib.flux_future_destroy(future)
-        except Exception as exc:
-            self._on_error(exc)
-
-    def waiting(self) -> int:
-        """How many futures made here wait for an answer (a stream counts until ``close``)."""
-        return len(self._thens)
-
-    def job_id(self, future: Any) -> int:
-        """The job id of a fulfilled submit future; ``OSError`` if Flux refused the job."""
-        out = self._jobid
-        if self._lib.flux_job_submit_get_id(future, out) < 0:
-            raise self._error(future)
-        return int(out[0])
-
-    def matchtag(self, future: Any) -> int:
-        """The match tag of an RPC sent by ``stream`` (to cancel a streaming RPC by)."""
-        return int(self._lib.flux_rpc_get_matchtag(future))
-
-    def _error(self, future: Any) -> OSError:
-        errno = self._ffi.errno
-        text = self._lib.flux_future_error_string(future)
-        message = self._ffi.string(text).decode() if text != self._ffi.NULL else os.strerror(errno)
-        return OSError(errno, message)
 
     def kick(self) -> None:
         """Drain soon (once per loop iteration, however often it is called).
@@ -328,7 +200,7 @@ class FluxReactorBridge:
         """Run reactor iterations until one makes no progress (see the module docstring)."""
         if self._draining or self._lost:
             return  # a callback re-entered us; the outer drain finishes the work
-        lib = self._lib
+        lib, futures = self._lib, self._futures
         self._draining = True
         self.wakeups += 1
         # Tell the bindings that callbacks run inside a reactor: otherwise each future.get()
@@ -338,10 +210,10 @@ class FluxReactorBridge:
         self._flux_class.reactor_enter()
         try:
             stalled = 0
-            self._again = False
+            futures.again = False
             received = self._received()
             while True:
-                callbacks = self._callbacks
+                callbacks = self._callbacks + futures.answered
                 self.iterations += 1
                 if lib.flux_reactor_run(self._reactor, lib.FLUX_REACTOR_NOWAIT) < 0:
                     # The reactor was stopped with an error: by a callback we did not wrap
@@ -353,15 +225,15 @@ class FluxReactorBridge:
                         self._on_error(exc)
                 now = self._received()
                 if now != received:
-                    took = now == received + 1 and self._take_answer()
+                    took = now == received + 1 and futures.take_answer()
                     received = self._received()
                     stalled = 0
-                    if not took or self._again:
+                    if not took or futures.again:
                         continue  # its future's callback runs in the next iteration
                     # The one message this iteration dispatched has been answered (a callback
                     # that counts as progress below): another iteration only if input waits.
-                elif self._again:  # a streaming future holds the next response already
-                    self._again = False
+                elif futures.again:  # a streaming future holds the next response already
+                    futures.again = False
                     stalled = 0
                     continue
                 events = lib.flux_pollevents(self._raw)
@@ -370,7 +242,7 @@ class FluxReactorBridge:
                     return
                 if not events & lib.FLUX_POLLIN:
                     return
-                if callbacks != self._callbacks:
+                if callbacks != self._callbacks + futures.answered:
                     stalled = 0
                 else:
                     # Input but no progress: it may have arrived after this iteration's check
@@ -384,29 +256,6 @@ class FluxReactorBridge:
             self._flux_class.reactor_exit()
             self._draining = False
 
-    def _take_answer(self) -> bool:
-        """Run now, not in the next reactor iteration, the callback of the future of ours that
-        the message just dispatched has fulfilled; ``False`` if none was found among the
-        streams and the oldest few others (the message was for a future of the bindings').
-
-        Its reactor watchers are stopped as the callback resets the future (a stream) or as
-        the future is destroyed (any other), so the reactor does not run it a second time.
-        """
-        is_ready = self._lib.flux_future_is_ready
-        thens = self._thens
-        for key in self._streams:
-            future = thens[key][0]
-            if is_ready(future):
-                self._answered(future, key)
-                return True
-        for looked, (key, (future, _, _, stream)) in enumerate(thens.items()):
-            if looked == _LOOK_AHEAD:
-                break
-            if not stream and is_ready(future):
-                self._answered(future, key)
-                return True
-        return False
-
     def _fail_lost(self) -> None:
         self._lost = True
         self.close()
@@ -418,9 +267,4 @@ class FluxReactorBridge:
         if self._fd >= 0:
             self._loop.remove_reader(self._fd)
             self._fd = -1
-        thens = list(self._thens.values())
-        self._thens.clear()
-        self._streams.clear()
-        self._wrappers.clear()
-        for future, *_ in thens:
-            self._lib.flux_future_destroy(future)
+        self._futures.destroy_all()
