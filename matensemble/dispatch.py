@@ -226,6 +226,12 @@ class Dispatcher:
             rec.entry = -1
             self._forget(res)
             start(rec, placement)
+            if pool.free_cores == 0 and not gated and deadline is None:
+                # Every task needs a core: nothing else fits now. The pass would read the next
+                # entry, fail to place it and put it back, then end there or look further at
+                # no gain (each shape fails in turn): end it now, as blocked as that pass.
+                self.completion.blocked()
+                break
         else:
             self.completion.blocked()
         if len(put_back):

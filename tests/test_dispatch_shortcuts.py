@@ -296,17 +296,29 @@ def test_a_crowd_of_whole_node_heads_uses_kept_reservations_and_keeps_the_schedu
     assert kept == built
 
 
-@pytest.mark.parametrize(("behind", "spared"), [(0, 30), (10, 28)])
+@pytest.mark.parametrize(("behind", "failed", "plain_failed"), [(0, 0, 100), (10, 2, 101)])
 def test_ends_that_free_less_than_a_node_try_no_allocation_for_a_line_of_whole_node_tasks(
-    behind: int, spared: int, monkeypatch: pytest.MonkeyPatch
+    behind: int, failed: int, plain_failed: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two nodes of 16 cores full of 1-core tasks (the i-th ending at i + 1 s), then, under
     FIFO, a line of 70 whole-node tasks, longer than the backfill window, and ``behind``
-    1-core tasks. Of the 32 ends, 30 free a core but not a node: the pass each of them makes
-    must not try to place the head again (nor read the line behind it), as the plain walk
-    does. With tasks of another shape behind the line, a pass must read the line up to the
-    window to know that they are out of its reach: the first end after the head changed
-    does (the pass before stopped on a full machine), the 14 others on its node do not.
+    1-core tasks. Every task starts once, with one allocation that succeeds; what differs is
+    how many allocations fail.
+
+    The pass tries none that fails: it ends as soon as the machine is full (every task needs
+    a core), so the first pass and each pass that starts a whole-node task stop there; and of
+    the 32 ends, the 30 that free a core but not a node do not try to place the head again
+    (nor read the line behind it). With tasks of another shape behind the line, a pass must
+    read the line up to the window to know that they are out of its reach: the first end on
+    each node after the head changed does (the pass before stopped on a full machine
+    without reading it), the 14 others on its node do not: ``failed`` = 2.
+
+    The plain walk (a walltime: every pass looks at every entry) fails once in the first
+    pass (the head, then the machine is full), once in each of the 30 passes that cannot
+    place the head, once after each of the 2 whole-node starts the emptied nodes allow, and
+    once after each of the next 67 whole-node starts (the next head is a whole-node task
+    that does not fit): 100. With 1-core tasks behind, once more after the 68th and last
+    whole-node start (the next head is a 1-core task and the machine is full): 101.
     The schedule is the plain walk's."""
 
     def task(i: int, res: Resources, seconds: float) -> Task:
@@ -334,4 +346,5 @@ def test_ends_that_free_less_than_a_node_try_no_allocation_for_a_line_of_whole_n
     fast_tried, tried = tried, 0
     plain = schedule(tasks, FIFO, 1e9, machine=(2, 16))  # a walltime: every pass looks at all
     assert fast == plain
-    assert tried - fast_tried == spared
+    assert fast_tried - len(tasks) == failed
+    assert tried - len(tasks) == plain_failed
