@@ -54,6 +54,12 @@ class Dispatcher:
         # waits has failed to fit: nothing behind could start, so looking further is waste.
         self._shapes: dict[Resources, int] = {}
         self._planner = ReservationPlanner()  # the running tasks, for the reservation
+        # The planner follows the running tasks from the first pass that needs a reservation
+        # on (a head blocked under backfill); until then, only which tasks run, and since
+        # when, in the order they started, for it to take in then: a run whose head never
+        # blocks (a local run of 1-core tasks) pays a dict entry per task, not the planner.
+        self._planning = False
+        self._unplanned: dict[Record, float] = {}
 
     def use_pool(self, pool: ResourcePool) -> None:
         """Plan on ``pool`` (before any task starts or is adopted as running)."""
@@ -92,11 +98,27 @@ class Dispatcher:
 
     def running(self, rec: Record, now: float) -> None:
         """A task started (or was adopted) at ``now``: remember when it should end."""
-        self._planner.running(rec, now)
+        if self._planning:
+            self._planner.running(rec, now)
+        else:
+            self._unplanned[rec] = now
 
     def ended(self, rec: Record) -> None:
         """A running task ended, or was cancelled (before ``rec.placement`` changes)."""
-        self._planner.ended(rec)
+        if self._planning:
+            self._planner.ended(rec)
+        else:
+            del self._unplanned[rec]
+
+    def _plan_from_now_on(self) -> ReservationPlanner:
+        """The planner, following the running tasks from now on: those that run already
+        are handed to it in the order they started, as if it had followed them all along."""
+        if not self._planning:
+            self._planning = True
+            planner, unplanned, self._unplanned = self._planner, self._unplanned, {}
+            for rec, since in unplanned.items():
+                planner.running(rec, since)
+        return self._planner
 
     def select(
         self,
@@ -196,7 +218,7 @@ class Dispatcher:
                     head = rec
                     if not backfill:
                         break
-                    reservation = self._planner.still_kept(rec, now)
+                    reservation = self._plan_from_now_on().still_kept(rec, now)
                 if len(put_back) > BACKFILL_WINDOW or pool.free_cores == 0:
                     break
                 if not gated and deadline is None:
@@ -208,7 +230,8 @@ class Dispatcher:
                         break
                 continue
             if head is None:
-                self._planner.ahead_of_head()  # a task ahead of any blocked head changes the plan
+                if self._planning:  # a task ahead of any blocked head changes the plan
+                    self._planner.ahead_of_head()
             else:
                 if reservation is None:
                     # Plan the head's start on the pool as it was before this candidate.

@@ -21,6 +21,8 @@ from hypothesis import strategies as st
 from matensemble import Ensemble, Resources, SimulatedBackend, Task, TaskResult, dispatch
 from matensemble.model import Placement
 from matensemble.node_drain import NodeDrain
+from matensemble.record import Record
+from matensemble.reservation_planner import ReservationPlanner
 from matensemble.resources import ResourcePool
 from matensemble.strategies import (
     FIFO,
@@ -348,3 +350,71 @@ def test_ends_that_free_less_than_a_node_try_no_allocation_for_a_line_of_whole_n
     assert fast == plain
     assert fast_tried - len(tasks) == failed
     assert tried - len(tasks) == plain_failed
+
+
+def _planning_from_the_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every dispatcher made from here on hands each start and end to its planner at once."""
+    init = dispatch.Dispatcher.__init__
+
+    def eager(self: dispatch.Dispatcher, *args: object) -> None:
+        init(self, *args)  # type: ignore[arg-type]
+        self._planning = True
+
+    monkeypatch.setattr(dispatch.Dispatcher, "__init__", eager)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(tasks=crowds(), order=st.sampled_from(ORDERS))
+def test_a_planner_that_takes_in_the_running_tasks_when_a_head_first_blocks_plans_as_one_that_followed_every_start(  # noqa: E501
+    tasks: list[Task], order: type[SubmissionOrder]
+) -> None:
+    late = schedule(tasks, order, None)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        _planning_from_the_start(monkeypatch)
+        assert schedule(tasks, order, None) == late
+
+
+@pytest.mark.parametrize(("wide", "fed"), [(False, 0), (True, 31 + 32)])
+def test_the_planner_follows_the_running_tasks_only_once_a_head_blocks_under_backfill(
+    wide: bool, fed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two nodes of 16 cores full of 1-core tasks (the i-th ending at i + 1 s), then, under
+    FIFO with backfill, (``wide``) a whole-node task, and 31 more 1-core tasks. Without the
+    wide task no head ever blocks (each pass ends when the machine is full): the planner is
+    told of no start. With it, the pass after the first end finds the wide head blocked: from
+    then on the planner follows the running tasks: the 31 then running, handed to it at once,
+    and the 32 that start later. The schedule is the same as with a planner told of every
+    start."""
+
+    def task(name: str, seconds: float) -> Task:
+        return Task(
+            id=name, command=("sim",), estimate=seconds, tags={"sim_duration": str(seconds)}
+        )
+
+    tasks = [task(f"t{i}", i + 1.0) for i in range(32)]
+    if wide:
+        tasks.append(
+            Task(
+                id="wide",
+                command=("sim",),
+                resources=Resources(ranks=16, nodes=1),
+                estimate=1.0,
+                tags={"sim_duration": "1"},
+            )
+        )
+    tasks += [task(f"u{i}", 1.0) for i in range(31)]
+    told = 0
+    running = ReservationPlanner.running
+
+    def counted(self: ReservationPlanner, rec: Record, now: float) -> None:
+        nonlocal told
+        told += 1
+        running(self, rec, now)
+
+    monkeypatch.setattr(ReservationPlanner, "running", counted)
+    late = schedule(tasks, FIFO, None, machine=(2, 16))
+    assert told == fed
+    told = 0
+    _planning_from_the_start(monkeypatch)
+    assert schedule(tasks, FIFO, None, machine=(2, 16)) == late
+    assert told == len(tasks)
