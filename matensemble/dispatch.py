@@ -160,6 +160,7 @@ class Dispatcher:
         beside_head: set[Resources] = set()  # shapes whose placement the reservation refused
         latest_end = math.inf if deadline is None else deadline - now
         held = False
+        blocked = False  # the pass ended with nothing more that fits (told once, below)
         waiting = len(front)  # ``front`` does not change during the pass
         pop = heapq.heappop
         shapes = self._shapes
@@ -253,12 +254,12 @@ class Dispatcher:
                 # Every task needs a core: nothing else fits now. The pass would read the next
                 # entry, fail to place it and put it back, then end there or look further at
                 # no gain (each shape fails in turn): end it now, as blocked as that pass.
-                self.completion.blocked()
+                blocked = True
                 break
         else:
-            self.completion.blocked()
-        if len(put_back):
-            self.completion.blocked()
+            blocked = True  # read to the end
+        if blocked or len(put_back):
+            self.completion.blocked()  # once per pass, however it ended
         if r < end_of_run:
             if r >= 2 * (end_of_run - r) and r > 4096:
                 del run[:r]  # the entries read: the run would keep them until its end

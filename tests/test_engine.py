@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -417,3 +418,34 @@ async def test_a_policy_that_steers_hears_of_a_result_before_its_freed_core_is_r
         observers=[checker],
     ).run()
     assert checker.started == ["a0", "urgent", "a1", "a2"]
+
+
+async def test_a_policy_hears_blocked_at_most_once_per_pass_of_the_producer(
+    run_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``blocked`` says a pass found nothing more that fits: a pass that starts a 1-core task,
+    then reads to the end a 2-core one that cannot fit beside it, tells it once, not once for
+    reading to the end and again for what it put back."""
+    from matensemble.dispatch import Dispatcher
+
+    passes = 0
+    select = Dispatcher.select
+
+    def counted(self: Dispatcher, *args: Any, **kw: Any) -> bool:
+        nonlocal passes
+        passes += 1
+        return select(self, *args, **kw)
+
+    monkeypatch.setattr(Dispatcher, "select", counted)
+
+    class Counting(CompletionPolicy):
+        told = 0
+
+        def blocked(self) -> None:
+            self.told += 1
+
+    policy = Counting()
+    tasks = [t("long", est=10.0), t("wide", resources=Resources(ranks=2))]
+    summary = await Ensemble(tasks, backend=sim(2), completion=policy, run_dir=run_dir).run()
+    assert summary.counts["succeeded"] == 2
+    assert 0 < policy.told <= passes
