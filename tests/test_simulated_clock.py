@@ -14,6 +14,8 @@ from matensemble.backends.simulated import INLINE_ADVANCES
 from matensemble.events import TaskFinished, TaskStarted
 from matensemble.journal import JOURNAL_NAME, read_journal
 
+from backend_harness import opened
+
 
 class CountingSelector(selectors.DefaultSelector):
     """A selector that counts the event loop's turns (one ``select`` per turn)."""
@@ -98,3 +100,36 @@ async def test_a_reader_of_completed_finds_each_result_it_hears_of_in_the_journa
                 if isinstance(e, TaskFinished)
             }
             assert result.id in finished
+
+
+async def test_launches_and_timers_due_at_one_time_come_out_in_the_order_they_were_made(
+    tmp_path: Path,
+) -> None:
+    """Ties on the clock keep launch order (a retry made later comes later), a timer made
+    between two launches fires between them, and a cancelled launch never comes out again."""
+    backend = SimulatedBackend(1, 8, duration=lambda task, attempt: 5.0)
+    seen: list[str] = []
+    async with opened(backend, tmp_path) as h:
+        h.on_outcome = lambda outcome: seen.append(f"{outcome.key[0]}:{outcome.state.value}")
+        a, b = h.start(Task(id="a", command=("x",))), h.start(Task(id="b", command=("x",)))
+        backend.call_later(5.0, lambda: seen.append("timer"))
+        h.start(Task(id="c", command=("x",)))
+        h.start(Task(id="d", command=("x",)))
+        backend.cancel(b.key)
+        h.start(Task(id="b", command=("x",)), attempt=2)
+        backend.call_later(7.0, lambda: seen.append("later"))
+        backend.idle()
+        await h.outcome(a)
+        while len(seen) < 7:
+            backend.idle()
+            await asyncio.sleep(0)
+    assert seen == [
+        "b:cancelled",
+        "a:succeeded",
+        "timer",
+        "c:succeeded",
+        "d:succeeded",
+        "b:succeeded",
+        "later",
+    ]
+    assert backend.now() == 7.0
