@@ -83,6 +83,22 @@ class Steering(CompletionPolicy):
             ensemble.reprioritise(self.ids[(3 * i + 1) % n], i % 5 - 2)
 
 
+ONE_CORE = Resources()
+
+
+def sim_task(
+    name: str, seconds: float, res: Resources = ONE_CORE, estimate: float | None = None
+) -> Task:
+    """A simulated task that runs ``seconds``, estimated at ``estimate`` (default: exact)."""
+    return Task(
+        id=name,
+        command=("sim",),
+        resources=res,
+        estimate=seconds if estimate is None else estimate,
+        tags={"sim_duration": str(seconds)},
+    )
+
+
 def schedule(
     tasks: list[Task],
     order: type[SubmissionOrder],
@@ -151,22 +167,13 @@ def test_a_cancelled_task_among_blocked_ones_does_not_count_against_the_backfill
     third whole-node task is cancelled: with a window of 3, the pass puts back the three left
     and reaches the 2-core task only if the cancelled one is dropped, not put back."""
 
-    def task(name: str, res: Resources, seconds: float) -> Task:
-        return Task(
-            id=name,
-            command=("sim",),
-            resources=res,
-            estimate=seconds,
-            tags={"sim_duration": str(seconds)},
-        )
-
     node = Resources(ranks=8, nodes=1)
     tasks = [
-        task("a", node, 100.0),
-        task("c", Resources(ranks=6), 100.0),
-        task("b", Resources(), 1.0),
-        *(task(f"w{i}", node, 10.0) for i in range(1, 5)),
-        task("s", Resources(ranks=2), 1.0),
+        sim_task("a", 100.0, node),
+        sim_task("c", 100.0, Resources(ranks=6)),
+        sim_task("b", 1.0),
+        *(sim_task(f"w{i}", 10.0, node) for i in range(1, 5)),
+        sim_task("s", 1.0, Resources(ranks=2)),
     ]
     saved = dispatch.BACKFILL_WINDOW
     dispatch.BACKFILL_WINDOW = 3
@@ -323,18 +330,9 @@ def test_ends_that_free_less_than_a_node_try_no_allocation_for_a_line_of_whole_n
     whole-node start (the next head is a 1-core task and the machine is full): 101.
     The schedule is the plain walk's."""
 
-    def task(i: int, res: Resources, seconds: float) -> Task:
-        return Task(
-            id=f"t{i}",
-            command=("sim",),
-            resources=res,
-            estimate=seconds,
-            tags={"sim_duration": str(seconds)},
-        )
-
-    tasks = [task(i, Resources(), i + 1.0) for i in range(32)]
-    tasks += [task(i, Resources(ranks=16, nodes=1), 100.0) for i in range(32, 32 + 70)]
-    tasks += [task(i, Resources(), 1.0) for i in range(102, 102 + behind)]
+    tasks = [sim_task(f"t{i}", i + 1.0) for i in range(32)]
+    tasks += [sim_task(f"t{i}", 100.0, Resources(ranks=16, nodes=1)) for i in range(32, 102)]
+    tasks += [sim_task(f"t{i}", 1.0) for i in range(102, 102 + behind)]
     tried = 0
     allocate = ResourcePool.allocate
 
@@ -386,23 +384,10 @@ def test_the_planner_follows_the_running_tasks_only_once_a_head_blocks_under_bac
     and the 32 that start later. The schedule is the same as with a planner told of every
     start."""
 
-    def task(name: str, seconds: float) -> Task:
-        return Task(
-            id=name, command=("sim",), estimate=seconds, tags={"sim_duration": str(seconds)}
-        )
-
-    tasks = [task(f"t{i}", i + 1.0) for i in range(32)]
+    tasks = [sim_task(f"t{i}", i + 1.0) for i in range(32)]
     if wide:
-        tasks.append(
-            Task(
-                id="wide",
-                command=("sim",),
-                resources=Resources(ranks=16, nodes=1),
-                estimate=1.0,
-                tags={"sim_duration": "1"},
-            )
-        )
-    tasks += [task(f"u{i}", 1.0) for i in range(31)]
+        tasks.append(sim_task("wide", 1.0, Resources(ranks=16, nodes=1)))
+    tasks += [sim_task(f"u{i}", 1.0) for i in range(31)]
     told = 0
     running = ReservationPlanner.running
 

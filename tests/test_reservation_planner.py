@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_dispatch_shortcuts import ORDERS, Steering, crowds, schedule
+from test_dispatch_shortcuts import ORDERS, Steering, crowds, schedule, sim_task
 
 from matensemble import Resources, Task
 from matensemble.record import Record
@@ -16,16 +16,6 @@ from matensemble.strategies import FIFO
 from matensemble.strategies.backfill import Reservation
 
 
-def _task(name: str, res: Resources, estimate: float, seconds: float) -> Task:
-    return Task(
-        id=name,
-        command=("sim",),
-        resources=res,
-        estimate=estimate,
-        tags={"sim_duration": str(seconds)},
-    )
-
-
 def _overdue_gpu_head() -> list[Task]:
     """Two nodes of 4 cores and 1 GPU. Node A holds a 3-core task until t=500 and a GPU task
     expected to end at t=10 that runs until t=100; node B a GPU task until t=300. The head
@@ -33,12 +23,12 @@ def _overdue_gpu_head() -> list[Task]:
     second keep B's three other cores busy, a pass for each end: from t=10 on, past the
     head's shadow time, the kept reservation is no longer taken as it is."""
     tasks = [
-        _task("hog", Resources(ranks=3, nodes=1), 500.0, 500.0),
-        _task("late", Resources(gpus_per_rank=1), 10.0, 100.0),
-        _task("long", Resources(gpus_per_rank=1), 300.0, 300.0),
-        _task("head", Resources(gpus_per_rank=1), 5.0, 5.0),
+        sim_task("hog", 500.0, Resources(ranks=3, nodes=1), estimate=500.0),
+        sim_task("late", 100.0, Resources(gpus_per_rank=1), estimate=10.0),
+        sim_task("long", 300.0, Resources(gpus_per_rank=1), estimate=300.0),
+        sim_task("head", 5.0, Resources(gpus_per_rank=1), estimate=5.0),
     ]
-    tasks += [_task(f"s{i}", Resources(), 1.0, 1.0) for i in range(330)]
+    tasks += [sim_task(f"s{i}", 1.0, Resources(), estimate=1.0) for i in range(330)]
     return tasks
 
 
@@ -84,13 +74,13 @@ def test_an_early_end_that_makes_another_node_fit_sooner_makes_the_reservation_p
     by the overdue task's expected end, before A's: a new plan books B and keeps the 1-core
     tasks off its free core; the reservation kept on A would let one in."""
     tasks = [
-        _task("hog", Resources(ranks=2), 500.0, 500.0),
-        _task("late", Resources(cores_per_rank=2, gpus_per_rank=1), 10.0, 100.0),
-        _task("stuck", Resources(), 5.0, 200.0),
-        _task("early", Resources(gpus_per_rank=1), 300.0, 50.5),
-        _task("head", Resources(cores_per_rank=2, gpus_per_rank=1), 5.0, 5.0),
+        sim_task("hog", 500.0, Resources(ranks=2), estimate=500.0),
+        sim_task("late", 100.0, Resources(cores_per_rank=2, gpus_per_rank=1), estimate=10.0),
+        sim_task("stuck", 200.0, Resources(), estimate=5.0),
+        sim_task("early", 50.5, Resources(gpus_per_rank=1), estimate=300.0),
+        sim_task("head", 5.0, Resources(cores_per_rank=2, gpus_per_rank=1), estimate=5.0),
     ]
-    tasks += [_task(f"s{i}", Resources(), 1.0, 1.0) for i in range(200)]
+    tasks += [sim_task(f"s{i}", 1.0, Resources(), estimate=1.0) for i in range(200)]
     kept = schedule(tasks, FIFO, None, machine=(2, 4, 1))
     assert kept["head"][1] == 51.0
     assert not any(start == 50.5 for _, start, _ in kept.values())  # B's free core waited
@@ -107,15 +97,15 @@ def test_the_next_gpu_head_of_the_same_shape_takes_over_the_reservation_where_it
     on B's GPU; the second head's plan would be A's again (B's next GPU is expected back
     when the first head should end, t=25), so the one kept is used, not planned anew."""
     tasks = [
-        _task("hog", Resources(ranks=2), 1000.0, 1000.0),
-        _task("late1", Resources(gpus_per_rank=1), 10.0, 1000.0),
-        _task("late2", Resources(gpus_per_rank=1), 10.0, 1000.0),
-        _task("early1", Resources(gpus_per_rank=1), 500.0, 20.0),
-        _task("early2", Resources(gpus_per_rank=1), 500.0, 40.0),
-        _task("head1", Resources(gpus_per_rank=1), 5.0, 100.0),
-        _task("head2", Resources(gpus_per_rank=1), 5.0, 100.0),
+        sim_task("hog", 1000.0, Resources(ranks=2), estimate=1000.0),
+        sim_task("late1", 1000.0, Resources(gpus_per_rank=1), estimate=10.0),
+        sim_task("late2", 1000.0, Resources(gpus_per_rank=1), estimate=10.0),
+        sim_task("early1", 20.0, Resources(gpus_per_rank=1), estimate=500.0),
+        sim_task("early2", 40.0, Resources(gpus_per_rank=1), estimate=500.0),
+        sim_task("head1", 100.0, Resources(gpus_per_rank=1), estimate=5.0),
+        sim_task("head2", 100.0, Resources(gpus_per_rank=1), estimate=5.0),
     ]
-    tasks += [_task(f"s{i}", Resources(), 1.0, 1.0) for i in range(150)]
+    tasks += [sim_task(f"s{i}", 1.0, Resources(), estimate=1.0) for i in range(150)]
     planned = _count_plans(monkeypatch)
     kept = schedule(tasks, FIFO, None, machine=(2, 4, 2))
     assert (kept["head1"][1], kept["head2"][1]) == (20.0, 40.0)
