@@ -19,7 +19,11 @@ through
 "driver CPU/task" is the engine process's own user+system CPU (``RUSAGE_SELF``: its threads,
 not its children) over the run, per task: launch, reap, journal and status; "loop" is the part
 of it spent in the event loop's thread (``time.thread_time``), the rest is the spawner workers'
-(task directory, output files, ``vfork``/``exec``) and the journal's sync thread. The "backend
+(task directory, output files, ``vfork``/``exec``) and the journal's sync thread. "switches/task"
+counts the context switches of all the driver's threads, voluntary + involuntary (each
+voluntary one is a thread going to sleep: waiting for an exit, a launch, the GIL, a
+``vfork``), and of the loop thread alone. The same figures are printed for the threads'
+own process ("threads' own": its pool threads' ``fork``/``exec`` and ``wait``). The "backend
 alone" line drives ``LocalBackend`` directly (no engine, journal or status: one launch per
 free core, as outcomes arrive), so the two lines together split that CPU between the backend
 and the engine. The ratio is the
@@ -73,10 +77,15 @@ def xargs(n: int, cores: int) -> float:
     return time.perf_counter() - t0
 
 
-def threads(n: int, cores: int) -> float:
+def threads(n: int, cores: int, cpu: DriverCPU | None = None) -> float:
+    """Wall seconds; ``cpu`` (if given) gets the process's CPU and switches over the run (its
+    "loop" is the main thread, which only waits for the pool)."""
+    cpu = cpu or DriverCPU()
     t0 = time.perf_counter()
+    cpu.start()
     with ThreadPoolExecutor(cores) as pool:
         codes = list(pool.map(lambda _: subprocess.run(COMMAND, check=False).returncode, range(n)))
+    cpu.stop()
     elapsed = time.perf_counter() - t0
     assert not any(codes)
     return elapsed
@@ -87,19 +96,40 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def switches(who: int) -> tuple[int, int]:
+    """Voluntary and involuntary context switches so far (``RUSAGE_SELF``: every thread)."""
+    usage = resource.getrusage(who)
+    return usage.ru_nvcsw, usage.ru_nivcsw
+
+
 class DriverCPU:
     """The driver's CPU seconds between ``start`` and ``stop``: all threads, and the calling
-    (event loop) thread alone."""
+    (event loop) thread alone; and the context switches of both."""
+
+    total = loop = 0.0
+    switches: tuple[int, int, int, int] = (0, 0, 0, 0)  # all threads vol, invol; loop vol, invol
 
     def start(self) -> None:
         self._cpu0, self._loop0 = cpu_seconds(), time.thread_time()
+        self._sw0 = (*switches(resource.RUSAGE_SELF), *switches(resource.RUSAGE_THREAD))
 
     def stop(self) -> None:
         self.total = cpu_seconds() - self._cpu0
         self.loop = time.thread_time() - self._loop0
+        now = (*switches(resource.RUSAGE_SELF), *switches(resource.RUSAGE_THREAD))
+        self.switches = (
+            now[0] - self._sw0[0],
+            now[1] - self._sw0[1],
+            now[2] - self._sw0[2],
+            now[3] - self._sw0[3],
+        )
 
     def per_task(self, n: int) -> str:
-        return f"driver CPU/task {self.total / n * 1e3:.3f} ms (loop {self.loop / n * 1e3:.3f})"
+        vol, invol, loop_vol, loop_invol = (count / n for count in self.switches)
+        return (
+            f"driver CPU/task {self.total / n * 1e3:.3f} ms (loop {self.loop / n * 1e3:.3f})"
+            f" switches/task {vol:.2f}+{invol:.2f} (loop {loop_vol:.2f}+{loop_invol:.2f})"
+        )
 
 
 async def engine(
@@ -194,13 +224,21 @@ def engine_elsewhere(
             figures = json.loads(line[len(MARK) :])
             cpu = DriverCPU()
             cpu.total, cpu.loop = figures["cpu"], figures["loop"]
+            vol, invol, loop_vol, loop_invol = figures["switches"]
+            cpu.switches = (vol, invol, loop_vol, loop_invol)
             return figures["elapsed"], cpu, figures["gaps"]
     raise SystemExit(f"the engine run failed (exit {done.returncode}):\n{done.stdout}{done.stderr}")
 
 
 def one_engine(n: int, cores: int) -> None:
     elapsed, cpu, gaps = asyncio.run(engine(n, cores, Path("/dev/shm")))
-    figures = {"elapsed": elapsed, "cpu": cpu.total, "loop": cpu.loop, "gaps": gaps}
+    figures = {
+        "elapsed": elapsed,
+        "cpu": cpu.total,
+        "loop": cpu.loop,
+        "switches": cpu.switches,
+        "gaps": gaps,
+    }
     print(MARK + json.dumps(figures), flush=True)
 
 
@@ -240,10 +278,12 @@ def main() -> None:
         del places["disk"]
     print(f"{n} `{' '.join(COMMAND)}` tasks on {cores} cores; load {os.getloadavg()[0]:.1f}")
     for rep in range(args.repeat):
-        raw = {"xargs": xargs(n, cores), "threads": threads(n, cores)}
+        threads_cpu = DriverCPU()
+        raw = {"xargs": xargs(n, cores), "threads": threads(n, cores, threads_cpu)}
         best = min(raw, key=raw.__getitem__)
         line = " ".join(f"{name} {n / t:6.0f}/s" for name, t in raw.items())
         print(f"[{rep}] {line} (best: {best}) load {os.getloadavg()[0]:.1f}")
+        print(f"    threads' own {threads_cpu.per_task(n)}")
         if places["tmpfs"].is_dir():
             elapsed, cpu = asyncio.run(backend_alone(n, cores, places["tmpfs"]))
             print(f"    backend alone (tmpfs): {n / elapsed:6.0f}/s {cpu.per_task(n)}")
