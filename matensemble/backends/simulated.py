@@ -10,13 +10,13 @@ completion, so a day on a whole Frontier takes as long as the engine's own bookk
 from __future__ import annotations
 
 import asyncio
-import heapq
 import itertools
 from collections.abc import Callable, Sequence
 
 from anyio.abc import TaskGroup
 
 from matensemble.backends.base import Backend, Launch, LaunchKey, Outcome, Sink
+from matensemble.backends.simulated_events import EventQueue
 from matensemble.limits import MAX_CORES_PER_NODE, MAX_GPUS_PER_NODE, MAX_MACHINE_IDS, MAX_NODES
 from matensemble.model import Task, TaskState
 from matensemble.resources import NodeSpec
@@ -88,9 +88,9 @@ class SimulatedBackend(Backend):
         self._now = start
         self._sink: Sink | None = None
         # (end, seq, key, start, code, timeout) per launch, (time, seq, None, ...) per timer.
-        self._heap: list[_Entry] = []
-        self._timers: dict[int, Callable[[], None]] = {}  # heap sequence number -> callback
-        # Each running launch's own heap entry (one tuple per launch, not a second one).
+        self._events = EventQueue()
+        self._timers: dict[int, Callable[[], None]] = {}  # event sequence number -> callback
+        # Each running launch's own event entry (one tuple per launch, not a second one).
         self._live: dict[LaunchKey, _Entry] = {}
         self._seq = itertools.count()
         self._advance_scheduled = False
@@ -127,7 +127,7 @@ class SimulatedBackend(Backend):
         # Only what the outcome is made of, while it runs: a million in flight add up.
         entry = (end, next(self._seq), key, start, code, timeout)
         self._live[key] = entry
-        heapq.heappush(self._heap, entry)
+        self._events.push(entry)
 
     @staticmethod
     def _outcome(
@@ -168,7 +168,7 @@ class SimulatedBackend(Backend):
         """Call ``callback`` when the virtual clock reaches ``now() + delay``."""
         seq = next(self._seq)
         self._timers[seq] = callback
-        heapq.heappush(self._heap, (self._now + max(0.0, delay), seq, None, 0.0, 0, None))
+        self._events.push((self._now + max(0.0, delay), seq, None, 0.0, 0, None))
 
     def idle(self) -> None:
         """Advance the clock on the event loop's next turn, or at once where that turn would
@@ -188,24 +188,25 @@ class SimulatedBackend(Backend):
         """Jump to the next completion or timer; report every launch that ends then, and call
         every timer that is due."""
         self._advance_scheduled = False
-        heap, live, timers = self._heap, self._live, self._timers
-        while heap:
-            top = heap[0]
+        events, live, timers = self._events, self._live, self._timers
+        top = events.first()
+        while top is not None:
             if top[1] in timers or (top[2] is not None and live.get(top[2]) is top):
                 break
-            heapq.heappop(heap)  # cancelled
-        if not heap:
+            events.pop()  # cancelled
+            top = events.first()
+        if top is None:
             return
-        self._now = max(self._now, heap[0][0])
-        while heap and heap[0][0] <= self._now:
-            entry = heapq.heappop(heap)
-            end, seq, key, start, code, timeout = entry
+        now = self._now = max(self._now, top[0])
+        while top is not None and top[0] <= now:
+            events.pop()
+            end, seq, key, start, code, timeout = top
             if key is None:
                 timers.pop(seq)()
-                continue
-            if live.get(key) is entry:  # else cancelled (a later attempt has its own entry)
+            elif live.get(key) is top:  # else cancelled (a later attempt has its own entry)
                 del live[key]
                 self._deliver(self._outcome(key, end, start, code, timeout))
+            top = events.first()
 
     def _deliver(self, outcome: Outcome) -> None:
         assert self._sink is not None, "launch() before open()"
@@ -214,7 +215,7 @@ class SimulatedBackend(Backend):
     async def close(self) -> None:
         for key in list(self._live):
             self.cancel(key)
-        self._heap.clear()
+        self._events.clear()
         self._timers.clear()
 
 
