@@ -9,7 +9,9 @@ and a heap orders the nodes by the latest of them, so the answer is read off the
 Costs: a start or an end is O(log N) per node it touches, amortised (when the task with a
 node's latest end ends, the node's new latest is found among its at most c tasks, which happens
 once per task at most); reading the k nodes that empty first is O(k log N) plus the stale heap
-entries dropped on the way, each dropped once.
+entries dropped on the way, each dropped once. The task that ends first on a node (for a GPU
+head's plan) is kept as the node's answer while it runs: O(1) per start and end, and O(c) to
+find it again after it ended, only when asked.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Generator, Iterable, Mapping, Sequence
+from operator import itemgetter
 
 __all__ = ["NodeDrain"]
 
@@ -35,41 +38,37 @@ class NodeDrain:
         self._latest: list[_Latest] = [_NOTHING] * nodes
         # (latest, node); an entry is stale once it differs from ``_latest[node]``.
         self._heap: list[tuple[_Latest, int]] = []
-        # Per node, a heap of (expected end, task key) of its tasks, for the one that ends
-        # first; an entry is stale once the task's entry in ``_ends`` differs. Built for a
-        # node the first time ``first_on`` asks about it (only a GPU head's plan does), kept
-        # from then on: a run that never asks (no GPU head, as under FIFO behind whole-node
-        # heads) pays nothing per start for it.
-        self._firsts: list[list[tuple[_Latest, object]] | None] = [None] * nodes
+        # Per node, its task expected to end first, (key, (end, order, position)), kept while
+        # that task runs; None where it is not known (never asked, or that task ended since):
+        # then ``first_on`` finds it among the node's tasks. Only a GPU head's plan asks.
+        self._first: list[tuple[object, _Latest] | None] = [None] * nodes
 
     def started(self, key: object, nodes: Sequence[int], end: float, order: int) -> None:
         """A task (``key``, any hashable; ``order``: the n-th start) started on ``nodes``,
         expected to end at ``end``."""
-        latest = self._latest
+        latest, known = self._latest, self._first
         for pos, i in enumerate(nodes):
             mine = (end, order, pos)
-            ends = self._ends[i]
-            ends[key] = mine
-            firsts = self._firsts[i]
-            if firsts is not None:
-                if len(firsts) > 2 * len(ends) + 8:  # mostly stale: rebuild from the truth
-                    firsts[:] = [(t, k) for k, t in ends.items() if k is not key]
-                    heapq.heapify(firsts)
-                heapq.heappush(firsts, (mine, key))
+            self._ends[i][key] = mine
+            first = known[i]
+            if first is not None and mine < first[1]:
+                known[i] = (key, mine)
             if mine > latest[i]:
                 latest[i] = mine
                 self._push(mine, i)
 
     def ended(self, key: object, nodes: Iterable[int]) -> None:
         """The task ``key`` that ``started`` on ``nodes`` ended (or was cancelled)."""
-        latest = self._latest
+        latest, known = self._latest, self._first
         for i in nodes:
             ends = self._ends[i]
             mine = ends.pop(key, None)
-            # Its entry in ``_firsts[i]`` is stale from now on: dropped by the next reader
-            # that meets it on top (``first_on``), or when the heap is rebuilt (``started``);
-            # most runs (those with no GPU head to plan) never read the heap at all.
-            if mine is None or mine < latest[i]:
+            if mine is None:
+                continue
+            first = known[i]
+            if first is not None and first[1] is mine:
+                known[i] = None  # found again among the node's tasks when next asked
+            if mine < latest[i]:
                 continue
             new = max(ends.values(), default=_NOTHING)
             if new != latest[i]:
@@ -83,17 +82,16 @@ class NodeDrain:
 
     def first_on(self, node: int) -> tuple[object, tuple[float, int, int]] | None:
         """The task on ``node`` expected to end first, and its (expected end, start order,
-        position); ``None`` if none runs there. O(1) amortised, not a look at every task."""
-        firsts, ends = self._firsts[node], self._ends[node]
-        if firsts is None:  # first asked: from now on kept as tasks start (O(c) once)
-            firsts = self._firsts[node] = [(t, k) for k, t in ends.items()]
-            heapq.heapify(firsts)
-        while firsts and ends.get(firsts[0][1]) != firsts[0][0]:
-            heapq.heappop(firsts)
-        if not firsts:
-            return None
-        mine, key = firsts[0]
-        return key, mine
+        position); ``None`` if none runs there. O(1) while the task it gave last still runs
+        (a start that ends sooner replaces it), else found among the node's tasks (O(c) for
+        its c tasks, at most once per end on the node)."""
+        first = self._first[node]
+        if first is None:
+            ends = self._ends[node]
+            if not ends:
+                return None
+            first = self._first[node] = min(ends.items(), key=_second)
+        return first
 
     def first(self) -> tuple[float, int, int] | None:
         """What ``emptying`` would yield first, or ``None``: O(1) amortised (the stale heap
@@ -142,3 +140,4 @@ class NodeDrain:
 
 _Latest = tuple[float, int, int]  # (expected end, start order, position in the placement)
 _NOTHING: _Latest = (-math.inf, -1, -1)  # no task runs on the node
+_second = itemgetter(1)

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from matensemble import node_drain
 from matensemble.model import Placement, Resources
 from matensemble.node_drain import NodeDrain
 from matensemble.resources import NodeSpec, ResourcePool
@@ -47,7 +48,7 @@ def test_nodes_come_out_in_the_order_their_last_task_is_expected_to_end_and_know
         expected = [(end, k, i) for end, k, _, i in sorted((*t, i) for i, t in latest.items())]
         # A reader that stops early leaves every node in place for the next one.
         # The task that ends first on a node, as a look at all says: asked of some nodes now
-        # and then (a node's heap of first ends is built when it is first asked about).
+        # and then (what a node last answered is kept while that task runs).
         for i in rng.sample(range(20), rng.randrange(21)):
             tasks = drain.tasks_on(i)
             first = min(tasks.items(), key=lambda item: item[1]) if tasks else None
@@ -145,31 +146,43 @@ def test_a_kept_whole_node_reservation_is_the_same_as_new_exactly_while_the_firs
     assert outcomes["the same"] and outcomes["built anew"]
 
 
-def test_a_start_pushes_on_a_nodes_heap_of_first_ends_only_once_that_node_was_asked_about(
+def test_which_task_ends_first_on_a_node_is_looked_for_among_its_tasks_only_after_that_one_ended(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Only a GPU head's plan asks which task ends first on a node; a run without one (FIFO
-    behind whole-node heads) should pay nothing per start for it."""
-    pushes = 0
-    push = heapq.heappush
+    """A GPU head's plan asks which task ends first on a node, many times over while the head
+    stays blocked; the answer is kept while that task runs, so a start costs a comparison (not
+    a push on a heap per node) and a node's tasks are looked at only after its first ended."""
+    looked = pushes = 0
+    second, push = node_drain._second, heapq.heappush
 
-    def counted(heap: list[Any], item: Any) -> None:
+    def counted(item: Any) -> Any:
+        nonlocal looked
+        looked += 1
+        return second(item)
+
+    def counted_push(heap: list[Any], item: Any) -> None:
         nonlocal pushes
         pushes += 1
         push(heap, item)
 
-    monkeypatch.setattr(heapq, "heappush", counted)
-
-    def run(ask: bool) -> int:
-        nonlocal pushes
-        pushes = 0
-        drain = NodeDrain(4)
-        if ask:
-            assert drain.first_on(0) is None
-        for key in range(40):  # ten tasks per node, the later ones ending earlier
-            drain.started(key, [key % 4], 100.0 - key, key)
-        if ask:
-            assert drain.first_on(0) == (36, (64.0, 36, 0))
-        return pushes
-
-    assert run(ask=True) - run(ask=False) == 10  # one per start on node 0
+    monkeypatch.setattr(node_drain, "_second", counted)
+    monkeypatch.setattr(heapq, "heappush", counted_push)
+    drain = NodeDrain(4)
+    assert drain.first_on(0) is None
+    for key in range(40):  # ten tasks per node, the later ones ending earlier
+        drain.started(key, [key % 4], 100.0 - key, key)
+    assert drain.first_on(0) == (36, (64.0, 36, 0))
+    assert looked == 10  # its ten tasks, once
+    pushes = 0
+    for key in range(40, 50):  # more on node 0, none of them ending first or last there
+        drain.started(key, [0], 70.0 - key % 3, key)
+        assert drain.first_on(0) == (36, (64.0, 36, 0))
+    assert pushes == 0
+    drain.started(50, [0], 1.0, 50)
+    assert drain.first_on(0) == (50, (1.0, 50, 0))
+    drain.ended(0, [0])  # not the first: the answer stands
+    assert drain.first_on(0) == (50, (1.0, 50, 0))
+    assert looked == 10
+    drain.ended(50, [0])
+    assert drain.first_on(0) == (36, (64.0, 36, 0))
+    assert looked == 10 + 19  # the nineteen tasks left on it, once
