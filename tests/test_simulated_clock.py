@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from matensemble import Ensemble, SimulatedBackend, Task, TaskResult
+from matensemble.backends import simulated
 from matensemble.backends.simulated import INLINE_ADVANCES
 from matensemble.events import TaskFinished, TaskStarted
 from matensemble.journal import JOURNAL_NAME, read_journal
@@ -133,3 +134,27 @@ async def test_launches_and_timers_due_at_one_time_come_out_in_the_order_they_we
         "later",
     ]
     assert backend.now() == 7.0
+
+
+def test_the_clock_moves_without_asking_asyncio_for_the_loop_at_each_end(
+    run_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``asyncio.get_running_loop`` makes a system call (getpid) each time: the backend keeps
+    the loop that opened it instead of asking once per end of a million."""
+    asked = 0
+
+    class CountingAsyncio:
+        def __getattr__(self, name: str) -> object:
+            return getattr(asyncio, name)
+
+        @staticmethod
+        def get_running_loop() -> asyncio.AbstractEventLoop:
+            nonlocal asked
+            asked += 1
+            return asyncio.get_running_loop()
+
+    monkeypatch.setattr(simulated, "asyncio", CountingAsyncio())
+    n = 2000
+    summary = asyncio.run(Ensemble(tasks(n), backend=SimulatedBackend(1, 4), run_dir=run_dir).run())
+    assert summary.counts["succeeded"] == n
+    assert asked <= 2, asked

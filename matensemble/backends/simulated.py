@@ -94,14 +94,19 @@ class SimulatedBackend(Backend):
         self._live: dict[LaunchKey, _Entry] = {}
         self._seq = itertools.count()
         self._advance_scheduled = False
+        # The loop that opened it: asking asyncio for the running loop costs a system call
+        # (getpid, to tell a forked child) on every end of a run's million.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._inline = 0  # clock advances made inside idle() since the loop last ran one
         self.launched = 0
+        self.most_running = 0  # the most launches that ran at once
 
     def now(self) -> float:
         return self._now
 
     async def open(self, sink: Sink, task_group: TaskGroup) -> Sequence[NodeSpec]:
         self._sink = sink
+        self._loop = asyncio.get_running_loop()
         nodes, cores, gpus = self._shape
         width = len(str(nodes - 1))
         return [
@@ -126,7 +131,10 @@ class SimulatedBackend(Backend):
         key = launch.key
         # Only what the outcome is made of, while it runs: a million in flight add up.
         entry = (end, next(self._seq), key, start, code, timeout)
-        self._live[key] = entry
+        live = self._live
+        live[key] = entry
+        if len(live) > self.most_running:
+            self.most_running = len(live)
         self._events.push(entry)
 
     @staticmethod
@@ -175,7 +183,9 @@ class SimulatedBackend(Backend):
         run nothing else (see ``_nothing_else_ready``): two loop turns per end saved."""
         if self._advance_scheduled or not (self._live or self._timers):
             return
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:  # not opened (a test driving it by hand)
+            loop = asyncio.get_running_loop()
         if self._inline < INLINE_ADVANCES and _nothing_else_ready(loop):
             self._inline += 1
             self._advance()
@@ -217,6 +227,7 @@ class SimulatedBackend(Backend):
             self.cancel(key)
         self._events.clear()
         self._timers.clear()
+        self._loop = None
 
 
 def _nothing_else_ready(loop: asyncio.AbstractEventLoop) -> bool:
