@@ -48,6 +48,7 @@ class ReservationPlanner:
         self._gpu_kept: _KeptGpuFit | None = None
         self._gpu_asked: tuple[int, int, FirstFit] | None = None  # the last ``_gpu_fit``
         self._drain: NodeDrain | None = None  # when each node empties, once the pool is known
+        self.planned_anew = False  # whether the last ``plan`` built a new reservation
         self._numbers: Mapping[str, int] = {}  # node name -> its number in the pool
 
     def use_pool(self, pool: ResourcePool) -> None:
@@ -64,12 +65,11 @@ class ReservationPlanner:
         item = (end, seq, rec.attempts, rec)
         self._ends_kept = push(self._ends, item, self._ends_kept)
         placement = rec.placement
-        if _holds_gpus(placement):
+        if placement[0].gpus if len(placement) == 1 else _holds_gpus(placement):
             self._gpu_ends_kept = push(self._gpu_ends, item, self._gpu_ends_kept)
             self._gpu_running += 1
         if self._drain is not None:
-            numbers = self._numbers
-            nodes = [numbers[slot.node] for slot in placement]
+            nodes = self._nodes_of(placement)
             self._drain.started(rec, nodes, end, seq)
             gpu_kept = self._gpu_kept
             if gpu_kept is not None and gpu_kept.node in nodes:
@@ -78,12 +78,11 @@ class ReservationPlanner:
     def ended(self, rec: Record) -> None:
         """A running task ended, or was cancelled (before ``rec.placement`` changes)."""
         placement = rec.placement
-        if _holds_gpus(placement):
+        if placement[0].gpus if len(placement) == 1 else _holds_gpus(placement):
             self._gpu_running -= 1
         drain = self._drain
         if drain is not None:
-            numbers = self._numbers
-            nodes = [numbers[slot.node] for slot in placement]
+            nodes = self._nodes_of(placement)
             gpu_kept = self._gpu_kept
             if gpu_kept is not None:
                 if gpu_kept.node in nodes:
@@ -93,6 +92,14 @@ class ReservationPlanner:
                     if mine is not None and mine[:2] > gpu_kept.rank[0]:
                         gpu_kept.suspects.update(nodes)  # ended before it was expected to
             drain.ended(rec, nodes)
+
+    def _nodes_of(self, placement: Placement) -> tuple[int, ...]:
+        """The node numbers of ``placement``'s slots (most placements hold one slot: no loop
+        for it)."""
+        numbers = self._numbers
+        if len(placement) == 1:
+            return (numbers[placement[0].node],)
+        return tuple(numbers[slot.node] for slot in placement)
 
     def ahead_of_head(self) -> None:
         """A task started ahead of any blocked head in a pass: the kept reservation may no
@@ -120,6 +127,7 @@ class ReservationPlanner:
         kept from now on."""
         kept = self._kept
         res = head.task.resources
+        self.planned_anew = False
         if kept and kept[0] is head and kept[1] == head.entry and kept[2].same_as_new(self._drain):
             reservation = kept[2]
         else:
@@ -130,6 +138,7 @@ class ReservationPlanner:
                 reservation = again
             else:
                 self._gpu_asked = None
+                self.planned_anew = True
                 reservation = Reservation(
                     res,
                     pool,
