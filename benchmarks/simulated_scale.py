@@ -6,7 +6,11 @@ around per-kind medians, each task's estimate its runtime off by up to +-25 %. E
 a fresh process, so the peak RSS printed is that case's own; "engine B/task" is its growth while
 the engine ran (records, results, queues; the task list itself was built before), per task.
 The cost per task should stay flat as the number of tasks grows: every scheduling decision is
-O(log n) or amortised O(1).
+O(log n) or amortised O(1). A second table says which regime each case ran in, which is what
+the curve is read against: the makespan in seconds (to compare orders and code versions to the
+last digit), the most tasks that ran at once, passes of the dispatcher per task, the share of
+them whose head did not fit (then backfill looks past it, against the head's reservation), and
+reservations built anew per 1,000 tasks (the others were kept ones used again).
 
     python benchmarks/simulated_scale.py [--sizes 10000,100000,300000,1000000]
         [--orders fifo,longest-first] [--profile N]
@@ -76,8 +80,10 @@ async def run_case(n: int, order: str) -> dict[str, float | int | str]:
     with tempfile.TemporaryDirectory() as run_dir:
         rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         t0, c0 = time.perf_counter(), time.process_time()
-        summary = await Ensemble(tasks, backend=backend, strategy=strategy, run_dir=run_dir).run()
+        ensemble = Ensemble(tasks, backend=backend, strategy=strategy, run_dir=run_dir)
+        summary = await ensemble.run()
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    passes = ensemble._dispatch.counts  # the engine's own counters (no public API: diagnostics)
     assert summary.counts["succeeded"] == n, summary.counts
     return {
         "tasks": n,
@@ -89,6 +95,10 @@ async def run_case(n: int, order: str) -> dict[str, float | int | str]:
         "gpus": summary.gpu_utilisation,
         "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "rss_before_mib": rss0 / 1024,
+        "most_running": backend.most_running,
+        "passes": passes.passes,
+        "blocked": passes.blocked,
+        "planned": passes.planned,
     }
 
 
@@ -123,6 +133,7 @@ def main() -> None:
         f"{'tasks':>9} {'order':<30} {'wall s':>7} {'CPU s':>7} {'tasks/s':>8} {'us/task':>8} "
         f"{'makespan h':>10} {'cores':>6} {'GPUs':>6} {'peak RSS':>9} {'engine B/task':>13}"
     )
+    regimes = []
     for order in args.orders.split(","):
         for n in (int(s) for s in args.sizes.split(",")):
             out = subprocess.run(
@@ -141,6 +152,19 @@ def main() -> None:
                 f"{(float(row['rss_mib']) - float(row['rss_before_mib'])) * 2**20 / n:>13.0f}",
                 flush=True,
             )
+            regimes.append(row)
+    print()
+    print(
+        f"{'tasks':>9} {'order':<30} {'makespan s':>12} {'most running':>12} "
+        f"{'passes/task':>11} {'head blocked':>12} {'plans/1000':>10}"
+    )
+    for row in regimes:
+        n, passes = int(row["tasks"]), int(row["passes"])
+        print(
+            f"{n:>9} {row['order']:<30} {float(row['makespan']):>12.3f} "
+            f"{int(row['most_running']):>12} {passes / n:>11.2f} "
+            f"{int(row['blocked']) / max(passes, 1):>12.1%} {int(row['planned']) / n * 1e3:>10.2f}"
+        )
 
 
 if __name__ == "__main__":

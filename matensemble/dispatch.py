@@ -23,10 +23,21 @@ from matensemble.strategies import CompletionPolicy, SubmissionOrder
 from matensemble.strategies.backfill import Reservation
 from matensemble.waiting_line import WaitingLine
 
-__all__ = ["BACKFILL_WINDOW", "Dispatcher", "Record"]
+__all__ = ["BACKFILL_WINDOW", "Dispatcher", "PassCounts", "Record"]
 
 BACKFILL_WINDOW = 64  # how many queued tasks one pass looks past a blocked head
 RUN_AT_LEAST = 64  # tasks made ready at once that are sorted into a run instead of the heap
+
+
+class PassCounts:
+    """What the passes did so far, for a benchmark to say which regime a run was in: passes,
+    passes whose head did not fit (a reservation was asked for, under backfill), and the
+    head's reservations built anew (``planned``; the others were kept ones used again)."""
+
+    __slots__ = ("blocked", "passes", "planned")
+
+    def __init__(self) -> None:
+        self.passes = self.blocked = self.planned = 0
 
 
 class Dispatcher:
@@ -60,6 +71,7 @@ class Dispatcher:
         # blocks (a local run of 1-core tasks) pays a dict entry per task, not the planner.
         self._planning = False
         self._unplanned: dict[Record, float] = {}
+        self.counts = PassCounts()
 
     def use_pool(self, pool: ResourcePool) -> None:
         """Plan on ``pool`` (before any task starts or is adopted as running)."""
@@ -138,11 +150,14 @@ class Dispatcher:
         """
         if backfill is None:
             backfill = self.strategy.backfill
+        counts = self.counts
+        counts.passes += 1
         if self._incoming:
             self._file_incoming()
         # The default policy lets every task start: then ask neither it nor the count.
         gated = type(self.completion).may_start is not CompletionPolicy.may_start
         if not gated and deadline is None and self._front_stays_blocked(pool):
+            counts.blocked += 1  # its head does not fit
             self.completion.blocked()  # as the pass would: it puts back what it read
             return False
         heap, line = self._ready, self._front
@@ -217,6 +232,7 @@ class Dispatcher:
                     break  # every shape that waits failed to fit: nothing more can start
                 if head is None:
                     head = rec
+                    counts.blocked += 1
                     if not backfill:
                         break
                     reservation = self._plan_from_now_on().still_kept(rec, now)
@@ -238,6 +254,7 @@ class Dispatcher:
                     # Plan the head's start on the pool as it was before this candidate.
                     pool.release(placement)
                     reservation = self._planner.plan(head, pool, in_flight())
+                    counts.planned += self._planner.planned_anew
                     placement = pool.allocate(res)
                     assert placement is not None
                 if not reservation.admits(task, placement, pool, now):
