@@ -403,3 +403,29 @@ def test_the_planner_follows_the_running_tasks_only_once_a_head_blocks_under_bac
     _planning_from_the_start(monkeypatch)
     assert schedule(tasks, FIFO, None, machine=(2, 16)) == late
     assert told == len(tasks)
+
+
+def test_the_dispatchers_counts_tell_a_run_where_everything_fits_from_one_with_a_blocked_head() -> (
+    None
+):
+    """The scale benchmark reads them to say which regime a case ran in."""
+
+    def counts(tasks: list[Task]) -> tuple[int, int, int, int]:
+        backend = SimulatedBackend(1, 4)
+        with tempfile.TemporaryDirectory() as run_dir:
+            ensemble = Ensemble(tasks, backend=backend, strategy=FIFO(), run_dir=run_dir)
+            summary = asyncio.run(ensemble.run())
+        assert summary.counts["succeeded"] == len(tasks)
+        c = ensemble._dispatch.counts
+        return c.passes, c.blocked, c.planned, backend.most_running
+
+    passes, blocked, planned, most = counts([sim_task(f"s{i}", 5.0) for i in range(4)])
+    assert (blocked, planned, most) == (0, 0, 4) and passes >= 1
+    # Three short tasks run; the whole-node head waits for them, and a fourth short one,
+    # queued behind it, may not pass it: ending after the head's reserved start, it would
+    # delay it. A reservation is planned for the head.
+    tasks = [sim_task(f"s{i}", 5.0) for i in range(3)]
+    tasks += [sim_task("w", 5.0, Resources(ranks=4, nodes=1)), sim_task("late", 50.0)]
+    passes, blocked, planned, most = counts(tasks)
+    assert blocked >= 1 and planned >= 1 and most == 3
+    assert passes >= blocked
