@@ -100,3 +100,27 @@ async def test_launches_are_filed_by_second_not_pushed_on_a_heap_of_every_runnin
             backend.idle()
             await asyncio.sleep(0)
     assert seen == sorted(lengths, key=lambda t: (lengths[t], int(t[1:])))
+
+
+def test_short_launches_pushed_while_their_second_is_read_do_not_shift_its_bucket() -> None:
+    """Launches shorter than a second, pushed while the clock is inside that second, go on a
+    small heap beside its sorted bucket: the bucket (10,000 entries here) is neither shifted
+    nor grown by them (an insertion into it moved every entry after the spot), and the order
+    is still a heap's."""
+    rng = random.Random(5)
+    queue, heap = EventQueue(), []
+    n = 10_000
+    for seq in range(n):
+        entry = (7.0 + rng.random(), seq)
+        queue.push(entry)
+        heapq.heappush(heap, entry)
+    assert queue.pop() == heapq.heappop(heap)  # the second 7 is open now
+    opened = queue._open
+    for seq in range(n, 2 * n):
+        entry = (min(7.999, heap[0][0] + rng.uniform(0.0, 0.3)), seq)  # ends within it
+        queue.push(entry)
+        heapq.heappush(heap, entry)
+        assert queue.pop() == heapq.heappop(heap)
+    assert queue._open is opened and len(opened) == n
+    while heap:
+        assert queue.pop() == heapq.heappop(heap)
