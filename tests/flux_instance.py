@@ -17,7 +17,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -67,16 +67,19 @@ def flux_python() -> None:
 
 
 def start_instance(
-    size: int = 2, statedir: Path | None = None
+    size: int = 2, statedir: Path | None = None, conf: Sequence[str] = ()
 ) -> tuple[subprocess.Popen[str], str]:
     """Start ``flux start --test-size=SIZE``; return the process and the instance's URI.
 
     A test that SIGKILLs the rank-0 broker passes a ``statedir`` of its own: by default the
     broker keeps its content store in ``/var/tmp/flux-XXXXXX``, which only a clean exit removes.
+    ``conf``: configuration settings, ``KEY=VALUE`` each (``flux start --conf``), e.g.
+    ``fake-resources.nnodes=64`` for an instance whose resources are fake.
     """
     assert FLUX is not None
     log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - lives as long as the instance
     options = [f"-Sstatedir={statedir}"] if statedir is not None else []
+    options += [f"--conf={setting}" for setting in conf]
     proc = subprocess.Popen(
         [FLUX, "start", f"--test-size={size}", *options, "sh", "-c", 'echo "$FLUX_URI"; exec cat'],
         stdin=subprocess.PIPE,
@@ -105,9 +108,9 @@ def stop_instance(proc: subprocess.Popen[str]) -> None:
 
 
 @contextmanager
-def running_instance(size: int = 2) -> Iterator[str]:
+def running_instance(size: int = 2, conf: Sequence[str] = ()) -> Iterator[str]:
     """The URI of a private ``flux start --test-size=SIZE``, ended when the block is left."""
-    proc, uri = start_instance(size)
+    proc, uri = start_instance(size, conf=conf)
     try:
         yield uri
     finally:

@@ -36,7 +36,7 @@ from matensemble.backends.flux_chains import DependencyChains
 from matensemble.backends.flux_channel import FluxChannel
 from matensemble.backends.flux_connect import allocation_end, connect
 from matensemble.backends.flux_inventory import read_inventory
-from matensemble.backends.flux_jobspec import JobspecBuilder
+from matensemble.backends.flux_jobspec import JobspecBuilder, check_attributes
 from matensemble.backends.flux_partitions import Partition, prepare_partitions
 from matensemble.backends.flux_recovery import adopt_launches, cancel_leftovers, sweep_leftovers
 from matensemble.backends.flux_routing import FluxRouter
@@ -74,6 +74,12 @@ class FluxBackend(Backend):
             ``matensemble.queue_ahead``), so that Flux starts it the moment the slot frees;
             ``"depend"``: the same, each queued job also depending (``afterany``) on the
             running job it waits for (see ``flux_chains``).
+        attributes: extra jobspec attributes for every job, by dotted key, as ``flux submit
+            --setattr`` takes them (a key not under ``user.`` is under ``system.``), e.g.
+            ``{"system.bank": "chem"}`` or, to run against a fake allocation without starting
+            any process, ``{"exec.test.run_duration": "0.1s"}``; not those the backend sets
+            itself (environment, working directory, name, shell options, constraint,
+            dependencies, duration, queue).
     """
 
     name = "flux"
@@ -89,6 +95,7 @@ class FluxBackend(Backend):
         shell_options: Mapping[str, Any] | None = None,
         partitions: int = 1,
         queue_ahead: bool | str = False,
+        attributes: Mapping[str, Any] | None = None,
     ) -> None:
         if type(reserve_driver_cores) is not int or reserve_driver_cores < 0:
             raise ValueError(f"reserve_driver_cores must be an int >= 0: {reserve_driver_cores!r}")
@@ -105,6 +112,7 @@ class FluxBackend(Backend):
             "pmi": pmi,
             "queue": queue,
             "shell_options": dict(shell_options or {}),
+            "attributes": check_attributes(attributes or {}),
         }
         self._reserve = reserve_driver_cores
         self._urgency = urgency

@@ -24,6 +24,7 @@ from typing import Any
 
 from matensemble.backends.base import Launch, LaunchKey, Outcome
 from matensemble.backends.flux_chains import DependencyChains
+from matensemble.backends.flux_holds import NodeHolds
 from matensemble.backends.flux_inventory import InventoryMap
 from matensemble.backends.flux_job import FluxJob, ending_from_eventlog, outcome_of
 from matensemble.backends.flux_launches import FluxLaunches
@@ -96,6 +97,7 @@ class FluxChannel:
         self._journal_ended = asyncio.Event()
         self._launches = FluxLaunches()
         self._unanswered = UnansweredSubmits()
+        self._holds = NodeHolds()  # nodes our exclusive jobs hold, launches parked behind them
         self._watched = WatchedJobs()  # partitions: jobs of our own that are not launches
         self._novalidate: int = flux.constants.FLUX_JOB_NOVALIDATE
 
@@ -145,21 +147,46 @@ class FluxChannel:
         self, launch: Launch, jobspec: str, urgency: int, after: FluxJob | None = None
     ) -> None:
         """Submit one launch's job (whose jobspec depends on ``after``'s job, if given); its
-        outcome comes through ``report``.
+        outcome comes through ``report``. A launch of whole nodes that an exclusive job of
+        ours still holds waits until that job is clean (see ``flux_holds``).
 
         Raises:
             OSError: the submit could not be sent.
         """
-        sent = time.time()  # Flux's own submit time is in the submit event, not followed
         job = FluxJob(launch)
+        if self._holds.blocked(launch):
+            self._launches.submitted(job, after)
+            self._holds.park(launch, lambda: self._submit_parked(job, jobspec, urgency))
+            return
+        self._send(job, jobspec, urgency)
+        self._launches.submitted(job, after)
+        self._holds.held(job)
+
+    def _send(self, job: FluxJob, jobspec: str, urgency: int) -> None:
+        sent = time.time()  # Flux's own submit time is in the submit event, not followed
         self.bridge.submit(jobspec.encode(), urgency, self._novalidate, self._on_submitted, job)
         job.times["submit"] = sent
-        self._launches.submitted(job, after)
         self._unanswered.sent()
         if not self._streaming():
             # While the journal streams, Flux's dispatcher is active and the answer to this
             # fresh request can only come as a message, which wakes the bridge: no drain now.
             self.bridge.kick()
+
+    def _submit_parked(self, job: FluxJob, jobspec: str, urgency: int) -> None:
+        """The nodes of a parked launch are free in Flux: submit it now."""
+        if not self._launches.is_open(job):
+            return  # dropped meanwhile
+        try:
+            self._send(job, jobspec, urgency)
+        except OSError as exc:
+            self._end_unsent(job, TaskState.FAILED, f"flux submit: {exc}")
+            return
+        self._holds.held(job)
+
+    def _end_unsent(self, job: FluxJob, state: TaskState, reason: str) -> None:
+        """A parked launch ends without a job."""
+        if self._launches.refused(job):
+            self._report(Outcome(key=job.launch.key, state=state, reason=reason))
 
     def _streaming(self) -> bool:
         """Whether our journal RPC is outstanding (so Flux's message dispatcher is active)."""
@@ -185,10 +212,13 @@ class FluxChannel:
     def follow(self, launch: Launch, jobid: int) -> FluxJob:
         """Follow an existing job as this launch's (registered before any lookup, so that
         no event after this is missed)."""
-        return self._launches.follow(launch, jobid)
+        job = self._launches.follow(launch, jobid)
+        self._holds.held(job)
+        return job
 
     def unfollow(self, job: FluxJob) -> bool:
         """Stop following a job taken by ``follow``; ``False`` if it already reported."""
+        self._holds.freed(job)
         return self._launches.unfollow(job)
 
     def follows(self, jobid: int) -> bool:
@@ -202,6 +232,7 @@ class FluxChannel:
             if self._launches.refused(job):
                 reason = f"flux: {exc.strerror}"
                 self._report(Outcome(key=job.launch.key, state=TaskState.FAILED, reason=reason))
+            self._holds.freed(job)
             return
         held = self._unanswered.answered(jobid)
         if job.jobid is None and self._launches.is_open(job):
@@ -226,6 +257,10 @@ class FluxChannel:
         job = self._launches.open.get(key)
         if job is not None and not job.cancel_requested:
             job.cancel_requested = True
+            if self._holds.unpark(job.launch):  # never submitted: it ends now, without a job
+                reason = "backend closed" if self.closing else "cancelled by matensemble"
+                self._loop.call_soon(self._end_unsent, job, TaskState.CANCELLED, reason)
+                return
             self._send_cancel(job)
 
     def cancel_job(self, jobid: int, reason: str) -> None:
@@ -311,6 +346,7 @@ class FluxChannel:
                 self._report(outcome_of(job, self.prefix + str(jobid)))
             else:
                 self._settled()
+            self._holds.freed(job)  # its nodes are free in Flux: launches parked there go
 
     def _claim(self, jobid: int, jobspec: Any) -> tuple[FluxJob | None, JobEvents | None]:
         """The job or watcher whose submit event this is, if the job is one of ours."""
@@ -358,6 +394,7 @@ class FluxChannel:
     def _drop_jobs(self, state: TaskState, reason: str) -> None:
         """Stop following every job, and report each launch still open as ``state``."""
         self._unanswered.clear()
+        self._holds.clear()
         for job in self._launches.drop_all():
             self._report(Outcome(key=job.launch.key, state=state, reason=reason))
 

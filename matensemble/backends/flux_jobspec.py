@@ -14,6 +14,8 @@ What a job gets:
   flavour for MPI tasks when one is configured, then the user's own options;
 - ``attributes.user.matensemble``: task id, attempt, run id and the backend's token, by which
   the job-event journal recognises our jobs;
+- the user's extra attributes (``FluxBackend(attributes=...)``, as ``flux submit --setattr``),
+  except those the backend sets itself (see ``check_attributes``);
 - the environment (see ``driver_environment``) with the task's additions and
   ``MATENSEMBLE_TASK_ID``, ``_ATTEMPT``, ``_RUN_ID``, ``_TASK_DIR``, ``OMP_NUM_THREADS`` (cores
   per rank unless the task sets it) and, for non-MPI tasks, ``MATENSEMBLE_RANK`` and
@@ -37,7 +39,7 @@ import msgspec
 from matensemble.backends.base import Launch, task_environment
 from matensemble.backends.flux_inventory import InventoryMap
 
-__all__ = ["JobspecBuilder", "driver_environment"]
+__all__ = ["JobspecBuilder", "check_attributes", "driver_environment"]
 
 # Variables that describe the driver's own place (its Flux job, its MPI launch, its GPUs) and
 # would mislead a task if inherited; the job shell sets the right ones for each job.
@@ -61,6 +63,19 @@ _LOCAL_NAMES = frozenset(
 )
 _RANK_TEMPLATES = {"MATENSEMBLE_RANK": "{{task.rank}}", "MATENSEMBLE_NRANKS": "{{size}}"}
 _ONE_RANK = {"MATENSEMBLE_RANK": "0", "MATENSEMBLE_NRANKS": "1"}
+# Attributes each jobspec gets from the backend (or from an option of its own): the user's
+# extra attributes may not name them or anything under them.
+_OWNED = (
+    "system.environment",
+    "system.cwd",
+    "system.job",
+    "system.shell",
+    "system.constraints",
+    "system.dependencies",
+    "system.duration",
+    "system.queue",
+    "user.matensemble",
+)
 _STDOUT = os.sep + "stdout"  # as Launch.stdout and .stderr name them
 _STDERR = os.sep + "stderr"
 
@@ -79,6 +94,33 @@ def driver_environment(environ: Mapping[str, str]) -> dict[str, str]:
     }
 
 
+def check_attributes(attributes: Mapping[str, Any]) -> dict[str, Any]:
+    """Extra jobspec attributes by their full dotted key, as ``flux submit --setattr`` reads
+    them: a key not under ``system.`` or ``user.`` is under ``system.``.
+
+    Raises:
+        ValueError: a key is empty, or names something the backend sets for each job (the
+            environment, working directory, job name, shell options, rank constraint,
+            dependencies, duration, queue, or our own tag): use the task's fields or the
+            backend's options for those.
+    """
+    checked: dict[str, Any] = {}
+    for key, value in attributes.items():
+        if not isinstance(key, str) or not key.strip(". "):
+            raise ValueError(f"jobspec attribute key must be a non-empty string: {key!r}")
+        full = key.removeprefix("attributes.")
+        if not full.startswith(("system.", "user.")):
+            full = "system." + full
+        owned = [o for o in _OWNED if full == o or full.startswith(o + ".")]
+        if owned:
+            raise ValueError(
+                f"jobspec attribute {key!r} is set by the Flux backend for each job "
+                f"({owned[0]}); use the task's fields or the backend's own options"
+            )
+        checked[full] = value
+    return checked
+
+
 class JobspecBuilder:
     """Builds the jobspec of each launch; everything shared is computed once, here."""
 
@@ -92,6 +134,7 @@ class JobspecBuilder:
         pmi: str | None = None,
         queue: str | None = None,
         shell_options: Mapping[str, Any] | None = None,
+        attributes: Mapping[str, Any] | None = None,
     ) -> None:
         self._from_command = jobspec_class.from_command
         self._inventory = inventory
@@ -101,6 +144,7 @@ class JobspecBuilder:
         self._pmi = pmi
         self._queue = queue
         self._shell_options = dict(shell_options or {})
+        self._attributes = check_attributes(attributes or {})
         self._templates: dict[tuple[Any, ...], dict[str, Any]] = {}
         self._encode = msgspec.json.Encoder().encode
 
@@ -166,7 +210,9 @@ class JobspecBuilder:
             "run_id": launch.run_id,
             "driver": self._token,
         }
-        attributes = {**template["attributes"], "system": system, "user": {"matensemble": tag}}
+        attributes = template["attributes"]
+        user = {**attributes.get("user", {}), "matensemble": tag}
+        attributes = {**attributes, "system": system, "user": user}
         spec = {
             **template,
             "tasks": [{**template["tasks"][0], "command": command}],
@@ -200,4 +246,6 @@ class JobspecBuilder:
         options.update(self._shell_options)
         for name, value in options.items():
             spec.setattr_shell_option(name, value)
+        for key, value in self._attributes.items():
+            spec.setattr(key, value)
         return dict(spec.jobspec)
