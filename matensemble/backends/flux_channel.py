@@ -1,9 +1,9 @@
 """One connection to one Flux instance: submit our jobs there and follow them to their end.
 
 A channel owns a handle, the ``FluxReactorBridge`` that drives its reactor from the asyncio
-loop, and one streaming ``job-manager.events-journal`` RPC filtered to the events we use. It
-knows our jobs by the ids their submit answers name (an event that overtakes its job's answer
-is held until the answer comes, see ``flux_unanswered``), reports each launch at its
+loop, and one stream of the job events we use (``flux_journal``). It knows our jobs by the ids
+their submit answers name (an event that overtakes its job's answer is held until the answer
+comes, see ``flux_unanswered``), reports each launch at its
 ``finish`` event (every process has exited, its output is written) or at ``clean`` if it never
 ran, and keeps counting the job until it is ``clean``, so that waiting for ``in_flight() == 0``
 means nothing of ours is left in the instance.
@@ -27,6 +27,7 @@ from matensemble.backends.flux_chains import DependencyChains
 from matensemble.backends.flux_holds import NodeHolds
 from matensemble.backends.flux_inventory import InventoryMap
 from matensemble.backends.flux_job import FluxJob, ending_from_eventlog, outcome_of
+from matensemble.backends.flux_journal import EventsJournal
 from matensemble.backends.flux_launches import FluxLaunches
 from matensemble.backends.flux_reactor import FluxReactorBridge
 from matensemble.backends.flux_unanswered import UnansweredSubmits
@@ -92,9 +93,9 @@ class FluxChannel:
         self.bridge = FluxReactorBridge(
             handle, loop, lambda e: self.fail(f"{self.name}Flux error: {e}")
         )
-        self._journal: Any = None
-        self._journal_ready: asyncio.Future[None] | None = None
-        self._journal_ended = asyncio.Event()
+        self._journal = EventsJournal(
+            flux, handle, self.bridge, self._events, self._on_job_events, self._journal_lost
+        )
         self._launches = FluxLaunches()
         self._unanswered = UnansweredSubmits()
         self._holds = NodeHolds()  # nodes our exclusive jobs hold, launches parked behind them
@@ -109,11 +110,7 @@ class FluxChannel:
         Raises:
             BackendError: the journal cannot be followed, or the resources cannot be read.
         """
-        loop = self._loop
-        self._journal_ready = ready = loop.create_future()
-        self._journal = self.bridge.stream(
-            "job-manager.events-journal", {"full": False, "allow": self._events}, self._on_journal
-        )
+        ready = self._journal.start(self._loop)
         status = self.bridge.request("sched.resource-status")
         try:
             await ready
@@ -167,7 +164,7 @@ class FluxChannel:
         self.bridge.submit(jobspec.encode(), urgency, self._novalidate, self._on_submitted, job)
         job.times["submit"] = sent
         self._unanswered.sent()
-        if not self._streaming():
+        if not self._journal.streaming:
             # While the journal streams, Flux's dispatcher is active and the answer to this
             # fresh request can only come as a message, which wakes the bridge: no drain now.
             self.bridge.kick()
@@ -187,10 +184,6 @@ class FluxChannel:
         """A parked launch ends without a job."""
         if self._launches.refused(job):
             self._report(Outcome(key=job.launch.key, state=state, reason=reason))
-
-    def _streaming(self) -> bool:
-        """Whether our journal RPC is outstanding (so Flux's message dispatcher is active)."""
-        return self._journal is not None and not self._journal_ended.is_set()
 
     def submit_watched(self, jobspec: str, tag: str, events: JobEvents) -> None:
         """Submit a job of our own (a partition) whose events go to ``events``.
@@ -295,26 +288,16 @@ class FluxChannel:
 
     # -- what Flux tells us -------------------------------------------------------------------
 
-    def _on_journal(self, future: Any, _: Any) -> None:
-        try:
-            payload = self.bridge.payload(future)
-        except OSError as exc:
-            self._journal_ended.set()
-            ready = self._journal_ready
-            if ready is not None and not ready.done():
-                ready.set_exception(exc)
-            elif not self.closing:
-                self.fail(f"{self.name}Flux stopped sending job events: {exc}")
-            return
-        self.bridge.next_response(future)
-        jobid = payload["id"]
-        if jobid == -1:  # the sentinel after the backlog: we are following live events now
-            if self._journal_ready is not None and not self._journal_ready.done():
-                self._journal_ready.set_result(None)
-            return
+    def _journal_lost(self, exc: OSError) -> None:
+        if not self.closing:
+            self.fail(f"{self.name}Flux stopped sending job events: {exc}")
+
+    def _on_job_events(
+        self, jobid: int, events: list[Mapping[str, Any]], payload: Mapping[str, Any]
+    ) -> None:
         watched = self._watched.get(jobid)
         job = self._launches.by_id.get(jobid)
-        for event in payload["events"]:
+        for event in events:
             name = event["name"]
             if name == "submit" and watched is None and job is None:
                 job, watched = self._claim(jobid, payload.get("jobspec"))
@@ -376,8 +359,7 @@ class FluxChannel:
         first = self.broken is None
         if first:
             self.broken = reason
-        if self._journal_ready is not None and not self._journal_ready.done():
-            self._journal_ready.set_exception(BackendError(reason))
+        self._journal.refuse(BackendError(reason))
         for job in list(self._launches.open.values()):
             job.cancel_requested = True
             if not self.bridge.lost:
@@ -400,21 +382,12 @@ class FluxChannel:
 
     async def end_journal(self) -> None:
         """Ask the job manager to end our journal stream, and wait until it has."""
-        if self._journal is None or self._journal_ended.is_set() or self.bridge.lost:
-            return
-        matchtag = self.bridge.matchtag(self._journal)
-        self.handle.rpc(
-            "job-manager.events-journal-cancel",
-            {"matchtag": matchtag},
-            flags=self.flux.constants.FLUX_RPC_NORESPONSE,
-        )
-        self.bridge.kick()
-        await self._journal_ended.wait()
+        await self._journal.end()
 
     def shutdown(self) -> None:
         """Stop watching the handle; the bindings close it when the last reference goes."""
         self.bridge.close()
-        self._journal = None
+        self._journal.forget()
 
 
 def _ignore_reply(future: Any) -> None:
