@@ -45,3 +45,31 @@ async def test_a_journal_that_ends_on_its_own_fails_the_launches_in_flight_and_c
         with anyio.fail_after(20):
             while active_jobs(flux_uri):  # noqa: ASYNC110 (cancelled before the backend closes)
                 await anyio.sleep(0.1)
+
+
+def job_states(uri: str, name: str) -> list[str]:
+    """The states of the instance's jobs named ``name``, ended ones included."""
+    import flux
+    import flux.job
+
+    filters = ["pending", "running", "inactive"]
+    jobs = flux.job.JobList(flux.Flux(uri), filters=filters, max_entries=0).jobs()
+    return [str(job.state) for job in jobs if job.name == name]
+
+
+async def test_a_job_whose_launch_failed_before_its_submit_was_answered_is_cancelled(
+    flux_uri: str, tmp_path: Path
+) -> None:
+    backend = FluxBackend(flux_uri)
+    async with opened(backend, tmp_path) as harness:
+        launch = harness.start(Task(id="failed-unanswered", command=("sleep", "60")))
+        channel = backend._parent
+        assert channel is not None
+        channel.fail("a test broke the channel")  # before the loop could read the answer
+        out = await harness.outcome(launch, within=10)
+        assert out.state is TaskState.FAILED and out.job_id is None
+        # The job reaches Flux all the same; it must end, before the backend closes.
+        with anyio.fail_after(20):
+            while (states := job_states(flux_uri, "failed-unanswered")) != ["INACTIVE"]:  # noqa: ASYNC110
+                await anyio.sleep(0.1)
+        assert states == ["INACTIVE"]

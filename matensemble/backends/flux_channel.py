@@ -234,6 +234,10 @@ class FluxChannel:
                 if self._launches.by_id.get(jobid) is not job:
                     break  # it was dropped (the channel failed)
                 self._on_event(jobid, job, name, event, payload)
+        elif job.cancel_requested and not self._launches.is_open(job):
+            # Reported (failed or cancelled) before Flux named its job: a job left running
+            # would do the task's work a second time next to its retry.
+            self.cancel_job(jobid, "backend closed" if self.closing else "cancelled by matensemble")
 
     def _on_watched_submitted(self, future: Any, tag: str) -> None:
         try:
