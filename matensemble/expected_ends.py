@@ -1,6 +1,6 @@
 """Running attempts in order of expected end, read lazily off a heap with lazy deletion.
 
-The dispatcher keeps a heap of ``(expected end, start order, attempt, record)`` per running
+The planner keeps a heap of ``(expected end, start order, 0, attempt, record)`` per running
 attempt and leaves an entry in place when its attempt ends; these walk it in order, skipping the
 entries of attempts that ended, without copying it.
 """
@@ -13,12 +13,16 @@ from collections.abc import Iterator
 from matensemble.model import TaskState
 from matensemble.record import Record
 
-__all__ = ["in_order", "push", "still_running"]
+__all__ = ["Entry", "in_order", "push", "still_running"]
+
+# (expected end, start order, 0, attempt, record): a running attempt. Its first three fields
+# are those of ``NodeDrain.started_on`` for the first node of its placement (position 0), so
+# that the one tuple serves both (the attempt and record after them are never compared: the
+# start order is unique).
+Entry = tuple[float, int, int, int, Record]
 
 
-def push(
-    heap: list[tuple[float, int, int, Record]], entry: tuple[float, int, int, Record], kept: int
-) -> int:
+def push(heap: list[Entry], entry: Entry, kept: int) -> int:
     """Push ``entry`` on ``heap``; first, when the heap holds more than twice the ``kept``
     entries left by the last such drop (and 64), drop the entries of ended attempts. Returns
     how many are left after the latest drop (``kept`` when there was none).
@@ -33,9 +37,7 @@ def push(
     return kept
 
 
-def in_order(
-    heap: list[tuple[float, int, int, Record]], running: int
-) -> Iterator[tuple[float, int, int, Record]]:
+def in_order(heap: list[Entry], running: int) -> Iterator[Entry]:
     """The entries of running attempts in ``heap``, earliest first, lazily: the heap is walked
     in order without copying it (a small heap of the positions next in line), so reading k
     entries costs O(k log k) however many run. ``running``: how many attempts in it run."""
@@ -44,7 +46,7 @@ def in_order(
     while heap and not still_running(heap[0]):
         heapq.heappop(heap)  # ended: at the top, every walk would step over it again
     size = len(heap)
-    frontier: list[tuple[tuple[float, int, int, Record], int]] = []
+    frontier: list[tuple[Entry, int]] = []
     if size:
         frontier.append((heap[0], 0))
     while frontier:
@@ -56,14 +58,14 @@ def in_order(
             yield entry
 
 
-def _drop_ended(heap: list[tuple[float, int, int, Record]]) -> int:
+def _drop_ended(heap: list[Entry]) -> int:
     """Drop the entries of ended attempts from ``heap`` (O(h)); how many are left."""
     running = TaskState.RUNNING  # still_running, inlined: called for every entry
-    heap[:] = [e for e in heap if e[3].state is running and e[3].attempts == e[2]]
+    heap[:] = [e for e in heap if e[4].state is running and e[4].attempts == e[3]]
     heapq.heapify(heap)
     return len(heap)
 
 
-def still_running(entry: tuple[float, int, int, Record]) -> bool:
-    rec = entry[3]
-    return rec.state is TaskState.RUNNING and rec.attempts == entry[2]
+def still_running(entry: Entry) -> bool:
+    rec = entry[4]
+    return rec.state is TaskState.RUNNING and rec.attempts == entry[3]

@@ -119,10 +119,10 @@ def _node_fit(
     c, g = held(task, first[2])
     if free_c + c >= cores and free_g + g >= gpus:  # the usual case: its first end is enough
         return first[:2], first, [free_c + c, free_g + g]
-    for task, (end, order, pos) in sorted(node_tasks(i).items(), key=_second):
-        c, g = held(task, pos)
+    for task, mine in sorted(node_tasks(i).items(), key=_second):
+        c, g = held(task, mine[2])
         free_c += c
         free_g += g
         if free_c >= cores and free_g >= gpus:
-            return (end, order), first, [free_c, free_g]
+            return mine[:2], first, [free_c, free_g]
     return None

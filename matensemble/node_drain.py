@@ -20,6 +20,7 @@ import heapq
 import math
 from collections.abc import Generator, Iterable, Mapping, Sequence
 from operator import itemgetter
+from typing import Any
 
 __all__ = ["NodeDrain"]
 
@@ -38,6 +39,7 @@ class NodeDrain:
         self._latest: list[_Latest] = [_NOTHING] * nodes
         # (latest, node); an entry is stale once it differs from ``_latest[node]``.
         self._heap: list[tuple[_Latest, int]] = []
+        self._heap_limit = 2 * nodes + 64
         # Per node, its task expected to end first, (key, (end, order, position)), kept while
         # that task runs; None where it is not known (never asked, or that task ended since):
         # then ``first_on`` finds it among the node's tasks. Only a GPU head's plan asks.
@@ -46,41 +48,51 @@ class NodeDrain:
     def started(self, key: object, nodes: Sequence[int], end: float, order: int) -> None:
         """A task (``key``, any hashable; ``order``: the n-th start) started on ``nodes``,
         expected to end at ``end``."""
-        latest, known = self._latest, self._first
         for pos, i in enumerate(nodes):
-            mine = (end, order, pos)
-            self._ends[i][key] = mine
-            first = known[i]
-            if first is not None and mine < first[1]:
-                known[i] = (key, mine)
-            if mine > latest[i]:
-                latest[i] = mine
-                self._push(mine, i)
+            self.started_on(key, i, (end, order, pos))
+
+    def started_on(self, key: object, node: int, mine: _Latest) -> None:
+        """A task started on ``node`` (one of its nodes): ``mine`` is (expected end, start
+        order, position in its placement) and may hold more after them, which is kept with it
+        and never compared (the order makes it unique among other tasks')."""
+        self._ends[node][key] = mine
+        first = self._first[node]
+        if first is not None and mine < first[1]:
+            self._first[node] = (key, mine)
+        if mine > self._latest[node]:
+            self._latest[node] = mine
+            self._push(mine, node)
 
     def ended(self, key: object, nodes: Iterable[int]) -> None:
         """The task ``key`` that ``started`` on ``nodes`` ended (or was cancelled)."""
-        latest, known = self._latest, self._first
         for i in nodes:
-            ends = self._ends[i]
-            mine = ends.pop(key, None)
-            if mine is None:
-                continue
-            first = known[i]
-            if first is not None and first[1] is mine:
-                known[i] = None  # found again among the node's tasks when next asked
-            if mine < latest[i]:
-                continue
-            new = max(ends.values(), default=_NOTHING)
-            if new != latest[i]:
-                latest[i] = new
-                if new != _NOTHING:
-                    self._push(new, i)
+            self.ended_on(key, i)
 
-    def tasks_on(self, node: int) -> Mapping[object, tuple[float, int, int]]:
+    def ended_on(self, key: object, node: int) -> _Latest | None:
+        """The task ``key`` on ``node`` ended (or was cancelled): what it ``started_on``
+        there (``None``: it ran not there)."""
+        ends = self._ends[node]
+        mine = ends.pop(key, None)
+        if mine is None:
+            return None
+        first = self._first[node]
+        if first is not None and first[1] is mine:
+            self._first[node] = None  # found again among the node's tasks when next asked
+        latest = self._latest
+        if mine < latest[node]:
+            return mine
+        new = max(ends.values(), default=_NOTHING)
+        if new != latest[node]:
+            latest[node] = new
+            if new != _NOTHING:
+                self._push(new, node)
+        return mine
+
+    def tasks_on(self, node: int) -> Mapping[object, _Latest]:
         """The tasks running on ``node``: key -> (expected end, start order, position)."""
         return self._ends[node]
 
-    def first_on(self, node: int) -> tuple[object, tuple[float, int, int]] | None:
+    def first_on(self, node: int) -> tuple[object, _Latest] | None:
         """The task on ``node`` expected to end first, and its (expected end, start order,
         position); ``None`` if none runs there. O(1) while the task it gave last still runs
         (a start that ends sooner replaces it), else found among the node's tasks (O(c) for
@@ -132,12 +144,14 @@ class NodeDrain:
 
     def _push(self, mine: _Latest, node: int) -> None:
         heap = self._heap
-        if len(heap) > 2 * len(self._latest) + 64:  # mostly stale: rebuild from the truth
+        if len(heap) > self._heap_limit:  # mostly stale: rebuild from the truth
             heap[:] = [(t, i) for i, t in enumerate(self._latest) if t != _NOTHING and i != node]
             heapq.heapify(heap)
         heapq.heappush(heap, (mine, node))
 
 
-_Latest = tuple[float, int, int]  # (expected end, start order, position in the placement)
+# (expected end, start order, position in the placement), and what the caller keeps with them
+# (``started_on``: e.g. the task's entry in a heap of its own, one tuple for both).
+_Latest = tuple[Any, ...]
 _NOTHING: _Latest = (-math.inf, -1, -1)  # no task runs on the node
 _second = itemgetter(1)

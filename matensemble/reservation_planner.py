@@ -16,7 +16,7 @@ import math
 from collections.abc import Iterator, Mapping
 from typing import cast
 
-from matensemble.expected_ends import in_order, push
+from matensemble.expected_ends import Entry, in_order, push
 from matensemble.gpu_shadow import MAX_GPU_READY_NODES, FirstFit, FitRank, first_fit
 from matensemble.model import Placement, Resources
 from matensemble.node_drain import NodeDrain
@@ -31,8 +31,8 @@ class ReservationPlanner:
     """The running tasks by expected end, and the reservation of the blocked head."""
 
     def __init__(self) -> None:
-        self._ends: list[tuple[float, int, int, Record]] = []  # heap of (end, seq, attempt, rec)
-        self._gpu_ends: list[tuple[float, int, int, Record]] = []  # those that hold GPUs
+        self._ends: list[Entry] = []  # heap of (end, seq, 0, attempt, rec)
+        self._gpu_ends: list[Entry] = []  # those that hold GPUs
         self._gpu_running = 0
         self._ends_kept = self._gpu_ends_kept = 0  # entries left by the last drop (``push``)
         self._starts = itertools.count()  # the order of starts (ties between equal ends)
@@ -62,44 +62,52 @@ class ReservationPlanner:
         limit = task.estimate if task.estimate is not None else task.timeout
         end = now + limit if limit is not None else math.inf
         seq = next(self._starts)
-        item = (end, seq, rec.attempts, rec)
+        item = (end, seq, 0, rec.attempts, rec)  # also the first node's entry in the drain
         self._ends_kept = push(self._ends, item, self._ends_kept)
         placement = rec.placement
-        if placement[0].gpus if len(placement) == 1 else _holds_gpus(placement):
+        one = len(placement) == 1
+        if placement[0].gpus if one else _holds_gpus(placement):
             self._gpu_ends_kept = push(self._gpu_ends, item, self._gpu_ends_kept)
             self._gpu_running += 1
-        if self._drain is not None:
-            nodes = self._nodes_of(placement)
-            self._drain.started(rec, nodes, end, seq)
-            gpu_kept = self._gpu_kept
-            if gpu_kept is not None and gpu_kept.node in nodes:
+        drain = self._drain
+        if drain is None:
+            return
+        gpu_kept = self._gpu_kept
+        numbers = self._numbers
+        if one:  # most placements: no loop, no tuple of node numbers
+            node = numbers[placement[0].node]
+            drain.started_on(rec, node, item)
+            if gpu_kept is not None and gpu_kept.node == node:
                 self._gpu_kept = None  # less room on the node booked: plan again
+            return
+        nodes = [numbers[slot.node] for slot in placement]
+        drain.started_on(rec, nodes[0], item)
+        for pos in range(1, len(nodes)):
+            drain.started_on(rec, nodes[pos], (end, seq, pos))
+        if gpu_kept is not None and gpu_kept.node in nodes:
+            self._gpu_kept = None
 
     def ended(self, rec: Record) -> None:
         """A running task ended, or was cancelled (before ``rec.placement`` changes)."""
         placement = rec.placement
-        if placement[0].gpus if len(placement) == 1 else _holds_gpus(placement):
+        one = len(placement) == 1
+        if placement[0].gpus if one else _holds_gpus(placement):
             self._gpu_running -= 1
         drain = self._drain
-        if drain is not None:
-            nodes = self._nodes_of(placement)
-            gpu_kept = self._gpu_kept
-            if gpu_kept is not None:
-                if gpu_kept.node in nodes:
-                    self._gpu_kept = None  # the node booked changed: plan again
-                else:
-                    mine = drain.tasks_on(nodes[0]).get(rec)
-                    if mine is not None and mine[:2] > gpu_kept.rank[0]:
-                        gpu_kept.suspects.update(nodes)  # ended before it was expected to
-            drain.ended(rec, nodes)
-
-    def _nodes_of(self, placement: Placement) -> tuple[int, ...]:
-        """The node numbers of ``placement``'s slots (most placements hold one slot: no loop
-        for it)."""
+        if drain is None:
+            return
         numbers = self._numbers
-        if len(placement) == 1:
-            return (numbers[placement[0].node],)
-        return tuple(numbers[slot.node] for slot in placement)
+        node = numbers[placement[0].node]
+        mine = drain.ended_on(rec, node)
+        nodes = (node,) if one else [numbers[slot.node] for slot in placement]
+        for i in nodes[1:]:
+            drain.ended_on(rec, i)
+        gpu_kept = self._gpu_kept
+        if gpu_kept is not None:
+            if gpu_kept.node in nodes:
+                self._gpu_kept = None  # the node booked changed: plan again
+            elif mine is not None and mine[:2] > gpu_kept.rank[0]:
+                gpu_kept.suspects.update(nodes)  # ended before it was expected to
 
     def ahead_of_head(self) -> None:
         """A task started ahead of any blocked head in a pass: the kept reservation may no
@@ -231,14 +239,14 @@ class ReservationPlanner:
         """Running tasks' expected ends (start + estimate, else timeout, else never), earliest
         first, lazily (see ``in_order``)."""
         for entry in in_order(self._ends, running):
-            yield entry[0], entry[3].placement
+            yield entry[0], entry[4].placement
 
     def _gpu_fit(self, cores: int, gpus: int, pool: ResourcePool) -> FirstFit:
         """When a node first holds ``cores`` and ``gpus``, from the tasks that hold GPUs."""
         drain = self._drain
         assert drain is not None
         gpu_ends = (
-            (e[0], e[1], e[3].placement) for e in in_order(self._gpu_ends, self._gpu_running)
+            (e[0], e[1], e[4].placement) for e in in_order(self._gpu_ends, self._gpu_running)
         )
         fit = first_fit(cores, gpus, pool, gpu_ends, drain.tasks_on, _held, drain.first_on)
         self._gpu_asked = (cores, gpus, fit)
