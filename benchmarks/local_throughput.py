@@ -3,6 +3,7 @@ the best raw methods in one run.
 
     python benchmarks/local_throughput.py [--tasks 2000] [--repeat 3] [--cores N] [--profile]
                                           [--baseline DIR] [--tmpfs-only] [--sleep S]
+                                          [--raw-only]
 
 For each repetition, alternating, it times N ``true`` commands (``sleep S`` with ``--sleep S``)
 through
@@ -10,6 +11,12 @@ through
 - ``xargs -P <cores> -I@ true`` (``seq N | xargs ...``: one command per line);
 - ``threads``: a ``ThreadPoolExecutor(<cores>)`` calling ``subprocess.run(["true"])`` (fork/exec
   releases the GIL, so this is what Python itself can spawn on the machine);
+- ``spawners``: one helper process per core, pinned, fed through pipes with one (then two)
+  launches booked ahead beside the one it runs; each reaps its process and starts the next at
+  once (``raw_spawners.py``: the upper bound of a backend that spawns outside the driver's
+  interpreter). Not counted as the "best" raw method, so the ratios stay those to xargs and
+  the threads; its lines give the driver's and the helpers' CPU per task. The threads and the
+  two spawner runs take turns in going first;
 - the engine: N tasks through ``Ensemble`` + ``LocalBackend(cores=<cores>)`` (each task with its
   own directory, stdout/stderr files, CPU pinning, process group, pidfd and journal), once with
   the run directory on tmpfs (/dev/shm: the engine and spawn path alone) and once on the disk
@@ -29,7 +36,8 @@ free core, as outcomes arrive), so the two lines together split that CPU between
 and the engine. The ratio is the
 engine's throughput over the best raw method's in the same repetition. Refill latency is, per
 core, the time from one task's exit being seen to the next task's process existing on that core.
-``--profile`` runs one engine case under cProfile and prints the top entries.
+``--raw-only`` runs the raw methods alone. ``--profile`` runs one engine case under cProfile
+and prints the top entries.
 
 ``--baseline DIR`` (a directory holding another ``matensemble`` package, e.g. ``git archive
 main matensemble | tar -x -C DIR``) compares two versions of the code on the loaded machine
@@ -62,6 +70,8 @@ import anyio
 from matensemble import Ensemble, LocalBackend, Task
 from matensemble.backends.base import Launch, Outcome
 from matensemble.model import Slot, TaskState
+
+import raw_spawners
 
 COMMAND = ["true"]  # what every task runs (``--sleep S``: ``sleep S``)
 
@@ -249,6 +259,7 @@ def main() -> None:
     parser.add_argument("--cores", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--tmpfs-only", action="store_true", help="no engine run on the disk")
+    parser.add_argument("--raw-only", action="store_true", help="only xargs, threads, spawners")
     parser.add_argument("--sleep", type=float, help="every task runs `sleep SLEEP`, not `true`")
     parser.add_argument(
         "--baseline",
@@ -279,11 +290,26 @@ def main() -> None:
     print(f"{n} `{' '.join(COMMAND)}` tasks on {cores} cores; load {os.getloadavg()[0]:.1f}")
     for rep in range(args.repeat):
         threads_cpu = DriverCPU()
-        raw = {"xargs": xargs(n, cores), "threads": threads(n, cores, threads_cpu)}
+        raw = {"xargs": xargs(n, cores)}
+        spawners: dict[int, tuple[float, float, float]] = {}
+        methods: list[str | int] = ["threads", 1, 2]  # spawners with 1 and 2 booked ahead
+        for method in methods[rep % 3 :] + methods[: rep % 3]:
+            if method == "threads":
+                raw["threads"] = threads(n, cores, threads_cpu)
+            else:
+                spawners[int(method)] = raw_spawners.run(n, cores, COMMAND, int(method))
         best = min(raw, key=raw.__getitem__)
         line = " ".join(f"{name} {n / t:6.0f}/s" for name, t in raw.items())
         print(f"[{rep}] {line} (best: {best}) load {os.getloadavg()[0]:.1f}")
         print(f"    threads' own {threads_cpu.per_task(n)}")
+        for ahead, (wall, driver, helpers) in sorted(spawners.items()):
+            print(
+                f"    spawners ({ahead} ahead) {n / wall:6.0f}/s"
+                f" ({raw['threads'] / wall:4.2f} of the threads)"
+                f" driver CPU/task {driver / n * 1e3:.3f} ms, helpers' {helpers / n * 1e3:.3f} ms"
+            )
+        if args.raw_only:
+            continue
         if places["tmpfs"].is_dir():
             elapsed, cpu = asyncio.run(backend_alone(n, cores, places["tmpfs"]))
             print(f"    backend alone (tmpfs): {n / elapsed:6.0f}/s {cpu.per_task(n)}")
