@@ -14,9 +14,11 @@ through
 - ``spawners``: one helper process per core, pinned, fed through pipes with one (then two)
   launches booked ahead beside the one it runs; each reaps its process and starts the next at
   once (``raw_spawners.py``: the upper bound of a backend that spawns outside the driver's
-  interpreter). Not counted as the "best" raw method, so the ratios stay those to xargs and
-  the threads; its lines give the driver's and the helpers' CPU per task. The threads and the
-  two spawner runs take turns in going first;
+  interpreter); once more with each task's directory and output files made by the helper on
+  tmpfs and a few variables added to its environment, as the backend does. Not counted as the
+  "best" raw method, so the ratios stay those to xargs and the threads; its lines give the
+  driver's and the helpers' CPU per task. The threads and the spawner runs take turns in
+  going first;
 - the engine: N tasks through ``Ensemble`` + ``LocalBackend(cores=<cores>)`` (each task with its
   own directory, stdout/stderr files, CPU pinning, process group, pidfd and journal), once with
   the run directory on tmpfs (/dev/shm: the engine and spawn path alone) and once on the disk
@@ -74,6 +76,14 @@ from matensemble.model import Slot, TaskState
 import raw_spawners
 
 COMMAND = ["true"]  # what every task runs (``--sleep S``: ``sleep S``)
+# The raw spawners' variants: launches booked ahead per helper, and whether each task gets a
+# directory (on tmpfs), its own output files and variables there, as in the backend.
+SPAWNERS = {
+    "0 ahead, files": (0, True),
+    "1 ahead": (1, False),
+    "2 ahead": (2, False),
+    "2 ahead, files": (2, True),
+}
 
 
 def xargs(n: int, cores: int) -> float:
@@ -291,20 +301,23 @@ def main() -> None:
     for rep in range(args.repeat):
         threads_cpu = DriverCPU()
         raw = {"xargs": xargs(n, cores)}
-        spawners: dict[int, tuple[float, float, float]] = {}
-        methods: list[str | int] = ["threads", 1, 2]  # spawners with 1 and 2 booked ahead
-        for method in methods[rep % 3 :] + methods[: rep % 3]:
+        spawners: dict[str, tuple[float, float, float]] = {}
+        methods = ["threads", *SPAWNERS]
+        for method in methods[rep % len(methods) :] + methods[: rep % len(methods)]:
             if method == "threads":
                 raw["threads"] = threads(n, cores, threads_cpu)
-            else:
-                spawners[int(method)] = raw_spawners.run(n, cores, COMMAND, int(method))
+                continue
+            ahead, files = SPAWNERS[method]
+            with tempfile.TemporaryDirectory(dir="/dev/shm") as tasks_dir:
+                where = tasks_dir if files else ""
+                spawners[method] = raw_spawners.run(n, cores, COMMAND, ahead, where)
         best = min(raw, key=raw.__getitem__)
         line = " ".join(f"{name} {n / t:6.0f}/s" for name, t in raw.items())
         print(f"[{rep}] {line} (best: {best}) load {os.getloadavg()[0]:.1f}")
         print(f"    threads' own {threads_cpu.per_task(n)}")
-        for ahead, (wall, driver, helpers) in sorted(spawners.items()):
+        for method, (wall, driver, helpers) in spawners.items():
             print(
-                f"    spawners ({ahead} ahead) {n / wall:6.0f}/s"
+                f"    spawners ({method}) {n / wall:6.0f}/s"
                 f" ({raw['threads'] / wall:4.2f} of the threads)"
                 f" driver CPU/task {driver / n * 1e3:.3f} ms, helpers' {helpers / n * 1e3:.3f} ms"
             )

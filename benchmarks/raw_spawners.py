@@ -31,15 +31,20 @@ from collections import deque
 import msgspec
 
 from matensemble.backends.local_spawn import spawn
+from matensemble.backends.task_files import TaskOutputs
 
 _LENGTH = struct.Struct("<I")
 
 
 class Booking(msgspec.Struct, array_like=True):
-    """One launch for a helper: which task, and what to run."""
+    """One launch for a helper: which task, what to run, and (``task_dir`` not empty) where to
+    make its directory and its ``stdout`` and ``stderr`` files, what its environment adds, as
+    the backend does for each task."""
 
     key: int
     argv: list[str]
+    task_dir: str = ""
+    env: list[bytes] = []
 
 
 class Report(msgspec.Struct, array_like=True):
@@ -79,7 +84,7 @@ def helper(core: int, bookings: int, reports: int) -> None:
     encode = msgspec.msgpack.Encoder().encode
     env = [os.fsencode(f"{k}={v}") for k, v in os.environ.items()]
     null = os.open(os.devnull, os.O_RDWR)
-    fds = (null, null, null)
+    outputs = TaskOutputs()
     booked: deque[Booking] = deque()
     buffer = bytearray()
     os.set_blocking(bookings, False)
@@ -88,7 +93,17 @@ def helper(core: int, bookings: int, reports: int) -> None:
     closed = listening = False
 
     def start(booking: Booking) -> tuple[int, int, int]:
-        pid = spawn(booking.argv, None, env, "/", fds)
+        if booking.task_dir:
+            out, err = outputs.open(booking.task_dir)
+            try:
+                pid = spawn(
+                    booking.argv, None, env + booking.env, booking.task_dir, (null, out, err)
+                )
+            finally:
+                os.close(out)
+                os.close(err)
+        else:
+            pid = spawn(booking.argv, None, env, "/", (null, null, null))
         pidfd = os.pidfd_open(pid)
         poller.register(pidfd, select.POLLIN)
         return booking.key, pid, pidfd
@@ -129,9 +144,19 @@ def helper(core: int, bookings: int, reports: int) -> None:
     os.write(reports, _frame(encode(Report(-1, 0, usage.ru_utime + usage.ru_stime))))
 
 
-def run(n: int, cores: int, argv: list[str], ahead: int = 1) -> tuple[float, float, float]:
+def run(
+    n: int, cores: int, argv: list[str], ahead: int = 1, tasks_dir: str = ""
+) -> tuple[float, float, float]:
     """Wall seconds, the driver's CPU seconds and the helpers' CPU seconds of n tasks, with
-    ``ahead`` launches booked in each helper beside the one it runs."""
+    ``ahead`` launches booked in each helper beside the one it runs; with ``tasks_dir``, each
+    task gets a directory there and its own output files and variables."""
+
+    def booking(i: int) -> bytes:
+        if not tasks_dir:
+            return _frame(encode(Booking(i, argv)))
+        extra = [b"MATENSEMBLE_TASK_ID=t%d" % i, b"MATENSEMBLE_ATTEMPT=1", b"OMP_NUM_THREADS=1"]
+        return _frame(encode(Booking(i, argv, f"{tasks_dir}/t{i}", extra)))
+
     encode = msgspec.msgpack.Encoder().encode
     decode = msgspec.msgpack.Decoder(Report).decode
     core_ids = sorted(os.sched_getaffinity(0))[:cores]
@@ -166,7 +191,7 @@ def run(n: int, cores: int, argv: list[str], ahead: int = 1) -> tuple[float, flo
     for _ in range(1 + ahead):
         for _, into, _ in helpers:
             if booked < n:
-                os.write(into, _frame(encode(Booking(booked, argv))))
+                os.write(into, booking(booked))
                 booked += 1
     while done < n:
         for key, _ in selector.select():
@@ -176,7 +201,7 @@ def run(n: int, cores: int, argv: list[str], ahead: int = 1) -> tuple[float, flo
                 assert report.status == 0, report
                 done += 1
                 if booked < n:
-                    os.write(helpers[key.data][1], _frame(encode(Booking(booked, argv))))
+                    os.write(helpers[key.data][1], booking(booked))
                     booked += 1
     elapsed = time.perf_counter() - t0
     usage1 = resource.getrusage(resource.RUSAGE_SELF)
@@ -201,12 +226,13 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=2000)
     parser.add_argument("--cores", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--ahead", type=int, default=1, help="launches booked ahead per helper")
+    parser.add_argument("--files", metavar="DIR", help="make each task's directory and files here")
     parser.add_argument("--helper", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.helper is not None:
         helper(args.helper, 0, 1)
         return
-    elapsed, driver, helpers = run(args.tasks, args.cores, ["true"], args.ahead)
+    elapsed, driver, helpers = run(args.tasks, args.cores, ["true"], args.ahead, args.files or "")
     n = args.tasks
     print(
         f"raw spawners: {n / elapsed:6.0f}/s driver CPU/task {driver / n * 1e3:.3f} ms"
