@@ -76,13 +76,15 @@ from matensemble.model import Slot, TaskState
 import raw_spawners
 
 COMMAND = ["true"]  # what every task runs (``--sleep S``: ``sleep S``)
-# The raw spawners' variants: launches booked ahead per helper, and whether each task gets a
-# directory (on tmpfs), its own output files and variables there, as in the backend.
+# The raw spawners' variants: launches booked ahead per helper, whether each task gets a
+# directory (on tmpfs), its own output files and variables there, as in the backend, and the
+# CPU seconds the driver spends on each exit before it books the next (an engine's share).
 SPAWNERS = {
-    "0 ahead, files": (0, True),
-    "1 ahead": (1, False),
-    "2 ahead": (2, False),
-    "2 ahead, files": (2, True),
+    "0 ahead, files": (0, True, 0.0),
+    "1 ahead": (1, False, 0.0),
+    "2 ahead": (2, False, 0.0),
+    "2 ahead, files": (2, True, 0.0),
+    "1 ahead, files, 150 us": (1, True, 150e-6),
 }
 
 
@@ -307,10 +309,10 @@ def main() -> None:
             if method == "threads":
                 raw["threads"] = threads(n, cores, threads_cpu)
                 continue
-            ahead, files = SPAWNERS[method]
+            ahead, files, work = SPAWNERS[method]
             with tempfile.TemporaryDirectory(dir="/dev/shm") as tasks_dir:
                 where = tasks_dir if files else ""
-                spawners[method] = raw_spawners.run(n, cores, COMMAND, ahead, where)
+                spawners[method] = raw_spawners.run(n, cores, COMMAND, ahead, where, work)
         best = min(raw, key=raw.__getitem__)
         line = " ".join(f"{name} {n / t:6.0f}/s" for name, t in raw.items())
         print(f"[{rep}] {line} (best: {best}) load {os.getloadavg()[0]:.1f}")

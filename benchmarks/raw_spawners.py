@@ -145,11 +145,13 @@ def helper(core: int, bookings: int, reports: int) -> None:
 
 
 def run(
-    n: int, cores: int, argv: list[str], ahead: int = 1, tasks_dir: str = ""
+    n: int, cores: int, argv: list[str], ahead: int = 1, tasks_dir: str = "", work: float = 0.0
 ) -> tuple[float, float, float]:
     """Wall seconds, the driver's CPU seconds and the helpers' CPU seconds of n tasks, with
     ``ahead`` launches booked in each helper beside the one it runs; with ``tasks_dir``, each
-    task gets a directory there and its own output files and variables."""
+    task gets a directory there and its own output files and variables. ``work``: CPU seconds
+    the driver spends on each exit before it books the next launch (what an engine would: its
+    record, journal and dispatch)."""
 
     def booking(i: int) -> bytes:
         if not tasks_dir:
@@ -200,6 +202,10 @@ def run(
                 report = decode(frame)
                 assert report.status == 0, report
                 done += 1
+                if work:
+                    until = time.thread_time() + work
+                    while time.thread_time() < until:
+                        pass
                 if booked < n:
                     os.write(helpers[key.data][1], booking(booked))
                     booked += 1
@@ -227,12 +233,15 @@ def main() -> None:
     parser.add_argument("--cores", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--ahead", type=int, default=1, help="launches booked ahead per helper")
     parser.add_argument("--files", metavar="DIR", help="make each task's directory and files here")
+    parser.add_argument("--work", type=float, default=0.0, help="driver CPU us per exit")
     parser.add_argument("--helper", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.helper is not None:
         helper(args.helper, 0, 1)
         return
-    elapsed, driver, helpers = run(args.tasks, args.cores, ["true"], args.ahead, args.files or "")
+    elapsed, driver, helpers = run(
+        args.tasks, args.cores, ["true"], args.ahead, args.files or "", args.work * 1e-6
+    )
     n = args.tasks
     print(
         f"raw spawners: {n / elapsed:6.0f}/s driver CPU/task {driver / n * 1e3:.3f} ms"
