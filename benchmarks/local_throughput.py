@@ -84,6 +84,7 @@ SPAWNERS = {
     "1 ahead": (1, False, 0.0),
     "2 ahead": (2, False, 0.0),
     "2 ahead, files": (2, True, 0.0),
+    "1 ahead, files, 100 us": (1, True, 100e-6),
     "1 ahead, files, 150 us": (1, True, 150e-6),
 }
 
