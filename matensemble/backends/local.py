@@ -33,6 +33,7 @@ from anyio.abc import TaskGroup
 from matensemble.backends.base import Backend, Launch, LaunchKey, Outcome, Reporter, Sink
 from matensemble.backends.local_ahead import QueuedLaunches
 from matensemble.backends.local_exits import ExitWatch
+from matensemble.backends.local_failures import LaunchError, describe_exit, open_outputs
 from matensemble.backends.local_helpers import Helpers
 from matensemble.backends.local_inventory import (
     CAN_PIN,
@@ -42,12 +43,7 @@ from matensemble.backends.local_inventory import (
     select_cores,
     select_gpus,
 )
-from matensemble.backends.local_plan import (
-    LaunchError,
-    LaunchPlanner,
-    describe_exit,
-    open_outputs,
-)
+from matensemble.backends.local_plan import LaunchPlanner
 from matensemble.backends.local_run import Run, exit_seen, is_stopping
 from matensemble.backends.local_spawner import (
     OPEN_INLINE_BELOW,

@@ -28,6 +28,7 @@ import time
 
 import msgspec
 
+from matensemble.backends.local_failures import LaunchError, describe_spawn_error, open_outputs
 from matensemble.backends.local_helper_messages import (
     Book,
     Drop,
@@ -39,7 +40,6 @@ from matensemble.backends.local_helper_messages import (
     ToHelper,
     frame,
 )
-from matensemble.backends.local_plan import LaunchError, describe_spawn_error, open_outputs
 from matensemble.backends.local_spawn import spawn
 from matensemble.backends.task_files import TaskOutputs
 

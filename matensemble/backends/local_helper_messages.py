@@ -27,7 +27,7 @@ _LENGTH = struct.Struct("<I")
 
 
 class Book(msgspec.Struct, tag=True, array_like=True):
-    """Start these processes (a launch's copies: ``local_plan.Process``), in ``cwd``, with
+    """Start these processes (a launch's copies: ``local_failures.Process``), in ``cwd``, with
     stdout and stderr in ``task_dir``; with ``after`` >= 0, once the one process of launch
     ``after`` has exited."""
 

@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 
 import msgspec
 
+from matensemble.backends.local_failures import Process
 from matensemble.backends.local_helper_messages import (
     Book,
     Drop,
@@ -40,7 +41,6 @@ from matensemble.backends.local_helper_messages import (
     frame,
 )
 from matensemble.backends.local_inventory import kill_group
-from matensemble.backends.local_plan import Process
 from matensemble.backends.local_spawner import Started as Delivered
 
 __all__ = ["Helpers"]
