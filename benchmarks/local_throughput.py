@@ -174,7 +174,8 @@ async def engine(
     """Wall seconds, driver CPU and the refill gaps of one engine run."""
     tasks = [Task(id=f"t{i}", command=tuple(COMMAND)) for i in range(n)]
     with tempfile.TemporaryDirectory(dir=base) as run_dir:
-        backend = LocalBackend(cores=cores, queue_ahead=queue_ahead, spawners=spawners)
+        by = {"spawners": spawners} if spawners != "threads" else {}  # a baseline may lack it
+        backend = LocalBackend(cores=cores, queue_ahead=queue_ahead, **by)
         ensemble = Ensemble(tasks, backend=backend, run_dir=run_dir)
         cpu, t0 = DriverCPU(), time.perf_counter()
         cpu.start()
