@@ -119,6 +119,9 @@ class Helper:
         except LaunchError as exc:
             self._report(Started(book.seq, processes, None, str(exc)))
             return
+        except Exception as exc:  # a bug: fail the launch, keep the helper
+            self._report(Started(book.seq, processes, None, f"cannot open the outputs: {exc!r}"))
+            return
         try:
             for rank, (argv, executable, env, cores) in enumerate(book.plan):
                 self._pin(tuple(cores) or None)
