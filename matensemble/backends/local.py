@@ -25,7 +25,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from anyio.abc import TaskGroup
@@ -135,6 +135,7 @@ class LocalBackend(Backend):
         self._open_here = InlineWhileQuick(OPEN_INLINE_BELOW)  # where outputs are opened
         self._spawners: Spawners | Helpers | None = None
         self._exits: ExitWatch | None = None  # the pidfds of every unreaped process
+        self._signal_group: Callable[[int, int], None] = kill_group
 
     async def open(self, sink: Sink, task_group: TaskGroup) -> Sequence[NodeSpec]:
         """Read the inventory and take the environment tasks inherit (``os.environ`` now)."""
@@ -171,6 +172,7 @@ class LocalBackend(Backend):
             self._spawners = Helpers(
                 self._cores, loop, self._started, self._exited, is_stopping, exit_seen
             )
+            self._signal_group = self._spawners.signal  # a helper reaps: it knows whose it is
         else:
             self._exits = ExitWatch(loop, self._exited, self._take_in)
             self._spawners = Spawners(
@@ -345,12 +347,8 @@ class LocalBackend(Backend):
         run.kill_timer = self._loop.call_later(self._kill_grace, self._signal, run, signal.SIGKILL)
 
     def _signal(self, run: Run, signum: int) -> None:
-        helpers = self._spawners if isinstance(self._spawners, Helpers) else None
         for pid in run.procs:  # unreaped leaders only, so each group id is still theirs
-            if helpers is not None:
-                helpers.signal(pid, signum)  # the helper reaps: it knows whether it is
-            else:
-                kill_group(pid, signum)
+            self._signal_group(pid, signum)
 
     async def close(self) -> None:
         """Cancel every running launch and return once each has reported its outcome.
