@@ -3,6 +3,7 @@ the best raw methods in one run.
 
     python benchmarks/local_throughput.py [--tasks 2000] [--repeat 3] [--cores N] [--profile]
                                           [--baseline DIR] [--tmpfs-only] [--sleep S]
+                                          [--raw-only] [--no-raw-spawners]
 
 For each repetition, alternating, it times N ``true`` commands (``sleep S`` with ``--sleep S``)
 through
@@ -10,11 +11,21 @@ through
 - ``xargs -P <cores> -I@ true`` (``seq N | xargs ...``: one command per line);
 - ``threads``: a ``ThreadPoolExecutor(<cores>)`` calling ``subprocess.run(["true"])`` (fork/exec
   releases the GIL, so this is what Python itself can spawn on the machine);
+- ``spawners``: one helper process per core, pinned, fed through pipes with one (then two)
+  launches booked ahead beside the one it runs; each reaps its process and starts the next at
+  once (``raw_spawners.py``: the upper bound of a backend that spawns outside the driver's
+  interpreter); once more with each task's directory and output files made by the helper on
+  tmpfs and a few variables added to its environment, as the backend does. Not counted as the
+  "best" raw method, so the ratios stay those to xargs and the threads; its lines give the
+  driver's and the helpers' CPU per task. The threads and the spawner runs take turns in
+  going first;
 - the engine: N tasks through ``Ensemble`` + ``LocalBackend(cores=<cores>)`` (each task with its
   own directory, stdout/stderr files, CPU pinning, process group, pidfd and journal), once with
   the run directory on tmpfs (/dev/shm: the engine and spawn path alone) and once on the disk
   under the current directory (adds the file system's metadata cost, unless ``--tmpfs-only``);
-  on tmpfs also with ``LocalBackend(queue_ahead=True)`` (``engine+ahead``), in alternating order.
+  on tmpfs also with ``LocalBackend(queue_ahead=True)`` (``engine+ahead``), and both again with
+  ``LocalBackend(spawners="processes")`` (``engine/helpers``: helper processes start, wait for
+  and reap the tasks), the four in turn.
 
 "driver CPU/task" is the engine process's own user+system CPU (``RUSAGE_SELF``: its threads,
 not its children) over the run, per task: launch, reap, journal and status; "loop" is the part
@@ -26,9 +37,14 @@ voluntary one is a thread going to sleep: waiting for an exit, a launch, the GIL
 own process ("threads' own": its pool threads' ``fork``/``exec`` and ``wait``). The "backend
 alone" line drives ``LocalBackend`` directly (no engine, journal or status: one launch per
 free core, as outcomes arrive), so the two lines together split that CPU between the backend
-and the engine. The ratio is the
-engine's throughput over the best raw method's in the same repetition. Refill latency is, per
-core, the time from one task's exit being seen to the next task's process existing on that core.
+and the engine. The ratio is the engine's throughput over the best raw method's in the same
+repetition. "busy" is the rate between the first task's start and the last one's end (the run
+without the backend's start and end: helper processes take 0.1 s to start). Refill latency
+is, per core, the time from one task's exit being seen to the next task's process existing on
+that core.
+"children CPU/task" is the CPU of the processes the driver reaped: the tasks, or the helpers
+and the tasks they reaped, so the difference between the two is the helpers' own CPU.
+``--raw-only`` runs the raw methods alone, ``--no-raw-spawners`` all but the raw spawners.
 ``--profile`` runs one engine case under cProfile and prints the top entries.
 
 ``--baseline DIR`` (a directory holding another ``matensemble`` package, e.g. ``git archive
@@ -63,7 +79,21 @@ from matensemble import Ensemble, LocalBackend, Task
 from matensemble.backends.base import Launch, Outcome
 from matensemble.model import Slot, TaskState
 
+import raw_spawners
+
 COMMAND = ["true"]  # what every task runs (``--sleep S``: ``sleep S``)
+# The raw spawners' variants: launches booked ahead per helper, whether each task gets a
+# directory (on tmpfs), its own output files and variables there, as in the backend, and the
+# CPU seconds the driver spends on each exit before it books the next (an engine's share).
+SPAWNED_BY = ("threads", "processes")  # LocalBackend(spawners=...)
+SPAWNERS = {
+    "0 ahead, files": (0, True, 0.0),
+    "1 ahead": (1, False, 0.0),
+    "2 ahead": (2, False, 0.0),
+    "2 ahead, files": (2, True, 0.0),
+    "1 ahead, files, 100 us": (1, True, 100e-6),
+    "1 ahead, files, 150 us": (1, True, 150e-6),
+}
 
 
 def xargs(n: int, cores: int) -> float:
@@ -91,8 +121,8 @@ def threads(n: int, cores: int, cpu: DriverCPU | None = None) -> float:
     return elapsed
 
 
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
+def cpu_seconds(who: int = resource.RUSAGE_SELF) -> float:
+    usage = resource.getrusage(who)
     return usage.ru_utime + usage.ru_stime
 
 
@@ -104,17 +134,22 @@ def switches(who: int) -> tuple[int, int]:
 
 class DriverCPU:
     """The driver's CPU seconds between ``start`` and ``stop``: all threads, and the calling
-    (event loop) thread alone; and the context switches of both."""
+    (event loop) thread alone; and the context switches of both. ``children``: the CPU of
+    the processes it reaped meanwhile (the tasks; with helper processes, the helpers and,
+    through them, the tasks)."""
 
-    total = loop = 0.0
+    total = loop = children = 0.0
+    busy = 0.0  # seconds from the first task's start to the last one's end, if known
     switches: tuple[int, int, int, int] = (0, 0, 0, 0)  # all threads vol, invol; loop vol, invol
 
     def start(self) -> None:
         self._cpu0, self._loop0 = cpu_seconds(), time.thread_time()
+        self._children0 = cpu_seconds(resource.RUSAGE_CHILDREN)
         self._sw0 = (*switches(resource.RUSAGE_SELF), *switches(resource.RUSAGE_THREAD))
 
     def stop(self) -> None:
         self.total = cpu_seconds() - self._cpu0
+        self.children = cpu_seconds(resource.RUSAGE_CHILDREN) - self._children0
         self.loop = time.thread_time() - self._loop0
         now = (*switches(resource.RUSAGE_SELF), *switches(resource.RUSAGE_THREAD))
         self.switches = (
@@ -129,16 +164,18 @@ class DriverCPU:
         return (
             f"driver CPU/task {self.total / n * 1e3:.3f} ms (loop {self.loop / n * 1e3:.3f})"
             f" switches/task {vol:.2f}+{invol:.2f} (loop {loop_vol:.2f}+{loop_invol:.2f})"
+            f" children CPU/task {self.children / n * 1e3:.3f} ms"
         )
 
 
 async def engine(
-    n: int, cores: int, base: Path, queue_ahead: bool = False
+    n: int, cores: int, base: Path, queue_ahead: bool = False, spawners: str = "threads"
 ) -> tuple[float, DriverCPU, list[float]]:
     """Wall seconds, driver CPU and the refill gaps of one engine run."""
     tasks = [Task(id=f"t{i}", command=tuple(COMMAND)) for i in range(n)]
     with tempfile.TemporaryDirectory(dir=base) as run_dir:
-        backend = LocalBackend(cores=cores, queue_ahead=queue_ahead)
+        by = {"spawners": spawners} if spawners != "threads" else {}  # a baseline may lack it
+        backend = LocalBackend(cores=cores, queue_ahead=queue_ahead, **by)
         ensemble = Ensemble(tasks, backend=backend, run_dir=run_dir)
         cpu, t0 = DriverCPU(), time.perf_counter()
         cpu.start()
@@ -157,13 +194,17 @@ async def engine(
     for runs in by_core.values():
         runs.sort()
         gaps += [nxt[0] - prev[1] for prev, nxt in itertools.pairwise(runs)]
+    starts, ends = zip(*(run for runs in by_core.values() for run in runs), strict=True)
+    cpu.busy = max(ends) - min(starts)
     return elapsed, cpu, gaps
 
 
-async def backend_alone(n: int, cores: int, base: Path) -> tuple[float, DriverCPU]:
+async def backend_alone(
+    n: int, cores: int, base: Path, spawners: str = "threads"
+) -> tuple[float, DriverCPU]:
     """Wall seconds and driver CPU of n tasks through LocalBackend, without the engine."""
     outcomes: asyncio.Queue[Outcome] = asyncio.Queue()
-    backend = LocalBackend(cores=cores)
+    backend = LocalBackend(cores=cores, spawners=spawners)
     tasks = [Task(id=f"t{i}", command=tuple(COMMAND)) for i in range(n)]
     async with anyio.create_task_group() as tg:
         (node,) = await backend.open(outcomes.put_nowait, tg)
@@ -201,8 +242,9 @@ def engine_line(
     gaps = sorted(gaps)
     p50 = statistics.median(gaps) * 1e3
     p99 = gaps[int(0.99 * (len(gaps) - 1))] * 1e3
+    busy = f" (busy {n / cpu.busy:4.0f}/s)" if cpu.busy else ""
     return (
-        f"    {name}: {n / elapsed:6.0f}/s ratio {best / elapsed:4.2f}"
+        f"    {name}: {n / elapsed:6.0f}/s{busy} ratio {best / elapsed:4.2f}"
         f" {cpu.per_task(n)} refill p50 {p50:.2f} ms p99 {p99:.2f} ms"
     )
 
@@ -249,6 +291,8 @@ def main() -> None:
     parser.add_argument("--cores", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--tmpfs-only", action="store_true", help="no engine run on the disk")
+    parser.add_argument("--raw-only", action="store_true", help="only xargs, threads, spawners")
+    parser.add_argument("--no-raw-spawners", action="store_true", help="no raw spawners runs")
     parser.add_argument("--sleep", type=float, help="every task runs `sleep SLEEP`, not `true`")
     parser.add_argument(
         "--baseline",
@@ -279,22 +323,45 @@ def main() -> None:
     print(f"{n} `{' '.join(COMMAND)}` tasks on {cores} cores; load {os.getloadavg()[0]:.1f}")
     for rep in range(args.repeat):
         threads_cpu = DriverCPU()
-        raw = {"xargs": xargs(n, cores), "threads": threads(n, cores, threads_cpu)}
+        raw = {"xargs": xargs(n, cores)}
+        spawners: dict[str, tuple[float, float, float]] = {}
+        methods = ["threads", *([] if args.no_raw_spawners else SPAWNERS)]
+        for method in methods[rep % len(methods) :] + methods[: rep % len(methods)]:
+            if method == "threads":
+                raw["threads"] = threads(n, cores, threads_cpu)
+                continue
+            ahead, files, work = SPAWNERS[method]
+            with tempfile.TemporaryDirectory(dir="/dev/shm") as tasks_dir:
+                where = tasks_dir if files else ""
+                spawners[method] = raw_spawners.run(n, cores, COMMAND, ahead, where, work)
         best = min(raw, key=raw.__getitem__)
         line = " ".join(f"{name} {n / t:6.0f}/s" for name, t in raw.items())
         print(f"[{rep}] {line} (best: {best}) load {os.getloadavg()[0]:.1f}")
         print(f"    threads' own {threads_cpu.per_task(n)}")
+        for method, (wall, driver, helpers) in spawners.items():
+            print(
+                f"    spawners ({method}) {n / wall:6.0f}/s"
+                f" ({raw['threads'] / wall:4.2f} of the threads)"
+                f" driver CPU/task {driver / n * 1e3:.3f} ms, helpers' {helpers / n * 1e3:.3f} ms"
+            )
+        if args.raw_only:
+            continue
         if places["tmpfs"].is_dir():
-            elapsed, cpu = asyncio.run(backend_alone(n, cores, places["tmpfs"]))
-            print(f"    backend alone (tmpfs): {n / elapsed:6.0f}/s {cpu.per_task(n)}")
+            for spawners in SPAWNED_BY[:: 1 if rep % 2 == 0 else -1]:
+                elapsed, cpu = asyncio.run(backend_alone(n, cores, places["tmpfs"], spawners))
+                label = f"backend alone{'/helpers' if spawners == 'processes' else ''} (tmpfs):"
+                print(f"    {label:29} {n / elapsed:6.0f}/s {cpu.per_task(n)}")
         for name, base in places.items():
             if not base.is_dir():
                 continue
-            ahead = (False, True) if name == "tmpfs" else (False,)  # alternating on tmpfs
-            for queue_ahead in ahead[:: 1 if rep % 2 == 0 else -1]:
-                elapsed, cpu, gaps = asyncio.run(engine(n, cores, base, queue_ahead))
-                label = f"engine{'+ahead' if queue_ahead else ''} ({name:5})"
-                print(engine_line(f"{label:20}", n, elapsed, cpu, gaps, raw[best]))
+            # On tmpfs: with and without queueing ahead, by threads and by helpers, in turn.
+            cases = [(a, by) for by in SPAWNED_BY for a in (False, True)]
+            cases = cases[rep % 4 :] + cases[: rep % 4] if name == "tmpfs" else cases[:1]
+            for queue_ahead, spawners in cases:
+                elapsed, cpu, gaps = asyncio.run(engine(n, cores, base, queue_ahead, spawners))
+                label = "engine" + ("/helpers" if spawners == "processes" else "")
+                label += f"{'+ahead' if queue_ahead else ''} ({name:5})"
+                print(engine_line(f"{label:28}", n, elapsed, cpu, gaps, raw[best]))
         if baseline is not None and places["tmpfs"].is_dir():
             versions = {"engine@current": None, "engine@baseline": baseline}
             for name in list(versions)[:: 1 if rep % 2 == 0 else -1]:

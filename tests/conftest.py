@@ -133,3 +133,15 @@ def dead(pid: int, grace: float = 5.0) -> bool:
         return bool(select.select([fd], [], [], grace)[0])
     finally:
         os.close(fd)
+
+
+@pytest.fixture(params=["threads", "processes"])
+def local_spawners(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Runs a test once with each of ``LocalBackend``'s spawners as the default: its worker
+    threads, and its helper processes (``local_helpers``)."""
+    from matensemble.backends.local import LocalBackend
+
+    defaults = LocalBackend.__init__.__kwdefaults__
+    assert defaults is not None
+    monkeypatch.setitem(defaults, "spawners", request.param)
+    return str(request.param)

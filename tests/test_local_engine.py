@@ -17,6 +17,9 @@ from matensemble.status import read_status
 
 from conftest import alive
 
+# Each test runs with the worker threads, then with the helper processes, as spawners.
+pytestmark = pytest.mark.usefixtures("local_spawners")
+
 PY = sys.executable
 
 

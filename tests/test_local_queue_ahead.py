@@ -17,10 +17,13 @@ from matensemble.journal import read_journal
 
 from conftest import alive
 
-pytestmark = pytest.mark.skipif(
-    len(os.sched_getaffinity(0)) < 2 or not sys.platform.startswith("linux"),
-    reason="needs two cores on Linux",
-)
+pytestmark = [
+    pytest.mark.skipif(
+        len(os.sched_getaffinity(0)) < 2 or not sys.platform.startswith("linux"),
+        reason="needs two cores on Linux",
+    ),
+    pytest.mark.usefixtures("local_spawners"),  # each test with threads, then helper processes
+]
 
 
 def sh(task_id: str, script: str, **kw: object) -> Task:

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from matensemble.backends.base import Backend, Launch, LaunchKey, Outcome
-from matensemble.backends.simulated import SimulatedBackend
+TYPE_CHECKING = False  # not from typing: a spawner helper process starts faster
+
+if TYPE_CHECKING:
+    from matensemble.backends.base import Backend, Launch, LaunchKey, Outcome
+    from matensemble.backends.flux import FluxBackend
+    from matensemble.backends.local import LocalBackend
+    from matensemble.backends.simulated import SimulatedBackend
 
 __all__ = [
     "Backend",
@@ -15,15 +20,23 @@ __all__ = [
     "SimulatedBackend",
 ]
 
+# Each public name's module, imported on first use: the simulated backend works without the
+# local backend's modules, and a spawner helper (``local_helper``) without the engine's.
+_HOME = {
+    "Backend": "base",
+    "Launch": "base",
+    "LaunchKey": "base",
+    "Outcome": "base",
+    "SimulatedBackend": "simulated",
+    "LocalBackend": "local",
+    "FluxBackend": "flux",
+}
+
 
 def __getattr__(name: str) -> object:
-    # Imported lazily so that the simulated backend works without the local backend's modules.
-    if name == "LocalBackend":
-        from matensemble.backends.local import LocalBackend
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(name)
+    import importlib
 
-        return LocalBackend
-    if name == "FluxBackend":
-        from matensemble.backends.flux import FluxBackend
-
-        return FluxBackend
-    raise AttributeError(name)
+    return getattr(importlib.import_module(f"matensemble.backends.{home}"), name)

@@ -25,7 +25,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from anyio.abc import TaskGroup
@@ -33,6 +33,8 @@ from anyio.abc import TaskGroup
 from matensemble.backends.base import Backend, Launch, LaunchKey, Outcome, Reporter, Sink
 from matensemble.backends.local_ahead import QueuedLaunches
 from matensemble.backends.local_exits import ExitWatch
+from matensemble.backends.local_failures import LaunchError, describe_exit, open_outputs
+from matensemble.backends.local_helpers import Helpers
 from matensemble.backends.local_inventory import (
     CAN_PIN,
     detect_gpus,
@@ -41,12 +43,7 @@ from matensemble.backends.local_inventory import (
     select_cores,
     select_gpus,
 )
-from matensemble.backends.local_plan import (
-    LaunchError,
-    LaunchPlanner,
-    describe_exit,
-    open_outputs,
-)
+from matensemble.backends.local_plan import LaunchPlanner
 from matensemble.backends.local_run import Run, exit_seen, is_stopping
 from matensemble.backends.local_spawner import (
     OPEN_INLINE_BELOW,
@@ -79,6 +76,9 @@ class LocalBackend(Backend):
             the running Python (where the ``mpich`` wheel installs it).
         kill_grace: seconds from SIGTERM to SIGKILL when a launch is stopped.
         node_name: the node's name in the inventory; default: the host name.
+        spawners: ``"threads"`` (worker threads of the driver start the processes) or
+            ``"processes"`` (a helper process per core starts, waits for and reaps them:
+            ``local_helpers``).
 
     Raises:
         ValueError: ``cores`` names more or other cores than this process may use, or
@@ -87,7 +87,7 @@ class LocalBackend(Backend):
             allows per node (1,024 unless ``MATENSEMBLE_MAX_GPUS_PER_NODE`` says otherwise).
 
     With ``queue_ahead=True`` the engine launches each core's next task while the one before
-    it still runs there, and a worker starts it the moment that one exits (see
+    it still runs there, and a worker (or helper) starts it the moment that one exits (see
     ``local_ahead``): its ``task_started`` is written when it was queued.
 
     Outcomes: a process killed by a signal has ``returncode=None`` and ``signal`` set; a
@@ -109,9 +109,13 @@ class LocalBackend(Backend):
         kill_grace: float = 5.0,
         node_name: str | None = None,
         queue_ahead: bool = False,
+        spawners: str = "threads",
     ) -> None:
         if kill_grace < 0:
             raise ValueError(f"kill_grace must be >= 0, got {kill_grace!r}")
+        if spawners not in ("threads", "processes"):
+            raise ValueError(f"spawners must be 'threads' or 'processes', got {spawners!r}")
+        self._helpers_wanted = spawners == "processes"
         self._cores = select_cores(cores)
         self._gpus_given = select_gpus(gpus)
         self._gpu_variable_given = gpu_variable
@@ -129,8 +133,9 @@ class LocalBackend(Backend):
         self._devnull = -1
         self._outputs = TaskOutputs()
         self._open_here = InlineWhileQuick(OPEN_INLINE_BELOW)  # where outputs are opened
-        self._spawners: Spawners | None = None
+        self._spawners: Spawners | Helpers | None = None
         self._exits: ExitWatch | None = None  # the pidfds of every unreaped process
+        self._signal_group: Callable[[int, int], None] = kill_group
 
     async def open(self, sink: Sink, task_group: TaskGroup) -> Sequence[NodeSpec]:
         """Read the inventory and take the environment tasks inherit (``os.environ`` now)."""
@@ -163,16 +168,22 @@ class LocalBackend(Backend):
             mpiexec,
         )
         self._devnull = os.open(os.devnull, os.O_RDONLY)
-        self._exits = ExitWatch(loop, self._exited, self._take_in)
-        self._spawners = Spawners(
-            self._cores,
-            self._devnull,
-            self._exits.add,
-            loop,
-            self._started,
-            is_stopping,
-            exit_seen if self.queue_ahead else None,
-        )
+        if self._helpers_wanted:
+            self._spawners = Helpers(
+                self._cores, loop, self._started, self._exited, is_stopping, exit_seen
+            )
+            self._signal_group = self._spawners.signal  # a helper reaps: it knows whose it is
+        else:
+            self._exits = ExitWatch(loop, self._exited, self._take_in)
+            self._spawners = Spawners(
+                self._cores,
+                self._devnull,
+                self._exits.add,
+                loop,
+                self._started,
+                is_stopping,
+                exit_seen if self.queue_ahead else None,
+            )
         if self.queue_ahead:
             self._ahead = QueuedLaunches(self._spawners)
         self._loop = loop
@@ -202,7 +213,7 @@ class LocalBackend(Backend):
         task_dir = planner.task_dir(launch)
         try:
             plan = planner.plan(launch, task_dir)
-            if self._open_here.inline():
+            if self._exits is not None and self._open_here.inline():  # helpers open their own
                 began = time.perf_counter()
                 outputs = open_outputs(self._outputs, task_dir)
                 self._open_here.took(time.perf_counter() - began)
@@ -235,10 +246,10 @@ class LocalBackend(Backend):
         """A worker started a launch's processes (already in the epoll set), or failed to."""
         run = started.token
         assert isinstance(run, Run)
-        assert self._exits is not None
         for rank, pid, pidfd in started.processes:
             run.procs.add(pid)
-            self._exits.watch(pidfd, run, pid, rank)
+            if self._exits is not None:
+                self._exits.watch(pidfd, run, pid, rank)
         run.start_time = started.start_time
         timeout = run.launch.task.timeout
         if run.queued and timeout is not None and run.procs and run.kill_timer is None:
@@ -335,10 +346,9 @@ class LocalBackend(Backend):
         self._signal(run, signal.SIGCONT)  # a stopped process cannot act on SIGTERM
         run.kill_timer = self._loop.call_later(self._kill_grace, self._signal, run, signal.SIGKILL)
 
-    @staticmethod
-    def _signal(run: Run, signum: int) -> None:
+    def _signal(self, run: Run, signum: int) -> None:
         for pid in run.procs:  # unreaped leaders only, so each group id is still theirs
-            kill_group(pid, signum)
+            self._signal_group(pid, signum)
 
     async def close(self) -> None:
         """Cancel every running launch and return once each has reported its outcome.

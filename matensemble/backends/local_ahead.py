@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+from matensemble.backends.local_helpers import Helpers
 from matensemble.backends.local_run import Job, Run
 from matensemble.backends.local_spawner import Spawners
 
@@ -73,7 +74,7 @@ class CoreHolders:
 class QueuedLaunches:
     """The launches of a backend with ``queue_ahead``: each holds its cores or waits for them."""
 
-    def __init__(self, spawners: Spawners) -> None:
+    def __init__(self, spawners: Spawners | Helpers) -> None:
         self._holders = CoreHolders()
         self._spawners = spawners
 

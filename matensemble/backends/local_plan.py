@@ -1,40 +1,23 @@
-"""What the local backend starts for a launch, and how it words a launch that did not start.
+"""What the local backend starts for a launch.
 
 ``LaunchPlanner.plan`` turns a launch into processes: argv, the executable (looked up once per
 program name and ``PATH`` for the run), the environment (the driver's, encoded once, with the
-task's variables, rank and GPU ids over it) and the cores of each copy. The rest words
-failures: an output file that cannot be opened, a process that cannot start, an exit status.
+task's variables, rank and GPU ids over it) and the cores of each copy. How a launch that did
+not start is worded is ``local_failures``'.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import signal
 import sys
 
 from matensemble.backends.base import Launch, TaskDirPaths, task_variables
-from matensemble.backends.task_files import TaskOutputs
-from matensemble.errors import UnsafeTaskPath
+from matensemble.backends.local_failures import LaunchError, Process
 
-__all__ = [
-    "Exit",
-    "LaunchError",
-    "LaunchPlanner",
-    "Process",
-    "describe_exit",
-    "describe_spawn_error",
-    "open_outputs",
-]
+__all__ = ["LaunchPlanner"]
 
 _FS, _ESC = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
-Exit = tuple[int | None, int | None, str]  # returncode, signal, reason
-# argv, executable, environment (b"NAME=value" entries, as exec takes them), cores
-Process = tuple[list[str], str | None, list[bytes], list[int]]
-
-
-class LaunchError(Exception):
-    """A per-task problem found before any process started; the message is the reason."""
 
 
 class LaunchPlanner:
@@ -152,51 +135,3 @@ class LaunchPlanner:
         if found is None:
             raise LaunchError(f"executable not found: {program!r}")
         return found
-
-
-def open_outputs(outputs: TaskOutputs, task_dir: str) -> tuple[int, int]:
-    """Open stdout and stderr for appending, creating the task directory if it is missing,
-    without following links (see ``task_files``)."""
-    try:
-        return outputs.open(task_dir)
-    except UnsafeTaskPath as exc:
-        raise LaunchError(str(exc)) from None
-    except OSError as exc:
-        where = exc.filename if exc.filename is not None else task_dir
-        raise LaunchError(f"cannot open {str(where)!r}: {exc.strerror}") from None
-
-
-def describe_spawn_error(exc: Exception, process: Process, cwd: str) -> str:
-    argv, executable, env, _ = process
-    program = argv[0]
-    if not isinstance(exc, OSError):
-        return f"cannot start {program!r}: {exc}"
-    if exc.filename == cwd and program != cwd:  # Popen names cwd when chdir failed
-        if isinstance(exc, FileNotFoundError):
-            return f"working directory not found: {cwd!r}"
-        if isinstance(exc, NotADirectoryError):
-            return f"working directory is not a directory: {cwd!r}"
-        return f"cannot enter working directory {cwd!r}: {exc.strerror}"
-    if isinstance(exc, FileNotFoundError):
-        target = executable or program
-        if os.sep not in target:
-            path = next((e[5:] for e in env if e.startswith(b"PATH=")), os.defpath.encode())
-            target = shutil.which(target, path=os.fsdecode(path)) or ""
-        if target and os.path.isfile(os.path.join(cwd, target)):
-            return f"the interpreter in the #! line of {program!r} was not found"
-        return f"executable not found: {program!r}"
-    if isinstance(exc, PermissionError):
-        return f"permission denied: cannot execute {program!r}"
-    return f"cannot start {program!r}: {exc.strerror or exc}"
-
-
-def describe_exit(code: int | None, prefix: str) -> Exit:
-    if code is None:
-        return None, None, f"{prefix}exit status lost: the process was reaped elsewhere"
-    if code >= 0:
-        return code, None, f"{prefix}exited with code {code}"
-    try:
-        name = signal.Signals(-code).name
-    except ValueError:
-        name = "unknown"
-    return None, -code, f"{prefix}killed by signal {-code} ({name})"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from matensemble.backends.base import Launch
-from matensemble.backends.local_plan import Exit, Process
+from matensemble.backends.local_failures import Exit, Process
 from matensemble.model import TaskState
 
 __all__ = ["Job", "Run", "exit_seen", "is_stopping"]

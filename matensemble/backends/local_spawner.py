@@ -36,8 +36,13 @@ from collections.abc import Callable, Sequence
 from queue import SimpleQueue
 from typing import NamedTuple
 
+from matensemble.backends.local_failures import (
+    LaunchError,
+    Process,
+    describe_spawn_error,
+    open_outputs,
+)
 from matensemble.backends.local_inventory import CAN_PIN, kill_group
-from matensemble.backends.local_plan import LaunchError, Process, describe_spawn_error, open_outputs
 from matensemble.backends.local_spawn import spawn
 from matensemble.backends.task_files import TaskOutputs
 

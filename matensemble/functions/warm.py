@@ -38,8 +38,8 @@ from matensemble.backends.base import (
     task_environment,
 )
 from matensemble.backends.local import LocalBackend
+from matensemble.backends.local_failures import describe_exit
 from matensemble.backends.local_inventory import kill_group
-from matensemble.backends.local_plan import describe_exit
 from matensemble.backends.task_files import prepare_task_outputs
 from matensemble.errors import BackendError
 from matensemble.functions.worker import WORKER_ARGV

@@ -1,0 +1,204 @@
+"""A spawner helper process of the local backend: starts, waits for and reaps the processes
+of the launches booked on its core, outside the driver's interpreter.
+
+``python -m matensemble.backends.local_helper BOOKINGS REPORTS CORE`` reads ``Book``,
+``Signal``, ``Drop`` and ``KillAll`` messages (``local_helper_messages``) from the descriptor
+``BOOKINGS`` and writes ``Started`` and ``Exited`` to ``REPORTS``. It pins itself to ``CORE``;
+a launch on other cores is started with the helper's mask set to them first (a child inherits
+it), as the backend's worker threads do.
+
+Everything waits in one ``poll``: the bookings and a pidfd per running process. When a process
+exits, what it left in its group is killed, it is reaped, a launch booked ``after`` it starts at
+once, and only then is the exit reported: the next process is running before the driver has
+even been woken. Only this process reaps its children, so only it signals their groups (a group
+id cannot be reused while its leader is unreaped).
+
+At EOF on ``BOOKINGS`` (the driver closed it, or died: the kernel closes its descriptors) every
+group still running gets SIGKILL, is reaped, and the helper exits: it leaves no task behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import sys
+import time
+
+import msgspec
+
+from matensemble.backends.local_failures import LaunchError, describe_spawn_error, open_outputs
+from matensemble.backends.local_helper_messages import (
+    Book,
+    Drop,
+    Exited,
+    Frames,
+    KillAll,
+    Signal,
+    Started,
+    ToHelper,
+    frame,
+)
+from matensemble.backends.local_spawn import spawn
+from matensemble.backends.task_files import TaskOutputs
+
+__all__ = ["Helper"]
+
+
+class Helper:
+    """The state of one helper: its running processes and the bookings waiting for one."""
+
+    def __init__(self, bookings: int, reports: int, core: int | None) -> None:
+        self._bookings = bookings
+        self._reports = reports
+        self._mask: tuple[int, ...] = tuple(sorted(os.sched_getaffinity(0)))
+        self._all_cores = self._mask
+        if core is not None:
+            self._pin((core,))
+        self._stdin = os.open(os.devnull, os.O_RDONLY)
+        self._outputs = TaskOutputs()
+        self._poller = select.poll()
+        self._poller.register(bookings, select.POLLIN)
+        self._running: dict[int, tuple[int, int]] = {}  # pidfd -> pid, seq
+        self._pids: dict[int, int] = {}  # pid -> pidfd, of each unreaped process
+        self._left: dict[int, int] = {}  # seq -> its unreaped processes
+        self._waiting: dict[int, Book] = {}  # after -> the booking that waits for it
+        self._killed = False
+        self._out: list[bytes] = []  # reports to write at the end of this turn
+        self._encode = msgspec.msgpack.Encoder().encode
+
+    def serve(self) -> None:
+        decode = msgspec.msgpack.Decoder(ToHelper).decode
+        frames = Frames()
+        open_ = True
+        while open_ or self._running:
+            for fd, _ in self._poller.poll():
+                if fd == self._bookings:
+                    chunk = os.read(fd, 1 << 16)
+                    if not chunk:  # the driver is gone: so are its tasks
+                        open_ = False
+                        self._poller.unregister(fd)
+                        self._kill_all()
+                    for message in frames.feed(chunk):
+                        self._take(decode(message))
+                elif fd in self._running:
+                    self._exited(fd)
+            if self._out:
+                os.write(self._reports, b"".join(self._out))
+                self._out.clear()
+
+    def _take(self, message: ToHelper) -> None:
+        if isinstance(message, Book):
+            if message.after >= 0 and self._left.get(message.after):
+                self._waiting[message.after] = message
+            else:
+                self._start(message)
+        elif isinstance(message, Signal):
+            if message.pid in self._pids:
+                _kill_group(message.pid, message.signum)
+        elif isinstance(message, Drop):
+            for after, book in list(self._waiting.items()):
+                if book.seq == message.seq:
+                    del self._waiting[after]
+                    self._report(Started(book.seq, [], None, None))
+        elif isinstance(message, KillAll):
+            self._kill_all()
+
+    def _kill_all(self) -> None:
+        self._killed = True
+        for pid in self._pids:
+            _kill_group(pid, signal.SIGKILL)
+
+    def _start(self, book: Book) -> None:
+        processes: list[tuple[int, int]] = []
+        start_time: float | None = None
+        failure: str | None = None
+        try:
+            out, err = open_outputs(self._outputs, book.task_dir)
+        except LaunchError as exc:
+            self._report(Started(book.seq, processes, None, str(exc)))
+            return
+        except Exception as exc:  # a bug: fail the launch, keep the helper
+            self._report(Started(book.seq, processes, None, f"cannot open the outputs: {exc!r}"))
+            return
+        try:
+            for rank, (argv, executable, env, cores) in enumerate(book.plan):
+                self._pin(tuple(cores) or None)
+                try:
+                    pid = spawn(argv, executable, env, book.cwd, (self._stdin, out, err))
+                except Exception as exc:  # OSError, ValueError (a NUL), SubprocessError
+                    failure = describe_spawn_error(exc, (argv, executable, env, cores), book.cwd)
+                    break
+                start_time = start_time or time.time()
+                self._watch(pid, book.seq)
+                processes.append((rank, pid))
+                if self._killed:
+                    _kill_group(pid, signal.SIGKILL)
+        except BaseException as exc:  # a bug, or cores it may not pin to: fail the launch only
+            failure = f"cannot start {book.plan[0][0][0]!r}: {exc!r}"
+        finally:
+            os.close(out)
+            os.close(err)
+        self._report(Started(book.seq, processes, start_time, failure))
+
+    def _pin(self, cores: tuple[int, ...] | None) -> None:
+        cores = cores or self._all_cores
+        if cores != self._mask:
+            os.sched_setaffinity(0, cores)
+            self._mask = cores
+
+    def _watch(self, pid: int, seq: int) -> None:
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:  # out of descriptors: wait for it here rather than lose it
+            _kill_group(pid, signal.SIGKILL)
+            self._report(Exited(pid, _reap(pid), time.time()))
+            return
+        self._poller.register(pidfd, select.POLLIN)
+        self._running[pidfd] = (pid, seq)
+        self._pids[pid] = pidfd
+        self._left[seq] = self._left.get(seq, 0) + 1
+
+    def _exited(self, pidfd: int) -> None:
+        pid, seq = self._running.pop(pidfd)
+        self._poller.unregister(pidfd)
+        os.close(pidfd)
+        del self._pids[pid]
+        _kill_group(pid, signal.SIGKILL)  # what it left in its group, before the group id goes
+        code = _reap(pid)
+        when = time.time()
+        self._left[seq] -= 1
+        if not self._left[seq]:
+            del self._left[seq]
+            waiting = self._waiting.pop(seq, None)
+            if waiting is not None and self._killed:  # what waited behind it never starts
+                self._report(Started(waiting.seq, [], None, None))
+            elif waiting is not None:  # its successor first, then the news
+                self._start(waiting)
+        self._report(Exited(pid, code, when))
+
+    def _report(self, message: Started | Exited) -> None:
+        self._out.append(frame(self._encode(message)))
+
+
+def _kill_group(pid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signum)
+
+
+def _reap(pid: int) -> int | None:
+    try:
+        _, status = os.waitpid(pid, 0)
+    except ChildProcessError:
+        return None
+    return os.waitstatus_to_exitcode(status)
+
+
+def main(argv: list[str]) -> None:
+    bookings, reports, core = (int(a) for a in argv[1:4])
+    Helper(bookings, reports, core if core >= 0 else None).serve()
+
+
+if __name__ == "__main__":
+    main(sys.argv)

@@ -1,0 +1,231 @@
+"""The local backend's spawner helper processes, as the driver sees them.
+
+With ``LocalBackend(spawners="processes")`` each core has a helper process of its own
+(``local_helper``), pinned to it, that starts the launches booked on that core, waits for their
+processes and reaps them, outside the driver's interpreter: no worker thread, no GIL shared with
+the event loop, and no ``vfork`` or file made in the driver. ``Helpers`` offers what
+``local_spawner.Spawners`` offers the backend (``submit``, ``wake``, ``kill``, ``close``) and
+reports starts (``deliver``) and exits (``on_exit``) as they arrive on the helpers' pipes, which
+the event loop watches. A launch booked ``after`` another (queueing ahead) waits in the helper,
+which starts it the moment the process before it exits, before it reports that exit.
+
+Signals go through the helper (``signal``): only it reaps, so only it knows that a group id is
+still its task's. A helper that dies takes its launches with it: their processes are reported
+as exited with a lost status, and those not started yet as failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+import msgspec
+
+from matensemble.backends.local_failures import Process
+from matensemble.backends.local_helper_messages import (
+    Book,
+    Drop,
+    Exited,
+    Frames,
+    FromHelper,
+    KillAll,
+    Signal,
+    Started,
+    ToHelper,
+    frame,
+)
+from matensemble.backends.local_inventory import kill_group
+from matensemble.backends.local_spawner import Started as Delivered
+
+__all__ = ["Helpers"]
+
+_DIED = "the spawner helper process died"
+_PYTHON = sys.executable  # the helpers' interpreter: this one, as it was at import
+# The helpers import this very package, wherever the driver found it.
+_HERE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# on_exit(token, pid, rank, exit code: negative for a signal, None if the status was lost)
+OnExit = Callable[[object, int, int, "int | None"], None]
+
+
+class _Helper:
+    """One helper process and the driver's ends of its pipes."""
+
+    def __init__(self, core: int) -> None:
+        book_r, self.book_w = os.pipe2(os.O_CLOEXEC)
+        self.report_r, report_w = os.pipe2(os.O_CLOEXEC)
+        module = "matensemble.backends.local_helper"
+        path = [_HERE, os.environ.get("PYTHONPATH")]
+        try:
+            self.process = subprocess.Popen(
+                [_PYTHON, "-m", module, str(book_r), str(report_w), str(core)],
+                pass_fds=(book_r, report_w),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, path))},
+                start_new_session=True,  # Ctrl-C at the terminal is the driver's to act on
+            )
+        finally:
+            os.close(book_r)
+            os.close(report_w)
+        self.frames = Frames()
+
+
+class Helpers:
+    """The spawner helpers of one backend, one per core."""
+
+    def __init__(
+        self,
+        cores: Sequence[int],
+        loop: asyncio.AbstractEventLoop,
+        deliver: Callable[[Delivered], None],
+        on_exit: OnExit,
+        urgent: Callable[[object], bool],
+        exit_seen: Callable[[object, float], None] | None = None,
+    ) -> None:
+        self._loop = loop
+        self._deliver = deliver
+        self._on_exit = on_exit
+        self._urgent = urgent
+        self._exit_seen = exit_seen or (lambda token, when: None)
+        self._helpers = [_Helper(core) for core in cores]
+        self._helper_of = {core: i for i, core in enumerate(cores)}
+        self._encode = msgspec.msgpack.Encoder().encode
+        self._decode = msgspec.msgpack.Decoder(FromHelper).decode
+        self._next_seq = 0
+        self._booked: dict[int, tuple[object, int]] = {}  # seq -> token, helper; not started
+        self._seq: dict[object, tuple[int, int]] = {}  # token -> seq, unreaped processes
+        self._procs: dict[int, tuple[object, int, int]] = {}  # pid -> token, rank, helper
+        self._last: list[object] = [None] * len(self._helpers)  # the launch each got last
+        self._dead: set[int] = set()  # helpers that died
+        for index, helper in enumerate(self._helpers):
+            loop.add_reader(helper.report_r, self._read, index)
+
+    def submit(
+        self,
+        token: object,
+        plan: list[Process],
+        cwd: str,
+        task_dir: str,
+        outputs: tuple[int, int] | None,
+        after: object = None,
+    ) -> bool:
+        """As ``Spawners.submit``: the helper of the launch's first core opens its outputs in
+        ``task_dir`` (``outputs`` given are closed) and starts it, or with ``after``, if that
+        helper was given ``after`` last, once ``after``'s one process has exited."""
+        cores = plan[0][3]
+        index = self._helper_of.get(cores[0], 0) if cores else 0
+        if after is not None and self._last[index] is not after:
+            return False
+        for fd in outputs or ():
+            os.close(fd)
+        self._last[index] = token
+        seq = self._next_seq
+        self._next_seq += 1
+        self._booked[seq] = (token, index)
+        self._seq[token] = (seq, 0)
+        if index in self._dead:  # reported on the loop's next turn, never from inside launch()
+            died = Started(seq, [], None, _DIED)
+            self._loop.call_soon(self._started, index, died)
+            return True
+        after_seq = self._seq[after][0] if after is not None and after in self._seq else -1
+        self._send(index, Book(seq, plan, cwd, task_dir, after_seq))
+        return True
+
+    def signal(self, pid: int, signum: int) -> None:
+        """Signal ``pid``'s process group, unless its helper has reaped it already."""
+        found = self._procs.get(pid)
+        if found is not None:
+            self._send(found[2], Signal(pid, signum))
+
+    def wake(self, core: int) -> None:
+        """A launch booked on ``core`` is being stopped: if it waits there, it never starts."""
+        index = self._helper_of.get(core, 0)
+        for seq, (token, helper) in list(self._booked.items()):
+            if helper == index and self._urgent(token):
+                self._send(index, Drop(seq))
+
+    def hand_over(self) -> None:
+        """Nothing to do: starts are delivered as they are read."""
+
+    def kill(self) -> None:
+        """SIGKILL every process the helpers run, and every one they start from now on."""
+        for index in range(len(self._helpers)):
+            self._send(index, KillAll())
+
+    def close(self) -> None:
+        """Let the helpers go (each kills what it still runs, then exits), and reap them."""
+        for helper in self._helpers:
+            self._loop.remove_reader(helper.report_r)
+            os.close(helper.book_w)  # EOF
+        for helper in self._helpers:
+            try:
+                helper.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                helper.process.kill()
+                helper.process.wait()
+            os.close(helper.report_r)
+
+    def _send(self, index: int, message: ToHelper) -> None:
+        with contextlib.suppress(BrokenPipeError):  # it died: its reports say so
+            os.write(self._helpers[index].book_w, frame(self._encode(message)))
+
+    def _read(self, index: int) -> None:
+        helper = self._helpers[index]
+        chunk = os.read(helper.report_r, 1 << 16)
+        if not chunk:
+            self._lost(index)
+            return
+        for payload in helper.frames.feed(chunk):
+            message = self._decode(payload)
+            if isinstance(message, Started):
+                self._started(index, message)
+            else:
+                self._exited(message)
+
+    def _started(self, index: int, message: Started) -> None:
+        token, _ = self._booked.pop(message.seq)
+        processes = [(rank, pid, -1) for rank, pid in message.processes]
+        for rank, pid in message.processes:
+            self._procs[pid] = (token, rank, index)
+        if processes:
+            self._seq[token] = (message.seq, len(processes))
+        else:
+            self._forget(token)
+        self._deliver(Delivered(token, processes, message.start_time, message.failure))
+
+    def _exited(self, message: Exited) -> None:
+        token, rank, _ = self._procs.pop(message.pid)
+        seq, left = self._seq[token]
+        if left > 1:
+            self._seq[token] = (seq, left - 1)
+        else:
+            self._forget(token)
+        self._exit_seen(token, message.when)
+        self._on_exit(token, message.pid, rank, message.code)
+
+    def _forget(self, token: object) -> None:
+        del self._seq[token]
+        for index, last in enumerate(self._last):
+            if last is token:
+                self._last[index] = None
+
+    def _lost(self, index: int) -> None:
+        """Helper ``index`` died: its launches end, their processes' statuses lost."""
+        self._loop.remove_reader(self._helpers[index].report_r)
+        self._dead.add(index)
+        for seq, (_, helper) in list(self._booked.items()):
+            if helper == index:
+                message = Started(seq, [], None, _DIED)
+                self._started(index, message)
+        for pid, (_, _, helper) in list(self._procs.items()):
+            if helper == index:
+                # Nobody reaps it now (it is init's child): its group id is, for the moment
+                # this takes, still its own.
+                kill_group(pid, signal.SIGKILL)
+                self._exited(Exited(pid, None, time.time()))

@@ -1,0 +1,91 @@
+"""LocalBackend(spawners="processes"): what the helper processes guarantee on their own.
+
+The backend's other guarantees (pinning, process groups, files, outcomes, stopping, queueing
+ahead) are checked with helpers by the local backend's own tests, which run under both
+spawners (``conftest.local_spawners``).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+
+from matensemble.backends.local import LocalBackend
+from matensemble.model import Task, TaskState
+
+from backend_harness import opened
+from conftest import alive
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
+
+DRIVER = """
+import asyncio, sys
+from matensemble import Ensemble, LocalBackend, Task
+
+task = Task(id="hold", command=("sh", "-c", "echo $$ > pid; exec sleep 60"))
+asyncio.run(Ensemble([task], backend=LocalBackend(cores=1, spawners="processes"),
+                     run_dir=sys.argv[1]).run())
+"""
+
+
+def wait_for_pid(path: Path) -> int:
+    deadline = time.monotonic() + 30
+    while not (path.exists() and path.read_text().strip()):
+        assert time.monotonic() < deadline, f"no pid in {path}"
+        time.sleep(0.01)
+    return int(path.read_text())
+
+
+def helpers_of(pid: int) -> list[int]:
+    """The driver's helper processes (its children that run ``local_helper``)."""
+    found = []
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+        if b"matensemble.backends.local_helper" in cmdline:
+            found.append(int(child))
+    return found
+
+
+def test_spawners_are_threads_or_processes() -> None:
+    with pytest.raises(ValueError, match="spawners must be 'threads' or 'processes'"):
+        LocalBackend(spawners="forks")
+
+
+def test_a_driver_killed_outright_leaves_no_task_running(tmp_path: Path) -> None:
+    # With worker threads a task outlives a SIGKILLed driver (``recover()`` finds it on
+    # resume); a helper sees its booking pipe close and kills what it runs.
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER, str(tmp_path / "run")])
+    try:
+        task = wait_for_pid(tmp_path / "run" / "tasks" / "hold" / "pid")
+        (helper,) = helpers_of(driver.pid)
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait()
+        assert not alive(task, grace=10), "the task outlived its driver"
+        assert not alive(helper, grace=10), "the helper outlived its driver"
+    finally:
+        driver.kill()
+        driver.wait()
+
+
+async def test_a_helper_that_dies_fails_its_launch_and_leaves_nothing_running(
+    tmp_path: Path,
+) -> None:
+    async with opened(LocalBackend(cores=1, spawners="processes"), tmp_path) as h:
+        launch = h.start(Task(id="hold", command=("sh", "-c", "echo $$ > pid; exec sleep 60")))
+        task = await anyio.to_thread.run_sync(wait_for_pid, h.task_dir("hold") / "pid")
+        (helper,) = helpers_of(os.getpid())
+        os.kill(helper, signal.SIGKILL)
+        outcome = await h.outcome(launch)
+        assert outcome.state is TaskState.FAILED
+        assert not alive(task, grace=10), "the task outlived its helper"
+        # The backend goes on without that core's helper: what is booked there fails.
+        nxt = await h.run(Task(id="next", command=("true",)))
+        assert nxt.state is TaskState.FAILED
+        assert nxt.reason == "the spawner helper process died"
