@@ -15,9 +15,11 @@ import time
 from pathlib import Path
 
 import anyio
+import msgspec
 import pytest
 
 from matensemble.backends.local import LocalBackend
+from matensemble.backends.local_helper_messages import Book, frame
 from matensemble.model import Task, TaskState
 
 from backend_harness import opened
@@ -89,3 +91,35 @@ async def test_a_helper_that_dies_fails_its_launch_and_leaves_nothing_running(
         nxt = await h.run(Task(id="next", command=("true",)))
         assert nxt.state is TaskState.FAILED
         assert nxt.reason == "the spawner helper process died"
+
+
+def test_a_helper_whose_reports_nobody_reads_kills_what_it_started_and_exits(
+    tmp_path: Path,
+) -> None:
+    # The driver died between the helper's wake-up and its report: the report's write finds
+    # the pipe broken before the end of the bookings is read. The task it just started must
+    # not live on without a driver.
+    book_r, book_w = os.pipe()
+    report_r, report_w = os.pipe()
+    module = "matensemble.backends.local_helper"
+    helper = subprocess.Popen(
+        [sys.executable, "-m", module, str(book_r), str(report_w), "-1"],
+        pass_fds=(book_r, report_w),
+    )
+    os.close(book_r)
+    os.close(report_w)
+    try:
+        env = [f"{k}={v}".encode() for k, v in os.environ.items()]
+        hold = [(["sh", "-c", "echo $$ > pid; exec sleep 60"], None, env, [])]
+        book = Book(0, hold, str(tmp_path), str(tmp_path / "hold"))
+        os.write(book_w, frame(msgspec.msgpack.encode(book)))
+        task = wait_for_pid(tmp_path / "pid")
+        os.close(report_r)  # nobody reads its reports from now on
+        book = Book(1, [(["true"], None, env, [])], str(tmp_path), str(tmp_path / "next"))
+        os.write(book_w, frame(msgspec.msgpack.encode(book)))  # its report finds no reader
+        assert helper.wait(timeout=10) == 0, "the helper did not end cleanly"
+        assert not alive(task, grace=10), "the task outlived the helper"
+    finally:
+        os.close(book_w)
+        helper.kill()
+        helper.wait()

@@ -65,6 +65,7 @@ class Helper:
         self._left: dict[int, int] = {}  # seq -> its unreaped processes
         self._waiting: dict[int, Book] = {}  # after -> the booking that waits for it
         self._killed = False
+        self._reports_gone = False  # nobody reads the reports any more
         self._out: list[bytes] = []  # reports to write at the end of this turn
         self._encode = msgspec.msgpack.Encoder().encode
 
@@ -85,7 +86,14 @@ class Helper:
                 elif fd in self._running:
                     self._exited(fd)
             if self._out:
-                os.write(self._reports, b"".join(self._out))
+                try:
+                    os.write(self._reports, b"".join(self._out))
+                except BrokenPipeError:  # the driver is gone, its bookings not read yet
+                    if open_:
+                        open_ = False
+                        self._poller.unregister(self._bookings)
+                        self._kill_all()
+                    self._reports_gone = True
                 self._out.clear()
 
     def _take(self, message: ToHelper) -> None:
@@ -179,7 +187,8 @@ class Helper:
         self._report(Exited(pid, code, when))
 
     def _report(self, message: Started | Exited) -> None:
-        self._out.append(frame(self._encode(message)))
+        if not self._reports_gone:
+            self._out.append(frame(self._encode(message)))
 
 
 def _kill_group(pid: int, signum: int) -> None:
