@@ -49,6 +49,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="flux: run the tasks in this many child Flux instances, each with its own "
         "scheduler (default 1: in the enclosing instance)",
     )
+    ahead = common.add_mutually_exclusive_group()
+    ahead.add_argument(
+        "--queue-ahead",
+        action="store_const",
+        const=True,
+        default=False,
+        help="local and flux: launch each core's (flux: each slot's) next task behind the "
+        "running one, started the moment that one ends",
+    )
+    ahead.add_argument(
+        "--queue-ahead-depend",
+        dest="queue_ahead",
+        action="store_const",
+        const="depend",
+        help="flux: as --queue-ahead, each queued job also depending on the running job it "
+        "waits for",
+    )
+    common.add_argument(
+        "--local-spawners",
+        choices=["threads", "processes"],
+        help="local: who starts the tasks: worker threads of the driver (default), or a "
+        "helper process per core",
+    )
     common.add_argument("--cores", type=int, help="use at most this many cores (local backend)")
     common.add_argument(
         "--gpus",
@@ -136,6 +159,29 @@ def _is_number(text: str) -> bool:
     return True
 
 
+# The options that only some backends take: (dest, the value that means it was given or None
+# for any value, the backends that take it, a hint for the others).
+_ONLY_ON: dict[str, tuple[str, object, tuple[str, ...], str]] = {
+    "--queue-ahead": ("queue_ahead", True, ("local", "flux"), ""),
+    "--queue-ahead-depend": ("queue_ahead", "depend", ("flux",), "; give --queue-ahead"),
+    "--local-spawners": ("local_spawners", None, ("local",), ""),
+}
+
+
+def _refuse_options_of_other_backends(args: argparse.Namespace) -> None:
+    """An option given for a backend that has no such setting is a mistake, not a no-op."""
+    for option, (dest, value, backends, hint) in _ONLY_ON.items():
+        given = getattr(args, dest)
+        if given is None or given is False or (value is not None and given != value):
+            continue
+        if args.backend not in backends:
+            takes = " and ".join(backends) + " backend" + "s" * (len(backends) > 1)
+            hint = hint if args.backend in _ONLY_ON["--queue-ahead"][2] else ""
+            raise MatEnsembleError(
+                f"{option} applies to the {takes} only, not --backend {args.backend}{hint}"
+            )
+
+
 def backend_from_options(args: argparse.Namespace, spec: EnsembleSpec) -> Backend:
     """The backend the options ask for (else the file's ``[ensemble]`` settings).
 
@@ -166,6 +212,7 @@ def backend_from_options(args: argparse.Namespace, spec: EnsembleSpec) -> Backen
             if len(set(ids)) != len(ids):
                 raise MatEnsembleError(f"--gpus {args.gpus!r} repeats an id; {hint}")
             gpus = ids
+    _refuse_options_of_other_backends(args)
     if args.backend == "flux":
         from matensemble.backends.flux import FluxBackend
 
@@ -179,6 +226,7 @@ def backend_from_options(args: argparse.Namespace, spec: EnsembleSpec) -> Backen
             uri=args.flux_uri,
             reserve_driver_cores=args.reserve_driver_cores,
             partitions=args.flux_partitions,
+            queue_ahead=args.queue_ahead,
         )
     # Bounded before any backend builds one id per core or GPU (a typo must not eat the node).
     MAX_GPUS_PER_NODE.check(gpus if isinstance(gpus, int) else len(gpus or []), gpus_from)
@@ -190,7 +238,12 @@ def backend_from_options(args: argparse.Namespace, spec: EnsembleSpec) -> Backen
     from matensemble.backends.local import LocalBackend
 
     try:
-        return LocalBackend(cores=cores, gpus=gpus)
+        return LocalBackend(
+            cores=cores,
+            gpus=gpus,
+            queue_ahead=args.queue_ahead,
+            spawners=args.local_spawners or "threads",
+        )
     except (ValueError, TypeError) as exc:
         raise MatEnsembleError(
             f"{gpus_from if 'gpus' in str(exc) else cores_from}: {exc}"
