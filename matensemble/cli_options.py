@@ -159,35 +159,36 @@ def _is_number(text: str) -> bool:
     return True
 
 
-# The options that only some backends take: (dest, the value that means it was given or None
-# for any value, the backends that take it, a hint for the others).
-_ONLY_ON: dict[str, tuple[str, object, tuple[str, ...], str]] = {
-    "--queue-ahead": ("queue_ahead", True, ("local", "flux"), ""),
-    "--queue-ahead-depend": ("queue_ahead", "depend", ("flux",), "; give --queue-ahead"),
-    "--local-spawners": ("local_spawners", None, ("local",), ""),
-}
-
-
 def _refuse_options_of_other_backends(args: argparse.Namespace) -> None:
-    """An option given for a backend that has no such setting is a mistake, not a no-op."""
-    for option, (dest, value, backends, hint) in _ONLY_ON.items():
-        given = getattr(args, dest)
-        if given is None or given is False or (value is not None and given != value):
-            continue
-        if args.backend not in backends:
-            takes = " and ".join(backends) + " backend" + "s" * (len(backends) > 1)
-            hint = hint if args.backend in _ONLY_ON["--queue-ahead"][2] else ""
-            raise MatEnsembleError(
-                f"{option} applies to the {takes} only, not --backend {args.backend}{hint}"
-            )
+    """An option for a backend that has no such setting is a mistake, not a no-op: refused,
+    naming the option and the backend, before anything runs."""
+    backend = args.backend
+
+    def refuse(option: str, takes: str, hint: str = "") -> None:
+        raise MatEnsembleError(f"{option} applies to {takes} only, not --backend {backend}{hint}")
+
+    if args.local_spawners is not None and backend != "local":
+        refuse("--local-spawners", "the local backend")
+    if args.queue_ahead == "depend" and backend != "flux":
+        refuse(
+            "--queue-ahead-depend",
+            "the flux backend",
+            "; give --queue-ahead" * (backend == "local"),
+        )
+    if args.queue_ahead is True and backend not in ("local", "flux"):
+        refuse("--queue-ahead", "the local and flux backends")
 
 
 def backend_from_options(args: argparse.Namespace, spec: EnsembleSpec) -> Backend:
     """The backend the options ask for (else the file's ``[ensemble]`` settings).
 
     Raises ``MatEnsembleError`` naming the option, or the file's field, for a count below one,
-    more cores than this process may use, or a malformed GPU list such as ``a,,b`` or ``-1``.
+    more cores than this process may use, a malformed GPU list such as ``a,,b`` or ``-1``, or an
+    option of another backend (``--local-spawners`` with ``--backend flux``). The launch options
+    (``--queue-ahead``, ``--local-spawners``) keep the backend's kind (``name``), so a resume
+    takes them without ``--allow-backend-change``.
     """
+    _refuse_options_of_other_backends(args)
     cores: int | None = args.cores
     cores_from = "--cores"
     if cores is None:
@@ -212,7 +213,6 @@ def backend_from_options(args: argparse.Namespace, spec: EnsembleSpec) -> Backen
             if len(set(ids)) != len(ids):
                 raise MatEnsembleError(f"--gpus {args.gpus!r} repeats an id; {hint}")
             gpus = ids
-    _refuse_options_of_other_backends(args)
     if args.backend == "flux":
         from matensemble.backends.flux import FluxBackend
 
