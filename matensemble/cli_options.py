@@ -49,6 +49,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="flux: run the tasks in this many child Flux instances, each with its own "
         "scheduler (default 1: in the enclosing instance)",
     )
+    ahead = common.add_mutually_exclusive_group()
+    ahead.add_argument(
+        "--queue-ahead",
+        action="store_const",
+        const=True,
+        default=False,
+        help="local and flux: launch each core's (flux: each slot's) next task behind the "
+        "running one, started the moment that one ends",
+    )
+    ahead.add_argument(
+        "--queue-ahead-depend",
+        dest="queue_ahead",
+        action="store_const",
+        const="depend",
+        help="flux: as --queue-ahead, each queued job also depending on the running job it "
+        "waits for",
+    )
+    common.add_argument(
+        "--local-spawners",
+        choices=["threads", "processes"],
+        help="local: who starts the tasks: worker threads of the driver (default), or a "
+        "helper process per core",
+    )
     common.add_argument("--cores", type=int, help="use at most this many cores (local backend)")
     common.add_argument(
         "--gpus",
@@ -136,12 +159,36 @@ def _is_number(text: str) -> bool:
     return True
 
 
+def _refuse_options_of_other_backends(args: argparse.Namespace) -> None:
+    """An option for a backend that has no such setting is a mistake, not a no-op: refused,
+    naming the option and the backend, before anything runs."""
+    backend = args.backend
+
+    def refuse(option: str, takes: str, hint: str = "") -> None:
+        raise MatEnsembleError(f"{option} applies to {takes} only, not --backend {backend}{hint}")
+
+    if args.local_spawners is not None and backend != "local":
+        refuse("--local-spawners", "the local backend")
+    if args.queue_ahead == "depend" and backend != "flux":
+        refuse(
+            "--queue-ahead-depend",
+            "the flux backend",
+            "; give --queue-ahead" * (backend == "local"),
+        )
+    if args.queue_ahead is True and backend not in ("local", "flux"):
+        refuse("--queue-ahead", "the local and flux backends")
+
+
 def backend_from_options(args: argparse.Namespace, spec: EnsembleSpec) -> Backend:
     """The backend the options ask for (else the file's ``[ensemble]`` settings).
 
     Raises ``MatEnsembleError`` naming the option, or the file's field, for a count below one,
-    more cores than this process may use, or a malformed GPU list such as ``a,,b`` or ``-1``.
+    more cores than this process may use, a malformed GPU list such as ``a,,b`` or ``-1``, or an
+    option of another backend (``--local-spawners`` with ``--backend flux``). The launch options
+    (``--queue-ahead``, ``--local-spawners``) keep the backend's kind (``name``), so a resume
+    takes them without ``--allow-backend-change``.
     """
+    _refuse_options_of_other_backends(args)
     cores: int | None = args.cores
     cores_from = "--cores"
     if cores is None:
@@ -179,6 +226,7 @@ def backend_from_options(args: argparse.Namespace, spec: EnsembleSpec) -> Backen
             uri=args.flux_uri,
             reserve_driver_cores=args.reserve_driver_cores,
             partitions=args.flux_partitions,
+            queue_ahead=args.queue_ahead,
         )
     # Bounded before any backend builds one id per core or GPU (a typo must not eat the node).
     MAX_GPUS_PER_NODE.check(gpus if isinstance(gpus, int) else len(gpus or []), gpus_from)
@@ -190,7 +238,12 @@ def backend_from_options(args: argparse.Namespace, spec: EnsembleSpec) -> Backen
     from matensemble.backends.local import LocalBackend
 
     try:
-        return LocalBackend(cores=cores, gpus=gpus)
+        return LocalBackend(
+            cores=cores,
+            gpus=gpus,
+            queue_ahead=args.queue_ahead,
+            spawners=args.local_spawners or "threads",
+        )
     except (ValueError, TypeError) as exc:
         raise MatEnsembleError(
             f"{gpus_from if 'gpus' in str(exc) else cores_from}: {exc}"

@@ -1061,6 +1061,50 @@ CLI_CASES = [
         "--backend",
         "invalid choice: 'slurm'",
     ),
+    cli(
+        "local-spawners-on-flux",
+        ["run", "{file}", "--backend", "flux", "--local-spawners", "processes"],
+        GOOD,
+        "--local-spawners applies to the local backend only, not --backend flux",
+    ),
+    cli(
+        "local-spawners-on-simulated",
+        ["run", "{file}", "--backend", "simulated", "--local-spawners", "threads"],
+        GOOD,
+        "--local-spawners applies to the local backend only, not --backend simulated",
+    ),
+    cli(
+        "local-spawners-unknown",
+        ["run", "{file}", "--local-spawners", "forks"],
+        GOOD,
+        "--local-spawners",
+        "invalid choice: 'forks'",
+    ),
+    cli(
+        "queue-ahead-on-simulated",
+        ["run", "{file}", "--backend", "simulated", "--queue-ahead"],
+        GOOD,
+        "--queue-ahead applies to the local and flux backends only, not --backend simulated",
+    ),
+    cli(
+        "queue-ahead-depend-on-local",
+        ["run", "{file}", "--queue-ahead-depend"],
+        GOOD,
+        "--queue-ahead-depend applies to the flux backend only, not --backend local; "
+        "give --queue-ahead",
+    ),
+    cli(
+        "queue-ahead-twice",
+        ["run", "{file}", "--backend", "flux", "--queue-ahead", "--queue-ahead-depend"],
+        GOOD,
+        "--queue-ahead-depend: not allowed with argument --queue-ahead",
+    ),
+    cli(
+        "resume-local-spawners-on-simulated",
+        ["resume", "nowhere", "--backend", "simulated", "--local-spawners", "processes"],
+        None,
+        "--local-spawners applies to the local backend only, not --backend simulated",
+    ),
     cli("status-without-status-json", ["status", "."], None, "no status.json"),
     cli("status-of-a-missing-directory", ["status", "nowhere"], None, "nowhere", "no status.json"),
 ]

@@ -10,6 +10,7 @@ run on a real run. The site itself is built strictly when mkdocs is installed.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import shlex
@@ -233,3 +234,63 @@ def test_flux_guide_partitions_example_runs_under_a_real_flux_start(tmp_path: Pa
     tasks = tmp_path / "runs" / "parts" / "tasks"
     uris = {(tasks / f"t{i}" / "stdout").read_text() for i in range(40)}
     assert len(uris) == 4
+
+
+def launch_option_lines(page: str) -> list[str]:
+    """The command lines of ``docs/<page>`` that choose how the backend launches."""
+    return [
+        line
+        for lang, title, body in blocks(page)
+        if lang == "sh" and not title
+        for line in shell_lines(body)
+        if "--queue-ahead" in line or "--local-spawners" in line
+    ]
+
+
+PARENT = "tr '\\0' ' ' < /proc/$PPID/cmdline; sleep 0.2"
+
+
+def started_before_the_one_before_ended(run: Path) -> bool:
+    from matensemble.events import TaskFinished, TaskStarted
+    from matensemble.journal import read_journal
+
+    events = list(read_journal(run / "journal.jsonl"))
+    started = next(i for i, e in enumerate(events) if isinstance(e, TaskStarted) and e.id == "t1")
+    ended = next(i for i, e in enumerate(events) if isinstance(e, TaskFinished))
+    return started < ended
+
+
+def test_local_backend_page_command_line_runs_helpers_queued_ahead(tmp_path: Path) -> None:
+    lines = launch_option_lines("local-backend.md")
+    assert lines
+    command = f'command = ["sh", "-c", {json.dumps(PARENT)}]\n'
+    tasks = [f'[[task]]\nid = "t{i}"\n{command}' for i in range(3)]
+    (tmp_path / "ensemble.toml").write_text("[ensemble]\ncores = 1\n" + "".join(tasks))
+    for line in lines:
+        run_line(line, tmp_path)
+        (run,) = (tmp_path / "runs").iterdir()
+        for i in range(3):
+            parent = (run / "tasks" / f"t{i}" / "stdout").read_text()
+            assert "-m matensemble.backends.local_helper" in parent, parent
+        assert started_before_the_one_before_ended(run)
+        shutil.rmtree(tmp_path / "runs")
+
+
+@pytest.mark.flux
+@pytest.mark.skipif(shutil.which("flux") is None, reason="no `flux` command on PATH")
+def test_flux_page_queue_ahead_command_line_runs_under_a_real_flux_start(tmp_path: Path) -> None:
+    env = flux_env()
+    assert env is not None
+    lines = launch_option_lines("flux.md")
+    assert lines
+    whole = f"resources = {{ cores_per_rank = {os.cpu_count() or 1} }}\n"  # one task at a time
+    tasks = [f'[[task]]\nid = "t{i}"\ncommand = ["sleep", "0.2"]\n{whole}' for i in range(3)]
+    (tmp_path / "ensemble.toml").write_text("".join(tasks))
+    for line in lines:
+        proc = subprocess.run(
+            shlex.split(line), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+        )
+        assert proc.returncode == 0, f"{line}\n{proc.stdout}\n{proc.stderr}"
+        (run,) = (tmp_path / "runs").iterdir()
+        assert started_before_the_one_before_ended(run)
+        shutil.rmtree(tmp_path / "runs")

@@ -1,0 +1,143 @@
+"""The command line's options for how a backend launches (``--queue-ahead``,
+``--queue-ahead-depend``, ``--local-spawners``) reach the backend: a real ``matensemble``
+process, real tasks, the run's own journal."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from matensemble.events import RunStarted, TaskFinished, TaskStarted
+from matensemble.journal import read_journal
+
+from conftest import cli_environment, matensemble
+
+# A task that prints the command line of the process that started it.
+PARENT = "tr '\\0' ' ' < /proc/$PPID/cmdline"
+HELPER = "-m matensemble.backends.local_helper"
+
+
+def write_tasks(path: Path, *commands: str, cores: int = 1) -> Path:
+    lines = []
+    for i, command in enumerate(commands):
+        lines += [
+            "[[task]]",
+            f'id = "t{i}"',
+            f"command = ['sh', '-c', {command!r}]",
+            f"resources = {{ cores_per_rank = {cores} }}",
+        ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def order(run_dir: Path) -> list[tuple[str, str]]:
+    return [
+        ("started", e.id) if isinstance(e, TaskStarted) else ("finished", e.result.id)
+        for e in read_journal(run_dir / "journal.jsonl")
+        if isinstance(e, TaskStarted | TaskFinished)
+    ]
+
+
+def test_local_spawners_processes_starts_the_tasks_in_a_helper_process(tmp_path: Path) -> None:
+    spec = write_tasks(tmp_path / "e.toml", PARENT, PARENT)
+    run = tmp_path / "run"
+    args = ("--run-dir", run, "--no-progress", "--cores", "1")
+    proc = matensemble("run", spec, *args, "--local-spawners", "processes", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    for task in ("t0", "t1"):
+        parent = (run / "tasks" / task / "stdout").read_text()
+        assert HELPER in parent, parent
+
+
+def test_the_default_spawners_start_the_tasks_from_the_driver_itself(tmp_path: Path) -> None:
+    spec = write_tasks(tmp_path / "e.toml", PARENT)
+    run = tmp_path / "run"
+    proc = matensemble("run", spec, "--run-dir", run, "--no-progress", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    parent = (run / "tasks" / "t0" / "stdout").read_text()
+    assert "-m matensemble run" in parent and HELPER not in parent, parent
+
+
+@pytest.mark.parametrize("spawners", ["threads", "processes"])
+def test_queue_ahead_launches_the_next_task_while_the_one_before_runs(
+    tmp_path: Path, spawners: str
+) -> None:
+    spec = write_tasks(tmp_path / "e.toml", "sleep 0.3", "true", "true")
+    run = tmp_path / "run"
+    args = ("--run-dir", run, "--no-progress", "--cores", "1", "--local-spawners", spawners)
+    proc = matensemble("run", spec, *args, "--queue-ahead", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "3" in proc.stdout and "succeeded" in proc.stdout
+    seen = order(run)
+    # one core: t1 was launched (booked behind t0) before t0 ended
+    assert seen.index(("started", "t1")) < seen.index(("finished", "t0")), seen
+
+
+def test_without_queue_ahead_one_core_runs_one_task_at_a_time(tmp_path: Path) -> None:
+    spec = write_tasks(tmp_path / "e.toml", "sleep 0.3", "true")
+    run = tmp_path / "run"
+    proc = matensemble("run", spec, "--run-dir", run, "--no-progress", "--cores", "1", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    seen = order(run)
+    assert seen.index(("finished", "t0")) < seen.index(("started", "t1")), seen
+
+
+def test_resume_takes_the_launch_options_without_allow_backend_change(tmp_path: Path) -> None:
+    """The same backend launching another way is no backend change: the journal keeps the kind
+    (``local``), and a run stopped with worker threads resumes with helpers, queued ahead."""
+    again = tmp_path / "again"
+    first = f"if ! test -f {again}; then touch {again}; exec sleep 60; fi; {PARENT}"
+    spec = write_tasks(tmp_path / "e.toml", first, PARENT)
+    run = tmp_path / "run"
+    common = ("--no-progress", "--cores", "1")
+    stopped = matensemble("run", spec, "--run-dir", run, *common, "--walltime", "1", cwd=tmp_path)
+    assert stopped.returncode == 3, stopped.stderr
+    options = ("--local-spawners", "processes", "--queue-ahead")
+    resumed = matensemble("resume", run, *common, *options, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    for task in ("t0", "t1"):
+        assert HELPER in (run / "tasks" / task / "stdout").read_text()
+    sessions = [e for e in read_journal(run / "journal.jsonl") if isinstance(e, RunStarted)]
+    assert [s.backend for s in sessions] == ["local", "local"]
+    seen = order(run)
+    last = len(seen) - seen[::-1].index(("started", "t0")) - 1  # the resumed session's start
+    assert seen.index(("started", "t1"), last) < seen.index(("finished", "t0"), last), seen
+
+
+@pytest.mark.flux
+@pytest.mark.skipif(shutil.which("flux") is None, reason="no `flux` command on PATH")
+@pytest.mark.parametrize("option", ["--queue-ahead", "--queue-ahead-depend"])
+def test_flux_queue_ahead_options_book_the_next_job_behind_the_running_one(
+    tmp_path: Path, option: str
+) -> None:
+    """Under a real ``flux start``: each task takes every core, so the next one can only have
+    been submitted before the one before it ended by being queued ahead."""
+    cores = os.cpu_count() or 1
+    spec = write_tasks(tmp_path / "e.toml", "sleep 0.5", "true", "true", cores=cores)
+    run = tmp_path / "run"
+    driver = [sys.executable, "-m", "matensemble", "run", str(spec), "--run-dir", str(run)]
+    env = cli_environment(1000)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    flux_python = subprocess.run(
+        ["flux", "env"], capture_output=True, text=True, check=False
+    ).stdout
+    for line in flux_python.splitlines():
+        if line.startswith('export PYTHONPATH="'):
+            env["PYTHONPATH"] = line.split('"')[1]
+    proc = subprocess.run(
+        ["flux", "start", "--test-size=1", *driver, "--no-progress", "--backend", "flux", option],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    seen = order(run)
+    assert seen.index(("started", "t1")) < seen.index(("finished", "t0")), seen
