@@ -173,7 +173,7 @@ def _refuse_options_of_other_backends(args: argparse.Namespace) -> None:
         refuse(
             "--queue-ahead-depend",
             "the flux backend",
-            "; give --queue-ahead" * (backend == "local"),
+            "; give --queue-ahead" if backend == "local" else "",
         )
     if args.queue_ahead is True and backend not in ("local", "flux"):
         refuse("--queue-ahead", "the local and flux backends")
