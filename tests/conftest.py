@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import os
+import re
 import select
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -92,6 +94,21 @@ def alive(pid: int, grace: float = 5.0) -> bool:
 def cli_environment(columns: int = 1000) -> dict[str, str]:
     """The environment a test runs ``matensemble`` in: this one, ``columns`` wide, no colours."""
     return {**os.environ, "COLUMNS": str(columns), "NO_COLOR": "1"}
+
+
+def flux_cli_environment() -> dict[str, str] | None:
+    """``cli_environment()`` plus a real `flux` and its Python bindings (this interpreter's
+    directory first on ``PATH``), or None without them."""
+    flux = shutil.which("flux")
+    if flux is None:
+        return None
+    out = subprocess.run([flux, "env"], capture_output=True, text=True, check=False).stdout
+    found = re.search(r'^export PYTHONPATH="([^"]*)"', out, re.MULTILINE)
+    env = cli_environment()
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    if found:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (found[1], env.get("PYTHONPATH")) if p)
+    return env
 
 
 def matensemble(

@@ -15,7 +15,7 @@ import pytest
 from matensemble.events import RunStarted, TaskFinished, TaskStarted
 from matensemble.journal import read_journal
 
-from conftest import cli_environment, matensemble
+from conftest import flux_cli_environment, matensemble
 
 # A task that prints the command line of the process that started it.
 PARENT = "tr '\\0' ' ' < /proc/$PPID/cmdline"
@@ -121,14 +121,8 @@ def test_flux_queue_ahead_options_book_the_next_job_behind_the_running_one(
     spec = write_tasks(tmp_path / "e.toml", "sleep 0.5", "true", "true", cores=cores)
     run = tmp_path / "run"
     driver = [sys.executable, "-m", "matensemble", "run", str(spec), "--run-dir", str(run)]
-    env = cli_environment(1000)
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    flux_python = subprocess.run(
-        ["flux", "env"], capture_output=True, text=True, check=False
-    ).stdout
-    for line in flux_python.splitlines():
-        if line.startswith('export PYTHONPATH="'):
-            env["PYTHONPATH"] = line.split('"')[1]
+    env = flux_cli_environment()
+    assert env is not None
     proc = subprocess.run(
         ["flux", "start", "--test-size=1", *driver, "--no-progress", "--backend", "flux", option],
         cwd=tmp_path,

@@ -25,6 +25,8 @@ from matensemble.cli import COMMANDS
 from matensemble.cli_options import build_parser
 from matensemble.spec import load_ensemble
 
+from conftest import flux_cli_environment
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 FENCE = re.compile(r'^```(\w+)(?: title="([^"]+)")?\n(.*?)^```$', re.S | re.M)
@@ -161,20 +163,6 @@ def test_docs_site_builds_strictly_with_the_api_reference(tmp_path: Path) -> Non
         assert (tmp_path / "site" / page / "index.html").is_file()
 
 
-def flux_env() -> dict[str, str] | None:
-    """This environment plus a real `flux` and its Python bindings, or None without them."""
-    flux = shutil.which("flux")
-    if flux is None:
-        return None
-    out = subprocess.run([flux, "env"], capture_output=True, text=True, check=False).stdout
-    found = re.search(r'^export PYTHONPATH="([^"]*)"', out, re.MULTILINE)
-    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    env = {**os.environ, "PATH": path, "COLUMNS": "1000", "NO_COLOR": "1"}
-    if found:
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (found[1], env.get("PYTHONPATH")) if p)
-    return env
-
-
 @pytest.mark.flux
 @pytest.mark.skipif(shutil.which("flux") is None, reason="no `flux` command on PATH")
 @pytest.mark.parametrize("page", ["hpc/frontier.md", "hpc/perlmutter.md"])
@@ -184,7 +172,7 @@ def test_hpc_guide_run_or_resume_script_runs_under_a_real_flux_start(
     """The guide's run-or-resume job script, as written, minus Slurm: `srun ...` (one node here)
     and `source .../activate` (this environment is active) are dropped; the tutorial's CPU
     ensemble stands in for the site's GPU one. Run twice: `run`, then `resume`."""
-    env = flux_env()
+    env = flux_cli_environment()
     assert env is not None
     env.update(SLURM_NNODES="1", SLURM_JOB_ID="1", SCRATCH=str(tmp_path))
     tutorial = {title: body for _, title, body in blocks("tutorial.md") if title}
@@ -214,7 +202,7 @@ def test_hpc_guide_run_or_resume_script_runs_under_a_real_flux_start(
 def test_flux_guide_partitions_example_runs_under_a_real_flux_start(tmp_path: Path) -> None:
     """docs/flux.md's partitions driver, run by its own command line: every task succeeds, in
     four partitions (each task saw its own child instance's URI), and none is left behind."""
-    env = flux_env()
+    env = flux_cli_environment()
     assert env is not None
     written = {title: body for _, title, body in blocks("flux.md") if title}
     (tmp_path / "partitions.py").write_text(written["partitions.py"])
@@ -279,7 +267,7 @@ def test_local_backend_page_command_line_runs_helpers_queued_ahead(tmp_path: Pat
 @pytest.mark.flux
 @pytest.mark.skipif(shutil.which("flux") is None, reason="no `flux` command on PATH")
 def test_flux_page_queue_ahead_command_line_runs_under_a_real_flux_start(tmp_path: Path) -> None:
-    env = flux_env()
+    env = flux_cli_environment()
     assert env is not None
     lines = launch_option_lines("flux.md")
     assert lines
