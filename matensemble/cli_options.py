@@ -177,6 +177,14 @@ def _refuse_options_of_other_backends(args: argparse.Namespace) -> None:
         )
     if args.queue_ahead is True and backend not in ("local", "flux"):
         refuse("--queue-ahead", "the local and flux backends")
+    if backend != "flux":  # forgotten `--backend flux`: the run must not go local instead
+        for option, given in (
+            ("--flux-uri", args.flux_uri is not None),
+            ("--reserve-driver-cores", args.reserve_driver_cores != 0),
+            ("--flux-partitions", args.flux_partitions != 1),
+        ):
+            if given:
+                refuse(option, "the flux backend")
 
 
 def backend_from_options(args: argparse.Namespace, spec: EnsembleSpec) -> Backend:

@@ -1105,6 +1105,24 @@ CLI_CASES = [
         None,
         "--local-spawners applies to the local backend only, not --backend simulated",
     ),
+    cli(
+        "flux-partitions-without-backend-flux",
+        ["run", "{file}", "--flux-partitions", "4"],
+        GOOD,
+        "--flux-partitions applies to the flux backend only, not --backend local",
+    ),
+    cli(
+        "flux-uri-on-simulated",
+        ["run", "{file}", "--backend", "simulated", "--flux-uri", "local:///tmp/x"],
+        GOOD,
+        "--flux-uri applies to the flux backend only, not --backend simulated",
+    ),
+    cli(
+        "reserve-driver-cores-without-backend-flux",
+        ["run", "{file}", "--reserve-driver-cores", "2"],
+        GOOD,
+        "--reserve-driver-cores applies to the flux backend only, not --backend local",
+    ),
     cli("status-without-status-json", ["status", "."], None, "no status.json"),
     cli("status-of-a-missing-directory", ["status", "nowhere"], None, "nowhere", "no status.json"),
 ]
