@@ -196,24 +196,24 @@ class Helpers:
         if processes:
             self._seq[token] = (message.seq, len(processes))
         else:
-            self._forget(token)
+            self._forget(token, index)
         self._deliver(Delivered(token, processes, message.start_time, message.failure))
 
     def _exited(self, message: Exited) -> None:
-        token, rank, _ = self._procs.pop(message.pid)
+        token, rank, index = self._procs.pop(message.pid)
         seq, left = self._seq[token]
         if left > 1:
             self._seq[token] = (seq, left - 1)
         else:
-            self._forget(token)
+            self._forget(token, index)
         self._exit_seen(token, message.when)
         self._on_exit(token, message.pid, rank, message.code)
 
-    def _forget(self, token: object) -> None:
+    def _forget(self, token: object, index: int) -> None:
+        """The launch ``token``, booked on helper ``index``, is over: nothing waits behind it."""
         del self._seq[token]
-        for index, last in enumerate(self._last):
-            if last is token:
-                self._last[index] = None
+        if self._last[index] is token:  # a launch is only ever its own helper's last
+            self._last[index] = None
 
     def _lost(self, index: int) -> None:
         """Helper ``index`` died: its launches end, their processes' statuses lost."""
