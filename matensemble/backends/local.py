@@ -335,7 +335,11 @@ class LocalBackend(Backend):
             self._spawners.hand_over()  # what the workers started before
             if self._ahead is not None:
                 self._ahead.stop(run)
-        self._terminate(run)
+        # Signalled once this loop turn is over: a stop of the whole run marks every launch
+        # stopping (and drops what is booked) first, so that a holder killed now cannot have
+        # the task booked behind it started by its worker or helper.
+        assert self._loop is not None
+        self._loop.call_soon(self._terminate, run)
 
     def _terminate(self, run: Run) -> None:
         if run.kill_timer is not None or self._loop is None:
