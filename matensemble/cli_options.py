@@ -72,10 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="local: who starts the tasks: worker threads of the driver (default), or a "
         "helper process per core",
     )
-    common.add_argument("--cores", type=int, help="use at most this many cores (local backend)")
+    common.add_argument(
+        "--cores",
+        type=int,
+        help="local: use at most this many cores; simulated: the size of its one node",
+    )
     common.add_argument(
         "--gpus",
-        help="GPUs to use: a count, or a comma-separated list of ids (local backend)",
+        help="local: GPUs to use, a count or a comma-separated list of ids; simulated: a count",
     )
     common.add_argument(
         "--strategy",
@@ -177,7 +181,16 @@ def _refuse_options_of_other_backends(args: argparse.Namespace) -> None:
         )
     if args.queue_ahead is True and backend not in ("local", "flux"):
         refuse("--queue-ahead", "the local and flux backends")
-    if backend != "flux":  # forgotten `--backend flux`: the run must not go local instead
+    if backend == "flux":  # Flux runs the tasks on its instance's resources, not on a count
+        for option, given in (("--cores", args.cores is not None), ("--gpus", args.gpus)):
+            if given:
+                refuse(
+                    option,
+                    "the local and simulated backends",
+                    ": Flux runs the tasks on the resources of its instance (size it with "
+                    "flux alloc or flux batch; --reserve-driver-cores keeps cores for the driver)",
+                )
+    else:  # forgotten `--backend flux`: the run must not go local instead
         for option, given in (
             ("--flux-uri", args.flux_uri is not None),
             ("--reserve-driver-cores", args.reserve_driver_cores != 0),

@@ -1123,6 +1123,19 @@ CLI_CASES = [
         GOOD,
         "--reserve-driver-cores applies to the flux backend only, not --backend local",
     ),
+    cli(
+        "cores-on-flux",
+        ["run", "{file}", "--backend", "flux", "--cores", "4"],
+        GOOD,
+        "--cores applies to the local and simulated backends only, not --backend flux: Flux runs "
+        "the tasks on the resources of its instance",
+    ),
+    cli(
+        "gpus-on-flux",
+        ["resume", "nowhere", "--backend", "flux", "--gpus", "0,1"],
+        None,
+        "--gpus applies to the local and simulated backends only, not --backend flux",
+    ),
     cli("status-without-status-json", ["status", "."], None, "no status.json"),
     cli("status-of-a-missing-directory", ["status", "nowhere"], None, "nowhere", "no status.json"),
 ]
