@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import secrets
 import signal
 import sys
 import time
@@ -69,8 +70,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     spec = load_ensemble(args.file)
     run_dir = args.run_dir or (Path(spec.run_dir) if spec.run_dir else None)
-    run_id = time.strftime(f"{spec.name}-%Y%m%d-%H%M%S")  # runs/<run_id>[-N], made unique
-    return _execute(args, spec, run_dir=run_dir, run_id=run_id)
+    return _execute(args, spec, run_dir=run_dir, run_id=new_run_id(spec.name))
+
+
+def new_run_id(name: str) -> str:
+    """``<name>-YYYYmmdd-HHMMSS-<6 hex digits>``: the default run directory's name
+    (``runs/<run_id>``), and what the run's task processes carry as ``MATENSEMBLE_RUN_ID``.
+
+    The random part keeps two runs of files of the same name, started in the same second (a
+    job array, two directories), apart: ``resume`` kills what a crashed driver left running by
+    that id, and must never find another run's tasks.
+    """
+    return time.strftime(f"{name}-%Y%m%d-%H%M%S-") + secrets.token_hex(3)
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:

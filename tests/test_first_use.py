@@ -66,7 +66,7 @@ def test_a_narrow_terminal_never_splits_a_run_id_or_task_id(tmp_path: Path) -> N
     )
     assert proc.returncode == 1, proc.stderr
     run_id = next(w for w in proc.stdout.split() if w.startswith("an-ensemble-with-a-long-name-"))
-    assert len(run_id) == len("an-ensemble-with-a-long-name-20261128-040000")
+    assert len(run_id) == len("an-ensemble-with-a-long-name-20261128-040000-0a1b2c")
     assert long_id in proc.stdout
 
 

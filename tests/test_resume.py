@@ -286,6 +286,40 @@ def test_second_signal_forces_an_exit_that_leaves_a_replayable_journal(tmp_path:
     assert "stubborn" not in past.finished  # ... and a resume runs the task again
 
 
+def test_resuming_a_crashed_run_leaves_alone_a_run_of_a_file_of_the_same_name(
+    tmp_path: Path,
+) -> None:
+    """Two runs of ``e.toml`` from two directories, started together (as a job array does):
+    the resume of the one whose driver was killed kills that run's leftover task, never the
+    other run's. The run id, by which ``resume`` finds leftovers, was the file's name and the
+    second the run started: the same for both."""
+    from matensemble.cli import new_run_id
+
+    assert new_run_id("e") != new_run_id("e")
+    one, two = tmp_path / "one", tmp_path / "two"
+    drivers = []
+    for where in (one, two):
+        where.mkdir()
+        spec = write_ensemble(where, n=1, sleep=60)
+        drivers.append(matensemble("run", spec, "--run-dir", "run", cwd=where))
+    crashed, other = drivers
+    try:
+        for where in (one, two):
+            wait_for_line(where / "side", 1)
+        crashed.kill()
+        crashed.wait(timeout=30)
+        leftover = int((one / "side").read_text().split()[1])
+        assert not dead(leftover, grace=0.2)  # a killed driver leaves its task running
+        (one / "go").touch()
+        assert matensemble("resume", "run", cwd=one).wait(timeout=60) == 0
+        assert dead(leftover)
+        mine = int((two / "side").read_text().split()[1])
+        assert not dead(mine, grace=0.5), "the other run's task was killed"
+    finally:
+        other.send_signal(signal.SIGTERM)
+        other.wait(timeout=30)
+
+
 @pytest.mark.slow
 def test_crashes_at_random_moments_lose_nothing_and_rerun_no_recorded_success(
     tmp_path: Path,
