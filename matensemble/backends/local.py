@@ -34,7 +34,7 @@ from matensemble.backends.base import Backend, Launch, LaunchKey, Outcome, Repor
 from matensemble.backends.local_ahead import QueuedLaunches
 from matensemble.backends.local_exits import ExitWatch
 from matensemble.backends.local_failures import LaunchError, describe_exit, open_outputs
-from matensemble.backends.local_helpers import Helpers
+from matensemble.backends.local_helpers import Helpers, cores_per_helper_for
 from matensemble.backends.local_inventory import (
     CAN_PIN,
     detect_gpus,
@@ -77,12 +77,16 @@ class LocalBackend(Backend):
         kill_grace: seconds from SIGTERM to SIGKILL when a launch is stopped.
         node_name: the node's name in the inventory; default: the host name.
         spawners: ``"threads"`` (worker threads of the driver start the processes) or
-            ``"processes"`` (a helper process per core starts, waits for and reaps them:
-            ``local_helpers``).
+            ``"processes"`` (a helper process per core, or per group of cores, starts, waits
+            for and reaps them: ``local_helpers``).
+        cores_per_helper: with ``spawners="processes"``, the cores each helper serves (it
+            starts the launches whose first core is among them); default: 1 up to 32 cores,
+            then as many as keep the helpers at most 32 (``local_helpers.HELPERS_AT_MOST``).
 
     Raises:
-        ValueError: ``cores`` names more or other cores than this process may use, or
-            ``gpus`` repeats an id.
+        ValueError: ``cores`` names more or other cores than this process may use, ``gpus``
+            repeats an id, or ``cores_per_helper`` is not a positive int or is given without
+            ``spawners="processes"``.
         LimitExceeded: (a ``ValueError``) ``gpus`` is more than ``matensemble.limits``
             allows per node (1,024 unless ``MATENSEMBLE_MAX_GPUS_PER_NODE`` says otherwise).
 
@@ -110,6 +114,7 @@ class LocalBackend(Backend):
         node_name: str | None = None,
         queue_ahead: bool = False,
         spawners: str = "threads",
+        cores_per_helper: int | None = None,
     ) -> None:
         if kill_grace < 0:
             raise ValueError(f"kill_grace must be >= 0, got {kill_grace!r}")
@@ -117,6 +122,11 @@ class LocalBackend(Backend):
             raise ValueError(f"spawners must be 'threads' or 'processes', got {spawners!r}")
         self._helpers_wanted = spawners == "processes"
         self._cores = select_cores(cores)
+        if cores_per_helper is not None and spawners != "processes":
+            raise ValueError(
+                f"cores_per_helper applies to spawners='processes' only, not {spawners!r}"
+            )
+        self._cores_per_helper = cores_per_helper_for(len(self._cores), cores_per_helper)
         self._gpus_given = select_gpus(gpus)
         self._gpu_variable_given = gpu_variable
         self._mpiexec_given = mpiexec
@@ -170,7 +180,13 @@ class LocalBackend(Backend):
         self._devnull = os.open(os.devnull, os.O_RDONLY)
         if self._helpers_wanted:
             self._spawners = Helpers(
-                self._cores, loop, self._started, self._exited, is_stopping, exit_seen
+                self._cores,
+                loop,
+                self._started,
+                self._exited,
+                is_stopping,
+                exit_seen,
+                self._cores_per_helper,
             )
             self._signal_group = self._spawners.signal  # a helper reaps: it knows whose it is
         else:
