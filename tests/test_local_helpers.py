@@ -209,6 +209,20 @@ async def test_a_helper_that_dies_fails_its_launch_and_leaves_nothing_running(
         assert nxt.reason == DIED
 
 
+async def test_a_timeout_counts_from_the_start_while_the_helper_is_still_starting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The helpers start in open(), and a launch made at once waits in its pipe until its helper
+    # has imported what it needs (80 ms here, seconds on a loaded node; one second below).
+    slow = tmp_path / "slow"
+    slow.mkdir()
+    (slow / "sitecustomize.py").write_text("import time\ntime.sleep(1)\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(slow), os.environ.get("PYTHONPATH", "")]))
+    async with opened(LocalBackend(cores=1, spawners="processes"), tmp_path) as h:
+        outcome = await h.run(Task(id="quick", command=("true",), timeout=0.5))
+    assert outcome.state is TaskState.SUCCEEDED, outcome
+
+
 def test_a_helper_whose_reports_nobody_reads_kills_what_it_started_and_exits(
     tmp_path: Path,
 ) -> None:

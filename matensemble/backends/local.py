@@ -247,14 +247,18 @@ class LocalBackend(Backend):
             run.timer = loop.call_later(launch.task.timeout, self._time_out, run)
 
     def _time_out(self, run: Run) -> None:
-        """The timeout, counted from the start (the timer was set at launch)."""
+        """The timeout, counted from the start (the timer was set at launch): a launch not
+        started yet (its helper process still starting) is looked at again a timeout later."""
         assert self._spawners is not None
         assert self._loop is not None
         self._spawners.hand_over()
         timeout = run.launch.task.timeout
         assert timeout is not None
-        if run.start_time is not None and (left := run.start_time + timeout - time.time()) > 0:
-            run.timer = self._loop.call_later(left, self._time_out, run)
+        start = run.start_time
+        if start is None or (left := start + timeout - time.time()) > 0:
+            run.timer = self._loop.call_later(
+                timeout if start is None else left, self._time_out, run
+            )
             return
         self._stop(run, TaskState.TIMED_OUT, f"timed out after {timeout:g}s")
 
