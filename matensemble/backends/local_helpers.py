@@ -56,7 +56,7 @@ _HERE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 # on_exit(token, pid, rank, exit code: negative for a signal, None if the status was lost)
 OnExit = Callable[[object, int, int, "int | None"], None]
 # By default one helper per core up to this many cores, then groups of cores so that at most
-# this many helpers run (each takes 9-13 MiB of its own and 50-110 ms of CPU to start).
+# this many helpers run (each takes 9-13 MiB of its own and 30-90 ms of CPU to start).
 HELPERS_AT_MOST = 32
 
 
