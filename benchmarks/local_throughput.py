@@ -4,6 +4,7 @@ the best raw methods in one run.
     python benchmarks/local_throughput.py [--tasks 2000] [--repeat 3] [--cores N] [--profile]
                                           [--baseline DIR] [--tmpfs-only] [--sleep S]
                                           [--raw-only] [--no-raw-spawners]
+                                          [--cores-per-helper K[,K...]]
 
 For each repetition, alternating, it times N ``true`` commands (``sleep S`` with ``--sleep S``)
 through
@@ -25,7 +26,8 @@ through
   under the current directory (adds the file system's metadata cost, unless ``--tmpfs-only``);
   on tmpfs also with ``LocalBackend(queue_ahead=True)`` (``engine+ahead``), and both again with
   ``LocalBackend(spawners="processes")`` (``engine/helpers``: helper processes start, wait for
-  and reap the tasks), the four in turn.
+  and reap the tasks), the four in turn; with ``--cores-per-helper 1,2`` the helpers' two cases
+  once per value (``engine/helpers/2``: ``cores_per_helper=2``), all in turn.
 
 "driver CPU/task" is the engine process's own user+system CPU (``RUSAGE_SELF``: its threads,
 not its children) over the run, per task: launch, reap, journal and status; "loop" is the part
@@ -43,7 +45,9 @@ without the backend's start and end: helper processes take 0.1 s to start). Refi
 is, per core, the time from one task's exit being seen to the next task's process existing on
 that core.
 "children CPU/task" is the CPU of the processes the driver reaped: the tasks, or the helpers
-and the tasks they reaped, so the difference between the two is the helpers' own CPU.
+and the tasks they reaped, so the difference between the two is the helpers' own CPU: printed
+as "helpers' own" on the helpers' lines (their children CPU less that of the threads' engine
+without queueing ahead in the same repetition).
 ``--raw-only`` runs the raw methods alone, ``--no-raw-spawners`` all but the raw spawners.
 ``--profile`` runs one engine case under cProfile and prints the top entries.
 
@@ -169,12 +173,21 @@ class DriverCPU:
 
 
 async def engine(
-    n: int, cores: int, base: Path, queue_ahead: bool = False, spawners: str = "threads"
+    n: int,
+    cores: int,
+    base: Path,
+    queue_ahead: bool = False,
+    spawners: str = "threads",
+    cores_per_helper: int | None = None,
 ) -> tuple[float, DriverCPU, list[float]]:
     """Wall seconds, driver CPU and the refill gaps of one engine run."""
     tasks = [Task(id=f"t{i}", command=tuple(COMMAND)) for i in range(n)]
     with tempfile.TemporaryDirectory(dir=base) as run_dir:
-        by = {"spawners": spawners} if spawners != "threads" else {}  # a baseline may lack it
+        by: dict[str, object] = {}  # a baseline may lack these options
+        if spawners != "threads":
+            by["spawners"] = spawners
+        if cores_per_helper is not None:
+            by["cores_per_helper"] = cores_per_helper
         backend = LocalBackend(cores=cores, queue_ahead=queue_ahead, **by)
         ensemble = Ensemble(tasks, backend=backend, run_dir=run_dir)
         cpu, t0 = DriverCPU(), time.perf_counter()
@@ -299,6 +312,11 @@ def main() -> None:
         metavar="DIR",
         help="a directory holding another matensemble package: its engine runs too, alternating",
     )
+    parser.add_argument(
+        "--cores-per-helper",
+        metavar="K[,K...]",
+        help="run the helpers' engine cases once per value of LocalBackend(cores_per_helper=K)",
+    )
     parser.add_argument("--one-engine", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     n, cores = args.tasks, args.cores
@@ -307,6 +325,9 @@ def main() -> None:
     if args.one_engine:
         one_engine(n, cores)
         return
+    per_helper: list[int | None] = [None]
+    if args.cores_per_helper:
+        per_helper = [int(k) for k in args.cores_per_helper.split(",")]
     baseline: str | None = None
     if args.baseline:
         if not (Path(args.baseline) / "matensemble" / "__init__.py").is_file():
@@ -355,13 +376,27 @@ def main() -> None:
             if not base.is_dir():
                 continue
             # On tmpfs: with and without queueing ahead, by threads and by helpers, in turn.
-            cases = [(a, by) for by in SPAWNED_BY for a in (False, True)]
-            cases = cases[rep % 4 :] + cases[: rep % 4] if name == "tmpfs" else cases[:1]
-            for queue_ahead, spawners in cases:
-                elapsed, cpu, gaps = asyncio.run(engine(n, cores, base, queue_ahead, spawners))
+            cases = [
+                (a, by, k)
+                for by in SPAWNED_BY
+                for k in (per_helper if by == "processes" else [None])
+                for a in (False, True)
+            ]
+            turn = rep % len(cases)
+            cases = cases[turn:] + cases[:turn] if name == "tmpfs" else cases[:1]
+            lines, tasks_cpu = [], None  # the children CPU of the threads' engine: the tasks'
+            for queue_ahead, spawners, k in cases:
+                elapsed, cpu, gaps = asyncio.run(engine(n, cores, base, queue_ahead, spawners, k))
                 label = "engine" + ("/helpers" if spawners == "processes" else "")
-                label += f"{'+ahead' if queue_ahead else ''} ({name:5})"
-                print(engine_line(f"{label:28}", n, elapsed, cpu, gaps, raw[best]))
+                label += f"{f'/{k}' if k else ''}{'+ahead' if queue_ahead else ''} ({name:5})"
+                line = engine_line(f"{label:30}", n, elapsed, cpu, gaps, raw[best])
+                lines.append((line, cpu.children if spawners == "processes" else None))
+                if spawners == "threads" and not queue_ahead:
+                    tasks_cpu = cpu.children
+            for line, children in lines:
+                if children is not None and tasks_cpu is not None:
+                    line += f" helpers' own {(children - tasks_cpu) / n * 1e3:.3f} ms"
+                print(line)
         if baseline is not None and places["tmpfs"].is_dir():
             versions = {"engine@current": None, "engine@baseline": baseline}
             for name in list(versions)[:: 1 if rep % 2 == 0 else -1]:

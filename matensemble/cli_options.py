@@ -70,7 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--local-spawners",
         choices=["threads", "processes"],
         help="local: who starts the tasks: worker threads of the driver (default), or a "
-        "helper process per core",
+        "helper process per core (per group of cores: --local-cores-per-helper)",
+    )
+    common.add_argument(
+        "--local-cores-per-helper",
+        type=int,
+        metavar="K",
+        help="local, with --local-spawners processes: a helper process per K cores (default: 1 "
+        "up to 32 cores, then as many as keep the helpers at most 32)",
     )
     common.add_argument(
         "--cores",
@@ -173,6 +180,17 @@ def _refuse_options_of_other_backends(args: argparse.Namespace) -> None:
 
     if args.local_spawners is not None and backend != "local":
         refuse("--local-spawners", "the local backend")
+    if args.local_cores_per_helper is not None:
+        if backend != "local":
+            refuse("--local-cores-per-helper", "the local backend")
+        if args.local_spawners != "processes":
+            raise MatEnsembleError(
+                "--local-cores-per-helper applies to --local-spawners processes only: give both"
+            )
+        if args.local_cores_per_helper < 1:
+            raise MatEnsembleError(
+                f"--local-cores-per-helper must be at least 1, got {args.local_cores_per_helper}"
+            )
     if args.queue_ahead == "depend" and backend != "flux":
         refuse(
             "--queue-ahead-depend",
@@ -205,9 +223,10 @@ def backend_from_options(args: argparse.Namespace, spec: EnsembleSpec) -> Backen
 
     Raises ``MatEnsembleError`` naming the option, or the file's field, for a count below one,
     more cores than this process may use, a malformed GPU list such as ``a,,b`` or ``-1``, or an
-    option of another backend (``--local-spawners`` with ``--backend flux``). The launch options
-    (``--queue-ahead``, ``--local-spawners``) keep the backend's kind (``name``), so a resume
-    takes them without ``--allow-backend-change``.
+    option of another backend (``--local-spawners`` with ``--backend flux``) or of other spawners
+    (``--local-cores-per-helper`` without ``--local-spawners processes``). The launch options
+    (``--queue-ahead``, ``--local-spawners``, ``--local-cores-per-helper``) keep the backend's
+    kind (``name``), so a resume takes them without ``--allow-backend-change``.
     """
     _refuse_options_of_other_backends(args)
     cores: int | None = args.cores
@@ -264,6 +283,7 @@ def backend_from_options(args: argparse.Namespace, spec: EnsembleSpec) -> Backen
             gpus=gpus,
             queue_ahead=args.queue_ahead,
             spawners=args.local_spawners or "threads",
+            cores_per_helper=args.local_cores_per_helper,
         )
     except (ValueError, TypeError) as exc:
         raise MatEnsembleError(

@@ -152,13 +152,18 @@ def dead(pid: int, grace: float = 5.0) -> bool:
         os.close(fd)
 
 
-@pytest.fixture(params=["threads", "processes"])
+@pytest.fixture(params=["threads", "processes", "processes, 2 cores per helper"])
 def local_spawners(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Runs a test once with each of ``LocalBackend``'s spawners as the default: its worker
-    threads, and its helper processes (``local_helpers``)."""
+    threads, its helper processes (``local_helpers``) one per core, and one per pair of cores
+    (``cores_per_helper=2``: on two cores, one helper starts the tasks of both). Returns the
+    spawners' name."""
     from matensemble.backends.local import LocalBackend
 
     defaults = LocalBackend.__init__.__kwdefaults__
     assert defaults is not None
-    monkeypatch.setitem(defaults, "spawners", request.param)
-    return str(request.param)
+    spawners, _, grouped = str(request.param).partition(", ")
+    monkeypatch.setitem(defaults, "spawners", spawners)
+    if grouped:
+        monkeypatch.setitem(defaults, "cores_per_helper", 2)
+    return spawners

@@ -1081,6 +1081,43 @@ CLI_CASES = [
         "invalid choice: 'forks'",
     ),
     cli(
+        "local-cores-per-helper-on-flux",
+        ["run", "{file}", "--backend", "flux", "--local-cores-per-helper", "2"],
+        GOOD,
+        "--local-cores-per-helper applies to the local backend only, not --backend flux",
+    ),
+    cli(
+        "local-cores-per-helper-without-helpers",
+        ["run", "{file}", "--local-cores-per-helper", "2"],
+        GOOD,
+        "--local-cores-per-helper applies to --local-spawners processes only: give both",
+    ),
+    cli(
+        "local-cores-per-helper-with-threads",
+        ["run", "{file}", "--local-spawners", "threads", "--local-cores-per-helper", "1"],
+        GOOD,
+        "--local-cores-per-helper applies to --local-spawners processes only: give both",
+    ),
+    cli(
+        "local-cores-per-helper-zero",
+        ["run", "{file}", "--local-spawners", "processes", "--local-cores-per-helper", "0"],
+        GOOD,
+        "--local-cores-per-helper must be at least 1, got 0",
+    ),
+    cli(
+        "local-cores-per-helper-not-a-count",
+        ["run", "{file}", "--local-spawners", "processes", "--local-cores-per-helper", "two"],
+        GOOD,
+        "--local-cores-per-helper",
+        "invalid int value: 'two'",
+    ),
+    cli(
+        "resume-local-cores-per-helper-on-simulated",
+        ["resume", "nowhere", "--backend", "simulated", "--local-cores-per-helper", "2"],
+        None,
+        "--local-cores-per-helper applies to the local backend only, not --backend simulated",
+    ),
+    cli(
         "queue-ahead-on-simulated",
         ["run", "{file}", "--backend", "simulated", "--queue-ahead"],
         GOOD,

@@ -1,6 +1,6 @@
 """The command line's options for how a backend launches (``--queue-ahead``,
-``--queue-ahead-depend``, ``--local-spawners``) reach the backend: a real ``matensemble``
-process, real tasks, the run's own journal."""
+``--queue-ahead-depend``, ``--local-spawners``, ``--local-cores-per-helper``) reach the
+backend: a real ``matensemble`` process, real tasks, the run's own journal."""
 
 from __future__ import annotations
 
@@ -52,6 +52,47 @@ def test_local_spawners_processes_starts_the_tasks_in_a_helper_process(tmp_path:
     for task in ("t0", "t1"):
         parent = (run / "tasks" / task / "stdout").read_text()
         assert HELPER in parent, parent
+
+
+two_cores = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
+# A task that prints its parent's pid, then the parent's command line.
+PARENT_PID = f"echo $PPID; {PARENT}"
+
+
+def started_by(run_dir: Path, task: str) -> tuple[str, list[str]]:
+    """The pid and the command line of the process that started ``task``."""
+    pid, cmdline = (run_dir / "tasks" / task / "stdout").read_text().splitlines()
+    return pid, cmdline.split()
+
+
+@two_cores
+@pytest.mark.parametrize("command", ["run", "resume"])
+def test_local_cores_per_helper_starts_the_tasks_of_both_cores_in_one_helper(
+    tmp_path: Path, command: str
+) -> None:
+    """``resume`` takes the option as ``run`` does; the helper is given the cores of its
+    group (its last argument), and both tasks, one per core, are its children."""
+    tasks = [PARENT_PID, PARENT_PID]
+    if command == "resume":  # both are stopped by the walltime the first time
+        tasks = [f"if ! test -f {i}; then touch {i}; exec sleep 60; fi; {PARENT_PID}" for i in "ab"]
+    spec = write_tasks(tmp_path / "e.toml", *tasks)
+    run = tmp_path / "run"
+    common = ("--no-progress", "--cores", "2")
+    options = ("--local-spawners", "processes", "--local-cores-per-helper", "2")
+    if command == "resume":
+        stopped = matensemble(
+            "run", spec, "--run-dir", run, *common, "--walltime", "1", cwd=tmp_path
+        )
+        assert stopped.returncode == 3, stopped.stderr
+        proc = matensemble("resume", run, *common, *options, cwd=tmp_path)
+    else:
+        proc = matensemble("run", spec, "--run-dir", run, *common, *options, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    (pid0, cmdline0), (pid1, _) = started_by(run, "t0"), started_by(run, "t1")
+    assert pid0 == pid1, "the two tasks were started by two helpers"
+    assert HELPER in " ".join(cmdline0), cmdline0
+    cores = sorted(os.sched_getaffinity(0))[:2]
+    assert cmdline0[-1] == ",".join(map(str, cores)), cmdline0
 
 
 def test_the_default_spawners_start_the_tasks_from_the_driver_itself(tmp_path: Path) -> None:

@@ -1,8 +1,9 @@
-"""LocalBackend(spawners="processes"): what the helper processes guarantee on their own.
+"""LocalBackend(spawners="processes"): what the helper processes guarantee on their own, one
+per core or one per group of cores (``cores_per_helper``).
 
 The backend's other guarantees (pinning, process groups, files, outcomes, stopping, queueing
-ahead) are checked with helpers by the local backend's own tests, which run under both
-spawners (``conftest.local_spawners``).
+ahead) are checked with helpers by the local backend's own tests, which run under the worker
+threads, a helper per core and a helper per pair of cores (``conftest.local_spawners``).
 """
 
 from __future__ import annotations
@@ -18,14 +19,21 @@ import anyio
 import msgspec
 import pytest
 
+from matensemble import Ensemble
 from matensemble.backends.local import LocalBackend
 from matensemble.backends.local_helper_messages import Book, frame
+from matensemble.backends.local_helpers import HELPERS_AT_MOST, cores_per_helper_for
+from matensemble.events import TaskStarted
+from matensemble.journal import read_journal
 from matensemble.model import Task, TaskState
 
 from backend_harness import opened
 from conftest import alive
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
+two_cores = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
+DIED = "the spawner helper process died"
+HOLD = "echo $$ > pid; exec sleep 60"
 
 DRIVER = """
 import asyncio, sys
@@ -45,6 +53,12 @@ def wait_for_pid(path: Path) -> int:
     return int(path.read_text())
 
 
+def started_ids(run_dir: Path) -> set[str]:
+    path = run_dir / "journal.jsonl"
+    events = read_journal(path) if path.exists() else []
+    return {e.id for e in events if isinstance(e, TaskStarted)}
+
+
 def helpers_of(pid: int) -> list[int]:
     """The driver's helper processes (its children that run ``local_helper``)."""
     found = []
@@ -55,9 +69,111 @@ def helpers_of(pid: int) -> list[int]:
     return found
 
 
+def sh(task_id: str, script: str) -> Task:
+    return Task(id=task_id, command=("sh", "-c", script))
+
+
 def test_spawners_are_threads_or_processes() -> None:
     with pytest.raises(ValueError, match="spawners must be 'threads' or 'processes'"):
         LocalBackend(spawners="forks")
+
+
+@pytest.mark.parametrize("given", [0, -2, 1.5, "2", True])
+def test_cores_per_helper_must_be_a_positive_int(given: object) -> None:
+    with pytest.raises(ValueError, match=r"cores_per_helper must be a positive int, got "):
+        LocalBackend(spawners="processes", cores_per_helper=given)  # type: ignore[arg-type]
+
+
+def test_cores_per_helper_is_refused_with_worker_threads() -> None:
+    with pytest.raises(ValueError, match="cores_per_helper applies to spawners='processes' only"):
+        LocalBackend(cores_per_helper=2)
+
+
+@pytest.mark.parametrize(
+    ("cores", "per_helper"),
+    [(1, 1), (2, 1), (32, 1), (33, 2), (56, 2), (64, 2), (96, 3), (128, 4), (256, 8)],
+)
+def test_by_default_a_helper_per_core_up_to_32_cores_then_groups_of_cores(
+    cores: int, per_helper: int
+) -> None:
+    assert cores_per_helper_for(cores) == per_helper
+    assert -(-cores // per_helper) <= HELPERS_AT_MOST
+    assert cores_per_helper_for(cores, 3) == 3  # given: as given, however many cores
+
+
+@two_cores
+async def test_one_helper_for_two_cores_starts_each_task_pinned_to_its_own_core(
+    tmp_path: Path,
+) -> None:
+    show = "import os; print(sorted(os.sched_getaffinity(0)), os.getppid())"
+    backend = LocalBackend(cores=2, spawners="processes", cores_per_helper=2)
+    async with opened(backend, tmp_path) as h:
+        launches = [h.start(Task(id=f"t{i}", command=(sys.executable, "-c", show))) for i in (0, 1)]
+        for launch in launches:
+            assert (await h.outcome(launch)).state is TaskState.SUCCEEDED
+        (helper,) = helpers_of(os.getpid())  # the tasks' parent, as they print below
+    cores = sorted(os.sched_getaffinity(0))[:2]
+    assert sorted(launch.placement[0].cores for launch in launches) == [(c,) for c in cores]
+    for launch in launches:
+        assert h.stdout(launch.task.id) == f"{list(launch.placement[0].cores)} {helper}\n"
+
+
+@two_cores
+async def test_tasks_booked_behind_running_ones_on_both_cores_of_a_helper_start_in_it(
+    tmp_path: Path,
+) -> None:
+    """``queue_ahead`` with one helper for two cores: on each core the task booked behind the
+    running one is started by the helper at that one's exit, while the driver's event loop is
+    busy (it has not seen the exit): the helper waits for the launch booked last on each core,
+    not only for the last one it was given."""
+    go, run_dir = tmp_path / "go", tmp_path / "run"
+    hold = f"while [ ! -e {go} ]; do sleep 0.01; done"
+    show = "grep Cpus_allowed_list: /proc/self/status > cpus"
+    tasks = [sh("x0", hold), sh("x1", hold), sh("r0", show), sh("r1", show)]
+    backend = LocalBackend(cores=2, spawners="processes", cores_per_helper=2, queue_ahead=True)
+    shown = [run_dir / "tasks" / r / "cpus" for r in ("r0", "r1")]
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(Ensemble(tasks, backend=backend, run_dir=run_dir).run)
+        deadline = time.monotonic() + 30
+        while not {"r0", "r1"} <= started_ids(run_dir):  # r0 and r1 booked behind x0 and x1
+            assert time.monotonic() < deadline, started_ids(run_dir)
+            await anyio.sleep(0.01)
+        go.touch()  # x0 and x1 end; the loop stays in this call until r0 and r1 have started
+        while not all(path.exists() for path in shown) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert all(path.exists() for path in shown), "a booked task waited for the driver"
+    events = list(read_journal(run_dir / "journal.jsonl"))
+    booked_on = {e.id: e.placement[0].cores for e in events if isinstance(e, TaskStarted)}
+    assert {booked_on["r0"], booked_on["r1"]} == {booked_on["x0"], booked_on["x1"]}
+    for r, path in zip(("r0", "r1"), shown, strict=True):
+        (core,) = booked_on[r]
+        assert path.read_text().split() == ["Cpus_allowed_list:", str(core)]
+
+
+@two_cores
+async def test_a_helper_of_two_cores_that_dies_fails_the_launches_of_both(
+    tmp_path: Path,
+) -> None:
+    backend = LocalBackend(cores=2, spawners="processes", cores_per_helper=2)
+    async with opened(backend, tmp_path) as h:
+        holds = [h.start(sh(f"hold{i}", HOLD)) for i in (0, 1)]
+        pids = [
+            await anyio.to_thread.run_sync(wait_for_pid, h.task_dir(launch.task.id) / "pid")
+            for launch in holds
+        ]
+        (helper,) = helpers_of(os.getpid())
+        os.kill(helper, signal.SIGKILL)
+        for launch in holds:  # their exit statuses died with the helper
+            assert (await h.outcome(launch)).state is TaskState.FAILED
+        for pid in pids:
+            assert not alive(pid, grace=10), "a task outlived its helper"
+        nxt = [h.start(Task(id=f"next{i}", command=("true",))) for i in (0, 1)]
+        assert sorted(launch.placement[0].cores for launch in nxt) == sorted(
+            launch.placement[0].cores for launch in holds
+        )
+        for launch in nxt:  # booked on either core of the dead helper: failed at once
+            outcome = await h.outcome(launch)
+            assert (outcome.state, outcome.reason) == (TaskState.FAILED, DIED)
 
 
 def test_a_driver_killed_outright_leaves_no_task_running(tmp_path: Path) -> None:
@@ -80,7 +196,7 @@ async def test_a_helper_that_dies_fails_its_launch_and_leaves_nothing_running(
     tmp_path: Path,
 ) -> None:
     async with opened(LocalBackend(cores=1, spawners="processes"), tmp_path) as h:
-        launch = h.start(Task(id="hold", command=("sh", "-c", "echo $$ > pid; exec sleep 60")))
+        launch = h.start(sh("hold", HOLD))
         task = await anyio.to_thread.run_sync(wait_for_pid, h.task_dir("hold") / "pid")
         (helper,) = helpers_of(os.getpid())
         os.kill(helper, signal.SIGKILL)
@@ -90,7 +206,21 @@ async def test_a_helper_that_dies_fails_its_launch_and_leaves_nothing_running(
         # The backend goes on without that core's helper: what is booked there fails.
         nxt = await h.run(Task(id="next", command=("true",)))
         assert nxt.state is TaskState.FAILED
-        assert nxt.reason == "the spawner helper process died"
+        assert nxt.reason == DIED
+
+
+async def test_a_timeout_counts_from_the_start_while_the_helper_is_still_starting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The helpers start in open(), and a launch made at once waits in its pipe until its helper
+    # has imported what it needs (80 ms here, seconds on a loaded node; one second below).
+    slow = tmp_path / "slow"
+    slow.mkdir()
+    (slow / "sitecustomize.py").write_text("import time\ntime.sleep(1)\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(slow), os.environ.get("PYTHONPATH", "")]))
+    async with opened(LocalBackend(cores=1, spawners="processes"), tmp_path) as h:
+        outcome = await h.run(Task(id="quick", command=("true",), timeout=0.5))
+    assert outcome.state is TaskState.SUCCEEDED, outcome
 
 
 def test_a_helper_whose_reports_nobody_reads_kills_what_it_started_and_exits(

@@ -34,7 +34,7 @@ from matensemble.backends.base import Backend, Launch, LaunchKey, Outcome, Repor
 from matensemble.backends.local_ahead import QueuedLaunches
 from matensemble.backends.local_exits import ExitWatch
 from matensemble.backends.local_failures import LaunchError, describe_exit, open_outputs
-from matensemble.backends.local_helpers import Helpers
+from matensemble.backends.local_helpers import Helpers, cores_per_helper_for
 from matensemble.backends.local_inventory import (
     CAN_PIN,
     detect_gpus,
@@ -77,12 +77,16 @@ class LocalBackend(Backend):
         kill_grace: seconds from SIGTERM to SIGKILL when a launch is stopped.
         node_name: the node's name in the inventory; default: the host name.
         spawners: ``"threads"`` (worker threads of the driver start the processes) or
-            ``"processes"`` (a helper process per core starts, waits for and reaps them:
-            ``local_helpers``).
+            ``"processes"`` (a helper process per core, or per group of cores, starts, waits
+            for and reaps them: ``local_helpers``).
+        cores_per_helper: with ``spawners="processes"``, the cores each helper serves (it
+            starts the launches whose first core is among them); default: 1 up to 32 cores,
+            then as many as keep the helpers at most 32 (``local_helpers.HELPERS_AT_MOST``).
 
     Raises:
-        ValueError: ``cores`` names more or other cores than this process may use, or
-            ``gpus`` repeats an id.
+        ValueError: ``cores`` names more or other cores than this process may use, ``gpus``
+            repeats an id, or ``cores_per_helper`` is not a positive int or is given without
+            ``spawners="processes"``.
         LimitExceeded: (a ``ValueError``) ``gpus`` is more than ``matensemble.limits``
             allows per node (1,024 unless ``MATENSEMBLE_MAX_GPUS_PER_NODE`` says otherwise).
 
@@ -110,6 +114,7 @@ class LocalBackend(Backend):
         node_name: str | None = None,
         queue_ahead: bool = False,
         spawners: str = "threads",
+        cores_per_helper: int | None = None,
     ) -> None:
         if kill_grace < 0:
             raise ValueError(f"kill_grace must be >= 0, got {kill_grace!r}")
@@ -117,6 +122,11 @@ class LocalBackend(Backend):
             raise ValueError(f"spawners must be 'threads' or 'processes', got {spawners!r}")
         self._helpers_wanted = spawners == "processes"
         self._cores = select_cores(cores)
+        if cores_per_helper is not None and spawners != "processes":
+            raise ValueError(
+                f"cores_per_helper applies to spawners='processes' only, not {spawners!r}"
+            )
+        self._cores_per_helper = cores_per_helper_for(len(self._cores), cores_per_helper)
         self._gpus_given = select_gpus(gpus)
         self._gpu_variable_given = gpu_variable
         self._mpiexec_given = mpiexec
@@ -170,7 +180,13 @@ class LocalBackend(Backend):
         self._devnull = os.open(os.devnull, os.O_RDONLY)
         if self._helpers_wanted:
             self._spawners = Helpers(
-                self._cores, loop, self._started, self._exited, is_stopping, exit_seen
+                self._cores,
+                loop,
+                self._started,
+                self._exited,
+                is_stopping,
+                exit_seen,
+                self._cores_per_helper,
             )
             self._signal_group = self._spawners.signal  # a helper reaps: it knows whose it is
         else:
@@ -231,14 +247,18 @@ class LocalBackend(Backend):
             run.timer = loop.call_later(launch.task.timeout, self._time_out, run)
 
     def _time_out(self, run: Run) -> None:
-        """The timeout, counted from the start (the timer was set at launch)."""
+        """The timeout, counted from the start (the timer was set at launch): a launch not
+        started yet (its helper process still starting) is looked at again a timeout later."""
         assert self._spawners is not None
         assert self._loop is not None
         self._spawners.hand_over()
         timeout = run.launch.task.timeout
         assert timeout is not None
-        if run.start_time is not None and (left := run.start_time + timeout - time.time()) > 0:
-            run.timer = self._loop.call_later(left, self._time_out, run)
+        start = run.start_time
+        if start is None or (left := start + timeout - time.time()) > 0:
+            run.timer = self._loop.call_later(
+                timeout if start is None else left, self._time_out, run
+            )
             return
         self._stop(run, TaskState.TIMED_OUT, f"timed out after {timeout:g}s")
 

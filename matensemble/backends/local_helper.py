@@ -1,11 +1,14 @@
 """A spawner helper process of the local backend: starts, waits for and reaps the processes
-of the launches booked on its core, outside the driver's interpreter.
+of the launches booked on its cores (one core, or a group of them), outside the driver's
+interpreter.
 
-``python -m matensemble.backends.local_helper BOOKINGS REPORTS CORE`` reads ``Book``,
+``python -m matensemble.backends.local_helper BOOKINGS REPORTS CORES`` reads ``Book``,
 ``Signal``, ``Drop`` and ``KillAll`` messages (``local_helper_messages``) from the descriptor
-``BOOKINGS`` and writes ``Started`` and ``Exited`` to ``REPORTS``. It pins itself to ``CORE``;
-a launch on other cores is started with the helper's mask set to them first (a child inherits
-it), as the backend's worker threads do.
+``BOOKINGS`` and writes ``Started`` and ``Exited`` to ``REPORTS``. It pins itself to ``CORES``
+(comma-separated ids; ``-1``: it stays where it was started); each launch is started with the
+helper's mask set to the launch's cores first (a child inherits it), as the backend's worker
+threads do. The mask is left as it is after the start: a helper of one core never changes it,
+one of a group follows its launches within the group.
 
 Everything waits in one ``poll``: the bookings and a pidfd per running process. When a process
 exits, what it left in its group is killed, it is reaped, a launch booked ``after`` it starts at
@@ -49,13 +52,13 @@ __all__ = ["Helper"]
 class Helper:
     """The state of one helper: its running processes and the bookings waiting for one."""
 
-    def __init__(self, bookings: int, reports: int, core: int | None) -> None:
+    def __init__(self, bookings: int, reports: int, cores: tuple[int, ...]) -> None:
         self._bookings = bookings
         self._reports = reports
         self._mask: tuple[int, ...] = tuple(sorted(os.sched_getaffinity(0)))
         self._all_cores = self._mask
-        if core is not None:
-            self._pin((core,))
+        if cores:
+            self._pin(cores)
         self._stdin = os.open(os.devnull, os.O_RDONLY)
         self._outputs = TaskOutputs()
         self._poller = select.poll()
@@ -205,8 +208,9 @@ def _reap(pid: int) -> int | None:
 
 
 def main(argv: list[str]) -> None:
-    bookings, reports, core = (int(a) for a in argv[1:4])
-    Helper(bookings, reports, core if core >= 0 else None).serve()
+    bookings, reports = int(argv[1]), int(argv[2])
+    cores = tuple(core for core in map(int, argv[3].split(",")) if core >= 0)
+    Helper(bookings, reports, cores).serve()
 
 
 if __name__ == "__main__":

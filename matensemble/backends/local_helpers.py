@@ -1,17 +1,21 @@
 """The local backend's spawner helper processes, as the driver sees them.
 
-With ``LocalBackend(spawners="processes")`` each core has a helper process of its own
-(``local_helper``), pinned to it, that starts the launches booked on that core, waits for their
-processes and reaps them, outside the driver's interpreter: no worker thread, no GIL shared with
-the event loop, and no ``vfork`` or file made in the driver. ``Helpers`` offers what
-``local_spawner.Spawners`` offers the backend (``submit``, ``wake``, ``kill``, ``close``) and
-reports starts (``deliver``) and exits (``on_exit``) as they arrive on the helpers' pipes, which
-the event loop watches. A launch booked ``after`` another (queueing ahead) waits in the helper,
-which starts it the moment the process before it exits, before it reports that exit.
+With ``LocalBackend(spawners="processes")`` each core, or each group of ``cores_per_helper``
+cores, has a helper process of its own (``local_helper``), pinned to them, that starts the
+launches whose first core is there, waits for their processes and reaps them, outside the
+driver's interpreter: no worker thread, no GIL shared with the event loop, and no ``vfork`` or
+file made in the driver. ``Helpers`` offers what ``local_spawner.Spawners`` offers the backend
+(``submit``, ``wake``, ``kill``, ``close``) and reports starts (``deliver``) and exits
+(``on_exit``) as they arrive on the helpers' pipes, which the event loop watches.
+
+A launch booked ``after`` another (queueing ahead) waits in the helper, which starts it the
+moment the process before it exits, before it reports that exit. ``after`` must be the launch
+booked last with the same first core: the same helper runs it, and nothing else waits for it
+there (a helper keeps one booking per launch it waits for).
 
 Signals go through the helper (``signal``): only it reaps, so only it knows that a group id is
-still its task's. A helper that dies takes its launches with it: their processes are reported
-as exited with a lost status, and those not started yet as failed.
+still its task's. A helper that dies takes the launches of all its cores with it: their
+processes are reported as exited with a lost status, and those not started yet as failed.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ from matensemble.backends.local_helper_messages import (
 from matensemble.backends.local_inventory import kill_group
 from matensemble.backends.local_spawner import Started as Delivered
 
-__all__ = ["Helpers"]
+__all__ = ["HELPERS_AT_MOST", "Helpers", "cores_per_helper_for"]
 
 _DIED = "the spawner helper process died"
 _PYTHON = sys.executable  # the helpers' interpreter: this one, as it was at import
@@ -51,19 +55,37 @@ _PYTHON = sys.executable  # the helpers' interpreter: this one, as it was at imp
 _HERE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # on_exit(token, pid, rank, exit code: negative for a signal, None if the status was lost)
 OnExit = Callable[[object, int, int, "int | None"], None]
+# By default one helper per core up to this many cores, then groups of cores so that at most
+# this many helpers run (each takes 9-13 MiB of its own and 30-90 ms of CPU to start).
+HELPERS_AT_MOST = 32
+
+
+def cores_per_helper_for(cores: int, given: int | None = None) -> int:
+    """``given`` (``LocalBackend(cores_per_helper=...)``), checked; else the default for
+    ``cores`` cores: 1 up to ``HELPERS_AT_MOST`` cores, then as few as keep the helpers at most
+    that many (e.g. 2 on 56 or 64 cores, 4 on 128).
+
+    Raises:
+        ValueError: ``given`` is not a positive int.
+    """
+    if given is None:
+        return max(1, -(-cores // HELPERS_AT_MOST))
+    if isinstance(given, bool) or not isinstance(given, int) or given < 1:
+        raise ValueError(f"cores_per_helper must be a positive int, got {given!r}")
+    return given
 
 
 class _Helper:
-    """One helper process and the driver's ends of its pipes."""
+    """One helper process, pinned to ``cores``, and the driver's ends of its pipes."""
 
-    def __init__(self, core: int) -> None:
+    def __init__(self, cores: Sequence[int]) -> None:
         book_r, self.book_w = os.pipe2(os.O_CLOEXEC)
         self.report_r, report_w = os.pipe2(os.O_CLOEXEC)
         module = "matensemble.backends.local_helper"
         path = [_HERE, os.environ.get("PYTHONPATH")]
         try:
             self.process = subprocess.Popen(
-                [_PYTHON, "-m", module, str(book_r), str(report_w), str(core)],
+                [_PYTHON, "-m", module, str(book_r), str(report_w), ",".join(map(str, cores))],
                 pass_fds=(book_r, report_w),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
@@ -77,7 +99,8 @@ class _Helper:
 
 
 class Helpers:
-    """The spawner helpers of one backend, one per core."""
+    """The spawner helpers of one backend, one per ``cores_per_helper`` cores (consecutive in
+    ``cores``; the last group may have fewer)."""
 
     def __init__(
         self,
@@ -87,21 +110,25 @@ class Helpers:
         on_exit: OnExit,
         urgent: Callable[[object], bool],
         exit_seen: Callable[[object, float], None] | None = None,
+        cores_per_helper: int = 1,
     ) -> None:
         self._loop = loop
         self._deliver = deliver
         self._on_exit = on_exit
         self._urgent = urgent
         self._exit_seen = exit_seen or (lambda token, when: None)
-        self._helpers = [_Helper(core) for core in cores]
-        self._helper_of = {core: i for i, core in enumerate(cores)}
+        step = cores_per_helper
+        groups = [cores[i : i + step] for i in range(0, len(cores), step)]
+        self._helpers = [_Helper(group) for group in groups]
+        self._helper_of = {core: i for i, group in enumerate(groups) for core in group}
         self._encode = msgspec.msgpack.Encoder().encode
         self._decode = msgspec.msgpack.Decoder(FromHelper).decode
         self._next_seq = 0
-        self._booked: dict[int, tuple[object, int]] = {}  # seq -> token, helper; not started
+        # A launch's "first": its first core (-1: none), whose helper starts it.
+        self._booked: dict[int, tuple[object, int]] = {}  # seq -> token, first; not started
         self._seq: dict[object, tuple[int, int]] = {}  # token -> seq, unreaped processes
-        self._procs: dict[int, tuple[object, int, int]] = {}  # pid -> token, rank, helper
-        self._last: list[object] = [None] * len(self._helpers)  # the launch each got last
+        self._procs: dict[int, tuple[object, int, int]] = {}  # pid -> token, rank, first
+        self._last: dict[int, object] = {}  # first -> the unfinished launch booked last there
         self._dead: set[int] = set()  # helpers that died
         for index, helper in enumerate(self._helpers):
             loop.add_reader(helper.report_r, self._read, index)
@@ -116,22 +143,24 @@ class Helpers:
         after: object = None,
     ) -> bool:
         """As ``Spawners.submit``: the helper of the launch's first core opens its outputs in
-        ``task_dir`` (``outputs`` given are closed) and starts it, or with ``after``, if that
-        helper was given ``after`` last, once ``after``'s one process has exited."""
+        ``task_dir`` (``outputs`` given are closed) and starts it, or with ``after``, if
+        ``after`` was the launch booked last with the same first core, once ``after``'s one
+        process has exited."""
         cores = plan[0][3]
-        index = self._helper_of.get(cores[0], 0) if cores else 0
-        if after is not None and self._last[index] is not after:
+        first = cores[0] if cores else -1
+        if after is not None and self._last.get(first) is not after:
             return False
+        index = self._helper_of.get(first, 0)
         for fd in outputs or ():
             os.close(fd)
-        self._last[index] = token
+        self._last[first] = token
         seq = self._next_seq
         self._next_seq += 1
-        self._booked[seq] = (token, index)
+        self._booked[seq] = (token, first)
         self._seq[token] = (seq, 0)
         if index in self._dead:  # reported on the loop's next turn, never from inside launch()
             died = Started(seq, [], None, _DIED)
-            self._loop.call_soon(self._started, index, died)
+            self._loop.call_soon(self._started, died)
             return True
         after_seq = self._seq[after][0] if after is not None and after in self._seq else -1
         self._send(index, Book(seq, plan, cwd, task_dir, after_seq))
@@ -141,13 +170,14 @@ class Helpers:
         """Signal ``pid``'s process group, unless its helper has reaped it already."""
         found = self._procs.get(pid)
         if found is not None:
-            self._send(found[2], Signal(pid, signum))
+            self._send(self._helper_of.get(found[2], 0), Signal(pid, signum))
 
     def wake(self, core: int) -> None:
         """A launch booked on ``core`` is being stopped: if it waits there, it never starts."""
-        index = self._helper_of.get(core, 0)
-        for seq, (token, helper) in list(self._booked.items()):
-            if helper == index and self._urgent(token):
+        helper_of = self._helper_of
+        index = helper_of.get(core, 0)
+        for seq, (token, first) in list(self._booked.items()):
+            if helper_of.get(first, 0) == index and self._urgent(token):
                 self._send(index, Drop(seq))
 
     def hand_over(self) -> None:
@@ -184,47 +214,48 @@ class Helpers:
         for payload in helper.frames.feed(chunk):
             message = self._decode(payload)
             if isinstance(message, Started):
-                self._started(index, message)
+                self._started(message)
             else:
                 self._exited(message)
 
-    def _started(self, index: int, message: Started) -> None:
-        token, _ = self._booked.pop(message.seq)
+    def _started(self, message: Started) -> None:
+        token, first = self._booked.pop(message.seq)
         processes = [(rank, pid, -1) for rank, pid in message.processes]
         for rank, pid in message.processes:
-            self._procs[pid] = (token, rank, index)
+            self._procs[pid] = (token, rank, first)
         if processes:
             self._seq[token] = (message.seq, len(processes))
         else:
-            self._forget(token, index)
+            self._forget(token, first)
         self._deliver(Delivered(token, processes, message.start_time, message.failure))
 
     def _exited(self, message: Exited) -> None:
-        token, rank, index = self._procs.pop(message.pid)
+        token, rank, first = self._procs.pop(message.pid)
         seq, left = self._seq[token]
         if left > 1:
             self._seq[token] = (seq, left - 1)
         else:
-            self._forget(token, index)
+            self._forget(token, first)
         self._exit_seen(token, message.when)
         self._on_exit(token, message.pid, rank, message.code)
 
-    def _forget(self, token: object, index: int) -> None:
-        """The launch ``token``, booked on helper ``index``, is over: nothing waits behind it."""
+    def _forget(self, token: object, first: int) -> None:
+        """The launch ``token``, first on core ``first``, is over: nothing waits behind it."""
         del self._seq[token]
-        if self._last[index] is token:  # a launch is only ever its own helper's last
-            self._last[index] = None
+        if self._last.get(first) is token:  # a launch is only ever its own first core's last
+            del self._last[first]
 
     def _lost(self, index: int) -> None:
-        """Helper ``index`` died: its launches end, their processes' statuses lost."""
+        """Helper ``index`` died: the launches of all its cores end, their processes' statuses
+        lost."""
         self._loop.remove_reader(self._helpers[index].report_r)
         self._dead.add(index)
-        for seq, (_, helper) in list(self._booked.items()):
-            if helper == index:
-                message = Started(seq, [], None, _DIED)
-                self._started(index, message)
-        for pid, (_, _, helper) in list(self._procs.items()):
-            if helper == index:
+        helper_of = self._helper_of
+        for seq, (_, first) in list(self._booked.items()):
+            if helper_of.get(first, 0) == index:
+                self._started(Started(seq, [], None, _DIED))
+        for pid, (_, _, first) in list(self._procs.items()):
+            if helper_of.get(first, 0) == index:
                 # Nobody reaps it now (it is init's child): its group id is, for the moment
                 # this takes, still its own.
                 kill_group(pid, signal.SIGKILL)
