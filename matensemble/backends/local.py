@@ -20,13 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import socket
-import sys
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 from anyio.abc import TaskGroup
 
@@ -36,14 +33,14 @@ from matensemble.backends.local_exits import ExitWatch
 from matensemble.backends.local_failures import LaunchError, describe_exit, open_outputs
 from matensemble.backends.local_helpers import Helpers, cores_per_helper_for
 from matensemble.backends.local_inventory import (
-    CAN_PIN,
+    check_platform,
     detect_gpus,
     kill_group,
     kill_leftovers,
     select_cores,
     select_gpus,
 )
-from matensemble.backends.local_plan import LaunchPlanner
+from matensemble.backends.local_plan import LaunchPlanner, find_mpiexec
 from matensemble.backends.local_run import Run, exit_seen, is_stopping
 from matensemble.backends.local_spawner import (
     OPEN_INLINE_BELOW,
@@ -155,27 +152,12 @@ class LocalBackend(Backend):
             loop = asyncio.get_running_loop()
         except RuntimeError:
             raise BackendUnavailable("LocalBackend needs anyio's asyncio backend") from None
-        try:
-            os.close(os.pidfd_open(os.getpid()))
-        except (AttributeError, OSError) as exc:
-            raise BackendUnavailable(
-                f"LocalBackend needs os.pidfd_open (Linux >= 5.3): {exc}"
-            ) from None
-        if CAN_PIN:
-            outside = sorted(set(self._cores) - os.sched_getaffinity(0))
-            if outside:
-                raise BackendError(f"the event loop thread may not run on cores {outside}")
+        check_platform(self._cores)
         self._gpus, found_in = await detect_gpus(self._gpus_given)
-        mpiexec: str | None = self._mpiexec_given
-        if mpiexec is not None:
-            mpiexec = shutil.which(mpiexec) or mpiexec
-        else:
-            beside_python = str(Path(sys.executable).parent)
-            mpiexec = shutil.which("mpiexec") or shutil.which("mpiexec", path=beside_python)
         self._planner = LaunchPlanner(
             self._gpus,
             self._gpu_variable_given or found_in or "CUDA_VISIBLE_DEVICES",
-            mpiexec,
+            find_mpiexec(self._mpiexec_given),
         )
         self._devnull = os.open(os.devnull, os.O_RDONLY)
         if self._helpers_wanted:
@@ -306,24 +288,10 @@ class LocalBackend(Backend):
         for timer in (run.timer, run.kill_timer):
             if timer is not None:
                 timer.cancel()
-        key = run.launch.key
-        del self._runs[key]
+        del self._runs[run.launch.key]
         if self._ahead is not None:
             self._ahead.ended(run)
-        returncode, signum, reason = run.failure or (0, None, None)
-        state = TaskState.FAILED if run.failure else TaskState.SUCCEEDED
-        if run.verdict is not None:
-            state, reason = run.verdict
-        outcome = Outcome(
-            key=key,
-            state=state,
-            returncode=returncode,
-            signal=signum,
-            reason=reason,
-            start_time=run.start_time,
-            end_time=run.exit_seen or time.time(),
-        )
-        self._reports.now(outcome)
+        self._reports.now(run.outcome())
 
     @property
     def _plans(self) -> LaunchPlanner:

@@ -11,10 +11,12 @@ from collections.abc import Sequence
 
 import anyio
 
+from matensemble.errors import BackendError, BackendUnavailable
 from matensemble.limits import MAX_GPUS_PER_NODE
 
 __all__ = [
     "CAN_PIN",
+    "check_platform",
     "detect_gpus",
     "find_run_processes",
     "kill_group",
@@ -25,6 +27,25 @@ __all__ = [
 
 GPU_VARIABLES = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES")
 CAN_PIN = hasattr(os, "sched_setaffinity")
+
+
+def check_platform(cores: Sequence[int]) -> None:
+    """What the local backend needs of this system, checked at ``open()``.
+
+    Raises:
+        BackendUnavailable: no ``os.pidfd_open`` (Linux before 5.3).
+        BackendError: ``cores`` holds cores this thread (the event loop's) may not run on.
+    """
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except (AttributeError, OSError) as exc:
+        raise BackendUnavailable(
+            f"LocalBackend needs os.pidfd_open (Linux >= 5.3): {exc}"
+        ) from None
+    if CAN_PIN:
+        outside = sorted(set(cores) - os.sched_getaffinity(0))
+        if outside:
+            raise BackendError(f"the event loop thread may not run on cores {outside}")
 
 
 def select_cores(cores: int | Sequence[int] | None) -> list[int]:

@@ -15,9 +15,18 @@ import sys
 from matensemble.backends.base import Launch, TaskDirPaths, task_variables
 from matensemble.backends.local_failures import LaunchError, Process
 
-__all__ = ["LaunchPlanner"]
+__all__ = ["LaunchPlanner", "find_mpiexec"]
 
 _FS, _ESC = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
+
+
+def find_mpiexec(given: str | None) -> str | None:
+    """The ``mpiexec`` for MPI tasks: ``given`` (a name looked up on the ``PATH``, or a path),
+    else the one on the ``PATH``, else the one beside this Python (a virtual environment's)."""
+    if given is not None:
+        return shutil.which(given) or given
+    beside_python = os.path.dirname(sys.executable)
+    return shutil.which("mpiexec") or shutil.which("mpiexec", path=beside_python)
 
 
 class LaunchPlanner:

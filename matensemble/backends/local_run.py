@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
-from matensemble.backends.base import Launch
+from matensemble.backends.base import Launch, Outcome
 from matensemble.backends.local_failures import Exit, Process
 from matensemble.model import TaskState
 
@@ -32,6 +33,23 @@ class Run:
         self.queued = False  # queueing ahead: it waited, or waits, for its cores
         self.waiting: Job | None = None  # queueing ahead: it waits in the loop, not yet given
         self.exit_seen: float | None = None  # when a worker saw it exit (its end_time)
+
+    def outcome(self) -> Outcome:
+        """How the launch ended, now that its last process is reaped: its verdict (timed out,
+        cancelled) if it has one, else failed by its first failure, else succeeded."""
+        returncode, signum, reason = self.failure or (0, None, None)
+        state = TaskState.FAILED if self.failure else TaskState.SUCCEEDED
+        if self.verdict is not None:
+            state, reason = self.verdict
+        return Outcome(
+            key=self.launch.key,
+            state=state,
+            returncode=returncode,
+            signal=signum,
+            reason=reason,
+            start_time=self.start_time,
+            end_time=self.exit_seen or time.time(),
+        )
 
 
 def is_stopping(run: object) -> bool:
