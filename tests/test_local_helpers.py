@@ -76,6 +76,41 @@ def test_a_driver_killed_outright_leaves_no_task_running(tmp_path: Path) -> None
         driver.wait()
 
 
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="python -P is 3.11's")
+def test_a_helper_imports_the_drivers_package_not_one_in_its_working_directory(
+    tmp_path: Path,
+) -> None:
+    # ``python -m`` puts the working directory first on the path: a helper started there
+    # would import whatever ``matensemble`` it holds (another checkout, another version).
+    elsewhere = tmp_path / "elsewhere" / "matensemble"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "__init__.py").write_text("raise ImportError('not the driver package')\n")
+    script = tmp_path / "driver.py"
+    script.write_text(
+        "import asyncio, sys\n"
+        "from matensemble import Ensemble, LocalBackend, Task\n"
+        "backend = LocalBackend(cores=1, spawners='processes')\n"
+        "tasks = [Task(id='t', command=('true',))]\n"
+        "summary = asyncio.run(Ensemble(tasks, backend=backend, run_dir=sys.argv[1]).run())\n"
+        "r = summary.results['t']; print(r.state.value, r.reason)\n"
+    )
+    here = str(Path(__file__).resolve().parents[1])
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")])),
+    }
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "run")],
+        cwd=elsewhere.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.stdout.strip() == "succeeded None", done.stdout + done.stderr
+
+
 async def test_a_helper_that_dies_fails_its_launch_and_leaves_nothing_running(
     tmp_path: Path,
 ) -> None:

@@ -47,8 +47,10 @@ __all__ = ["Helpers"]
 
 _DIED = "the spawner helper process died"
 _PYTHON = sys.executable  # the helpers' interpreter: this one, as it was at import
-# The helpers import this very package, wherever the driver found it.
+# The helpers import this very package, wherever the driver found it: not another one in the
+# working directory, which ``-m`` would put first on the path (``-P``: from Python 3.11 on).
 _HERE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_SAFE_PATH = ("-P",) if sys.version_info >= (3, 11) else ()
 # on_exit(token, pid, rank, exit code: negative for a signal, None if the status was lost)
 OnExit = Callable[[object, int, int, "int | None"], None]
 
@@ -63,7 +65,7 @@ class _Helper:
         path = [_HERE, os.environ.get("PYTHONPATH")]
         try:
             self.process = subprocess.Popen(
-                [_PYTHON, "-m", module, str(book_r), str(report_w), str(core)],
+                [_PYTHON, *_SAFE_PATH, "-m", module, str(book_r), str(report_w), str(core)],
                 pass_fds=(book_r, report_w),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
