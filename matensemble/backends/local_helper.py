@@ -26,19 +26,19 @@ import signal
 import sys
 import time
 
-import msgspec
-
 from matensemble.backends.local_failures import LaunchError, describe_spawn_error, open_outputs
 from matensemble.backends.local_helper_messages import (
     Book,
     Drop,
     Exited,
     Frames,
+    FromHelper,
     KillAll,
     Signal,
     Started,
     ToHelper,
-    frame,
+    decode,
+    encode,
 )
 from matensemble.backends.local_spawn import spawn
 from matensemble.backends.task_files import TaskOutputs
@@ -67,10 +67,8 @@ class Helper:
         self._killed = False
         self._reports_gone = False  # nobody reads the reports any more
         self._out: list[bytes] = []  # reports to write at the end of this turn
-        self._encode = msgspec.msgpack.Encoder().encode
 
     def serve(self) -> None:
-        decode = msgspec.msgpack.Decoder(ToHelper).decode
         frames = Frames()
         open_ = True
         while open_ or self._running:
@@ -96,7 +94,7 @@ class Helper:
                     self._reports_gone = True
                 self._out.clear()
 
-    def _take(self, message: ToHelper) -> None:
+    def _take(self, message: ToHelper | FromHelper) -> None:
         if isinstance(message, Book):
             if message.after >= 0 and self._left.get(message.after):
                 self._waiting[message.after] = message
@@ -188,7 +186,7 @@ class Helper:
 
     def _report(self, message: Started | Exited) -> None:
         if not self._reports_gone:
-            self._out.append(frame(self._encode(message)))
+            self._out.append(encode(message))
 
 
 def _kill_group(pid: int, signum: int) -> None:

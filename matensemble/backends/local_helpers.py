@@ -25,20 +25,18 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-import msgspec
-
 from matensemble.backends.local_failures import Process
 from matensemble.backends.local_helper_messages import (
     Book,
     Drop,
     Exited,
     Frames,
-    FromHelper,
     KillAll,
     Signal,
     Started,
     ToHelper,
-    frame,
+    decode,
+    encode,
 )
 from matensemble.backends.local_inventory import kill_group
 from matensemble.backends.local_spawner import Started as Delivered
@@ -97,8 +95,6 @@ class Helpers:
         self._exit_seen = exit_seen or (lambda token, when: None)
         self._helpers = [_Helper(core) for core in cores]
         self._helper_of = {core: i for i, core in enumerate(cores)}
-        self._encode = msgspec.msgpack.Encoder().encode
-        self._decode = msgspec.msgpack.Decoder(FromHelper).decode
         self._next_seq = 0
         self._booked: dict[int, tuple[object, int]] = {}  # seq -> token, helper; not started
         self._seq: dict[object, tuple[int, int]] = {}  # token -> seq, unreaped processes
@@ -175,7 +171,7 @@ class Helpers:
 
     def _send(self, index: int, message: ToHelper) -> None:
         with contextlib.suppress(BrokenPipeError):  # it died: its reports say so
-            os.write(self._helpers[index].book_w, frame(self._encode(message)))
+            os.write(self._helpers[index].book_w, encode(message))
 
     def _read(self, index: int) -> None:
         helper = self._helpers[index]
@@ -184,10 +180,10 @@ class Helpers:
             self._lost(index)
             return
         for payload in helper.frames.feed(chunk):
-            message = self._decode(payload)
+            message = decode(payload)
             if isinstance(message, Started):
                 self._started(index, message)
-            else:
+            elif isinstance(message, Exited):
                 self._exited(message)
 
     def _started(self, index: int, message: Started) -> None:
