@@ -43,21 +43,18 @@ _LENGTH = struct.Struct("<I")
 
 
 class _Message:
-    __slots__: tuple[str, ...] = ()
+    __slots__ = ()
 
-    def fields(self) -> tuple[Any, ...]:
-        """The values of the slots, in their order: the order of ``__init__``'s arguments."""
-        return tuple(getattr(self, name) for name in self.__slots__)
+    def wire(self) -> tuple[Any, ...]:
+        """What goes on the pipe: the kind's number (its place in ``_KINDS``), then the
+        arguments of ``__init__`` in their order."""
+        raise NotImplementedError
 
     def __eq__(self, other: object) -> bool:
-        return (
-            isinstance(other, _Message)
-            and type(other) is type(self)
-            and (other.fields() == self.fields())
-        )
+        return isinstance(other, _Message) and other.wire() == self.wire()
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}{self.fields()!r}"
+        return f"{type(self).__name__}{self.wire()[1:]!r}"
 
 
 class Book(_Message):
@@ -65,12 +62,15 @@ class Book(_Message):
     stdout and stderr in ``task_dir``; with ``after`` >= 0, once the one process of launch
     ``after`` has exited."""
 
-    __slots__ = ("seq", "plan", "cwd", "task_dir", "after")  # noqa: RUF023 (the order on the wire)
+    __slots__ = ("after", "cwd", "plan", "seq", "task_dir")
 
     def __init__(
         self, seq: int, plan: list[Process], cwd: str, task_dir: str, after: int = -1
     ) -> None:
         self.seq, self.plan, self.cwd, self.task_dir, self.after = seq, plan, cwd, task_dir, after
+
+    def wire(self) -> tuple[Any, ...]:
+        return (0, self.seq, self.plan, self.cwd, self.task_dir, self.after)
 
 
 class Signal(_Message):
@@ -81,6 +81,9 @@ class Signal(_Message):
     def __init__(self, pid: int, signum: int) -> None:
         self.pid, self.signum = pid, signum
 
+    def wire(self) -> tuple[Any, ...]:
+        return (1, self.pid, self.signum)
+
 
 class Drop(_Message):
     """Launch ``seq`` was stopped: if it still waits for its ``after``, it never starts."""
@@ -90,11 +93,17 @@ class Drop(_Message):
     def __init__(self, seq: int) -> None:
         self.seq = seq
 
+    def wire(self) -> tuple[Any, ...]:
+        return (2, self.seq)
+
 
 class KillAll(_Message):
     """SIGKILL every process group now, and every process started from now on."""
 
     __slots__ = ()
+
+    def wire(self) -> tuple[Any, ...]:
+        return (3,)
 
 
 class Started(_Message):
@@ -102,7 +111,7 @@ class Started(_Message):
     started, and why the next copy did not (``None``: all started). No process and no failure:
     it was dropped."""
 
-    __slots__ = ("seq", "processes", "start_time", "failure")  # noqa: RUF023 (the order on the wire)
+    __slots__ = ("failure", "processes", "seq", "start_time")
 
     def __init__(
         self,
@@ -118,21 +127,26 @@ class Started(_Message):
             failure,
         )
 
+    def wire(self) -> tuple[Any, ...]:
+        return (4, self.seq, self.processes, self.start_time, self.failure)
+
 
 class Exited(_Message):
     """``pid`` was reaped at ``when`` (what it left in its group was killed first): its exit code,
     negative for a signal, ``None`` if its status was lost."""
 
-    __slots__ = ("pid", "code", "when")  # noqa: RUF023 (the order on the wire)
+    __slots__ = ("code", "pid", "when")
 
     def __init__(self, pid: int, code: int | None, when: float) -> None:
         self.pid, self.code, self.when = pid, code, when
+
+    def wire(self) -> tuple[Any, ...]:
+        return (5, self.pid, self.code, self.when)
 
 
 ToHelper = Book | Signal | Drop | KillAll
 FromHelper = Started | Exited
 _KINDS: tuple[type[ToHelper | FromHelper], ...] = (Book, Signal, Drop, KillAll, Started, Exited)
-_KIND_OF = {kind: number for number, kind in enumerate(_KINDS)}
 
 
 def encode(message: ToHelper | FromHelper) -> bytes:
@@ -142,11 +156,11 @@ def encode(message: ToHelper | FromHelper) -> bytes:
         ValueError: a field holds what is not a number, string, bytes, ``None`` or a list or
             tuple of them.
     """
-    fields = (_KIND_OF[type(message)], *message.fields())
+    wire = message.wire()
     try:
-        payload = marshal.dumps(fields)
+        payload = marshal.dumps(wire)
     except ValueError:  # marshal takes no subclass: an IntEnum signal, a StrEnum in an argv
-        payload = marshal.dumps(_plain(fields))
+        payload = marshal.dumps(_plain(wire))
     return _LENGTH.pack(len(payload)) + payload
 
 
@@ -171,8 +185,8 @@ def _plain(value: Any) -> Any:
 
 def decode(payload: bytes) -> ToHelper | FromHelper:
     """The message in a frame's ``payload`` (as ``Frames.feed`` returns it)."""
-    kind, *fields = marshal.loads(payload)
-    message: ToHelper | FromHelper = _KINDS[kind](*fields)
+    wire = marshal.loads(payload)
+    message: ToHelper | FromHelper = _KINDS[wire[0]](*wire[1:])
     return message
 
 
