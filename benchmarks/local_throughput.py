@@ -2,7 +2,8 @@
 the best raw methods in one run.
 
     python benchmarks/local_throughput.py [--tasks 2000] [--repeat 3] [--cores N] [--profile]
-                                          [--baseline DIR] [--tmpfs-only] [--sleep S]
+                                          [--baseline DIR [--baseline-case CASE]]
+                                          [--tmpfs-only] [--sleep S]
                                           [--raw-only] [--no-raw-spawners]
                                           [--cores-per-helper K[,K...]]
 
@@ -56,7 +57,10 @@ main matensemble | tar -x -C DIR``) compares two versions of the code on the loa
 this runs on: each repetition then also runs the engine on tmpfs in two fresh interpreters,
 one importing this checkout's ``matensemble`` and one the baseline's, in alternating order,
 and prints both lines (``engine@current``, ``engine@baseline``) with the ratio of each to the
-repetition's best raw method. The load average is printed with every repetition.
+repetition's best raw method. ``--baseline-case helpers+ahead`` makes those two runs
+``LocalBackend(spawners="processes", queue_ahead=True)`` instead of the default backend. Run it
+from a directory that holds no ``matensemble`` package (a baseline's helper processes may
+import from their working directory). The load average is printed with every repetition.
 """
 
 from __future__ import annotations
@@ -90,6 +94,8 @@ COMMAND = ["true"]  # what every task runs (``--sleep S``: ``sleep S``)
 # directory (on tmpfs), its own output files and variables there, as in the backend, and the
 # CPU seconds the driver spends on each exit before it books the next (an engine's share).
 SPAWNED_BY = ("threads", "processes")  # LocalBackend(spawners=...)
+# What --baseline compares: (queue_ahead, spawners) of the engine runs in fresh interpreters.
+CASES = {"threads": (False, "threads"), "helpers+ahead": (True, "processes")}
 SPAWNERS = {
     "0 ahead, files": (0, True, 0.0),
     "1 ahead": (1, False, 0.0),
@@ -263,14 +269,15 @@ def engine_line(
 
 
 def engine_elsewhere(
-    n: int, cores: int, matensemble_dir: str | None
+    n: int, cores: int, matensemble_dir: str | None, case: str = "threads"
 ) -> tuple[float, DriverCPU, list[float]]:
     """One engine run on tmpfs in a fresh interpreter, importing ``matensemble`` from
-    ``matensemble_dir`` (``None``: as this script does)."""
+    ``matensemble_dir`` (``None``: as this script does); ``case``: one of ``CASES``."""
     env = dict(os.environ)
     if matensemble_dir is not None:
         env["PYTHONPATH"] = os.pathsep.join([matensemble_dir, env.get("PYTHONPATH", "")])
     command = [sys.executable, __file__, "--one-engine", "--tasks", str(n), "--cores", str(cores)]
+    command += ["--baseline-case", case]
     if COMMAND[0] == "sleep":
         command += ["--sleep", COMMAND[1]]
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
@@ -281,16 +288,19 @@ def engine_elsewhere(
             cpu.total, cpu.loop = figures["cpu"], figures["loop"]
             vol, invol, loop_vol, loop_invol = figures["switches"]
             cpu.switches = (vol, invol, loop_vol, loop_invol)
+            cpu.children = figures["children"]
             return figures["elapsed"], cpu, figures["gaps"]
     raise SystemExit(f"the engine run failed (exit {done.returncode}):\n{done.stdout}{done.stderr}")
 
 
-def one_engine(n: int, cores: int) -> None:
-    elapsed, cpu, gaps = asyncio.run(engine(n, cores, Path("/dev/shm")))
+def one_engine(n: int, cores: int, case: str) -> None:
+    queue_ahead, spawners = CASES[case]
+    elapsed, cpu, gaps = asyncio.run(engine(n, cores, Path("/dev/shm"), queue_ahead, spawners))
     figures = {
         "elapsed": elapsed,
         "cpu": cpu.total,
         "loop": cpu.loop,
+        "children": cpu.children,
         "switches": cpu.switches,
         "gaps": gaps,
     }
@@ -317,13 +327,19 @@ def main() -> None:
         metavar="K[,K...]",
         help="run the helpers' engine cases once per value of LocalBackend(cores_per_helper=K)",
     )
+    parser.add_argument(
+        "--baseline-case",
+        choices=CASES,
+        default="threads",
+        help="the engine that --baseline runs: threads (default), or helpers with queue_ahead",
+    )
     parser.add_argument("--one-engine", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     n, cores = args.tasks, args.cores
     if args.sleep is not None:
         COMMAND[:] = ["sleep", f"{args.sleep:g}"]
     if args.one_engine:
-        one_engine(n, cores)
+        one_engine(n, cores, args.baseline_case)
         return
     per_helper: list[int | None] = [None]
     if args.cores_per_helper:
@@ -400,7 +416,7 @@ def main() -> None:
         if baseline is not None and places["tmpfs"].is_dir():
             versions = {"engine@current": None, "engine@baseline": baseline}
             for name in list(versions)[:: 1 if rep % 2 == 0 else -1]:
-                elapsed, cpu, gaps = engine_elsewhere(n, cores, versions[name])
+                elapsed, cpu, gaps = engine_elsewhere(n, cores, versions[name], args.baseline_case)
                 print(engine_line(f"{name:15}", n, elapsed, cpu, gaps, raw[best]))
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
 

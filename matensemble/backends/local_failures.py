@@ -8,8 +8,6 @@ process (``local_helper``) starts quickly.
 from __future__ import annotations
 
 import os
-import shutil
-import signal
 
 from matensemble.backends.task_files import TaskOutputs
 from matensemble.errors import UnsafeTaskPath
@@ -58,6 +56,8 @@ def describe_spawn_error(exc: Exception, process: Process, cwd: str) -> str:
     if isinstance(exc, FileNotFoundError):
         target = executable or program
         if os.sep not in target:
+            import shutil  # here: a spawner helper starts faster without it
+
             path = next((e[5:] for e in env if e.startswith(b"PATH=")), os.defpath.encode())
             target = shutil.which(target, path=os.fsdecode(path)) or ""
         if target and os.path.isfile(os.path.join(cwd, target)):
@@ -73,6 +73,8 @@ def describe_exit(code: int | None, prefix: str) -> Exit:
         return None, None, f"{prefix}exit status lost: the process was reaped elsewhere"
     if code >= 0:
         return code, None, f"{prefix}exited with code {code}"
+    import signal  # here: a spawner helper starts faster without it (it imports enum)
+
     try:
         name = signal.Signals(-code).name
     except ValueError:

@@ -1,14 +1,29 @@
 """What the local backend's driver and its spawner helper processes say to each other.
 
-Each message is a msgspec ``Struct`` of a tagged union, encoded with msgpack behind a 4-byte
-length, so that a reader can take whole frames out of whatever a pipe gives it.
+A message is one of the small classes below. On a pipe it is a tuple, its kind's number then
+its fields, written with ``marshal`` behind a 4-byte length, so that a reader can take whole
+frames out of whatever a pipe gives it (``encode``, ``Frames``, ``decode``).
+
+``marshal``, not msgspec as elsewhere in the package: a helper then imports nothing but the
+standard library's built-in modules and the few modules of this package it runs. Importing
+msgspec (and ``typing_extensions`` with it) was two thirds of a helper's start-up, 0.09 s of
+CPU per helper where no bytecode cache is written, which a short run of small tasks pays in
+full. Both ends are the same interpreter (a helper runs ``sys.executable``), so they read one
+``marshal`` format; the pipes are the driver's and its helpers' only (close-on-exec, and closed
+in every task), so nothing else writes what ``marshal`` reads.
 """
 
 from __future__ import annotations
 
+import marshal
 import struct
 
-import msgspec
+TYPE_CHECKING = False  # not from typing: a helper starts faster without it
+
+if TYPE_CHECKING:
+    from typing import Any
+
+    from matensemble.backends.local_failures import Process
 
 __all__ = [
     "Book",
@@ -20,68 +35,159 @@ __all__ = [
     "Signal",
     "Started",
     "ToHelper",
-    "frame",
+    "decode",
+    "encode",
 ]
 
 _LENGTH = struct.Struct("<I")
 
 
-class Book(msgspec.Struct, tag=True, array_like=True):
+class _Message:
+    __slots__ = ()
+
+    def wire(self) -> tuple[Any, ...]:
+        """What goes on the pipe: the kind's number (its place in ``_KINDS``), then the
+        arguments of ``__init__`` in their order."""
+        raise NotImplementedError
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Message) and other.wire() == self.wire()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}{self.wire()[1:]!r}"
+
+
+class Book(_Message):
     """Start these processes (a launch's copies: ``local_failures.Process``), in ``cwd``, with
     stdout and stderr in ``task_dir``; with ``after`` >= 0, once the one process of launch
     ``after`` has exited."""
 
-    seq: int
-    plan: list[tuple[list[str], str | None, list[bytes], list[int]]]
-    cwd: str
-    task_dir: str
-    after: int = -1
+    __slots__ = ("after", "cwd", "plan", "seq", "task_dir")
+
+    def __init__(
+        self, seq: int, plan: list[Process], cwd: str, task_dir: str, after: int = -1
+    ) -> None:
+        self.seq, self.plan, self.cwd, self.task_dir, self.after = seq, plan, cwd, task_dir, after
+
+    def wire(self) -> tuple[Any, ...]:
+        return (0, self.seq, self.plan, self.cwd, self.task_dir, self.after)
 
 
-class Signal(msgspec.Struct, tag=True, array_like=True):
+class Signal(_Message):
     """Signal the process group of ``pid``, if that process has not been reaped."""
 
-    pid: int
-    signum: int
+    __slots__ = ("pid", "signum")
+
+    def __init__(self, pid: int, signum: int) -> None:
+        self.pid, self.signum = pid, signum
+
+    def wire(self) -> tuple[Any, ...]:
+        return (1, self.pid, self.signum)
 
 
-class Drop(msgspec.Struct, tag=True, array_like=True):
+class Drop(_Message):
     """Launch ``seq`` was stopped: if it still waits for its ``after``, it never starts."""
 
-    seq: int
+    __slots__ = ("seq",)
+
+    def __init__(self, seq: int) -> None:
+        self.seq = seq
+
+    def wire(self) -> tuple[Any, ...]:
+        return (2, self.seq)
 
 
-class KillAll(msgspec.Struct, tag=True, array_like=True):
+class KillAll(_Message):
     """SIGKILL every process group now, and every process started from now on."""
 
+    __slots__ = ()
 
-class Started(msgspec.Struct, tag=True, array_like=True):
+    def wire(self) -> tuple[Any, ...]:
+        return (3,)
+
+
+class Started(_Message):
     """What became of a booking: the (rank, pid) of each copy started, when the first one
     started, and why the next copy did not (``None``: all started). No process and no failure:
     it was dropped."""
 
-    seq: int
-    processes: list[tuple[int, int]]
-    start_time: float | None
-    failure: str | None
+    __slots__ = ("failure", "processes", "seq", "start_time")
+
+    def __init__(
+        self,
+        seq: int,
+        processes: list[tuple[int, int]],
+        start_time: float | None,
+        failure: str | None,
+    ) -> None:
+        self.seq, self.processes, self.start_time, self.failure = (
+            seq,
+            processes,
+            start_time,
+            failure,
+        )
+
+    def wire(self) -> tuple[Any, ...]:
+        return (4, self.seq, self.processes, self.start_time, self.failure)
 
 
-class Exited(msgspec.Struct, tag=True, array_like=True):
+class Exited(_Message):
     """``pid`` was reaped at ``when`` (what it left in its group was killed first): its exit code,
     negative for a signal, ``None`` if its status was lost."""
 
-    pid: int
-    code: int | None
-    when: float
+    __slots__ = ("code", "pid", "when")
+
+    def __init__(self, pid: int, code: int | None, when: float) -> None:
+        self.pid, self.code, self.when = pid, code, when
+
+    def wire(self) -> tuple[Any, ...]:
+        return (5, self.pid, self.code, self.when)
 
 
 ToHelper = Book | Signal | Drop | KillAll
 FromHelper = Started | Exited
+_KINDS: tuple[type[ToHelper | FromHelper], ...] = (Book, Signal, Drop, KillAll, Started, Exited)
 
 
-def frame(payload: bytes) -> bytes:
-    """``payload`` with its length in front."""
+def encode(message: ToHelper | FromHelper) -> bytes:
+    """``message`` as a frame: its length, then its kind and fields.
+
+    Raises:
+        ValueError: a field holds what is not a number, string, bytes, ``None`` or a list or
+            tuple of them.
+    """
+    wire = message.wire()
+    try:
+        payload = marshal.dumps(wire)
+    except ValueError:  # marshal takes no subclass: an IntEnum signal, a StrEnum in an argv
+        payload = marshal.dumps(_plain(wire))
     return _LENGTH.pack(len(payload)) + payload
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with each subclass of a built-in type in it made that type."""
+    if isinstance(value, list | tuple):
+        items = [_plain(item) for item in value]
+        return items if isinstance(value, list) else tuple(items)
+    # Each base type's own method makes a copy of the value (str(E.A) would be "E.A").
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return int.__int__(value)
+    if isinstance(value, float):
+        return float.__float__(value)
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, bytes):
+        return bytes(value)
+    return value
+
+
+def decode(payload: bytes) -> ToHelper | FromHelper:
+    """The message in a frame's ``payload`` (as ``Frames.feed`` returns it)."""
+    wire = marshal.loads(payload)
+    message: ToHelper | FromHelper = _KINDS[wire[0]](*wire[1:])
+    return message
 
 
 class Frames:

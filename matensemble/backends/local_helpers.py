@@ -29,20 +29,18 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-import msgspec
-
 from matensemble.backends.local_failures import Process
 from matensemble.backends.local_helper_messages import (
     Book,
     Drop,
     Exited,
     Frames,
-    FromHelper,
     KillAll,
     Signal,
     Started,
     ToHelper,
-    frame,
+    decode,
+    encode,
 )
 from matensemble.backends.local_inventory import kill_group
 from matensemble.backends.local_spawner import Started as Delivered
@@ -51,8 +49,10 @@ __all__ = ["HELPERS_AT_MOST", "Helpers", "cores_per_helper_for"]
 
 _DIED = "the spawner helper process died"
 _PYTHON = sys.executable  # the helpers' interpreter: this one, as it was at import
-# The helpers import this very package, wherever the driver found it.
+# The helpers import this very package, wherever the driver found it: not another one in the
+# working directory, which ``-m`` would put first on the path (``-P``: from Python 3.11 on).
 _HERE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_SAFE_PATH = ("-P",) if sys.version_info >= (3, 11) else ()
 # on_exit(token, pid, rank, exit code: negative for a signal, None if the status was lost)
 OnExit = Callable[[object, int, int, "int | None"], None]
 # By default one helper per core up to this many cores, then groups of cores so that at most
@@ -82,10 +82,11 @@ class _Helper:
         book_r, self.book_w = os.pipe2(os.O_CLOEXEC)
         self.report_r, report_w = os.pipe2(os.O_CLOEXEC)
         module = "matensemble.backends.local_helper"
+        cores_arg = ",".join(map(str, cores))
         path = [_HERE, os.environ.get("PYTHONPATH")]
         try:
             self.process = subprocess.Popen(
-                [_PYTHON, "-m", module, str(book_r), str(report_w), ",".join(map(str, cores))],
+                [_PYTHON, *_SAFE_PATH, "-m", module, str(book_r), str(report_w), cores_arg],
                 pass_fds=(book_r, report_w),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
@@ -121,8 +122,6 @@ class Helpers:
         groups = [cores[i : i + step] for i in range(0, len(cores), step)]
         self._helpers = [_Helper(group) for group in groups]
         self._helper_of = {core: i for i, group in enumerate(groups) for core in group}
-        self._encode = msgspec.msgpack.Encoder().encode
-        self._decode = msgspec.msgpack.Decoder(FromHelper).decode
         self._next_seq = 0
         # A launch's "first": its first core (-1: none), whose helper starts it.
         self._booked: dict[int, tuple[object, int]] = {}  # seq -> token, first; not started
@@ -203,7 +202,7 @@ class Helpers:
 
     def _send(self, index: int, message: ToHelper) -> None:
         with contextlib.suppress(BrokenPipeError):  # it died: its reports say so
-            os.write(self._helpers[index].book_w, frame(self._encode(message)))
+            os.write(self._helpers[index].book_w, encode(message))
 
     def _read(self, index: int) -> None:
         helper = self._helpers[index]
@@ -212,10 +211,10 @@ class Helpers:
             self._lost(index)
             return
         for payload in helper.frames.feed(chunk):
-            message = self._decode(payload)
+            message = decode(payload)
             if isinstance(message, Started):
                 self._started(message)
-            else:
+            elif isinstance(message, Exited):
                 self._exited(message)
 
     def _started(self, message: Started) -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import builtins
 import os
-import subprocess
 import sys
 
 __all__ = ["DIRECT", "spawn"]
@@ -83,6 +82,8 @@ def spawn(
 def _child_error(report: bytes, cwd: str, program: str) -> Exception:
     """The exception the child described in ``report`` (``Type:hex errno:detail``), worded as
     ``Popen`` words it."""
+    import subprocess  # here: a spawner helper starts faster without it
+
     try:
         name, hex_errno, detail_bytes = report.split(b":", 2)
         kind = getattr(builtins, name.decode("ascii"), subprocess.SubprocessError)
@@ -105,6 +106,8 @@ def _child_error(report: bytes, cwd: str, program: str) -> Exception:
 def _spawn_with_popen(
     argv: list[str], executable: str | None, env: list[bytes], cwd: str, fds: tuple[int, int, int]
 ) -> int:
+    import subprocess
+
     process = subprocess.Popen(
         argv,
         executable=executable,

@@ -15,9 +15,13 @@ import errno
 import fcntl
 import os
 import stat
-from pathlib import Path
 
 from matensemble.errors import UnsafeTaskPath
+
+TYPE_CHECKING = False  # not from typing: a spawner helper starts faster without it (and pathlib)
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 __all__ = ["TaskOutputs", "open_task_outputs", "prepare_task_outputs"]
 
@@ -62,7 +66,7 @@ class TaskOutputs:
             except FileNotFoundError:  # the tasks directory was removed: make it again
                 pass
         self.close()
-        held = self._tasks = (tasks, _open_tasks_dir(Path(tasks)))
+        held = self._tasks = (tasks, _open_tasks_dir(tasks))
         return _open_outputs_in(_open_subdir(held[1], task_dir), task_dir)
 
     def close(self) -> None:
@@ -100,24 +104,24 @@ def prepare_task_outputs(task_dir: str | Path) -> None:
 def _open_task_dir(task_dir: str) -> int:
     """An open handle of ``task_dir``, whose last two components are made and opened without
     following links."""
-    tasks_fd = _open_tasks_dir(Path(os.path.dirname(task_dir)))
+    tasks_fd = _open_tasks_dir(os.path.dirname(task_dir))
     try:
         return _open_subdir(tasks_fd, task_dir)
     finally:
         os.close(tasks_fd)
 
 
-def _open_tasks_dir(tasks: Path) -> int:
+def _open_tasks_dir(tasks: str) -> int:
     """An open handle of ``tasks`` (the run directory's ``tasks``), made and opened without
     following a link there; the run directory is made if missing."""
-    top = tasks.parent
+    top = os.path.dirname(tasks) or os.curdir
     try:
         top_fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except FileNotFoundError:
-        top.mkdir(parents=True, exist_ok=True)
+        os.makedirs(top, exist_ok=True)
         top_fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        return _open_subdir(top_fd, str(tasks))
+        return _open_subdir(top_fd, tasks)
     finally:
         os.close(top_fd)
 
