@@ -33,16 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import msgspec
-
-from matensemble.backends.local_helper_messages import (
-    Book,
-    Frames,
-    FromHelper,
-    Started,
-    ToHelper,
-    frame,
-)
+from matensemble.backends.local_helper_messages import Book, Frames, Started, decode, encode
 from matensemble.backends.local_helpers import _Helper
 
 
@@ -68,12 +59,11 @@ def forked(n: int, freeze: bool) -> None:
     if freeze:
         gc.freeze()  # the objects so far stay out of every collection: their pages stay shared
     env = [f"{k}={v}".encode() for k, v in os.environ.items()]
-    booking = msgspec.msgpack.encode(Book(0, [(["true"], None, env, [])], "/tmp", "/tmp/t"))
+    booking = encode(Book(0, [(["true"], None, env, [])], "/tmp", "/tmp/t"))[4:]  # no length
     copies, began = [], time.perf_counter()
     for _ in range(n):
         pid = os.fork()
         if pid == 0:
-            decode = msgspec.msgpack.Decoder(ToHelper).decode
             for _ in range(2000):
                 decode(booking)
             gc.collect()
@@ -111,7 +101,6 @@ def main() -> None:
     caches = "no bytecode caches written" if sys.dont_write_bytecode else "bytecode caches on"
     print(f"{n} helpers ({caches}); load {os.getloadavg()[0]:.2f}")
     env = [f"{k}={v}".encode() for k, v in os.environ.items()]
-    decode = msgspec.msgpack.Decoder(FromHelper).decode
     tasks = Path(tempfile.mkdtemp(dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
     helpers, popen, began = [], [], []
     for i in range(n):
@@ -120,7 +109,7 @@ def main() -> None:
         popen.append(time.perf_counter() - began[-1])
     for i, helper in enumerate(helpers):
         book = Book(0, [(["true"], None, env, [])], str(tasks), str(tasks / f"t{i}"))
-        os.write(helper.book_w, frame(msgspec.msgpack.encode(book)))
+        os.write(helper.book_w, encode(book))
     ready = []
     for i, helper in enumerate(helpers):
         frames = Frames()

@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         metavar="K",
         help="local, with --local-spawners processes: a helper process per K cores (default: 1 "
-        "up to 32 cores, then as many as keep the helpers at most 32)",
+        "up to 128 cores, then as many as keep the helpers at most 128)",
     )
     common.add_argument(
         "--cores",

@@ -101,9 +101,9 @@ def test_cores_per_helper_is_refused_with_worker_threads() -> None:
 
 @pytest.mark.parametrize(
     ("cores", "per_helper"),
-    [(1, 1), (2, 1), (32, 1), (33, 2), (56, 2), (64, 2), (96, 3), (128, 4), (256, 8)],
+    [(1, 1), (2, 1), (56, 1), (128, 1), (129, 2), (192, 2), (256, 2), (288, 3), (1024, 8)],
 )
-def test_by_default_a_helper_per_core_up_to_32_cores_then_groups_of_cores(
+def test_by_default_a_helper_per_core_up_to_128_cores_then_groups_of_cores(
     cores: int, per_helper: int
 ) -> None:
     assert cores_per_helper_for(cores) == per_helper

@@ -77,8 +77,8 @@ class LocalBackend(Backend):
             ``"processes"`` (a helper process per core, or per group of cores, starts, waits
             for and reaps them: ``local_helpers``).
         cores_per_helper: with ``spawners="processes"``, the cores each helper serves (it
-            starts the launches whose first core is among them); default: 1 up to 32 cores,
-            then as many as keep the helpers at most 32 (``local_helpers.HELPERS_AT_MOST``).
+            starts the launches whose first core is among them); default: 1 up to 128 cores,
+            then as many as keep the helpers at most 128 (``local_helpers.HELPERS_AT_MOST``).
 
     Raises:
         ValueError: ``cores`` names more or other cores than this process may use, ``gpus``

@@ -56,14 +56,15 @@ _SAFE_PATH = ("-P",) if sys.version_info >= (3, 11) else ()
 # on_exit(token, pid, rank, exit code: negative for a signal, None if the status was lost)
 OnExit = Callable[[object, int, int, "int | None"], None]
 # By default one helper per core up to this many cores, then groups of cores so that at most
-# this many helpers run (each takes 9-13 MiB of its own and 30-90 ms of CPU to start).
-HELPERS_AT_MOST = 32
+# this many helpers run (each owns 4-5 MiB and takes 10-20 ms of CPU to start: 0.6 GiB and
+# about 2 s of CPU, spread over the cores, for 128).
+HELPERS_AT_MOST = 128
 
 
 def cores_per_helper_for(cores: int, given: int | None = None) -> int:
     """``given`` (``LocalBackend(cores_per_helper=...)``), checked; else the default for
     ``cores`` cores: 1 up to ``HELPERS_AT_MOST`` cores, then as few as keep the helpers at most
-    that many (e.g. 2 on 56 or 64 cores, 4 on 128).
+    that many (e.g. 2 on a node of 256 hardware threads).
 
     Raises:
         ValueError: ``given`` is not a positive int.
