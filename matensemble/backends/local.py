@@ -211,7 +211,7 @@ class LocalBackend(Backend):
         task_dir = planner.task_dir(launch)
         try:
             plan = planner.plan(launch, task_dir)
-            if self._exits is not None and self._open_here.inline():  # helpers open their own
+            if not self._helpers_wanted and self._open_here.inline():  # helpers open their own
                 began = time.perf_counter()
                 outputs = open_outputs(self._outputs, task_dir)
                 self._open_here.took(time.perf_counter() - began)
