@@ -564,13 +564,18 @@ async def test_bridge_drains_one_answer_in_two_reactor_iterations(flux_uri: str)
             handle.rpc("attr.get", {"name": "size", "flags": 0}).then(
                 bridge.callback(lambda f, event=answered: event.set())
             )
+            # Hold the loop while the broker answers, so that the drain finds the answer
+            # waiting. One woken by the send itself would otherwise find nothing, or the answer
+            # landing in its middle (one iteration more): on a loaded or a fast machine every
+            # answer can fall that way.
+            time.sleep(0.05)
             with anyio.fail_after(5):
                 await answered.wait()
             per_answer.append(bridge.iterations - before)
         assert errors == []
-        # An answer takes two iterations, or three where it lands in the middle of one (the
-        # stall check takes it; a loaded machine makes that more frequent). A drain that always
-        # ran a further iteration to find nothing left took three or four for every answer.
+        # An answer that waits takes two iterations (three where the broker was slower than the
+        # sleep). A drain that always ran a further iteration to find nothing left took three
+        # or four for every answer.
         assert min(per_answer) == 2, per_answer
 
 
