@@ -102,6 +102,10 @@ class Dispatcher:
             incoming = list(heapq.merge(self._run[self._run_at :], incoming))
         self._run, self._run_at = incoming, 0
 
+    def queued(self) -> bool:
+        """Whether any task waits in the queue (as the last pass left it)."""
+        return any(self._shapes.values())
+
     def unqueued(self, rec: Record) -> None:
         """A queued task left the queue without starting (it was cancelled): its entry is
         stale from now on (it is dropped when a pass reaches it)."""

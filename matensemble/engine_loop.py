@@ -79,7 +79,35 @@ class EngineLoop(RunState):
                 self._ahead.pool, now, self._deadline, self._in_flight, book, backfill=False
             )
             held = booked or held
+            idle = self._pool.free_cores and len(self._ahead) and not dispatch.queued()
+            if idle and self.backend.can_withdraw:
+                self._withdraw_booked()
         return starts, held
+
+    def _withdraw_booked(self) -> None:
+        """Resources stand idle, nothing is ready for them, and tasks booked behind running
+        ones wait elsewhere: ask the backend for those that fit the idle resources back, in
+        the order they were booked, so that they start there (see ``QueueAhead``)."""
+        ahead, pool = self._ahead, self._pool
+        assert ahead is not None
+        assert pool is not None
+        tried: list[Placement] = []
+        for task_id in ahead.waiting():
+            rec = self._records[task_id]
+            placement = pool.allocate(rec.task.resources)
+            if placement is None:
+                continue
+            if not ahead.pool.claim(placement):  # ids a booked task waits for: not idle
+                pool.release(placement)
+                continue
+            tried.append(placement)
+            ahead.withdrawing.add(task_id)
+            self.backend.withdraw((task_id, rec.attempts))
+            if not pool.free_cores:
+                break
+        for placement in tried:
+            pool.release(placement)
+            ahead.pool.release(placement)
 
     def _in_flight(self) -> int:
         return len(self._running)
@@ -211,6 +239,11 @@ class EngineLoop(RunState):
         if rec is None or rec.state is not TaskState.RUNNING or rec.attempts != attempt:
             self._log.warning("stale_outcome", task_id=task_id, attempt=attempt)
             return
+        if self._ahead is not None and self._ahead.withdrawing:
+            self._ahead.withdrawing.discard(task_id)
+            if outcome.withdrawn and not rec.cancel_requested and not self._stopping:
+                self._withdrawn(rec)
+                return
         self._release(rec)
         del self._running[task_id]
         counts = self._counts
@@ -265,6 +298,14 @@ class EngineLoop(RunState):
                 self._make_ready(rec)
             return
         self._complete(rec, result)
+
+    def _withdrawn(self, rec: Record) -> None:
+        """A booked launch was taken back before it started: it is ready again, and its next
+        launch has the same attempt number (this one never ran)."""
+        self._release(rec)
+        del self._running[rec.task.id]
+        rec.attempts -= 1
+        self._make_ready(rec)
 
     def _retry_due(self, rec: Record) -> None:
         if rec.state is TaskState.PENDING and not self._stopping:

@@ -24,6 +24,15 @@ accounted on that layer:
   and the engine's agree.
 - **Ending early.** A booked task that ends before it moved in (cancelled while queued, or
   refused) gives its booking back.
+- **Taken back.** When resources stand idle with no ready task left for them, while tasks
+  booked elsewhere wait behind running ones (a task booked behind a long one, at the end of
+  a run or among tasks of different lengths), the engine asks a backend that can do it
+  without a race (``Backend.can_withdraw``: the local backend) to withdraw those that fit
+  the idle resources. A launch withdrawn before it started comes back ``withdrawn``: its
+  booking (or, if it moved in meanwhile, its place) is given back and the task is ready
+  again, on the same attempt number, to start on the idle resources; its journal shows a
+  second ``task_started`` of that attempt. One that started first runs on where it was
+  booked.
 
 The cost, what is documented for Flux in ``docs/flux.md``: twice as many launches in the
 backend as slots; the journal's ``task_started`` of a booked task is the moment it was
@@ -51,6 +60,7 @@ class QueueAhead:
         self.exact = exact  # move in on the booked ids themselves
         self._booked: dict[str, int] = {}  # task id -> attempt, while booked
         self._lines: dict[str, deque[tuple[Record, int]]] = {n.name: deque() for n in nodes}
+        self.withdrawing: set[str] = set()  # ids of booked tasks asked back from the backend
 
     def __len__(self) -> int:
         return len(self._booked)
@@ -70,6 +80,10 @@ class QueueAhead:
             return False
         self.pool.release(placement)
         return True
+
+    def waiting(self) -> list[str]:
+        """The ids of the tasks booked and not yet asked back, in the order they were booked."""
+        return [task_id for task_id in self._booked if task_id not in self.withdrawing]
 
     def holds(self, rec: Record) -> bool:
         """Whether ``rec``'s running attempt is booked here (it has not moved in)."""

@@ -3,6 +3,7 @@ runs there, started by the worker the moment that one exits. Real processes, rea
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 import time
@@ -12,8 +13,10 @@ import anyio
 import pytest
 
 from matensemble import Ensemble, LocalBackend, Resources, Task, TaskState
+from matensemble.backends.base import Launch, Outcome
 from matensemble.events import TaskFinished, TaskStarted
 from matensemble.journal import read_journal
+from matensemble.model import Slot
 
 from conftest import alive
 
@@ -186,3 +189,96 @@ async def test_an_aborted_run_starts_none_of_its_booked_tasks(run_dir: Path) -> 
     for task_id in ("b0", "b1"):
         assert ens.summary().results[task_id].start_time is None, task_id
         assert not (run_dir / "tasks" / task_id / "ran").exists()
+
+
+async def test_a_task_booked_behind_a_long_one_moves_to_a_core_that_stands_idle(
+    run_dir: Path,
+) -> None:
+    """One core runs a long task; the other runs the short ones, then stands idle. The short
+    task booked behind the long one is taken back and run there, not after the long one."""
+    tasks = [sh("long", "sleep 2.5")] + [sh(f"s{i}", "sleep 0.1") for i in range(3)]
+    backend = LocalBackend(cores=2, queue_ahead=True)
+    summary = await Ensemble(tasks, backend=backend, run_dir=run_dir).run()
+    assert summary.counts["succeeded"] == 4
+    results = summary.results
+    long_end = results["long"].end_time
+    assert long_end is not None
+    for task_id in ("s0", "s1", "s2"):
+        end = results[task_id].end_time
+        assert end is not None and end < long_end - 1.0, (task_id, end, long_end)
+    # The one booked behind "long" was started twice in the journal, as attempt 1 both times:
+    # booked on the long task's core, then on the idle one, where it ran.
+    starts: dict[str, list[TaskStarted]] = {}
+    for event in journal(run_dir):
+        if isinstance(event, TaskStarted):
+            starts.setdefault(event.id, []).append(event)
+    (moved,) = [task_id for task_id, seen in starts.items() if len(seen) > 1]
+    first, last = starts[moved]
+    assert first.attempt == last.attempt == results[moved].attempts == 1
+    assert first.placement == results["long"].placement != last.placement
+    assert results[moved].placement == last.placement
+
+
+async def test_withdraw_takes_back_a_waiting_launch_and_leaves_one_that_started(
+    tmp_path: Path,
+) -> None:
+    outcomes: dict[tuple[str, int], Outcome] = {}
+    arrived = asyncio.Event()
+
+    def sink(outcome: Outcome) -> None:
+        outcomes[outcome.key] = outcome
+        arrived.set()
+
+    async def outcome_of(launch: Launch) -> Outcome:
+        with anyio.fail_after(20):
+            while launch.key not in outcomes:
+                arrived.clear()
+                await arrived.wait()
+        return outcomes[launch.key]
+
+    backend = LocalBackend(cores=2, queue_ahead=True, kill_grace=0.5)
+    async with anyio.create_task_group() as tg:
+        (node,) = await backend.open(sink, tg)
+        one, two = (Slot(node.name, (core,), ()) for core in node.cores[:2])
+
+        def launch(task_id: str, script: str, *slots: Slot) -> Launch:
+            cores = sum(len(slot.cores) for slot in slots)
+            made = Launch(
+                task=sh(task_id, script, resources=Resources(cores_per_rank=cores)),
+                attempt=1,
+                placement=(Slot(node.name, tuple(c for s in slots for c in s.cores), ()),),
+                tasks_dir=tmp_path / "tasks",
+                run_id="withdraw-test",
+            )
+            backend.launch(made)
+            return made
+
+        def ran(task_id: str) -> bool:
+            return (tmp_path / "tasks" / task_id / "ran").exists()
+
+        # Waiting behind a running launch (in its worker or helper): taken back, never runs.
+        holder = launch("holder", "sleep 1", one)
+        behind = launch("behind", "touch ran", one)
+        backend.withdraw(behind.key)
+        got = await outcome_of(behind)
+        assert got.withdrawn and got.state is TaskState.CANCELLED and got.start_time is None
+        # Waiting in the loop for two cores: the same.
+        other = launch("other", "sleep 1", two)
+        wide = launch("wide", "touch ran", one, two)
+        backend.withdraw(wide.key)
+        got = await outcome_of(wide)
+        assert got.withdrawn and got.start_time is None
+        assert (await outcome_of(holder)).state is TaskState.SUCCEEDED
+        assert (await outcome_of(other)).state is TaskState.SUCCEEDED
+        # Started before the request came (the loop was held while the one before it ended):
+        # it runs on and reports as usual.
+        first = launch("first", "sleep 0.2", one)
+        then = launch("then", "touch ran", one)
+        time.sleep(1.5)
+        backend.withdraw(then.key)
+        got = await outcome_of(then)
+        assert not got.withdrawn and got.state is TaskState.SUCCEEDED
+        assert got.start_time is not None
+        assert (await outcome_of(first)).state is TaskState.SUCCEEDED
+        await backend.close()
+    assert not ran("behind") and not ran("wide") and ran("then")

@@ -101,6 +101,7 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True):
     placement: Placement = ()
     times: dict[str, float] = {}  # other moments the backend knows, e.g. submit, alloc
     job_id: str | None = None  # the backend's own name for the launch (a Flux job id)
+    withdrawn: bool = False  # taken back by ``Backend.withdraw`` before it started
 
 
 Sink = Callable[[Outcome], None]
@@ -238,6 +239,18 @@ class Backend(abc.ABC):
     queue_ahead_same_ids: bool = False
     """With ``queue_ahead``: True when the backend starts a queued launch on exactly the ids
     of its placement (the local backend pins them), so a booked task moves in on those ids."""
+
+    can_withdraw: bool = False
+    """With ``queue_ahead``: True when ``withdraw`` can take back a queued launch that has not
+    started, with no race against its start (the engine then moves booked tasks to resources
+    that stand idle, see ``matensemble.queue_ahead``)."""
+
+    def withdraw(self, key: LaunchKey) -> None:
+        """Take back a queued launch that has not started yet: it never starts, and its
+        ``Outcome`` (``cancelled``, ``withdrawn=True``) follows. One that has started, or
+        starts before the request reaches whoever starts it, runs on and reports as usual.
+        Only called where ``can_withdraw``; a no-op for a launch that already ended."""
+        raise NotImplementedError(f"the {self.name} backend cannot withdraw a launch")
 
     virtual_clock: bool = False
     """True when ``now()`` is not wall-clock time (the engine then sets no real timers)."""

@@ -311,6 +311,17 @@ class LocalBackend(Backend):
         if run is not None:
             self._stop(run, TaskState.CANCELLED, "cancelled")
 
+    can_withdraw = True
+
+    def withdraw(self, key: LaunchKey) -> None:
+        """Take back a queued launch unless it has started (see ``Backend.withdraw``)."""
+        run = self._runs.get(key)
+        if run is None or self._ahead is None or self._loop is None or run.withdrawing:
+            return
+        self._take_in()  # what the workers started: those run on
+        if self._ahead.withdraw(run):
+            self._loop.call_soon(self._finish, run)  # it waited in the loop: it ends now
+
     def _stop(self, run: Run, state: TaskState, reason: str) -> None:
         if run.verdict is None and run.failure is None:  # the first verdict stands
             run.verdict = (state, reason)

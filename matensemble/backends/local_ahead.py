@@ -114,6 +114,18 @@ class QueuedLaunches:
             os.close(fd)
         return True
 
+    def withdraw(self, run: Run) -> bool:
+        """Take ``run`` back unless it has started (``Backend.withdraw``): ``True`` if it waited
+        here (it ends now, never started); one waiting in a worker or helper is let go there
+        and comes back as never started, unless that one has started it already."""
+        if not run.queued or run.procs or run.start_time is not None or run.stopping:
+            return False
+        run.withdrawing = True
+        if self.drop_waiting(run):
+            return True
+        self.stop(run)
+        return False
+
     def stop(self, run: Run) -> None:
         """``run`` is stopped: if it waits in a worker, that worker lets it go."""
         if run.queued and not run.procs and run.cores:

@@ -33,10 +33,16 @@ class Run:
         self.queued = False  # queueing ahead: it waited, or waits, for its cores
         self.waiting: Job | None = None  # queueing ahead: it waits in the loop, not yet given
         self.exit_seen: float | None = None  # when a worker saw it exit (its end_time)
+        self.withdrawing = False  # queueing ahead: taken back, unless it started already
 
     def outcome(self) -> Outcome:
         """How the launch ended, now that its last process is reaped: its verdict (timed out,
-        cancelled) if it has one, else failed by its first failure, else succeeded."""
+        cancelled) if it has one, else withdrawn if it was taken back before it started, else
+        failed by its first failure, else succeeded."""
+        if self.withdrawing and self.start_time is None and not (self.verdict or self.failure):
+            return Outcome(
+                key=self.launch.key, state=TaskState.CANCELLED, reason="cancelled", withdrawn=True
+            )
         returncode, signum, reason = self.failure or (0, None, None)
         state = TaskState.FAILED if self.failure else TaskState.SUCCEEDED
         if self.verdict is not None:
@@ -53,8 +59,9 @@ class Run:
 
 
 def is_stopping(run: object) -> bool:
-    """Whether the launch is being stopped (a worker then wakes the loop for it)."""
-    return isinstance(run, Run) and run.stopping
+    """Whether the launch is being stopped or withdrawn: a worker or helper that has not
+    started it yet lets it go; one that started it wakes the loop for it."""
+    return isinstance(run, Run) and (run.stopping or run.withdrawing)
 
 
 def exit_seen(run: object, when: float) -> None:
