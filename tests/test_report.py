@@ -7,6 +7,7 @@ real browser is tested in test_report_html.py.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import signal
 import subprocess
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from matensemble import Ensemble, Resources, SimulatedBackend, Task
+from matensemble import Ensemble, LocalBackend, Resources, SimulatedBackend, Task
 from matensemble.backends.local_inventory import find_run_processes
 from matensemble.errors import JournalError
 from matensemble.journal import JOURNAL_NAME
@@ -157,6 +158,28 @@ async def test_busy_core_seconds_in_the_report_equal_the_runs_own_utilisation(
     assert binned.averaged and len(binned.times) == 7
     assert integral(binned, record.end) == pytest.approx(busy)
     assert max(util["busy cores"].values) <= 4 == max(util["available cores"].values)
+
+
+async def test_report_of_a_run_queued_ahead_draws_each_attempt_when_it_held_its_core(
+    tmp_path: Path,
+) -> None:
+    """Queued ahead, a task is launched (``task_started``) while the one before it still runs
+    on its core: its bar starts when it really started, so no core is ever busy twice."""
+    tasks = [Task(id=f"t{i}", command=("sleep", "0.2")) for i in range(8)]
+    backend = LocalBackend(cores=2, queue_ahead=True)
+    summary = await Ensemble(tasks, backend=backend, run_dir=tmp_path).run()
+    assert summary.counts["succeeded"] == 8
+    record = read_run(tmp_path)
+    assert len(record.attempts) == 8
+    assert max(utilisation(record)["busy cores"].values) == 2
+    assert max(state_counts(record).values["running"]) == 2
+    spans: dict[tuple[int, ...], list[tuple[float, float]]] = {}
+    for a in record.attempts:
+        spans.setdefault(a.placement[0].cores, []).append((a.start, a.end))
+    for on_core in spans.values():
+        on_core.sort()
+        for (_, end), (start, _) in itertools.pairwise(on_core):
+            assert end <= start
 
 
 async def test_report_of_a_resumed_run_draws_both_sessions_one_after_the_other(

@@ -131,7 +131,8 @@ class _Reader:
         self.sessions: list[Session] = []
         self.session_start: RunStarted | None = None
         self.session_t = 0.0
-        self.open: dict[str, tuple[float, int, Placement]] = {}  # task -> start, attempt, slots
+        # task -> start, attempt, slots, and the index of its "running" transition
+        self.open: dict[str, tuple[float, int, Placement, int]] = {}
         self.attempts: list[Attempt] = []
         self.failures: list[Failure] = []
         self.transitions: list[tuple[float, str, str]] = []
@@ -145,8 +146,14 @@ class _Reader:
     def feed(self, event: object) -> None:
         if isinstance(event, TaskStarted):
             t = self.time(event.t)
-            self.open[event.id] = (t, event.attempt, event.placement)
-            self.transitions.append((t, event.id, "running"))
+            again = self.open.get(event.id)
+            if again is not None and again[1] == event.attempt:
+                index = again[3]  # launched again, elsewhere: it was taken back before it ran
+                self.transitions[index] = (t, event.id, "running")
+            else:
+                index = len(self.transitions)
+                self.transitions.append((t, event.id, "running"))
+            self.open[event.id] = (t, event.attempt, event.placement, index)
         elif isinstance(event, TaskFinished):
             self.finish(event)
         elif isinstance(event, TaskAdded):
@@ -165,15 +172,24 @@ class _Reader:
         state = result.state
         started = self.open.pop(result.id, None)
         final = event.retry_in is None and not event.interrupted
+        end = t
         if started is not None:
-            start, attempt, placement = started
+            start, attempt, placement, index = started
+            # Where the backend knows when the attempt really ran, that is when it held its
+            # cores: a launch queued ahead of its slot starts later than it was launched, and
+            # a process ends before the engine records it.
+            if result.start_time is not None and start < self._at(result.start_time) <= t:
+                start = self._at(result.start_time)
+                self.transitions[index] = (start, result.id, "running")
+            if result.end_time is not None and start <= self._at(result.end_time) < t:
+                end = self._at(result.end_time)
             outcome = "interrupted" if event.interrupted else state.value
             self.attempts.append(
                 Attempt(
                     result.id,
                     attempt,
                     start,
-                    max(t, start),
+                    max(end, start),
                     outcome,
                     placement,
                     result.returncode,
@@ -197,7 +213,11 @@ class _Reader:
                     then,
                 )
             )
-        self.transitions.append((t, result.id, state.value if final else WAITING))
+        self.transitions.append((end, result.id, state.value if final else WAITING))
+
+    def _at(self, when: float) -> float:
+        """A time the backend gave (seconds since the epoch) on the report's axis."""
+        return when - self.t0 + self.shift
 
     def start_session(self, event: RunStarted) -> None:
         if self.run_id is None:
@@ -220,7 +240,7 @@ class _Reader:
         start = self.session_start
         if start is None:
             return
-        for task, (t, attempt, placement) in self.open.items():
+        for task, (t, attempt, placement, _) in self.open.items():
             self.attempts.append(
                 Attempt(
                     task, attempt, t, self.last, "unfinished", placement, reason="no end recorded"
