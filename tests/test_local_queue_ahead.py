@@ -4,7 +4,9 @@ runs there, started by the worker the moment that one exits. Real processes, rea
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
+import random
 import sys
 import time
 from pathlib import Path
@@ -282,3 +284,39 @@ async def test_withdraw_takes_back_a_waiting_launch_and_leaves_one_that_started(
         assert (await outcome_of(first)).state is TaskState.SUCCEEDED
         await backend.close()
     assert not ran("behind") and not ran("wide") and ran("then")
+
+
+async def test_tasks_of_random_lengths_queued_ahead_each_run_once_one_per_core(
+    run_dir: Path, tmp_path: Path
+) -> None:
+    """Waves of a long task and three short ones, each wave after the short ones of the one
+    before: a short task booked behind the long one is taken back in most waves, at moments
+    the random lengths move about (also against its own start). Every task still runs exactly
+    once, one at a time on each core, and none is counted as a further attempt."""
+    rng = random.Random(11)
+    ran = tmp_path / "ran"
+    tasks: list[Task] = []
+    for wave in range(15):
+        after = tuple(f"w{wave - 1}s{j}" for j in range(3)) if wave else ()
+        lengths = [rng.choice((0.1, 0.3))] + [rng.choice((0.0, 0.01, 0.03)) for _ in range(3)]
+        names = [f"w{wave}long"] + [f"w{wave}s{j}" for j in range(3)]
+        tasks += [
+            sh(name, f"echo $MATENSEMBLE_TASK_ID >> {ran}; sleep {length}", after=after)
+            for name, length in zip(names, lengths, strict=True)
+        ]
+    backend = LocalBackend(cores=2, queue_ahead=True)
+    summary = await Ensemble(tasks, backend=backend, run_dir=run_dir).run()
+    assert summary.counts["succeeded"] == len(tasks)
+    assert sorted(ran.read_text().split()) == sorted(t.id for t in tasks)
+    on_core: dict[int, list[tuple[float, float]]] = {}
+    for result in summary.results.values():
+        assert result.attempts == 1, result
+        assert result.start_time is not None and result.end_time is not None
+        (slot,) = result.placement
+        on_core.setdefault(slot.cores[0], []).append((result.start_time, result.end_time))
+    for spans in on_core.values():
+        spans.sort()
+        for (_, end), (start, _) in itertools.pairwise(spans):
+            assert end <= start, (end, start)
+    starts = [e.id for e in journal(run_dir) if isinstance(e, TaskStarted)]
+    assert len(starts) - len(set(starts)) >= 3  # taken back and launched again (12-14 seen)
