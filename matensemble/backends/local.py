@@ -99,6 +99,7 @@ class LocalBackend(Backend):
 
     name = "local"
     queue_ahead_same_ids = True  # a queued launch is pinned to the cores it was booked on
+    can_withdraw = True  # whoever holds a queued launch (loop, worker, helper) starts or drops it
 
     def __init__(
         self,
@@ -310,8 +311,6 @@ class LocalBackend(Backend):
         run = self._runs.get(key)
         if run is not None:
             self._stop(run, TaskState.CANCELLED, "cancelled")
-
-    can_withdraw = True
 
     def withdraw(self, key: LaunchKey) -> None:
         """Take back a queued launch unless it has started (see ``Backend.withdraw``)."""
