@@ -269,6 +269,7 @@ async def test_background_children_do_not_outlive_their_task(tmp_path: Path) -> 
         await assert_all_dead(pids)
 
 
+@two_cores  # the two launches run at once
 async def test_close_cancels_running_launches_and_waits_for_their_outcomes(tmp_path: Path) -> None:
     ready = tmp_path / "ready"
     os.mkfifo(ready)
@@ -334,6 +335,7 @@ async def test_rank_with_two_cores_gets_both_and_as_many_openmp_threads(tmp_path
         assert cpu_list(allowed) == set(CORES[:2])
 
 
+@two_cores  # the two launches run at once
 async def test_gpu_ids_reach_the_task_and_tasks_without_gpus_see_none(tmp_path: Path) -> None:
     show = 'echo "[${CUDA_VISIBLE_DEVICES-unset}]"'
     async with opened(LocalBackend(gpus=["3", "7"]), tmp_path) as h:
