@@ -25,7 +25,7 @@ from matensemble.errors import BackendUnavailable
 from matensemble.model import Resources, Slot, Task, TaskState
 from matensemble.resources import NodeSpec
 
-from backend_harness import Harness, opened
+from backend_harness import Harness, opened, read_fifo
 from flux_instance import (
     FLUX,
     active_jobs,
@@ -70,9 +70,7 @@ def reporting(task_id: str, tmp_path: Path, then: str = "exec sleep 60", **kwarg
 async def running(task_id: str, tmp_path: Path) -> int:
     """Wait (without polling) until the task reports that it runs; return its pid."""
     fifo = tmp_path / f"{task_id}.ready"
-    with anyio.fail_after(20):
-        text = await anyio.to_thread.run_sync(fifo.read_text, abandon_on_cancel=True)
-    return int(text)
+    return int(await read_fifo(fifo, within=20))
 
 
 def sh(task_id: str, script: str, **kwargs: object) -> Task:

@@ -20,7 +20,7 @@ from matensemble.backends.local_spawner import InlineWhileQuick
 from matensemble.errors import BackendError
 from matensemble.model import Resources, Slot, Task, TaskState
 
-from backend_harness import opened
+from backend_harness import opened, read_fifo
 
 # Each test runs with the worker threads, then with the helper processes, as spawners.
 pytestmark = pytest.mark.usefixtures("local_spawners")
@@ -70,9 +70,7 @@ def tree(task_id: str, tmp_path: Path, **kwargs: object) -> tuple[Task, Path]:
 
 
 async def read_pids(fifo: Path) -> list[int]:
-    with anyio.fail_after(5):
-        text = await anyio.to_thread.run_sync(fifo.read_text, abandon_on_cancel=True)
-    return [int(p) for p in text.split()]
+    return [int(p) for p in (await read_fifo(fifo, within=5)).split()]
 
 
 # -- inventory ----------------------------------------------------------------------------------
