@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -14,6 +15,22 @@ from matensemble.model import Placement, Task
 from matensemble.resources import NodeSpec, ResourcePool
 
 RUN_ID = "test-run"
+
+
+async def read_fifo(fifo: Path, within: float) -> str:
+    """What a task writes into the FIFO ``fifo``, read in a worker thread (no polling).
+
+    A reader abandoned by a timeout stays blocked in ``open`` until a writer comes; a thread
+    left so would keep the test process from ever exiting after the failure. So on the way
+    out, a writer that opens and closes at once releases it.
+    """
+    try:
+        with anyio.fail_after(within):
+            return await anyio.to_thread.run_sync(fifo.read_text, abandon_on_cancel=True)
+    except BaseException:
+        with contextlib.suppress(OSError):  # ENXIO: no reader is waiting
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        raise
 
 
 class Harness:

@@ -25,6 +25,7 @@ import pytest
 
 __all__ = [
     "active_jobs",
+    "broker_cores",
     "flux_python",
     "flux_uri",
     "running_instance",
@@ -132,6 +133,21 @@ def active_jobs(uri: str, name: str | None = None) -> list[int]:
     handle = flux.Flux(uri)
     jobs = flux.job.JobList(handle, filters=["pending", "running"], max_entries=0).jobs()
     return [int(job.id) for job in jobs if name is None or job.name == name]
+
+
+def broker_cores(uri: str) -> list[int]:
+    """How many cores each broker of the instance at ``uri`` has, rank by rank.
+
+    Every broker of a ``--test-size`` instance has all the cores this process may run on: 2
+    each on the 2-core machine these tests were written on, 1 under ``taskset -c 0``, 16 on a
+    16-core runner. A test that fills the instance asks here how many tasks that takes.
+    """
+    import flux
+
+    from matensemble.backends.flux_inventory import read_inventory
+
+    status = flux.Flux(uri).rpc("sched.resource-status").get()
+    return [len(node.cores) for node in read_inventory(status, driver_rank=0)[0]]
 
 
 def flux_env(uri: str) -> dict[str, str]:

@@ -158,7 +158,7 @@ def test_flux_queue_ahead_options_book_the_next_job_behind_the_running_one(
 ) -> None:
     """Under a real ``flux start``: each task takes every core, so the next one can only have
     been submitted before the one before it ended by being queued ahead."""
-    cores = os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0))  # what each broker gets (not the host's count)
     spec = write_tasks(tmp_path / "e.toml", "sleep 0.5", "true", "true", cores=cores)
     run = tmp_path / "run"
     driver = [sys.executable, "-m", "matensemble", "run", str(spec), "--run-dir", str(run)]

@@ -271,7 +271,8 @@ def test_flux_page_queue_ahead_command_line_runs_under_a_real_flux_start(tmp_pat
     assert env is not None
     lines = launch_option_lines("flux.md")
     assert lines
-    whole = f"resources = {{ cores_per_rank = {os.cpu_count() or 1} }}\n"  # one task at a time
+    cores = len(os.sched_getaffinity(0))  # a broker's cores: this process's, not the host's
+    whole = f"resources = {{ cores_per_rank = {cores} }}\n"  # one task at a time
     tasks = [f'[[task]]\nid = "t{i}"\ncommand = ["sleep", "0.2"]\n{whole}' for i in range(3)]
     (tmp_path / "ensemble.toml").write_text("".join(tasks))
     for line in lines:

@@ -6,18 +6,18 @@ import os
 import random
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from matensemble.backends.flux_inventory import read_inventory
 from matensemble.events import TaskFinished
 from matensemble.journal import JOURNAL_NAME, read_journal, replay
 from matensemble.model import TaskState
 
-from flux_instance import active_jobs, flux_python, running_instance
+from flux_instance import active_jobs, broker_cores, flux_python, running_instance
 
 __all__ = ["flux_python"]
 
@@ -38,13 +38,6 @@ def fresh_uri(flux_python: None) -> Iterator[str]:
         yield uri
 
 
-def instance_cores(uri: str) -> int:
-    import flux
-
-    status = flux.Flux(uri).rpc("sched.resource-status").get()
-    return sum(len(n.cores) for n in read_inventory(status, driver_rank=0)[0])
-
-
 def not_succeeded(tmp_path: Path) -> list[tuple[str, str, str | None]]:
     """(id, state, reason) of every final result in the journal that is not a success."""
     return [
@@ -55,6 +48,21 @@ def not_succeeded(tmp_path: Path) -> list[tuple[str, str, str | None]]:
         and not e.interrupted
         and not e.result.ok
     ]
+
+
+def sessions(tmp_path: Path) -> int:
+    """How many driver lives have put their start on record in the run's journal."""
+    path = tmp_path / "run" / JOURNAL_NAME
+    return path.read_bytes().count(b'{"type":"run_started"') if path.exists() else 0
+
+
+def until_on_record(proc: subprocess.Popen[bytes], tmp_path: Path, before: int) -> None:
+    """Wait (test side) until the driver ``proc`` has written its start to the journal, or
+    has ended."""
+    deadline = time.monotonic() + 120
+    while sessions(tmp_path) == before and proc.poll() is None:
+        assert time.monotonic() < deadline, "the driver never started its run"
+        time.sleep(0.02)
 
 
 def driver(args: list[str], cwd: Path, uri: str, k: int) -> subprocess.Popen[bytes]:
@@ -83,7 +91,7 @@ def test_random_sigkills_under_flux_lose_nothing_and_never_rerun_an_adopted_job(
     # Sleeps long enough that the jobs take at least 40 s however many cores the instance
     # has. Jobs go on running while a driver is dead, so on a loaded machine (slow starts,
     # long restarts) the run may end before the 20th kill; 10 lives are plenty to test.
-    sleep = max(0.1, 40 * instance_cores(fresh_uri) / n)
+    sleep = max(0.1, 40 * sum(broker_cores(fresh_uri)) / n)
     spec = tmp_path / "e.toml"
     spec.write_text(ENSEMBLE.format(side=tmp_path / "side", n=n, sleep=f"{sleep:.2f}"))
     side = tmp_path / "side"
@@ -92,7 +100,12 @@ def test_random_sigkills_under_flux_lose_nothing_and_never_rerun_an_adopted_job(
     args = ["run", str(spec), "--run-dir", "run"]
     crashes = 0
     for _ in range(kills):
+        lives = sessions(tmp_path)
         proc = driver(args, tmp_path, fresh_uri, k)
+        # Each life's window counts from its start record, not from its exec: starting Python,
+        # connecting and (with partitions) starting the child instances take seconds on a
+        # loaded machine, and kills that all strike there find no job to adopt.
+        until_on_record(proc, tmp_path, lives)
         try:
             code = proc.wait(timeout=rng.uniform(*windows[k]))
         except subprocess.TimeoutExpired:

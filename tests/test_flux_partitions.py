@@ -23,7 +23,7 @@ from matensemble.events import TaskFinished
 from matensemble.journal import JOURNAL_NAME, read_journal
 from matensemble.resources import NodeSpec
 
-from flux_instance import FLUX, active_jobs, flux_python, running_instance
+from flux_instance import FLUX, active_jobs, broker_cores, flux_python, running_instance
 
 __all__ = ["flux_python"]
 
@@ -90,7 +90,8 @@ def test_partitions_below_one_are_refused() -> None:
 async def test_tasks_spread_over_the_partitions_all_succeed_and_teardown_leaves_nothing(
     uri4: str, tmp_path: Path, k: int
 ) -> None:
-    whole_node = Resources(cores_per_rank=2)  # each broker of --test-size=4 has 2 cores here
+    # Every broker has this machine's cores (2 here, but as many as the runner has).
+    whole_node = Resources(cores_per_rank=min(broker_cores(uri4)))
     tasks = [sh(f"t{i}", 'echo "$FLUX_URI"; sleep 0.3', resources=whole_node) for i in range(8)]
     with anyio.fail_after(120):
         summary = await Ensemble(
@@ -110,7 +111,8 @@ async def test_tasks_spread_over_the_partitions_all_succeed_and_teardown_leaves_
 async def test_queueing_ahead_by_dependency_runs_every_task_in_the_partitions(
     uri4: str, tmp_path: Path
 ) -> None:
-    tasks = [sh(f"t{i:02d}", 'echo "$FLUX_URI"; sleep 0.2') for i in range(24)]  # 8 slots
+    slots = sum(broker_cores(uri4))  # 8 here
+    tasks = [sh(f"t{i:02d}", 'echo "$FLUX_URI"; sleep 0.2') for i in range(3 * slots)]
     backend = FluxBackend(uri4, partitions=2, queue_ahead="depend")
     with anyio.fail_after(120):
         summary = await Ensemble(tasks, backend=backend, run_dir=tmp_path / "run").run()
@@ -120,7 +122,7 @@ async def test_queueing_ahead_by_dependency_runs_every_task_in_the_partitions(
     spans = [(r.times["submit"], r.end_time) for r in summary.results.values() if r.end_time]
     moments = sorted([(a, 1) for a, _ in spans] + [(b, -1) for _, b in spans])
     in_flux = [sum(step for _, step in moments[: i + 1]) for i in range(len(moments))]
-    assert max(in_flux) > 8  # some were queued behind running ones
+    assert max(in_flux) > slots  # some were queued behind running ones
     assert not active_jobs(uri4)
 
 
@@ -143,7 +145,8 @@ async def test_a_partition_that_dies_fails_only_its_running_tasks_which_retry_in
 ) -> None:
     gate, side = tmp_path / "gate", tmp_path / "side"
     script = f'echo "$MATENSEMBLE_TASK_ID" >> {side}; while [ ! -e {gate} ]; do sleep 0.05; done'
-    whole_node = Resources(cores_per_rank=2)  # one task per broker: two in each partition
+    # One task per broker (of however many cores): two in each partition.
+    whole_node = Resources(cores_per_rank=min(broker_cores(uri4)))
     tasks = [sh(f"t{i}", script, retries=1, resources=whole_node) for i in range(4)]
     tasks.append(sh("later", "true", after=tuple(t.id for t in tasks)))
     ensemble = Ensemble(tasks, backend=FluxBackend(uri4, partitions=2), run_dir=tmp_path / "run")

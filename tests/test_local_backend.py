@@ -20,7 +20,7 @@ from matensemble.backends.local_spawner import InlineWhileQuick
 from matensemble.errors import BackendError
 from matensemble.model import Resources, Slot, Task, TaskState
 
-from backend_harness import opened
+from backend_harness import opened, read_fifo
 
 # Each test runs with the worker threads, then with the helper processes, as spawners.
 pytestmark = pytest.mark.usefixtures("local_spawners")
@@ -70,9 +70,7 @@ def tree(task_id: str, tmp_path: Path, **kwargs: object) -> tuple[Task, Path]:
 
 
 async def read_pids(fifo: Path) -> list[int]:
-    with anyio.fail_after(5):
-        text = await anyio.to_thread.run_sync(fifo.read_text, abandon_on_cancel=True)
-    return [int(p) for p in text.split()]
+    return [int(p) for p in (await read_fifo(fifo, within=5)).split()]
 
 
 # -- inventory ----------------------------------------------------------------------------------
@@ -269,6 +267,7 @@ async def test_background_children_do_not_outlive_their_task(tmp_path: Path) -> 
         await assert_all_dead(pids)
 
 
+@two_cores  # the two launches run at once
 async def test_close_cancels_running_launches_and_waits_for_their_outcomes(tmp_path: Path) -> None:
     ready = tmp_path / "ready"
     os.mkfifo(ready)
@@ -334,6 +333,7 @@ async def test_rank_with_two_cores_gets_both_and_as_many_openmp_threads(tmp_path
         assert cpu_list(allowed) == set(CORES[:2])
 
 
+@two_cores  # the two launches run at once
 async def test_gpu_ids_reach_the_task_and_tasks_without_gpus_see_none(tmp_path: Path) -> None:
     show = 'echo "[${CUDA_VISIBLE_DEVICES-unset}]"'
     async with opened(LocalBackend(gpus=["3", "7"]), tmp_path) as h:

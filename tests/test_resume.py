@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import select
 import signal
@@ -59,6 +60,18 @@ def wait_for_line(path: Path, lines: int, timeout: float = 30.0) -> None:
             return
         select.select([], [], [], 0.02)
     raise AssertionError(f"{path} never reached {lines} lines")
+
+
+def wait_for_stderr(driver: subprocess.Popen[bytes], text: bytes, timeout: float = 30.0) -> bytes:
+    """Read the driver's standard error until ``text`` appears; return what was read."""
+    assert driver.stderr is not None
+    fd, seen = driver.stderr.fileno(), b""
+    while text not in seen:
+        assert select.select([fd], [], [], timeout)[0], f"no {text!r} on stderr: {seen!r}"
+        chunk = os.read(fd, 4096)
+        assert chunk, f"stderr closed without {text!r}: {seen!r}"
+        seen += chunk
+    return seen
 
 
 # -- resume through the API -----------------------------------------------------------------
@@ -278,8 +291,15 @@ def test_second_signal_forces_an_exit_that_leaves_a_replayable_journal(tmp_path:
     driver = matensemble("run", spec, "--run-dir", "run", cwd=tmp_path)
     wait_for_line(tmp_path / "side", 1)
     driver.send_signal(signal.SIGINT)
+    # The second only once the first was handled: two sent back to back are one pending
+    # signal to the kernel (the driver has not run in between), and the run would stop
+    # gracefully, after the grace period.
+    said = wait_for_stderr(driver, b"SIGINT: stopping")
     driver.send_signal(signal.SIGINT)
     assert driver.wait(timeout=30) == 128 + signal.SIGINT
+    assert driver.stderr is not None
+    said += driver.stderr.read()
+    assert b"SIGINT: forced exit" in said, said
     pid = int((tmp_path / "side").read_text().split()[1])
     assert dead(pid)  # killed outright, without waiting for a grace period
     past = replay(tmp_path / "run")  # the journal is replayable ...
