@@ -350,7 +350,10 @@ def test_crashes_at_random_moments_lose_nothing_and_rerun_no_recorded_success(
     run = tmp_path / "run"
     hits: Counter[str] = Counter()  # crashes that struck while the task ran
     crashes = 0
-    args: list[str | Path] = ["run", spec, "--run-dir", "run"]
+    # At most two cores, however many the machine has: 300 tasks of 0.02 s then take seconds
+    # per life, so that the kills (0.3-1.5 s into each) strike several times before the end.
+    cores = str(min(2, len(os.sched_getaffinity(0))))
+    args: list[str | Path] = ["run", spec, "--run-dir", "run", "--cores", cores]
     while True:
         driver = matensemble(*args, cwd=tmp_path)
         if args[0] == "run":  # on a loaded machine, starting Python alone may take a second:
@@ -363,7 +366,7 @@ def test_crashes_at_random_moments_lose_nothing_and_rerun_no_recorded_success(
             crashes += 1
             past = replay(run)
             hits.update(past.was_running)
-            args = ["resume", "run"]
+            args = ["resume", "run", "--cores", cores]
             continue
         assert code == 0, driver.stderr.read() if driver.stderr else code
         break
