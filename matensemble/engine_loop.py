@@ -79,8 +79,8 @@ class EngineLoop(RunState):
                 self._ahead.pool, now, self._deadline, self._in_flight, book, backfill=False
             )
             held = booked or held
-            idle = self._pool.free_cores and len(self._ahead) and not dispatch.queued()
-            if idle and self.backend.can_withdraw:
+            idle = self.backend.can_withdraw and self._pool.free_cores and len(self._ahead)
+            if idle and not dispatch.queued():
                 self._withdraw_booked()
         return starts, held
 

@@ -3,7 +3,6 @@ runs there, started by the worker the moment that one exits. Real processes, rea
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import os
 import random
@@ -15,11 +14,12 @@ import anyio
 import pytest
 
 from matensemble import Ensemble, LocalBackend, Resources, Task, TaskState
-from matensemble.backends.base import Launch, Outcome
+from matensemble.backends.base import Launch
 from matensemble.events import TaskFinished, TaskStarted
 from matensemble.journal import read_journal
 from matensemble.model import Slot
 
+from backend_harness import opened
 from conftest import alive
 
 pytestmark = [
@@ -224,66 +224,41 @@ async def test_a_task_booked_behind_a_long_one_moves_to_a_core_that_stands_idle(
 async def test_withdraw_takes_back_a_waiting_launch_and_leaves_one_that_started(
     tmp_path: Path,
 ) -> None:
-    outcomes: dict[tuple[str, int], Outcome] = {}
-    arrived = asyncio.Event()
-
-    def sink(outcome: Outcome) -> None:
-        outcomes[outcome.key] = outcome
-        arrived.set()
-
-    async def outcome_of(launch: Launch) -> Outcome:
-        with anyio.fail_after(20):
-            while launch.key not in outcomes:
-                arrived.clear()
-                await arrived.wait()
-        return outcomes[launch.key]
-
     backend = LocalBackend(cores=2, queue_ahead=True, kill_grace=0.5)
-    async with anyio.create_task_group() as tg:
-        (node,) = await backend.open(sink, tg)
-        one, two = (Slot(node.name, (core,), ()) for core in node.cores[:2])
+    async with opened(backend, tmp_path) as h:
+        (node,) = h.nodes
+        one, two = node.cores[:2]
 
-        def launch(task_id: str, script: str, *slots: Slot) -> Launch:
-            cores = sum(len(slot.cores) for slot in slots)
-            made = Launch(
-                task=sh(task_id, script, resources=Resources(cores_per_rank=cores)),
-                attempt=1,
-                placement=(Slot(node.name, tuple(c for s in slots for c in s.cores), ()),),
-                tasks_dir=tmp_path / "tasks",
-                run_id="withdraw-test",
-            )
-            backend.launch(made)
-            return made
-
-        def ran(task_id: str) -> bool:
-            return (tmp_path / "tasks" / task_id / "ran").exists()
+        def launch(task_id: str, script: str, *cores: int) -> Launch:
+            task = sh(task_id, script, resources=Resources(cores_per_rank=len(cores)))
+            return h.start(task, on=(Slot(node.name, cores, ()),))
 
         # Waiting behind a running launch (in its worker or helper): taken back, never runs.
         holder = launch("holder", "sleep 1", one)
         behind = launch("behind", "touch ran", one)
         backend.withdraw(behind.key)
-        got = await outcome_of(behind)
+        got = await h.outcome(behind, within=20)
         assert got.withdrawn and got.state is TaskState.CANCELLED and got.start_time is None
         # Waiting in the loop for two cores: the same.
         other = launch("other", "sleep 1", two)
         wide = launch("wide", "touch ran", one, two)
         backend.withdraw(wide.key)
-        got = await outcome_of(wide)
+        got = await h.outcome(wide, within=20)
         assert got.withdrawn and got.start_time is None
-        assert (await outcome_of(holder)).state is TaskState.SUCCEEDED
-        assert (await outcome_of(other)).state is TaskState.SUCCEEDED
+        assert (await h.outcome(holder, within=20)).state is TaskState.SUCCEEDED
+        assert (await h.outcome(other, within=20)).state is TaskState.SUCCEEDED
         # Started before the request came (the loop was held while the one before it ended):
         # it runs on and reports as usual.
         first = launch("first", "sleep 0.2", one)
         then = launch("then", "touch ran", one)
         time.sleep(1.5)
         backend.withdraw(then.key)
-        got = await outcome_of(then)
+        got = await h.outcome(then, within=20)
         assert not got.withdrawn and got.state is TaskState.SUCCEEDED
         assert got.start_time is not None
-        assert (await outcome_of(first)).state is TaskState.SUCCEEDED
-        await backend.close()
-    assert not ran("behind") and not ran("wide") and ran("then")
+        assert (await h.outcome(first, within=20)).state is TaskState.SUCCEEDED
+    ran = [t for t in ("behind", "wide", "then") if (h.task_dir(t) / "ran").exists()]
+    assert ran == ["then"]
 
 
 async def test_tasks_of_random_lengths_queued_ahead_each_run_once_one_per_core(

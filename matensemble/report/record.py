@@ -178,11 +178,13 @@ class _Reader:
             # Where the backend knows when the attempt really ran, that is when it held its
             # cores: a launch queued ahead of its slot starts later than it was launched, and
             # a process ends before the engine records it.
-            if result.start_time is not None and start < self._at(result.start_time) <= t:
-                start = self._at(result.start_time)
+            began = start if result.start_time is None else self._at(result.start_time)
+            if start < began <= t:
+                start = began
                 self.transitions[index] = (start, result.id, "running")
-            if result.end_time is not None and start <= self._at(result.end_time) < t:
-                end = self._at(result.end_time)
+            ended = t if result.end_time is None else self._at(result.end_time)
+            if start <= ended < t:
+                end = ended
             outcome = "interrupted" if event.interrupted else state.value
             self.attempts.append(
                 Attempt(
