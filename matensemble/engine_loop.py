@@ -241,9 +241,9 @@ class EngineLoop(RunState):
             return
         if self._ahead is not None and self._ahead.withdrawing:
             self._ahead.withdrawing.discard(task_id)
-            if outcome.withdrawn and not rec.cancel_requested and not self._stopping:
-                self._withdrawn(rec)
-                return
+        if outcome.withdrawn and not rec.cancel_requested and not self._stopping:
+            self._withdrawn(rec)  # also one a crashed driver asked back, read on resume
+            return
         self._release(rec)
         del self._running[task_id]
         counts = self._counts

@@ -252,6 +252,7 @@ async def test_a_launch_spread_over_two_partitions_goes_whole_to_the_one_holding
             settled=lambda: None,
             job_ids=lambda k, j: None,
             on_lost=lambda r: None,
+            relaunch=lambda launch: None,
             prefix=f"{i}/",
         )
         for i in range(2)

@@ -165,9 +165,12 @@ sys.exit(0 if summary.counts["succeeded"] == n else 1)
 """
 
 
+@pytest.mark.parametrize("held", [False, True])
 def test_resume_adopts_a_job_a_killed_driver_left_queued_ahead(
-    flux_uri: str, tmp_path: Path
+    flux_uri: str, tmp_path: Path, held: bool
 ) -> None:
+    """``held``: the driver died while it held the queued job to take it back (urgency 0,
+    ``flux_takeback``): the resume releases it."""
     script = tmp_path / "driver.py"
     script.write_text(DRIVER)
     slots = sum(broker_cores(flux_uri))
@@ -186,6 +189,14 @@ def test_resume_adopts_a_job_a_killed_driver_left_queued_ahead(
     driver.wait()
     left = [j for task_id in ids for j in active_jobs(flux_uri, task_id)]
     assert len(left) == n  # one running on every core, one queued behind them
+    if held:
+        import flux
+        import flux.job
+
+        handle = flux.Flux(flux_uri)
+        pending = [int(j.id) for j in flux.job.JobList(handle, filters=["pending"]).jobs()]
+        assert len(pending) == 1
+        handle.rpc("job-manager.urgency", {"id": pending[0], "urgency": 0}).get()
     (tmp_path / "go").touch()
     resumed = subprocess.run(
         [sys.executable, str(script), str(tmp_path), "resume", str(n)],

@@ -107,6 +107,7 @@ class FluxBackend(Backend):
             raise ValueError(f"queue_ahead must be True, False or 'depend': {queue_ahead!r}")
         self.queue_ahead = bool(queue_ahead)
         self._depend = queue_ahead == "depend"
+        self.can_withdraw = self._depend  # a job waiting for its dependency: see flux_takeback
         self._uri = uri
         self._options: dict[str, Any] = {
             "pmi": pmi,
@@ -177,6 +178,7 @@ class FluxBackend(Backend):
             settled=self._reports.check,
             job_ids=self._job_id,
             on_lost=self._on_lost,
+            relaunch=self.launch,
             prefix=prefix,
             memo=memo,
         )
@@ -229,7 +231,7 @@ class FluxBackend(Backend):
         the job list. A job in a partition is found if that partition still lives (``open()``
         took it over). Blocking RPCs, once, before anything is launched.
         """
-        taken, ended = adopt_launches(self._router, launches)
+        taken, ended = adopt_launches(self._router, launches, self._urgency_of)
         for outcome in ended:
             self._reports.soon(outcome)
         return taken
@@ -282,15 +284,17 @@ class FluxBackend(Backend):
                 Outcome(key=key, state=TaskState.FAILED, reason=f"cannot build job: {reason}")
             )
             return
-        urgency = 16
-        if self._urgency:
-            urgency = max(0, min(31, 16 + launch.task.priority))
         try:
-            channel.submit(launch, jobspec, urgency, after)
+            channel.submit(launch, jobspec, self._urgency_of(launch), after)
         except OSError as exc:
             self._reports.soon(
                 Outcome(key=key, state=TaskState.FAILED, reason=f"flux submit: {exc}")
             )
+
+    def _urgency_of(self, launch: Launch) -> int:
+        if self._urgency:
+            return max(0, min(31, 16 + launch.task.priority))
+        return 16
 
     def why_never_fits(self, resources: Resources) -> str | None:
         """With partitions: why a task fits none of them (a job runs in one instance)."""
@@ -302,6 +306,11 @@ class FluxBackend(Backend):
         """Cancel the launch's job; if its id is not known yet, as soon as it is."""
         for channel in self._router.channels:
             channel.cancel(key)
+
+    def withdraw(self, key: LaunchKey) -> None:
+        """Take back a queued job that waits for its dependency (``flux_takeback``)."""
+        for channel in self._router.channels:
+            channel.withdraw(key)
 
     def kill(self) -> None:
         """Send a cancel for every job in flight (and every partition), without waiting.

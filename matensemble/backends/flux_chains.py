@@ -88,6 +88,26 @@ class DependencyChains:
             return self._expected_end(after) + estimate
         return job.times.get("submit", 0.0) + estimate
 
+    def stranded(self, job: FluxJob) -> FluxJob | None:
+        """``job`` finished and no launch waits for it: the oldest launch on its node that
+        waits for a job still running there and asks for as many cores (it should take the
+        cores ``job`` frees; ``flux_takeback`` moves it), else ``None``."""
+        if id(job) in self._awaited or len(job.launch.placement) != 1:
+            return None
+        slot = job.launch.placement[0]
+        for waiting in self._jobs.get(slot.node, ()):
+            after = self._after.get(id(waiting))
+            placed = waiting.launch.placement
+            if (
+                after is not None
+                and after.t_end is None
+                and waiting.t_start is None
+                and waiting.taking_back is None
+                and len(placed[0].cores) == len(slot.cores)
+            ):
+                return waiting
+        return None
+
     def add(self, job: FluxJob, after: FluxJob | None) -> None:
         """``job`` was submitted (depending on ``after``, if given)."""
         if after is not None:

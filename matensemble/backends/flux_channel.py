@@ -30,6 +30,7 @@ from matensemble.backends.flux_job import FluxJob, ending_from_eventlog, outcome
 from matensemble.backends.flux_journal import EventsJournal
 from matensemble.backends.flux_launches import FluxLaunches
 from matensemble.backends.flux_reactor import FluxReactorBridge
+from matensemble.backends.flux_takeback import TakeBacks
 from matensemble.backends.flux_unanswered import UnansweredSubmits
 from matensemble.backends.flux_watched import JobEvents, WatchedJobs
 from matensemble.errors import BackendError
@@ -38,10 +39,11 @@ from matensemble.model import TaskState
 __all__ = ["FluxChannel"]
 
 # Events the journal sends us; the others (validate, depend, priority, release, free, ...) are
-# filtered out in the job manager, before they cost a message. ``submit`` (it carries the
-# jobspec: the largest message of a job) only where jobs are recognised by their tag: the
-# partitions' own jobs, whose ``memo`` carries a child instance's URI.
-_EVENTS = {"alloc": 1, "start": 1, "exception": 1, "finish": 1, "clean": 1}
+# filtered out in the job manager, before they cost a message (``urgency`` comes only for a
+# job being taken back, ``flux_takeback``). ``submit`` (it carries the jobspec: the largest
+# message of a job) only where jobs are recognised by their tag: the partitions' own jobs,
+# whose ``memo`` carries a child instance's URI.
+_EVENTS = {"alloc": 1, "start": 1, "exception": 1, "finish": 1, "clean": 1, "urgency": 1}
 _EVENTS_WITH_MEMO = {**_EVENTS, "submit": 1, "memo": 1}
 
 
@@ -58,6 +60,7 @@ class FluxChannel:
         job_ids: receives (launch key, job id as journaled) once Flux names a launch's job.
         on_lost: called once with a reason when the connection or the journal fails; every
             launch in flight has been reported failed by then.
+        relaunch: submits a launch again (a job moved by ``flux_takeback``).
         prefix: written before each job id (``"<partition job id>/"`` for a partition).
         memo: also follow ``submit`` and ``memo`` events (for jobs that are child instances).
     """
@@ -73,6 +76,7 @@ class FluxChannel:
         settled: Callable[[], None],
         job_ids: Callable[[LaunchKey, str], None],
         on_lost: Callable[[str], None],
+        relaunch: Callable[[Launch], None],
         prefix: str = "",
         memo: bool = False,
     ) -> None:
@@ -100,6 +104,7 @@ class FluxChannel:
         self._unanswered = UnansweredSubmits()
         self._holds = NodeHolds()  # nodes our exclusive jobs hold, launches parked behind them
         self._watched = WatchedJobs()  # partitions: jobs of our own that are not launches
+        self._takebacks = TakeBacks(self.bridge, self.cancel_job, relaunch)
         self._novalidate: int = flux.constants.FLUX_JOB_NOVALIDATE
 
     # -- opening ------------------------------------------------------------------------------
@@ -150,7 +155,7 @@ class FluxChannel:
         Raises:
             OSError: the submit could not be sent.
         """
-        job = FluxJob(launch)
+        job = FluxJob(launch, after, urgency)
         if self._holds.blocked(launch):
             self._launches.submitted(job, after)
             self._holds.park(launch, lambda: self._submit_parked(job, jobspec, urgency))
@@ -271,6 +276,13 @@ class FluxChannel:
         future.then(self.bridge.callback(_ignore_reply))
         self.bridge.kick()
 
+    def withdraw(self, key: LaunchKey) -> None:
+        """Take the launch's queued job back if that is sure to stop it before it starts
+        (``flux_takeback``): its outcome is then ``withdrawn``; otherwise it runs on."""
+        job = self._launches.open.get(key)
+        if job is not None:
+            self._takebacks.ask(job)
+
     def cancel_all(self) -> None:
         for job in list(self._launches.open.values()):
             self.cancel(job.launch.key)
@@ -319,20 +331,24 @@ class FluxChannel:
         self, jobid: int, job: FluxJob, name: str, event: Mapping[str, Any], payload: Any
     ) -> None:
         job.record(name, event, payload, self.map)
-        if name == "finish":
+        if name == "urgency":
+            self._takebacks.on_urgency(job, event)
+        elif name == "finish":
+            if self.chains is not None:
+                self._takebacks.on_finish(job, self.chains)
             if self._launches.finished(job):
                 # Every process of the job is gone and its output is written: report now,
                 # while Flux frees the resources, so the next job is already on its way.
                 self._report(outcome_of(job, self.prefix + str(jobid)))
         elif name == "clean":
-            if self._launches.cleaned(job, jobid):  # it never ran, or we missed its end
+            if not self._launches.cleaned(job, jobid):
+                self._settled()
+            elif not self._takebacks.relaunched(job):  # it never ran, or we missed its end
                 if job.status is None and job.exception is None:
                     # Neither a finish nor an exception seen: an adopted job that ended
                     # before it was followed (job-list lags behind); its eventlog knows.
                     job.status, job.exception = ending_from_eventlog(self.flux, self.handle, jobid)
                 self._report(outcome_of(job, self.prefix + str(jobid)))
-            else:
-                self._settled()
             self._holds.freed(job)  # its nodes are free in Flux: launches parked there go
 
     def _claim(self, jobid: int, jobspec: Any) -> tuple[FluxJob | None, JobEvents | None]:

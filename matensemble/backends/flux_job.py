@@ -9,6 +9,7 @@ from typing import Any
 
 from matensemble.backends.base import Launch, Outcome
 from matensemble.backends.flux_inventory import InventoryMap
+from matensemble.backends.flux_takeback import TAKEN_BACK, TakeBack
 from matensemble.model import Placement, TaskState
 
 __all__ = ["FluxJob", "ending_from_eventlog", "outcome_of"]
@@ -18,20 +19,30 @@ class FluxJob:
     """What Flux has told us about one launch (owned by its channel, on the loop thread)."""
 
     __slots__ = (
+        "after",
         "cancel_requested",
         "cancel_sent",
+        "clean",
         "exception",
         "jobid",
         "launch",
         "placement",
+        "relaunch",
         "status",
         "t_end",
         "t_start",
+        "taking_back",
         "times",
+        "urgency",
     )
 
-    def __init__(self, launch: Launch) -> None:
+    def __init__(self, launch: Launch, after: FluxJob | None = None, urgency: int = 16) -> None:
         self.launch = launch
+        self.after = after  # the job this one's jobspec depends on (``queue_ahead="depend"``)
+        self.urgency = urgency  # the urgency it was submitted with
+        self.taking_back: TakeBack | None = None  # see ``flux_takeback``
+        self.relaunch = False  # taken back to be submitted again at once, without dependency
+        self.clean = False  # its ``clean`` event was seen
         self.jobid: int | None = None
         self.cancel_requested = False
         self.cancel_sent = False
@@ -64,6 +75,7 @@ class FluxJob:
             self.t_end = event["timestamp"]
         elif name == "clean":
             self.t_end = self.t_end or event["timestamp"]
+            self.clean = True
 
 
 def outcome_of(job: FluxJob, job_id: str | None) -> Outcome:
@@ -83,7 +95,11 @@ def outcome_of(job: FluxJob, job_id: str | None) -> Outcome:
     if job.exception is not None:
         kind, note = job.exception
         if kind == "cancel":
-            return Outcome(state=TaskState.CANCELLED, reason=note or "cancelled", **common)
+            # Taken back before it ran (``flux_takeback``), also when read after a crash.
+            withdrawn = note == TAKEN_BACK and job.t_start is None
+            return Outcome(
+                state=TaskState.CANCELLED, reason=note or "cancelled", withdrawn=withdrawn, **common
+            )
         if kind == "timeout":
             why = f"timed out after {timeout:g}s" if timeout is not None else "timed out"
             return Outcome(state=TaskState.TIMED_OUT, reason=f"{why} ({note})", **common)

@@ -9,12 +9,13 @@ Blocking RPCs (job list, KVS lookups), made once, before anything is launched.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from matensemble.backends.base import Launch, LaunchKey, Outcome
 from matensemble.backends.flux_channel import FluxChannel
 from matensemble.backends.flux_job import ending_from_eventlog, outcome_of
 from matensemble.backends.flux_routing import FluxRouter
+from matensemble.backends.flux_takeback import HOLD
 
 __all__ = [
     "adopt_job",
@@ -37,16 +38,18 @@ _ADOPT_ATTRS = [
     "exception_severity",
     "exception_type",
     "exception_note",
+    "urgency",
 ]
 
 
 def adopt_launches(
-    router: FluxRouter, launches: Sequence[tuple[Launch, str]]
+    router: FluxRouter, launches: Sequence[tuple[Launch, str]], urgency: Callable[[Launch], int]
 ) -> tuple[set[LaunchKey], list[Outcome]]:
     """Take over the jobs a crashed driver of this run submitted, by their journaled ids.
 
     Returns the keys taken over, and the outcomes of those among them whose job has ended
-    meanwhile (read from the job list); the others are followed from now on.
+    meanwhile (read from the job list); the others are followed from now on. A job the
+    crashed driver held to take it back (``flux_takeback``) gets ``urgency(launch)`` again.
     """
     taken: set[LaunchKey] = set()
     ended: list[Outcome] = []
@@ -54,7 +57,7 @@ def adopt_launches(
         channel, jobid = router.owner_of(job_id)
         if channel is None or jobid is None:
             continue
-        found = adopt_job(channel, launch, jobid)
+        found = adopt_job(channel, launch, jobid, urgency(launch))
         if found is False:
             continue
         taken.add(launch.key)
@@ -88,10 +91,11 @@ def sweep_leftovers(swept: Iterable[FluxChannel]) -> None:
             channel.cancel_job(jobid, "left by a crashed matensemble driver")
 
 
-def adopt_job(channel: FluxChannel, launch: Launch, jobid: int) -> bool | Outcome:
+def adopt_job(channel: FluxChannel, launch: Launch, jobid: int, urgency: int) -> bool | Outcome:
     """Follow a job a crashed driver submitted; ``False`` if it is gone or not that job.
 
-    A job that has ended meanwhile is not followed: its ``Outcome`` is returned instead.
+    A job that has ended meanwhile is not followed: its ``Outcome`` is returned instead. One
+    left held (urgency 0: the crashed driver was taking it back) gets ``urgency`` again.
     """
     job = channel.follow(launch, jobid)  # registered first: no event after this is missed
     try:
@@ -102,6 +106,10 @@ def adopt_job(channel: FluxChannel, launch: Launch, jobid: int) -> bool | Outcom
         channel.unfollow(job)  # gone, or not that job
         return False
     if info.get("state") != _INACTIVE or not channel.follows(jobid):
+        if info.get("state") != _INACTIVE and info.get("urgency") == HOLD:
+            with contextlib.suppress(OSError):  # it started or ended meanwhile: nothing held
+                payload = {"id": jobid, "urgency": urgency}
+                channel.handle.rpc("job-manager.urgency", payload).get()
         return True
     job.t_start = info.get("t_run") or None
     job.t_end = info.get("t_cleanup") or info.get("t_inactive") or None
