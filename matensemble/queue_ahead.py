@@ -27,7 +27,8 @@ accounted on that layer:
 - **Taken back.** When resources stand idle with no ready task left for them, while tasks
   booked elsewhere wait behind running ones (a task booked behind a long one, at the end of
   a run or among tasks of different lengths), the engine asks a backend that can do it
-  without a race (``Backend.can_withdraw``: the local backend) to withdraw those that fit
+  without a race (``Backend.can_withdraw``: the local backend, and Flux with
+  ``queue_ahead="depend"``, see ``flux_takeback``) to withdraw those that fit
   the idle resources. A launch withdrawn before it started comes back ``withdrawn``: its
   booking (or, if it moved in meanwhile, its place) is given back and the task is ready
   again, on the same attempt number, to start on the idle resources; its journal shows a

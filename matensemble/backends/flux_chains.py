@@ -16,9 +16,10 @@ the job it waits for, plus its task's ``estimate``), else the oldest (tasks with
 estimate). A launch over several nodes, one with GPUs, or one with no such job is submitted
 without a dependency (as with ``queue_ahead=True``).
 
-What it does not promise (why it is not the default): ``afterany`` waits for *that* job, so
-when another job on the node ends first and fewer launches wait than jobs run there, the
-waiting launch does not take the freed cores, which stand empty until its own job ends.
+``afterany`` waits for *that* job: when another job on the node ends first and no launch
+waits for it (``stranded``), a launch waiting for a job still running there is taken back
+and submitted again without a dependency, so that it takes the freed cores
+(``flux_takeback``).
 """
 
 from __future__ import annotations
