@@ -13,7 +13,7 @@ from __future__ import annotations
 from matensemble.backends.base import Launch, LaunchKey, Outcome
 from matensemble.dispatch import Record
 from matensemble.engine_state import RunState, why
-from matensemble.events import TaskFinished, TaskStarted, TaskSubmitted
+from matensemble.events import TaskFinished, TaskStarted, TaskSubmitted, TaskWithdrawn
 from matensemble.model import Placement, TaskResult, TaskState
 
 __all__ = ["EngineLoop"]
@@ -301,7 +301,9 @@ class EngineLoop(RunState):
 
     def _withdrawn(self, rec: Record) -> None:
         """A booked launch was taken back before it started: it is ready again, and its next
-        launch has the same attempt number (this one never ran)."""
+        launch has the same attempt number (this one never ran). The journal says so before
+        any start that takes the resources it held (a resume counts them free)."""
+        self._emit(TaskWithdrawn(self.backend.now(), rec.task.id, rec.attempts))
         self._release(rec)
         del self._running[rec.task.id]
         rec.attempts -= 1

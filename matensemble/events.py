@@ -19,6 +19,7 @@ __all__ = [
     "TaskFinished",
     "TaskStarted",
     "TaskSubmitted",
+    "TaskWithdrawn",
 ]
 
 
@@ -67,10 +68,27 @@ class TaskFinished(msgspec.Struct, frozen=True, tag="task_finished", omit_defaul
     interrupted: bool = False
 
 
+class TaskWithdrawn(msgspec.Struct, frozen=True, tag="task_withdrawn"):
+    """A launch queued ahead was taken back before it started (``matensemble.queue_ahead``):
+    the task holds nothing and is ready again; its next ``task_started`` has this attempt."""
+
+    t: float
+    id: str
+    attempt: int
+
+
 class RunFinished(msgspec.Struct, frozen=True, tag="run_finished"):
     t: float
     counts: dict[str, int]
     reason: Literal["completed", "interrupted", "cancelled", "error"] = "completed"
 
 
-Event = RunStarted | TaskAdded | TaskStarted | TaskSubmitted | TaskFinished | RunFinished
+Event = (
+    RunStarted
+    | TaskAdded
+    | TaskStarted
+    | TaskSubmitted
+    | TaskWithdrawn
+    | TaskFinished
+    | RunFinished
+)

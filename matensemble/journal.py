@@ -27,6 +27,7 @@ from matensemble.events import (
     TaskFinished,
     TaskStarted,
     TaskSubmitted,
+    TaskWithdrawn,
 )
 from matensemble.model import Placement, Task, TaskResult, TaskState
 from matensemble.observer import Observer
@@ -322,6 +323,11 @@ def replay(run_dir: Path) -> Replay:
         elif isinstance(event, TaskSubmitted):
             if event.attempt == attempts.get(event.id):
                 job_ids[event.id] = event.job_id
+        elif isinstance(event, TaskWithdrawn):
+            if event.attempt == attempts.get(event.id):  # it holds nothing: ready again
+                attempts[event.id] = event.attempt - 1
+                running.pop(event.id, None)
+                job_ids.pop(event.id, None)
         elif isinstance(event, TaskFinished):
             result = event.result
             running.pop(result.id, None)

@@ -12,7 +12,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from matensemble.events import Event, TaskAdded, TaskFinished, TaskStarted
+from matensemble.events import Event, TaskAdded, TaskFinished, TaskStarted, TaskWithdrawn
 from matensemble.model import TaskState
 from matensemble.observer import Observer
 
@@ -49,6 +49,8 @@ class ProgressDisplay(Observer):
             self._total += 1
         elif isinstance(event, TaskStarted):
             self._running.add(event.id)
+        elif isinstance(event, TaskWithdrawn):
+            self._running.discard(event.id)
         elif isinstance(event, TaskFinished):
             r = event.result
             self._running.discard(r.id)

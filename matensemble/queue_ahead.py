@@ -50,7 +50,7 @@ from matensemble.dispatch import Record
 from matensemble.model import Placement, Slot
 from matensemble.resources import NodeSpec, ResourcePool
 
-__all__ = ["QueueAhead"]
+__all__ = ["QueueAhead", "same_nodes"]
 
 
 class QueueAhead:
@@ -109,7 +109,7 @@ class QueueAhead:
                 if self._booked.get(rec.task.id) != attempt:
                     line.popleft()  # ended, or moved in through another of its nodes
                     continue
-                placement = _same_nodes(rec.placement, pool)
+                placement = same_nodes(rec.placement, pool)
                 if placement is None or not pool.claim(placement):
                     break  # the first in line waits for more room: so do those behind it
                 line.popleft()
@@ -138,7 +138,7 @@ class QueueAhead:
         return moved
 
 
-def _same_nodes(booked: Placement, pool: ResourcePool) -> Placement | None:
+def same_nodes(booked: Placement, pool: ResourcePool) -> Placement | None:
     """As many free core and GPU ids of ``pool`` on each node as ``booked`` holds there;
     ``None`` if some node has not that many free."""
     slots = []

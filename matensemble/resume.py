@@ -19,6 +19,7 @@ from matensemble.dispatch import Record
 from matensemble.errors import ResumeMismatch
 from matensemble.journal import Replay, replay
 from matensemble.model import Placement, Task, TaskState
+from matensemble.queue_ahead import same_nodes
 from matensemble.resources import ResourcePool
 
 __all__ = [
@@ -151,8 +152,11 @@ async def adopt_left_running(
 
     Their resources are claimed first, exactly as they were placed, in ``pool``, or else
     (a launch that was queued ahead, see ``QueueAhead``) in ``ahead``; what the backend does
-    not take over is released again and runs anew. Returns, for each task the backend took
-    over, its placement and whether it was claimed in ``ahead``.
+    not take over is released again and runs anew. A backend that places a queued launch
+    on ids of its own choosing (Flux: a booked task moved in on other ids of its node than
+    the journal names) gets as many free ids of the same nodes where the exact ones are
+    taken. Returns, for each task the backend took over, its placement and whether it was
+    claimed in ``ahead``.
     """
     offers = []
     layers: dict[str, ResourcePool] = {}
@@ -160,12 +164,10 @@ async def adopt_left_running(
         job_id, placement = past.job_ids.get(task_id), past.placements.get(task_id)
         if job_id is None or placement is None:
             continue
-        if pool.claim(placement):
-            layers[task_id] = pool
-        elif ahead is not None and ahead.claim(placement):
-            layers[task_id] = ahead
-        else:
+        claimed = _claim(placement, pool, ahead, exact=backend.queue_ahead_same_ids)
+        if claimed is None:
             continue
+        placement, layers[task_id] = claimed
         launch = Launch(
             task=past.tasks[task_id],
             attempt=past.attempts[task_id],
@@ -184,6 +186,24 @@ async def adopt_left_running(
         else:
             layer.release(launch.placement)
     return adopted
+
+
+def _claim(
+    placement: Placement, pool: ResourcePool, ahead: ResourcePool | None, exact: bool
+) -> tuple[Placement, ResourcePool] | None:
+    """Claim ``placement`` in ``pool`` or else ``ahead``; unless ``exact``, as many ids of the
+    same nodes where those are taken. ``None``: no room for it."""
+    layers = (pool,) if ahead is None else (pool, ahead)
+    for layer in layers:
+        if layer.claim(placement):
+            return placement, layer
+    if exact:
+        return None
+    for layer in layers:
+        elsewhere = same_nodes(placement, layer)
+        if elsewhere is not None and layer.claim(elsewhere):
+            return elsewhere, layer
+    return None
 
 
 def restore_records(

@@ -118,3 +118,26 @@ def test_a_waiting_job_is_expected_to_end_an_estimate_after_the_job_it_waits_for
     # (1040) and ``slow`` (1100): once nothing waits for it, it is the one to wait for.
     chains.ended(fast)
     assert chains.predecessor(launch("after", Slot("a", (1,)), estimate=5.0)) is queued
+
+
+def test_a_job_that_ends_with_nobody_waiting_strands_the_one_behind_a_longer_job() -> None:
+    chains, long, short = chains_with_two_running_on_a()
+    queued = launch("t3", Slot("a", (0,)))
+    assert chains.predecessor(queued) is long
+    waiting = submitted(chains, queued, 103)
+    assert chains.stranded(short) is waiting  # short frees a core; waiting would wait for long
+    waiting.t_start = 5.0  # it started after all
+    assert chains.stranded(short) is None
+
+
+def test_nothing_is_stranded_behind_a_job_that_has_a_dependent_or_ended() -> None:
+    chains, long, short = chains_with_two_running_on_a()
+    behind_long = submitted(chains, launch("t3", Slot("a", (0,))), 103)
+    behind_short = submitted(chains, launch("t4", Slot("a", (1,))), 104)
+    assert behind_long.jobid and behind_short.jobid
+    assert chains.stranded(short) is None  # behind_short takes its cores
+    long.t_end = short.t_end = 9.0  # both ended: the two behind them are on their way
+    chains.ended(short)
+    assert chains.stranded(behind_short) is None
+    wide = submitted(chains, launch("t5", Slot("b", (0, 1)), cores=2), 105)
+    assert chains.stranded(wide) is None  # no one waits on its node

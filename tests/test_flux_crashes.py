@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from matensemble.events import TaskFinished
+from matensemble.events import TaskFinished, TaskSubmitted
 from matensemble.journal import JOURNAL_NAME, read_journal, replay
 from matensemble.model import TaskState
 
@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.flux, pytest.mark.slow]
 ENSEMBLE = """
 [[sweep]]
 id = "t{{i}}"
-command = ["sh", "-c", "echo $MATENSEMBLE_TASK_ID $FLUX_JOB_ID >> {side}; sleep {sleep}"]
+command = ["sh", "-c", "echo $MATENSEMBLE_TASK_ID $FLUX_JOB_ID >> {side}; {sleep}"]
 parameters = {{ i = {{ start = 0, stop = {n} }} }}
 """
 
@@ -65,18 +65,22 @@ def until_on_record(proc: subprocess.Popen[bytes], tmp_path: Path, before: int) 
         time.sleep(0.02)
 
 
-def driver(args: list[str], cwd: Path, uri: str, k: int) -> subprocess.Popen[bytes]:
+def driver(args: list[str], cwd: Path, uri: str, k: int, depend: bool) -> subprocess.Popen[bytes]:
     env = {**os.environ, "FLUX_URI": uri, "PYTHONPATH": os.pathsep.join(sys.path)}
     command = [sys.executable, "-m", "matensemble", *args, "--backend", "flux", "--no-progress"]
-    command += ["--flux-partitions", str(k)]
+    command += ["--flux-partitions", str(k), *(["--queue-ahead-depend"] if depend else [])]
     return subprocess.Popen(
         command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
 
 
-@pytest.mark.parametrize("k", [1, 2], ids=["one-instance", "two-partitions"])
+@pytest.mark.parametrize(
+    ("k", "depend"),
+    [(1, False), (2, False), (1, True)],
+    ids=["one-instance", "two-partitions", "queued-ahead-by-dependency"],
+)
 def test_random_sigkills_under_flux_lose_nothing_and_never_rerun_an_adopted_job(
-    fresh_uri: str, tmp_path: Path, k: int
+    fresh_uri: str, tmp_path: Path, k: int, depend: bool
 ) -> None:
     """300 real Flux jobs; the driver is SIGKILLed up to 20 times at random moments, resumed
     each time (at least 10 kills must strike before the run ends).
@@ -84,7 +88,9 @@ def test_random_sigkills_under_flux_lose_nothing_and_never_rerun_an_adopted_job(
     A task that a crash struck while it ran with its job id journaled is adopted and must not
     run again; only one struck before its id reached the journal may run a second time (its
     leftover job is cancelled and the task runs anew). With partitions, a resume takes over
-    the child instances the killed driver left and adopts the jobs in them.
+    the child instances the killed driver left and adopts the jobs in them. Queued ahead by
+    dependency, every fifth task is four times as long, so that jobs are taken back (and held,
+    which a kill may strike) all along.
     """
     n, kills, rng = 300, 20, random.Random(20261128)
     windows = {1: (0.6, 1.8), 2: (1.2, 2.8)}  # a driver with partitions takes longer to start
@@ -92,8 +98,12 @@ def test_random_sigkills_under_flux_lose_nothing_and_never_rerun_an_adopted_job(
     # has. Jobs go on running while a driver is dead, so on a loaded machine (slow starts,
     # long restarts) the run may end before the 20th kill; 10 lives are plenty to test.
     sleep = max(0.1, 40 * sum(broker_cores(fresh_uri)) / n)
+    script = f"sleep {sleep:.2f}"
+    if depend:  # the same total: 4 parts in 5 of a short, 1 in 5 of a long one
+        short, long = sleep * 5 / 8, sleep * 5 / 2
+        script = f"case $(( {{i}} % 5 )) in 0) sleep {long:.2f};; *) sleep {short:.2f};; esac"
     spec = tmp_path / "e.toml"
-    spec.write_text(ENSEMBLE.format(side=tmp_path / "side", n=n, sleep=f"{sleep:.2f}"))
+    spec.write_text(ENSEMBLE.format(side=tmp_path / "side", n=n, sleep=script))
     side = tmp_path / "side"
     unjournaled: Counter[str] = Counter()  # crashes that struck a task with no job id journaled
     adopted_ids: dict[str, set[str]] = {}  # job ids a resume found running, per task
@@ -101,7 +111,7 @@ def test_random_sigkills_under_flux_lose_nothing_and_never_rerun_an_adopted_job(
     crashes = 0
     for _ in range(kills):
         lives = sessions(tmp_path)
-        proc = driver(args, tmp_path, fresh_uri, k)
+        proc = driver(args, tmp_path, fresh_uri, k, depend)
         # Each life's window counts from its start record, not from its exec: starting Python,
         # connecting and (with partitions) starting the child instances take seconds on a
         # loaded machine, and kills that all strike there find no job to adopt.
@@ -126,7 +136,7 @@ def test_random_sigkills_under_flux_lose_nothing_and_never_rerun_an_adopted_job(
             else:
                 unjournaled[task_id] += 1
     else:
-        proc = driver(args, tmp_path, fresh_uri, k)
+        proc = driver(args, tmp_path, fresh_uri, k, depend)
         code = proc.wait(timeout=600)
         assert code == 0, (proc.stderr.read() if proc.stderr else b"", not_succeeded(tmp_path))
     assert crashes >= kills // 2, f"the run ended after {crashes} kills; make the tasks longer"
@@ -145,4 +155,19 @@ def test_random_sigkills_under_flux_lose_nothing_and_never_rerun_an_adopted_job(
     assert not active_jobs(fresh_uri)
     reruns = sum(executions.values()) - n
     adopted = len(adopted_ids)
-    print(f"flux crashes, k={k}: {n} tasks, {crashes} kills, {adopted} adopted, {reruns} reruns")
+    moved = sum(len(ids) - 1 for ids in submitted_ids(tmp_path).values())
+    print(
+        f"flux crashes, k={k}, depend={depend}: {n} tasks, {crashes} kills, {adopted} adopted,"
+        f" {reruns} reruns, {moved} more job ids than attempts"
+    )
+    if depend:
+        assert moved >= 1, "jobs should have been taken back"
+
+
+def submitted_ids(tmp_path: Path) -> dict[tuple[str, int], set[str]]:
+    """The job ids journaled for each attempt (a job taken back and moved adds one)."""
+    ids: dict[tuple[str, int], set[str]] = {}
+    for e in read_journal(tmp_path / "run" / JOURNAL_NAME):
+        if isinstance(e, TaskSubmitted):
+            ids.setdefault((e.id, e.attempt), set()).add(e.job_id)
+    return ids

@@ -15,7 +15,7 @@ import pytest
 
 from matensemble import Ensemble, LocalBackend, Resources, Task, TaskState
 from matensemble.backends.base import Launch
-from matensemble.events import TaskFinished, TaskStarted
+from matensemble.events import TaskFinished, TaskStarted, TaskWithdrawn
 from matensemble.journal import read_journal
 from matensemble.model import Slot
 
@@ -219,6 +219,13 @@ async def test_a_task_booked_behind_a_long_one_moves_to_a_core_that_stands_idle(
     assert first.attempt == last.attempt == results[moved].attempts == 1
     assert first.placement == results["long"].placement != last.placement
     assert results[moved].placement == last.placement
+    # Between them the journal says it was taken back (so a resume counts its core free).
+    order = [
+        (type(e).__name__, e.attempt)
+        for e in journal(run_dir)
+        if isinstance(e, TaskStarted | TaskWithdrawn) and e.id == moved
+    ]
+    assert order == [("TaskStarted", 1), ("TaskWithdrawn", 1), ("TaskStarted", 1)]
 
 
 async def test_withdraw_takes_back_a_waiting_launch_and_leaves_one_that_started(

@@ -101,6 +101,7 @@ class DependencyChains:
             placed = waiting.launch.placement
             if (
                 after is not None
+                and waiting is not job
                 and after.t_end is None
                 and waiting.t_start is None
                 and waiting.taking_back is None
