@@ -7,6 +7,7 @@ tests size their tasks by the slots there are (``broker_cores``), never by this 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -20,7 +21,8 @@ import pytest
 
 from matensemble import Ensemble
 from matensemble.backends.flux import FluxBackend
-from matensemble.events import RunStarted, TaskStarted
+from matensemble.backends.flux_takeback import TAKEN_BACK
+from matensemble.events import RunStarted, TaskStarted, TaskSubmitted
 from matensemble.journal import read_journal, replay
 from matensemble.model import Task, TaskState
 
@@ -96,11 +98,19 @@ async def test_queued_ahead_by_dependency_each_waiting_job_depends_on_one_on_its
         summary = await Ensemble(tasks, backend=backend, run_dir=tmp_path).run()
     assert summary.counts["succeeded"] == len(tasks)
     results = {r.job_id: r for r in summary.results.values()}
+    journaled = {
+        e.job_id for e in read_journal(tmp_path / "journal.jsonl") if isinstance(e, TaskSubmitted)
+    }
     awaited: list[str] = []
     for job_id, result in results.items():
         assert job_id is not None
         for dependency in dependencies_of(flux_uri, job_id):
             assert dependency["scheme"] == "afterany"
+            if dependency["value"] not in results:  # a job of this run taken back, never run
+                assert dependency["value"] in journaled
+                assert taken_back(flux_uri, dependency["value"])
+                awaited.append(dependency["value"])
+                continue
             before = results[dependency["value"]]  # a job of this run ...
             assert before.placement[0].node == result.placement[0].node  # ... on its node
             assert before.end_time is not None and result.start_time is not None
@@ -111,6 +121,16 @@ async def test_queued_ahead_by_dependency_each_waiting_job_depends_on_one_on_its
     # their node.
     assert len(awaited) >= 2 * slots
     assert len(set(awaited)) == len(awaited)  # no job had two waiting for it
+
+
+def taken_back(uri: str, job_id: str) -> bool:
+    """Whether the job was cancelled as taken back (``flux_takeback``) before it started."""
+    import flux
+    import flux.job
+
+    log = flux.job.job_kvs_lookup(flux.Flux(uri), int(job_id), keys=["eventlog"])["eventlog"]
+    names = [json.loads(line)["name"] for line in str(log).splitlines()]
+    return TAKEN_BACK in str(log) and "start" not in names
 
 
 def test_queue_ahead_accepts_only_true_false_or_depend() -> None:
