@@ -45,9 +45,11 @@ For the ensemble methods a line also gives the reactor bridges' drains (wake-ups
 
 ``--baseline DIR`` (a directory holding another ``matensemble`` package, e.g. ``git archive main
 matensemble | tar -x -C DIR``) also runs each ensemble method with that code, as
-``METHOD@baseline``, alternating with the current code in the same run. ``METHOD+POLICY``
+``METHOD@baseline``, alternating with the current code in the same run. ``METHOD+SETTING``
 (e.g. ``ensemble-ahead+easy``) runs METHOD in an instance whose Fluxion queue policy is
-POLICY (``fcfs``, ``easy``, ``hybrid``, ``conservative``; without it, the instance's default).
+SETTING (``fcfs``, ``easy``, ``hybrid``, ``conservative``; without it, the instance's default),
+or, with ``+ingest1``, whose job ingest commits each job at once (``[ingest] batch-count = 1``)
+instead of gathering the jobs submitted within 10 ms.
 
 Each line gives jobs/s, the driver's CPU per job, the brokers' CPU per job (the brokers
 and the job shells they reaped), and the median **slot turnover**: the time from a job's
@@ -482,8 +484,14 @@ def inner(method: str, n: int, profile: str | None) -> None:
 
 
 BASELINE = "@baseline"
-POLICY = "+"  # METHOD+POLICY: in an instance whose Fluxion queue policy is POLICY
+POLICY = "+"  # METHOD+SETTING: in an instance configured so (``SETTINGS``)
 POLICIES = ("fcfs", "easy", "hybrid", "conservative")
+# Instance configuration (TOML) per setting: Fluxion's queue policies, and ``ingest1``: job
+# ingest commits each submitted job at once instead of batching them for up to 10 ms.
+SETTINGS = {
+    **{p: f'[sched-fluxion-qmanager]\nqueue-policy = "{p}"\n' for p in POLICIES},
+    "ingest1": "[ingest]\nbatch-count = 1\n",
+}
 
 
 def fresh(method: str, n: int, size: int, baseline: str | None = None) -> dict[str, Any]:
@@ -501,9 +509,7 @@ def fresh(method: str, n: int, size: int, baseline: str | None = None) -> dict[s
     with tempfile.TemporaryDirectory() as conf:
         command = ["flux", "start", f"--test-size={size}"]
         if policy:
-            # Fluxion's queue policy, from the instance's configuration (TOML).
-            config = f'[sched-fluxion-qmanager]\nqueue-policy = "{policy}"\n'
-            Path(conf, "sched.toml").write_text(config)
+            Path(conf, "setting.toml").write_text(SETTINGS[policy])
             command.append(f"-o,--config-path={conf}")
         command += [sys.executable, __file__, "--inner", method, "--tasks", str(n)]
         done = subprocess.run(
@@ -584,7 +590,7 @@ def outer(methods: list[str], n: int, reps: int, size: int, baseline: str | None
 def _known(method: str) -> bool:
     name, _, policy = method.removesuffix(BASELINE).partition(POLICY)
     known = name in METHODS or WINDOW.match(name) or OURS.match(name)
-    return bool(known) and policy in ("", *POLICIES)
+    return bool(known) and (policy == "" or policy in SETTINGS)
 
 
 def _spread(runs: list[dict[str, Any]], key: str, n: int) -> str:
@@ -630,7 +636,7 @@ def main() -> None:
         raise SystemExit(
             f"unknown method(s) {unknown}; choose from {', '.join(METHODS)},"
             " raw-windowW[-ranked|-after|-held],"
-            f" each with an optional +POLICY ({', '.join(POLICIES)})"
+            f" each with an optional +SETTING ({', '.join(SETTINGS)})"
         )
     outer(methods, args.tasks, args.reps, args.size, baseline)
 

@@ -26,6 +26,7 @@ from matensemble.events import TaskStarted, TaskSubmitted
 from matensemble.journal import read_journal, replay
 from matensemble.model import Resources, Slot, Task, TaskState
 
+from backend_harness import RUN_ID, opened
 from flux_instance import broker_cores, flux_python, flux_uri, running_instance
 
 __all__ = ["flux_python", "flux_uri"]  # fixtures, re-exported so pytest finds them
@@ -260,3 +261,44 @@ async def test_under_random_lengths_every_task_runs_once_and_no_job_taken_back_s
     every = [j for jobs in job_ids(tmp_path).values() for j in jobs]
     moved = sum(taken_back(uri, j) for j in every)  # asserts each never started
     assert moved >= 1
+
+
+@pytest.mark.flux
+async def test_a_resume_adopts_the_job_a_crashed_driver_moved_a_task_to(
+    flux_uri: str, tmp_path: Path
+) -> None:
+    """A driver took a job back to move it, submitted the task again, and died before the
+    new job's id reached the journal: the journal names the job taken back. The resume finds
+    the new job by the task's name, run and attempt, and adopts it (running it again would
+    run the task twice)."""
+    import flux
+    import flux.job
+
+    handle = flux.Flux(flux_uri)
+    ran = tmp_path / "ran"
+    task = sh("moved", f"echo once >> {ran}; sleep 0.5")
+    tag = {"driver": "crashed", "task_id": task.id, "attempt": 1, "run_id": RUN_ID}
+
+    def spec() -> Any:
+        jobspec = flux.job.JobspecV1.from_command(list(task.command))
+        jobspec.setattr("system.job.name", task.id)
+        jobspec.setattr("user.matensemble", tag)
+        return jobspec
+
+    first = flux.job.submit(handle, spec(), urgency=HOLD)  # held: it never runs
+    flux.job.cancel(handle, first, TAKEN_BACK)
+    flux.job.event_wait(handle, first, "clean", raiseJobException=False)
+    second = flux.job.submit(handle, spec())  # its id never reached the journal
+    async with opened(FluxBackend(flux_uri), tmp_path) as harness:
+        assert harness.pool is not None
+        placement = harness.pool.allocate(task.resources)
+        assert placement is not None
+        launch = Launch(
+            task=task, attempt=1, placement=placement, tasks_dir=tmp_path / "tasks", run_id=RUN_ID
+        )
+        harness.placements[launch.key] = placement
+        assert await harness.backend.adopt([(launch, str(int(first)))]) == {launch.key}
+        outcome = await harness.outcome(launch.key)
+    assert outcome.state is TaskState.SUCCEEDED and not outcome.withdrawn
+    assert outcome.job_id == str(int(second))
+    assert ran.read_text() == "once\n"

@@ -23,6 +23,7 @@ __all__ = [
     "cancel_and_wait",
     "cancel_leftovers",
     "leftover_jobs",
+    "moved_job",
     "sweep_leftovers",
 ]
 
@@ -120,7 +121,38 @@ def adopt_job(channel: FluxChannel, launch: Launch, jobid: int, urgency: int) ->
     elif job.exception is None:  # job-list may lag behind the job's own eventlog
         job.status, job.exception = ending_from_eventlog(channel.flux, channel.handle, jobid)
     channel.unfollow(job)
-    return outcome_of(job, channel.prefix + str(jobid))
+    outcome = outcome_of(job, channel.prefix + str(jobid))
+    if outcome.withdrawn:  # taken back: perhaps to move it, under an id not journaled yet
+        moved = moved_job(channel, launch, jobid)
+        if moved is not None:
+            return adopt_job(channel, launch, moved, urgency)
+    return outcome
+
+
+def moved_job(channel: FluxChannel, launch: Launch, taken_back: int) -> int | None:
+    """The job a crashed driver submitted for ``launch`` after it took ``taken_back`` back
+    to move it (``flux_takeback``), if there is one: the newest job named after the task and
+    tagged with its run and attempt, submitted after ``taken_back``, whatever its state."""
+    flux, task = channel.flux, launch.task
+    try:
+        found = flux.job.JobList(channel.handle, max_entries=0, name=task.id).jobs()
+    except OSError:
+        return None
+    for jobid in sorted((int(info.id) for info in found), reverse=True):
+        if jobid <= taken_back:
+            break
+        try:
+            spec = flux.job.job_kvs_lookup(channel.handle, jobid, keys=["jobspec"])["jobspec"]
+            tag = spec["attributes"]["user"]["matensemble"]
+        except (OSError, KeyError, TypeError):
+            continue
+        if (tag.get("run_id"), tag.get("task_id"), tag.get("attempt")) == (
+            launch.run_id,
+            task.id,
+            launch.attempt,
+        ):
+            return jobid
+    return None
 
 
 def leftover_jobs(channel: FluxChannel, run_id: str | None, names: set[str] | None) -> list[int]:
