@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import os
 from collections.abc import Mapping
@@ -9,10 +10,21 @@ from typing import Any
 
 from matensemble.backends.base import Launch, Outcome
 from matensemble.backends.flux_inventory import InventoryMap
-from matensemble.backends.flux_takeback import TAKEN_BACK, TakeBack
 from matensemble.model import Placement, TaskState
 
-__all__ = ["FluxJob", "ending_from_eventlog", "outcome_of"]
+__all__ = ["TAKEN_BACK", "FluxJob", "TakeBack", "ending_from_eventlog", "outcome_of"]
+
+# The note of the cancel that takes a job back before it ran (``flux_takeback``): its outcome
+# is ``withdrawn``, also when a resumed driver reads it from the job list.
+TAKEN_BACK = "taken back by matensemble (queued ahead, never started)"
+
+
+class TakeBack(enum.Enum):
+    """Where a job's taking back stands (``flux_takeback``)."""
+
+    HOLDING = "holding"  # urgency 0 asked for; waiting for its event
+    TAKING = "taking"  # held while it waited for its dependency: cancelled, it never runs
+    RELEASED = "released"  # held too late to be sure: urgency restored, it runs where booked
 
 
 class FluxJob:

@@ -31,28 +31,19 @@ urgency (``flux_recovery``).
 from __future__ import annotations
 
 import asyncio
-import enum
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
+
+from matensemble.backends.flux_job import TAKEN_BACK, FluxJob, TakeBack
 
 if TYPE_CHECKING:
     from matensemble.backends.base import Launch
     from matensemble.backends.flux_chains import DependencyChains
-    from matensemble.backends.flux_job import FluxJob
     from matensemble.backends.flux_reactor import FluxReactorBridge
 
 __all__ = ["HOLD", "TAKEN_BACK", "TakeBack", "TakeBacks"]
 
 HOLD = 0  # FLUX_JOB_URGENCY_HOLD
-TAKEN_BACK = "taken back by matensemble (queued ahead, never started)"
-
-
-class TakeBack(enum.Enum):
-    """Where a job's taking back stands."""
-
-    HOLDING = "holding"  # urgency 0 asked for; waiting for its event
-    TAKING = "taking"  # held while it waited for its dependency: cancelled, it never runs
-    RELEASED = "released"  # held too late to be sure: urgency restored, it runs where booked
 
 
 class TakeBacks:
