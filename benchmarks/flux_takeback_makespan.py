@@ -24,27 +24,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import random
 import shutil
 import subprocess
 import sys
 import tempfile
 
+from queue_ahead_makespan import workload  # the same waves as on the local backend
+
 from matensemble import Ensemble, Task
 from matensemble.backends.flux import FluxBackend
-
-
-def waves() -> list[Task]:
-    rng = random.Random(11)
-    tasks: list[Task] = []
-    for wave in range(15):
-        after = tuple(f"w{wave - 1}s{j}" for j in range(3)) if wave else ()
-        long = rng.choice((0.1, 0.3))
-        tasks.append(Task(id=f"w{wave}long", command=("sleep", str(long)), after=after))
-        for j in range(3):
-            short = rng.choice((0.0, 0.01, 0.03))
-            tasks.append(Task(id=f"w{wave}s{j}", command=("sleep", str(short)), after=after))
-    return tasks
 
 
 async def one(name: str, ahead: bool | str, run_dir: str) -> tuple[float, int]:
@@ -55,7 +43,7 @@ async def one(name: str, ahead: bool | str, run_dir: str) -> tuple[float, int]:
     backend = FluxBackend(queue_ahead=ahead, reserve_driver_cores=cores - 2)
     first = [Task(id="long", command=("sleep", "3")), Task(id="short", command=("sleep", "0.5"))]
     async with Ensemble(
-        first if name == "tail" else waves(), backend=backend, run_dir=run_dir
+        first if name == "tail" else workload("waves"), backend=backend, run_dir=run_dir
     ) as e:
         if name == "tail":
             await asyncio.sleep(0.3)

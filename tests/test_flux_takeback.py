@@ -12,7 +12,7 @@ import asyncio
 import json
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import pytest
@@ -71,49 +71,52 @@ def urgency(value: int) -> dict[str, Any]:
     return {"name": "urgency", "timestamp": 1.0, "context": {"userid": 0, "urgency": value}}
 
 
-@pytest.fixture
-def takebacks() -> tuple[TakeBacks, Requests, list[tuple[int, str]], list[Launch]]:
-    requests, cancels, relaunches = Requests(), [], []
-    made = TakeBacks(requests, lambda j, note: cancels.append((j, note)), relaunches.append)  # type: ignore[arg-type]
-    return made, requests, cancels, relaunches
+class Decisions:
+    """A ``TakeBacks`` whose urgency requests and cancels are recorded."""
+
+    def __init__(self) -> None:
+        self.requests = Requests()
+        self.cancels: list[tuple[int, str]] = []
+        self.relaunched: list[Launch] = []
+        bridge = cast(Any, self.requests)
+        cancel = self.cancels.append
+        self.made = TakeBacks(bridge, lambda j, note: cancel((j, note)), self.relaunched.append)
+
+    def hold_behind_long(self) -> tuple[FluxJob, FluxJob]:
+        """``W`` waits (by its dependency) for ``L``, and is held to take it back."""
+        long = job("L", 1)
+        waiting = job("W", 2, after=long)
+        assert self.made.ask(waiting)
+        assert self.requests.sent == [("job-manager.urgency", {"id": 2, "urgency": HOLD})]
+        return long, waiting
 
 
-async def test_a_hold_set_while_the_job_waits_for_its_dependency_takes_it_back(
-    takebacks: tuple[TakeBacks, Requests, list[tuple[int, str]], list[Launch]],
-) -> None:
-    made, requests, cancels, _ = takebacks
-    long, waiting = job("L", 1), job("W", 2)
-    waiting.after = long
-    assert made.ask(waiting)
-    assert requests.sent == [("job-manager.urgency", {"id": 2, "urgency": HOLD})]
-    made.on_urgency(waiting, urgency(HOLD))  # came before L's clean: W was in DEPEND
-    assert cancels == [(2, TAKEN_BACK)]
+async def test_a_hold_set_while_the_job_waits_for_its_dependency_takes_it_back() -> None:
+    decisions = Decisions()
+    _, waiting = decisions.hold_behind_long()
+    decisions.made.on_urgency(waiting, urgency(HOLD))  # came before L's clean: W in DEPEND
+    assert decisions.cancels == [(2, TAKEN_BACK)]
     assert waiting.taking_back is TakeBack.TAKING
     waiting.exception = ("cancel", TAKEN_BACK)
     outcome = outcome_of(waiting, "2")
     assert outcome.state is TaskState.CANCELLED and outcome.withdrawn
 
 
-async def test_a_hold_that_lands_after_the_dependency_ended_is_released(
-    takebacks: tuple[TakeBacks, Requests, list[tuple[int, str]], list[Launch]],
-) -> None:
-    made, requests, cancels, _ = takebacks
-    long, waiting = job("L", 1), job("W", 2)
-    waiting.after = long
-    assert made.ask(waiting)
+async def test_a_hold_that_lands_after_the_dependency_ended_is_released() -> None:
+    decisions = Decisions()
+    long, waiting = decisions.hold_behind_long()
     long.clean = True  # L's clean came first: W may have an alloc request out
-    made.on_urgency(waiting, urgency(HOLD))
-    assert cancels == []
-    assert requests.sent[-1] == ("job-manager.urgency", {"id": 2, "urgency": 16})
+    decisions.made.on_urgency(waiting, urgency(HOLD))
+    assert decisions.cancels == []
+    assert decisions.requests.sent[-1] == ("job-manager.urgency", {"id": 2, "urgency": 16})
     assert waiting.taking_back is TakeBack.RELEASED
-    made.on_urgency(waiting, urgency(16))  # the release's own event changes nothing
-    assert cancels == [] and len(requests.sent) == 2
+    decisions.made.on_urgency(waiting, urgency(16))  # the release's own event changes nothing
+    assert decisions.cancels == [] and len(decisions.requests.sent) == 2
 
 
-async def test_a_job_that_could_be_allocated_is_never_held(
-    takebacks: tuple[TakeBacks, Requests, list[tuple[int, str]], list[Launch]],
-) -> None:
-    made, requests, _, _ = takebacks
+async def test_a_job_that_could_be_allocated_is_never_held() -> None:
+    decisions = Decisions()
+    made, requests = decisions.made, decisions.requests
     no_dependency = job("A", 1)
     after_clean = job("B", 2, after=job("P", 3))
     assert after_clean.after is not None
