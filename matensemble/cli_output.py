@@ -82,7 +82,10 @@ def print_status(console: Console, run_dir: Path, status: RunStatus) -> None:
     table.add_column("state")
     table.add_column("tasks", justify="right")
     for state in TaskState:
-        table.add_row(state.value, str(status.counts.get(state.value, 0)))
+        count = str(status.counts.get(state.value, 0))
+        if state is TaskState.RUNNING and status.queued_ahead:
+            count += f" ({status.queued_ahead} queued ahead, not started)"
+        table.add_row(state.value, count)
     console.print(table)
     console.print(
         f"cores free {status.cores['free']}/{status.cores['total']}, "

@@ -101,7 +101,12 @@ class EngineStart(EngineStop):
         )
         self._observers = [
             self._journal,
-            StatusFile(self.run_dir, self._state_counts, self._free_and_total),
+            StatusFile(
+                self.run_dir,
+                self._state_counts,
+                self._free_and_total,
+                queued_ahead=self._queued_ahead,
+            ),
             *self._extra_observers,
         ]
 

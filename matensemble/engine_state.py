@@ -134,6 +134,10 @@ class RunState:
     def _state_counts(self) -> dict[str, int]:
         return {state.value: n for state, n in self._counts.items()}
 
+    def _queued_ahead(self) -> int:
+        """Running tasks booked behind others (``QueueAhead``) that have not moved in."""
+        return len(self._ahead) if self._ahead is not None else 0
+
     def _free_and_total(self) -> tuple[int, int, int, int]:
         pool = self._pool
         if pool is None:

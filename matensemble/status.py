@@ -47,6 +47,7 @@ class RunStatus(msgspec.Struct, kw_only=True):
     failures: list[Failure]
     failures_total: int = 0
     pid: int = 0
+    queued_ahead: int = 0  # of the running tasks: booked behind others, not started yet
 
 
 class StatusFile(Observer):
@@ -55,6 +56,8 @@ class StatusFile(Observer):
     Args:
         counts: returns the number of tasks per state (the engine's public ``counts``).
         usage: returns ``(free_cores, total_cores, free_gpus, total_gpus)``.
+        queued_ahead: returns how many running tasks are booked behind others in the
+            backend's queue and have not started (``matensemble.queue_ahead``).
     """
 
     def __init__(
@@ -63,12 +66,14 @@ class StatusFile(Observer):
         counts: Callable[[], dict[str, int]],
         usage: Callable[[], tuple[int, int, int, int]],
         *,
+        queued_ahead: Callable[[], int] | None = None,
         interval: float = 1.0,
         keep_failures: int = 50,
     ) -> None:
         self.path = run_dir / STATUS_NAME
         self._counts = counts
         self._usage = usage
+        self._queued_ahead = queued_ahead
         self._interval = interval
         self._failures: deque[Failure] = deque(maxlen=keep_failures)
         self._failures_total = 0
@@ -137,6 +142,7 @@ class StatusFile(Observer):
             failures=list(self._failures),
             failures_total=self._failures_total,
             pid=os.getpid(),
+            queued_ahead=self._queued_ahead() if self._queued_ahead is not None else 0,
         )
         tmp = self.path.with_name(STATUS_NAME + ".tmp")
         try:

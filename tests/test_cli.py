@@ -174,3 +174,42 @@ def test_strategy_options_are_accepted(tmp_path: Path, option: list[str]) -> Non
         "run", spec, "--no-progress", "--run-dir", tmp_path / "r", *option, cwd=tmp_path
     )
     assert proc.returncode == 0, proc.stderr
+
+
+def test_status_tells_the_tasks_queued_ahead_from_those_that_started(tmp_path: Path) -> None:
+    """With --queue-ahead, two cores run two tasks and hold the next two booked behind them:
+    status.json counts all four as running and says two of them have not started."""
+    wait = (
+        'until [ -e ../../../go ]; do sleep 0.05; done; echo "$MATENSEMBLE_TASK_ID" >> ../../../ran'
+    )
+    spec = write(
+        tmp_path / "e.toml",
+        '[[sweep]]\nid = "t{i}"\nparameters = { i = { start = 0, stop = 4 } }\n'
+        f'command = ["sh", "-c", \'{wait}\']\n',
+    )
+    args = ["run", str(spec), "--run-dir", "run", "--no-progress", "--cores", "2"]
+    run = subprocess.Popen(
+        [sys.executable, "-m", "matensemble", *args, "--queue-ahead"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        status_file = tmp_path / "run" / "status.json"
+
+        def status() -> dict[str, object]:
+            return dict(json.loads(status_file.read_text())) if status_file.exists() else {}
+
+        for _ in range(100):  # rewritten at most once a second
+            if status().get("queued_ahead") == 2:
+                break
+            subprocess.run(["sleep", "0.1"], check=True)
+        seen = status()
+        assert seen["counts"]["running"] == 4 and seen["queued_ahead"] == 2, seen  # type: ignore[index]
+        proc = matensemble("status", tmp_path / "run", cwd=tmp_path)
+        assert "4 (2 queued ahead, not started)" in proc.stdout, proc.stdout
+        assert not (tmp_path / "ran").exists()  # none has got past its wait
+    finally:
+        (tmp_path / "go").touch()
+        assert run.wait(timeout=60) == 0, run.stderr.read() if run.stderr else ""
+    assert sorted((tmp_path / "ran").read_text().split()) == ["t0", "t1", "t2", "t3"]
