@@ -21,7 +21,6 @@ the results) and how many jobs were taken back.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import shutil
@@ -29,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 
-from queue_ahead_makespan import workload  # the same waves as on the local backend
+from queue_ahead_makespan import arguments, workload  # the same waves as on the local backend
 
 from matensemble import Ensemble, Task
 from matensemble.backends.flux import FluxBackend
@@ -74,11 +73,7 @@ def fresh(name: str, ahead: str, package: str | None) -> tuple[float, int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--baseline", metavar="DIR", help="another matensemble package to compare")
-    parser.add_argument("--inner", nargs=3, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = arguments(__doc__)
     if args.inner:
         name, ahead, run_dir = args.inner
         setting: bool | str = {"plain": False, "ahead": True}.get(ahead, ahead)

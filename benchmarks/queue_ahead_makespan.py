@@ -67,12 +67,18 @@ def fresh(name: str, ahead: bool, spawners: str, package: str | None) -> float:
     return float(out.split()[-1])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def arguments(doc: str | None) -> argparse.Namespace:
+    """``--repeat``, ``--baseline DIR`` and the inner run's three arguments (also for
+    ``flux_takeback_makespan.py``)."""
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--baseline", metavar="DIR", help="another matensemble package to compare")
     parser.add_argument("--inner", nargs=3, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = arguments(__doc__)
     if args.inner:
         name, ahead, spawners = args.inner
         print(asyncio.run(one(name, ahead == "1", spawners)))

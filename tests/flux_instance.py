@@ -11,6 +11,7 @@ the instance ends when the fixture closes that pipe, and also when the test proc
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import re
 import shutil
@@ -20,8 +21,11 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from matensemble.backends.flux_job import TAKEN_BACK
 
 __all__ = [
     "active_jobs",
@@ -153,3 +157,23 @@ def broker_cores(uri: str) -> list[int]:
 def flux_env(uri: str) -> dict[str, str]:
     """An environment in which the `flux` command talks to the instance at ``uri``."""
     return {**os.environ, "FLUX_URI": uri}
+
+
+def eventlog(uri: str, job_id: str) -> list[dict[str, Any]]:
+    """The events of a job, from its eventlog in the KVS."""
+    import flux
+    import flux.job
+
+    text = flux.job.job_kvs_lookup(flux.Flux(uri), int(job_id), keys=["eventlog"])["eventlog"]
+    return [json.loads(line) for line in str(text).splitlines()]
+
+
+def taken_back(uri: str, job_id: str) -> bool:
+    """Whether the job was cancelled as taken back (``flux_takeback``); asserts that it was
+    then never allocated or started."""
+    events = eventlog(uri, job_id)
+    if TAKEN_BACK not in [e.get("context", {}).get("note") for e in events]:
+        return False
+    names = [e["name"] for e in events]
+    assert "start" not in names and "alloc" not in names, names
+    return True

@@ -7,7 +7,6 @@ tests size their tasks by the slots there are (``broker_cores``), never by this 
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -21,12 +20,11 @@ import pytest
 
 from matensemble import Ensemble
 from matensemble.backends.flux import FluxBackend
-from matensemble.backends.flux_takeback import TAKEN_BACK
 from matensemble.events import RunStarted, TaskStarted, TaskSubmitted
 from matensemble.journal import read_journal, replay
 from matensemble.model import Task, TaskState
 
-from flux_instance import active_jobs, broker_cores, flux_python, flux_uri
+from flux_instance import active_jobs, broker_cores, flux_python, flux_uri, taken_back
 
 __all__ = ["flux_python", "flux_uri"]  # fixtures, re-exported so pytest finds them
 
@@ -121,16 +119,6 @@ async def test_queued_ahead_by_dependency_each_waiting_job_depends_on_one_on_its
     # their node.
     assert len(awaited) >= 2 * slots
     assert len(set(awaited)) == len(awaited)  # no job had two waiting for it
-
-
-def taken_back(uri: str, job_id: str) -> bool:
-    """Whether the job was cancelled as taken back (``flux_takeback``) before it started."""
-    import flux
-    import flux.job
-
-    log = flux.job.job_kvs_lookup(flux.Flux(uri), int(job_id), keys=["eventlog"])["eventlog"]
-    names = [json.loads(line)["name"] for line in str(log).splitlines()]
-    return TAKEN_BACK in str(log) and "start" not in names
 
 
 def test_queue_ahead_accepts_only_true_false_or_depend() -> None:

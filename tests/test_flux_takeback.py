@@ -9,7 +9,6 @@ decision itself (take back, or release the hold) is checked on made-up event ord
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 from pathlib import Path
 from typing import Any, cast
@@ -27,7 +26,14 @@ from matensemble.journal import read_journal, replay
 from matensemble.model import Resources, Slot, Task, TaskState
 
 from backend_harness import RUN_ID, opened
-from flux_instance import broker_cores, flux_python, flux_uri, running_instance
+from flux_instance import (
+    broker_cores,
+    eventlog,
+    flux_python,
+    flux_uri,
+    running_instance,
+    taken_back,
+)
 
 __all__ = ["flux_python", "flux_uri"]  # fixtures, re-exported so pytest finds them
 
@@ -139,24 +145,6 @@ def test_a_cancel_that_is_not_a_take_back_or_came_after_the_start_is_not_withdra
 
 
 # -- against real brokers -------------------------------------------------------------------------
-
-
-def eventlog(uri: str, job_id: str) -> list[dict[str, Any]]:
-    import flux
-    import flux.job
-
-    text = flux.job.job_kvs_lookup(flux.Flux(uri), int(job_id), keys=["eventlog"])["eventlog"]
-    return [json.loads(line) for line in str(text).splitlines()]
-
-
-def taken_back(uri: str, job_id: str) -> bool:
-    """Whether the job was taken back; asserts that it never started then."""
-    names = [e["name"] for e in eventlog(uri, job_id)]
-    notes = [e.get("context", {}).get("note") for e in eventlog(uri, job_id)]
-    if TAKEN_BACK not in notes:
-        return False
-    assert "start" not in names and "alloc" not in names, names
-    return True
 
 
 def job_ids(run_dir: Path) -> dict[str, list[str]]:

@@ -9,7 +9,8 @@ Blocking RPCs (job list, KVS lookups), made once, before anything is launched.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from matensemble.backends.base import Launch, LaunchKey, Outcome
 from matensemble.backends.flux_channel import FluxChannel
@@ -138,36 +139,37 @@ def moved_job(channel: FluxChannel, launch: Launch, taken_back: int) -> int | No
         found = flux.job.JobList(channel.handle, max_entries=0, name=task.id).jobs()
     except OSError:
         return None
+    ours = (launch.run_id, task.id, launch.attempt)
     for jobid in sorted((int(info.id) for info in found), reverse=True):
         if jobid <= taken_back:
             break
-        try:
-            spec = flux.job.job_kvs_lookup(channel.handle, jobid, keys=["jobspec"])["jobspec"]
-            tag = spec["attributes"]["user"]["matensemble"]
-        except (OSError, KeyError, TypeError):
-            continue
-        if (tag.get("run_id"), tag.get("task_id"), tag.get("attempt")) == (
-            launch.run_id,
-            task.id,
-            launch.attempt,
-        ):
+        tag = _tag_of(channel, jobid)
+        if tag is not None and (tag.get("run_id"), tag.get("task_id"), tag.get("attempt")) == ours:
             return jobid
     return None
+
+
+def _tag_of(channel: FluxChannel, jobid: int) -> Mapping[str, Any] | None:
+    """The ``attributes.user.matensemble`` tag of a job's jobspec; ``None`` if it has none."""
+    try:
+        spec = channel.flux.job.job_kvs_lookup(channel.handle, jobid, keys=["jobspec"])
+        tag = spec["jobspec"]["attributes"]["user"]["matensemble"]
+    except (OSError, KeyError, TypeError):
+        return None
+    return tag if isinstance(tag, Mapping) else None
 
 
 def leftover_jobs(channel: FluxChannel, run_id: str | None, names: set[str] | None) -> list[int]:
     """Active jobs of ours that no driver follows: of ``run_id`` (any run if ``None``) and
     named after one of ``names`` (any name if ``None``), submitted by another driver."""
-    flux, found = channel.flux, []
-    for info in flux.job.JobList(channel.handle, filters=["pending", "running"]).jobs():
+    found = []
+    for info in channel.flux.job.JobList(channel.handle, filters=["pending", "running"]).jobs():
         if names is not None and info.name not in names:
             continue
         if channel.follows(int(info.id)):
             continue
-        try:
-            spec = flux.job.job_kvs_lookup(channel.handle, info.id, keys=["jobspec"])["jobspec"]
-            tag = spec["attributes"]["user"]["matensemble"]
-        except (OSError, KeyError, TypeError):
+        tag = _tag_of(channel, int(info.id))
+        if tag is None:
             continue
         theirs = tag.get("driver") != channel.token and "task_id" in tag
         if theirs and (run_id is None or tag.get("run_id") == run_id):
