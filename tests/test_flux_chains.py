@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from matensemble.backends.base import Launch
-from matensemble.backends.flux_chains import DependencyChains
+from matensemble.backends.flux_chains import WAIT, DependencyChains
 from matensemble.backends.flux_job import FluxJob
 from matensemble.model import Resources, Slot, Task
 from matensemble.resources import NodeSpec
@@ -29,10 +29,32 @@ def launch(task_id: str, *slots: Slot, cores: int = 1, estimate: float | None = 
 
 def submitted(chains: DependencyChains, job_launch: Launch, jobid: int | None) -> FluxJob:
     after = chains.predecessor(job_launch)
+    assert after is not WAIT
     job = FluxJob(job_launch)
     job.jobid = jobid
     chains.add(job, after)
     return job
+
+
+def parked(chains: DependencyChains, job_launch: Launch) -> FluxJob:
+    assert chains.predecessor(job_launch) is WAIT
+    job = FluxJob(job_launch)
+    chains.park(job)
+    return job
+
+
+def turns(chains: DependencyChains, next_id: int) -> list[tuple[str, FluxJob | None]]:
+    """Submit every parked launch whose turn came (as the channel does): (task id, the job
+    it depends on), in the order they go."""
+    gone = []
+    while (job := chains.next_due()) is not None:
+        after = chains.predecessor(job.launch, in_turn=True)
+        assert after is not WAIT
+        job.jobid = next_id
+        next_id += 1
+        chains.add(job, after)
+        gone.append((job.launch.task.id, after))
+    return gone
 
 
 def chains_with_two_running_on_a() -> tuple[DependencyChains, FluxJob, FluxJob]:
@@ -62,18 +84,81 @@ def test_a_launch_behind_a_full_node_depends_on_its_oldest_job_nobody_waits_for(
 def test_a_job_whose_id_is_not_known_yet_is_not_depended_on() -> None:
     chains = DependencyChains()
     chains.add_nodes(NODES)
-    submitted(chains, launch("t1", Slot("a", (0,))), None)  # its submit is unanswered
+    first = submitted(chains, launch("t1", Slot("a", (0,))), None)  # its submit is unanswered
     second = submitted(chains, launch("t2", Slot("a", (1,))), 102)
     assert chains.predecessor(launch("t3", Slot("a", (0,)))) is second
+    chains.add(FluxJob(launch("t3", Slot("a", (0,)))), second)
+    assert chains.predecessor(launch("t4", Slot("a", (1,)))) is WAIT  # nothing to wait for yet
+    first.jobid = 101
+    chains.known(first)
+    assert chains.predecessor(launch("t4", Slot("a", (1,)))) is first
 
 
-def test_launches_over_two_nodes_or_of_another_size_get_no_dependency() -> None:
-    chains, _, _ = chains_with_two_running_on_a()
+def test_launches_over_two_nodes_with_gpus_or_of_another_size_wait_for_room() -> None:
+    chains, first, _ = chains_with_two_running_on_a()
     both = submitted(chains, launch("t3", Slot("b", (0, 1)), cores=2), 103)
-    assert chains.predecessor(launch("t4", Slot("a", (0,)), Slot("b", (0,)))) is None
+    assert chains.predecessor(launch("t4", Slot("a", (0,)), Slot("b", (0,)))) is WAIT
     wide = launch("t5", Slot("a", (0, 1)), cores=2)
-    assert chains.predecessor(wide) is None  # the jobs on a hold one core each
+    assert chains.predecessor(wide) is WAIT  # the jobs on a hold one core each
     assert chains.predecessor(launch("t6", Slot("b", (0, 1)), cores=2)) is both  # same size
+    chains.ended(first)
+    assert chains.predecessor(launch("t7", Slot("a", (0,)), Slot("b", (0,)))) is WAIT  # b full
+    chains.ended(both)
+    assert chains.predecessor(launch("t8", Slot("a", (0,)), Slot("b", (0,)))) is None
+
+
+def test_a_gpu_launch_waits_for_a_free_gpu_not_for_a_job() -> None:
+    chains = DependencyChains()
+    chains.add_nodes([NodeSpec("g", (0, 1, 2, 3), ("0",))])
+    gpu_job = submitted(chains, launch("g1", Slot("g", (0,), ("0",))), 101)
+    assert chains.predecessor(launch("c1", Slot("g", (1,)))) is None  # cores are free
+    assert chains.predecessor(launch("g2", Slot("g", (1,), ("0",)))) is WAIT
+    chains.ended(gpu_job)
+    assert chains.predecessor(launch("g3", Slot("g", (1,), ("0",)))) is None
+
+
+def test_parked_launches_go_in_their_order_when_ids_are_known_and_jobs_end() -> None:
+    chains = DependencyChains()
+    chains.add_nodes(NODES)
+    woken: list[int] = []
+    chains.wake = lambda: woken.append(1)
+    first = submitted(chains, launch("t1", Slot("a", (0,))), None)
+    second = submitted(chains, launch("t2", Slot("a", (1,))), None)
+    wide = parked(chains, launch("wide", Slot("a", (0, 1)), cores=2))
+    narrow = parked(chains, launch("narrow", Slot("a", (0,))))
+    beside = parked(chains, launch("beside", Slot("a", (1,)), Slot("b", (0,))))
+    assert chains.predecessor(launch("b1", Slot("b", (1,)))) is WAIT  # behind "beside" on b
+    assert turns(chains, 200) == [] and not woken
+    first.jobid = 101
+    chains.known(first)
+    assert woken == [1]
+    assert turns(chains, 200) == []  # "wide" is first on a and needs both cores: all wait
+    chains.ended(first)
+    assert turns(chains, 200) == []  # one core is free: not enough for "wide"
+    second.jobid = 102
+    chains.known(second)
+    assert turns(chains, 200) == []
+    chains.ended(second)
+    assert turns(chains, 200) == [("wide", None)]  # room; "narrow" waits for a known id
+    chains.known(wide)
+    assert turns(chains, 300) == []  # "narrow" cannot wait for a job of two cores
+    assert chains.predecessor(launch("b2", Slot("b", (1,)))) is WAIT  # still behind "beside"
+    chains.ended(wide)
+    assert turns(chains, 300) == [("narrow", None), ("beside", None)]
+    assert (narrow.jobid, beside.jobid) == (300, 301)
+    assert chains.predecessor(launch("b3", Slot("b", (1,)))) is None
+
+
+def test_a_parked_launch_taken_out_lets_the_one_behind_it_go() -> None:
+    chains, _, _ = chains_with_two_running_on_a()
+    behind_first = submitted(chains, launch("t3", Slot("a", (0,))), 103)
+    submitted(chains, launch("t4", Slot("a", (1,))), 104)
+    wide = parked(chains, launch("wide", Slot("a", (0, 1)), cores=2))
+    after = parked(chains, launch("after", Slot("a", (0,))))
+    assert turns(chains, 500) == []
+    assert chains.unpark(wide) and not chains.unpark(wide)
+    assert turns(chains, 500) == [("after", behind_first)]  # the oldest no one waits for
+    assert after.jobid == 500
 
 
 def test_an_ended_job_frees_its_cores_and_its_place_in_the_chain() -> None:
@@ -87,6 +172,7 @@ def test_an_ended_job_frees_its_cores_and_its_place_in_the_chain() -> None:
 def test_a_refused_or_cancelled_waiting_job_leaves_its_job_free_to_be_waited_for() -> None:
     chains, first, _ = chains_with_two_running_on_a()
     refused = submitted(chains, launch("t3", Slot("a", (0,))), None)  # waits for first
+    assert chains._after[id(refused)] is first
     chains.ended(refused)  # its submit was refused: it held nothing and waits for nothing
     assert chains.predecessor(launch("t4", Slot("a", (0,)))) is first
 

@@ -226,6 +226,74 @@ async def test_the_engine_takes_a_waiting_job_back_to_run_it_on_an_idle_node(
 
 
 @pytest.mark.flux
+async def test_a_task_booked_before_any_job_id_is_known_can_still_be_taken_back(
+    flux_uri: str, tmp_path: Path
+) -> None:
+    """The three tasks come at once: "next" is booked behind "long" before Flux has named
+    any job. It waits in the driver (not in Fluxion's queue, where it could not be taken back)
+    until it can depend on "long", and is then taken back to run where "short" ran."""
+    whole = Resources(cores_per_rank=min(broker_cores(flux_uri)))  # each task fills a node
+    backend = FluxBackend(flux_uri, queue_ahead="depend")
+    tasks = [
+        sh("long", "sleep 5", resources=whole),
+        sh("short", "sleep 0.5", resources=whole),
+        sh("next", "sleep 0.2", resources=whole),
+    ]
+    with anyio.fail_after(60):
+        summary = await Ensemble(tasks, backend=backend, run_dir=tmp_path).run()
+    assert summary.counts["succeeded"] == 3
+    started = [e for e in read_journal(tmp_path / "journal.jsonl") if isinstance(e, TaskStarted)]
+    on = {e.id: e.placement[0].node for e in started if e.id != "next"}
+    nexts = [e for e in started if e.id == "next"]
+    assert nexts[0].placement[0].node == on["long"]  # booked behind the long task
+    assert nexts[-1].placement[0].node == on["short"]  # run where the short one was
+    results = summary.results
+    assert results["next"].end_time < results["long"].end_time - 2  # type: ignore[operator]
+    for job_id in job_ids(tmp_path)["next"][:-1]:  # a job submitted for its booking, if any
+        assert taken_back(flux_uri, job_id)
+
+
+@pytest.mark.flux
+async def test_a_launch_waiting_for_its_turn_ends_without_a_job_if_withdrawn_or_cancelled(
+    flux_uri: str, tmp_path: Path
+) -> None:
+    """Launches booked behind jobs of another size (nothing to depend on) wait in the driver:
+    withdrawn or cancelled there, they end at once and no job is ever made for them; the one
+    left goes when the node has room for it."""
+    async with opened(FluxBackend(flux_uri, queue_ahead="depend"), tmp_path) as harness:
+        node = harness.nodes[0]
+        if len(node.cores) < 2:
+            pytest.skip("needs two cores per broker")
+        longs = [
+            harness.start(sh(f"long{core}", "sleep 1"), on=(Slot(node.name, (core,)),))
+            for core in node.cores
+        ]
+        whole = Resources(cores_per_rank=len(node.cores))
+        behind = (Slot(node.name, node.cores),)
+        wide, taken, cancelled = (
+            harness.start(sh(name, "true", resources=whole), on=behind)
+            for name in ("parked-wide", "parked-taken", "parked-cancelled")
+        )
+        harness.backend.withdraw(taken.key)
+        harness.backend.cancel(cancelled.key)
+        withdrawn = await harness.outcome(taken, within=0.5)
+        assert withdrawn.withdrawn and withdrawn.job_id is None
+        stopped = await harness.outcome(cancelled, within=0.5)
+        assert stopped.state is TaskState.CANCELLED and not stopped.withdrawn
+        assert stopped.job_id is None
+        gone = await harness.outcome(wide, within=30)
+        ended = [await harness.outcome(launch) for launch in longs]
+    assert gone.state is TaskState.SUCCEEDED
+    assert gone.start_time >= max(o.end_time or 0.0 for o in ended)  # type: ignore[operator]
+    import flux
+    import flux.job
+
+    handle = flux.Flux(flux_uri)
+    names = {job.name for job in flux.job.JobList(handle, max_entries=0).jobs()}
+    assert "parked-wide" in names and not names & {"parked-taken", "parked-cancelled"}
+
+
+@pytest.mark.flux
 async def test_under_random_lengths_every_task_runs_once_and_no_job_taken_back_started(
     two_cores: tuple[str, int], tmp_path: Path
 ) -> None:

@@ -32,7 +32,7 @@ from typing import Any
 from anyio.abc import TaskGroup
 
 from matensemble.backends.base import Backend, Launch, LaunchKey, Outcome, Reporter, Sink
-from matensemble.backends.flux_chains import DependencyChains
+from matensemble.backends.flux_chains import WAIT, DependencyChains
 from matensemble.backends.flux_channel import FluxChannel
 from matensemble.backends.flux_connect import allocation_end, connect
 from matensemble.backends.flux_inventory import read_inventory
@@ -73,7 +73,9 @@ class FluxBackend(Backend):
             constrained to the ranks the engine booked for it (see
             ``matensemble.queue_ahead``), so that Flux starts it the moment the slot frees;
             ``"depend"``: the same, each queued job also depending (``afterany``) on the
-            running job it waits for (see ``flux_chains``).
+            running job it waits for, and one with no job to depend on kept in the driver
+            until it has one or room (see ``flux_chains``): every queued task can be taken
+            back.
         attributes: extra jobspec attributes for every job, by dotted key, as ``flux submit
             --setattr`` takes them (a key not under ``user.`` is under ``system.``), e.g.
             ``{"system.bank": "chem"}`` or, to run against a fake allocation without starting
@@ -178,7 +180,7 @@ class FluxBackend(Backend):
             settled=self._reports.check,
             job_ids=self._job_id,
             on_lost=self._on_lost,
-            relaunch=self.launch,
+            relaunch=self._in_turn,
             prefix=prefix,
             memo=memo,
         )
@@ -251,6 +253,13 @@ class FluxBackend(Backend):
 
     def launch(self, launch: Launch) -> None:
         """Submit one job; its outcome arrives through the sink when the job has finished."""
+        self._launch(launch, in_turn=False)
+
+    def _in_turn(self, launch: Launch) -> None:
+        """Submit a launch whose turn came (``flux_chains``) or a moved one (``flux_takeback``)."""
+        self._launch(launch, in_turn=True)
+
+    def _launch(self, launch: Launch, *, in_turn: bool) -> None:
         if self._parent is None:
             raise BackendError("FluxBackend.launch() before open()")
         key = launch.key
@@ -270,7 +279,10 @@ class FluxBackend(Backend):
             task_dir = self._task_dirs.path(launch)
             builder = self._builders[id(channel)]
             chains = channel.chains if constrain else None
-            after = chains.predecessor(launch) if chains is not None else None
+            after = chains.predecessor(launch, in_turn=in_turn) if chains is not None else None
+            if after is WAIT:
+                channel.wait_turn(launch)  # booked behind ours, nothing to depend on yet
+                return
             jobspec = builder.build(
                 launch,
                 constrain=constrain,

@@ -26,7 +26,7 @@ from matensemble.backends.base import Launch, LaunchKey, Outcome
 from matensemble.backends.flux_chains import DependencyChains
 from matensemble.backends.flux_holds import NodeHolds
 from matensemble.backends.flux_inventory import InventoryMap
-from matensemble.backends.flux_job import FluxJob, ending_from_eventlog, outcome_of
+from matensemble.backends.flux_job import TAKEN_BACK, FluxJob, ending_from_eventlog, outcome_of
 from matensemble.backends.flux_journal import EventsJournal
 from matensemble.backends.flux_launches import FluxLaunches
 from matensemble.backends.flux_reactor import FluxReactorBridge
@@ -60,7 +60,8 @@ class FluxChannel:
         job_ids: receives (launch key, job id as journaled) once Flux names a launch's job.
         on_lost: called once with a reason when the connection or the journal fails; every
             launch in flight has been reported failed by then.
-        relaunch: submits a launch again (a job moved by ``flux_takeback``).
+        relaunch: submits a launch again (a job moved by ``flux_takeback``, a parked launch
+            whose turn came: see ``flux_chains``).
         prefix: written before each job id (``"<partition job id>/"`` for a partition).
         memo: also follow ``submit`` and ``memo`` events (for jobs that are child instances).
     """
@@ -104,6 +105,7 @@ class FluxChannel:
         self._unanswered = UnansweredSubmits()
         self._holds = NodeHolds()  # nodes our exclusive jobs hold, launches parked behind them
         self._watched = WatchedJobs()  # partitions: jobs of our own that are not launches
+        self._relaunch = relaunch
         self._takebacks = TakeBacks(self.bridge, self.cancel_job, relaunch)
         self._novalidate: int = flux.constants.FLUX_JOB_NOVALIDATE
 
@@ -142,6 +144,24 @@ class FluxChannel:
     @chains.setter
     def chains(self, chains: DependencyChains | None) -> None:
         self._launches.chains = chains
+        if chains is not None:
+            chains.wake = self._next_turns_soon
+
+    def _next_turns_soon(self) -> None:
+        self._loop.call_soon(self._next_turns)
+
+    def wait_turn(self, launch: Launch) -> None:
+        """Keep a launch booked behind jobs of ours, with no job to depend on yet, until its
+        turn (``flux_chains``); it counts as in flight, and a cancel or withdraw before then
+        ends it without a job."""
+        self._launches.parked(FluxJob(launch))
+
+    def _next_turns(self) -> None:
+        """Submit the parked launches whose turn has come (``FluxBackend`` builds them)."""
+        chains = self.chains
+        while chains is not None and (job := chains.next_due()) is not None:
+            if self._launches.unparked(job):
+                self._relaunch(job.launch)
 
     # -- submitting ---------------------------------------------------------------------------
 
@@ -185,10 +205,13 @@ class FluxChannel:
             return
         self._holds.held(job)
 
-    def _end_unsent(self, job: FluxJob, state: TaskState, reason: str) -> None:
+    def _end_unsent(
+        self, job: FluxJob, state: TaskState, reason: str, withdrawn: bool = False
+    ) -> None:
         """A parked launch ends without a job."""
         if self._launches.refused(job):
-            self._report(Outcome(key=job.launch.key, state=state, reason=reason))
+            key = job.launch.key
+            self._report(Outcome(key=key, state=state, reason=reason, withdrawn=withdrawn))
 
     def submit_watched(self, jobspec: str, tag: str, events: JobEvents) -> None:
         """Submit a job of our own (a partition) whose events go to ``events``.
@@ -259,11 +282,14 @@ class FluxChannel:
         job = self._launches.open.get(key)
         if job is not None and not job.cancel_requested:
             job.cancel_requested = True
-            if self._holds.unpark(job.launch):  # never submitted: it ends now, without a job
+            if self._holds.unpark(job.launch) or self._unpark(job):  # ends now, without a job
                 reason = "backend closed" if self.closing else "cancelled by matensemble"
                 self._loop.call_soon(self._end_unsent, job, TaskState.CANCELLED, reason)
                 return
             self._send_cancel(job)
+
+    def _unpark(self, job: FluxJob) -> bool:
+        return self.chains is not None and self.chains.unpark(job)
 
     def cancel_job(self, jobid: int, reason: str) -> None:
         """Cancel any job of this instance by id, without waiting for the answer."""
@@ -280,7 +306,11 @@ class FluxChannel:
         """Take the launch's queued job back if that is sure to stop it before it starts
         (``flux_takeback``): its outcome is then ``withdrawn``; otherwise it runs on."""
         job = self._launches.open.get(key)
-        if job is not None:
+        if job is None or job.cancel_requested:
+            return
+        if self._unpark(job):  # not submitted yet: it comes back at once
+            self._loop.call_soon(self._end_unsent, job, TaskState.CANCELLED, TAKEN_BACK, True)
+        else:
             self._takebacks.ask(job)
 
     def cancel_all(self) -> None:

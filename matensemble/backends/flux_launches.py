@@ -40,10 +40,25 @@ class FluxLaunches:
         if self.chains is not None:
             self.chains.add(job, after)
 
+    def parked(self, job: FluxJob) -> None:
+        """``job``'s launch waits for its turn before it is submitted (``DependencyChains``)."""
+        self.open[job.launch.key] = job
+        if self.chains is not None:
+            self.chains.park(job)
+
+    def unparked(self, job: FluxJob) -> bool:
+        """Its turn came: the launch is submitted anew (``True``), unless it is gone."""
+        if not self.is_open(job):
+            return False
+        del self.open[job.launch.key]
+        return True
+
     def known(self, job: FluxJob, jobid: int) -> None:
         """Flux named the job of an open launch."""
         job.jobid = jobid
         self.by_id[jobid] = job
+        if self.chains is not None:
+            self.chains.known(job)
 
     def follow(self, launch: Launch, jobid: int) -> FluxJob:
         """Follow an existing job as this launch's."""
