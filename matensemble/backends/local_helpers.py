@@ -50,9 +50,19 @@ __all__ = ["HELPERS_AT_MOST", "Helpers", "cores_per_helper_for"]
 _DIED = "the spawner helper process died"
 _PYTHON = sys.executable  # the helpers' interpreter: this one, as it was at import
 # The helpers import this very package, wherever the driver found it: not another one in the
-# working directory, which ``-m`` would put first on the path (``-P``: from Python 3.11 on).
+# working directory, which ``-m`` would put first on the path. ``-P`` keeps it off from Python
+# 3.11 on; on 3.10 a ``-c`` start-up puts this package's directory in its place first.
 _HERE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-_SAFE_PATH = ("-P",) if sys.version_info >= (3, 11) else ()
+_MODULE = "matensemble.backends.local_helper"
+_START = (
+    ("-P", "-m", _MODULE)
+    if sys.version_info >= (3, 11)
+    else (
+        "-c",
+        f"import sys; sys.path[0] = {_HERE!r}; import runpy; "
+        f"runpy.run_module({_MODULE!r}, run_name='__main__', alter_sys=True)",
+    )
+)
 # on_exit(token, pid, rank, exit code: negative for a signal, None if the status was lost)
 OnExit = Callable[[object, int, int, "int | None"], None]
 # By default one helper per core up to this many cores, then groups of cores so that at most
@@ -82,12 +92,11 @@ class _Helper:
     def __init__(self, cores: Sequence[int]) -> None:
         book_r, self.book_w = os.pipe2(os.O_CLOEXEC)
         self.report_r, report_w = os.pipe2(os.O_CLOEXEC)
-        module = "matensemble.backends.local_helper"
         cores_arg = ",".join(map(str, cores))
         path = [_HERE, os.environ.get("PYTHONPATH")]
         try:
             self.process = subprocess.Popen(
-                [_PYTHON, *_SAFE_PATH, "-m", module, str(book_r), str(report_w), cores_arg],
+                [_PYTHON, *_START, str(book_r), str(report_w), cores_arg],
                 pass_fds=(book_r, report_w),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
