@@ -127,7 +127,7 @@ def test_parked_launches_go_in_their_order_when_ids_are_known_and_jobs_end() -> 
     wide = parked(chains, launch("wide", Slot("a", (0, 1)), cores=2))
     narrow = parked(chains, launch("narrow", Slot("a", (0,))))
     beside = parked(chains, launch("beside", Slot("a", (1,)), Slot("b", (0,))))
-    assert chains.predecessor(launch("b1", Slot("b", (1,)))) is WAIT  # behind "beside" on b
+    assert chains.predecessor(launch("b1", Slot("b", (1,)))) is None  # it fits: no waiting
     assert turns(chains, 200) == [] and not woken
     first.jobid = 101
     chains.known(first)
@@ -142,11 +142,13 @@ def test_parked_launches_go_in_their_order_when_ids_are_known_and_jobs_end() -> 
     assert turns(chains, 200) == [("wide", None)]  # room; "narrow" waits for a known id
     chains.known(wide)
     assert turns(chains, 300) == []  # "narrow" cannot wait for a job of two cores
-    assert chains.predecessor(launch("b2", Slot("b", (1,)))) is WAIT  # still behind "beside"
+    filler = submitted(chains, launch("b2", Slot("b", (0, 1)), cores=2), 301)
+    assert chains.predecessor(launch("b3", Slot("b", (1,)))) is WAIT  # behind "beside" on b
+    chains.ended(filler)
     chains.ended(wide)
     assert turns(chains, 300) == [("narrow", None), ("beside", None)]
     assert (narrow.jobid, beside.jobid) == (300, 301)
-    assert chains.predecessor(launch("b3", Slot("b", (1,)))) is None
+    assert chains.predecessor(launch("b4", Slot("b", (1,)))) is None
 
 
 def test_a_parked_launch_taken_out_lets_the_one_behind_it_go() -> None:
@@ -227,3 +229,17 @@ def test_nothing_is_stranded_behind_a_job_that_has_a_dependent_or_ended() -> Non
     assert chains.stranded(behind_short) is None
     wide = submitted(chains, launch("t5", Slot("b", (0, 1)), cores=2), 105)
     assert chains.stranded(wide) is None  # no one waits on its node
+
+
+def test_a_launch_on_free_cores_goes_past_a_larger_one_parked_there() -> None:
+    """The engine placed it on a core left free beside a running job, which the larger parked
+    launch cannot use yet: it goes at once, and the larger one waits for both to end."""
+    chains = DependencyChains()
+    chains.add_nodes(NODES)
+    running = submitted(chains, launch("x", Slot("a", (0,))), 101)
+    wide = parked(chains, launch("wide", Slot("a", (0, 1)), cores=2))
+    beside = submitted(chains, launch("z", Slot("a", (1,))), 102)
+    chains.ended(running)
+    assert turns(chains, 200) == []
+    chains.ended(beside)
+    assert turns(chains, 200) == [("wide", None)] and wide.jobid == 200

@@ -22,7 +22,8 @@ its turn comes (``next_due``, checked whenever a job on its nodes gets its id or
 dependency once there is a job to depend on, without one once its nodes have room for it. No
 booked job of ours thus waits in Fluxion's queue, where it could be allocated at any moment:
 every booked launch can be taken back (``flux_takeback``; one not submitted yet, at once). A
-launch never overtakes one parked before it on its nodes.
+booked launch never overtakes one parked before it on its nodes; one that fits now (the
+engine placed it on free resources, which a larger parked one cannot use yet) goes at once.
 
 ``afterany`` waits for *that* job: when another job on the node ends first and no launch
 waits for it (``stranded``), a launch waiting for a job still running there is taken back
@@ -75,8 +76,6 @@ class DependencyChains:
         """The job ``launch`` should depend on; ``None``: it runs at once (there is room, or
         it is not on this channel's nodes); ``WAIT``: it must not be submitted yet (``park``
         it). ``in_turn``: it comes out of the park (it waits behind no parked launch)."""
-        if not in_turn and any(self._parked.get(slot.node) for slot in launch.placement):
-            return WAIT  # it would overtake a launch booked before it
         room = True
         for slot in launch.placement:
             size = self._size.get(slot.node)
@@ -86,7 +85,9 @@ class DependencyChains:
             if held[0] + len(slot.cores) > size[0] or held[1] + len(slot.gpus) > size[1]:
                 room = False
         if room:
-            return None
+            return None  # the engine placed it on free resources: it goes at once
+        if not in_turn and any(self._parked.get(slot.node) for slot in launch.placement):
+            return WAIT  # it would overtake a launch booked before it
         if len(launch.placement) != 1 or launch.placement[0].gpus:
             return WAIT
         slot = launch.placement[0]
