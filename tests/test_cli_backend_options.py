@@ -19,7 +19,7 @@ from conftest import flux_cli_environment, matensemble
 
 # A task that prints the command line of the process that started it.
 PARENT = "tr '\\0' ' ' < /proc/$PPID/cmdline"
-HELPER = "-m matensemble.backends.local_helper"
+HELPER = "matensemble.backends.local_helper"  # -m, or -c on Python 3.10
 
 
 def write_tasks(path: Path, *commands: str, cores: int = 1) -> Path:

@@ -19,7 +19,7 @@ from matensemble.backends.flux import FluxBackend
 from matensemble.backends.flux_inventory import InventoryMap
 from matensemble.backends.flux_partitions import NAME, plan_partitions
 from matensemble.errors import TaskRejected
-from matensemble.events import TaskFinished
+from matensemble.events import TaskFinished, TaskWithdrawn
 from matensemble.journal import JOURNAL_NAME, read_journal
 from matensemble.resources import NodeSpec
 
@@ -191,6 +191,52 @@ async def test_a_partition_that_dies_fails_only_its_running_tasks_which_retry_in
     ]
     assert {r.id for r in failures} == retried
     assert all(r.reason and "partition 0" in r.reason for r in failures), failures
+    assert not active_jobs(uri4)
+
+
+@pytest.mark.flux
+async def test_tasks_waiting_in_the_driver_for_a_dead_partition_run_in_the_other_on_attempt_1(
+    uri4: str, tmp_path: Path
+) -> None:
+    """With ``queue_ahead="depend"``, one-core tasks booked behind whole-node ones have no job
+    of their size to depend on: they wait in the driver (``flux_chains``). Those booked on the
+    partition that dies were never submitted: they come back ``withdrawn`` and run in the live
+    partition, on their first attempt, though they allow no retry."""
+    cores = min(broker_cores(uri4))
+    if cores < 2:
+        pytest.skip("needs two cores per broker")
+    gate, side = tmp_path / "gate", tmp_path / "side"
+    script = f'echo "$MATENSEMBLE_TASK_ID" >> {side}; while [ ! -e {gate} ]; do sleep 0.05; done'
+    whole_node = Resources(cores_per_rank=cores)
+    tasks = [sh(f"t{i}", script, retries=1, resources=whole_node) for i in range(4)]
+    queued = [sh(f"q{i}", "true") for i in range(sum(broker_cores(uri4)))]
+    backend = FluxBackend(uri4, partitions=2, queue_ahead="depend")
+    ensemble = Ensemble(tasks + queued, backend=backend, run_dir=tmp_path / "run")
+
+    async def end_a_partition_once_all_run() -> None:
+        await anyio.to_thread.run_sync(wait_for_lines, side, 4)
+        import flux
+        import flux.job
+
+        victim = active_jobs(uri4, f"{NAME}-0")[0]
+        flux.job.cancel(flux.Flux(uri4), victim, "a partition dies")
+        await anyio.to_thread.run_sync(
+            lambda: flux.job.event_wait(flux.Flux(uri4), victim, "clean", raiseJobException=False)
+        )
+        gate.touch()
+
+    with anyio.fail_after(120):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(end_a_partition_once_all_run)
+            summary = await ensemble.run()
+    results = summary.results
+    assert summary.counts["succeeded"] == len(tasks) + len(queued)
+    assert {results[q.id].attempts for q in queued} == {1}
+    withdrawn = {
+        e.id for e in read_journal(tmp_path / "run" / JOURNAL_NAME) if isinstance(e, TaskWithdrawn)
+    }
+    assert withdrawn and withdrawn <= {q.id for q in queued}
+    assert len({results[q].job_id.split("/")[0] for q in withdrawn}) == 1  # type: ignore[union-attr]
     assert not active_jobs(uri4)
 
 

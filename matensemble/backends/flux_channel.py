@@ -424,11 +424,21 @@ class FluxChannel:
         self._drop_jobs(TaskState.CANCELLED, reason)
 
     def _drop_jobs(self, state: TaskState, reason: str) -> None:
-        """Stop following every job, and report each launch still open as ``state``."""
+        """Stop following every job, and report each launch still open as ``state``; one
+        never submitted (parked, see ``flux_holds`` and ``flux_chains``) that would fail comes
+        back ``withdrawn`` instead: no job was made for it, so it may run elsewhere (another
+        partition), on the same attempt."""
         self._unanswered.clear()
         self._holds.clear()
         for job in self._launches.drop_all():
-            self._report(Outcome(key=job.launch.key, state=state, reason=reason))
+            key = job.launch.key
+            if state is TaskState.FAILED and job.jobid is None and "submit" not in job.times:
+                why = f"{reason} (not submitted yet)"
+                self._report(
+                    Outcome(key=key, state=TaskState.CANCELLED, reason=why, withdrawn=True)
+                )
+            else:
+                self._report(Outcome(key=key, state=state, reason=reason))
 
     async def end_journal(self) -> None:
         """Ask the job manager to end our journal stream, and wait until it has."""
