@@ -16,16 +16,14 @@ by ``FluxJob.record``; where each launch stands (open, reported, clean), by ``Fl
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from matensemble.backends.base import Launch, LaunchKey, Outcome
 from matensemble.backends.flux_chains import DependencyChains
 from matensemble.backends.flux_channel_state import ChannelState
 from matensemble.backends.flux_job import FluxJob, ending_from_eventlog, outcome_of
-from matensemble.backends.flux_journal import EventsJournal
 from matensemble.backends.flux_watched import JobEvents
 from matensemble.errors import BackendError
 from matensemble.model import TaskState
@@ -35,38 +33,6 @@ __all__ = ["FluxChannel"]
 
 class FluxChannel(ChannelState):
     """Our jobs in one Flux instance (see ``ChannelState`` for the arguments)."""
-
-    def __init__(
-        self,
-        flux: Any,
-        handle: Any,
-        loop: asyncio.AbstractEventLoop,
-        *,
-        token: str,
-        report: Callable[[Outcome], None],
-        settled: Callable[[], None],
-        job_ids: Callable[[LaunchKey, str], None],
-        on_lost: Callable[[str], None],
-        relaunch: Callable[[Launch], None],
-        prefix: str = "",
-        memo: bool = False,
-    ) -> None:
-        super().__init__(
-            flux,
-            handle,
-            loop,
-            token=token,
-            report=report,
-            settled=settled,
-            job_ids=job_ids,
-            on_lost=on_lost,
-            relaunch=relaunch,
-            prefix=prefix,
-            memo=memo,
-        )
-        self._journal = EventsJournal(
-            flux, handle, self.bridge, self._events, self._on_job_events, self._journal_lost
-        )
 
     # -- opening ------------------------------------------------------------------------------
 
@@ -223,10 +189,6 @@ class FluxChannel(ChannelState):
         self._watched.submitted(tag, jobid)
 
     # -- what Flux tells us -------------------------------------------------------------------
-
-    def _journal_lost(self, exc: OSError) -> None:
-        if not self.closing:
-            self.fail(f"{self.name}Flux stopped sending job events: {exc}")
 
     def _on_job_events(
         self, jobid: int, events: list[Mapping[str, Any]], payload: Mapping[str, Any]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from matensemble.backends.base import Launch, LaunchKey, Outcome
@@ -57,7 +57,8 @@ class ChannelState:
         memo: also follow ``submit`` and ``memo`` events (for jobs that are child instances).
     """
 
-    _journal: EventsJournal  # the stream of our jobs' events (``FluxChannel`` starts it)
+    # What the job events say about our jobs is ``FluxChannel``'s to take in.
+    _on_job_events: Callable[[int, list[Mapping[str, Any]], Mapping[str, Any]], None]
 
     def __init__(
         self,
@@ -90,6 +91,9 @@ class ChannelState:
         self._loop = loop
         self.bridge = FluxReactorBridge(
             handle, loop, lambda e: self.fail(f"{self.name}Flux error: {e}")
+        )
+        self._journal = EventsJournal(
+            flux, handle, self.bridge, self._events, self._on_job_events, self._journal_lost
         )
         self._launches = FluxLaunches()
         self._unanswered = UnansweredSubmits()
@@ -169,6 +173,10 @@ class ChannelState:
             return
         job.cancel_sent = True
         self.cancel_job(job.jobid, "backend closed" if self.closing else "cancelled by matensemble")
+
+    def _journal_lost(self, exc: OSError) -> None:
+        if not self.closing:
+            self.fail(f"{self.name}Flux stopped sending job events: {exc}")
 
     # -- failing and closing ------------------------------------------------------------------
 
