@@ -114,8 +114,9 @@ async def test_queueing_ahead_of_exclusive_tasks_runs_each_of_them(
         assert not failed, (ahead, failed[:3])
 
 
-async def test_cancelling_a_parked_launch_ends_it_at_once_without_a_job(
-    flux_uri: str, tmp_path: Path
+@pytest.mark.parametrize("how", ["cancel", "withdraw"])
+async def test_cancelling_or_withdrawing_a_parked_launch_ends_it_at_once_without_a_job(
+    flux_uri: str, tmp_path: Path, how: str
 ) -> None:
     async with opened(FluxBackend(flux_uri), tmp_path) as harness:
         cores = len(harness.nodes[0].cores)
@@ -131,9 +132,10 @@ async def test_cancelling_a_parked_launch_ends_it_at_once_without_a_job(
         harness.placements[parked.key] = ()
         harness.backend.launch(parked)
         t0 = time.monotonic()
-        harness.backend.cancel(parked.key)
+        getattr(harness.backend, how)(parked.key)
         out = await harness.outcome(parked.key, within=10)
         assert out.state is TaskState.CANCELLED
+        assert out.withdrawn is (how == "withdraw")  # withdrawn: ready again, same attempt
         assert out.job_id is None  # never submitted
         assert time.monotonic() - t0 < 5  # not after the holder's 30 s
         harness.backend.cancel(holder.key)

@@ -122,14 +122,17 @@ class ChannelState:
         job = self._launches.open.get(key)
         if job is not None and not job.cancel_requested:
             job.cancel_requested = True
-            if self._holds.unpark(job.launch) or self._unpark(job):  # ends now, without a job
+            if self._unpark(job):  # never submitted: it ends now, without a job
                 reason = "backend closed" if self.closing else "cancelled by matensemble"
                 self._loop.call_soon(self._end_unsent, job, TaskState.CANCELLED, reason)
                 return
             self._send_cancel(job)
 
     def _unpark(self, job: FluxJob) -> bool:
-        """Take a launch waiting for its turn out (``flux_chains``); ``False``: not parked."""
+        """Take a launch not submitted yet out of where it waits (behind an exclusive job,
+        ``flux_holds``, or for its turn, ``flux_chains``); ``False``: it was submitted."""
+        if self._holds.unpark(job.launch):
+            return True
         chains = self._launches.chains
         return chains is not None and chains.unpark(job)
 
