@@ -201,55 +201,39 @@ async def test_a_job_waiting_behind_a_long_one_moves_to_the_cores_a_short_one_fr
 
 
 @pytest.mark.flux
+@pytest.mark.parametrize("ids_known", [True, False], ids=["ids-known", "before-any-id"])
 async def test_the_engine_takes_a_waiting_job_back_to_run_it_on_an_idle_node(
-    flux_uri: str, tmp_path: Path
+    flux_uri: str, tmp_path: Path, ids_known: bool
 ) -> None:
+    """ "next" is booked behind a 5-s "long" and taken back to the node a 0.5-s "short" frees.
+    ``before-any-id``: the three come at once, and "next" is booked before Flux has named any
+    job; it waits in the driver (not in Fluxion's queue, where it could not be taken back)
+    until it can depend on "long", or is taken back before that."""
     whole = Resources(cores_per_rank=min(broker_cores(flux_uri)))  # each task fills a node
     backend = FluxBackend(flux_uri, queue_ahead="depend")
     tasks = [sh("long", "sleep 5", resources=whole), sh("short", "sleep 0.5", resources=whole)]
+    after = sh("next", "sleep 0.2", resources=whole)
     with anyio.fail_after(60):
-        async with Ensemble(tasks, backend=backend, run_dir=tmp_path) as ens:
-            await asyncio.sleep(0.3)
-            ens.submit(sh("next", "sleep 0.2", resources=whole))
+        async with Ensemble(
+            tasks + ([] if ids_known else [after]), backend=backend, run_dir=tmp_path
+        ) as ens:
+            if ids_known:
+                await asyncio.sleep(0.3)
+                ens.submit(after)
             await ens.wait()
     past = replay(tmp_path)
     assert {r.state for r in past.finished.values()} == {TaskState.SUCCEEDED}
     started = [e for e in read_journal(tmp_path / "journal.jsonl") if isinstance(e, TaskStarted)]
     on = {e.id: e.placement[0].node for e in started if e.id != "next"}
     nexts = [e for e in started if e.id == "next"]
-    assert [e.attempt for e in nexts] == [1, 1]  # withdrawn, then launched again
     assert nexts[0].placement[0].node == on["long"]  # booked behind the long task
-    assert nexts[1].placement[0].node == on["short"]  # then run where the short one was
-    first = job_ids(tmp_path)["next"][0]
-    assert taken_back(flux_uri, first)
+    assert nexts[-1].placement[0].node == on["short"]  # then run where the short one was
     assert past.finished["next"].end_time < past.finished["long"].end_time - 2  # type: ignore[operator]
-
-
-@pytest.mark.flux
-async def test_a_task_booked_before_any_job_id_is_known_can_still_be_taken_back(
-    flux_uri: str, tmp_path: Path
-) -> None:
-    """The three tasks come at once: "next" is booked behind "long" before Flux has named
-    any job. It waits in the driver (not in Fluxion's queue, where it could not be taken back)
-    until it can depend on "long", and is then taken back to run where "short" ran."""
-    whole = Resources(cores_per_rank=min(broker_cores(flux_uri)))  # each task fills a node
-    backend = FluxBackend(flux_uri, queue_ahead="depend")
-    tasks = [
-        sh("long", "sleep 5", resources=whole),
-        sh("short", "sleep 0.5", resources=whole),
-        sh("next", "sleep 0.2", resources=whole),
-    ]
-    with anyio.fail_after(60):
-        summary = await Ensemble(tasks, backend=backend, run_dir=tmp_path).run()
-    assert summary.counts["succeeded"] == 3
-    started = [e for e in read_journal(tmp_path / "journal.jsonl") if isinstance(e, TaskStarted)]
-    on = {e.id: e.placement[0].node for e in started if e.id != "next"}
-    nexts = [e for e in started if e.id == "next"]
-    assert nexts[0].placement[0].node == on["long"]  # booked behind the long task
-    assert nexts[-1].placement[0].node == on["short"]  # run where the short one was
-    results = summary.results
-    assert results["next"].end_time < results["long"].end_time - 2  # type: ignore[operator]
-    for job_id in job_ids(tmp_path)["next"][:-1]:  # a job submitted for its booking, if any
+    jobs = job_ids(tmp_path)["next"]
+    if ids_known:
+        assert [e.attempt for e in nexts] == [1, 1]  # withdrawn, then launched again
+        assert taken_back(flux_uri, jobs[0])
+    for job_id in jobs[:-1]:  # a job submitted for its booking, if any
         assert taken_back(flux_uri, job_id)
 
 
