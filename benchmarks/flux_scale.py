@@ -22,7 +22,8 @@ reverses each repetition):
   constraint the engine's jobs carry, without the engine);
 - ``ensemble``: ``Ensemble(tasks, backend=FluxBackend(attributes={"exec.test.run_duration":
   D})).run()``, start-up and close included;
-- ``ensemble-ahead``, ``ensemble-depend``: the same with ``queue_ahead=True`` / ``"depend"``;
+- ``ensemble-off``, ``ensemble-ahead``, ``ensemble-depend``: the same with ``queue_ahead=False``
+  (never: the default before ``"auto"``) / ``True`` / ``"depend"``;
 - ``ensemble-kK`` (e.g. ``ensemble-k2``): the same with ``partitions=K`` (see docs/flux.md:
   a partition is a Flux job running a broker on its nodes, which fake nodes cannot run).
 
@@ -57,7 +58,7 @@ from flux_throughput import (  # this script's directory is on sys.path
     import_flux,
 )
 
-ENSEMBLE = re.compile(r"ensemble(-ahead|-depend|-k(\d+))?$")
+ENSEMBLE = re.compile(r"ensemble(-off|-ahead|-depend|-k(\d+))?$")
 
 # --shapes mixed: (share of the jobs, ranks, cores per rank, nodes, exclusive); a node of
 # C cores is taken whole by the last two.
@@ -148,7 +149,7 @@ async def ensemble(
     duration: str,
     run_dir: Path,
     figures: dict[str, Any],
-    ahead: bool | str = False,
+    ahead: bool | str | None = None,
     partitions: int = 1,
 ) -> None:
     from matensemble import Ensemble, Resources, Task
@@ -162,8 +163,10 @@ async def ensemble(
         )
         for i, (r, c, nodes, excl) in enumerate(jobs)
     ]
+    # None: the backend's default (``"auto"``; a baseline before it knew none: ``False``).
+    options = {} if ahead is None else {"queue_ahead": ahead}
     backend = FluxBackend(
-        queue_ahead=ahead,
+        **options,
         partitions=partitions,
         attributes={"exec.test.run_duration": duration},
     )
@@ -209,8 +212,8 @@ def inner(method: str, n: int, cores: int, shape: str, duration: str) -> None:
         if method in ("raw", "raw-ranked"):
             raw(flux, specs)
         elif found:
-            modes: dict[str, bool | str] = {"-ahead": True, "-depend": "depend"}
-            ahead = modes.get(found.group(1) or "", False)
+            modes: dict[str, bool | str] = {"-off": False, "-ahead": True, "-depend": "depend"}
+            ahead = modes.get(found.group(1) or "")
             k = int(found.group(2) or 1)
             asyncio.run(ensemble(jobs, duration, Path(tmp) / "run", figures, ahead, k))
         else:

@@ -33,7 +33,11 @@ Methods, all running N ``true`` jobs (``--methods`` picks some):
   and enter it when that job is inactive (queueing ahead through Flux's dependencies);
 - ``raw-windowW-held``: the same, the queued jobs submitted held (urgency 0) instead and
   raised to 16 by a ``job-manager.urgency`` RPC at the ``finish`` of the slot's running job;
-- ``ensemble``: ``Ensemble(tasks, backend=FluxBackend()).run()``, start-up included;
+- ``ensemble``: ``Ensemble(tasks, backend=FluxBackend()).run()``, start-up included (the
+  default ``queue_ahead="auto"``: these tasks are short, so it queues ahead as ``"depend"``
+  once the first has finished);
+- ``ensemble-off``: the same with ``FluxBackend(queue_ahead=False)`` (never queueing ahead,
+  the default before ``"auto"``);
 - ``ensemble-ahead``: the same with ``FluxBackend(queue_ahead=True)`` (each slot's next task
   queued in Flux behind the running one);
 - ``ensemble-depend``: the same with ``FluxBackend(queue_ahead="depend")`` (each queued task
@@ -84,7 +88,7 @@ from flux_turnover import slot_turnover  # this script's directory is on sys.pat
 RAW = ("raw-waitable", "raw-journal", "raw-novalidate")
 OURS_WITHOUT = ("rank", "output", "append", "affinity", "pinning", "cwd", "tag", "env", "environ")
 OURS = re.compile(r"raw-ours((?:-no(?:" + "|".join((*OURS_WITHOUT, "all")) + r"))*)$")
-METHODS = (*RAW, "raw-ours", "ensemble", "ensemble-ahead", "ensemble-depend")
+METHODS = (*RAW, "raw-ours", "ensemble", "ensemble-off", "ensemble-ahead", "ensemble-depend")
 METHODS += ("ensemble-k2", "ensemble-k4")
 WINDOW = re.compile(r"raw-window(\d+)(-ranked|-after|-held)?$")
 MARK = "RESULT "
@@ -398,12 +402,14 @@ def our_jobspecs(flux: Any, n: int, base: Path, without: str = "") -> list[str]:
 REACTOR: dict[str, int] = {}  # the ensemble methods' reactor bridges: drains, iterations
 
 
-async def ensemble(n: int, run_dir: Path, partitions: int, ahead: bool | str = False) -> None:
+async def ensemble(n: int, run_dir: Path, partitions: int, ahead: bool | str | None = None) -> None:
     from matensemble import Ensemble, Task  # imported before the clock starts, see inner()
     from matensemble.backends.flux import FluxBackend
 
     tasks = [Task(id=f"t{i}", command=("true",)) for i in range(n)]
-    backend = FluxBackend(partitions=partitions, queue_ahead=ahead)
+    # None: the backend's default (``"auto"``; a baseline before it knew none: ``False``).
+    options = {} if ahead is None else {"queue_ahead": ahead}
+    backend = FluxBackend(partitions=partitions, **options)
     summary = await Ensemble(tasks, backend=backend, run_dir=run_dir).run()
     assert summary.counts["succeeded"] == n, summary.counts
     # The bridges' own counters (statistics kept for benchmarks), read through the backend's
@@ -436,6 +442,7 @@ def inner(method: str, n: int, profile: str | None) -> None:
             "raw-journal": lambda: raw_journal(flux, n),
             "raw-novalidate": lambda: raw_waitable(flux, n, novalidate=True),
             "ensemble": lambda: asyncio.run(ensemble(n, base / "run", 1)),
+            "ensemble-off": lambda: asyncio.run(ensemble(n, base / "run", 1, ahead=False)),
             "ensemble-ahead": lambda: asyncio.run(ensemble(n, base / "run", 1, ahead=True)),
             "ensemble-depend": lambda: asyncio.run(ensemble(n, base / "run", 1, ahead="depend")),
             "ensemble-k2": lambda: asyncio.run(ensemble(n, base / "run", 2)),

@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--queue-ahead",
         action="store_const",
         const=True,
-        default=False,
+        default=None,
         help="local and flux: launch each core's (flux: each slot's) next task behind the "
         "running one, started the moment that one ends",
     )
@@ -64,7 +64,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_const",
         const="depend",
         help="flux: as --queue-ahead, each queued job also depending on the running job it "
-        "waits for",
+        "waits for (flux's default does this while the tasks run under 0.5 s on average)",
+    )
+    ahead.add_argument(
+        "--no-queue-ahead",
+        dest="queue_ahead",
+        action="store_const",
+        const=False,
+        help="local and flux: never queue ahead (flux: not even for short tasks; local: the "
+        "default)",
     )
     common.add_argument(
         "--local-spawners",
@@ -197,6 +205,8 @@ def _refuse_options_of_other_backends(args: argparse.Namespace) -> None:
             "the flux backend",
             "; give --queue-ahead" if backend == "local" else "",
         )
+    if args.queue_ahead is False and backend not in ("local", "flux"):
+        refuse("--no-queue-ahead", "the local and flux backends")
     if args.queue_ahead is True and backend not in ("local", "flux"):
         refuse("--queue-ahead", "the local and flux backends")
     if backend == "flux":  # Flux runs the tasks on its instance's resources, not on a count
@@ -266,7 +276,7 @@ def backend_from_options(args: argparse.Namespace, spec: EnsembleSpec) -> Backen
             uri=args.flux_uri,
             reserve_driver_cores=args.reserve_driver_cores,
             partitions=args.flux_partitions,
-            queue_ahead=args.queue_ahead,
+            queue_ahead="auto" if args.queue_ahead is None else args.queue_ahead,
         )
     # Bounded before any backend builds one id per core or GPU (a typo must not eat the node).
     MAX_GPUS_PER_NODE.check(gpus if isinstance(gpus, int) else len(gpus or []), gpus_from)
@@ -281,7 +291,7 @@ def backend_from_options(args: argparse.Namespace, spec: EnsembleSpec) -> Backen
         return LocalBackend(
             cores=cores,
             gpus=gpus,
-            queue_ahead=args.queue_ahead,
+            queue_ahead=bool(args.queue_ahead),
             spawners=args.local_spawners or "threads",
             cores_per_helper=args.local_cores_per_helper,
         )

@@ -69,16 +69,17 @@ class EngineLoop(RunState):
             starts.append(self._start(rec, placement, now))
 
         held = dispatch.select(self._pool, now, self._deadline, self._in_flight, start)
-        if self._ahead is not None:  # book each node's next tasks behind the running ones
+        if self._ahead is not None:
+            if self._ahead.booking:  # book each node's next tasks behind the running ones
 
-            def book(rec: Record, placement: Placement) -> None:
-                starts.append(self._start(rec, placement, now, True))
+                def book(rec: Record, placement: Placement) -> None:
+                    starts.append(self._start(rec, placement, now, True))
 
-            # Booking goes in order: nothing overtakes (no backfill).
-            booked = dispatch.select(
-                self._ahead.pool, now, self._deadline, self._in_flight, book, backfill=False
-            )
-            held = booked or held
+                # Booking goes in order: nothing overtakes (no backfill).
+                booked = dispatch.select(
+                    self._ahead.pool, now, self._deadline, self._in_flight, book, backfill=False
+                )
+                held = booked or held
             idle = self.backend.can_withdraw and self._pool.free_cores and len(self._ahead)
             if idle and not dispatch.queued():
                 self._withdraw_booked()
@@ -252,6 +253,8 @@ class EngineLoop(RunState):
         rec.state = TaskState.PENDING
         if outcome.start_time is not None and outcome.end_time is not None:
             used = outcome.end_time - outcome.start_time
+            if self._ahead is not None:
+                self._ahead.ran(used)
             cores = gpus = 0
             for slot in rec.placement:  # mostly one: a loop costs less than two generators
                 cores += len(slot.cores)

@@ -65,7 +65,10 @@ class EngineStart(EngineStop):
             inventory = await self.backend.open(self._on_outcome, self._tg)
             self._pool = ResourcePool(inventory)
             if self.backend.queue_ahead:
-                self._ahead = QueueAhead(inventory, exact=self.backend.queue_ahead_same_ids)
+                backend = self.backend
+                self._ahead = QueueAhead(
+                    inventory, backend.queue_ahead_same_ids, backend.queue_ahead_below
+                )
             self._dispatch.use_pool(self._pool)
             # Check everything before the first byte is written, so that bad input leaves
             # no trace and a resume refused here leaves the journal as it was.

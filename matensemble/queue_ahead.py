@@ -22,6 +22,13 @@ accounted on that layer:
   ids, so none can take another's); one booked on ids all free already moves in at once. The
   backend starts it on those ids when the processes holding them have ended, so its accounts
   and the engine's agree.
+- **Only for short tasks** (``Backend.queue_ahead_below``, Flux's default ``queue_ahead="auto"``).
+  Queueing ahead saves each slot the driver's round trip between two tasks, which matters
+  when the tasks are short and costs the backend a second launch per slot that matters when
+  they are long. With a finite ``queue_ahead_below`` the engine books only while the running
+  average of the tasks' run times (their ``end_time - start_time``, weight ``AVERAGE_WEIGHT``
+  to the last) is below it; until a task has finished it does not book. Tasks booked stay
+  booked when it stops.
 - **Ending early.** A booked task that ends before it moved in (cancelled while queued, or
   refused) gives its booking back.
 - **Taken back.** When resources stand idle with no ready task left for them, while tasks
@@ -43,6 +50,7 @@ plans with the booked tasks only once they moved in.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Iterable, Sequence
 
@@ -50,21 +58,39 @@ from matensemble.dispatch import Record
 from matensemble.model import Placement, Slot
 from matensemble.resources import NodeSpec, ResourcePool
 
-__all__ = ["QueueAhead", "same_nodes"]
+__all__ = ["AVERAGE_WEIGHT", "QueueAhead", "same_nodes"]
+
+AVERAGE_WEIGHT = 0.2
+"""The weight of the last finished task in the running average of run times that decides,
+with a finite ``Backend.queue_ahead_below``, whether the engine books ahead."""
 
 
 class QueueAhead:
     """The second layer of the inventory, and the tasks booked on it, per node in order."""
 
-    def __init__(self, nodes: Sequence[NodeSpec], exact: bool = False) -> None:
+    def __init__(
+        self, nodes: Sequence[NodeSpec], exact: bool = False, below: float = math.inf
+    ) -> None:
         self.pool = ResourcePool(nodes)
         self.exact = exact  # move in on the booked ids themselves
+        self.below = below  # book only while tasks run shorter than this on average
+        self.booking = below == math.inf  # whether the engine books further tasks now
+        self.average: float | None = None  # of the finished tasks' run times, if ``below``
         self._booked: dict[str, int] = {}  # task id -> attempt, while booked
         self._lines: dict[str, deque[tuple[Record, int]]] = {n.name: deque() for n in nodes}
         self.withdrawing: set[str] = set()  # ids of booked tasks asked back from the backend
 
     def __len__(self) -> int:
         return len(self._booked)
+
+    def ran(self, seconds: float) -> None:
+        """A task ran ``seconds``: with a finite ``below``, book while they average less."""
+        if self.below == math.inf:
+            return
+        average = self.average
+        average = seconds if average is None else average + AVERAGE_WEIGHT * (seconds - average)
+        self.average = average
+        self.booking = average < self.below
 
     def book(self, rec: Record) -> None:
         """``rec`` (running attempt, ``rec.placement`` on this layer) is booked."""

@@ -1124,6 +1124,12 @@ CLI_CASES = [
         "--queue-ahead applies to the local and flux backends only, not --backend simulated",
     ),
     cli(
+        "no-queue-ahead-on-simulated",
+        ["run", "{file}", "--backend", "simulated", "--no-queue-ahead"],
+        GOOD,
+        "--no-queue-ahead applies to the local and flux backends only, not --backend simulated",
+    ),
+    cli(
         "queue-ahead-depend-on-local",
         ["run", "{file}", "--queue-ahead-depend"],
         GOOD,

@@ -1,4 +1,4 @@
-"""The command line's options for how a backend launches (``--queue-ahead``,
+"""The command line's options for how a backend launches (``--queue-ahead``, ``--no-queue-ahead``,
 ``--queue-ahead-depend``, ``--local-spawners``, ``--local-cores-per-helper``) reach the
 backend: a real ``matensemble`` process, real tasks, the run's own journal."""
 
@@ -176,3 +176,37 @@ def test_flux_queue_ahead_options_book_the_next_job_behind_the_running_one(
     assert proc.returncode == 0, proc.stdout + proc.stderr
     seen = order(run)
     assert seen.index(("started", "t1")) < seen.index(("finished", "t0")), seen
+
+
+@pytest.mark.flux
+@pytest.mark.skipif(shutil.which("flux") is None, reason="no `flux` command on PATH")
+@pytest.mark.parametrize(("options", "booked"), [((), True), (("--no-queue-ahead",), False)])
+def test_flux_queues_short_tasks_ahead_by_default_and_never_with_no_queue_ahead(
+    tmp_path: Path, options: tuple[str, ...], booked: bool
+) -> None:
+    """Each task takes every core: after the first (short) one has finished, the default
+    books each next task behind the running one; ``--no-queue-ahead`` never does."""
+    cores = len(os.sched_getaffinity(0))
+    spec = write_tasks(tmp_path / "e.toml", *["true"] * 5, cores=cores)
+    run = tmp_path / "run"
+    driver = [sys.executable, "-m", "matensemble", "run", str(spec), "--run-dir", str(run)]
+    env = flux_cli_environment()
+    assert env is not None
+    proc = subprocess.run(
+        ["flux", "start", "--test-size=1", *driver, "--no-progress", "--backend", "flux", *options],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    seen = order(run)
+    assert seen.index(("started", "t1")) > seen.index(("finished", "t0")), seen  # first wave
+    early = [
+        i
+        for i in range(2, 5)
+        if seen.index(("started", f"t{i}")) < seen.index(("finished", f"t{i - 1}"))
+    ]
+    assert bool(early) is booked, seen

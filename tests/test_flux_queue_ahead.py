@@ -7,6 +7,7 @@ tests size their tasks by the slots there are (``broker_cores``), never by this 
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -20,7 +21,7 @@ import pytest
 
 from matensemble import Ensemble
 from matensemble.backends.flux import FluxBackend
-from matensemble.events import RunStarted, TaskStarted, TaskSubmitted
+from matensemble.events import RunStarted, TaskFinished, TaskStarted, TaskSubmitted
 from matensemble.journal import read_journal, replay
 from matensemble.model import Task, TaskState
 
@@ -134,9 +135,40 @@ async def test_queued_ahead_by_dependency_each_waiting_job_depends_on_one_on_its
         assert len(beside) < per_node, (result.id, [b.id for b in beside])
 
 
-def test_queue_ahead_accepts_only_true_false_or_depend() -> None:
-    with pytest.raises(ValueError, match="queue_ahead must be True, False or 'depend'"):
+@pytest.mark.parametrize(("script", "booked"), [("true", True), ("sleep 0.7", False)])
+async def test_by_default_only_short_tasks_are_queued_ahead(
+    flux_uri: str, tmp_path: Path, script: str, booked: bool
+) -> None:
+    """``FluxBackend()`` (``queue_ahead="auto"``): the first wave is not queued ahead; then
+    tasks are, through dependencies, while they run under ``AUTO_BELOW`` (0.5 s) on average."""
+    slots = sum(broker_cores(flux_uri))
+    n = (6 if booked else 2) * slots
+    tasks = [sh(f"t{i:02d}", script) for i in range(n)]
+    with anyio.fail_after(90):
+        summary = await Ensemble(tasks, backend=FluxBackend(flux_uri), run_dir=tmp_path).run()
+    assert summary.counts["succeeded"] == n
+    in_flight = most = 0
+    before_first_end: int | None = None
+    for event in read_journal(tmp_path / "journal.jsonl"):
+        if isinstance(event, TaskStarted):
+            in_flight += 1
+            most = max(most, in_flight)
+        elif isinstance(event, TaskFinished):
+            before_first_end = most if before_first_end is None else before_first_end
+            in_flight -= 1
+    assert before_first_end == slots  # the first wave: one task per slot, nothing booked
+    waiting = [r.job_id for r in summary.results.values() if dependencies_of(flux_uri, r.job_id)]
+    if booked:  # a booked task was started beside every slot's running one, and depended on it
+        assert most > slots and len(waiting) >= n // 2, (most, len(waiting))
+    else:
+        assert most == slots and waiting == []
+
+
+def test_queue_ahead_accepts_only_true_false_depend_or_auto() -> None:
+    with pytest.raises(ValueError, match="queue_ahead must be True, False, 'depend' or 'auto'"):
         FluxBackend(queue_ahead="yes")
+    assert FluxBackend().queue_ahead_below == FluxBackend(queue_ahead="auto").queue_ahead_below
+    assert FluxBackend(queue_ahead="depend").queue_ahead_below == math.inf
 
 
 @pytest.mark.parametrize("ahead", [True, "depend"])

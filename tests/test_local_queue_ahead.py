@@ -302,3 +302,28 @@ async def test_tasks_of_random_lengths_queued_ahead_each_run_once_one_per_core(
             assert end <= start, (end, start)
     starts = [e.id for e in journal(run_dir) if isinstance(e, TaskStarted)]
     assert len(starts) - len(set(starts)) >= 3  # taken back and launched again (12-14 seen)
+
+
+@pytest.mark.parametrize(("script", "booked"), [("true", True), ("sleep 0.4", False)])
+async def test_with_a_threshold_tasks_are_booked_only_while_they_run_shorter(
+    run_dir: Path, script: str, booked: bool
+) -> None:
+    """``Backend.queue_ahead_below`` (Flux's ``queue_ahead="auto"``), with real processes:
+    no booking before a task has finished, then only while the tasks run shorter."""
+    backend = LocalBackend(cores=2, queue_ahead=True)
+    backend.queue_ahead_below = 0.2
+    tasks = [sh(f"t{i}", script) for i in range(8)]
+    with anyio.fail_after(30):
+        summary = await Ensemble(tasks, backend=backend, run_dir=run_dir).run()
+    assert summary.counts["succeeded"] == 8
+    in_flight = most = 0
+    before_first_end: int | None = None
+    for event in journal(run_dir):
+        if isinstance(event, TaskStarted):
+            in_flight += 1
+            most = max(most, in_flight)
+        elif isinstance(event, TaskFinished):
+            before_first_end = most if before_first_end is None else before_first_end
+            in_flight -= 1
+    assert before_first_end == 2  # one task per core until one has finished
+    assert (most > 2) is booked, most

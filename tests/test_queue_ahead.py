@@ -89,3 +89,18 @@ def test_exact_booking_on_ids_free_in_the_pool_claims_them_there_at_once() -> No
     assert ahead.claim_at_once(free.placement, pool)
     assert pool.free_cores == 0 and ahead.pool.free_cores == 1
     assert not QueueAhead(node).claim_at_once(booked.placement, ResourcePool(node))
+
+
+def test_with_a_threshold_booking_waits_for_a_finished_task_and_follows_the_average() -> None:
+    always, gated = QueueAhead(NODES), QueueAhead(NODES, below=0.5)
+    assert always.booking and not gated.booking  # nothing known yet: no booking
+    always.ran(100.0)
+    assert always.booking  # no threshold: it books whatever the tasks take
+    gated.ran(0.05)
+    assert gated.booking and gated.average == 0.05
+    gated.ran(3.0)  # one long task moves the average by its weight, 0.2: to 0.64
+    assert not gated.booking
+    assert gated.average is not None and abs(gated.average - 0.64) < 1e-9
+    for _ in range(2):
+        gated.ran(0.05)  # 0.522, then 0.4276
+    assert gated.booking

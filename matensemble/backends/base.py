@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -235,6 +236,10 @@ class Backend(abc.ABC):
     placement as soon as the launches before it there have ended (Flux): the engine then books
     each node's next tasks behind the running ones and launches them early (see
     ``matensemble.queue_ahead``)."""
+
+    queue_ahead_below: float = math.inf
+    """With ``queue_ahead``: book only while the tasks finishing run shorter than this many
+    seconds on average (``inf``: always; see ``matensemble.queue_ahead``)."""
 
     queue_ahead_same_ids: bool = False
     """With ``queue_ahead``: True when the backend starts a queued launch on exactly the ids

@@ -45,7 +45,11 @@ from matensemble.errors import BackendError
 from matensemble.model import Resources, TaskState
 from matensemble.resources import NodeSpec
 
-__all__ = ["FluxBackend"]
+__all__ = ["AUTO_BELOW", "FluxBackend"]
+
+AUTO_BELOW = 0.5
+"""With ``queue_ahead="auto"``: queue ahead while the tasks run shorter than this many seconds
+on average (``Backend.queue_ahead_below``)."""
 
 
 class FluxBackend(Backend):
@@ -75,7 +79,10 @@ class FluxBackend(Backend):
             ``"depend"``: the same, each queued job also depending (``afterany``) on the
             running job it waits for, and one with no job to depend on kept in the driver
             until it has one or room (see ``flux_chains``): every queued task can be taken
-            back.
+            back; ``"auto"`` (the default): ``"depend"`` while the tasks finishing run shorter
+            than ``AUTO_BELOW`` seconds on average, where the driver's round trip between two
+            jobs of a slot costs most, and no queueing ahead before a task has finished or
+            while they run longer (see ``docs/flux.md``); ``False``: never.
         attributes: extra jobspec attributes for every job, by dotted key, as ``flux submit
             --setattr`` takes them (a key not under ``user.`` is under ``system.``), e.g.
             ``{"system.bank": "chem"}`` or, to run against a fake allocation without starting
@@ -96,7 +103,7 @@ class FluxBackend(Backend):
         queue: str | None = None,
         shell_options: Mapping[str, Any] | None = None,
         partitions: int = 1,
-        queue_ahead: bool | str = False,
+        queue_ahead: bool | str = "auto",
         attributes: Mapping[str, Any] | None = None,
     ) -> None:
         if type(reserve_driver_cores) is not int or reserve_driver_cores < 0:
@@ -105,10 +112,14 @@ class FluxBackend(Backend):
             raise ValueError(f"partitions must be an int >= 1: {partitions!r}")
         if partitions > 1 and reserve_driver_cores:
             raise ValueError("reserve_driver_cores cannot be combined with partitions > 1")
-        if queue_ahead not in (False, True, "depend"):
-            raise ValueError(f"queue_ahead must be True, False or 'depend': {queue_ahead!r}")
+        if queue_ahead not in (False, True, "depend", "auto"):
+            raise ValueError(
+                f"queue_ahead must be True, False, 'depend' or 'auto': {queue_ahead!r}"
+            )
         self.queue_ahead = bool(queue_ahead)
-        self._depend = queue_ahead == "depend"
+        self._depend = queue_ahead in ("depend", "auto")
+        if queue_ahead == "auto":
+            self.queue_ahead_below = AUTO_BELOW
         self.can_withdraw = self._depend  # a job waiting for its dependency: see flux_takeback
         self._uri = uri
         self._options: dict[str, Any] = {
