@@ -177,8 +177,8 @@ class DependencyChains:
         """``job`` finished and no launch waits for it: the oldest launch on its node that
         waits for a job still running there and asks for as many cores (it should take the
         cores ``job`` frees; ``flux_takeback`` moves it), else ``None``."""
-        if id(job) in self._awaited or len(job.launch.placement) != 1:
-            return None
+        if not self._after or id(job) in self._awaited or len(job.launch.placement) != 1:
+            return None  # nothing waits for a job (nothing booked), or a launch waits for it
         slot = job.launch.placement[0]
         for waiting in self._jobs.get(slot.node, ()):
             after = self._after.get(id(waiting))
