@@ -42,7 +42,8 @@ Methods, all running N ``true`` jobs (``--methods`` picks some):
   queued in Flux behind the running one);
 - ``ensemble-depend``: the same with ``FluxBackend(queue_ahead="depend")`` (each queued task
   also depends on the running job it waits for: see ``flux_chains``);
-- ``ensemble-k2``, ``ensemble-k4``: the same with ``FluxBackend(partitions=k)``.
+- ``ensemble-k2``, ``ensemble-k4``: the same with ``FluxBackend(partitions=k)``;
+  ``ensemble-k2-off``, ``ensemble-k4-off`` also with ``queue_ahead=False``.
 
 For the ensemble methods a line also gives the reactor bridges' drains (wake-ups) and
 ``flux_reactor_run`` iterations per job, which the load moves much less than CPU time.
@@ -89,7 +90,7 @@ RAW = ("raw-waitable", "raw-journal", "raw-novalidate")
 OURS_WITHOUT = ("rank", "output", "append", "affinity", "pinning", "cwd", "tag", "env", "environ")
 OURS = re.compile(r"raw-ours((?:-no(?:" + "|".join((*OURS_WITHOUT, "all")) + r"))*)$")
 METHODS = (*RAW, "raw-ours", "ensemble", "ensemble-off", "ensemble-ahead", "ensemble-depend")
-METHODS += ("ensemble-k2", "ensemble-k4")
+METHODS += ("ensemble-k2", "ensemble-k4", "ensemble-k2-off", "ensemble-k4-off")
 WINDOW = re.compile(r"raw-window(\d+)(-ranked|-after|-held)?$")
 MARK = "RESULT "
 
@@ -447,6 +448,8 @@ def inner(method: str, n: int, profile: str | None) -> None:
             "ensemble-depend": lambda: asyncio.run(ensemble(n, base / "run", 1, ahead="depend")),
             "ensemble-k2": lambda: asyncio.run(ensemble(n, base / "run", 2)),
             "ensemble-k4": lambda: asyncio.run(ensemble(n, base / "run", 4)),
+            "ensemble-k2-off": lambda: asyncio.run(ensemble(n, base / "run", 2, ahead=False)),
+            "ensemble-k4-off": lambda: asyncio.run(ensemble(n, base / "run", 4, ahead=False)),
         }
         if ours:
             runs[method] = lambda: raw_waitable(flux, n, specs, novalidate=True)
