@@ -69,6 +69,23 @@ class InvariantChecker(Observer):
                 self.final[result.id] = result.state
 
 
+def started_at_most(journal: Path) -> tuple[int, int]:
+    """From a run's journal: the most tasks started and not finished at once before the first
+    finished, and over the whole run (with queueing ahead, booked tasks count as started)."""
+    from matensemble.journal import read_journal
+
+    in_flight = most = 0
+    before_first_end: int | None = None
+    for event in read_journal(journal):
+        if isinstance(event, TaskStarted):
+            in_flight += 1
+            most = max(most, in_flight)
+        elif isinstance(event, TaskFinished):
+            before_first_end = most if before_first_end is None else before_first_end
+            in_flight -= 1
+    return (most if before_first_end is None else before_first_end), most
+
+
 @pytest.fixture
 def run_dir(tmp_path: Path) -> Path:
     return tmp_path / "run"

@@ -150,44 +150,13 @@ def test_resume_takes_the_launch_options_without_allow_backend_change(tmp_path: 
     assert seen.index(("started", "t1"), last) < seen.index(("finished", "t0"), last), seen
 
 
-@pytest.mark.flux
-@pytest.mark.skipif(shutil.which("flux") is None, reason="no `flux` command on PATH")
-@pytest.mark.parametrize("option", ["--queue-ahead", "--queue-ahead-depend"])
-def test_flux_queue_ahead_options_book_the_next_job_behind_the_running_one(
-    tmp_path: Path, option: str
-) -> None:
-    """Under a real ``flux start``: each task takes every core, so the next one can only have
-    been submitted before the one before it ended by being queued ahead."""
+def run_whole_node_tasks_in_flux(
+    tmp_path: Path, commands: list[str], *options: str
+) -> list[tuple[str, str]]:
+    """``matensemble run`` under a real ``flux start`` with ``options``: one task per command,
+    each taking every core of the broker; the run's starts and ends in journal order."""
     cores = len(os.sched_getaffinity(0))  # what each broker gets (not the host's count)
-    spec = write_tasks(tmp_path / "e.toml", "sleep 0.5", "true", "true", cores=cores)
-    run = tmp_path / "run"
-    driver = [sys.executable, "-m", "matensemble", "run", str(spec), "--run-dir", str(run)]
-    env = flux_cli_environment()
-    assert env is not None
-    proc = subprocess.run(
-        ["flux", "start", "--test-size=1", *driver, "--no-progress", "--backend", "flux", option],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    seen = order(run)
-    assert seen.index(("started", "t1")) < seen.index(("finished", "t0")), seen
-
-
-@pytest.mark.flux
-@pytest.mark.skipif(shutil.which("flux") is None, reason="no `flux` command on PATH")
-@pytest.mark.parametrize(("options", "booked"), [((), True), (("--no-queue-ahead",), False)])
-def test_flux_queues_short_tasks_ahead_by_default_and_never_with_no_queue_ahead(
-    tmp_path: Path, options: tuple[str, ...], booked: bool
-) -> None:
-    """Each task takes every core: after the first (short) one has finished, the default
-    books each next task behind the running one; ``--no-queue-ahead`` never does."""
-    cores = len(os.sched_getaffinity(0))
-    spec = write_tasks(tmp_path / "e.toml", *["true"] * 5, cores=cores)
+    spec = write_tasks(tmp_path / "e.toml", *commands, cores=cores)
     run = tmp_path / "run"
     driver = [sys.executable, "-m", "matensemble", "run", str(spec), "--run-dir", str(run)]
     env = flux_cli_environment()
@@ -202,7 +171,30 @@ def test_flux_queues_short_tasks_ahead_by_default_and_never_with_no_queue_ahead(
         check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    seen = order(run)
+    return order(run)
+
+
+@pytest.mark.flux
+@pytest.mark.skipif(shutil.which("flux") is None, reason="no `flux` command on PATH")
+@pytest.mark.parametrize("option", ["--queue-ahead", "--queue-ahead-depend"])
+def test_flux_queue_ahead_options_book_the_next_job_behind_the_running_one(
+    tmp_path: Path, option: str
+) -> None:
+    """Under a real ``flux start``: each task takes every core, so the next one can only have
+    been submitted before the one before it ended by being queued ahead."""
+    seen = run_whole_node_tasks_in_flux(tmp_path, ["sleep 0.5", "true", "true"], option)
+    assert seen.index(("started", "t1")) < seen.index(("finished", "t0")), seen
+
+
+@pytest.mark.flux
+@pytest.mark.skipif(shutil.which("flux") is None, reason="no `flux` command on PATH")
+@pytest.mark.parametrize(("options", "booked"), [((), True), (("--no-queue-ahead",), False)])
+def test_flux_queues_short_tasks_ahead_by_default_and_never_with_no_queue_ahead(
+    tmp_path: Path, options: tuple[str, ...], booked: bool
+) -> None:
+    """Each task takes every core: after the first (short) one has finished, the default
+    books each next task behind the running one; ``--no-queue-ahead`` never does."""
+    seen = run_whole_node_tasks_in_flux(tmp_path, ["true"] * 5, *options)
     assert seen.index(("started", "t1")) > seen.index(("finished", "t0")), seen  # first wave
     early = [
         i

@@ -21,10 +21,11 @@ import pytest
 
 from matensemble import Ensemble
 from matensemble.backends.flux import FluxBackend
-from matensemble.events import RunStarted, TaskFinished, TaskStarted, TaskSubmitted
+from matensemble.events import RunStarted, TaskStarted, TaskSubmitted
 from matensemble.journal import read_journal, replay
 from matensemble.model import Task, TaskState
 
+from conftest import started_at_most
 from flux_instance import active_jobs, broker_cores, flux_python, flux_uri, taken_back
 
 __all__ = ["flux_python", "flux_uri"]  # fixtures, re-exported so pytest finds them
@@ -147,15 +148,7 @@ async def test_by_default_only_short_tasks_are_queued_ahead(
     with anyio.fail_after(90):
         summary = await Ensemble(tasks, backend=FluxBackend(flux_uri), run_dir=tmp_path).run()
     assert summary.counts["succeeded"] == n
-    in_flight = most = 0
-    before_first_end: int | None = None
-    for event in read_journal(tmp_path / "journal.jsonl"):
-        if isinstance(event, TaskStarted):
-            in_flight += 1
-            most = max(most, in_flight)
-        elif isinstance(event, TaskFinished):
-            before_first_end = most if before_first_end is None else before_first_end
-            in_flight -= 1
+    before_first_end, most = started_at_most(tmp_path / "journal.jsonl")
     assert before_first_end == slots  # the first wave: one task per slot, nothing booked
     waiting = [r.job_id for r in summary.results.values() if dependencies_of(flux_uri, r.job_id)]
     if booked:  # a booked task was started beside every slot's running one, and depended on it

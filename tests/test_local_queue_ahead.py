@@ -20,7 +20,7 @@ from matensemble.journal import read_journal
 from matensemble.model import Slot
 
 from backend_harness import opened
-from conftest import alive
+from conftest import alive, started_at_most
 
 pytestmark = [
     pytest.mark.skipif(
@@ -316,14 +316,6 @@ async def test_with_a_threshold_tasks_are_booked_only_while_they_run_shorter(
     with anyio.fail_after(30):
         summary = await Ensemble(tasks, backend=backend, run_dir=run_dir).run()
     assert summary.counts["succeeded"] == 8
-    in_flight = most = 0
-    before_first_end: int | None = None
-    for event in journal(run_dir):
-        if isinstance(event, TaskStarted):
-            in_flight += 1
-            most = max(most, in_flight)
-        elif isinstance(event, TaskFinished):
-            before_first_end = most if before_first_end is None else before_first_end
-            in_flight -= 1
+    before_first_end, most = started_at_most(run_dir / "journal.jsonl")
     assert before_first_end == 2  # one task per core until one has finished
     assert (most > 2) is booked, most
