@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_const",
         const="depend",
         help="flux: as --queue-ahead, each queued job also depending on the running job it "
-        "waits for (flux's default does this while the tasks run under 0.5 s on average)",
+        "waits for (flux's default does this while the tasks run under 0.5 s on average and "
+        "Flux starts them on time)",
     )
     ahead.add_argument(
         "--no-queue-ahead",

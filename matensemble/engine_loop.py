@@ -240,11 +240,15 @@ class EngineLoop(RunState):
         if rec is None or rec.state is not TaskState.RUNNING or rec.attempts != attempt:
             self._log.warning("stale_outcome", task_id=task_id, attempt=attempt)
             return
-        if self._ahead is not None and self._ahead.withdrawing:
-            self._ahead.withdrawing.discard(task_id)
+        ahead = self._ahead
+        if ahead is not None and ahead.withdrawing:
+            ahead.withdrawing.discard(task_id)
         if outcome.withdrawn and not rec.cancel_requested and not self._stopping:
             self._withdrawn(rec)  # also one a crashed driver asked back, read on resume
             return
+        start, end = outcome.start_time, outcome.end_time
+        if ahead is not None and start is not None and end is not None and not ahead.holds(rec):
+            ahead.ran(end - start, start - rec.start)  # ``rec.start``: its resources were free
         self._release(rec)
         del self._running[task_id]
         counts = self._counts
@@ -253,8 +257,6 @@ class EngineLoop(RunState):
         rec.state = TaskState.PENDING
         if outcome.start_time is not None and outcome.end_time is not None:
             used = outcome.end_time - outcome.start_time
-            if self._ahead is not None:
-                self._ahead.ran(used)
             cores = gpus = 0
             for slot in rec.placement:  # mostly one: a loop costs less than two generators
                 cores += len(slot.cores)

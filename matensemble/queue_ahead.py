@@ -22,13 +22,18 @@ accounted on that layer:
   ids, so none can take another's); one booked on ids all free already moves in at once. The
   backend starts it on those ids when the processes holding them have ended, so its accounts
   and the engine's agree.
-- **Only for short tasks** (``Backend.queue_ahead_below``, Flux's default ``queue_ahead="auto"``).
-  Queueing ahead saves each slot the driver's round trip between two tasks, which matters
-  when the tasks are short and costs the backend a second launch per slot that matters when
-  they are long. With a finite ``queue_ahead_below`` the engine books only while the running
-  average of the tasks' run times (their ``end_time - start_time``, weight ``AVERAGE_WEIGHT``
-  to the last) is below it; until a task has finished it does not book. Tasks booked stay
-  booked when it stops.
+- **Only where it helps** (``Backend.queue_ahead_below``, Flux's default
+  ``queue_ahead="auto"``). Queueing ahead saves each slot the driver's round trip between two
+  tasks, which matters when the tasks are short and when that round trip, not the backend,
+  is what limits; it costs the backend a second launch per slot. With a finite
+  ``queue_ahead_below`` the engine keeps two running averages over the tasks that finished
+  (weight ``AVERAGE_WEIGHT`` to the last): their run times (``end_time - start_time``), and
+  how late they started after their resources were free in its accounts (``start_time``
+  against the launch, or for a booked task the moment it moved in). It books only while the
+  first is below ``queue_ahead_below`` and the second below ``LATE_START``: a backend that
+  starts tasks later than that keeps a queue of its own already, and booking would only add
+  to its work. Until a task has finished it does not book. Tasks booked stay booked when it
+  stops.
 - **Ending early.** A booked task that ends before it moved in (cancelled while queued, or
   refused) gives its booking back.
 - **Taken back.** When resources stand idle with no ready task left for them, while tasks
@@ -58,11 +63,15 @@ from matensemble.dispatch import Record
 from matensemble.model import Placement, Slot
 from matensemble.resources import NodeSpec, ResourcePool
 
-__all__ = ["AVERAGE_WEIGHT", "QueueAhead", "same_nodes"]
+__all__ = ["AVERAGE_WEIGHT", "LATE_START", "QueueAhead", "same_nodes"]
 
 AVERAGE_WEIGHT = 0.2
-"""The weight of the last finished task in the running average of run times that decides,
-with a finite ``Backend.queue_ahead_below``, whether the engine books ahead."""
+"""The weight of the last finished task in the running averages that decide, with a finite
+``Backend.queue_ahead_below``, whether the engine books ahead."""
+
+LATE_START = 0.25
+"""With a finite ``Backend.queue_ahead_below``: no booking while tasks start this many seconds
+(on average) after their resources were free in the engine's accounts."""
 
 
 class QueueAhead:
@@ -76,6 +85,7 @@ class QueueAhead:
         self.below = below  # book only while tasks run shorter than this on average
         self.booking = below == math.inf  # whether the engine books further tasks now
         self.average: float | None = None  # of the finished tasks' run times, if ``below``
+        self.late = 0.0  # how late they started after their resources were free, on average
         self._booked: dict[str, int] = {}  # task id -> attempt, while booked
         self._lines: dict[str, deque[tuple[Record, int]]] = {n.name: deque() for n in nodes}
         self.withdrawing: set[str] = set()  # ids of booked tasks asked back from the backend
@@ -83,14 +93,17 @@ class QueueAhead:
     def __len__(self) -> int:
         return len(self._booked)
 
-    def ran(self, seconds: float) -> None:
-        """A task ran ``seconds``: with a finite ``below``, book while they average less."""
+    def ran(self, seconds: float, late: float) -> None:
+        """A task ran ``seconds``, started ``late`` seconds after its resources were free:
+        with a finite ``below``, book while tasks run shorter and start on time."""
         if self.below == math.inf:
             return
-        average = self.average
-        average = seconds if average is None else average + AVERAGE_WEIGHT * (seconds - average)
-        self.average = average
-        self.booking = average < self.below
+        if self.average is None:
+            self.average, self.late = seconds, late
+        else:
+            self.average += AVERAGE_WEIGHT * (seconds - self.average)
+            self.late += AVERAGE_WEIGHT * (late - self.late)
+        self.booking = self.average < self.below and self.late < LATE_START
 
     def book(self, rec: Record) -> None:
         """``rec`` (running attempt, ``rec.placement`` on this layer) is booked."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from matensemble.dispatch import Record
 from matensemble.model import Resources, Task
-from matensemble.queue_ahead import QueueAhead
+from matensemble.queue_ahead import LATE_START, QueueAhead
 from matensemble.resources import NodeSpec, ResourcePool
 
 NODES = [NodeSpec("a", (0, 1)), NodeSpec("b", (0, 1))]
@@ -94,13 +94,26 @@ def test_exact_booking_on_ids_free_in_the_pool_claims_them_there_at_once() -> No
 def test_with_a_threshold_booking_waits_for_a_finished_task_and_follows_the_average() -> None:
     always, gated = QueueAhead(NODES), QueueAhead(NODES, below=0.5)
     assert always.booking and not gated.booking  # nothing known yet: no booking
-    always.ran(100.0)
+    always.ran(100.0, 50.0)
     assert always.booking  # no threshold: it books whatever the tasks take
-    gated.ran(0.05)
+    gated.ran(0.05, 0.03)
     assert gated.booking and gated.average == 0.05
-    gated.ran(3.0)  # one long task moves the average by its weight, 0.2: to 0.64
+    gated.ran(3.0, 0.03)  # one long task moves the average by its weight, 0.2: to 0.64
     assert not gated.booking
     assert gated.average is not None and abs(gated.average - 0.64) < 1e-9
     for _ in range(2):
-        gated.ran(0.05)  # 0.522, then 0.4276
+        gated.ran(0.05, 0.03)  # 0.522, then 0.4276
     assert gated.booking
+
+
+def test_with_a_threshold_booking_stops_while_tasks_start_late() -> None:
+    """Short tasks that the backend starts late (its own queue is long): booking cannot help."""
+    gated = QueueAhead(NODES, below=0.5)
+    gated.ran(0.05, 2.0)  # a short task, started 2 s after its cores were free
+    assert not gated.booking
+    for late in (0.5, 0.1, 0.0, -0.01):  # 1.7, 1.38, 1.104, 0.881
+        gated.ran(0.05, late)
+        assert not gated.booking
+    for _ in range(6):  # down to 0.229 at the sixth
+        gated.ran(0.05, -0.01)
+    assert gated.booking and gated.late < LATE_START

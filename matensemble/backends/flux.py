@@ -80,9 +80,10 @@ class FluxBackend(Backend):
             running job it waits for, and one with no job to depend on kept in the driver
             until it has one or room (see ``flux_chains``): every queued task can be taken
             back; ``"auto"`` (the default): ``"depend"`` while the tasks finishing run shorter
-            than ``AUTO_BELOW`` seconds on average, where the driver's round trip between two
-            jobs of a slot costs most, and no queueing ahead before a task has finished or
-            while they run longer (see ``docs/flux.md``); ``False``: never.
+            than ``AUTO_BELOW`` seconds on average and Flux starts them on time (see
+            ``matensemble.queue_ahead``), where the driver's round trip between two jobs of a
+            slot costs most, and no queueing ahead before a task has finished or otherwise
+            (see ``docs/flux.md``); ``False``: never.
         attributes: extra jobspec attributes for every job, by dotted key, as ``flux submit
             --setattr`` takes them (a key not under ``user.`` is under ``system.``), e.g.
             ``{"system.bank": "chem"}`` or, to run against a fake allocation without starting
