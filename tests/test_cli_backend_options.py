@@ -192,13 +192,13 @@ def test_flux_queue_ahead_options_book_the_next_job_behind_the_running_one(
 def test_flux_queues_short_tasks_ahead_by_default_and_never_with_no_queue_ahead(
     tmp_path: Path, options: tuple[str, ...], booked: bool
 ) -> None:
-    """Each task takes every core: after the first (short) one has finished, the default
+    """Each task takes every core: after the first (short) ones have finished, the default
     books each next task behind the running one; ``--no-queue-ahead`` never does."""
-    seen = run_whole_node_tasks_in_flux(tmp_path, ["true"] * 5, *options)
+    seen = run_whole_node_tasks_in_flux(tmp_path, ["true"] * 8, *options)
     assert seen.index(("started", "t1")) > seen.index(("finished", "t0")), seen  # first wave
     early = [
         i
-        for i in range(2, 5)
+        for i in range(2, 8)
         if seen.index(("started", f"t{i}")) < seen.index(("finished", f"t{i - 1}"))
     ]
     assert bool(early) is booked, seen
