@@ -246,9 +246,10 @@ class EngineLoop(RunState):
         if outcome.withdrawn and not rec.cancel_requested and not self._stopping:
             self._withdrawn(rec)  # also one a crashed driver asked back, read on resume
             return
-        start, end = outcome.start_time, outcome.end_time
-        if ahead is not None and start is not None and end is not None and not ahead.holds(rec):
-            ahead.ran(end - start, start - rec.start)  # ``rec.start``: its resources were free
+        if ahead is not None and ahead.gated and not ahead.holds(rec):
+            start, end = outcome.start_time, outcome.end_time
+            if start is not None and end is not None:  # ``rec.start``: its resources were free
+                ahead.ran(end - start, start - rec.start)
         self._release(rec)
         del self._running[task_id]
         counts = self._counts

@@ -83,7 +83,8 @@ class QueueAhead:
         self.pool = ResourcePool(nodes)
         self.exact = exact  # move in on the booked ids themselves
         self.below = below  # book only while tasks run shorter than this on average
-        self.booking = below == math.inf  # whether the engine books further tasks now
+        self.gated = below < math.inf  # whether finished tasks decide (``ran``)
+        self.booking = not self.gated  # whether the engine books further tasks now
         self.average: float | None = None  # of the finished tasks' run times, if ``below``
         self.late = 0.0  # how late they started after their resources were free, on average
         self._booked: dict[str, int] = {}  # task id -> attempt, while booked
@@ -94,10 +95,11 @@ class QueueAhead:
         return len(self._booked)
 
     def ran(self, seconds: float, late: float) -> None:
-        """A task ran ``seconds``, started ``late`` seconds after its resources were free:
-        with a finite ``below``, book while tasks run shorter and start on time."""
-        if self.below == math.inf:
-            return
+        """A task ran ``seconds``, started ``late`` seconds after its resources were free
+        (the engine tells only a ``gated`` layer): book while tasks run shorter than ``below``
+        and start on time."""
+        if not self.gated:
+            return  # no threshold: it books whatever the tasks take
         if self.average is None:
             self.average, self.late = seconds, late
         else:
