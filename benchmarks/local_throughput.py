@@ -24,11 +24,13 @@ through
 - the engine: N tasks through ``Ensemble`` + ``LocalBackend(cores=<cores>)`` (each task with its
   own directory, stdout/stderr files, CPU pinning, process group, pidfd and journal), once with
   the run directory on tmpfs (/dev/shm: the engine and spawn path alone) and once on the disk
-  under the current directory (adds the file system's metadata cost, unless ``--tmpfs-only``);
-  on tmpfs also with ``LocalBackend(queue_ahead=True)`` (``engine+ahead``), and both again with
-  ``LocalBackend(spawners="processes")`` (``engine/helpers``: helper processes start, wait for
-  and reap the tasks), the four in turn; with ``--cores-per-helper 1,2`` the helpers' two cases
-  once per value (``engine/helpers/2``: ``cores_per_helper=2``), all in turn.
+  under the current directory (adds the file system's metadata cost, unless ``--tmpfs-only``).
+  On tmpfs, in turn: the default (``engine/helpers+auto``: helper processes start, wait for and
+  reap the tasks, and short tasks are queued ahead, ``queue_ahead="auto"``), the helpers with
+  ``queue_ahead=True`` (``+ahead``) and ``False``, and worker threads of the driver
+  (``spawners="threads"``, ``engine/threads``) without and with queueing ahead; with
+  ``--cores-per-helper 1,2`` the helpers' cases once per value (``engine/helpers/2``:
+  ``cores_per_helper=2``).
 
 "driver CPU/task" is the engine process's own user+system CPU (``RUSAGE_SELF``: its threads,
 not its children) over the run, per task: launch, reap, journal and status; "loop" is the part
@@ -50,15 +52,16 @@ and the tasks they reaped, so the difference between the two is the helpers' own
 as "helpers' own" on the helpers' lines (their children CPU less that of the threads' engine
 without queueing ahead in the same repetition).
 ``--raw-only`` runs the raw methods alone, ``--no-raw-spawners`` all but the raw spawners.
-``--profile`` runs one engine case under cProfile and prints the top entries.
+``--profile`` runs the default engine case under cProfile and prints the top entries.
 
 ``--baseline DIR`` (a directory holding another ``matensemble`` package, e.g. ``git archive
 main matensemble | tar -x -C DIR``) compares two versions of the code on the loaded machine
 this runs on: each repetition then also runs the engine on tmpfs in two fresh interpreters,
 one importing this checkout's ``matensemble`` and one the baseline's, in alternating order,
 and prints both lines (``engine@current``, ``engine@baseline``) with the ratio of each to the
-repetition's best raw method. ``--baseline-case helpers+ahead`` makes those two runs
-``LocalBackend(spawners="processes", queue_ahead=True)`` instead of the default backend. Run it
+repetition's best raw method: each version's default backend, or with ``--baseline-case
+threads`` ``LocalBackend(spawners="threads", queue_ahead=False)`` (the default before
+2026-11-29), with ``helpers+ahead`` ``LocalBackend(spawners="processes", queue_ahead=True)``. Run it
 from a directory that holds no ``matensemble`` package (a baseline's helper processes may
 import from their working directory). The load average is printed with every repetition.
 """
@@ -94,8 +97,22 @@ COMMAND = ["true"]  # what every task runs (``--sleep S``: ``sleep S``)
 # directory (on tmpfs), its own output files and variables there, as in the backend, and the
 # CPU seconds the driver spends on each exit before it books the next (an engine's share).
 SPAWNED_BY = ("threads", "processes")  # LocalBackend(spawners=...)
-# What --baseline compares: (queue_ahead, spawners) of the engine runs in fresh interpreters.
-CASES = {"threads": (False, "threads"), "helpers+ahead": (True, "processes")}
+# What --baseline compares: (queue_ahead, spawners) of the engine runs in fresh interpreters
+# (None: the backend's default, whatever it is in the code run).
+Case = tuple[bool | str | None, str | None]
+CASES: dict[str, Case] = {
+    "default": (None, None),
+    "threads": (False, "threads"),
+    "helpers+ahead": (True, "processes"),
+}
+# The engine cases on tmpfs (queue_ahead, spawners), in turn; the first is the default.
+ENGINE_CASES: list[Case] = [
+    ("auto", "processes"),
+    (True, "processes"),
+    (False, "processes"),
+    (False, "threads"),
+    (True, "threads"),
+]
 SPAWNERS = {
     "0 ahead, files": (0, True, 0.0),
     "1 ahead": (1, False, 0.0),
@@ -182,19 +199,22 @@ async def engine(
     n: int,
     cores: int,
     base: Path,
-    queue_ahead: bool = False,
-    spawners: str = "threads",
+    queue_ahead: bool | str | None = None,
+    spawners: str | None = None,
     cores_per_helper: int | None = None,
 ) -> tuple[float, DriverCPU, list[float]]:
-    """Wall seconds, driver CPU and the refill gaps of one engine run."""
+    """Wall seconds, driver CPU and the refill gaps of one engine run (``None``: the
+    backend's default)."""
     tasks = [Task(id=f"t{i}", command=tuple(COMMAND)) for i in range(n)]
     with tempfile.TemporaryDirectory(dir=base) as run_dir:
         by: dict[str, object] = {}  # a baseline may lack these options
-        if spawners != "threads":
+        if queue_ahead is not None:
+            by["queue_ahead"] = queue_ahead
+        if spawners is not None:
             by["spawners"] = spawners
         if cores_per_helper is not None:
             by["cores_per_helper"] = cores_per_helper
-        backend = LocalBackend(cores=cores, queue_ahead=queue_ahead, **by)
+        backend = LocalBackend(cores=cores, **by)
         ensemble = Ensemble(tasks, backend=backend, run_dir=run_dir)
         cpu, t0 = DriverCPU(), time.perf_counter()
         cpu.start()
@@ -223,7 +243,7 @@ async def backend_alone(
 ) -> tuple[float, DriverCPU]:
     """Wall seconds and driver CPU of n tasks through LocalBackend, without the engine."""
     outcomes: asyncio.Queue[Outcome] = asyncio.Queue()
-    backend = LocalBackend(cores=cores, spawners=spawners)
+    backend = LocalBackend(cores=cores, queue_ahead=False, spawners=spawners)
     tasks = [Task(id=f"t{i}", command=tuple(COMMAND)) for i in range(n)]
     async with anyio.create_task_group() as tg:
         (node,) = await backend.open(outcomes.put_nowait, tg)
@@ -269,7 +289,7 @@ def engine_line(
 
 
 def engine_elsewhere(
-    n: int, cores: int, matensemble_dir: str | None, case: str = "threads"
+    n: int, cores: int, matensemble_dir: str | None, case: str = "default"
 ) -> tuple[float, DriverCPU, list[float]]:
     """One engine run on tmpfs in a fresh interpreter, importing ``matensemble`` from
     ``matensemble_dir`` (``None``: as this script does); ``case``: one of ``CASES``."""
@@ -330,8 +350,9 @@ def main() -> None:
     parser.add_argument(
         "--baseline-case",
         choices=CASES,
-        default="threads",
-        help="the engine that --baseline runs: threads (default), or helpers with queue_ahead",
+        default="default",
+        help="the engine that --baseline runs: the backend's default (default), threads without "
+        "queueing ahead, or helpers with queue_ahead=True",
     )
     parser.add_argument("--one-engine", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -391,21 +412,23 @@ def main() -> None:
         for name, base in places.items():
             if not base.is_dir():
                 continue
-            # On tmpfs: with and without queueing ahead, by threads and by helpers, in turn.
+            # On tmpfs: the default, then with and without queueing ahead, by helpers and by
+            # threads, in turn; on the disk the default alone.
             cases = [
                 (a, by, k)
-                for by in SPAWNED_BY
+                for a, by in ENGINE_CASES
                 for k in (per_helper if by == "processes" else [None])
-                for a in (False, True)
             ]
             turn = rep % len(cases)
             cases = cases[turn:] + cases[:turn] if name == "tmpfs" else cases[:1]
             lines, tasks_cpu = [], None  # the children CPU of the threads' engine: the tasks'
             for queue_ahead, spawners, k in cases:
                 elapsed, cpu, gaps = asyncio.run(engine(n, cores, base, queue_ahead, spawners, k))
-                label = "engine" + ("/helpers" if spawners == "processes" else "")
-                label += f"{f'/{k}' if k else ''}{'+ahead' if queue_ahead else ''} ({name:5})"
-                line = engine_line(f"{label:30}", n, elapsed, cpu, gaps, raw[best])
+                label = f"engine/{'helpers' if spawners == 'processes' else 'threads'}"
+                label += f"{f'/{k}' if k else ''}"
+                label += {True: "+ahead", False: "", "auto": "+auto (default)"}[queue_ahead]
+                label += f" ({name:5})"
+                line = engine_line(f"{label:38}", n, elapsed, cpu, gaps, raw[best])
                 lines.append((line, cpu.children if spawners == "processes" else None))
                 if spawners == "threads" and not queue_ahead:
                     tasks_cpu = cpu.children

@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
         const=True,
         default=None,
         help="local and flux: launch each core's (flux: each slot's) next task behind the "
-        "running one, started the moment that one ends",
+        "running one, started the moment that one ends, whatever the tasks take (the default "
+        "does this while they run under 0.5 s on average)",
     )
     ahead.add_argument(
         "--queue-ahead-depend",
@@ -72,21 +73,20 @@ def build_parser() -> argparse.ArgumentParser:
         dest="queue_ahead",
         action="store_const",
         const=False,
-        help="local and flux: never queue ahead (flux: not even for short tasks; local: the "
-        "default)",
+        help="local and flux: never queue ahead, not even for short tasks",
     )
     common.add_argument(
         "--local-spawners",
         choices=["threads", "processes"],
-        help="local: who starts the tasks: worker threads of the driver (default), or a "
-        "helper process per core (per group of cores: --local-cores-per-helper)",
+        help="local: who starts the tasks: a helper process per core (default; per group of "
+        "cores: --local-cores-per-helper), or worker threads of the driver",
     )
     common.add_argument(
         "--local-cores-per-helper",
         type=int,
         metavar="K",
-        help="local, with --local-spawners processes: a helper process per K cores (default: 1 "
-        "up to 128 cores, then as many as keep the helpers at most 128)",
+        help="local: a helper process per K cores (default: 1 up to 128 cores, then as many "
+        "as keep the helpers at most 128); not with --local-spawners threads",
     )
     common.add_argument(
         "--cores",
@@ -192,9 +192,9 @@ def _refuse_options_of_other_backends(args: argparse.Namespace) -> None:
     if args.local_cores_per_helper is not None:
         if backend != "local":
             refuse("--local-cores-per-helper", "the local backend")
-        if args.local_spawners != "processes":
+        if args.local_spawners == "threads":
             raise MatEnsembleError(
-                "--local-cores-per-helper applies to --local-spawners processes only: give both"
+                "--local-cores-per-helper applies to helper processes, not --local-spawners threads"
             )
         if args.local_cores_per_helper < 1:
             raise MatEnsembleError(
@@ -292,8 +292,8 @@ def backend_from_options(args: argparse.Namespace, spec: EnsembleSpec) -> Backen
         return LocalBackend(
             cores=cores,
             gpus=gpus,
-            queue_ahead=bool(args.queue_ahead),
-            spawners=args.local_spawners or "threads",
+            queue_ahead="auto" if args.queue_ahead is None else args.queue_ahead,
+            spawners=args.local_spawners or "processes",
             cores_per_helper=args.local_cores_per_helper,
         )
     except (ValueError, TypeError) as exc:

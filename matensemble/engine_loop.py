@@ -243,8 +243,18 @@ class EngineLoop(RunState):
         ahead = self._ahead
         if ahead is not None and ahead.withdrawing:
             ahead.withdrawing.discard(task_id)
-        if outcome.withdrawn and not rec.cancel_requested and not self._stopping:
-            self._withdrawn(rec)  # also one a crashed driver asked back, read on resume
+        # Taken back (also by a crashed driver, read on resume), or stopped with the run
+        # before it started (queued ahead): this attempt never ran, and a stopped run's
+        # teardown records the task as never launched. The user's cancel is final.
+        if not rec.cancel_requested and (
+            outcome.withdrawn
+            or (
+                self._stopping
+                and outcome.start_time is None
+                and outcome.state is TaskState.CANCELLED
+            )
+        ):
+            self._withdrawn(rec)
             return
         if ahead is not None and ahead.gated and not ahead.holds(rec):
             start, end = outcome.start_time, outcome.end_time

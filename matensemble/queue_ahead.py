@@ -22,8 +22,8 @@ accounted on that layer:
   ids, so none can take another's); one booked on ids all free already moves in at once. The
   backend starts it on those ids when the processes holding them have ended, so its accounts
   and the engine's agree.
-- **Only where it helps** (``Backend.queue_ahead_below``, Flux's default
-  ``queue_ahead="auto"``). Queueing ahead saves each slot the driver's round trip between two
+- **Only where it helps** (``Backend.queue_ahead_below``, the default ``queue_ahead="auto"``
+  of Flux and the local backend). Queueing ahead saves each slot the driver's round trip between two
   tasks, which matters when the tasks are short and when that round trip, not the backend,
   is what limits; it costs the backend a second launch per slot. With a finite
   ``queue_ahead_below`` the engine keeps two running averages over the tasks that finished
@@ -63,7 +63,11 @@ from matensemble.dispatch import Record
 from matensemble.model import Placement, Slot
 from matensemble.resources import NodeSpec, ResourcePool
 
-__all__ = ["AVERAGE_WEIGHT", "LATE_START", "QueueAhead", "same_nodes"]
+__all__ = ["AUTO_BELOW", "AVERAGE_WEIGHT", "LATE_START", "QueueAhead", "same_nodes"]
+
+AUTO_BELOW = 0.5
+"""A backend's ``queue_ahead="auto"`` (the default of Flux and the local backend): queue ahead
+while the tasks run shorter than this many seconds on average (``Backend.queue_ahead_below``)."""
 
 AVERAGE_WEIGHT = 0.2
 """The weight of the last finished task in the running averages that decide, with a finite

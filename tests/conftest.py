@@ -7,10 +7,11 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from matensemble.events import Event, RunStarted, TaskFinished, TaskStarted
+from matensemble.events import Event, RunStarted, TaskFinished, TaskStarted, TaskWithdrawn
 from matensemble.model import TaskState
 from matensemble.observer import Observer
 
@@ -20,15 +21,21 @@ class InvariantChecker(Observer):
 
     Checks: no core or GPU id is granted twice at once, nothing exceeds the node sizes
     (invariant 1); a task starts only after every prerequisite succeeded (invariant 3); every
-    task ends exactly once, with a reason unless it succeeded (invariant 2).
+    task ends exactly once, with a reason unless it succeeded (invariant 2). With
+    ``queue_ahead`` (a backend that queues ahead, whose booked tasks are journaled as started
+    on the ids of the task running there: ``matensemble.queue_ahead``) an id may be granted to
+    a second task while the first holds it, and instead no two tasks' processes ever ran on
+    one id at once (their results' start and end times).
     """
 
-    def __init__(self, cores_per_node: int, gpus_per_node: int) -> None:
+    def __init__(self, cores_per_node: int, gpus_per_node: int, queue_ahead: bool = False) -> None:
         self.cores_per_node = cores_per_node
         self.gpus_per_node = gpus_per_node
+        self.holders = 2 if queue_ahead else 1  # the running task, and one booked behind it
         self.after: dict[str, tuple[str, ...]] = {}
-        self.in_use: dict[tuple[str, str, object], str] = {}
+        self.in_use: dict[tuple[str, str, object], list[str]] = {}
         self.placements: dict[str, tuple] = {}
+        self.ran: dict[tuple[str, str, object], list[tuple[float, float, str]]] = {}
         self.final: dict[str, TaskState] = {}
         self.started: list[str] = []
         self.run_started = False
@@ -43,30 +50,46 @@ class InvariantChecker(Observer):
                 assert self.final.get(dep) is TaskState.SUCCEEDED, (event.id, dep)
             assert event.id not in self.final
             for slot in event.placement:
-                for core in slot.cores:
-                    assert 0 <= core < self.cores_per_node
-                    key = (slot.node, "core", core)
-                    assert key not in self.in_use, f"core {key} given twice"
-                    self.in_use[key] = event.id
-                for gpu in slot.gpus:
-                    key = (slot.node, "gpu", gpu)
-                    assert key not in self.in_use, f"gpu {key} given twice"
-                    self.in_use[key] = event.id
+                assert all(0 <= core < self.cores_per_node for core in slot.cores)
+                for key in self._ids(slot):
+                    holders = self.in_use.setdefault(key, [])
+                    assert len(holders) < self.holders, f"{key[1]} {key} given twice: {holders}"
+                    holders.append(event.id)
             self.placements[event.id] = event.placement
             self.started.append(event.id)
+        elif isinstance(event, TaskWithdrawn):
+            self._give_back(event.id)
         elif isinstance(event, TaskFinished):
             result = event.result
-            for slot in self.placements.pop(result.id, ()):
-                for core in slot.cores:
-                    assert self.in_use.pop((slot.node, "core", core)) == result.id
-                for gpu in slot.gpus:
-                    assert self.in_use.pop((slot.node, "gpu", gpu)) == result.id
+            placement = self.placements.get(result.id, ())
+            self._give_back(result.id)
+            if result.start_time is not None and result.end_time is not None:
+                span = (result.start_time, result.end_time, result.id)
+                for slot in placement:
+                    for key in self._ids(slot):
+                        for start, end, other in self.ran.get(key, ()):
+                            assert end <= span[0] or span[1] <= start, f"{key}: {other}, {span}"
+                        self.ran.setdefault(key, []).append(span)
             if event.retry_in is None:
                 assert result.id not in self.final, f"{result.id} ended twice"
                 assert result.state.terminal
                 if result.state is not TaskState.SUCCEEDED:
                     assert result.reason, f"{result.id} {result.state} without a reason"
                 self.final[result.id] = result.state
+
+    @staticmethod
+    def _ids(slot: Any) -> list[tuple[str, str, object]]:
+        return [(slot.node, "core", c) for c in slot.cores] + [
+            (slot.node, "gpu", g) for g in slot.gpus
+        ]
+
+    def _give_back(self, task_id: str) -> None:
+        for slot in self.placements.pop(task_id, ()):
+            for key in self._ids(slot):
+                holders = self.in_use[key]
+                holders.remove(task_id)
+                if not holders:
+                    del self.in_use[key]
 
 
 def started_at_most(journal: Path) -> tuple[int, int]:

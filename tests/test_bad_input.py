@@ -1087,16 +1087,10 @@ CLI_CASES = [
         "--local-cores-per-helper applies to the local backend only, not --backend flux",
     ),
     cli(
-        "local-cores-per-helper-without-helpers",
-        ["run", "{file}", "--local-cores-per-helper", "2"],
-        GOOD,
-        "--local-cores-per-helper applies to --local-spawners processes only: give both",
-    ),
-    cli(
         "local-cores-per-helper-with-threads",
         ["run", "{file}", "--local-spawners", "threads", "--local-cores-per-helper", "1"],
         GOOD,
-        "--local-cores-per-helper applies to --local-spawners processes only: give both",
+        "--local-cores-per-helper applies to helper processes, not --local-spawners threads",
     ),
     cli(
         "local-cores-per-helper-zero",

@@ -78,7 +78,7 @@ def test_local_cores_per_helper_starts_the_tasks_of_both_cores_in_one_helper(
     spec = write_tasks(tmp_path / "e.toml", *tasks)
     run = tmp_path / "run"
     common = ("--no-progress", "--cores", "2")
-    options = ("--local-spawners", "processes", "--local-cores-per-helper", "2")
+    options = ("--local-cores-per-helper", "2")  # helper processes are the default
     if command == "resume":
         stopped = matensemble(
             "run", spec, "--run-dir", run, *common, "--walltime", "1", cwd=tmp_path
@@ -95,13 +95,20 @@ def test_local_cores_per_helper_starts_the_tasks_of_both_cores_in_one_helper(
     assert cmdline0[-1] == ",".join(map(str, cores)), cmdline0
 
 
-def test_the_default_spawners_start_the_tasks_from_the_driver_itself(tmp_path: Path) -> None:
+@pytest.mark.parametrize("spawners", [None, "threads"])
+def test_helpers_start_the_tasks_by_default_and_worker_threads_from_the_driver_itself(
+    tmp_path: Path, spawners: str | None
+) -> None:
     spec = write_tasks(tmp_path / "e.toml", PARENT)
     run = tmp_path / "run"
-    proc = matensemble("run", spec, "--run-dir", run, "--no-progress", cwd=tmp_path)
+    options = ("--local-spawners", spawners) if spawners else ()
+    proc = matensemble("run", spec, "--run-dir", run, "--no-progress", *options, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     parent = (run / "tasks" / "t0" / "stdout").read_text()
-    assert "-m matensemble run" in parent and HELPER not in parent, parent
+    if spawners == "threads":
+        assert "-m matensemble run" in parent and HELPER not in parent, parent
+    else:
+        assert HELPER in parent, parent
 
 
 @pytest.mark.parametrize("spawners", ["threads", "processes"])
@@ -122,7 +129,8 @@ def test_queue_ahead_launches_the_next_task_while_the_one_before_runs(
 def test_without_queue_ahead_one_core_runs_one_task_at_a_time(tmp_path: Path) -> None:
     spec = write_tasks(tmp_path / "e.toml", "sleep 0.3", "true")
     run = tmp_path / "run"
-    proc = matensemble("run", spec, "--run-dir", run, "--no-progress", "--cores", "1", cwd=tmp_path)
+    args = ("--run-dir", run, "--no-progress", "--cores", "1", "--no-queue-ahead")
+    proc = matensemble("run", spec, *args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     seen = order(run)
     assert seen.index(("finished", "t0")) < seen.index(("started", "t1")), seen
@@ -136,7 +144,8 @@ def test_resume_takes_the_launch_options_without_allow_backend_change(tmp_path: 
     spec = write_tasks(tmp_path / "e.toml", first, PARENT)
     run = tmp_path / "run"
     common = ("--no-progress", "--cores", "1")
-    stopped = matensemble("run", spec, "--run-dir", run, *common, "--walltime", "1", cwd=tmp_path)
+    first = ("--walltime", "1", "--local-spawners", "threads", "--no-queue-ahead")
+    stopped = matensemble("run", spec, "--run-dir", run, *common, *first, cwd=tmp_path)
     assert stopped.returncode == 3, stopped.stderr
     options = ("--local-spawners", "processes", "--queue-ahead")
     resumed = matensemble("resume", run, *common, *options, cwd=tmp_path)

@@ -20,10 +20,11 @@ import anyio
 import pytest
 
 from matensemble import Ensemble
-from matensemble.backends.flux import AUTO_BELOW, FluxBackend
+from matensemble.backends.flux import FluxBackend
 from matensemble.events import RunStarted, TaskStarted, TaskSubmitted
 from matensemble.journal import read_journal, replay
 from matensemble.model import Task, TaskState
+from matensemble.queue_ahead import AUTO_BELOW
 
 from conftest import started_at_most
 from flux_instance import active_jobs, broker_cores, flux_python, flux_uri, taken_back

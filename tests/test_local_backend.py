@@ -660,7 +660,7 @@ def watch(event, args):
         seen.append((event, str(args[0]), threading.get_ident()))
 
 tasks = [Task(id=f"t{i}", command=["sh", "-c", "echo $MATENSEMBLE_TASK_ID"]) for i in range(8)]
-ensemble = Ensemble(tasks, backend=LocalBackend(), run_dir=sys.argv[1])
+ensemble = Ensemble(tasks, backend=LocalBackend(spawners="threads"), run_dir=sys.argv[1])
 sys.addaudithook(watch)
 summary = asyncio.run(ensemble.run())
 print(json.dumps({"loop": threading.get_ident(), "seen": seen, "counts": summary.counts}))

@@ -217,11 +217,13 @@ async def test_with_gpus_set_to_zero_tasks_see_no_gpu_of_the_driver(run_dir: Pat
 async def test_each_end_reaches_the_journal_in_one_write_with_the_start_that_refills_its_core(
     run_dir: Path,
 ) -> None:
-    """On one core every end frees the slot for the next task: the end and that start are
-    handed to the OS together (one journal write per end, not one for each), the end first."""
+    """On one core without queueing ahead every end frees the slot for the next task: the end
+    and that start are handed to the OS together (one journal write per end, not one for
+    each), the end first."""
     n = 20
     tasks = [Task(id=f"t{i}", command=("true",)) for i in range(n)]
-    ensemble = Ensemble(tasks, backend=LocalBackend(cores=1), run_dir=run_dir)
+    backend = LocalBackend(cores=1, queue_ahead=False)
+    ensemble = Ensemble(tasks, backend=backend, run_dir=run_dir)
     async with ensemble:
         journal = ensemble._journal
         assert journal is not None

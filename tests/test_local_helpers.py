@@ -96,7 +96,7 @@ def test_cores_per_helper_must_be_a_positive_int(given: object) -> None:
 
 def test_cores_per_helper_is_refused_with_worker_threads() -> None:
     with pytest.raises(ValueError, match="cores_per_helper applies to spawners='processes' only"):
-        LocalBackend(cores_per_helper=2)
+        LocalBackend(spawners="threads", cores_per_helper=2)
 
 
 @pytest.mark.parametrize(

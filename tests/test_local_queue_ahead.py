@@ -4,6 +4,7 @@ runs there, started by the worker the moment that one exits. Real processes, rea
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import random
 import sys
@@ -18,6 +19,7 @@ from matensemble.backends.base import Launch
 from matensemble.events import TaskFinished, TaskStarted, TaskWithdrawn
 from matensemble.journal import read_journal
 from matensemble.model import Slot
+from matensemble.queue_ahead import AUTO_BELOW
 
 from backend_harness import opened
 from conftest import alive, started_at_most
@@ -304,14 +306,15 @@ async def test_tasks_of_random_lengths_queued_ahead_each_run_once_one_per_core(
     assert len(starts) - len(set(starts)) >= 3  # taken back and launched again (12-14 seen)
 
 
-@pytest.mark.parametrize(("script", "booked"), [("true", True), ("sleep 0.4", False)])
-async def test_with_a_threshold_tasks_are_booked_only_while_they_run_shorter(
+@pytest.mark.parametrize(("script", "booked"), [("true", True), ("sleep 0.7", False)])
+async def test_by_default_tasks_are_booked_only_while_they_run_shorter(
     run_dir: Path, script: str, booked: bool
 ) -> None:
-    """``Backend.queue_ahead_below`` (Flux's ``queue_ahead="auto"``), with real processes:
-    no booking before a task has finished, then only while the tasks run shorter."""
-    backend = LocalBackend(cores=2, queue_ahead=True)
-    backend.queue_ahead_below = 0.2
+    """The default ``queue_ahead="auto"`` (``Backend.queue_ahead_below``), with real processes:
+    no booking before a task has finished, then only while the tasks run shorter than
+    ``AUTO_BELOW`` on average."""
+    backend = LocalBackend(cores=2)
+    assert backend.queue_ahead and backend.queue_ahead_below == AUTO_BELOW
     tasks = [sh(f"t{i}", script) for i in range(8)]
     with anyio.fail_after(30):
         summary = await Ensemble(tasks, backend=backend, run_dir=run_dir).run()
@@ -319,3 +322,14 @@ async def test_with_a_threshold_tasks_are_booked_only_while_they_run_shorter(
     before_first_end, most = started_at_most(run_dir / "journal.jsonl")
     assert before_first_end == 2  # one task per core until one has finished
     assert (most > 2) is booked, most
+
+
+@pytest.mark.parametrize("given", [False, True, "auto", "depend", 2])
+def test_queue_ahead_is_true_false_or_auto(given: object) -> None:
+    if given in (False, True, "auto"):
+        backend = LocalBackend(queue_ahead=given)  # type: ignore[arg-type]
+        assert backend.queue_ahead is (given is not False)
+        assert (backend.queue_ahead_below < math.inf) is (given == "auto")
+    else:
+        with pytest.raises(ValueError, match="queue_ahead must be True, False or 'auto'"):
+            LocalBackend(queue_ahead=given)  # type: ignore[arg-type]

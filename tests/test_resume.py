@@ -321,7 +321,9 @@ def test_resuming_a_crashed_run_leaves_alone_a_run_of_a_file_of_the_same_name(
     for where in (one, two):
         where.mkdir()
         spec = write_ensemble(where, n=1, sleep=60)
-        drivers.append(matensemble("run", spec, "--run-dir", "run", cwd=where))
+        # Worker threads: a killed driver's helper processes would take its task with them.
+        args = ("run", spec, "--run-dir", "run", "--local-spawners", "threads")
+        drivers.append(matensemble(*args, cwd=where))
     crashed, other = drivers
     try:
         for where in (one, two):

@@ -43,13 +43,10 @@ from matensemble.backends.flux_routing import FluxRouter
 from matensemble.backends.flux_task_dirs import TaskDirs
 from matensemble.errors import BackendError
 from matensemble.model import Resources, TaskState
+from matensemble.queue_ahead import AUTO_BELOW
 from matensemble.resources import NodeSpec
 
-__all__ = ["AUTO_BELOW", "FluxBackend"]
-
-AUTO_BELOW = 0.5
-"""With ``queue_ahead="auto"``: queue ahead while the tasks run shorter than this many seconds
-on average (``Backend.queue_ahead_below``)."""
+__all__ = ["FluxBackend"]
 
 
 class FluxBackend(Backend):

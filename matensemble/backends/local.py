@@ -51,6 +51,7 @@ from matensemble.backends.local_spawner import (
 from matensemble.backends.task_files import TaskOutputs
 from matensemble.errors import BackendError, BackendUnavailable
 from matensemble.model import TaskState
+from matensemble.queue_ahead import AUTO_BELOW
 from matensemble.resources import NodeSpec
 
 __all__ = ["LocalBackend"]
@@ -73,23 +74,27 @@ class LocalBackend(Backend):
             the running Python (where the ``mpich`` wheel installs it).
         kill_grace: seconds from SIGTERM to SIGKILL when a launch is stopped.
         node_name: the node's name in the inventory; default: the host name.
-        spawners: ``"threads"`` (worker threads of the driver start the processes) or
-            ``"processes"`` (a helper process per core, or per group of cores, starts, waits
-            for and reaps them: ``local_helpers``).
+        queue_ahead: launch each core's next task while the one before it still runs there,
+            started the moment that one exits (see ``local_ahead``); ``"auto"`` (the
+            default): while the tasks finishing run shorter than ``AUTO_BELOW`` (0.5) seconds
+            on average, where the driver's round trip between two tasks of a core costs most,
+            and not before a task has finished (see ``matensemble.queue_ahead``); ``False``:
+            never.
+        spawners: ``"processes"`` (the default: a helper process per core, or per group of
+            cores, starts, waits for and reaps them: ``local_helpers``) or ``"threads"``
+            (worker threads of the driver start the processes, the driver reaps them).
         cores_per_helper: with ``spawners="processes"``, the cores each helper serves (it
             starts the launches whose first core is among them); default: 1 up to 128 cores,
             then as many as keep the helpers at most 128 (``local_helpers.HELPERS_AT_MOST``).
 
     Raises:
         ValueError: ``cores`` names more or other cores than this process may use, ``gpus``
-            repeats an id, or ``cores_per_helper`` is not a positive int or is given without
-            ``spawners="processes"``.
+            repeats an id, ``queue_ahead`` is not True, False or ``"auto"``, or
+            ``cores_per_helper`` is not a positive int or is given with ``spawners="threads"``.
         LimitExceeded: (a ``ValueError``) ``gpus`` is more than ``matensemble.limits``
             allows per node (1,024 unless ``MATENSEMBLE_MAX_GPUS_PER_NODE`` says otherwise).
 
-    With ``queue_ahead=True`` the engine launches each core's next task while the one before
-    it still runs there, and a worker (or helper) starts it the moment that one exits (see
-    ``local_ahead``): its ``task_started`` is written when it was queued.
+    A task queued ahead has its ``task_started`` written when it was queued.
 
     Outcomes: a process killed by a signal has ``returncode=None`` and ``signal`` set; a
     non-MPI task with ``ranks > 1`` runs one copy per rank and fails as soon as one copy fails
@@ -110,8 +115,8 @@ class LocalBackend(Backend):
         mpiexec: str | None = None,
         kill_grace: float = 5.0,
         node_name: str | None = None,
-        queue_ahead: bool = False,
-        spawners: str = "threads",
+        queue_ahead: bool | str = "auto",
+        spawners: str = "processes",
         cores_per_helper: int | None = None,
     ) -> None:
         if kill_grace < 0:
@@ -130,7 +135,11 @@ class LocalBackend(Backend):
         self._mpiexec_given = mpiexec
         self._kill_grace = kill_grace
         self._node_name = node_name
+        if queue_ahead not in (True, False, "auto"):
+            raise ValueError(f"queue_ahead must be True, False or 'auto': {queue_ahead!r}")
         self.queue_ahead = bool(queue_ahead)
+        if queue_ahead == "auto":
+            self.queue_ahead_below = AUTO_BELOW
         self._ahead: QueuedLaunches | None = None  # with queue_ahead, once open
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runs: dict[LaunchKey, Run] = {}
