@@ -20,6 +20,7 @@ import anyio
 import pytest
 
 from matensemble import Ensemble
+from matensemble.backends import local_helpers
 from matensemble.backends.local import LocalBackend
 from matensemble.backends.local_helper_messages import (
     Book,
@@ -33,6 +34,7 @@ from matensemble.backends.local_helper_messages import (
     encode,
 )
 from matensemble.backends.local_helpers import HELPERS_AT_MOST, cores_per_helper_for
+from matensemble.errors import BackendUnavailable
 from matensemble.events import TaskStarted
 from matensemble.journal import read_journal
 from matensemble.model import Task, TaskState
@@ -92,6 +94,21 @@ def test_spawners_are_threads_or_processes() -> None:
 def test_cores_per_helper_must_be_a_positive_int(given: object) -> None:
     with pytest.raises(ValueError, match=r"cores_per_helper must be a positive int, got "):
         LocalBackend(spawners="processes", cores_per_helper=given)  # type: ignore[arg-type]
+
+
+async def test_helpers_that_cannot_start_are_a_clear_error_naming_the_remedy(
+    run_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Helper processes are the default: where they cannot start (here: no interpreter at
+    ``sys.executable``), the run stops at its start with the way out, and leaves no pipe open."""
+    monkeypatch.setattr(local_helpers, "_PYTHON", str(run_dir / "no-such-python"))
+    open_before = len(os.listdir("/proc/self/fd"))
+    ensemble = Ensemble([Task(id="a", command=("true",))], backend=LocalBackend(), run_dir=run_dir)
+    with pytest.raises(BackendUnavailable) as err:
+        await ensemble.run()
+    assert "cannot start the local backend's spawner helper processes" in str(err.value)
+    assert "no-such-python" in str(err.value) and "--local-spawners threads" in str(err.value)
+    assert len(os.listdir("/proc/self/fd")) == open_before
 
 
 def test_cores_per_helper_is_refused_with_worker_threads() -> None:

@@ -169,7 +169,6 @@ class LocalBackend(Backend):
             self._gpu_variable_given or found_in or "CUDA_VISIBLE_DEVICES",
             find_mpiexec(self._mpiexec_given),
         )
-        self._devnull = os.open(os.devnull, os.O_RDONLY)
         if self._helpers_wanted:
             self._spawners = Helpers(
                 self._cores,
@@ -182,6 +181,7 @@ class LocalBackend(Backend):
             )
             self._signal_group = self._spawners.signal  # a helper reaps: it knows whose it is
         else:
+            self._devnull = os.open(os.devnull, os.O_RDONLY)
             self._exits = ExitWatch(loop, self._exited, self._take_in)
             self._spawners = Spawners(
                 self._cores,

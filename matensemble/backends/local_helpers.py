@@ -44,6 +44,7 @@ from matensemble.backends.local_helper_messages import (
 )
 from matensemble.backends.local_inventory import kill_group
 from matensemble.backends.local_spawner import Started as Delivered
+from matensemble.errors import BackendUnavailable
 
 __all__ = ["HELPERS_AT_MOST", "Helpers", "cores_per_helper_for"]
 
@@ -103,6 +104,10 @@ class _Helper:
                 env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, path))},
                 start_new_session=True,  # Ctrl-C at the terminal is the driver's to act on
             )
+        except BaseException:
+            os.close(self.book_w)
+            os.close(self.report_r)
+            raise
         finally:
             os.close(book_r)
             os.close(report_w)
@@ -130,7 +135,20 @@ class Helpers:
         self._exit_seen = exit_seen or (lambda token, when: None)
         step = cores_per_helper
         groups = [cores[i : i + step] for i in range(0, len(cores), step)]
-        self._helpers = [_Helper(group) for group in groups]
+        self._helpers: list[_Helper] = []
+        try:
+            for group in groups:
+                self._helpers.append(_Helper(group))
+        except OSError as exc:  # no such interpreter, no process or descriptor left
+            for helper in self._helpers:  # EOF: each exits at once
+                os.close(helper.book_w)
+                os.close(helper.report_r)
+                helper.process.wait()
+            raise BackendUnavailable(
+                f"cannot start the local backend's spawner helper processes ({_PYTHON!r}: "
+                f"{exc}); LocalBackend(spawners='threads') (--local-spawners threads) starts "
+                "the tasks from threads of the driver instead"
+            ) from exc
         self._helper_of = {core: i for i, group in enumerate(groups) for core in group}
         self._next_seq = 0
         # A launch's "first": its first core (-1: none), whose helper starts it.
