@@ -23,9 +23,9 @@ accounted on that layer:
   backend starts it on those ids when the processes holding them have ended, so its accounts
   and the engine's agree.
 - **Only where it helps** (``Backend.queue_ahead_below``, the default ``queue_ahead="auto"``
-  of Flux and the local backend). Queueing ahead saves each slot the driver's round trip between two
-  tasks, which matters when the tasks are short and when that round trip, not the backend,
-  is what limits; it costs the backend a second launch per slot. With a finite
+  of Flux and the local backend). Queueing ahead saves each slot the driver's round trip
+  between two tasks, which matters when the tasks are short and when that round trip, not
+  the backend, is what limits; it costs the backend a second launch per slot. With a finite
   ``queue_ahead_below`` the engine keeps two running averages over the tasks that finished
   (weight ``AVERAGE_WEIGHT`` to the last): their run times (``end_time - start_time``), and
   how late they started after their resources were free in its accounts (``start_time``
