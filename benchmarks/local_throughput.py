@@ -61,8 +61,8 @@ one importing this checkout's ``matensemble`` and one the baseline's, in alterna
 and prints both lines (``engine@current``, ``engine@baseline``) with the ratio of each to the
 repetition's best raw method: each version's default backend, or with ``--baseline-case
 threads`` ``LocalBackend(spawners="threads", queue_ahead=False)`` (the default before
-2026-11-29), with ``helpers+ahead`` ``LocalBackend(spawners="processes", queue_ahead=True)``. Run it
-from a directory that holds no ``matensemble`` package (a baseline's helper processes may
+2026-11-29), with ``helpers+ahead`` ``LocalBackend(spawners="processes", queue_ahead=True)``.
+Run it from a directory that holds no ``matensemble`` package (a baseline's helper processes may
 import from their working directory). The load average is printed with every repetition.
 """
 
