@@ -107,8 +107,8 @@ def _execute(
     completion = completion_by_name(args.completion or spec.completion or "adaptive")
     console = Console(stderr=True)
     observers: list[Observer] = []
-    if not args.no_progress:
-        observers.append(ProgressDisplay(console))
+    if not args.no_progress:  # ``ensemble`` is bound below, before the display first asks
+        observers.append(ProgressDisplay(console, queued_ahead=lambda: ensemble.queued_ahead))
     ensemble = Ensemble(
         spec.tasks,
         backend=backend,

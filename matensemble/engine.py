@@ -266,6 +266,13 @@ class Ensemble(EngineStart, FunctionCalls):
         return self._state_counts()
 
     @property
+    def queued_ahead(self) -> int:
+        """How many of the running tasks (``counts["running"]``) are queued ahead: launched
+        behind the task running on their resources and not started yet (see
+        ``matensemble.queue_ahead``); 0 with a backend that does not queue ahead."""
+        return self._queued_ahead()
+
+    @property
     def durable(self) -> bool:
         """Whether this run syncs what it records (journal, results) to disk before telling."""
         return self._syncs_to_disk()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -22,11 +24,16 @@ __all__ = ["ProgressDisplay"]
 class ProgressDisplay(Observer):
     """Shows done/total, running, failed; prints one line per task that does not succeed.
 
+    ``queued_ahead`` (e.g. ``lambda: ensemble.queued_ahead``) says how many of the running
+    tasks are queued ahead and not started yet; the display then says so beside the count.
     Rendering happens on ``flush`` (once per batch of events), never per event.
     """
 
-    def __init__(self, console: Console | None = None) -> None:
+    def __init__(
+        self, console: Console | None = None, queued_ahead: Callable[[], int] | None = None
+    ) -> None:
         self.console = console or Console(stderr=True)
+        self._queued_ahead = queued_ahead
         self._progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -72,9 +79,12 @@ class ProgressDisplay(Observer):
         for line in self._lines:
             self._progress.console.print(line, highlight=False)
         self._lines.clear()
-        detail = f"running {len(self._running)}" + (
-            f"  [red]not ok {self._bad}[/]" if self._bad else ""
-        )
+        ahead = self._queued_ahead() if self._queued_ahead is not None else 0
+        detail = f"running {len(self._running)}"
+        if ahead:
+            detail += f" ({ahead} queued ahead)"
+        if self._bad:
+            detail += f"  [red]not ok {self._bad}[/]"
         self._progress.update(self._bar, total=self._total, completed=self._done, detail=detail)
 
     def close(self) -> None:

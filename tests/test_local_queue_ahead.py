@@ -333,3 +333,19 @@ def test_queue_ahead_is_true_false_or_auto(given: object) -> None:
     else:
         with pytest.raises(ValueError, match="queue_ahead must be True, False or 'auto'"):
             LocalBackend(queue_ahead=given)  # type: ignore[arg-type]
+
+
+async def test_the_ensemble_says_how_many_running_tasks_are_queued_ahead(run_dir: Path) -> None:
+    """``Ensemble.queued_ahead``: of the running tasks, those booked behind the task on their
+    core and not started yet (the CLI's progress display shows it beside the running count)."""
+    tasks = [sh(f"t{i}", "sleep 0.5") for i in range(3)]  # one core: t1 booked behind t0, ...
+    seen: list[tuple[str, int, int]] = []
+    backend = LocalBackend(cores=1, queue_ahead=True)
+    async with Ensemble(tasks, backend=backend, run_dir=run_dir) as ens:
+        with anyio.fail_after(30):
+            async for result in ens.completed():
+                seen.append((result.id, ens.counts["running"], ens.queued_ahead))
+    # After t0's end t1 runs and t2 is booked behind it (0.5 s before either changes); after
+    # t1's, t2 runs with nothing behind it; at the end nothing runs.
+    assert seen == [("t0", 2, 1), ("t1", 1, 0), ("t2", 0, 0)], seen
+    assert ens.queued_ahead == 0
