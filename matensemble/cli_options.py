@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--queue-ahead",
         action="store_const",
         const=True,
-        default=None,
+        default="auto",  # the backends' own default: queue ahead for short tasks only
         help="local and flux: launch each core's (flux: each slot's) next task behind the "
         "running one, started the moment that one ends, whatever the tasks take (the default "
         "does this while they run under 0.5 s on average)",
@@ -206,10 +206,9 @@ def _refuse_options_of_other_backends(args: argparse.Namespace) -> None:
             "the flux backend",
             "; give --queue-ahead" if backend == "local" else "",
         )
-    if args.queue_ahead is False and backend not in ("local", "flux"):
-        refuse("--no-queue-ahead", "the local and flux backends")
-    if args.queue_ahead is True and backend not in ("local", "flux"):
-        refuse("--queue-ahead", "the local and flux backends")
+    if args.queue_ahead in (True, False) and backend not in ("local", "flux"):
+        option = "--queue-ahead" if args.queue_ahead else "--no-queue-ahead"
+        refuse(option, "the local and flux backends")
     if backend == "flux":  # Flux runs the tasks on its instance's resources, not on a count
         for option, given in (("--cores", args.cores is not None), ("--gpus", args.gpus)):
             if given:
@@ -277,7 +276,7 @@ def backend_from_options(args: argparse.Namespace, spec: EnsembleSpec) -> Backen
             uri=args.flux_uri,
             reserve_driver_cores=args.reserve_driver_cores,
             partitions=args.flux_partitions,
-            queue_ahead="auto" if args.queue_ahead is None else args.queue_ahead,
+            queue_ahead=args.queue_ahead,
         )
     # Bounded before any backend builds one id per core or GPU (a typo must not eat the node).
     MAX_GPUS_PER_NODE.check(gpus if isinstance(gpus, int) else len(gpus or []), gpus_from)
@@ -292,7 +291,7 @@ def backend_from_options(args: argparse.Namespace, spec: EnsembleSpec) -> Backen
         return LocalBackend(
             cores=cores,
             gpus=gpus,
-            queue_ahead="auto" if args.queue_ahead is None else args.queue_ahead,
+            queue_ahead=args.queue_ahead,
             spawners=args.local_spawners or "processes",
             cores_per_helper=args.local_cores_per_helper,
         )

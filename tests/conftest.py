@@ -6,6 +6,7 @@ import select
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +135,13 @@ def alive(pid: int, grace: float = 5.0) -> bool:
 def cli_environment(columns: int = 1000) -> dict[str, str]:
     """The environment a test runs ``matensemble`` in: this one, ``columns`` wide, no colours."""
     return {**os.environ, "COLUMNS": str(columns), "NO_COLOR": "1"}
+
+
+def under_flux_cli(test: Callable[..., Any]) -> Callable[..., Any]:
+    """Marks a test that runs ``flux start`` itself (with ``flux_cli_environment``): a
+    ``flux`` test, skipped where no ``flux`` command is on ``PATH``."""
+    skip = pytest.mark.skipif(shutil.which("flux") is None, reason="no `flux` command on PATH")
+    return pytest.mark.flux(skip(test))
 
 
 def flux_cli_environment() -> dict[str, str] | None:

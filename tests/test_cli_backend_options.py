@@ -5,7 +5,6 @@ backend: a real ``matensemble`` process, real tasks, the run's own journal."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ import pytest
 from matensemble.events import RunStarted, TaskFinished, TaskStarted
 from matensemble.journal import read_journal
 
-from conftest import flux_cli_environment, matensemble
+from conftest import flux_cli_environment, matensemble, under_flux_cli
 
 # A task that prints the command line of the process that started it.
 PARENT = "tr '\\0' ' ' < /proc/$PPID/cmdline"
@@ -183,8 +182,7 @@ def run_whole_node_tasks_in_flux(
     return order(run)
 
 
-@pytest.mark.flux
-@pytest.mark.skipif(shutil.which("flux") is None, reason="no `flux` command on PATH")
+@under_flux_cli
 @pytest.mark.parametrize("option", ["--queue-ahead", "--queue-ahead-depend"])
 def test_flux_queue_ahead_options_book_the_next_job_behind_the_running_one(
     tmp_path: Path, option: str
@@ -195,8 +193,7 @@ def test_flux_queue_ahead_options_book_the_next_job_behind_the_running_one(
     assert seen.index(("started", "t1")) < seen.index(("finished", "t0")), seen
 
 
-@pytest.mark.flux
-@pytest.mark.skipif(shutil.which("flux") is None, reason="no `flux` command on PATH")
+@under_flux_cli
 @pytest.mark.parametrize(("options", "booked"), [((), True), (("--no-queue-ahead",), False)])
 def test_flux_queues_short_tasks_ahead_by_default_and_never_with_no_queue_ahead(
     tmp_path: Path, options: tuple[str, ...], booked: bool

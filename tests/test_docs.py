@@ -25,7 +25,7 @@ from matensemble.cli import COMMANDS
 from matensemble.cli_options import build_parser
 from matensemble.spec import load_ensemble
 
-from conftest import flux_cli_environment
+from conftest import flux_cli_environment, under_flux_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -163,8 +163,7 @@ def test_docs_site_builds_strictly_with_the_api_reference(tmp_path: Path) -> Non
         assert (tmp_path / "site" / page / "index.html").is_file()
 
 
-@pytest.mark.flux
-@pytest.mark.skipif(shutil.which("flux") is None, reason="no `flux` command on PATH")
+@under_flux_cli
 @pytest.mark.parametrize("page", ["hpc/frontier.md", "hpc/perlmutter.md"])
 def test_hpc_guide_run_or_resume_script_runs_under_a_real_flux_start(
     page: str, tmp_path: Path
@@ -197,8 +196,7 @@ def test_hpc_guide_run_or_resume_script_runs_under_a_real_flux_start(
     assert len(record.attempts) == 10  # the resume ran nothing again
 
 
-@pytest.mark.flux
-@pytest.mark.skipif(shutil.which("flux") is None, reason="no `flux` command on PATH")
+@under_flux_cli
 def test_flux_guide_partitions_example_runs_under_a_real_flux_start(tmp_path: Path) -> None:
     """docs/flux.md's partitions driver, run by its own command line: every task succeeds, in
     four partitions (each task saw its own child instance's URI), and none is left behind."""
@@ -264,8 +262,7 @@ def test_local_backend_page_command_line_runs_helpers_queued_ahead(tmp_path: Pat
         shutil.rmtree(tmp_path / "runs")
 
 
-@pytest.mark.flux
-@pytest.mark.skipif(shutil.which("flux") is None, reason="no `flux` command on PATH")
+@under_flux_cli
 def test_flux_page_queue_ahead_command_line_runs_under_a_real_flux_start(tmp_path: Path) -> None:
     env = flux_cli_environment()
     assert env is not None
