@@ -17,14 +17,13 @@ Run the driver inside a Flux instance it owns (``flux start``, ``flux alloc``, `
 - **Partitions** (``partitions=k``): k child instances inside the allocation, each with its own
   scheduler (see ``flux_partitions``); a launch goes to the partition that holds its nodes.
 
-What a jobspec holds is described in ``flux_jobspec``; how R maps to nodes in
-``flux_inventory``.
+How a launch becomes a job is in ``flux_submitter`` (what its jobspec holds: ``flux_jobspec``);
+how R maps to nodes in ``flux_inventory``; how the backend closes in ``flux_closing``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -32,15 +31,15 @@ from typing import Any
 from anyio.abc import TaskGroup
 
 from matensemble.backends.base import Backend, Launch, LaunchKey, Outcome, Reporter, Sink
-from matensemble.backends.flux_chains import WAIT, DependencyChains
 from matensemble.backends.flux_channel import FluxChannel
+from matensemble.backends.flux_closing import close_instances, end_partitions
 from matensemble.backends.flux_connect import allocation_end, connect
 from matensemble.backends.flux_inventory import read_inventory
-from matensemble.backends.flux_jobspec import JobspecBuilder, check_attributes
+from matensemble.backends.flux_jobspec import check_attributes
 from matensemble.backends.flux_partitions import Partition, prepare_partitions
 from matensemble.backends.flux_recovery import adopt_launches, cancel_leftovers, sweep_leftovers
 from matensemble.backends.flux_routing import FluxRouter
-from matensemble.backends.flux_task_dirs import TaskDirs
+from matensemble.backends.flux_submitter import FluxSubmitter
 from matensemble.errors import BackendError
 from matensemble.model import Resources, TaskState
 from matensemble.queue_ahead import AUTO_BELOW
@@ -120,23 +119,23 @@ class FluxBackend(Backend):
             self.queue_ahead_below = AUTO_BELOW
         self.can_withdraw = self._depend  # a job waiting for its dependency: see flux_takeback
         self._uri = uri
-        self._options: dict[str, Any] = {
-            "pmi": pmi,
-            "queue": queue,
-            "shell_options": dict(shell_options or {}),
-            "attributes": check_attributes(attributes or {}),
-        }
         self._reserve = reserve_driver_cores
-        self._urgency = urgency
         self._k = partitions
         self._loop: asyncio.AbstractEventLoop | None = None
         self._flux: Any = None  # the imported ``flux`` package
         self._parent: FluxChannel | None = None  # the enclosing instance
         self._partitions: list[Partition] = []
         self._router = FluxRouter()  # where jobs run: the parent, or the partitions
-        self._builders: dict[int, JobspecBuilder] = {}  # by id() of the channel
-        self._task_dirs = TaskDirs()
         self._token = secrets.token_hex(8)  # names this backend's jobs in the journal
+        options = {
+            "pmi": pmi,
+            "queue": queue,
+            "shell_options": dict(shell_options or {}),
+            "attributes": check_attributes(attributes or {}),
+        }
+        self._submitter = FluxSubmitter(
+            self._router, token=self._token, options=options, urgency=urgency, depend=self._depend
+        )
         self._deadline: float | None = None
         self._reporter: Reporter | None = None
         self._closing = False
@@ -170,11 +169,13 @@ class FluxBackend(Backend):
                 raise BackendError(f"cannot read the Flux inventory: {exc}") from None
             self._deadline = allocation_end(flux, handle)
             if self._k == 1:
-                self._use(parent, nodes)
+                self._submitter.use(parent, nodes, flux.job.JobspecV1)
                 return nodes
             return await self._start_partitions(nodes)
         except BaseException:
-            await self._end_partitions("the driver could not open the Flux backend")
+            await end_partitions(
+                self._parent, self._partitions, "the driver could not open the Flux backend"
+            )
             self._shutdown()
             raise
 
@@ -194,21 +195,6 @@ class FluxBackend(Backend):
             memo=memo,
         )
 
-    def _use(self, channel: FluxChannel, nodes: Sequence[NodeSpec]) -> None:
-        """Run the jobs of ``nodes`` through ``channel``."""
-        self._router.add(channel, nodes)
-        if self._depend:
-            if channel.chains is None:
-                channel.chains = DependencyChains()
-            channel.chains.add_nodes(nodes)
-        self._builders[id(channel)] = JobspecBuilder(
-            self._flux.job.JobspecV1,
-            channel.map,
-            token=self._token,
-            environ=os.environ,
-            **self._options,
-        )
-
     async def _start_partitions(self, nodes: Sequence[NodeSpec]) -> Sequence[NodeSpec]:
         parent = self._parent
         assert parent is not None
@@ -222,7 +208,7 @@ class FluxBackend(Backend):
         every: list[NodeSpec] = []
         for partition in self._partitions:
             assert partition.channel is not None
-            self._use(partition.channel, partition.nodes)
+            self._submitter.use(partition.channel, partition.nodes, self._flux.job.JobspecV1)
             every.extend(partition.nodes)
             if partition.reused:
                 self._sweep.append(partition.channel)
@@ -242,7 +228,7 @@ class FluxBackend(Backend):
         the job list. A job in a partition is found if that partition still lives (``open()``
         took it over). Blocking RPCs, once, before anything is launched.
         """
-        taken, ended = adopt_launches(self._router, launches, self._urgency_of)
+        taken, ended = adopt_launches(self._router, launches, self._submitter.urgency_of)
         for outcome in ended:
             self._reports.soon(outcome)
         return taken
@@ -283,39 +269,9 @@ class FluxBackend(Backend):
         if self._broken is not None:
             self._reports.soon(Outcome(key=key, state=TaskState.FAILED, reason=self._broken))
             return
-        try:
-            channel, constrain = self._router.route(launch)
-            task_dir = self._task_dirs.path(launch)
-            builder = self._builders[id(channel)]
-            chains = channel.chains if constrain else None
-            after = chains.predecessor(launch, in_turn=in_turn) if chains is not None else None
-            if after is WAIT:
-                channel.wait_turn(launch)  # booked behind ours, nothing to depend on yet
-                return
-            jobspec = builder.build(
-                launch,
-                constrain=constrain,
-                task_dir=task_dir,
-                after=None if after is None else after.jobid,
-            )
-            self._task_dirs.prepare(task_dir)  # the shell opens the outputs in it
-        except (OSError, ValueError, TypeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            self._reports.soon(
-                Outcome(key=key, state=TaskState.FAILED, reason=f"cannot build job: {reason}")
-            )
-            return
-        try:
-            channel.submit(launch, jobspec, self._urgency_of(launch), after)
-        except OSError as exc:
-            self._reports.soon(
-                Outcome(key=key, state=TaskState.FAILED, reason=f"flux submit: {exc}")
-            )
-
-    def _urgency_of(self, launch: Launch) -> int:
-        if self._urgency:
-            return max(0, min(31, 16 + launch.task.priority))
-        return 16
+        failed = self._submitter.submit(launch, in_turn=in_turn)
+        if failed is not None:
+            self._reports.soon(failed)
 
     def why_never_fits(self, resources: Resources) -> str | None:
         """With partitions: why a task fits none of them (a job runs in one instance)."""
@@ -395,36 +351,14 @@ class FluxBackend(Backend):
         if self._parent is None:
             return
         try:
-            for channel in self._router.channels:
-                channel.closing = True
-                channel.cancel_all()
-            await self._reports.wait_drained()
-            for channel in self._router.channels:
-                if channel is not self._parent:
-                    await channel.end_journal()
-            await self._end_partitions("the matensemble driver closed")
-            await self._parent.end_journal()
-        except BaseException:
-            for partition in self._partitions:
-                partition.cancel("the matensemble driver closed")
-            for channel in self._router.channels:
-                channel.abandon("backend closed (Flux asked to cancel the job)")
-            raise
+            await close_instances(
+                self._parent, self._router.channels, self._partitions, self._reports.wait_drained
+            )
         finally:
             self._shutdown()
 
-    async def _end_partitions(self, reason: str) -> None:
-        """Cancel every child instance and wait until each is clean in the enclosing one."""
-        for partition in self._partitions:
-            if partition.channel is not None:
-                partition.channel.closing = True
-            partition.cancel(reason)
-        for partition in self._partitions:
-            if self._parent is not None and not self._parent.bridge.lost:
-                await partition.wait_clean()
-
     def _shutdown(self) -> None:
-        self._task_dirs.close()
+        self._submitter.close()
         for channel in self._router.channels:
             channel.shutdown()
         if self._parent is not None:
