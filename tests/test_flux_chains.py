@@ -47,9 +47,8 @@ def turns(chains: DependencyChains, next_id: int) -> list[tuple[str, FluxJob | N
     """Submit every parked launch whose turn came (as the channel does): (task id, the job
     it depends on), in the order they go."""
     gone = []
-    while (job := chains.next_due()) is not None:
-        after = chains.predecessor(job.launch, in_turn=True)
-        assert after is not WAIT
+    while (due := chains.next_due()) is not None:
+        job, after = due
         job.jobid = next_id
         next_id += 1
         chains.add(job, after)

@@ -299,6 +299,7 @@ async def test_a_launch_spread_over_two_partitions_goes_whole_to_the_one_holding
             job_ids=lambda k, j: None,
             on_lost=lambda r: None,
             relaunch=lambda launch: None,
+            submit_due=lambda launch, after: None,
             prefix=f"{i}/",
         )
         for i in range(2)

@@ -35,11 +35,12 @@ from matensemble.backends.flux_channel import FluxChannel
 from matensemble.backends.flux_closing import close_instances, end_partitions
 from matensemble.backends.flux_connect import allocation_end, connect
 from matensemble.backends.flux_inventory import read_inventory
+from matensemble.backends.flux_job import FluxJob
 from matensemble.backends.flux_jobspec import check_attributes
 from matensemble.backends.flux_partitions import Partition, prepare_partitions
 from matensemble.backends.flux_recovery import adopt_launches, cancel_leftovers, sweep_leftovers
 from matensemble.backends.flux_routing import FluxRouter
-from matensemble.backends.flux_submitter import FluxSubmitter
+from matensemble.backends.flux_submitter import ASK, Ask, FluxSubmitter
 from matensemble.errors import BackendError
 from matensemble.model import Resources, TaskState
 from matensemble.queue_ahead import AUTO_BELOW
@@ -191,6 +192,7 @@ class FluxBackend(Backend):
             job_ids=self._job_id,
             on_lost=self._on_lost,
             relaunch=self._in_turn,
+            submit_due=self._submit_due,
             prefix=prefix,
             memo=memo,
         )
@@ -251,10 +253,14 @@ class FluxBackend(Backend):
         self._launch(launch, in_turn=False)
 
     def _in_turn(self, launch: Launch) -> None:
-        """Submit a launch whose turn came (``flux_chains``) or a moved one (``flux_takeback``)."""
+        """Submit a moved launch again (``flux_takeback``)."""
         self._launch(launch, in_turn=True)
 
-    def _launch(self, launch: Launch, *, in_turn: bool) -> None:
+    def _submit_due(self, launch: Launch, after: FluxJob | None) -> None:
+        """Submit a parked launch whose turn came, depending on ``after`` (``flux_chains``)."""
+        self._launch(launch, in_turn=True, after=after)
+
+    def _launch(self, launch: Launch, *, in_turn: bool, after: FluxJob | Ask | None = ASK) -> None:
         if self._parent is None:
             raise BackendError("FluxBackend.launch() before open()")
         key = launch.key
@@ -269,7 +275,7 @@ class FluxBackend(Backend):
         if self._broken is not None:
             self._reports.soon(Outcome(key=key, state=TaskState.FAILED, reason=self._broken))
             return
-        failed = self._submitter.submit(launch, in_turn=in_turn)
+        failed = self._submitter.submit(launch, in_turn=in_turn, after=after)
         if failed is not None:
             self._reports.soon(failed)
 

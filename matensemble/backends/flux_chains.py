@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import enum
 import math
+from collections import deque
 from collections.abc import Callable, Sequence
 
 from matensemble.backends.base import Launch
@@ -62,7 +63,7 @@ class DependencyChains:
         self._held: dict[str, list[int]] = {}  # cores, GPUs asked for by unfinished jobs
         self._awaited: set[int] = set()  # id() of the jobs a launch depends on
         self._after: dict[int, FluxJob] = {}  # id() of a dependent job -> the job it awaits
-        self._parked: dict[str, list[FluxJob]] = {}  # per node, launches not submitted yet
+        self._parked: dict[str, deque[FluxJob]] = {}  # per node, launches not submitted yet
         self._due: set[str] = set()  # nodes whose first parked launch may go now
         self.wake: Callable[[], None] = _nothing  # asks for ``next_due`` soon (the channel)
 
@@ -114,7 +115,7 @@ class DependencyChains:
     def park(self, job: FluxJob) -> None:
         """Keep ``job``'s launch (``predecessor`` said ``WAIT``) until its turn."""
         for slot in job.launch.placement:
-            self._parked.setdefault(slot.node, []).append(job)
+            self._parked.setdefault(slot.node, deque()).append(job)
 
     def unpark(self, job: FluxJob) -> bool:
         """Take a parked launch out (cancelled, or taken back); ``False``: it was not parked."""
@@ -127,10 +128,11 @@ class DependencyChains:
                 self._mark(slot.node)  # the one behind it may go
         return found
 
-    def next_due(self) -> FluxJob | None:
-        """A parked launch whose turn has come, taken out of the park: the first of its line
-        on each of its nodes, with a job to depend on or room there; ``None``: none (now).
-        Its caller submits it (``add``) before asking again."""
+    def next_due(self) -> tuple[FluxJob, FluxJob | None] | None:
+        """A parked launch whose turn has come, taken out of the park, and the job it is to
+        depend on (``None``: its nodes have room for it): the first of its line on each of
+        its nodes, with a job to depend on or room there; ``None``: none (now). Its caller
+        submits it with that dependency (``add``) before asking again."""
         while self._due:
             node = next(iter(self._due))
             line = self._parked.get(node)
@@ -141,12 +143,13 @@ class DependencyChains:
             first_everywhere = all(
                 self._parked[slot.node][0] is job for slot in job.launch.placement
             )
-            if not first_everywhere or self.predecessor(job.launch, in_turn=True) is WAIT:
+            after = self.predecessor(job.launch, in_turn=True) if first_everywhere else WAIT
+            if after is WAIT:
                 self._due.discard(node)  # its turn comes with the next id or end there
                 continue
             for slot in job.launch.placement:
-                self._parked[slot.node].pop(0)
-            return job
+                self._parked[slot.node].popleft()
+            return job, after
         return None
 
     def _mark(self, node: str) -> None:

@@ -78,11 +78,13 @@ class FluxChannel(ChannelState):
         self._launches.parked(FluxJob(launch))
 
     def _next_turns(self) -> None:
-        """Submit the parked launches whose turn has come (``FluxBackend`` builds them)."""
+        """Submit the parked launches whose turn has come (``FluxBackend`` builds them),
+        each with the dependency the chains chose for it."""
         chains = self.chains
-        while chains is not None and (job := chains.next_due()) is not None:
+        while chains is not None and (due := chains.next_due()) is not None:
+            job, after = due
             if self._launches.unparked(job):
-                self._relaunch(job.launch)
+                self._submit_due(job.launch, after)
 
     # -- submitting ---------------------------------------------------------------------------
 

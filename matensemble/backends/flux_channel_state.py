@@ -51,8 +51,10 @@ class ChannelState:
         job_ids: receives (launch key, job id as journaled) once Flux names a launch's job.
         on_lost: called once with a reason when the connection or the journal fails; every
             launch in flight has been reported failed by then.
-        relaunch: submits a launch again (a job moved by ``flux_takeback``, a parked launch
-            whose turn came: see ``flux_chains``).
+        relaunch: submits a launch again, its dependency chosen anew (a job moved by
+            ``flux_takeback``).
+        submit_due: submits a parked launch whose turn came, depending on the job given (or
+            on none), which ``DependencyChains.next_due`` chose (see ``flux_chains``).
         prefix: written before each job id (``"<partition job id>/"`` for a partition).
         memo: also follow ``submit`` and ``memo`` events (for jobs that are child instances).
     """
@@ -72,6 +74,7 @@ class ChannelState:
         job_ids: Callable[[LaunchKey, str], None],
         on_lost: Callable[[str], None],
         relaunch: Callable[[Launch], None],
+        submit_due: Callable[[Launch, FluxJob | None], None],
         prefix: str = "",
         memo: bool = False,
     ) -> None:
@@ -99,7 +102,7 @@ class ChannelState:
         self._unanswered = UnansweredSubmits()
         self._holds = NodeHolds()  # nodes our exclusive jobs hold, launches parked behind them
         self._watched = WatchedJobs()  # partitions: jobs of our own that are not launches
-        self._relaunch = relaunch
+        self._submit_due = submit_due
         self._takebacks = TakeBacks(self.bridge, self.cancel_job, relaunch)
         self._novalidate: int = flux.constants.FLUX_JOB_NOVALIDATE
 

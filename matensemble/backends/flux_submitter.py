@@ -18,20 +18,31 @@ returns its outcome, which the backend reports.
 
 from __future__ import annotations
 
+import enum
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from matensemble.backends.base import Launch, Outcome
-from matensemble.backends.flux_chains import WAIT, DependencyChains
+from matensemble.backends.flux_chains import WAIT, DependencyChains, Turn
 from matensemble.backends.flux_channel import FluxChannel
+from matensemble.backends.flux_job import FluxJob
 from matensemble.backends.flux_jobspec import JobspecBuilder
 from matensemble.backends.flux_routing import FluxRouter
 from matensemble.backends.flux_task_dirs import TaskDirs
 from matensemble.model import TaskState
 from matensemble.resources import NodeSpec
 
-__all__ = ["FluxSubmitter"]
+__all__ = ["ASK", "Ask", "FluxSubmitter"]
+
+
+class Ask(enum.Enum):
+    """The job a launch depends on is to be chosen when it is submitted (``FluxSubmitter``)."""
+
+    ASK = "ask"
+
+
+ASK = Ask.ASK
 
 
 class FluxSubmitter:
@@ -79,32 +90,42 @@ class FluxSubmitter:
             **self._options,
         )
 
-    def submit(self, launch: Launch, *, in_turn: bool) -> Outcome | None:
-        """Submit ``launch``'s job, or keep it in its channel until its turn (``flux_chains``);
-        ``in_turn``: it comes out of the park, or was taken back to move it
-        (``flux_takeback``). Returns the outcome of a launch that failed at once, if it did."""
+    def submit(
+        self, launch: Launch, *, in_turn: bool = False, after: FluxJob | Ask | None = ASK
+    ) -> Outcome | None:
+        """Submit ``launch``'s job, or keep it in its channel until its turn (``flux_chains``).
+        Returns the outcome of a launch that failed at once, if it did.
+
+        Args:
+            in_turn: it waits behind no launch parked on its nodes (one taken back to move
+                it, ``flux_takeback``).
+            after: the job it depends on, for a parked launch whose turn came (the chains
+                chose it in ``next_due``); ``ASK``: the chains choose now.
+        """
         key = launch.key
         try:
             channel, constrain = self._router.route(launch)
             task_dir = self._task_dirs.path(launch)
             builder = self._builders[id(channel)]
             chains = channel.chains if constrain else None
-            after = chains.predecessor(launch, in_turn=in_turn) if chains is not None else None
-            if after is WAIT:
+            depends: FluxJob | Turn | None = None
+            if chains is not None:
+                depends = chains.predecessor(launch, in_turn=in_turn) if after is ASK else after
+            if depends is WAIT:
                 channel.wait_turn(launch)  # booked behind ours, nothing to depend on yet
                 return None
             jobspec = builder.build(
                 launch,
                 constrain=constrain,
                 task_dir=task_dir,
-                after=None if after is None else after.jobid,
+                after=None if depends is None else depends.jobid,
             )
             self._task_dirs.prepare(task_dir)  # the shell opens the outputs in it
         except (OSError, ValueError, TypeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             return Outcome(key=key, state=TaskState.FAILED, reason=f"cannot build job: {reason}")
         try:
-            channel.submit(launch, jobspec, self.urgency_of(launch), after)
+            channel.submit(launch, jobspec, self.urgency_of(launch), depends)
         except OSError as exc:
             return Outcome(key=key, state=TaskState.FAILED, reason=f"flux submit: {exc}")
         return None
