@@ -30,7 +30,7 @@ from typing import Any
 
 from anyio.abc import TaskGroup
 
-from matensemble.backends.base import Backend, Launch, LaunchKey, Outcome, Reporter, Sink
+from matensemble.backends.base import Backend, Launch, LaunchKey, Reporter, Sink
 from matensemble.backends.flux_channel import FluxChannel
 from matensemble.backends.flux_closing import close_instances, end_partitions
 from matensemble.backends.flux_connect import allocation_end, connect
@@ -42,7 +42,7 @@ from matensemble.backends.flux_recovery import adopt_launches, cancel_leftovers,
 from matensemble.backends.flux_routing import FluxRouter
 from matensemble.backends.flux_submitter import ASK, Ask, FluxSubmitter
 from matensemble.errors import BackendError
-from matensemble.model import Resources, TaskState
+from matensemble.model import Resources
 from matensemble.queue_ahead import AUTO_BELOW
 from matensemble.resources import NodeSpec
 
@@ -139,8 +139,6 @@ class FluxBackend(Backend):
         )
         self._deadline: float | None = None
         self._reporter: Reporter | None = None
-        self._closing = False
-        self._broken: str | None = None
         self._sweep: list[FluxChannel] = []  # reused partitions whose leftovers go at launch
 
     # -- opening ------------------------------------------------------------------------------
@@ -269,12 +267,6 @@ class FluxBackend(Backend):
         if self._sweep:
             sweep_leftovers(self._sweep)
             self._sweep.clear()
-        if self._closing:
-            self._reports.soon(Outcome(key=key, state=TaskState.CANCELLED, reason="backend closed"))
-            return
-        if self._broken is not None:
-            self._reports.soon(Outcome(key=key, state=TaskState.FAILED, reason=self._broken))
-            return
         failed = self._submitter.submit(launch, in_turn=in_turn, after=after)
         if failed is not None:
             self._reports.soon(failed)
@@ -323,8 +315,8 @@ class FluxBackend(Backend):
                 partition.cancel(channel.broken)
         parent = self._parent
         if self._k == 1 or (parent is not None and parent.broken is not None):
-            if self._broken is None:
-                self._broken = reason
+            if self._submitter.lost is None:
+                self._submitter.lost = reason
             for channel in self._router.channels:
                 if channel.broken is None:
                     channel.fail(reason)
@@ -353,7 +345,7 @@ class FluxBackend(Backend):
         on the handle is complete when it returns); the launches still open are reported as
         cancelled at once, without waiting for Flux to confirm.
         """
-        self._closing = True
+        self._submitter.closed = True
         if self._parent is None:
             return
         try:

@@ -1,13 +1,14 @@
 """From a launch to a submitted Flux job: which instance runs it, what it waits for, its jobspec.
 
-``FluxBackend`` refuses what it must itself (a launch before ``open()``, one already running,
-any after ``close()`` or once the instance is lost) and hands every other launch here:
+``FluxBackend`` refuses what would be its caller's mistake (a launch before ``open()``, one
+already running) and hands every other launch here. After ``close()`` it is cancelled at once,
+once the instance is lost (``lost``) it fails at once; otherwise:
 
 - **Instance** (``flux_routing``): the channel of the instance that holds the launch's nodes,
   and whether to constrain the job to its placement's broker ranks.
 - **Dependency** (``flux_chains``): with ``queue_ahead="depend"``, the job of ours it depends
   on; a launch that must not be submitted yet waits in its channel (``wait_turn``) until its
-  turn comes.
+  turn comes, and comes back here with the job the chains then chose for it (``after``).
 - **Jobspec** (``flux_jobspec``): one builder per channel, with the backend's settings; the
   task directory is made (``flux_task_dirs``) before the submit, since the job shell opens
   the task's outputs in it.
@@ -73,6 +74,8 @@ class FluxSubmitter:
         self._depend = depend
         self._builders: dict[int, JobspecBuilder] = {}  # by id() of the channel
         self._task_dirs = TaskDirs()
+        self.closed = False  # the backend closed: every launch is cancelled at once
+        self.lost: str | None = None  # why every launch fails at once (the instance is lost)
 
     def use(self, channel: FluxChannel, nodes: Sequence[NodeSpec], jobspec_class: Any) -> None:
         """Run the jobs of ``nodes`` through ``channel``, built with ``jobspec_class`` (Flux's
@@ -103,6 +106,10 @@ class FluxSubmitter:
                 chose it in ``next_due``); ``ASK``: the chains choose now.
         """
         key = launch.key
+        if self.closed:
+            return Outcome(key=key, state=TaskState.CANCELLED, reason="backend closed")
+        if self.lost is not None:
+            return Outcome(key=key, state=TaskState.FAILED, reason=self.lost)
         try:
             channel, constrain = self._router.route(launch)
             task_dir = self._task_dirs.path(launch)
