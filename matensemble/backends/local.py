@@ -7,8 +7,8 @@ worker's own CPU mask, which a child inherits, and hands them back to the loop.
 
 Waiting needs no thread, no coroutine and no polling: a ``pidfd`` turns readable when its
 process exits, and every pidfd sits in one ``epoll`` set the event loop watches
-(``local_exits``). Timeouts and the TERM-then-KILL escalation are ``loop.call_later`` handles.
-So the engine's task group is not needed here.
+(``local_exits``). Timeouts and the TERM-then-KILL escalation are ``loop.call_later`` handles
+(``local_stopping``). So the engine's task group is not needed here.
 
 Each process runs in its own session, so ``killpg`` reaches its whole tree, and Ctrl-C at the
 terminal reaches only the driver, which cancels tasks itself. When a leader exits, whatever it
@@ -23,7 +23,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from anyio.abc import TaskGroup
 
@@ -35,7 +35,6 @@ from matensemble.backends.local_helpers import Helpers, cores_per_helper_for
 from matensemble.backends.local_inventory import (
     check_platform,
     detect_gpus,
-    kill_group,
     kill_leftovers,
     select_cores,
     select_gpus,
@@ -48,6 +47,7 @@ from matensemble.backends.local_spawner import (
     Spawners,
     Started,
 )
+from matensemble.backends.local_stopping import Stopper
 from matensemble.backends.task_files import TaskOutputs
 from matensemble.errors import BackendError, BackendUnavailable
 from matensemble.model import TaskState
@@ -152,7 +152,7 @@ class LocalBackend(Backend):
         self._open_here = InlineWhileQuick(OPEN_INLINE_BELOW)  # where outputs are opened
         self._spawners: Spawners | Helpers | None = None
         self._exits: ExitWatch | None = None  # the pidfds of every unreaped process
-        self._signal_group: Callable[[int, int], None] = kill_group
+        self._stopper: Stopper | None = None  # timeouts and stops, once open
 
     async def open(self, sink: Sink, task_group: TaskGroup) -> Sequence[NodeSpec]:
         """Read the inventory and take the environment tasks inherit (``os.environ`` now)."""
@@ -179,7 +179,6 @@ class LocalBackend(Backend):
                 exit_seen,
                 self._cores_per_helper,
             )
-            self._signal_group = self._spawners.signal  # a helper reaps: it knows whose it is
         else:
             self._devnull = os.open(os.devnull, os.O_RDONLY)
             self._exits = ExitWatch(loop, self._exited, self._take_in)
@@ -194,6 +193,7 @@ class LocalBackend(Backend):
             )
         if self.queue_ahead:
             self._ahead = QueuedLaunches(self._spawners)
+        self._stopper = Stopper(loop, self._spawners, self._ahead, self._kill_grace, self._finish)
         self._loop = loop
         self._reporter = Reporter(sink, loop, lambda: len(self._runs))
         return [NodeSpec(self._node_name or socket.gethostname(), tuple(self._cores), self._gpus)]
@@ -207,8 +207,7 @@ class LocalBackend(Backend):
             BackendError: the backend was not opened.
             ValueError: a launch with the same key is still running (an engine bug).
         """
-        loop = self._loop
-        if loop is None:
+        if self._loop is None:
             raise BackendError("LocalBackend.launch() before open()")
         key = launch.key
         if key in self._runs:
@@ -236,23 +235,7 @@ class LocalBackend(Backend):
             return  # its timeout is set once it has started
         self._spawners.submit(run, plan, cwd, task_dir, outputs)
         if launch.task.timeout is not None:
-            run.timer = loop.call_later(launch.task.timeout, self._time_out, run)
-
-    def _time_out(self, run: Run) -> None:
-        """The timeout, counted from the start (the timer was set at launch): a launch not
-        started yet (its helper process still starting) is looked at again a timeout later."""
-        assert self._spawners is not None
-        assert self._loop is not None
-        self._spawners.hand_over()
-        timeout = run.launch.task.timeout
-        assert timeout is not None
-        start = run.start_time
-        if start is None or (left := start + timeout - time.time()) > 0:
-            run.timer = self._loop.call_later(
-                timeout if start is None else left, self._time_out, run
-            )
-            return
-        self._stop(run, TaskState.TIMED_OUT, f"timed out after {timeout:g}s")
+            self._stops.time(run, launch.task.timeout)
 
     def _started(self, started: Started) -> None:
         """A worker started a launch's processes (already in the epoll set), or failed to."""
@@ -265,8 +248,7 @@ class LocalBackend(Backend):
         run.start_time = started.start_time
         timeout = run.launch.task.timeout
         if run.queued and timeout is not None and run.procs and run.kill_timer is None:
-            assert self._loop is not None
-            run.timer = self._loop.call_later(timeout, self._time_out, run)
+            self._stops.time(run, timeout)
         if started.failure is not None:
             run.failure = run.failure or (None, None, started.failure)
         if not run.procs:
@@ -274,7 +256,7 @@ class LocalBackend(Backend):
         elif run.failure is not None or run.kill_timer is not None:
             # A later copy could not start, or the launch was stopped while it started: its
             # processes have no work to lose yet.
-            self._signal(run, signal.SIGKILL)
+            self._stops.signal(run, signal.SIGKILL)
 
     def _take_in(self) -> None:
         if self._spawners is not None:
@@ -290,7 +272,7 @@ class LocalBackend(Backend):
         if code != 0 and run.failure is None:
             run.failure = describe_exit(code, f"rank {rank} " if run.copies > 1 else "")
             if run.procs:  # the launch has failed: the other copies' work is wasted
-                self._terminate(run)
+                self._stops.terminate(run)
         if not run.procs:
             self._finish(run)
 
@@ -313,13 +295,18 @@ class LocalBackend(Backend):
         assert self._reporter is not None, "LocalBackend used before open()"
         return self._reporter
 
+    @property
+    def _stops(self) -> Stopper:
+        assert self._stopper is not None, "LocalBackend used before open()"
+        return self._stopper
+
     # -- stopping -----------------------------------------------------------------------------
 
     def cancel(self, key: LaunchKey) -> None:
         """Stop one launch: SIGTERM to its process group(s), SIGKILL after ``kill_grace``."""
         run = self._runs.get(key)
         if run is not None:
-            self._stop(run, TaskState.CANCELLED, "cancelled")
+            self._stops.stop(run, TaskState.CANCELLED, "cancelled")
 
     def withdraw(self, key: LaunchKey) -> None:
         """Take back a queued launch unless it has started (see ``Backend.withdraw``)."""
@@ -329,37 +316,6 @@ class LocalBackend(Backend):
         self._take_in()  # what the workers started: those run on
         if self._ahead.withdraw(run):
             self._loop.call_soon(self._finish, run)  # it waited in the loop: it ends now
-
-    def _stop(self, run: Run, state: TaskState, reason: str) -> None:
-        if run.verdict is None and run.failure is None:  # the first verdict stands
-            run.verdict = (state, reason)
-        run.stopping = True  # a worker that starts it from now on wakes the loop
-        if self._ahead is not None and self._ahead.drop_waiting(run):
-            assert self._loop is not None
-            self._loop.call_soon(self._finish, run)  # it never started: it ends now
-            return
-        if self._spawners is not None:
-            self._spawners.hand_over()  # what the workers started before
-            if self._ahead is not None:
-                self._ahead.stop(run)
-        # Signalled once this loop turn is over: a stop of the whole run marks every launch
-        # stopping (and drops what is booked) first, so that a holder killed now cannot have
-        # the task booked behind it started by its worker or helper.
-        assert self._loop is not None
-        self._loop.call_soon(self._terminate, run)
-
-    def _terminate(self, run: Run) -> None:
-        if run.kill_timer is not None or self._loop is None:
-            return
-        if run.timer is not None:
-            run.timer.cancel()
-        self._signal(run, signal.SIGTERM)
-        self._signal(run, signal.SIGCONT)  # a stopped process cannot act on SIGTERM
-        run.kill_timer = self._loop.call_later(self._kill_grace, self._signal, run, signal.SIGKILL)
-
-    def _signal(self, run: Run, signum: int) -> None:
-        for pid in run.procs:  # unreaped leaders only, so each group id is still theirs
-            self._signal_group(pid, signum)
 
     async def close(self) -> None:
         """Cancel every running launch and return once each has reported its outcome.
@@ -371,7 +327,7 @@ class LocalBackend(Backend):
         if not self._closing:
             self._closing = True
             for run in list(self._runs.values()):
-                self._stop(run, TaskState.CANCELLED, "cancelled")
+                self._stops.stop(run, TaskState.CANCELLED, "cancelled")
         try:
             if self._reporter is not None:
                 await self._reporter.wait_drained()
@@ -400,7 +356,7 @@ class LocalBackend(Backend):
             self._spawners.kill()  # and what is being started
             self._spawners.hand_over()
         for run in list(self._runs.values()):
-            self._signal(run, signal.SIGKILL)
+            self._stops.signal(run, signal.SIGKILL)
 
     async def recover(self, run_id: str, keys: Sequence[LaunchKey]) -> None:
         """Kill what an earlier, crashed driver of ``run_id`` left running, and wait for it.
