@@ -20,7 +20,11 @@ import anyio
 import pytest
 
 from matensemble import Ensemble
+from matensemble.backends.base import Launch, LaunchKey
 from matensemble.backends.flux import FluxBackend
+from matensemble.backends.flux_chains import WAIT, DependencyChains, Turn
+from matensemble.backends.flux_job import FluxJob
+from matensemble.backends.flux_takeback import TakeBacks
 from matensemble.events import RunStarted, TaskStarted, TaskSubmitted
 from matensemble.journal import read_journal, replay
 from matensemble.model import Task, TaskState
@@ -135,6 +139,54 @@ async def test_queued_ahead_by_dependency_each_waiting_job_depends_on_one_on_its
             and (other.end_time is None or other.end_time > submit)
         ]
         assert len(beside) < per_node, (result.id, [b.id for b in beside])
+
+
+async def test_the_job_a_parked_launch_depends_on_is_chosen_once(
+    flux_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tasks booked before Flux named the jobs ahead of them wait in the driver. When the
+    turn of one comes, ``next_due`` chooses the job it depends on (or finds room) and the launch
+    is submitted with that choice: it is not chosen again on the way to Flux. Only a launch
+    moved by ``flux_takeback`` is given a job anew, outside ``next_due``."""
+    choices: list[tuple[LaunchKey, bool]] = []  # a launch given a job or room in turn, in next_due
+    moved: list[LaunchKey] = []
+    in_next_due = False
+    predecessor, next_due = DependencyChains.predecessor, DependencyChains.next_due
+    relaunched = TakeBacks.relaunched
+
+    def counted_predecessor(
+        self: DependencyChains, launch: Launch, *, in_turn: bool = False
+    ) -> FluxJob | Turn | None:
+        chosen = predecessor(self, launch, in_turn=in_turn)
+        if in_turn and chosen is not WAIT:
+            choices.append((launch.key, in_next_due))
+        return chosen
+
+    def counted_next_due(self: DependencyChains) -> tuple[FluxJob, FluxJob | None] | None:
+        nonlocal in_next_due
+        in_next_due = True
+        try:
+            return next_due(self)
+        finally:
+            in_next_due = False
+
+    def counted_relaunched(self: TakeBacks, job: FluxJob) -> bool:
+        moving = relaunched(self, job)
+        if moving:
+            moved.append(job.launch.key)
+        return moving
+
+    monkeypatch.setattr(DependencyChains, "predecessor", counted_predecessor)
+    monkeypatch.setattr(DependencyChains, "next_due", counted_next_due)
+    monkeypatch.setattr(TakeBacks, "relaunched", counted_relaunched)
+    slots = sum(broker_cores(flux_uri))
+    tasks = [sh(f"t{i:02d}", "sleep 0.2") for i in range(3 * slots)]
+    backend = FluxBackend(flux_uri, queue_ahead="depend")
+    with anyio.fail_after(90):
+        summary = await Ensemble(tasks, backend=backend, run_dir=tmp_path).run()
+    assert summary.counts["succeeded"] == len(tasks)
+    assert any(inside for _, inside in choices)  # some launches waited in the driver
+    assert [key for key, inside in choices if not inside and key not in moved] == []
 
 
 @pytest.mark.parametrize(("script", "booked"), [("true", True), ("sleep 0.7", False)])
