@@ -51,6 +51,9 @@ that core.
 and the tasks they reaped, so the difference between the two is the helpers' own CPU: printed
 as "helpers' own" on the helpers' lines (their children CPU less that of the threads' engine
 without queueing ahead in the same repetition).
+With two repetitions or more, a last table gives each engine case over them: the least, the
+median and the largest of its ratio to the best raw method (and in how many it reached 0.85),
+of its ratio to xargs alone, and of the driver's CPU per task.
 ``--raw-only`` runs the raw methods alone, ``--no-raw-spawners`` all but the raw spawners.
 ``--profile`` runs the default engine case under cProfile and prints the top entries.
 
@@ -288,6 +291,36 @@ def engine_line(
     )
 
 
+class Summary:
+    """Each engine case over the repetitions: its throughput over the best raw method's and
+    over xargs's in the same repetition, and the driver's CPU per task."""
+
+    def __init__(self) -> None:
+        self._cases: dict[str, list[tuple[float, float, float]]] = {}
+
+    def add(
+        self, label: str, elapsed: float, cpu_per_task: float, raw: dict[str, float], best: str
+    ) -> None:
+        figures = (raw[best] / elapsed, raw["xargs"] / elapsed, cpu_per_task * 1e3)
+        self._cases.setdefault(label, []).append(figures)
+
+    def print(self) -> None:
+        if not self._cases or len(next(iter(self._cases.values()))) < 2:
+            return
+        print("over the repetitions: min / median / max (and how many of them >= 0.85)")
+        for label, rows in self._cases.items():
+            best, xargs_, cpu = (sorted(column) for column in zip(*rows, strict=True))
+            print(
+                f"    {label:38}: of the best raw {_spread(best)} ({sum(r >= 0.85 for r in best)}"
+                f" of {len(best)}), of xargs {_spread(xargs_)}, driver CPU/task"
+                f" {_spread(cpu, 3)} ms"
+            )
+
+
+def _spread(values: list[float], digits: int = 2) -> str:
+    return " / ".join(f"{v:.{digits}f}" for v in (values[0], statistics.median(values), values[-1]))
+
+
 def engine_elsewhere(
     n: int, cores: int, matensemble_dir: str | None, case: str = "default"
 ) -> tuple[float, DriverCPU, list[float]]:
@@ -379,6 +412,7 @@ def main() -> None:
     if args.tmpfs_only:
         del places["disk"]
     print(f"{n} `{' '.join(COMMAND)}` tasks on {cores} cores; load {os.getloadavg()[0]:.1f}")
+    summary = Summary()
     for rep in range(args.repeat):
         threads_cpu = DriverCPU()
         raw = {"xargs": xargs(n, cores)}
@@ -430,6 +464,7 @@ def main() -> None:
                 label += f" ({name:5})"
                 line = engine_line(f"{label:38}", n, elapsed, cpu, gaps, raw[best])
                 lines.append((line, cpu.children if spawners == "processes" else None))
+                summary.add(label, elapsed, cpu.total / n, raw, best)
                 if spawners == "threads" and not queue_ahead:
                     tasks_cpu = cpu.children
             for line, children in lines:
@@ -441,6 +476,7 @@ def main() -> None:
             for name in list(versions)[:: 1 if rep % 2 == 0 else -1]:
                 elapsed, cpu, gaps = engine_elsewhere(n, cores, versions[name], args.baseline_case)
                 print(engine_line(f"{name:15}", n, elapsed, cpu, gaps, raw[best]))
+    summary.print()
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
 
 
