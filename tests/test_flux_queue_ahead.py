@@ -19,7 +19,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from matensemble import Ensemble
+from matensemble import Ensemble, RunSummary
 from matensemble.backends.base import Launch, LaunchKey
 from matensemble.backends.flux import FluxBackend
 from matensemble.backends.flux_chains import WAIT, DependencyChains, Turn
@@ -73,16 +73,25 @@ def dependencies_of(uri: str, job_id: str) -> list[dict[str, str]]:
     return list(spec["attributes"]["system"].get("dependencies", []))
 
 
+async def run_sleeps(
+    flux_uri: str, tmp_path: Path, per_slot: int, queue_ahead: bool | str
+) -> RunSummary:
+    """``per_slot`` tasks of ``sleep 0.2`` per slot of the instance (more than the slots,
+    whatever their number), run with ``queue_ahead``; every one of them succeeded."""
+    n = per_slot * sum(broker_cores(flux_uri))
+    tasks = [sh(f"t{i:02d}", "sleep 0.2") for i in range(n)]
+    backend = FluxBackend(flux_uri, queue_ahead=queue_ahead)
+    with anyio.fail_after(90):
+        summary = await Ensemble(tasks, backend=backend, run_dir=tmp_path).run()
+    assert summary.counts["succeeded"] == n
+    return summary
+
+
 @pytest.mark.parametrize("ahead", [True, "depend"])
 async def test_queued_ahead_tasks_all_succeed_on_the_nodes_the_engine_booked(
     flux_uri: str, tmp_path: Path, ahead: bool | str
 ) -> None:
-    n = 6 * sum(broker_cores(flux_uri))  # more than the slots, whatever their number
-    tasks = [sh(f"t{i:02d}", "sleep 0.2") for i in range(n)]
-    backend = FluxBackend(flux_uri, queue_ahead=ahead)
-    with anyio.fail_after(90):
-        summary = await Ensemble(tasks, backend=backend, run_dir=tmp_path).run()
-    assert summary.counts["succeeded"] == n
+    summary = await run_sleeps(flux_uri, tmp_path, 6, ahead)
     events = list(read_journal(tmp_path / "journal.jsonl"))
     slots = next(e.cores for e in events if isinstance(e, RunStarted))
     booked = {e.id: {s.node for s in e.placement} for e in events if isinstance(e, TaskStarted)}
@@ -96,12 +105,7 @@ async def test_queued_ahead_tasks_all_succeed_on_the_nodes_the_engine_booked(
 async def test_queued_ahead_by_dependency_each_waiting_job_depends_on_one_on_its_node(
     flux_uri: str, tmp_path: Path
 ) -> None:
-    slots = sum(broker_cores(flux_uri))
-    tasks = [sh(f"t{i:02d}", "sleep 0.2") for i in range(6 * slots)]
-    backend = FluxBackend(flux_uri, queue_ahead="depend")
-    with anyio.fail_after(90):
-        summary = await Ensemble(tasks, backend=backend, run_dir=tmp_path).run()
-    assert summary.counts["succeeded"] == len(tasks)
+    summary = await run_sleeps(flux_uri, tmp_path, 6, "depend")
     results = {r.job_id: r for r in summary.results.values()}
     journaled = {
         e.job_id for e in read_journal(tmp_path / "journal.jsonl") if isinstance(e, TaskSubmitted)
@@ -121,7 +125,7 @@ async def test_queued_ahead_by_dependency_each_waiting_job_depends_on_one_on_its
             assert before.end_time is not None and result.start_time is not None
             assert result.start_time >= before.end_time  # it started after that one ended
             awaited.append(dependency["value"])
-    assert len(awaited) >= len(tasks) - 2 * slots
+    assert len(awaited) >= len(results) - 2 * sum(broker_cores(flux_uri))
     assert len(set(awaited)) == len(awaited)  # no job had two waiting for it
     # No job waited in Fluxion's queue: one submitted without a dependency found room on its
     # node (those booked before any job id was known waited in the driver until one was).
@@ -179,12 +183,7 @@ async def test_the_job_a_parked_launch_depends_on_is_chosen_once(
     monkeypatch.setattr(DependencyChains, "predecessor", counted_predecessor)
     monkeypatch.setattr(DependencyChains, "next_due", counted_next_due)
     monkeypatch.setattr(TakeBacks, "relaunched", counted_relaunched)
-    slots = sum(broker_cores(flux_uri))
-    tasks = [sh(f"t{i:02d}", "sleep 0.2") for i in range(3 * slots)]
-    backend = FluxBackend(flux_uri, queue_ahead="depend")
-    with anyio.fail_after(90):
-        summary = await Ensemble(tasks, backend=backend, run_dir=tmp_path).run()
-    assert summary.counts["succeeded"] == len(tasks)
+    await run_sleeps(flux_uri, tmp_path, 3, "depend")
     assert any(inside for _, inside in choices)  # some launches waited in the driver
     assert [key for key, inside in choices if not inside and key not in moved] == []
 
