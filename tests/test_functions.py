@@ -52,6 +52,21 @@ async def test_ids_come_from_the_function_name_and_a_counter_unless_given(run_di
         assert named.state is TaskState.SUCCEEDED
 
 
+async def test_a_ref_says_when_its_call_is_done_and_gives_the_task_result(run_dir: Path) -> None:
+    async with Ensemble(backend=local(), run_dir=run_dir) as ens:
+        ref = ens.call(sleep, 0.3)
+        assert not ref.done()
+        assert ref.task_result is None
+        assert await ref == 0.3
+        assert ref.done()
+        result = ref.task_result
+        assert result is not None
+        assert result == ens.result(ref.id)
+        assert (result.id, result.state) == (ref.id, TaskState.SUCCEEDED)
+        assert result.placement  # where it ran
+        assert result.runtime is not None and result.runtime >= 0.3
+
+
 async def test_refs_nested_in_containers_become_edges_and_arrive_as_values(run_dir: Path) -> None:
     async with Ensemble(backend=local(), run_dir=run_dir) as ens:
         parts = [ens.call(add, i, 10) for i in range(3)]
