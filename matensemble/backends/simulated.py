@@ -98,7 +98,6 @@ class SimulatedBackend(Backend):
         # (getpid, to tell a forked child) on every end of a run's million.
         self._loop: asyncio.AbstractEventLoop | None = None
         self._inline = 0  # clock advances made inside idle() since the loop last ran one
-        self.launched = 0
         self.most_running = 0  # the most launches that ran at once
 
     def now(self) -> float:
@@ -116,7 +115,6 @@ class SimulatedBackend(Backend):
 
     def launch(self, launch: Launch) -> None:
         task, attempt = launch.task, launch.attempt
-        self.launched += 1
         start = self._now
         try:
             runtime = float(self._duration(task, attempt))
