@@ -104,8 +104,3 @@ class WaitingLine:
         assert not self.entries
         self._source, self._borrowed = None, 0
         self.add_from(source, 0, n)
-
-    def run_at(self, at: int) -> tuple[Resources, int]:
-        """The shape of the run that holds position ``at``, and where that run ends."""
-        k = bisect.bisect_right(self.ends, at)
-        return self.shapes[k], self.ends[k]

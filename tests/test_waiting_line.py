@@ -3,6 +3,8 @@ whatever mix of single entries and slices of another line built it."""
 
 from __future__ import annotations
 
+import bisect
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -26,7 +28,8 @@ def _agrees(line: WaitingLine, plain: list[tuple[tuple[int, str], Resources]]) -
     assert line.entries == [entry for entry, _ in plain]
     assert len(line) == len(plain)
     for at, (_, shape) in enumerate(plain):
-        run_shape, end = line.run_at(at)
+        k = bisect.bisect_right(line.ends, at)  # the run that holds ``at``
+        run_shape, end = line.shapes[k], line.ends[k]
         assert run_shape == shape
         # The run ends where the shape first changes after ``at``: no sooner, no later.
         assert all(s == shape for _, s in plain[at:end])
