@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from matensemble.events import Event, RunStarted, TaskFinished, TaskStarted, TaskWithdrawn
+from matensemble.events import Event, TaskFinished, TaskStarted, TaskWithdrawn
 from matensemble.model import TaskState
 from matensemble.observer import Observer
 
@@ -39,12 +39,9 @@ class InvariantChecker(Observer):
         self.ran: dict[tuple[str, str, object], list[tuple[float, float, str]]] = {}
         self.final: dict[str, TaskState] = {}
         self.started: list[str] = []
-        self.run_started = False
 
     def on_event(self, event: Event) -> None:
-        if isinstance(event, RunStarted):
-            self.run_started = True
-        elif type(event).__name__ == "TaskAdded":
+        if type(event).__name__ == "TaskAdded":
             self.after[event.task.id] = event.task.after  # type: ignore[union-attr]
         elif isinstance(event, TaskStarted):
             for dep in self.after[event.id]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -152,11 +151,6 @@ def broker_cores(uri: str) -> list[int]:
 
     status = flux.Flux(uri).rpc("sched.resource-status").get()
     return [len(node.cores) for node in read_inventory(status, driver_rank=0)[0]]
-
-
-def flux_env(uri: str) -> dict[str, str]:
-    """An environment in which the `flux` command talks to the instance at ``uri``."""
-    return {**os.environ, "FLUX_URI": uri}
 
 
 def eventlog(uri: str, job_id: str) -> list[dict[str, Any]]:

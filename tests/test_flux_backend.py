@@ -771,9 +771,6 @@ async def test_kill_cancels_every_job_at_once_for_a_forced_exit(
     assert not [j for i in range(2) for j in active_jobs(flux_uri, f"doomed-{i}")]
 
 
-CLI = (sys.executable, "-m", "matensemble")
-
-
 def _killed_driver_with_two_running_jobs(flux_uri: str, tmp_path: Path) -> tuple[dict, list]:
     """Run two tasks under Flux, SIGKILL the driver while they run; return env and job ids."""
     spec = tmp_path / "e.toml"

@@ -29,10 +29,8 @@ class Adopting:
 
     def __init__(self, same_ids: bool) -> None:
         self.queue_ahead_same_ids = same_ids
-        self.offered: list[Launch] = []
 
     async def adopt(self, launches: Sequence[tuple[Launch, str]]) -> set[LaunchKey]:
-        self.offered += [launch for launch, _ in launches]
         return {launch.key for launch, _ in launches}
 
 
