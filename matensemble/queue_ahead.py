@@ -63,11 +63,33 @@ from matensemble.dispatch import Record
 from matensemble.model import Placement, Slot
 from matensemble.resources import NodeSpec, ResourcePool
 
-__all__ = ["AUTO_BELOW", "AVERAGE_WEIGHT", "LATE_START", "QueueAhead", "same_nodes"]
+__all__ = [
+    "AUTO_BELOW",
+    "AVERAGE_WEIGHT",
+    "LATE_START",
+    "QueueAhead",
+    "queue_ahead_setting",
+    "same_nodes",
+]
 
 AUTO_BELOW = 0.5
 """A backend's ``queue_ahead="auto"`` (the default of Flux and the local backend): queue ahead
 while the tasks run shorter than this many seconds on average (``Backend.queue_ahead_below``)."""
+
+
+def queue_ahead_setting(mode: bool | str, *modes: str) -> tuple[bool, float]:
+    """A backend's ``queue_ahead`` argument as ``(Backend.queue_ahead,
+    Backend.queue_ahead_below)``: ``True``, ``False``, ``"auto"`` (queue ahead below
+    ``AUTO_BELOW``) or one of the backend's own ``modes`` (which queue ahead always).
+
+    Raises:
+        ValueError: ``mode`` is none of those.
+    """
+    if mode not in (True, False, *modes, "auto"):
+        named = ", ".join(["True", "False", *map(repr, modes)])
+        raise ValueError(f"queue_ahead must be {named} or 'auto': {mode!r}")
+    return bool(mode), AUTO_BELOW if mode == "auto" else math.inf
+
 
 AVERAGE_WEIGHT = 0.2
 """The weight of the last finished task in the running averages that decide, with a finite

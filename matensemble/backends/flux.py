@@ -43,7 +43,7 @@ from matensemble.backends.flux_routing import FluxRouter
 from matensemble.backends.flux_submitter import ASK, Ask, FluxSubmitter
 from matensemble.errors import BackendError
 from matensemble.model import Resources
-from matensemble.queue_ahead import AUTO_BELOW
+from matensemble.queue_ahead import queue_ahead_setting
 from matensemble.resources import NodeSpec
 
 __all__ = ["FluxBackend"]
@@ -110,14 +110,8 @@ class FluxBackend(Backend):
             raise ValueError(f"partitions must be an int >= 1: {partitions!r}")
         if partitions > 1 and reserve_driver_cores:
             raise ValueError("reserve_driver_cores cannot be combined with partitions > 1")
-        if queue_ahead not in (False, True, "depend", "auto"):
-            raise ValueError(
-                f"queue_ahead must be True, False, 'depend' or 'auto': {queue_ahead!r}"
-            )
-        self.queue_ahead = bool(queue_ahead)
+        self.queue_ahead, self.queue_ahead_below = queue_ahead_setting(queue_ahead, "depend")
         self._depend = queue_ahead in ("depend", "auto")
-        if queue_ahead == "auto":
-            self.queue_ahead_below = AUTO_BELOW
         self.can_withdraw = self._depend  # a job waiting for its dependency: see flux_takeback
         self._uri = uri
         self._reserve = reserve_driver_cores

@@ -51,7 +51,7 @@ from matensemble.backends.local_stopping import Stopper
 from matensemble.backends.task_files import TaskOutputs
 from matensemble.errors import BackendError, BackendUnavailable
 from matensemble.model import TaskState
-from matensemble.queue_ahead import AUTO_BELOW
+from matensemble.queue_ahead import queue_ahead_setting
 from matensemble.resources import NodeSpec
 
 __all__ = ["LocalBackend"]
@@ -135,11 +135,7 @@ class LocalBackend(Backend):
         self._mpiexec_given = mpiexec
         self._kill_grace = kill_grace
         self._node_name = node_name
-        if queue_ahead not in (True, False, "auto"):
-            raise ValueError(f"queue_ahead must be True, False or 'auto': {queue_ahead!r}")
-        self.queue_ahead = bool(queue_ahead)
-        if queue_ahead == "auto":
-            self.queue_ahead_below = AUTO_BELOW
+        self.queue_ahead, self.queue_ahead_below = queue_ahead_setting(queue_ahead)
         self._ahead: QueuedLaunches | None = None  # with queue_ahead, once open
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runs: dict[LaunchKey, Run] = {}
