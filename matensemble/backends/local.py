@@ -231,7 +231,7 @@ class LocalBackend(Backend):
             return  # its timeout is set once it has started
         self._spawners.submit(run, plan, cwd, task_dir, outputs)
         if launch.task.timeout is not None:
-            self._stops.time(run, launch.task.timeout)
+            self._stops.time_out_in(run, launch.task.timeout)
 
     def _started(self, started: Started) -> None:
         """A worker started a launch's processes (already in the epoll set), or failed to."""
@@ -244,7 +244,7 @@ class LocalBackend(Backend):
         run.start_time = started.start_time
         timeout = run.launch.task.timeout
         if run.queued and timeout is not None and run.procs and run.kill_timer is None:
-            self._stops.time(run, timeout)
+            self._stops.time_out_in(run, timeout)
         if started.failure is not None:
             run.failure = run.failure or (None, None, started.failure)
         if not run.procs:

@@ -63,7 +63,7 @@ class Stopper:
         self._kill_grace = kill_grace
         self._finish = finish
 
-    def time(self, run: Run, after: float) -> None:
+    def time_out_in(self, run: Run, after: float) -> None:
         """Stop ``run`` as timed out ``after`` seconds from now (its timeout)."""
         run.timer = self._loop.call_later(after, self._time_out, run)
 
@@ -75,7 +75,7 @@ class Stopper:
         assert timeout is not None
         start = run.start_time
         if start is None or (left := start + timeout - time.time()) > 0:
-            self.time(run, timeout if start is None else left)
+            self.time_out_in(run, timeout if start is None else left)
             return
         self.stop(run, TaskState.TIMED_OUT, f"timed out after {timeout:g}s")
 
