@@ -71,15 +71,16 @@ class EngineLoop(RunState):
         held = dispatch.select(self._pool, now, self._deadline, self._in_flight, start)
         if self._ahead is not None:
             if self._ahead.booking:  # book each node's next tasks behind the running ones
+                # Booking goes in order, layer after layer: nothing overtakes (no backfill).
+                for layer, pool in enumerate(self._ahead.layers):
 
-                def book(rec: Record, placement: Placement) -> None:
-                    starts.append(self._start(rec, placement, now, True))
+                    def book(rec: Record, placement: Placement, layer: int = layer) -> None:
+                        starts.append(self._start(rec, placement, now, layer))
 
-                # Booking goes in order: nothing overtakes (no backfill).
-                booked = dispatch.select(
-                    self._ahead.pool, now, self._deadline, self._in_flight, book, backfill=False
-                )
-                held = booked or held
+                    booked = dispatch.select(
+                        pool, now, self._deadline, self._in_flight, book, backfill=False
+                    )
+                    held = booked or held
             idle = self.backend.can_withdraw and self._pool.free_cores and len(self._ahead)
             if idle and not dispatch.queued():
                 self._withdraw_booked()
@@ -98,8 +99,11 @@ class EngineLoop(RunState):
             placement = pool.allocate(rec.task.resources)
             if placement is None:
                 continue
-            if not ahead.pool.claim(placement):  # ids a booked task waits for: not idle
+            claimed = [layer for layer in ahead.layers if layer.claim(placement)]
+            if len(claimed) < len(ahead.layers):  # ids a booked task waits for: not idle
                 pool.release(placement)
+                for layer in claimed:
+                    layer.release(placement)
                 continue
             tried.append(placement)
             ahead.withdrawing.add(task_id)
@@ -108,23 +112,29 @@ class EngineLoop(RunState):
                 break
         for placement in tried:
             pool.release(placement)
-            ahead.pool.release(placement)
+            for layer in ahead.layers:
+                layer.release(placement)
 
     def _in_flight(self) -> int:
         return len(self._running)
 
-    def _start(self, rec: Record, placement: Placement, now: float, booked: bool = False) -> Launch:
+    def _start(
+        self, rec: Record, placement: Placement, now: float, layer: int | None = None
+    ) -> Launch:
+        """``rec`` starts on ``placement`` (of the pool, or with ``layer`` of that layer of
+        the ``QueueAhead``: booked, unless it is free in the pool too)."""
         task = rec.task
         rec.state = TaskState.RUNNING
         rec.attempts += 1
         rec.placement = placement
         rec.start = now
-        if booked:
+        booked = False
+        if layer is not None:
             assert self._ahead is not None
             assert self._pool is not None
-            booked = not self._ahead.claim_at_once(placement, self._pool)
+            booked = not self._ahead.claim_at_once(placement, self._pool, layer)
             if booked:
-                self._ahead.book(rec)
+                self._ahead.book(rec, layer)
         if not booked:
             self._dispatch.running(rec, now)
         counts = self._counts

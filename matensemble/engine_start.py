@@ -67,7 +67,10 @@ class EngineStart(EngineStop):
             if self.backend.queue_ahead:
                 backend = self.backend
                 self._ahead = QueueAhead(
-                    inventory, backend.queue_ahead_same_ids, backend.queue_ahead_below
+                    inventory,
+                    backend.queue_ahead_same_ids,
+                    backend.queue_ahead_below,
+                    backend.queue_ahead_depth if backend.queue_ahead_same_ids else 1,
                 )
             self._dispatch.use_pool(self._pool)
             # Check everything before the first byte is written, so that bad input leaves

@@ -244,9 +244,11 @@ class RunState:
         assert pool is not None
         if ahead is not None and ahead.holds(rec):
             ahead.drop(rec)
-            return
-        pool.release(rec.placement)
-        self._dispatch.ended(rec)
+            if not (ahead.exact and len(ahead)):
+                return  # else those booked behind it on its ids may move in now
+        else:
+            pool.release(rec.placement)
+            self._dispatch.ended(rec)
         if ahead is not None and len(ahead):
             now = self.backend.now()
             for moved in ahead.move_in(rec.placement, pool):

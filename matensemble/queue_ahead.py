@@ -18,10 +18,17 @@ accounted on that layer:
   starts the next job on them).
 - **The same ids** (``exact``, for a backend that pins what it queues: the local backend). A
   booked task moves in on exactly the ids it was booked on, as soon as every one of them is
-  free in the pool, whatever else waits in its node's line (tasks booked there hold disjoint
-  ids, so none can take another's); one booked on ids all free already moves in at once. The
-  backend starts it on those ids when the processes holding them have ended, so its accounts
-  and the engine's agree.
+  free in the pool and it is the first task booked on each of its cores that has not moved
+  in: per core, tasks start in the order they were booked (**per-core FIFO**, the order the
+  backend gets them in), whatever waits elsewhere on its node. One booked on ids all free
+  already, with nothing booked on them, moves in at once.  The backend starts it on those ids
+  when the processes holding them have ended, so its accounts and the engine's agree.
+- **Depth** (``Backend.queue_ahead_depth``, with ``exact`` only). A layer books each id once,
+  so a core has at most one task booked behind its running one per layer; with depth 2 (the
+  local backend's helpers) the engine books a second layer after the first is full, and a
+  core has its next two tasks booked: the driver's round trip then has two tasks' run time
+  to take the exit in and book again before the core waits. The layer a task was booked on
+  only bounds how many wait per core; the order they start in is the booking order.
 - **Only where it helps** (``Backend.queue_ahead_below``, the default ``queue_ahead="auto"``
   of Flux and the local backend). Queueing ahead saves each slot the driver's round trip
   between two tasks, which matters when the tasks are short and when that round trip, not
@@ -104,17 +111,28 @@ class QueueAhead:
     """The second layer of the inventory, and the tasks booked on it, per node in order."""
 
     def __init__(
-        self, nodes: Sequence[NodeSpec], exact: bool = False, below: float = math.inf
+        self,
+        nodes: Sequence[NodeSpec],
+        exact: bool = False,
+        below: float = math.inf,
+        depth: int = 1,
     ) -> None:
-        self.pool = ResourcePool(nodes)
+        if depth < 1 or (depth > 1 and not exact):
+            raise ValueError(f"queue-ahead depth must be 1, or more on the same ids: {depth}")
+        # One layer per launch a core may have queued behind its running one: each id is
+        # booked at most once per layer. ``pool`` is the first.
+        self.layers = [ResourcePool(nodes) for _ in range(depth)]
+        self.pool = self.layers[0]
         self.exact = exact  # move in on the booked ids themselves
         self.below = below  # book only while tasks run shorter than this on average
         self.gated = below < math.inf  # whether finished tasks decide (``ran``)
         self.booking = not self.gated  # whether the engine books further tasks now
         self.average: float | None = None  # of the finished tasks' run times, if ``below``
         self.late = 0.0  # how late they started after their resources were free, on average
-        self._booked: dict[str, int] = {}  # task id -> attempt, while booked
+        self._booked: dict[str, tuple[int, ResourcePool]] = {}  # id -> attempt, layer; booked
         self._lines: dict[str, deque[tuple[Record, int]]] = {n.name: deque() for n in nodes}
+        # With ``exact``: the tasks booked on each core id, in booking order (per-core FIFO).
+        self._core_lines: dict[tuple[str, int], deque[tuple[Record, int]]] = {}
         self.withdrawing: set[str] = set()  # ids of booked tasks asked back from the backend
 
     def __len__(self) -> int:
@@ -133,20 +151,35 @@ class QueueAhead:
             self.late += AVERAGE_WEIGHT * (late - self.late)
         self.booking = self.average < self.below and self.late < LATE_START
 
-    def book(self, rec: Record) -> None:
-        """``rec`` (running attempt, ``rec.placement`` on this layer) is booked."""
-        self._booked[rec.task.id] = rec.attempts
+    def book(self, rec: Record, layer: int = 0) -> None:
+        """``rec`` (running attempt, ``rec.placement`` on ``layers[layer]``) is booked."""
+        entry = (rec, rec.attempts)
+        self._booked[rec.task.id] = (rec.attempts, self.layers[layer])
+        if self.exact:
+            lines = self._core_lines
+            for slot in rec.placement:
+                for core in slot.cores:
+                    line = lines.get((slot.node, core))
+                    if line is None:
+                        line = lines[slot.node, core] = deque()
+                    line.append(entry)
+            return
         for slot in rec.placement:
-            self._lines[slot.node].append((rec, rec.attempts))
+            self._lines[slot.node].append(entry)
 
-    def claim_at_once(self, placement: Placement, pool: ResourcePool) -> bool:
-        """With ``exact``: ``placement`` (just allocated on this layer) is free in ``pool``
-        too: claim it there instead, and ``True`` (the task starts, it is not booked)."""
+    def claim_at_once(self, placement: Placement, pool: ResourcePool, layer: int = 0) -> bool:
+        """With ``exact``: ``placement`` (just allocated on ``layers[layer]``) is free in
+        ``pool`` too and no booked task waits for its cores: claim it there instead, and
+        ``True`` (the task starts, it is not booked)."""
         if not self.exact or pool.free_cores < sum(len(slot.cores) for slot in placement):
             return False  # the common case: the pool is full, that is why it was booked
+        for slot in placement:
+            for core in slot.cores:
+                if self._front(slot.node, core) is not None:
+                    return False  # it queues behind that one
         if not pool.claim(placement):
             return False
-        self.pool.release(placement)
+        self.layers[layer].release(placement)
         return True
 
     def waiting(self) -> list[str]:
@@ -155,13 +188,14 @@ class QueueAhead:
 
     def holds(self, rec: Record) -> bool:
         """Whether ``rec``'s running attempt is booked here (it has not moved in)."""
-        return self._booked.get(rec.task.id) == rec.attempts
+        return self._still_booked(rec, rec.attempts)
 
     def drop(self, rec: Record) -> None:
         """``rec``'s attempt ended while booked: give its booking back."""
-        del self._booked[rec.task.id]
-        self.pool.release(rec.placement)
-        # Its entries in the lines are skipped when they come to the front.
+        _, layer = self._booked.pop(rec.task.id)
+        layer.release(rec.placement)
+        # Its entries in the lines are skipped when they come to the front; with ``exact``,
+        # ``move_in`` of its placement lets those behind it in.
 
     def move_in(self, freed: Iterable[Slot], pool: ResourcePool) -> list[Record]:
         """Move the tasks booked on the nodes of ``freed`` into ``pool``, each line in order,
@@ -173,7 +207,7 @@ class QueueAhead:
             line = self._lines[slot.node]
             while line:
                 rec, attempt = line[0]
-                if self._booked.get(rec.task.id) != attempt:
+                if not self._still_booked(rec, attempt):
                     line.popleft()  # ended, or moved in through another of its nodes
                     continue
                 placement = same_nodes(rec.placement, pool)
@@ -187,22 +221,46 @@ class QueueAhead:
         return moved
 
     def _move_in_exact(self, freed: Iterable[Slot], pool: ResourcePool) -> list[Record]:
-        """Each booked task of the nodes of ``freed`` whose booked ids are all free in ``pool``."""
+        """Each booked task first in line on a core of ``freed`` that is first in line on all
+        its cores, and whose booked ids are all free in ``pool``."""
         moved: list[Record] = []
         booked = self._booked
-        for node in dict.fromkeys(slot.node for slot in freed):  # in order: deterministic
-            line = self._lines[node]
-            for _ in range(len(line)):
-                rec, attempt = entry = line.popleft()
-                if booked.get(rec.task.id) != attempt:
-                    continue  # ended, or moved in through another of its nodes
-                if not pool.claim(rec.placement):
-                    line.append(entry)  # its ids are not all free yet
+        for slot in freed:
+            for core in slot.cores:
+                rec = self._front(slot.node, core)
+                if rec is None or not self._first_on_all(rec):
                     continue
-                del booked[rec.task.id]
-                self.pool.release(rec.placement)
+                if not pool.claim(rec.placement):
+                    continue  # its ids are not all free yet
+                _, layer = booked.pop(rec.task.id)
+                layer.release(rec.placement)
+                for other in rec.placement:  # first in each of its lines: off them all
+                    for its in other.cores:
+                        self._core_lines[other.node, its].popleft()
                 moved.append(rec)
         return moved
+
+    def _front(self, node: str, core: int) -> Record | None:
+        """The first task still booked in the line of ``core`` on ``node`` (entries of tasks
+        that ended or moved in are dropped on the way), or ``None``."""
+        line = self._core_lines.get((node, core))
+        while line:
+            rec, attempt = line[0]
+            if self._still_booked(rec, attempt):
+                return rec
+            line.popleft()
+        return None
+
+    def _still_booked(self, rec: Record, attempt: int) -> bool:
+        booked = self._booked.get(rec.task.id)
+        return booked is not None and booked[0] == attempt
+
+    def _first_on_all(self, rec: Record) -> bool:
+        """Whether ``rec`` is first in the line of every core it is booked on."""
+        placement = rec.placement
+        if len(placement) == 1 and len(placement[0].cores) == 1:
+            return True  # the line it was found first in is its only one
+        return all(self._front(slot.node, core) is rec for slot in placement for core in slot.cores)
 
 
 def same_nodes(booked: Placement, pool: ResourcePool) -> Placement | None:

@@ -23,16 +23,17 @@ class InvariantChecker(Observer):
     Checks: no core or GPU id is granted twice at once, nothing exceeds the node sizes
     (invariant 1); a task starts only after every prerequisite succeeded (invariant 3); every
     task ends exactly once, with a reason unless it succeeded (invariant 2). With
-    ``queue_ahead`` (a backend that queues ahead, whose booked tasks are journaled as started
-    on the ids of the task running there: ``matensemble.queue_ahead``) an id may be granted to
-    a second task while the first holds it, and instead no two tasks' processes ever ran on
-    one id at once (their results' start and end times).
+    ``queue_ahead`` (a backend that queues up to that many launches ahead on an id, whose
+    booked tasks are journaled as started on the ids of the task running there:
+    ``matensemble.queue_ahead``) an id may be granted to that many more tasks while the first
+    holds it, and instead no two tasks' processes ever ran on one id at once (their results'
+    start and end times).
     """
 
-    def __init__(self, cores_per_node: int, gpus_per_node: int, queue_ahead: bool = False) -> None:
+    def __init__(self, cores_per_node: int, gpus_per_node: int, queue_ahead: int = 0) -> None:
         self.cores_per_node = cores_per_node
         self.gpus_per_node = gpus_per_node
-        self.holders = 2 if queue_ahead else 1  # the running task, and one booked behind it
+        self.holders = 1 + queue_ahead  # the running task, and those booked behind it
         self.after: dict[str, tuple[str, ...]] = {}
         self.in_use: dict[tuple[str, str, object], list[str]] = {}
         self.placements: dict[str, tuple] = {}

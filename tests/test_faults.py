@@ -417,10 +417,12 @@ async def test_fifty_mixed_faults_each_end_exactly_once_and_the_run_finishes(
     tasks[0] = sh("gate", takeaway)
     assert len(tasks) == 50
 
-    checker = InvariantChecker(cores, 0, queue_ahead=True)  # the default queues short tasks
+    backend = LaunchRaises(launch_raises, cores=cores, kill_grace=0.2)
+    # The default queues short tasks ahead, up to its depth per core.
+    checker = InvariantChecker(cores, 0, queue_ahead=backend.queue_ahead_depth)
     summary = await Ensemble(
         tasks,
-        backend=LaunchRaises(launch_raises, cores=cores, kill_grace=0.2),
+        backend=backend,
         run_dir=run_dir,
         observers=[checker],
     ).run()

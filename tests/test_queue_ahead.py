@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from matensemble.dispatch import Record
 from matensemble.model import Resources, Task
 from matensemble.queue_ahead import LATE_START, QueueAhead
@@ -117,3 +119,60 @@ def test_with_a_threshold_booking_stops_while_tasks_start_late() -> None:
     for _ in range(6):  # down to 0.229 at the sixth
         gated.ran(0.05, -0.01)
     assert gated.booking and gated.late < LATE_START
+
+
+def booked_on(ahead: QueueAhead, layer: int, task_id: str, cores: int = 1) -> Record:
+    rec = started(ahead.layers[layer], task_id, cores)
+    ahead.book(rec, layer)
+    return rec
+
+
+def test_two_deep_each_core_takes_its_booked_tasks_in_booking_order_one_at_a_time() -> None:
+    node = [NodeSpec("a", (0, 1))]
+    pool, ahead = ResourcePool(node), QueueAhead(node, exact=True, depth=2)
+    running = [started(pool, "r0"), started(pool, "r1")]  # cores 0, 1
+    first = [booked_on(ahead, 0, f"q{i}") for i in range(2)]  # layer 1: cores 0, 1
+    second = [booked_on(ahead, 1, f"s{i}") for i in range(2)]  # layer 2: cores 0, 1
+    assert all(layer.free_cores == 0 for layer in ahead.layers) and len(ahead) == 4
+    pool.release(running[0].placement)
+    assert ahead.move_in(running[0].placement, pool) == [first[0]]  # not s0 as well
+    assert ahead.holds(second[0]) and ahead.layers[0].free_cores == 1
+    pool.release(first[0].placement)
+    assert ahead.move_in(first[0].placement, pool) == [second[0]]
+    assert second[0].placement[0].cores == (0,) and len(ahead) == 2
+
+
+def test_two_deep_a_task_booked_on_a_free_core_of_the_first_layer_waits_behind_the_second() -> None:
+    """Per core, booking order is start order, whatever layer each booking took."""
+    node = [NodeSpec("a", (0, 1))]
+    pool, ahead = ResourcePool(node), QueueAhead(node, exact=True, depth=2)
+    running = [started(pool, "r0"), started(pool, "r1")]
+    booked_on(ahead, 0, "q1", cores=1)  # layer 1: core 0
+    wide = booked_on(ahead, 1, "wide", cores=2)  # layer 2: cores 0 and 1
+    late = booked_on(ahead, 0, "late")  # layer 1's core 1, booked after wide
+    assert late.placement[0].cores == (1,)
+    pool.release(running[1].placement)  # core 1 frees: wide is first there
+    assert ahead.move_in(running[1].placement, pool) == []
+    assert ahead.holds(wide) and ahead.holds(late) and pool.free_cores == 1
+
+
+def test_two_deep_a_booking_dropped_lets_the_one_behind_it_in_on_free_ids() -> None:
+    node = [NodeSpec("a", (0, 1))]
+    pool, ahead = ResourcePool(node), QueueAhead(node, exact=True, depth=2)
+    running = [started(pool, "r0"), started(pool, "r1")]
+    wide = booked_on(ahead, 0, "wide", cores=2)  # cores 0 and 1
+    behind = booked_on(ahead, 1, "behind")  # core 0, behind wide
+    pool.release(running[0].placement)  # core 0 frees: wide waits for core 1
+    assert ahead.move_in(running[0].placement, pool) == [] and pool.free_cores == 1
+    assert not ahead.claim_at_once(behind.placement, pool, 1)  # wide is first on core 0
+    ahead.drop(wide)  # withdrawn
+    assert ahead.move_in(wide.placement, pool) == [behind]
+    assert behind.placement[0].cores == (0,) and pool.free_cores == 0 and len(ahead) == 0
+
+
+@pytest.mark.parametrize(("depth", "exact"), [(0, True), (2, False)])
+def test_a_depth_below_one_or_above_one_without_the_same_ids_is_refused(
+    depth: int, exact: bool
+) -> None:
+    with pytest.raises(ValueError, match=f"depth must be 1, or more on the same ids: {depth}"):
+        QueueAhead(NODES, exact=exact, depth=depth)

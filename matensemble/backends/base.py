@@ -245,6 +245,12 @@ class Backend(abc.ABC):
     """With ``queue_ahead``: True when the backend starts a queued launch on exactly the ids
     of its placement (the local backend pins them), so a booked task moves in on those ids."""
 
+    queue_ahead_depth: int = 1
+    """With ``queue_ahead_same_ids``: how many launches the backend accepts per core behind
+    the one running there. They arrive in the order they must start in on each core, and one
+    starts once none of its cores is held and no launch that arrived before it waits for any
+    of them (per-core FIFO, see ``matensemble.queue_ahead``)."""
+
     can_withdraw: bool = False
     """With ``queue_ahead``: True when ``withdraw`` can take back a queued launch that has not
     started, with no race against its start (the engine then moves booked tasks to resources
