@@ -64,7 +64,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from matensemble.dispatch import Record
 from matensemble.model import Placement, Slot
@@ -78,6 +78,8 @@ __all__ = [
     "queue_ahead_setting",
     "same_nodes",
 ]
+
+_Key = tuple[str, int | str]  # an id in a line: (node, core) or (node, GPU)
 
 AUTO_BELOW = 0.5
 """A backend's ``queue_ahead="auto"`` (the default of Flux and the local backend): queue ahead
@@ -131,8 +133,9 @@ class QueueAhead:
         self.late = 0.0  # how late they started after their resources were free, on average
         self._booked: dict[str, tuple[int, ResourcePool]] = {}  # id -> attempt, layer; booked
         self._lines: dict[str, deque[tuple[Record, int]]] = {n.name: deque() for n in nodes}
-        # With ``exact``: the tasks booked on each core id, in booking order (per-core FIFO).
-        self._core_lines: dict[tuple[str, int], deque[tuple[Record, int]]] = {}
+        # With ``exact``: the tasks booked on each id, in booking order (per-core FIFO); keys
+        # (node, core) and (node, gpu), an int and a str (``_ids``).
+        self._id_lines: dict[_Key, deque[tuple[Record, int]]] = {}
         self.withdrawing: set[str] = set()  # ids of booked tasks asked back from the backend
 
     def __len__(self) -> int:
@@ -156,13 +159,12 @@ class QueueAhead:
         entry = (rec, rec.attempts)
         self._booked[rec.task.id] = (rec.attempts, self.layers[layer])
         if self.exact:
-            lines = self._core_lines
-            for slot in rec.placement:
-                for core in slot.cores:
-                    line = lines.get((slot.node, core))
-                    if line is None:
-                        line = lines[slot.node, core] = deque()
-                    line.append(entry)
+            lines = self._id_lines
+            for key in _ids(rec.placement):
+                line = lines.get(key)
+                if line is None:
+                    line = lines[key] = deque()
+                line.append(entry)
             return
         for slot in rec.placement:
             self._lines[slot.node].append(entry)
@@ -173,10 +175,9 @@ class QueueAhead:
         ``True`` (the task starts, it is not booked)."""
         if not self.exact or pool.free_cores < sum(len(slot.cores) for slot in placement):
             return False  # the common case: the pool is full, that is why it was booked
-        for slot in placement:
-            for core in slot.cores:
-                if self._front(slot.node, core) is not None:
-                    return False  # it queues behind that one
+        for key in _ids(placement):
+            if self._front(key) is not None:
+                return False  # it queues behind that one
         if not pool.claim(placement):
             return False
         self.layers[layer].release(placement)
@@ -221,29 +222,27 @@ class QueueAhead:
         return moved
 
     def _move_in_exact(self, freed: Iterable[Slot], pool: ResourcePool) -> list[Record]:
-        """Each booked task first in line on a core of ``freed`` that is first in line on all
-        its cores, and whose booked ids are all free in ``pool``."""
+        """Each booked task first in line on an id of ``freed`` that is first in line on all
+        its ids, and whose booked ids are all free in ``pool``."""
         moved: list[Record] = []
         booked = self._booked
-        for slot in freed:
-            for core in slot.cores:
-                rec = self._front(slot.node, core)
-                if rec is None or not self._first_on_all(rec):
-                    continue
-                if not pool.claim(rec.placement):
-                    continue  # its ids are not all free yet
-                _, layer = booked.pop(rec.task.id)
-                layer.release(rec.placement)
-                for other in rec.placement:  # first in each of its lines: off them all
-                    for its in other.cores:
-                        self._core_lines[other.node, its].popleft()
-                moved.append(rec)
+        for key in _ids(freed):
+            rec = self._front(key)
+            if rec is None or not self._first_on_all(rec):
+                continue
+            if not pool.claim(rec.placement):
+                continue  # its ids are not all free yet
+            _, layer = booked.pop(rec.task.id)
+            layer.release(rec.placement)
+            for its in _ids(rec.placement):  # first in each of its lines: off them all
+                self._id_lines[its].popleft()
+            moved.append(rec)
         return moved
 
-    def _front(self, node: str, core: int) -> Record | None:
-        """The first task still booked in the line of ``core`` on ``node`` (entries of tasks
-        that ended or moved in are dropped on the way), or ``None``."""
-        line = self._core_lines.get((node, core))
+    def _front(self, key: _Key) -> Record | None:
+        """The first task still booked in the line of the id ``key`` (entries of tasks that
+        ended or moved in are dropped on the way), or ``None``."""
+        line = self._id_lines.get(key)
         while line:
             rec, attempt = line[0]
             if self._still_booked(rec, attempt):
@@ -256,11 +255,21 @@ class QueueAhead:
         return booked is not None and booked[0] == attempt
 
     def _first_on_all(self, rec: Record) -> bool:
-        """Whether ``rec`` is first in the line of every core it is booked on."""
+        """Whether ``rec`` is first in the line of every id it is booked on."""
         placement = rec.placement
-        if len(placement) == 1 and len(placement[0].cores) == 1:
+        if len(placement) == 1 and len(placement[0].cores) == 1 and not placement[0].gpus:
             return True  # the line it was found first in is its only one
-        return all(self._front(slot.node, core) is rec for slot in placement for core in slot.cores)
+        return all(self._front(key) is rec for key in _ids(placement))
+
+
+def _ids(placement: Iterable[Slot]) -> Iterator[_Key]:
+    """The keys of the ids of ``placement`` in the lines: (node, core), (node, gpu)."""
+    for slot in placement:
+        node = slot.node
+        for core in slot.cores:
+            yield node, core
+        for gpu in slot.gpus:
+            yield node, gpu
 
 
 def same_nodes(booked: Placement, pool: ResourcePool) -> Placement | None:

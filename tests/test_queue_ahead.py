@@ -176,3 +176,22 @@ def test_a_depth_below_one_or_above_one_without_the_same_ids_is_refused(
 ) -> None:
     with pytest.raises(ValueError, match=f"depth must be 1, or more on the same ids: {depth}"):
         QueueAhead(NODES, exact=exact, depth=depth)
+
+
+def test_exact_a_booked_task_moves_in_when_its_gpu_frees_after_its_core() -> None:
+    node = [NodeSpec("a", (0, 1), ("g0",))]
+    pool, ahead = ResourcePool(node), QueueAhead(node, exact=True)
+    gpu_task = Resources(cores_per_rank=1, gpus_per_rank=1)
+    plain = started(pool, "plain")  # core 0
+    holder = Record(Task(id="holder", command=("true",), resources=gpu_task))
+    holder.attempts, holder.placement = 1, pool.allocate(gpu_task)  # type: ignore[assignment]
+    waiter = Record(Task(id="waiter", command=("true",), resources=gpu_task))
+    waiter.attempts, waiter.placement = 1, ahead.pool.allocate(gpu_task)  # type: ignore[assignment]
+    assert (plain.placement[0].cores, holder.placement[0].cores) == ((0,), (1,))
+    assert waiter.placement[0].cores == (0,) and waiter.placement[0].gpus == ("g0",)
+    ahead.book(waiter)
+    pool.release(plain.placement)  # its core frees: it waits for the GPU
+    assert ahead.move_in(plain.placement, pool) == [] and ahead.holds(waiter)
+    pool.release(holder.placement)  # the GPU frees, on another core
+    assert ahead.move_in(holder.placement, pool) == [waiter]
+    assert not ahead.holds(waiter) and pool.free_cores == 1
