@@ -1,9 +1,62 @@
-"""Launches queued ahead on one core in a row (``Backend.queue_ahead_depth``): the local
-backend starts the launches of a core one after another, in the order they arrived."""
+"""Two launches queued ahead on one core (``Backend.queue_ahead_depth``): the local backend
+with helper processes starts the launches of a core one after another, in the order they
+arrived, each the moment the one before it is over. Real helpers, real processes, real files.
+"""
 
 from __future__ import annotations
 
+import itertools
+import os
+import sys
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+
+from matensemble import LocalBackend, Task, TaskState
+from matensemble.backends.base import Launch
 from matensemble.backends.local_ahead import CoreHolders
+from matensemble.model import Slot
+
+from backend_harness import Harness, opened
+from conftest import alive
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
+
+HOLD = "echo $$ > pid; exec sleep 60"
+
+
+@pytest.fixture(
+    params=[
+        {"cores": 1},
+        pytest.param(
+            {"cores": 2, "cores_per_helper": 2},
+            marks=pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="two cores"),
+            id="one helper for two cores",
+        ),
+    ],
+    ids=lambda given: "one helper per core" if given == {"cores": 1} else None,
+)
+def backend(request: pytest.FixtureRequest) -> LocalBackend:
+    """A backend whose helper processes take two launches queued ahead per core."""
+    return LocalBackend(queue_ahead=True, kill_grace=0.5, **request.param)
+
+
+def on_the_last_core(h: Harness, task: Task) -> Launch:
+    """Launch ``task`` on the backend's last core, whoever holds it (queued ahead)."""
+    (node,) = h.nodes
+    return h.start(task, on=(Slot(node.name, node.cores[-1:], ()),))
+
+
+def logged(log: Path, name: str, seconds: float) -> Task:
+    """A task that writes its start and its end into ``log``."""
+    script = f"echo start {name} >> {log}; sleep {seconds}; echo end {name} >> {log}"
+    return Task(id=name, command=("sh", "-c", script))
+
+
+def lines(log: Path) -> list[str]:
+    return log.read_text().splitlines()
 
 
 def test_launches_take_a_core_in_the_order_they_arrived_on_it() -> None:
@@ -40,3 +93,133 @@ def test_a_third_launch_on_a_core_comes_after_the_second() -> None:
     assert holders.forget("b", [0]) == ["c"]
     assert holders.forget("c", [0]) == []
     assert holders.blockers([0]) == []
+
+
+def held(log: Path, go: Path) -> Task:
+    """A task that writes its start into ``log``, runs until ``go`` exists, writes its end."""
+    wait = f"while [ ! -e {go} ]; do sleep 0.01; done"
+    script = f"echo start a >> {log}; {wait}; echo end a >> {log}"
+    return Task(id="a", command=("sh", "-c", script))
+
+
+async def until_logged(log: Path, line: str) -> None:
+    """Wait, with the event loop running, until ``line`` is in ``log``."""
+    deadline = time.monotonic() + 20
+    while not (log.exists() and line in lines(log)):
+        assert time.monotonic() < deadline, f"{line!r} not logged"
+        await anyio.sleep(0.01)
+
+
+def logged_while_the_loop_is_held(log: Path, line: str) -> bool:
+    """Hold the event loop (a blocking wait: the driver sees no exit meanwhile) until ``line``
+    is in ``log``: only a helper that starts the launches queued on a core one after another
+    on its own gets it there."""
+    deadline = time.monotonic() + 10
+    while not (log.exists() and line in lines(log)):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+async def test_three_launches_on_one_core_run_one_after_another_in_arrival_order(
+    tmp_path: Path, backend: LocalBackend
+) -> None:
+    """The helper starts the second when the first exits and the third when the second does,
+    without waiting for the driver."""
+    log, go = tmp_path / "log", tmp_path / "go"
+    async with opened(backend, tmp_path) as h:
+        launches = [
+            on_the_last_core(h, task)
+            for task in (held(log, go), logged(log, "b", 0.2), logged(log, "c", 0.1))
+        ]
+        await until_logged(log, "start a")
+        go.touch()
+        assert logged_while_the_loop_is_held(log, "end c"), lines(log)
+        outcomes = [await h.outcome(launch) for launch in launches]
+    assert all(outcome.state is TaskState.SUCCEEDED for outcome in outcomes), outcomes
+    assert lines(log) == ["start a", "end a", "start b", "end b", "start c", "end c"]
+    for before, after in itertools.pairwise(outcomes):
+        assert before.end_time is not None and after.start_time is not None
+        assert before.end_time <= after.start_time
+
+
+@pytest.mark.parametrize("how", ["withdrawn", "cancelled"])
+@pytest.mark.parametrize("third", ["queued before", "launched after"])
+async def test_the_second_launch_ended_while_it_waits_lets_the_third_run_after_the_first(
+    tmp_path: Path, backend: LocalBackend, how: str, third: str
+) -> None:
+    """The second launch on a core ends before it started (taken back or cancelled while the
+    first runs): the third runs once the first is over, never beside it. Queued before, it
+    waits in the helper, in the second's place; launched after, in the driver."""
+    log, go = tmp_path / "log", tmp_path / "go"
+    async with opened(backend, tmp_path) as h:
+        a = on_the_last_core(h, held(log, go))
+        b = on_the_last_core(h, logged(log, "b", 0.1))
+        c = on_the_last_core(h, logged(log, "c", 0.1)) if third == "queued before" else None
+        if how == "withdrawn":
+            backend.withdraw(b.key)
+        else:
+            backend.cancel(b.key)
+        c = c or on_the_last_core(h, logged(log, "c", 0.1))
+        dropped = await h.outcome(b)
+        await until_logged(log, "start a")
+        go.touch()
+        if third == "queued before":
+            assert logged_while_the_loop_is_held(log, "end c"), lines(log)
+        first, last = await h.outcome(a), await h.outcome(c)
+    assert dropped.state is TaskState.CANCELLED and dropped.start_time is None
+    assert dropped.withdrawn is (how == "withdrawn")
+    assert first.state is last.state is TaskState.SUCCEEDED
+    assert lines(log) == ["start a", "end a", "start c", "end c"]
+    assert first.end_time is not None and last.start_time is not None
+    assert first.end_time <= last.start_time
+
+
+async def test_a_second_launch_that_cannot_start_lets_the_third_run_after_the_first(
+    tmp_path: Path, backend: LocalBackend
+) -> None:
+    log, go = tmp_path / "log", tmp_path / "go"
+    missing = Task(id="b", command=(str(tmp_path / "no-such-program"),))
+    async with opened(backend, tmp_path) as h:
+        a = on_the_last_core(h, held(log, go))
+        b = on_the_last_core(h, missing)
+        c = on_the_last_core(h, logged(log, "c", 0.1))
+        await until_logged(log, "start a")
+        go.touch()
+        assert logged_while_the_loop_is_held(log, "end c"), lines(log)
+        first, failed, last = await h.outcome(a), await h.outcome(b), await h.outcome(c)
+    assert failed.state is TaskState.FAILED and failed.start_time is None
+    assert "no-such-program" in (failed.reason or ""), failed
+    assert first.state is last.state is TaskState.SUCCEEDED
+    assert lines(log) == ["start a", "end a", "start c", "end c"]
+
+
+@pytest.mark.parametrize("how", ["killed", "closed"])
+async def test_a_killed_or_closed_backend_starts_neither_launch_queued_on_a_core(
+    tmp_path: Path, backend: LocalBackend, how: str
+) -> None:
+    """``kill()`` (the helper's KillAll: the running task dies, what waits behind it in a row
+    is reported never started) or ``close()`` (each is stopped: the two waiting are dropped)."""
+    ran = tmp_path / "ran"
+    async with opened(backend, tmp_path) as h:
+        a = on_the_last_core(h, Task(id="a", command=("sh", "-c", HOLD)))
+        queued = [
+            on_the_last_core(h, Task(id=name, command=("sh", "-c", f"echo {name} >> {ran}")))
+            for name in ("b", "c")
+        ]
+        pid_file = h.task_dir("a") / "pid"
+        deadline = time.monotonic() + 20
+        while not (pid_file.exists() and pid_file.read_text().strip()):
+            assert time.monotonic() < deadline, "a wrote no pid"
+            await anyio.sleep(0.01)
+        pid = int(pid_file.read_text())
+        if how == "killed":
+            backend.kill()
+            for launch in queued:  # reported by the helper, before close() stops anything
+                await h.outcome(launch)
+    outcomes = [h.outcomes[launch.key] for launch in queued]
+    assert all(outcome.start_time is None for outcome in outcomes), outcomes
+    assert not ran.exists(), ran.read_text()
+    assert h.outcomes[a.key].state is not TaskState.SUCCEEDED
+    assert not alive(pid, grace=5)
