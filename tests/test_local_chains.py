@@ -15,7 +15,7 @@ import anyio
 import pytest
 
 from matensemble import LocalBackend, Task, TaskState
-from matensemble.backends.base import Launch
+from matensemble.backends.base import Backend, Launch
 from matensemble.backends.local_ahead import CoreHolders
 from matensemble.model import Slot
 
@@ -57,6 +57,13 @@ def logged(log: Path, name: str, seconds: float) -> Task:
 
 def lines(log: Path) -> list[str]:
     return log.read_text().splitlines()
+
+
+def test_helpers_take_two_launches_ahead_per_core_and_worker_threads_one() -> None:
+    assert Backend.queue_ahead_depth == 1
+    assert LocalBackend().queue_ahead_depth == 2
+    assert LocalBackend(spawners="processes").queue_ahead_depth == 2
+    assert LocalBackend(spawners="threads").queue_ahead_depth == 1
 
 
 def test_launches_take_a_core_in_the_order_they_arrived_on_it() -> None:
