@@ -5,10 +5,13 @@ arrived, each the moment the one before it is over. Real helpers, real processes
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
+import random
 import sys
 import time
+from collections import deque
 from pathlib import Path
 
 import anyio
@@ -230,3 +233,52 @@ async def test_a_killed_or_closed_backend_starts_neither_launch_queued_on_a_core
     assert not ran.exists(), ran.read_text()
     assert h.outcomes[a.key].state is not TaskState.SUCCEEDED
     assert not alive(pid, grace=5)
+
+
+async def test_rows_of_three_on_each_core_some_taken_back_some_failing_run_in_arrival_order(
+    tmp_path: Path, backend: LocalBackend
+) -> None:
+    """Each core kept at one launch running and two queued ahead, as the engine books them,
+    while a few launches cannot start and a few queued ones are taken back: on each core the
+    launches that ran did so one at a time, in the order they arrived."""
+    rng = random.Random(7)
+    total = 50
+    arrived: dict[int, list[str]] = {}
+    launches: dict[str, Launch] = {}
+    outcome_in = asyncio.Event()
+    async with opened(backend, tmp_path) as h:
+        h.on_outcome = lambda outcome: outcome_in.set()
+        (node,) = h.nodes
+        rows: dict[int, deque[Launch]] = {core: deque() for core in node.cores}
+        while len(launches) < total * len(node.cores) or any(rows.values()):
+            outcome_in.clear()
+            for core, row in rows.items():
+                while row and row[0].key in h.outcomes:
+                    row.popleft()
+                for launch in [launch for launch in row if launch.key in h.outcomes]:
+                    row.remove(launch)  # taken back, or could not start, before the first
+                while len(row) < 3 and len(arrived.get(core, ())) < total:
+                    name = f"c{core}t{len(arrived.get(core, ()))}"
+                    draw = rng.random()
+                    if draw < 0.1:
+                        task = Task(id=name, command=(str(tmp_path / "no-such-program"),))
+                    else:
+                        task = logged(tmp_path / f"log{core}", name, rng.choice((0, 0.01, 0.03)))
+                    launch = h.start(task, on=(Slot(node.name, (core,), ()),))
+                    if row and draw > 0.85:
+                        backend.withdraw(launch.key)
+                    row.append(launch)
+                    launches[name] = launch
+                    arrived.setdefault(core, []).append(name)
+            if any(rows.values()):
+                with anyio.fail_after(20):
+                    await outcome_in.wait()
+    for core, names in arrived.items():
+        log = lines(tmp_path / f"log{core}")
+        started = [line.split()[1] for line in log[::2]]
+        assert log == [f"{way} {name}" for name in started for way in ("start", "end")]
+        assert started == [name for name in names if name in set(started)]
+        for name in names:
+            outcome = h.outcomes[launches[name].key]
+            assert (outcome.start_time is not None) is (name in started), outcome
+            assert outcome.withdrawn or outcome.state is not TaskState.CANCELLED, outcome
