@@ -246,10 +246,11 @@ class Backend(abc.ABC):
     of its placement (the local backend pins them), so a booked task moves in on those ids."""
 
     queue_ahead_depth: int = 1
-    """With ``queue_ahead_same_ids``: how many launches the backend accepts per core behind
-    the one running there. They arrive in the order they must start in on each core, and one
-    starts once none of its cores is held and no launch that arrived before it waits for any
-    of them (per-core FIFO, see ``matensemble.queue_ahead``)."""
+    """With ``queue_ahead_same_ids``: how many launches the backend accepts on a core ahead of
+    the one running there. Launches on a core start there in the order they arrived (per-core
+    first in, first out): a queued launch starts when none of its cores is held and it is the
+    earliest launch still waiting for each of them; one that ends before it started (withdrawn,
+    cancelled, refused) lets the next ones on its cores go."""
 
     can_withdraw: bool = False
     """With ``queue_ahead``: True when ``withdraw`` can take back a queued launch that has not

@@ -81,8 +81,10 @@ class LocalBackend(Backend):
             and not before a task has finished (see ``matensemble.queue_ahead``); ``False``:
             never.
         spawners: ``"processes"`` (the default: a helper process per core, or per group of
-            cores, starts, waits for and reaps them: ``local_helpers``) or ``"threads"``
-            (worker threads of the driver start the processes, the driver reaps them).
+            cores, starts, waits for and reaps them: ``local_helpers``; two launches may be
+            queued ahead on a core, ``Backend.queue_ahead_depth``) or ``"threads"`` (worker
+            threads of the driver start the processes, the driver reaps them; one launch
+            queued ahead per core).
         cores_per_helper: with ``spawners="processes"``, the cores each helper serves (it
             starts the launches whose first core is among them); default: 1 up to 128 cores,
             then as many as keep the helpers at most 128 (``local_helpers.HELPERS_AT_MOST``).
@@ -124,6 +126,10 @@ class LocalBackend(Backend):
         if spawners not in ("threads", "processes"):
             raise ValueError(f"spawners must be 'threads' or 'processes', got {spawners!r}")
         self._helpers_wanted = spawners == "processes"
+        # A helper chains what waits in it (``local_helper``). A worker thread takes a launch
+        # booked ``after`` one that did not start as one whose cores are free, which is false
+        # when two wait in a row: with threads, one launch at most waits on a core.
+        self.queue_ahead_depth = 2 if self._helpers_wanted else 1
         self._cores = select_cores(cores)
         if cores_per_helper is not None and spawners != "processes":
             raise ValueError(

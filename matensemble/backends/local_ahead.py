@@ -3,20 +3,25 @@
 With ``LocalBackend(queue_ahead=True)`` the engine launches each core's next task while the
 one before it still runs there (booked on the same core ids: see ``matensemble.queue_ahead``).
 The backend keeps its own account of the cores: a launch *holds* its cores from ``launch()``
-until it has been reaped, and a launch that arrives on cores someone holds *waits* until all
-of them are free, whatever else waits (the engine books waiting launches on disjoint ids, and
-moves one in, on the same ids, at the same moment: when the last holder's outcome comes in).
+until it has been reaped, and a launch that arrives on cores someone holds or waits for
+*waits* until it comes first on each of them and all of them are free: launches start on a
+core in the order they arrived there (up to ``Backend.queue_ahead_depth`` of them wait behind
+the one running; the engine moves each in, on the same ids, once the outcomes of those before
+it there have come in).
 
-Two ways to wait. A one-process launch behind exactly one one-process holder that the same
-worker started last waits in that worker (``Spawners.submit(after=...)``): the worker watches
-the holder's ``pidfd``, which turns readable when it exits, before the loop has seen the exit,
-and starts the next process at once. Any other waits in the loop and is handed to a worker
-when the loop has reaped the last holder. Either way it holds its cores from then on.
+Two ways to wait. A one-process launch behind exactly one one-process launch (the one that
+came last on each of its cores) that the same worker or helper was given last waits there
+(``Spawners.submit(after=...)``): a worker watches the holder's ``pidfd``, which turns readable
+when it exits, before the loop has seen the exit, and starts the next process at once; a
+helper process chains its bookings, so that a launch can wait there behind one that waits
+too. Any other waits in the loop and is handed to a worker or helper when the loop has reaped
+the last launch before it on its cores. Either way it holds its cores from then on.
 """
 
 from __future__ import annotations
 
 import os
+from collections import deque
 from collections.abc import Sequence
 
 from matensemble.backends.local_helpers import Helpers
@@ -27,18 +32,25 @@ __all__ = ["CoreHolders", "QueuedLaunches"]
 
 
 class CoreHolders:
-    """The launch holding each core, and the launches waiting for theirs, in arrival order."""
+    """The launch holding each core, and the launches waiting for each, in arrival order.
+
+    Per-core first in, first out: a waiting launch takes its cores once none of them is held
+    and it is the first launch still waiting for each of them (``Backend.queue_ahead_depth``).
+    """
 
     def __init__(self) -> None:
         self._holder: dict[int, object] = {}
-        self._waiting: dict[object, Sequence[int]] = {}  # in arrival order
+        self._line: dict[int, deque[object]] = {}  # core -> the launches waiting for it
+        self._wanted: dict[object, Sequence[int]] = {}  # a waiting launch -> its cores
 
     def blockers(self, cores: Sequence[int]) -> list[object]:
-        """The launches holding any of ``cores``, each once."""
-        holder = self._holder
+        """Per core of ``cores``, the launch that came last of those holding or waiting for
+        it (a launch arriving now on that core comes after it), each once."""
+        holder, lines = self._holder, self._line
         found: list[object] = []
         for core in cores:
-            run = holder.get(core)
+            line = lines.get(core)
+            run = line[-1] if line else holder.get(core)
             if run is not None and run not in found:
                 found.append(run)
         return found
@@ -48,26 +60,55 @@ class CoreHolders:
             self._holder[core] = run
 
     def wait(self, run: object, cores: Sequence[int]) -> None:
-        """``run`` takes ``cores`` once nobody holds any of them (see ``release``)."""
-        self._waiting[run] = cores
+        """``run`` takes ``cores`` once nobody holds them and nobody who came before it waits
+        for any of them (see ``forget``)."""
+        self._wanted[run] = cores
+        lines = self._line
+        for core in cores:
+            line = lines.get(core)
+            if line is None:
+                line = lines[core] = deque()
+            line.append(run)
 
     def forget(self, run: object, cores: Sequence[int]) -> list[object]:
         """``run`` ended: it holds and waits for nothing any more. Returns the waiting launches
-        that now hold their cores (they were waiting for these), in arrival order."""
-        if self._waiting.pop(run, None) is not None:
+        that now hold their cores (they waited on ``cores``), in the order of those cores."""
+        wanted = self._wanted.pop(run, None)
+        if wanted is not None:  # it never took its cores: those behind it may go first now
+            for core in wanted:
+                line = self._line[core]
+                line.remove(run)
+                if not line:
+                    del self._line[core]
+        else:
+            holder = self._holder
+            for core in cores:
+                if holder.get(core) is run:
+                    del holder[core]
+        if not self._line:
             return []
-        holder = self._holder
-        for core in cores:
-            if holder.get(core) is run:
-                del holder[core]
-        if not self._waiting:
-            return []
+        return self._move_in(cores)
+
+    def _move_in(self, cores: Sequence[int]) -> list[object]:
+        """The first launch waiting on each of ``cores`` takes its cores if all are free and
+        it comes first on each of them."""
+        holder, lines = self._holder, self._line
         now_holding: list[object] = []
-        for waiting, wanted in list(self._waiting.items()):
-            if not any(core in holder for core in wanted):
-                del self._waiting[waiting]
-                self.hold(waiting, wanted)
-                now_holding.append(waiting)
+        for core in cores:
+            line = lines.get(core)
+            if not line or core in holder:
+                continue
+            first = line[0]
+            wanted = self._wanted[first]
+            if any(c in holder or lines[c][0] is not first for c in wanted):
+                continue
+            del self._wanted[first]
+            for c in wanted:
+                lines[c].popleft()
+                if not lines[c]:
+                    del lines[c]
+            self.hold(first, wanted)
+            now_holding.append(first)
         return now_holding
 
 
@@ -80,7 +121,7 @@ class QueuedLaunches:
 
     def queue(self, run: Run, job: Job) -> bool:
         """``run`` holds its cores (``False``: start it now), or waits for them (``True``): in
-        the worker that started the one launch holding them, or here."""
+        the worker or helper given the one launch before it on its cores, or here."""
         run.cores = tuple(core for slot in run.launch.placement for core in slot.cores)
         blockers = self._holders.blockers(run.cores)
         if not blockers:

@@ -16,6 +16,11 @@ once, and only then is the exit reported: the next process is running before the
 even been woken. Only this process reaps its children, so only it signals their groups (a group
 id cannot be reused while its leader is unreaped).
 
+Bookings chain: one booked ``after`` a booking that waits itself waits behind it, and starts
+when that one has run, or at once if that one starts nothing (it could not start: its cores
+are free). A booking dropped while it waits passes its place to the one behind it. After
+``KillAll`` nothing that waits starts: each is reported as never started.
+
 At EOF on ``BOOKINGS`` (the driver closed it, or died: the kernel closes its descriptors) every
 group still running gets SIGKILL, is reaped, and the helper exits: it leaves no task behind.
 """
@@ -65,6 +70,7 @@ class Helper:
         self._pids: dict[int, int] = {}  # pid -> pidfd, of each unreaped process
         self._left: dict[int, int] = {}  # seq -> its unreaped processes
         self._waiting: dict[int, Book] = {}  # after -> the booking that waits for it
+        self._after: dict[int, int] = {}  # seq of a booking that waits -> its after
         self._killed = False
         self._reports_gone = False  # nobody reads the reports any more
         self._out: list[bytes] = []  # reports to write at the end of this turn
@@ -97,18 +103,24 @@ class Helper:
 
     def _take(self, message: ToHelper | FromHelper) -> None:
         if isinstance(message, Book):
-            if message.after >= 0 and self._left.get(message.after):
-                self._waiting[message.after] = message
+            after = message.after
+            if after >= 0 and (after in self._left or after in self._after):
+                self._waiting[after] = message  # behind one that runs, or waits itself
+                self._after[message.seq] = after
             else:
                 self._start(message)
         elif isinstance(message, Signal):
             if message.pid in self._pids:
                 _kill_group(message.pid, message.signum)
         elif isinstance(message, Drop):
-            for after, book in list(self._waiting.items()):
-                if book.seq == message.seq:
-                    del self._waiting[after]
-                    self._report(Started(book.seq, [], None, None))
+            waited_for = self._after.pop(message.seq, None)
+            if waited_for is not None:
+                book = self._waiting.pop(waited_for)
+                self._report(Started(book.seq, [], None, None))
+                behind = self._waiting.pop(book.seq, None)
+                if behind is not None:  # it waits for what the dropped one waited for
+                    self._waiting[waited_for] = behind
+                    self._after[behind.seq] = waited_for
         elif isinstance(message, KillAll):
             self._kill_all()
 
@@ -117,7 +129,8 @@ class Helper:
         for pid in self._pids:
             _kill_group(pid, _SIGKILL)
 
-    def _start(self, book: Book) -> None:
+    def _start(self, book: Book) -> bool:
+        """Start ``book``'s processes and report it; whether any of them is still running."""
         processes: list[tuple[int, int]] = []
         start_time: float | None = None
         failure: str | None = None
@@ -125,10 +138,10 @@ class Helper:
             out, err = open_outputs(self._outputs, book.task_dir)
         except LaunchError as exc:
             self._report(Started(book.seq, processes, None, str(exc)))
-            return
+            return False
         except Exception as exc:  # a bug: fail the launch, keep the helper
             self._report(Started(book.seq, processes, None, f"cannot open the outputs: {exc!r}"))
-            return
+            return False
         try:
             for rank, (argv, executable, env, cores) in enumerate(book.plan):
                 self._pin(tuple(cores) or None)
@@ -148,6 +161,7 @@ class Helper:
             os.close(out)
             os.close(err)
         self._report(Started(book.seq, processes, start_time, failure))
+        return book.seq in self._left
 
     def _pin(self, cores: tuple[int, ...] | None) -> None:
         cores = cores or self._all_cores
@@ -178,12 +192,19 @@ class Helper:
         self._left[seq] -= 1
         if not self._left[seq]:
             del self._left[seq]
-            waiting = self._waiting.pop(seq, None)
-            if waiting is not None and self._killed:  # what waited behind it never starts
-                self._report(Started(waiting.seq, [], None, None))
-            elif waiting is not None:  # its successor first, then the news
-                self._start(waiting)
+            self._start_behind(seq)  # its successor first, then the news
         self._report(Exited(pid, code, when))
+
+    def _start_behind(self, seq: int) -> None:
+        """Launch ``seq`` is over: start the booking that waits for it; if that one starts no
+        process that still runs, the one behind it, and so on. Killed: none of them starts."""
+        while (book := self._waiting.pop(seq, None)) is not None:
+            del self._after[book.seq]
+            if self._killed:
+                self._report(Started(book.seq, [], None, None))
+            elif self._start(book):
+                return
+            seq = book.seq
 
     def _report(self, message: Started | Exited) -> None:
         if not self._reports_gone:

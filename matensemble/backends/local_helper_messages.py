@@ -59,8 +59,9 @@ class _Message:
 
 class Book(_Message):
     """Start these processes (a launch's copies: ``local_failures.Process``), in ``cwd``, with
-    stdout and stderr in ``task_dir``; with ``after`` >= 0, once the one process of launch
-    ``after`` has exited."""
+    stdout and stderr in ``task_dir``; with ``after`` >= 0, once launch ``after`` is over: its
+    one process has exited, or it started none (dropped, or it could not start), or at once if
+    it is over already."""
 
     __slots__ = ("after", "cwd", "plan", "seq", "task_dir")
 

@@ -9,7 +9,8 @@ file made in the driver. ``Helpers`` offers what ``local_spawner.Spawners`` offe
 (``on_exit``) as they arrive on the helpers' pipes, which the event loop watches.
 
 A launch booked ``after`` another (queueing ahead) waits in the helper, which starts it the
-moment the process before it exits, before it reports that exit. ``after`` must be the launch
+moment the process before it exits, before it reports that exit; ``after`` may itself wait
+there, behind another (a chain, ``Backend.queue_ahead_depth``). ``after`` must be the launch
 booked last with the same first core: the same helper runs it, and nothing else waits for it
 there (a helper keeps one booking per launch it waits for).
 
@@ -172,10 +173,16 @@ class Helpers:
         """As ``Spawners.submit``: the helper of the launch's first core opens its outputs in
         ``task_dir`` (``outputs`` given are closed) and starts it, or with ``after``, if
         ``after`` was the launch booked last with the same first core, once ``after``'s one
-        process has exited."""
+        process has exited (or ``after`` ended without starting one).
+
+        Nothing is booked behind an ``after`` that may have been dropped while it waits (it is
+        being stopped and has not started, as far as the driver knows): its helper would no
+        longer know what it waited for, and would start the new launch at once."""
         cores = plan[0][3]
         first = cores[0] if cores else -1
-        if after is not None and self._last.get(first) is not after:
+        if after is not None and (
+            self._last.get(first) is not after or (not self._seq[after][1] and self._urgent(after))
+        ):
             return False
         index = self._helper_of.get(first, 0)
         for fd in outputs or ():
