@@ -22,7 +22,7 @@ from matensemble.model import Slot
 from matensemble.queue_ahead import AUTO_BELOW
 
 from backend_harness import opened
-from conftest import alive, started_at_most
+from conftest import InvariantChecker, alive, started_at_most
 
 pytestmark = [
     pytest.mark.skipif(
@@ -349,3 +349,26 @@ async def test_the_ensemble_says_how_many_running_tasks_are_queued_ahead(run_dir
     # t1's, t2 runs with nothing behind it; at the end nothing runs.
     assert seen == [("t0", 2, 1), ("t1", 1, 0), ("t2", 0, 0)], seen
     assert ens.queued_ahead == 0
+
+
+async def test_a_task_booked_with_a_gpu_waits_for_that_gpu_held_on_another_core(
+    run_dir: Path,
+) -> None:
+    """``gpu_c`` is booked on core 1 (core 0 of that layer went to ``plain_d``) with the one
+    GPU, which ``gpu_a`` holds on core 0: it starts when ``gpu_a`` ends, not when core 1 does."""
+    gpu = Resources(gpus_per_rank=1)
+    tasks = [
+        sh("gpu_a", "sleep 0.8", resources=gpu),
+        sh("plain_b", "sleep 0.1"),
+        sh("plain_d", "sleep 0.1"),
+        sh("gpu_c", "true", resources=gpu),
+    ]
+    backend = LocalBackend(cores=2, gpus=["7"], queue_ahead=True)
+    checker = InvariantChecker(2, 1, queue_ahead=backend.queue_ahead_depth)
+    summary = await Ensemble(tasks, backend=backend, run_dir=run_dir, observers=[checker]).run()
+    assert summary.counts["succeeded"] == len(tasks)
+    booked = {e.id: e.placement for e in journal(run_dir) if isinstance(e, TaskStarted)}
+    assert booked["gpu_c"] == (Slot(booked["gpu_a"][0].node, (1,), ("7",)),)
+    a, c = summary.results["gpu_a"], summary.results["gpu_c"]
+    assert a.end_time is not None and c.start_time is not None
+    assert c.start_time >= a.end_time  # never both on GPU 7 (the checker says so too)

@@ -2,8 +2,8 @@
 
 With ``LocalBackend(queue_ahead=True)`` the engine launches each core's next task while the
 one before it still runs there (booked on the same core ids: see ``matensemble.queue_ahead``).
-The backend keeps its own account of the cores: a launch *holds* its cores from ``launch()``
-until it has been reaped, and a launch that arrives on cores someone holds or waits for
+The backend keeps its own account of the cores (and GPUs, alike: ``Id``): a launch *holds*
+its cores from ``launch()`` until it has been reaped, and a launch that arrives on cores someone holds or waits for
 *waits* until it comes first on each of them and all of them are free: launches start on a
 core in the order they arrived there (up to ``Backend.queue_ahead_depth`` of them wait behind
 the one running; the engine moves each in, on the same ids, once the outcomes of those before
@@ -28,7 +28,13 @@ from matensemble.backends.local_helpers import Helpers
 from matensemble.backends.local_run import Job, Run
 from matensemble.backends.local_spawner import Spawners
 
-__all__ = ["CoreHolders", "QueuedLaunches"]
+__all__ = ["CoreHolders", "Id", "QueuedLaunches"]
+
+
+Id = int | str
+"""What a launch holds or waits for: a core (its id) or a GPU (its name). A launch holds its
+GPUs as it holds its cores: one booked on a free core behind a task holding its GPU on another
+core waits for that task."""
 
 
 class CoreHolders:
@@ -39,11 +45,11 @@ class CoreHolders:
     """
 
     def __init__(self) -> None:
-        self._holder: dict[int, object] = {}
-        self._line: dict[int, deque[object]] = {}  # core -> the launches waiting for it
-        self._wanted: dict[object, Sequence[int]] = {}  # a waiting launch -> its cores
+        self._holder: dict[Id, object] = {}
+        self._line: dict[Id, deque[object]] = {}  # core -> the launches waiting for it
+        self._wanted: dict[object, Sequence[Id]] = {}  # a waiting launch -> its cores
 
-    def blockers(self, cores: Sequence[int]) -> list[object]:
+    def blockers(self, cores: Sequence[Id]) -> list[object]:
         """Per core of ``cores``, the launch that came last of those holding or waiting for
         it (a launch arriving now on that core comes after it), each once."""
         holder, lines = self._holder, self._line
@@ -55,11 +61,11 @@ class CoreHolders:
                 found.append(run)
         return found
 
-    def hold(self, run: object, cores: Sequence[int]) -> None:
+    def hold(self, run: object, cores: Sequence[Id]) -> None:
         for core in cores:
             self._holder[core] = run
 
-    def wait(self, run: object, cores: Sequence[int]) -> None:
+    def wait(self, run: object, cores: Sequence[Id]) -> None:
         """``run`` takes ``cores`` once nobody holds them and nobody who came before it waits
         for any of them (see ``forget``)."""
         self._wanted[run] = cores
@@ -70,7 +76,7 @@ class CoreHolders:
                 line = lines[core] = deque()
             line.append(run)
 
-    def forget(self, run: object, cores: Sequence[int]) -> list[object]:
+    def forget(self, run: object, cores: Sequence[Id]) -> list[object]:
         """``run`` ended: it holds and waits for nothing any more. Returns the waiting launches
         that now hold their cores (they waited on ``cores``), in the order of those cores."""
         wanted = self._wanted.pop(run, None)
@@ -89,7 +95,7 @@ class CoreHolders:
             return []
         return self._move_in(cores)
 
-    def _move_in(self, cores: Sequence[int]) -> list[object]:
+    def _move_in(self, cores: Sequence[Id]) -> list[object]:
         """The first launch waiting on each of ``cores`` takes its cores if all are free and
         it comes first on each of them."""
         holder, lines = self._holder, self._line
@@ -122,13 +128,17 @@ class QueuedLaunches:
     def queue(self, run: Run, job: Job) -> bool:
         """``run`` holds its cores (``False``: start it now), or waits for them (``True``): in
         the worker or helper given the one launch before it on its cores, or here."""
-        run.cores = tuple(core for slot in run.launch.placement for core in slot.cores)
-        blockers = self._holders.blockers(run.cores)
+        placement = run.launch.placement
+        run.ids = (
+            *(core for slot in placement for core in slot.cores),
+            *(gpu for slot in placement for gpu in slot.gpus),
+        )
+        blockers = self._holders.blockers(run.ids)
         if not blockers:
-            self._holders.hold(run, run.cores)
+            self._holders.hold(run, run.ids)
             return False
         run.queued = True
-        self._holders.wait(run, run.cores)
+        self._holders.wait(run, run.ids)
         before = blockers[0]
         assert isinstance(before, Run)
         alone = len(blockers) == 1 and run.copies == before.copies == 1
@@ -139,7 +149,7 @@ class QueuedLaunches:
     def ended(self, run: Run) -> None:
         """``run`` was reaped (or never started): the launches waiting here for its cores that
         now have all of theirs are given to the workers."""
-        for ready in self._holders.forget(run, run.cores):
+        for ready in self._holders.forget(run, run.ids):
             assert isinstance(ready, Run)
             if ready.waiting is not None:
                 job, ready.waiting = ready.waiting, None
@@ -169,5 +179,5 @@ class QueuedLaunches:
 
     def stop(self, run: Run) -> None:
         """``run`` is stopped: if it waits in a worker, that worker lets it go."""
-        if run.queued and not run.procs and run.cores:
-            self._spawners.wake(run.cores[0])
+        if run.queued and not run.procs and run.ids:
+            self._spawners.wake(run.launch.placement[0].cores[0])

@@ -29,7 +29,7 @@ class Run:
         self.verdict: tuple[TaskState, str] | None = None  # TIMED_OUT or CANCELLED, and why
         self.stopping = False  # set before the loop takes in what the workers started
         self.failure: Exit | None = None  # the first copy that failed, or could not start
-        self.cores: tuple[int, ...] = ()  # queueing ahead: the cores it holds or waits for
+        self.ids: tuple[int | str, ...] = ()  # queueing ahead: cores, GPUs it holds or waits for
         self.queued = False  # queueing ahead: it waited, or waits, for its cores
         self.waiting: Job | None = None  # queueing ahead: it waits in the loop, not yet given
         self.exit_seen: float | None = None  # when a worker saw it exit (its end_time)
