@@ -372,3 +372,28 @@ async def test_a_task_booked_with_a_gpu_waits_for_that_gpu_held_on_another_core(
     a, c = summary.results["gpu_a"], summary.results["gpu_c"]
     assert a.end_time is not None and c.start_time is not None
     assert c.start_time >= a.end_time  # never both on GPU 7 (the checker says so too)
+
+
+async def test_each_core_has_its_next_tasks_booked_up_to_the_depth_and_runs_them_in_order(
+    run_dir: Path,
+) -> None:
+    """With helper processes two tasks wait behind the running one on each core (one with
+    worker threads: ``Backend.queue_ahead_depth``), and a core runs its tasks in the order
+    they were booked there."""
+    backend = LocalBackend(cores=2, queue_ahead=True)
+    tasks = [sh(f"t{i}", "sleep 0.2") for i in range(10)]
+    with anyio.fail_after(30):
+        summary = await Ensemble(tasks, backend=backend, run_dir=run_dir).run()
+    assert summary.counts["succeeded"] == 10
+    before_first_end, _ = started_at_most(run_dir / "journal.jsonl")
+    assert before_first_end == 2 * (1 + backend.queue_ahead_depth)
+    booked: dict[int, list[str]] = {}
+    for event in journal(run_dir):
+        if isinstance(event, TaskStarted):
+            booked.setdefault(event.placement[0].cores[0], []).append(event.id)
+    for core, ids in booked.items():
+        ran = sorted(ids, key=lambda i: summary.results[i].start_time or math.inf)
+        assert ran == ids, (core, ran, ids)
+        spans = [(summary.results[i].start_time, summary.results[i].end_time) for i in ran]
+        for (_, end), (start, _) in itertools.pairwise(spans):
+            assert end is not None and start is not None and end <= start
