@@ -230,6 +230,7 @@ async def test_a_killed_or_closed_backend_starts_neither_launch_queued_on_a_core
                 await h.outcome(launch)
     outcomes = [h.outcomes[launch.key] for launch in queued]
     assert all(outcome.start_time is None for outcome in outcomes), outcomes
+    assert all(outcome.state is TaskState.CANCELLED for outcome in outcomes), outcomes
     assert not ran.exists(), ran.read_text()
     assert h.outcomes[a.key].state is not TaskState.SUCCEEDED
     assert not alive(pid, grace=5)
@@ -282,3 +283,39 @@ async def test_rows_of_three_on_each_core_some_taken_back_some_failing_run_in_ar
             outcome = h.outcomes[launches[name].key]
             assert (outcome.start_time is not None) is (name in started), outcome
             assert outcome.withdrawn or outcome.state is not TaskState.CANCELLED, outcome
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="two cores")
+@pytest.mark.parametrize("spawners", ["processes", "threads"])
+async def test_a_killed_backend_never_starts_a_launch_waiting_in_the_loop(
+    tmp_path: Path, spawners: str
+) -> None:
+    """A launch on two cores held by two different tasks waits in the driver's loop, not in a
+    helper or worker: ``kill()`` ends it as never started (cancelled), and it does not start
+    once those two are reaped."""
+    backend = LocalBackend(cores=2, queue_ahead=True, kill_grace=0.5, spawners=spawners)
+    ran = tmp_path / "ran"
+    async with opened(backend, tmp_path) as h:
+        (node,) = h.nodes
+        holders = [
+            h.start(
+                Task(id=f"h{core}", command=("sh", "-c", HOLD)), on=(Slot(node.name, (core,), ()),)
+            )
+            for core in node.cores
+        ]
+        wide = h.start(
+            Task(id="wide", command=("touch", str(ran))), on=(Slot(node.name, node.cores, ()),)
+        )
+        for holder in holders:
+            pid_file = h.task_dir(holder.task.id) / "pid"
+            deadline = time.monotonic() + 20
+            while not (pid_file.exists() and pid_file.read_text().strip()):
+                assert time.monotonic() < deadline, f"{holder.task.id} wrote no pid"
+                await anyio.sleep(0.01)
+        backend.kill()
+        for holder in holders:
+            await h.outcome(holder)
+        outcome = await h.outcome(wide)
+        await anyio.sleep(0.3)  # time for a wrongly started `touch`
+    assert outcome.state is TaskState.CANCELLED and outcome.start_time is None, outcome
+    assert not ran.exists()

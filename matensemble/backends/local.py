@@ -358,6 +358,14 @@ class LocalBackend(Backend):
             self._spawners.kill()  # and what is being started
             self._spawners.hand_over()
         for run in list(self._runs.values()):
+            if run.queued and run.start_time is None and not run.procs:
+                # Queued ahead and not started: a helper reports it never started, a worker
+                # kills it as it starts; one waiting in the loop never starts at all.
+                run.verdict = run.verdict or (TaskState.CANCELLED, "killed before it started")
+                if self._ahead is not None and self._ahead.drop_waiting(run):
+                    if self._loop is not None:
+                        self._loop.call_soon(self._finish, run)
+                    continue
             self._stops.signal(run, signal.SIGKILL)
 
     async def recover(self, run_id: str, keys: Sequence[LaunchKey]) -> None:

@@ -3,11 +3,11 @@
 With ``LocalBackend(queue_ahead=True)`` the engine launches each core's next task while the
 one before it still runs there (booked on the same core ids: see ``matensemble.queue_ahead``).
 The backend keeps its own account of the cores (and GPUs, alike: ``Id``): a launch *holds*
-its cores from ``launch()`` until it has been reaped, and a launch that arrives on cores someone holds or waits for
-*waits* until it comes first on each of them and all of them are free: launches start on a
-core in the order they arrived there (up to ``Backend.queue_ahead_depth`` of them wait behind
-the one running; the engine moves each in, on the same ids, once the outcomes of those before
-it there have come in).
+its cores from ``launch()`` until it has been reaped, and a launch that arrives on cores
+someone holds or waits for *waits* until it comes first on each of them and all of them are
+free: launches start on a core in the order they arrived there (up to
+``Backend.queue_ahead_depth`` of them wait behind the one running; the engine moves each in,
+on the same ids, once the outcomes of those before it there have come in).
 
 Two ways to wait. A one-process launch behind exactly one one-process launch (the one that
 came last on each of its cores) that the same worker or helper was given last waits there
