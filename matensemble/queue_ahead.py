@@ -21,7 +21,7 @@ accounted on that layer:
   free in the pool and it is the first task booked on each of its cores that has not moved
   in: per core, tasks start in the order they were booked (**per-core FIFO**, the order the
   backend gets them in), whatever waits elsewhere on its node. One booked on ids all free
-  already, with nothing booked on them, moves in at once.  The backend starts it on those ids
+  already, with nothing booked on them, moves in at once. The backend starts it on those ids
   when the processes holding them have ended, so its accounts and the engine's agree.
 - **Depth** (``Backend.queue_ahead_depth``, with ``exact`` only). A layer books each id once,
   so a core has at most one task booked behind its running one per layer; with depth 2 (the
@@ -110,7 +110,8 @@ LATE_START = 0.25
 
 
 class QueueAhead:
-    """The second layer of the inventory, and the tasks booked on it, per node in order."""
+    """The further layers of the inventory, and the tasks booked on them, in booking order
+    (per node, or with ``exact`` per id)."""
 
     def __init__(
         self,
