@@ -1,6 +1,7 @@
-"""Two launches queued ahead on one core (``Backend.queue_ahead_depth``): the local backend
-with helper processes starts the launches of a core one after another, in the order they
-arrived, each the moment the one before it is over. Real helpers, real processes, real files.
+"""Launches queued ahead two or more deep on one core (``Backend.queue_ahead_depth``): the
+local backend with helper processes starts the launches of a core one after another, in the
+order they arrived, each the moment the one before it is over. Real helpers, real processes,
+real files.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import pytest
 from matensemble import LocalBackend, Task, TaskState
 from matensemble.backends.base import Backend, Launch
 from matensemble.backends.local_ahead import CoreHolders
+from matensemble.backends.local_helpers import QUEUE_AHEAD_DEPTH
 from matensemble.model import Slot
 
 from backend_harness import Harness, opened
@@ -62,10 +64,10 @@ def lines(log: Path) -> list[str]:
     return log.read_text().splitlines()
 
 
-def test_helpers_take_two_launches_ahead_per_core_and_worker_threads_one() -> None:
+def test_helpers_take_three_launches_ahead_per_core_and_worker_threads_one() -> None:
     assert Backend.queue_ahead_depth == 1
-    assert LocalBackend().queue_ahead_depth == 2
-    assert LocalBackend(spawners="processes").queue_ahead_depth == 2
+    assert LocalBackend().queue_ahead_depth == QUEUE_AHEAD_DEPTH == 3
+    assert LocalBackend(spawners="processes").queue_ahead_depth == 3
     assert LocalBackend(spawners="threads").queue_ahead_depth == 1
 
 

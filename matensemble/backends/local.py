@@ -31,7 +31,7 @@ from matensemble.backends.base import Backend, Launch, LaunchKey, Outcome, Repor
 from matensemble.backends.local_ahead import QueuedLaunches
 from matensemble.backends.local_exits import ExitWatch
 from matensemble.backends.local_failures import LaunchError, describe_exit, open_outputs
-from matensemble.backends.local_helpers import Helpers, cores_per_helper_for
+from matensemble.backends.local_helpers import QUEUE_AHEAD_DEPTH, Helpers, cores_per_helper_for
 from matensemble.backends.local_inventory import (
     check_platform,
     detect_gpus,
@@ -81,7 +81,7 @@ class LocalBackend(Backend):
             and not before a task has finished (see ``matensemble.queue_ahead``); ``False``:
             never.
         spawners: ``"processes"`` (the default: a helper process per core, or per group of
-            cores, starts, waits for and reaps them: ``local_helpers``; two launches may be
+            cores, starts, waits for and reaps them: ``local_helpers``; three launches may be
             queued ahead on a core, ``Backend.queue_ahead_depth``) or ``"threads"`` (worker
             threads of the driver start the processes, the driver reaps them; one launch
             queued ahead per core).
@@ -129,7 +129,7 @@ class LocalBackend(Backend):
         # A helper chains what waits in it (``local_helper``). A worker thread takes a launch
         # booked ``after`` one that did not start as one whose cores are free, which is false
         # when two wait in a row: with threads, one launch at most waits on a core.
-        self.queue_ahead_depth = 2 if self._helpers_wanted else 1
+        self.queue_ahead_depth = QUEUE_AHEAD_DEPTH if self._helpers_wanted else 1
         self._cores = select_cores(cores)
         if cores_per_helper is not None and spawners != "processes":
             raise ValueError(
