@@ -203,7 +203,7 @@ class Ensemble(EngineStart, FunctionCalls):
         For a driver that must exit now (a second Ctrl-C): the journal stays replayable and
         ``resume`` runs again whatever was running.
         """
-        self._stopping = True
+        self._interrupt("aborted")  # what ends from now on is run again on resume
         self.backend.kill()
         self._write()
         if self._journal is not None:
