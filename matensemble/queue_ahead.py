@@ -24,11 +24,11 @@ accounted on that layer:
   already, with nothing booked on them, moves in at once. The backend starts it on those ids
   when the processes holding them have ended, so its accounts and the engine's agree.
 - **Depth** (``Backend.queue_ahead_depth``, with ``exact`` only). A layer books each id once,
-  so a core has at most one task booked behind its running one per layer; with depth 2 (the
-  local backend's helpers) the engine books a second layer after the first is full, and a
-  core has its next two tasks booked: the driver's round trip then has two tasks' run time
-  to take the exit in and book again before the core waits. The layer a task was booked on
-  only bounds how many wait per core; the order they start in is the booking order.
+  so a core has at most one task booked behind its running one per layer; with depth 3 (the
+  local backend's helpers) the engine books the next layer once one is full, and a core has
+  its next three tasks booked: the driver's round trip then has three tasks' run time to take
+  an exit in and book again before the core waits. The layer a task was booked on only
+  bounds how many wait per core; the order they start in is the booking order.
 - **Only where it helps** (``Backend.queue_ahead_below``, the default ``queue_ahead="auto"``
   of Flux and the local backend). Queueing ahead saves each slot the driver's round trip
   between two tasks, which matters when the tasks are short and when that round trip, not
