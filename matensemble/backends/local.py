@@ -359,9 +359,10 @@ class LocalBackend(Backend):
             self._spawners.hand_over()
         for run in list(self._runs.values()):
             if run.queued and run.start_time is None and not run.procs:
-                # Queued ahead and not started: a helper reports it never started, a worker
-                # kills it as it starts; one waiting in the loop never starts at all.
-                run.verdict = run.verdict or (TaskState.CANCELLED, "killed before it started")
+                # Queued ahead and not started, as far as the loop knows: a helper reports it
+                # never started (or kills it, if its start crossed the kill), a worker kills it
+                # as it starts; one waiting in the loop never starts at all.
+                run.verdict = run.verdict or (TaskState.CANCELLED, "killed with the run")
                 if self._ahead is not None and self._ahead.drop_waiting(run):
                     if self._loop is not None:
                         self._loop.call_soon(self._finish, run)
