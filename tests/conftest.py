@@ -6,10 +6,12 @@ import select
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from matensemble.events import Event, TaskFinished, TaskStarted, TaskWithdrawn
@@ -111,6 +113,17 @@ def started_at_most(journal: Path) -> tuple[int, int]:
 @pytest.fixture
 def run_dir(tmp_path: Path) -> Path:
     return tmp_path / "run"
+
+
+async def pid_of(run_dir: Path, task_id: str) -> int:
+    """The pid task ``task_id`` wrote into ``pid`` in its task directory under ``run_dir``
+    (waiting, with the event loop running, until it is there)."""
+    pid_file = run_dir / "tasks" / task_id / "pid"
+    deadline = time.monotonic() + 20
+    while not (pid_file.exists() and pid_file.read_text().strip()):
+        assert time.monotonic() < deadline, f"{task_id} wrote no pid"
+        await anyio.sleep(0.01)
+    return int(pid_file.read_text())
 
 
 def alive(pid: int, grace: float = 5.0) -> bool:

@@ -25,7 +25,7 @@ from matensemble.backends.local_helpers import QUEUE_AHEAD_DEPTH
 from matensemble.model import Slot
 
 from backend_harness import Harness, opened
-from conftest import alive
+from conftest import alive, pid_of
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
 
@@ -220,12 +220,7 @@ async def test_a_killed_or_closed_backend_starts_neither_launch_queued_on_a_core
             on_the_last_core(h, Task(id=name, command=("sh", "-c", f"echo {name} >> {ran}")))
             for name in ("b", "c")
         ]
-        pid_file = h.task_dir("a") / "pid"
-        deadline = time.monotonic() + 20
-        while not (pid_file.exists() and pid_file.read_text().strip()):
-            assert time.monotonic() < deadline, "a wrote no pid"
-            await anyio.sleep(0.01)
-        pid = int(pid_file.read_text())
+        pid = await pid_of(tmp_path, "a")
         if how == "killed":
             backend.kill()
             for launch in queued:  # reported by the helper, before close() stops anything
@@ -309,11 +304,7 @@ async def test_a_killed_backend_never_starts_a_launch_waiting_in_the_loop(
             Task(id="wide", command=("touch", str(ran))), on=(Slot(node.name, node.cores, ()),)
         )
         for holder in holders:
-            pid_file = h.task_dir(holder.task.id) / "pid"
-            deadline = time.monotonic() + 20
-            while not (pid_file.exists() and pid_file.read_text().strip()):
-                assert time.monotonic() < deadline, f"{holder.task.id} wrote no pid"
-                await anyio.sleep(0.01)
+            await pid_of(tmp_path, holder.task.id)
         backend.kill()
         for holder in holders:
             await h.outcome(holder)

@@ -22,7 +22,7 @@ from matensemble.model import Slot
 from matensemble.queue_ahead import AUTO_BELOW
 
 from backend_harness import opened
-from conftest import InvariantChecker, alive, started_at_most
+from conftest import InvariantChecker, alive, pid_of, started_at_most
 
 pytestmark = [
     pytest.mark.skipif(
@@ -52,15 +52,6 @@ async def until_started(run_dir: Path, *task_ids: str) -> None:
     while not set(task_ids) <= started_ids(run_dir):
         assert time.monotonic() < deadline, f"{task_ids} not started: {started_ids(run_dir)}"
         await anyio.sleep(0.01)
-
-
-async def pid_of(run_dir: Path, task_id: str) -> int:
-    pid_file = run_dir / "tasks" / task_id / "pid"
-    deadline = time.monotonic() + 20
-    while not (pid_file.exists() and pid_file.read_text().strip()):
-        assert time.monotonic() < deadline, f"{task_id} wrote no pid"
-        await anyio.sleep(0.01)
-    return int(pid_file.read_text())
 
 
 HOLD = "echo $$ > pid; exec sleep 60"
