@@ -244,7 +244,7 @@ class RunState:
         assert pool is not None
         if ahead is not None and ahead.holds(rec):
             ahead.drop(rec)
-            if not (ahead.exact and len(ahead)):
+            if not ahead.exact:
                 return  # else those booked behind it on its ids may move in now
         else:
             pool.release(rec.placement)

@@ -128,11 +128,10 @@ class QueuedLaunches:
     def queue(self, run: Run, job: Job) -> bool:
         """``run`` holds its cores (``False``: start it now), or waits for them (``True``): in
         the worker or helper given the one launch before it on its cores, or here."""
-        placement = run.launch.placement
-        run.ids = (
-            *(core for slot in placement for core in slot.cores),
-            *(gpu for slot in placement for gpu in slot.gpus),
-        )
+        ids: tuple[Id, ...] = ()
+        for slot in run.launch.placement:
+            ids += slot.cores + slot.gpus
+        run.ids = ids
         blockers = self._holders.blockers(run.ids)
         if not blockers:
             self._holders.hold(run, run.ids)
