@@ -12,8 +12,14 @@ last digit), the most tasks that ran at once, passes of the dispatcher per task,
 them whose head did not fit (then backfill looks past it, against the head's reservation), and
 reservations built anew per 1,000 tasks (the others were kept ones used again).
 
+On the fixed machine the regime changes with the size: up to 10^5 every task starts at once,
+from 3x10^5 on the machine is full and backfill plans around blocked heads. ``--scaled`` sizes
+the machine with the tasks instead (9,408 nodes per 10^6 tasks, at least one), so that every size
+runs in the regime of 10^6 tasks on Frontier: the curve then shows what a task costs as the
+numbers of tasks, nodes and running tasks grow together, at the same share of blocked heads.
+
     python benchmarks/simulated_scale.py [--sizes 10000,100000,300000,1000000]
-        [--orders fifo,longest-first] [--profile N]
+        [--orders fifo,longest-first] [--scaled] [--profile N]
 
 ``--profile N`` runs one FIFO+backfill case of N tasks under cProfile and prints the top entries.
 """
@@ -71,11 +77,16 @@ def workload(n: int, seed: int = 1) -> tuple[list[Task], array[float]]:
     return tasks, runtimes
 
 
-async def run_case(n: int, order: str) -> dict[str, float | int | str]:
+def scaled_nodes(n: int) -> int:
+    """The machine of ``--scaled``: Frontier's nodes per 10^6 tasks, at least one."""
+    return max(1, round(NODES * n / 1_000_000))
+
+
+async def run_case(n: int, order: str, nodes: int = NODES) -> dict[str, float | int | str]:
     tasks, runtimes = workload(n)
     strategy: SubmissionOrder = (FIFO if order == "fifo" else LongestFirst)(backfill=True)
     backend = SimulatedBackend(
-        NODES, CORES, GPUS, duration=lambda task, attempt: runtimes[int(task.id[1:])]
+        nodes, CORES, GPUS, duration=lambda task, attempt: runtimes[int(task.id[1:])]
     )
     with tempfile.TemporaryDirectory() as run_dir:
         rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -87,6 +98,7 @@ async def run_case(n: int, order: str) -> dict[str, float | int | str]:
     assert summary.counts["succeeded"] == n, summary.counts
     return {
         "tasks": n,
+        "nodes": nodes,
         "order": f"{strategy!r}",
         "wall": wall,
         "cpu": cpu,
@@ -102,8 +114,8 @@ async def run_case(n: int, order: str) -> dict[str, float | int | str]:
     }
 
 
-def one_case(n: int, order: str) -> None:
-    print(json.dumps(asyncio.run(run_case(n, order))))
+def one_case(n: int, order: str, nodes: int) -> None:
+    print(json.dumps(asyncio.run(run_case(n, order, nodes))))
 
 
 def profile(n: int) -> None:
@@ -119,25 +131,41 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", default="10000,100000,300000,1000000")
     parser.add_argument("--orders", default="fifo,longest-first")
+    parser.add_argument(
+        "--scaled",
+        action="store_true",
+        help="size the machine with the tasks (9,408 nodes per 10^6), not Frontier at every size",
+    )
     parser.add_argument("--profile", type=int, default=0)
-    parser.add_argument("--one", nargs=2, metavar=("N", "ORDER"), help=argparse.SUPPRESS)
+    parser.add_argument("--one", nargs="+", metavar="N ORDER [NODES]", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        one_case(int(args.one[0]), args.one[1])
+        n, order = int(args.one[0]), args.one[1]
+        one_case(n, order, int(args.one[2]) if len(args.one) > 2 else NODES)
         return
     if args.profile:
         profile(args.profile)
         return
-    print(f"simulated Frontier: {NODES} nodes x {CORES} cores x {GPUS} GPUs, one process per case")
+    if args.scaled:
+        print(
+            f"machine scaled with the tasks: {NODES} nodes per 10^6 tasks x {CORES} cores x "
+            f"{GPUS} GPUs, one process per case"
+        )
+    else:
+        print(
+            f"simulated Frontier: {NODES} nodes x {CORES} cores x {GPUS} GPUs, one process per case"
+        )
     print(
-        f"{'tasks':>9} {'order':<30} {'wall s':>7} {'CPU s':>7} {'tasks/s':>8} {'us/task':>8} "
-        f"{'makespan h':>10} {'cores':>6} {'GPUs':>6} {'peak RSS':>9} {'engine B/task':>13}"
+        f"{'tasks':>9} {'nodes':>6} {'order':<30} {'wall s':>7} {'CPU s':>7} {'tasks/s':>8} "
+        f"{'us/task':>8} {'makespan h':>10} {'cores':>6} {'GPUs':>6} {'peak RSS':>9} "
+        f"{'engine B/task':>13}"
     )
     regimes = []
     for order in args.orders.split(","):
         for n in (int(s) for s in args.sizes.split(",")):
+            nodes = scaled_nodes(n) if args.scaled else NODES
             out = subprocess.run(
-                [sys.executable, __file__, "--one", str(n), order],
+                [sys.executable, __file__, "--one", str(n), order, str(nodes)],
                 check=True,
                 capture_output=True,
                 text=True,
@@ -145,7 +173,7 @@ def main() -> None:
             row = json.loads(out.strip().splitlines()[-1])
             wall, cpu = float(row["wall"]), float(row["cpu"])
             print(
-                f"{n:>9} {row['order']:<30} {wall:>7.1f} {cpu:>7.1f} {n / wall:>8.0f} "
+                f"{n:>9} {nodes:>6} {row['order']:<30} {wall:>7.1f} {cpu:>7.1f} {n / wall:>8.0f} "
                 f"{cpu / n * 1e6:>8.1f} {float(row['makespan']) / 3600:>10.2f} "
                 f"{float(row['cores']):>6.1%} {float(row['gpus']):>6.1%} "
                 f"{float(row['rss_mib']):>5.0f} MiB "
@@ -155,13 +183,13 @@ def main() -> None:
             regimes.append(row)
     print()
     print(
-        f"{'tasks':>9} {'order':<30} {'makespan s':>12} {'most running':>12} "
+        f"{'tasks':>9} {'nodes':>6} {'order':<30} {'makespan s':>12} {'most running':>12} "
         f"{'passes/task':>11} {'head blocked':>12} {'plans/1000':>10}"
     )
     for row in regimes:
         n, passes = int(row["tasks"]), int(row["passes"])
         print(
-            f"{n:>9} {row['order']:<30} {float(row['makespan']):>12.3f} "
+            f"{n:>9} {int(row['nodes']):>6} {row['order']:<30} {float(row['makespan']):>12.3f} "
             f"{int(row['most_running']):>12} {passes / n:>11.2f} "
             f"{int(row['blocked']) / max(passes, 1):>12.1%} {int(row['planned']) / n * 1e3:>10.2f}"
         )
