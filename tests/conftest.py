@@ -115,6 +115,10 @@ def run_dir(tmp_path: Path) -> Path:
     return tmp_path / "run"
 
 
+# A task command that writes its pid where ``pid_of`` reads it, then holds its cores a minute.
+HOLD = "echo $$ > pid; exec sleep 60"
+
+
 async def pid_of(run_dir: Path, task_id: str) -> int:
     """The pid task ``task_id`` wrote into ``pid`` in its task directory under ``run_dir``
     (waiting, with the event loop running, until it is there)."""

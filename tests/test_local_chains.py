@@ -25,11 +25,9 @@ from matensemble.backends.local_helpers import QUEUE_AHEAD_DEPTH
 from matensemble.model import Slot
 
 from backend_harness import Harness, opened
-from conftest import alive, pid_of
+from conftest import HOLD, alive, pid_of
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
-
-HOLD = "echo $$ > pid; exec sleep 60"
 
 
 @pytest.fixture(

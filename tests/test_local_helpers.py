@@ -40,13 +40,11 @@ from matensemble.journal import read_journal
 from matensemble.model import Task, TaskState
 
 from backend_harness import opened
-from conftest import alive
+from conftest import HOLD, alive
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
 two_cores = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
 DIED = "the spawner helper process died"
-HOLD = "echo $$ > pid; exec sleep 60"
-
 DRIVER = """
 import asyncio, sys
 from matensemble import Ensemble, LocalBackend, Task

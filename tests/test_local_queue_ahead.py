@@ -22,7 +22,7 @@ from matensemble.model import Slot
 from matensemble.queue_ahead import AUTO_BELOW
 
 from backend_harness import opened
-from conftest import InvariantChecker, alive, pid_of, started_at_most
+from conftest import HOLD, InvariantChecker, alive, pid_of, started_at_most
 
 pytestmark = [
     pytest.mark.skipif(
@@ -52,9 +52,6 @@ async def until_started(run_dir: Path, *task_ids: str) -> None:
     while not set(task_ids) <= started_ids(run_dir):
         assert time.monotonic() < deadline, f"{task_ids} not started: {started_ids(run_dir)}"
         await anyio.sleep(0.01)
-
-
-HOLD = "echo $$ > pid; exec sleep 60"
 
 
 async def test_booked_tasks_run_pinned_to_the_cores_they_were_booked_on(run_dir: Path) -> None:
@@ -371,9 +368,9 @@ async def test_a_task_booked_with_a_gpu_waits_for_that_gpu_held_on_another_core(
 async def test_each_core_has_its_next_tasks_booked_up_to_the_depth_and_runs_them_in_order(
     run_dir: Path,
 ) -> None:
-    """With helper processes two tasks wait behind the running one on each core (one with
-    worker threads: ``Backend.queue_ahead_depth``), and a core runs its tasks in the order
-    they were booked there."""
+    """Each core has ``Backend.queue_ahead_depth`` tasks waiting behind its running one (three
+    with helper processes, one with worker threads), and runs its tasks in the order they were
+    booked there."""
     backend = LocalBackend(cores=2, queue_ahead=True)
     tasks = [sh(f"t{i}", "sleep 0.2") for i in range(10)]
     with anyio.fail_after(30):
