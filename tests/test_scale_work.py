@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import cProfile
+import functools
 import importlib.util
 import pstats
 from collections.abc import Callable, Iterator
@@ -38,6 +39,7 @@ SMALL, LARGE = 2_000, 20_000
 MOST_GROWTH, MOST_MORE_CALLS = 2.0, 0.5
 
 
+@functools.cache
 def _benchmark() -> ModuleType:
     spec = importlib.util.spec_from_file_location("simulated_scale", BENCHMARK)
     assert spec is not None and spec.loader is not None
