@@ -10,7 +10,8 @@ O(log n) or amortised O(1). A second table says which regime each case ran in, w
 the curve is read against: the makespan in seconds (to compare orders and code versions to the
 last digit), the most tasks that ran at once, passes of the dispatcher per task, the share of
 them whose head did not fit (then backfill looks past it, against the head's reservation), and
-reservations built anew per 1,000 tasks (the others were kept ones used again).
+reservations built anew per 1,000 tasks (the others were kept ones used again), and the time
+the cyclic garbage collector took per task (timed by ``gc.callbacks``, inside the CPU time).
 
 On the fixed machine the regime changes with the size: up to 10^5 every task starts at once,
 from 3x10^5 on the machine is full and backfill plans around blocked heads. ``--scaled`` sizes
@@ -29,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import gc
 import json
 import pstats
 import random
@@ -88,12 +90,22 @@ async def run_case(n: int, order: str, nodes: int = NODES) -> dict[str, float | 
     backend = SimulatedBackend(
         nodes, CORES, GPUS, duration=lambda task, attempt: runtimes[int(task.id[1:])]
     )
+    collecting = [0.0, 0.0]  # when the collection under way began, the collector's total
+
+    def collector(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            collecting[0] = time.process_time()
+        else:
+            collecting[1] += time.process_time() - collecting[0]
+
     with tempfile.TemporaryDirectory() as run_dir:
         rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        gc.callbacks.append(collector)
         t0, c0 = time.perf_counter(), time.process_time()
         ensemble = Ensemble(tasks, backend=backend, strategy=strategy, run_dir=run_dir)
         summary = await ensemble.run()
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        gc.callbacks.remove(collector)
     passes = ensemble._dispatch.counts  # the engine's own counters (no public API: diagnostics)
     assert summary.counts["succeeded"] == n, summary.counts
     return {
@@ -111,6 +123,7 @@ async def run_case(n: int, order: str, nodes: int = NODES) -> dict[str, float | 
         "passes": passes.passes,
         "blocked": passes.blocked,
         "planned": passes.planned,
+        "gc": collecting[1],
     }
 
 
@@ -184,14 +197,15 @@ def main() -> None:
     print()
     print(
         f"{'tasks':>9} {'nodes':>6} {'order':<30} {'makespan s':>12} {'most running':>12} "
-        f"{'passes/task':>11} {'head blocked':>12} {'plans/1000':>10}"
+        f"{'passes/task':>11} {'head blocked':>12} {'plans/1000':>10} {'GC us/task':>10}"
     )
     for row in regimes:
         n, passes = int(row["tasks"]), int(row["passes"])
         print(
             f"{n:>9} {int(row['nodes']):>6} {row['order']:<30} {float(row['makespan']):>12.3f} "
             f"{int(row['most_running']):>12} {passes / n:>11.2f} "
-            f"{int(row['blocked']) / max(passes, 1):>12.1%} {int(row['planned']) / n * 1e3:>10.2f}"
+            f"{int(row['blocked']) / max(passes, 1):>12.1%} {int(row['planned']) / n * 1e3:>10.2f} "
+            f"{float(row['gc']) / n * 1e6:>10.2f}"
         )
 
 
