@@ -23,6 +23,9 @@ numbers of tasks, nodes and running tasks grow together, at the same share of bl
         [--orders fifo,longest-first] [--scaled] [--profile N]
 
 ``--profile N`` runs one FIFO+backfill case of N tasks under cProfile and prints the top entries.
+To count instructions and cache misses per task (valgrind's cachegrind, see
+docs/simulated-backend.md), ``--one N ORDER NODES`` runs one case in this process, and
+``--tasks-only N`` only builds its N tasks: the counts of the first less those of the second.
 """
 
 from __future__ import annotations
@@ -150,8 +153,20 @@ def main() -> None:
         help="size the machine with the tasks (9,408 nodes per 10^6), not Frontier at every size",
     )
     parser.add_argument("--profile", type=int, default=0)
-    parser.add_argument("--one", nargs="+", metavar="N ORDER [NODES]", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--one",
+        nargs="+",
+        metavar="ARG",
+        help="N ORDER [NODES]: run one case in this process, print it as JSON",
+    )
+    parser.add_argument(
+        "--tasks-only", type=int, default=0, metavar="N", help="only build the N tasks of a case"
+    )
     args = parser.parse_args()
+    if args.tasks_only:
+        tasks, _ = workload(args.tasks_only)
+        print(f"{len(tasks)} tasks built")
+        return
     if args.one:
         n, order = int(args.one[0]), args.one[1]
         one_case(n, order, int(args.one[2]) if len(args.one) > 2 else NODES)

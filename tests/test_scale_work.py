@@ -14,7 +14,10 @@ import asyncio
 import cProfile
 import functools
 import importlib.util
+import json
 import pstats
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -111,3 +114,24 @@ def test_the_check_finds_an_allocation_that_scans_the_nodes() -> None:
     names = [name for name, _, _ in grown(small, large)]
     assert names == ["resources.py:free_count"]
     assert total(large) > 1.1 * total(small)
+
+
+def test_the_two_command_lines_that_cachegrind_counts_run_a_case_and_only_its_tasks() -> None:
+    """docs/simulated-backend.md counts instructions per task under valgrind as one case's
+    process less one that only builds its tasks: both command lines, without valgrind."""
+    one = subprocess.run(
+        [sys.executable, str(BENCHMARK), "--one", str(SMALL), "longest-first", "19"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    row = json.loads(one.stdout.strip().splitlines()[-1])
+    assert (row["tasks"], row["nodes"], row["order"]) == (SMALL, 19, "LongestFirst(backfill=True)")
+    assert 0 <= row["gc"] <= row["cpu"]  # the collector's time is part of the run's
+    built = subprocess.run(
+        [sys.executable, str(BENCHMARK), "--tasks-only", str(SMALL)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert built.stdout == f"{SMALL} tasks built\n"
