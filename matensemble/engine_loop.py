@@ -49,7 +49,8 @@ class EngineLoop(RunState):
         holds back every queued task and nothing runs."""
         for launch in starts:
             self._launch(launch)
-        if held and not starts and not self._running and self._deadline is not None:
+        nothing_runs = held and not starts and not self._counts[TaskState.RUNNING]
+        if nothing_runs and self._deadline is not None:
             self._interrupt("walltime: no queued task can finish before the deadline")
 
     def _fill(self) -> tuple[list[Launch], bool]:
@@ -116,7 +117,7 @@ class EngineLoop(RunState):
                 layer.release(placement)
 
     def _in_flight(self) -> int:
-        return len(self._running)
+        return self._counts[TaskState.RUNNING]
 
     def _start(
         self, rec: Record, placement: Placement, now: float, layer: int | None = None
@@ -140,7 +141,6 @@ class EngineLoop(RunState):
         counts = self._counts
         counts[TaskState.READY] -= 1
         counts[TaskState.RUNNING] += 1
-        self._running[task.id] = rec
         self._emit(TaskStarted(now, task.id, rec.attempts, placement))
         return Launch(
             task=task,
@@ -271,7 +271,6 @@ class EngineLoop(RunState):
             if start is not None and end is not None:  # ``rec.start``: its resources were free
                 ahead.ran(end - start, start - rec.start)
         self._release(rec)
-        del self._running[task_id]
         counts = self._counts
         counts[TaskState.RUNNING] -= 1
         counts[TaskState.PENDING] += 1
@@ -331,7 +330,6 @@ class EngineLoop(RunState):
         any start that takes the resources it held (a resume counts them free)."""
         self._emit(TaskWithdrawn(self.backend.now(), rec.task.id, rec.attempts))
         self._release(rec)
-        del self._running[rec.task.id]
         rec.attempts -= 1
         self._make_ready(rec)
 

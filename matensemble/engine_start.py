@@ -186,7 +186,6 @@ class EngineStart(EngineStop):
             rec.state, rec.placement, rec.start = TaskState.RUNNING, placement, now
             self._counts[TaskState.PENDING] -= 1
             self._counts[TaskState.RUNNING] += 1
-            self._running[task_id] = rec
             if booked and self._ahead is not None:
                 self._ahead.book(rec)
             else:

@@ -97,7 +97,6 @@ class RunState:
             type(completion).on_result is not CompletionPolicy.on_result
             or "on_result" in getattr(completion, "__dict__", ())  # set on the instance
         )
-        self._running: dict[str, Record] = {}
         self._counts = dict.fromkeys(TaskState, 0)
         self._open = 0  # tasks not yet terminal
         self._finished: list[str] = []  # ids in the order they reached a terminal state
@@ -226,7 +225,6 @@ class RunState:
         """End a task that did not run to an outcome (cancelled, skipped)."""
         if rec.state is TaskState.RUNNING:
             self._release(rec)
-            del self._running[rec.task.id]
         elif rec.state is TaskState.READY:
             self._dispatch.unqueued(rec)
         result = TaskResult(

@@ -46,7 +46,7 @@ class EngineStop(EngineLoop):
                 await self.backend.close()
             finally:
                 self._drain_outcomes()
-                for rec in list(self._running.values()):
+                for rec in [r for r in self._records.values() if r.state is TaskState.RUNNING]:
                     self._finish(rec, TaskState.CANCELLED, reason=reason)
                 for rec in list(self._records.values()):
                     if not rec.state.terminal:
