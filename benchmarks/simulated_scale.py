@@ -104,11 +104,13 @@ async def run_case(n: int, order: str, nodes: int = NODES) -> dict[str, float | 
     with tempfile.TemporaryDirectory() as run_dir:
         rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         gc.callbacks.append(collector)
-        t0, c0 = time.perf_counter(), time.process_time()
-        ensemble = Ensemble(tasks, backend=backend, strategy=strategy, run_dir=run_dir)
-        summary = await ensemble.run()
-        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-        gc.callbacks.remove(collector)
+        try:
+            t0, c0 = time.perf_counter(), time.process_time()
+            ensemble = Ensemble(tasks, backend=backend, strategy=strategy, run_dir=run_dir)
+            summary = await ensemble.run()
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        finally:
+            gc.callbacks.remove(collector)
     passes = ensemble._dispatch.counts  # the engine's own counters (no public API: diagnostics)
     assert summary.counts["succeeded"] == n, summary.counts
     return {
